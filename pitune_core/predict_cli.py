@@ -1,0 +1,155 @@
+"""CLI for the predict half: ``embed``, ``similarity``, ``graph``, ``top-k``, ``transfer-matrix``.
+
+All commands work on a study directory (default ``precomputed``): experts are read from
+``STUDY/experts/EXPERT_TYPE/TASK`` and outputs go to ``STUDY/predict/EXPERT_TYPE/EMBEDDING/``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+def _expert_dirs(study: Path, expert_type: str, tasks: list[str] | None) -> dict[str, Path]:
+    from .tasks import get_task
+
+    root = study / "experts" / expert_type
+    if tasks:
+        for t in tasks:
+            get_task(t)
+        dirs = {t: root / t for t in tasks}
+    else:
+        dirs = {p.name: p for p in sorted(root.glob("*")) if (p / "pitune_expert.json").exists()}
+    if not dirs:
+        raise ValueError(f"no {expert_type} experts under {root}; train them with `pitune train-expert` "
+                         f"or `pitune precompute`")
+    return dirs
+
+
+def _out(args) -> Path:
+    return Path(args.study) / "predict" / args.expert_type / args.method
+
+
+def cmd_embed(args) -> int:
+    from .backbone import UnifiedBackbone
+    from .embeddings import embed_experts, save_embeddings
+
+    dirs = _expert_dirs(Path(args.study), args.expert_type, args.tasks)
+    bb = UnifiedBackbone.load(args.projector or Path(args.study) / "backbone")
+    bar = tqdm(total=len(dirs), desc=f"{args.method} embeddings", unit="task")
+    emb = embed_experts(dirs, args.method, bb, n_samples=args.n, seed=args.seed, on_task=lambda t: bar.update(1))
+    bar.close()
+    path = save_embeddings(_out(args) / "embeddings.safetensors", emb)
+    print(f"{len(emb.names)} task embeddings ({emb.flat().shape[1]} dims, {len(emb.groups)} groups) -> {path}")
+    return 0
+
+
+def cmd_similarity(args) -> int:
+    from .embeddings import load_embeddings
+    from .similarity import similarity_matrix, top_k, write_similarity_csv
+
+    d = _out(args)
+    emb = load_embeddings(d / "embeddings.safetensors")
+    kind = args.kind or ("fisher" if args.method == "fisher" else "cosine")
+    S = similarity_matrix(emb.groups, emb.names, kind=kind)
+    name = "similarity.csv" if kind == ("fisher" if args.method == "fisher" else "cosine") else f"similarity_{kind}.csv"
+    write_similarity_csv(d / name, emb.names, S)
+    print(f"{len(emb.names)}x{len(emb.names)} {kind} similarity -> {d / name}")
+    for t in emb.names:
+        nb = top_k(S, emb.names, t, min(3, len(emb.names) - 1))
+        print(f"  {t:24s} " + ", ".join(f"{n} {s:.3f}" for n, s in nb))
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from .graph import annotate_communities, build_graph, community_summary, detect_communities, write_graph_json
+    from .similarity import read_similarity_csv
+    from .tasks import get_task
+
+    d = _out(args)
+    names, S = read_similarity_csv(d / "similarity.csv")
+    attrs = {n: {"modality": get_task(n).modality} for n in names}
+    mode = "threshold" if args.threshold is not None else "knn"
+    G = build_graph(names, S, attrs, mode=mode, k=args.k, threshold=args.threshold if args.threshold is not None else 0.5)
+    annotate_communities(G, detect_communities(G, seed=0))
+    path = Path(args.out) if args.out else d / "graph.json"
+    write_graph_json(path, G)
+    print(f"graph with {G.number_of_nodes()} tasks and {G.number_of_edges()} edges -> {path}")
+    for c in community_summary(G):
+        print(f"  community: {', '.join(sorted(c['members']))}  [{', '.join(sorted(c['modalities']))}]")
+    return 0
+
+
+def cmd_top_k(args) -> int:
+    from .similarity import read_similarity_csv, top_k
+
+    names, S = read_similarity_csv(_out(args) / "similarity.csv")
+    for n, s in top_k(S, names, args.target, args.k):
+        print(f"{n}\t{s:.4f}")
+    return 0
+
+
+def cmd_transfer_matrix(args) -> int:
+    from .backbone import UnifiedBackbone
+    from .precompute import write_transfer_outputs
+    from .transfer_study import TransferBudget, run_pairs
+
+    study = Path(args.study)
+    dirs = _expert_dirs(study, "lora", args.tasks)
+    tasks = list(dirs)
+    budget = TransferBudget(shots=args.shots, steps=args.steps, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    bb = UnifiedBackbone.load(study / "backbone")
+    bar = tqdm(desc="transfer pairs", unit="pair")
+
+    def on_pair(i, n, job):
+        bar.total = n
+        bar.update(1)
+        bar.set_postfix_str(f"{job[0]} <- {job[1]} (seed {job[2]})")
+
+    run_pairs(tasks, dirs, "lora", bb, budget, study / "transfer", on_pair=on_pair)
+    bar.close()
+    summary = write_transfer_outputs(study, tasks, k=3)
+    print(json.dumps({k: {kk: v for kk, v in s.items() if kk != "seeds"} for k, s in summary.items()}, indent=2))
+    print(f"transfer matrix -> {study / 'transfer' / 'transfer_matrix.csv'}", file=sys.stderr)
+    return 0
+
+
+def register(sub, add) -> None:
+    def common(sp, method=True):
+        sp.add_argument("--study", default="precomputed")
+        sp.add_argument("--expert-type", default="lora", choices=["lora", "prompt", "ia3"])
+        if method:
+            sp.add_argument("--method", default="fisher", choices=["fisher", "weights", "data"],
+                            help="task embedding (default: fisher)")
+
+    sp = add("embed", cmd_embed, "embed tasks by the Fisher information of their experts (or a baseline)")
+    common(sp)
+    sp.add_argument("--tasks", nargs="*")
+    sp.add_argument("--n", type=int, default=128, help="samples for the Fisher average")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--projector")
+
+    sp = add("similarity", cmd_similarity, "task-by-task similarity matrix from embeddings")
+    common(sp)
+    sp.add_argument("--kind", choices=["fisher", "cosine"], help="fisher: the paper's pair-normalised measure")
+
+    sp = add("graph", cmd_graph, "task graph (networkx node-link JSON) with communities")
+    common(sp)
+    sp.add_argument("--k", type=int, default=3, help="neighbours per task (kNN graph)")
+    sp.add_argument("--threshold", type=float, help="threshold graph instead of kNN")
+    sp.add_argument("--out")
+
+    sp = add("top-k", cmd_top_k, "the k most similar source tasks of a target")
+    common(sp)
+    sp.add_argument("target")
+    sp.add_argument("--k", type=int, default=3)
+
+    sp = add("transfer-matrix", cmd_transfer_matrix, "measure pairwise transfer and score the predictions (resumable)")
+    sp.add_argument("--study", default="precomputed")
+    sp.add_argument("--tasks", nargs="*")
+    sp.add_argument("--shots", type=int, default=8)
+    sp.add_argument("--steps", type=int, default=30)
+    sp.add_argument("--seeds", default="0,1")

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real backbone (shipped projector) and quiet progress bars."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("PITUNE_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def backbone():
+    from pitune_core.backbone import UnifiedBackbone
+
+    return UnifiedBackbone.load()
+
+
+@pytest.fixture(scope="session")
+def short_training():
+    """A small real training budget for tests (the defaults train for minutes)."""
+    from pitune_core.experts import TrainConfig
+
+    return TrainConfig(min_steps=30, max_steps=30, batch_size=16)
+
+
+@pytest.fixture(scope="session")
+def quick_study(tmp_path_factory):
+    """A real quick study (``pitune precompute --quick``), built once per test session."""
+    from pitune_core.cli import main
+
+    out = tmp_path_factory.mktemp("study") / "quick"
+    assert main(["precompute", "--quick", "--out", str(out), "--projector", "precomputed/backbone"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def backbone_of_study(quick_study):
+    from pitune_core.backbone import UnifiedBackbone
+
+    return UnifiedBackbone.load(quick_study / "backbone")
