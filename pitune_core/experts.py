@@ -171,12 +171,13 @@ def train_loop(backbone: UnifiedBackbone, model: torch.nn.Module, train: TaskTen
         loss = F.cross_entropy(logits, labels.to(logits.device))
         if extra_loss is not None:
             loss = loss + extra_loss()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training diverged at step {step}: loss is {loss.item()}; "
+                                     f"lower the learning rate")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training diverged at step {step}: loss is {loss.item()}")
         losses.append(float(loss.item()))
         if on_step is not None:
             on_step({"stage": "train", "step": step + 1, "total": steps, "loss": losses[-1]})

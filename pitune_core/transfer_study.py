@@ -91,6 +91,65 @@ def run_pairs(tasks: list[str], expert_dirs: dict[str, str | Path], method: str,
     return log
 
 
+def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | Path], method: str,
+                 budget: TransferBudget, out: str | Path, projector: str | Path, db: str | Path,
+                 address: str | None = None, max_parallel: int | None = None) -> Path:
+    """The same study, fanned out as one run per pair through the run registry, executed by the
+    local executor (worker processes) or Ray (``address=None``: a local Ray started on demand).
+
+    Every job runs with one thread (``num_cpus=1``), so results do not depend on the executor.
+    Finished pairs land in ``pairs.jsonl`` exactly as with :func:`run_pairs`; failed pairs are
+    reported and left for the next (resumed) call.
+    """
+    from .runs.registry import RunRegistry
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "pairs.jsonl"
+    done = _read_done(log)
+    todo = [j for j in pair_jobs(tasks, budget.seeds) if j not in done]
+    configs = [{"target": t, "source": None if s == "scratch" else s,
+                "source_dir": None if s == "scratch" else str(Path(expert_dirs[s]).resolve()),
+                "seed": seed, "shots": budget.shots, "steps": budget.steps, "eval_limit": budget.eval_limit,
+                "method": method, "projector": str(Path(projector).resolve())} for t, s, seed in todo]
+    if not configs:
+        return log
+    reg = RunRegistry(db)
+    resources = {"num_cpus": 1}
+    if executor == "ray":
+        from .runs.ray_executor import RayExecutor
+
+        ex = RayExecutor(reg, address=address, num_cpus=max_parallel)
+        try:
+            ids = ex.map("transfer-pair", configs, resources=resources)
+            records = ex.wait(ids)
+        finally:
+            ex.shutdown()
+    elif executor == "local":
+        from .runs.executor import run_until_idle, wait
+
+        ids = [reg.submit("transfer-pair", c, name=f"pair {c['target']} <- {c['source'] or 'scratch'}",
+                          resources=resources) for c in configs]
+        run_until_idle(reg, max_parallel)
+        records = wait(reg, ids)
+    else:
+        raise ValueError(f"unknown executor {executor!r}; choose inprocess, local or ray")
+    failed = []
+    with open(log, "a") as f:
+        for rid in ids:
+            rec = records[rid]
+            if rec.status == "succeeded":
+                m = rec.metrics
+                f.write(json.dumps({"target": m["target"], "source": m["source"], "seed": m["seed"],
+                                    "score": m["score"]}) + "\n")
+            else:
+                failed.append(f"{rid} ({rec.status}: {(rec.error or '').splitlines()[-1:] or ''})")
+    if failed:
+        raise RuntimeError(f"{len(failed)} pair run(s) did not succeed: {'; '.join(failed[:5])}. "
+                           f"Inspect them with `pitune runs show ID --db {db}`; rerun to retry them.")
+    return log
+
+
 def gain_matrices(pairs_path: str | Path, tasks: list[str]) -> dict[int, np.ndarray]:
     """Per seed: gains in accuracy points, ``G[i, j]`` = target i from source j minus scratch (NaN diagonal)."""
     done = _read_done(Path(pairs_path))

@@ -46,7 +46,7 @@ def test_combined_lora_equals_weighted_sum_of_updates(backbone, lora_experts):
     combined = _delta(interp.bake())
     expected = sum(wi * _delta(load_expert(d, backbone)[0]) for wi, d in zip(w, lora_experts))
     torch.testing.assert_close(combined, expected, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(interp.weights().detach().numpy(), w, rtol=1e-6)
+    np.testing.assert_allclose(interp.weights().detach().cpu().numpy(), w, rtol=1e-6)
 
 
 def test_single_source_reproduces_the_expert(backbone, lora_experts):
@@ -65,7 +65,7 @@ def test_gradients_reach_weights_and_experts(backbone, lora_experts):
     interp = InterpolatedExperts(backbone, lora_experts)
     inputs, y = tensors["train"].batch(range(4))
     labels = backbone.encode_texts(list(spec.verbalizers), interp.trunk())
-    loss = torch.nn.functional.cross_entropy(backbone.logits(inputs, labels, interp.trunk()), y)
+    loss = torch.nn.functional.cross_entropy(backbone.logits(inputs, labels, interp.trunk()), y.to(backbone.device))
     loss.backward()
     assert interp.logits.grad is not None and interp.logits.grad.abs().sum() > 0
     assert all(p.grad is not None for p in interp.sources)

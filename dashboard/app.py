@@ -1,0 +1,657 @@
+"""pitune dashboard: explore a π-Tuning study and launch interpolate-and-tune runs.
+
+Run with ``pitune dashboard`` (or ``streamlit run dashboard/app.py``). The study directory comes
+from ``$PITUNE_STUDY`` (default ``precomputed/`` in the repository), the run registry from
+``$PITUNE_RUNS_DB`` (default ``runs/registry.sqlite`` in the repository).
+
+This file only renders: data comes from :mod:`pitune_core.study`, figures from
+:mod:`pitune_core.figures`, runs from :mod:`pitune_core.runs` (the page submits runs and a detached
+scheduler executes them; nothing here trains or blocks).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from pitune_core import figures as F  # noqa: E402
+from pitune_core.study import (  # noqa: E402
+    EMBEDDING_LABELS,
+    METHOD_LABELS,
+    Study,
+    StudyError,
+    filter_runs_for,
+    initial_weights,
+    read_run_files,
+    rebuild_hint,
+    zip_directory,
+)
+
+st.set_page_config(page_title="pitune · π-Tuning dashboard", page_icon="π", layout="wide")
+
+TABS = ["Graph", "Map", "Target", "Tune & launch", "Runs & compare", "Study"]
+SHOT_OPTIONS = [1, 2, 4, 8, 16, 32, 64, "full"]
+WEIGHT_MODES = {
+    "learn-uniform": "learnable (π-Tuning), start uniform",
+    "learn-auto": "learnable (π-Tuning), start from the predicted similarities",
+    "hand": "fixed, set by hand",
+}
+ACTIVE = ("queued", "running")
+STATUS_COLOR = {"queued": "gray", "running": "blue", "succeeded": "green", "failed": "red", "cancelled": "orange",
+                "interrupted": "orange"}
+
+
+def _status(s: str) -> str:
+    """A run status as coloured markdown text."""
+    return f":{STATUS_COLOR.get(s, 'gray')}[**{s}**]"
+
+#: widget keys whose values survive while their tab is not shown (tabs render lazily)
+KEEP = ("graph_mode", "graph_k", "graph_threshold", "comm_method", "heat_order", "src_mode", "src_pick",
+        "weights_mode", "shots", "seed", "weights_only", "open_run")
+
+
+# ----------------------------------------------------------------------------- locations
+
+def study_path() -> Path:
+    env = os.environ.get("PITUNE_STUDY")
+    p = Path(env).expanduser() if env else Path("precomputed")
+    return (p if p.is_absolute() else REPO / p).resolve()
+
+
+def runs_db_path() -> Path:
+    env = os.environ.get("PITUNE_RUNS_DB")
+    p = Path(env).expanduser() if env else Path("runs") / "registry.sqlite"
+    return (p if p.is_absolute() else REPO / p).resolve()
+
+
+def _stamp(root: Path) -> int:
+    try:
+        return (root / "manifest.json").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+# ----------------------------------------------------------------------------- cached loads
+
+@st.cache_resource(show_spinner="Checking the study…", max_entries=4)
+def load_study(root: str, stamp: int) -> Study:
+    """Open + verify (checksums) once per study version; raises StudyError (not cached)."""
+    return Study.open(root)
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def load_graph(root: str, stamp: int, method: str, embedding: str, mode: str, k: int, threshold: float,
+               comm_method: str):
+    study = load_study(root, stamp)
+    G, summary = study.task_graph(method, embedding, mode=mode, k=k, threshold=threshold,
+                                  community_method=comm_method)
+    return G, summary, F.graph_positions(G)
+
+
+@st.cache_resource(show_spinner=False)
+def _open_registry(db: str):
+    from pitune_core.runs.registry import RunRegistry
+
+    return RunRegistry(db)
+
+
+def get_registry(db: str):
+    """The run registry, or None after showing why it cannot be opened."""
+    try:
+        return _open_registry(db)
+    except Exception as e:  # noqa: BLE001 - a broken/unwritable database must not crash the page
+        st.error(f"The run registry `{db}` cannot be opened: {type(e).__name__}: {e}. "
+                 "Point the dashboard at another one with `pitune dashboard --db PATH` (PITUNE_RUNS_DB).")
+        return None
+
+
+def _init(key: str, value) -> None:
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def _choice(key: str, options: list, default) -> None:
+    """Keep a select widget's stored value valid when its options change."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default if default in options else options[0]
+
+
+def _clamp(key: str, lo, hi, default) -> None:
+    v = st.session_state.get(key, default)
+    st.session_state[key] = min(max(v if v is not None else default, lo), hi)
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _elapsed(rec) -> str:
+    secs = rec.duration if rec.duration is not None else (rec.progress or {}).get("elapsed")
+    if secs is None:
+        return "–"
+    secs = int(secs)
+    return f"{secs // 60}:{secs % 60:02d}" if secs < 3600 else f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+
+
+# ----------------------------------------------------------------------------- missing study
+
+def render_missing(root: Path, problems: list[str]) -> None:
+    st.title("π-Tuning dashboard")
+    st.error(f"The study at `{root}` cannot be used ({len(problems)} problem{'s' * (len(problems) != 1)}).",
+             icon="🚫")
+    shown = problems[:25]
+    st.markdown("**What is wrong:**\n" + "\n".join(f"- {p}" for p in shown)
+                + (f"\n- … and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""))
+    hint = rebuild_hint(root)
+    st.markdown("**How to rebuild it** (finished steps are kept, so this resumes where it stopped):")
+    st.code(f"{hint[0]}          # the full study (hours on CPU)\n"
+            f"{hint[1]}  # a small real study (minutes)\n"
+            f"{hint[2]}             # check it afterwards", language="bash")
+    st.markdown("Or point the dashboard at another study: `pitune dashboard --study DIR` "
+                "(environment variable `PITUNE_STUDY`).")
+
+
+# ----------------------------------------------------------------------------- sidebar
+
+def render_sidebar(study: Study, root: Path, db: Path) -> dict:
+    sb = st.sidebar
+    sb.title("π-Tuning")
+    man = study.manifest()
+    sb.caption(f"Study `{root.name}` · {len(study.tasks())} tasks · finished {str(man.get('finished', '?'))[:16]}")
+    methods = study.methods()
+    _choice("method", methods, "lora")
+    method = sb.selectbox("Expert type", methods, key="method", format_func=lambda m: METHOD_LABELS.get(m, m),
+                          help="Parameter-efficient experts trained per task on the frozen backbone.")
+    embs = study.embeddings(method)
+    if not embs:
+        sb.error(f"no predictions for {method} experts in this study")
+        st.stop()
+    _choice("embedding", embs, "fisher")
+    embedding = sb.selectbox("Task embedding", embs, key="embedding",
+                             format_func=lambda e: EMBEDDING_LABELS.get(e, e),
+                             help="How tasks are embedded before comparing them: the Fisher information of "
+                                  "their experts (π-Tuning), the expert weights, or the data alone.")
+    names, _ = study.similarity(method, embedding)
+    compare_targets = [t for t in study.compare_targets() if t in names]
+    _choice("target", names, compare_targets[0] if compare_targets else names[0])
+    target = sb.selectbox("Target task", names, key="target",
+                          format_func=lambda t: f"{t} ({study.modality(t) or '?'})",
+                          help="The task to transfer to. Click a node in the graph to pick it there.")
+    kmax = max(1, min(10, len(names) - 1))
+    _clamp("k", 1, kmax, min(3, kmax))
+    k = sb.slider("k: sources to interpolate", 1, kmax, key="k",
+                  help="How many of the most similar experts the target borrows from.")
+    sb.divider()
+    sb.caption(f"Study: `{root}`")
+    sb.caption(f"Runs: `{db}`")
+    return {"method": method, "embedding": embedding, "target": target, "k": k}
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def topk_list(study: Study, sel: dict, key: str) -> list:
+    top = study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])
+    with st.container(key=key):
+        st.markdown(f"**Top-{len(top)} predicted sources for `{sel['target']}`**")
+        st.markdown("\n".join(
+            f"{i}. **{s.name}** ({s.modality}) — similarity {s.similarity:.3f}"
+            + ("" if s.gain is None else f", measured gain {s.gain:+.1f} pts")
+            for i, s in enumerate(top, 1)))
+    return top
+
+
+def _pick_target_from_graph() -> None:
+    event = st.session_state.get("graph_chart")
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return
+    for p in points:
+        name = p.get("customdata")
+        if isinstance(name, list):
+            name = name[0] if name else None
+        if isinstance(name, str) and name in st.session_state.get("_task_names", ()):
+            st.session_state["target"] = name
+            return
+
+
+# ----------------------------------------------------------------------------- tabs
+
+def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
+    names, S = study.similarity(sel["method"], sel["embedding"])
+    st.session_state["_task_names"] = list(names)
+    c1, c2, c3, c4 = st.columns([1.3, 1.3, 1.3, 1])
+    _init("graph_mode", "knn")
+    mode = c1.radio("Link tasks by", ["knn", "threshold"], key="graph_mode", horizontal=True,
+                    format_func=lambda m: {"knn": "k nearest neighbours", "threshold": "similarity threshold"}[m])
+    kmax = max(1, len(names) - 1)
+    _clamp("graph_k", 1, kmax, min(3, kmax))
+    import numpy as np
+
+    off = S[~np.eye(len(names), dtype=bool)] if len(names) > 1 else np.array([0.0, 1.0])
+    lo, hi = float(np.floor(off.min() * 100) / 100), float(np.ceil(off.max() * 100) / 100)
+    hi = max(hi, lo + 0.01)
+    _clamp("graph_threshold", lo, hi, round(float(np.quantile(off, 0.75)), 2))
+    if mode == "knn":
+        gk = c2.slider("Neighbours per task (kNN k)", 1, kmax, key="graph_k")
+        thr = float(st.session_state["graph_threshold"])
+    else:
+        thr = c2.slider("Similarity threshold", lo, hi, key="graph_threshold", step=0.01)
+        gk = int(st.session_state["graph_k"])
+    _init("comm_method", "louvain")
+    comm = c3.radio("Communities", ["louvain", "greedy"], key="comm_method", horizontal=True,
+                    help="networkx community detection on the similarity-weighted graph.")
+    G, summary, pos = load_graph(str(root), stamp, sel["method"], sel["embedding"], mode, int(gk), float(thr), comm)
+    c4.metric("Edges", G.number_of_edges(), help="Links in the graph with the current settings.")
+    left, right = st.columns([3, 1.15])
+    with right:
+        top = topk_list(study, sel, "topk-graph")
+        st.markdown("**Communities** (node outline colour)")
+        for c in summary:
+            color = F.community_color(c["community"])
+            badge = " · **cross-modal**" if c["cross_modal"] else ""
+            st.markdown(f"<span style='color:{color}'>●</span> **{c['community']}** — "
+                        f"{c['size']} tasks, {', '.join(c['modalities'])}{badge}<br>"
+                        f"<small>{', '.join(c['members'])}</small>", unsafe_allow_html=True)
+    with left:
+        fig = F.graph_figure(G, pos, target=sel["target"], sources=[s.name for s in top])
+        st.plotly_chart(fig, key="graph_chart", on_select=_pick_target_from_graph, selection_mode="points",
+                        config={"displaylogo": False})
+        st.caption(f"{METHOD_LABELS.get(sel['method'])} experts, {EMBEDDING_LABELS.get(sel['embedding'])} "
+                   "similarity. Fill = modality, size = expert accuracy, outline = community, edge width = "
+                   "similarity; the target is the red star, dashed lines lead to its top-k sources. "
+                   "Click a node to make it the target.")
+
+
+def tab_map(study: Study, root: Path, stamp: int, sel: dict) -> None:
+    names, S = study.similarity(sel["method"], sel["embedding"])
+    mode = st.session_state.get("graph_mode", "knn")
+    G, summary, _ = load_graph(str(root), stamp, sel["method"], sel["embedding"], mode,
+                               int(st.session_state.get("graph_k", min(3, len(names) - 1))),
+                               float(st.session_state.get("graph_threshold", 0.5)),
+                               st.session_state.get("comm_method", "louvain"))
+    communities = {n: G.nodes[n].get("community") for n in G}
+    attrs = study.node_attrs(sel["method"])
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Task map")
+        try:
+            lnames, coords, note = study.layout(sel["method"], sel["embedding"])
+        except ValueError as e:
+            st.info(str(e))
+        else:
+            st.plotly_chart(F.layout_figure(lnames, coords, attrs, communities, target=sel["target"]),
+                            key="layout_chart", config={"displaylogo": False})
+            st.caption(note or "UMAP of the task embeddings.")
+    with right:
+        st.subheader("Similarity heatmap")
+        _init("heat_order", "community")
+        order_by = st.radio("Order by", ["community", "cluster", "modality", "name"], key="heat_order",
+                            horizontal=True, help="community: the graph's communities (Graph tab settings); "
+                            "cluster: average-linkage clustering of 1 − similarity.")
+        modalities = {n: attrs.get(n, {}).get("modality") for n in names}
+        order = F.order_tasks(names, order_by, communities, modalities, S)
+        st.plotly_chart(F.heatmap_figure(names, S, order, communities if order_by == "community" else None),
+                        key="heatmap_chart", config={"displaylogo": False})
+
+
+def tab_target(study: Study, sel: dict) -> None:
+    t = study.task(sel["target"])
+    experts = study.experts_of(sel["method"])
+    e = experts.get(t["name"], {})
+    st.subheader(f"{t['name']}")
+    st.caption(f"{t.get('modality')} · {t.get('num_classes')} classes · {t.get('description', '')}")
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("Own expert accuracy", _pct(e.get("expert")))
+    m2.metric("Zero-shot", _pct(e.get("zero_shot")))
+    m3.metric("Majority class", _pct(e.get("majority")))
+    m4.metric("Training examples", t.get("num_train", "–"))
+    left, right = st.columns([1.2, 1])
+    with left:
+        top = study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])
+        st.plotly_chart(F.topk_figure(top, sel["target"]), key="topk_chart", config={"displaylogo": False})
+    with right:
+        topk_list(study, sel, "topk-list")
+        gains = study.measured_gains(sel["target"])
+        if gains:
+            ranked = sorted(gains.items(), key=lambda kv: -kv[1])
+            best, best_gain = ranked[0]
+            predicted = [s.name for s in top]
+            verdict = (":green[**in the predicted top-k**]" if best in predicted
+                       else ":red[**not in the predicted top-k**]")
+            st.markdown(f"Best measured source: **{best}** ({best_gain:+.1f} points) — {verdict}.")
+            all_names, _ = study.similarity(sel["method"], sel["embedding"])
+            full = study.top_k(sel["target"], len(all_names) - 1, sel["method"], sel["embedding"])
+            rank = {s.name: i for i, s in enumerate(full, 1)}
+            rows = [{"source": n, "measured gain (pts)": round(g, 2), "measured rank": i,
+                     "predicted rank": rank.get(n)} for i, (n, g) in enumerate(ranked, 1)]
+            st.dataframe(rows, hide_index=True, key="gains_table")
+        else:
+            tm = study.transfer_matrix()
+            st.info(f"`{sel['target']}` is not in the measured transfer matrix"
+                    + (f" (measured targets: {', '.join(tm[0])})." if tm else " (this study has none)."))
+    st.markdown("#### How well does each embedding predict transfer?")
+    rows = study.quality_table()
+    if rows:
+        st.dataframe([{"embedding": r["embedding"], "Spearman (mean)": r.get("spearman_mean"),
+                       "Spearman (std)": r.get("spearman_std"),
+                       f"top-{r.get('top_k', 'k')} hit rate": r.get("hit_mean"),
+                       "hit rate (std)": r.get("hit_std")} for r in rows], hide_index=True, key="quality_table")
+        per = study.target_quality(sel["embedding"], sel["target"])
+        if per:
+            st.caption(f"For `{sel['target']}` with {EMBEDDING_LABELS.get(sel['embedding'])} similarity:")
+            st.dataframe([{"seed": p["seed"], "Spearman": p.get("spearman"), "hit": p.get("hit"),
+                           "best measured source": p.get("best_source"),
+                           "predicted": ", ".join(p.get("predicted") or [])} for p in per], hide_index=True,
+                         key="target_quality_table")
+        st.caption("Spearman: rank correlation between predicted similarity and measured gain over the "
+                   "sources of each target; hit rate: how often the best measured source is in the "
+                   "predicted top-k.")
+    else:
+        st.info("This study has no transfer/predict_quality.json.")
+
+
+def tab_launch(study: Study, sel: dict, db: Path) -> None:
+    target, method = sel["target"], sel["method"]
+    top = study.top_k(target, sel["k"], method, sel["embedding"])
+    experts = [t for t in study.expert_tasks(method) if t != target]
+    st.subheader(f"Interpolate and tune on `{target}`")
+    c1, c2 = st.columns([1.1, 1])
+    with c1:
+        _init("src_mode", "top-k")
+        src_mode = st.radio("Sources", ["top-k", "hand"], key="src_mode", horizontal=True,
+                            format_func=lambda m: {"top-k": f"top-{sel['k']} predicted",
+                                                   "hand": "choose them"}[m])
+        if src_mode == "top-k":
+            sources = [s.name for s in top]
+        else:
+            if not isinstance(st.session_state.get("src_pick"), list):
+                st.session_state["src_pick"] = [s.name for s in top]
+            st.session_state["src_pick"] = [s for s in st.session_state["src_pick"] if s in experts]
+            sources = st.multiselect(f"Source experts ({METHOD_LABELS.get(method)})", experts, key="src_pick")
+        n_tasks = len(study.similarity(method, sel["embedding"])[0])
+        sims = {s.name: s.similarity for s in study.top_k(target, n_tasks - 1, method, sel["embedding"])}
+        _init("weights_mode", "learn-uniform")
+        wmode = st.radio("Mixing weights", list(WEIGHT_MODES), key="weights_mode",
+                         format_func=WEIGHT_MODES.get)
+        hand = []
+        if wmode == "hand" and sources:
+            st.caption("Relative weight of each source (normalised to sum to 1):")
+            for s in sources:
+                _init(f"hw_{s}", 1.0)
+                hand.append(st.slider(s, 0.0, 1.0, key=f"hw_{s}", step=0.05))
+        s1, s2, s3 = st.columns(3)
+        _init("shots", 16)
+        shots = s1.select_slider("Shots per class", SHOT_OPTIONS, key="shots",
+                                 help="Training examples per class; 'full' uses all training data.")
+        _init("seed", 0)
+        seed = s2.number_input("Seed", min_value=0, max_value=10_000, step=1, key="seed")
+        _init("weights_only", False)
+        weights_only = s3.checkbox("Tune weights only", key="weights_only", disabled=wmode == "hand",
+                                   help="Learn the mixing weights but keep the experts frozen.")
+    with c2:
+        weights_spec = None
+        problem = None
+        if not sources:
+            problem = "Choose at least one source expert."
+        else:
+            try:
+                spec = {"learn-uniform": "uniform", "learn-auto": "auto"}.get(wmode, hand)
+                init = initial_weights(spec, [sims.get(s, 0.0) for s in sources])
+                weights_spec = spec
+                title = ("Weights as they will be used (fixed)" if wmode == "hand"
+                         else "Starting weights (π-Tuning learns them while tuning)")
+                st.plotly_chart(F.weights_bar_figure(sources, init, title=title), key="init_weights_chart",
+                                config={"displaylogo": False})
+                st.dataframe([{"source": s, "similarity": round(sims.get(s, float("nan")), 4),
+                               "weight": round(w, 4)} for s, w in zip(sources, init)],
+                             hide_index=True, key="weights_table")
+            except ValueError as e:
+                problem = str(e)
+        if problem:
+            st.warning(problem)
+        launch = st.button("Launch run", type="primary", disabled=problem is not None, key="launch",
+                           icon=":material/rocket_launch:")
+    if launch and weights_spec is not None:
+        try:
+            cfg = study.transfer_config(target, sources, method=method, embedding=sel["embedding"],
+                                        weights=weights_spec, shots=shots, seed=int(seed),
+                                        weights_only=bool(weights_only) and wmode != "hand")
+        except ValueError as e:
+            st.error(f"Cannot launch: {e}")
+        else:
+            reg = get_registry(str(db))
+            if reg is None:
+                return
+            label = {"learn-uniform": "learned", "learn-auto": "learned from sims", "hand": "hand"}[wmode]
+            run_id = reg.submit("transfer", cfg, name=f"{target} ← {len(sources)} {method} experts, {label}")
+            st.session_state["launched"] = run_id
+            from pitune_core.runs import executor
+
+            try:
+                executor.ensure_scheduler(str(db))
+            except (RuntimeError, OSError) as e:
+                st.warning(f"Run {run_id} is queued, but the scheduler did not start ({e}). Start it with "
+                           f"`pitune runs scheduler --db {db}`.")
+            st.toast(f"Run {run_id} queued", icon=":material/rocket_launch:")
+    if st.session_state.get("launched"):
+        st.success(f"Launched run `{st.session_state['launched']}` — follow it below; results appear under "
+                   "**Runs & compare**.")
+    st.divider()
+    live_runs(str(db))
+
+
+@st.fragment(run_every=2.0)
+def live_runs(db: str) -> None:
+    """Live progress of the dashboard's runs (re-renders on its own every 2 s)."""
+    from pitune_core.runs.executor import scheduler_running
+
+    reg = get_registry(db)
+    if reg is None:
+        return
+    runs = filter_runs_for(reg.list_runs(kind="transfer", limit=50))
+    active = [r for r in runs if r.status in ACTIVE]
+    head, sched = st.columns([3, 1])
+    head.markdown(f"#### Runs ({len(active)} active)")
+    running = scheduler_running(db)
+    sched.caption("scheduler: " + ("running" if running else "idle (starts with the next launch)"))
+    if active and not running and any(r.status == "queued" for r in active):
+        if sched.button("Start scheduler", key="start_sched"):
+            from pitune_core.runs import executor
+
+            executor.ensure_scheduler(db)
+    if not runs:
+        st.caption("No runs yet.")
+        return
+    for r in active:
+        p = r.progress or {}
+        cols = st.columns([2.2, 1.4, 3, 1, 1, 0.9])
+        cols[0].markdown(f"`{r.id}`<br><small>{r.config.get('target')} · "
+                         f"k={r.config.get('k')} · {r.config.get('shots') or 'full'}-shot</small>",
+                         unsafe_allow_html=True)
+        cols[1].markdown(f"{_status(r.status)}<br><small>stage: {p.get('stage', '–')}</small>",
+                         unsafe_allow_html=True)
+        step, total = p.get("step"), p.get("total")
+        if step is not None and total:
+            cols[2].progress(min(1.0, float(step) / float(total)), text=f"step {step}/{total}")
+        else:
+            cols[2].progress(0.0, text="waiting" if r.status == "queued" else str(p.get("stage", "starting")))
+        cols[3].markdown(f"loss<br>**{p['loss']:.3f}**" if isinstance(p.get("loss"), (int, float)) else "loss<br>–",
+                         unsafe_allow_html=True)
+        cols[4].markdown(f"elapsed<br>**{_elapsed(r)}**", unsafe_allow_html=True)
+        if r.cancel_requested:
+            cols[5].caption("cancelling…")
+        else:  # the callback runs before the (fragment) rerun, so the new status shows at once
+            cols[5].button("Cancel", key=f"cancel_{r.id}", on_click=reg.request_cancel, args=(r.id,))
+    done = [r for r in runs if r.status not in ACTIVE][:8]
+    if done:
+        st.caption("Recently finished")
+        st.dataframe([{"run": r.id, "status": r.status,
+                       "target": r.config.get("target"), "k": r.config.get("k"),
+                       "shots": r.config.get("shots") or "full",
+                       "accuracy": (r.metrics or {}).get("accuracy"), "time": _elapsed(r),
+                       "error": (r.error or "")[:120]} for r in done], hide_index=True, key="finished_runs")
+
+
+def tab_compare(study: Study, sel: dict, db: Path) -> None:
+    target = sel["target"]
+    reg = get_registry(str(db))
+    all_runs = filter_runs_for(reg.list_runs(kind="transfer", limit=500)) if reg is not None else []
+    runs = [r for r in all_runs if r.config.get("target") == target]
+    base = study.compare_results(target)
+    st.subheader(f"Runs and baselines for `{target}`")
+    run_rows = [{"label": f"run {r.id[-6:]} ({r.config.get('shots') or 'full'}-shot)",
+                 "shots": r.config.get("shots") or "full",
+                 "accuracy": (r.metrics or {}).get("accuracy")} for r in runs if r.status == "succeeded"]
+    if base or run_rows:
+        st.plotly_chart(F.compare_figure(base, run_rows), key="compare_chart", config={"displaylogo": False})
+    if not base:
+        others = study.compare_targets()
+        st.info(f"No precomputed baselines for `{target}`"
+                + (f" (targets with baselines: {', '.join(others)})." if others else " in this study."))
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Your runs**")
+        if runs:
+            st.dataframe([{"run": r.id, "status": r.status, "shots": r.config.get("shots") or "full",
+                           "k": r.config.get("k"), "sources": ", ".join(r.config.get("sources") or []),
+                           "weights": r.config.get("weights") if isinstance(r.config.get("weights"), str)
+                           else "hand", "seed": r.config.get("seed"),
+                           "accuracy": (r.metrics or {}).get("accuracy")} for r in runs],
+                         hide_index=True, key="runs_table")
+        else:
+            st.caption("No runs for this target yet — launch one under **Tune & launch**.")
+    with right:
+        st.markdown("**Precomputed baselines** (`compare/results.csv`)")
+        if base:
+            st.dataframe([{"approach": b["approach"], "shots": str(b["shots"]), "seed": b["seed"],
+                           "accuracy": b["accuracy"], "sources": ", ".join(b["sources"])} for b in base],
+                         hide_index=True, key="baselines_table")
+    st.divider()
+    st.markdown("#### Open a run")
+    if not all_runs:
+        st.caption("No runs in the registry yet.")
+        return
+    ids = [r.id for r in runs] + [r.id for r in all_runs if r.config.get("target") != target]
+    by_id = {r.id: r for r in all_runs}
+    _choice("open_run", ids, ids[0])
+    run_id = st.selectbox("Run", ids, key="open_run",
+                          format_func=lambda i: f"{i} · {by_id[i].config.get('target')} · {by_id[i].status}")
+    render_run(reg, by_id[run_id])
+
+
+def render_run(reg, rec) -> None:
+    try:
+        files = read_run_files(rec.run_dir, reg.runs_root)
+    except ValueError as e:
+        st.error(str(e))
+        return
+    st.markdown(f"{_status(rec.status)} · {rec.name or ''} · elapsed {_elapsed(rec)}")
+    metrics = files.get("metrics") or rec.metrics
+    if rec.status == "failed":
+        st.error(files.get("FAILED") or rec.error or "failed")
+        if files.get("error.txt"):
+            with st.expander("error details"):
+                st.code(files["error.txt"])
+    if metrics:
+        a, b, c = st.columns(3)
+        a.metric("Test accuracy", _pct(metrics.get("accuracy")))
+        b.metric("Validation accuracy", _pct((metrics.get("val") or {}).get("accuracy")))
+        c.metric("Steps", metrics.get("steps", "–"))
+    w = files.get("weights")
+    left, right = st.columns([1.4, 1])
+    with left:
+        if isinstance(w, dict) and w.get("history"):
+            st.plotly_chart(F.weights_history_figure(w["history"], w.get("sources") or rec.config.get("sources", [])),
+                            key="run_weights_chart", config={"displaylogo": False})
+        elif rec.status in ACTIVE:
+            st.caption("Weights over time appear when the run has finished.")
+        else:
+            st.caption("This run recorded no weights history.")
+    with right:
+        st.markdown("**Config**")
+        st.json(files.get("config") or rec.config, expanded=False)
+        if metrics:
+            st.markdown("**Metrics**")
+            st.json(metrics, expanded=False)
+    if files.get("expert_dir"):
+        expert_dir = files["expert_dir"]
+        st.download_button("Download merged expert (.zip)", data=lambda: zip_directory(expert_dir),
+                           file_name=f"pitune-expert-{rec.id}.zip", mime="application/zip",
+                           key=f"download_{rec.id}", icon=":material/download:")
+    if "log" in files:
+        with st.expander("log"):
+            st.code(files["log"] or "(empty)")
+
+
+def tab_study(study: Study) -> None:
+    man = study.manifest()
+    a, b, c = st.columns(3)
+    a.metric("Tasks", len(study.tasks()))
+    b.metric("Experts", len(study.expert_summary()))
+    c.metric("Files (checksummed)", len(man.get("files", {})))
+    st.markdown(f"Built with `{man.get('command', '?')}` · backbone `{(man.get('backbone') or {}).get('id', '?')}` · "
+                f"{str(man.get('started', '?'))[:19]} → {str(man.get('finished', '?'))[:19]}")
+    if man.get("stage_seconds"):
+        st.caption("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in man["stage_seconds"].items()
+                                                   if isinstance(v, (int, float))))
+    st.markdown("**Experts**")
+    st.dataframe(study.expert_summary(), hide_index=True, key="experts_table")
+    left, right = st.columns(2)
+    with left:
+        abl = study.ablation()
+        if abl:
+            st.markdown("**Ablation: vision-language experts with the images blanked**")
+            st.dataframe(abl, hide_index=True, key="ablation_table")
+    with right:
+        stab = study.fisher_stability("lora") if "lora" in study.methods() else None
+        if stab:
+            st.markdown("**Fisher stability** (N vs 2N samples)")
+            st.markdown(f"top-{stab.get('k')} overlap {stab.get('mean_topk_overlap', 0):.2f}, "
+                        f"Spearman over all pairs {stab.get('spearman_all_pairs', 0):.2f}")
+    with st.expander("tasks.json"):
+        st.dataframe([{k: v for k, v in t.items() if k not in ("labels", "verbalizers")} for t in study.tasks()],
+                     hide_index=True, key="tasks_table")
+
+
+# ----------------------------------------------------------------------------- main
+
+def main() -> None:
+    for key in KEEP:  # keep the state of widgets on tabs that are not rendered this run
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith("hw_")]:
+        st.session_state[key] = st.session_state[key]
+    root, db = study_path(), runs_db_path()
+    stamp = _stamp(root)
+    try:
+        study = load_study(str(root), stamp)
+    except StudyError as e:
+        render_missing(root, e.problems)
+        return
+    sel = render_sidebar(study, root, db)
+    st.title("π-Tuning dashboard")
+    tabs = st.tabs(TABS, key="view", bind="query-params")
+    renderers = {
+        "Graph": lambda: tab_graph(study, root, stamp, sel),
+        "Map": lambda: tab_map(study, root, stamp, sel),
+        "Target": lambda: tab_target(study, sel),
+        "Tune & launch": lambda: tab_launch(study, sel, db),
+        "Runs & compare": lambda: tab_compare(study, sel, db),
+        "Study": lambda: tab_study(study),
+    }
+    for name, tab in zip(TABS, tabs):
+        if tab.open is False:
+            continue
+        with tab:
+            renderers[name]()
+
+
+main()

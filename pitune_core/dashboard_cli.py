@@ -1,0 +1,75 @@
+"""``pitune dashboard``: start the Streamlit dashboard on a study.
+
+Execs ``streamlit run dashboard/app.py`` bound to 127.0.0.1 by default (a warning is printed when
+binding elsewhere: the dashboard can launch training runs and has no authentication), headless and
+without usage statistics. The study and the run registry reach the app through the environment
+variables ``PITUNE_STUDY`` and ``PITUNE_RUNS_DB`` (absolute paths).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "dashboard" / "app.py"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def streamlit_command(host: str = "127.0.0.1", port: int = 8501) -> list[str]:
+    """The argv that starts the dashboard (``python -m streamlit run …``)."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
+            "--server.address", host, "--server.port", str(int(port)),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+
+
+def dashboard_env(study: str | os.PathLike, db: str | os.PathLike, base: dict | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env["PITUNE_STUDY"] = str(Path(study).expanduser().resolve())
+    env["PITUNE_RUNS_DB"] = str(Path(db).expanduser().resolve())
+    return env
+
+
+def default_study() -> Path:
+    """``$PITUNE_STUDY``, else ``./precomputed`` when it exists, else the repository's ``precomputed/``."""
+    if os.environ.get("PITUNE_STUDY"):
+        return Path(os.environ["PITUNE_STUDY"])
+    here = Path("precomputed")
+    return here if here.is_dir() else REPO / "precomputed"
+
+
+def cmd_dashboard(args) -> int:
+    if not APP.is_file():
+        raise FileNotFoundError(f"the dashboard app is missing: {APP}")
+    if not 0 < int(args.port) < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.host not in LOCAL_HOSTS:
+        print(f"pitune: warning: binding the dashboard to {args.host}: anyone who can reach this address can "
+              "browse the study and launch training runs (there is no login). Use the default 127.0.0.1 and "
+              "an SSH tunnel unless you mean it.", file=sys.stderr)
+    env = dashboard_env(default_study() if args.study is None else args.study, args.db)
+    study = Path(env["PITUNE_STUDY"])
+    if not (study / "manifest.json").is_file():
+        print(f"pitune: note: {study} is not a complete study; the dashboard will show how to rebuild it "
+              f"(`pitune precompute --out {study}`).", file=sys.stderr)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"pitune dashboard: http://{shown}:{args.port}  (study {study}, runs {env['PITUNE_RUNS_DB']})",
+          file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os.chdir(REPO)  # so that .streamlit/config.toml applies; all paths above are absolute
+    cmd = streamlit_command(args.host, args.port)
+    os.execve(cmd[0], cmd, env)
+    return 0  # pragma: no cover - execve does not return
+
+
+def register(sub, add) -> None:
+    sp = add("dashboard", cmd_dashboard, "open the interactive dashboard (task graph, top-k, launch runs)")
+    sp.add_argument("--study", default=None,
+                    help="study directory written by `pitune precompute` (default: $PITUNE_STUDY, else "
+                         "./precomputed, else the repository's precomputed/)")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8501)
+    sp.add_argument("--db", default=os.environ.get("PITUNE_RUNS_DB") or os.path.join("runs", "registry.sqlite"),
+                    help="run registry database (default: $PITUNE_RUNS_DB or runs/registry.sqlite)")

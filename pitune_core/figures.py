@@ -1,0 +1,388 @@
+"""Plotly figures for the dashboard: pure functions, data in, ``plotly.graph_objects.Figure`` out.
+
+Nothing here reads files or touches Streamlit, so every figure can be tested (and reused in a
+notebook) on its own. Colours: modality fixes a node's fill, community its outline.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "MODALITY_COLORS",
+    "COMMUNITY_COLORS",
+    "community_color",
+    "graph_positions",
+    "graph_figure",
+    "layout_figure",
+    "order_tasks",
+    "heatmap_figure",
+    "topk_figure",
+    "weights_bar_figure",
+    "weights_history_figure",
+    "compare_figure",
+]
+
+MODALITY_COLORS = {"language": "#1f77b4", "vision": "#2ca02c", "vision-language": "#9467bd"}
+OTHER_COLOR = "#7f7f7f"
+COMMUNITY_COLORS = ["#E15F99", "#FB8500", "#1CA71C", "#222A2A", "#B68100", "#750D86", "#EB663B", "#511CFB",
+                    "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16", "#A777F1"]
+TARGET_COLOR = "#d62728"
+
+
+def community_color(c: int | None) -> str:
+    if c is None:
+        return OTHER_COLOR
+    return COMMUNITY_COLORS[int(c) % len(COMMUNITY_COLORS)]
+
+
+def _modality_color(m: str | None) -> str:
+    return MODALITY_COLORS.get(m or "", OTHER_COLOR)
+
+
+def _fmt(v: Any, pct: bool = True) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def _node_size(acc: Any) -> float:
+    """Marker diameter from expert accuracy (0..1): 12 px for 0, 40 px for 1; 14 px if unknown."""
+    if acc is None or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+        return 14.0
+    return 12.0 + 28.0 * max(0.0, min(1.0, float(acc)))
+
+
+def graph_positions(G: nx.Graph, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """A deterministic force-directed layout (stronger similarity pulls closer)."""
+    if G.number_of_nodes() == 0:
+        return {}
+    pos = nx.spring_layout(G, weight="weight", seed=seed, k=1.5 / math.sqrt(max(G.number_of_nodes(), 1)))
+    return {n: (float(p[0]), float(p[1])) for n, p in pos.items()}
+
+
+def _hover(name: str, d: Mapping[str, Any], extra: str = "") -> str:
+    lines = [f"<b>{name}</b>", f"modality: {d.get('modality', '?')}"]
+    if d.get("description"):
+        desc = str(d["description"])
+        lines.append(desc if len(desc) <= 90 else desc[:87] + "…")
+    if d.get("num_classes") is not None:
+        lines.append(f"classes: {d['num_classes']}, train examples: {d.get('num_train', '?')}")
+    lines.append(f"expert {d.get('metric') or 'accuracy'}: {_fmt(d.get('accuracy'))} "
+                 f"(zero-shot {_fmt(d.get('zero_shot'))})")
+    if d.get("community") is not None:
+        lines.append(f"community {d['community']}")
+    if extra:
+        lines.append(extra)
+    return "<br>".join(lines)
+
+
+def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, target: str | None = None,
+                 sources: Sequence[str] = (), title: str | None = None, height: int = 620) -> go.Figure:
+    """The task graph as an interactive network.
+
+    Nodes: fill = modality, size = expert accuracy, outline = community (legend lists each
+    community and the modalities it spans). Edges: width and opacity grow with similarity;
+    hovering an edge's midpoint shows its similarity. ``target`` is drawn as a star and its
+    ``sources`` (e.g. the top-k predicted experts) are joined to it by dashed red lines.
+    """
+    pos = dict(pos) if pos is not None else graph_positions(G)
+    fig = go.Figure()
+    weights = [float(w) for _, _, w in G.edges(data="weight", default=0.0)]
+    lo, hi = (min(weights), max(weights)) if weights else (0.0, 1.0)
+    span = (hi - lo) or 1.0
+    # edges, binned by strength (a scatter trace has one line width)
+    bins: dict[int, tuple[list, list]] = {}
+    mid_x, mid_y, mid_text = [], [], []
+    for u, v, w in G.edges(data="weight", default=0.0):
+        b = min(3, int(4 * (float(w) - lo) / span)) if span else 3
+        xs, ys = bins.setdefault(b, ([], []))
+        xs += [pos[u][0], pos[v][0], None]
+        ys += [pos[u][1], pos[v][1], None]
+        mid_x.append((pos[u][0] + pos[v][0]) / 2)
+        mid_y.append((pos[u][1] + pos[v][1]) / 2)
+        mid_text.append(f"{u} — {v}<br>similarity {float(w):.3f}")
+    for b in sorted(bins):
+        xs, ys = bins[b]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                 line=dict(width=0.8 + 1.6 * b, color=f"rgba(90,90,90,{0.25 + 0.18 * b:.2f})"),
+                                 name=f"edges {b}"))
+    if mid_x:
+        fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", marker=dict(size=8, opacity=0),
+                                 hovertext=mid_text, hoverinfo="text", showlegend=False, name="edge info"))
+    if target is not None and target in pos:
+        xs, ys = [], []
+        for s in sources:
+            if s in pos and s != target:
+                xs += [pos[target][0], pos[s][0], None]
+                ys += [pos[target][1], pos[s][1], None]
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", name="target → top-k sources",
+                                     line=dict(width=2.5, color=TARGET_COLOR, dash="dash")))
+    # nodes, one trace per modality (legend), outline by community; the target in a trace of its own
+    mods = sorted({d.get("modality") or "other" for _, d in G.nodes(data=True)},
+                  key=lambda m: (list(MODALITY_COLORS).index(m) if m in MODALITY_COLORS else 9, m))
+    for m in mods:
+        nodes = [n for n, d in G.nodes(data=True) if (d.get("modality") or "other") == m and n != target]
+        if not nodes:
+            continue
+        data = [G.nodes[n] for n in nodes]
+        fig.add_trace(go.Scatter(
+            x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text", name=m,
+            text=nodes, textposition="top center", textfont=dict(size=10),
+            hovertext=[_hover(n, d, f"degree {G.degree(n)}") for n, d in zip(nodes, data)], hoverinfo="text",
+            customdata=nodes,
+            marker=dict(size=[_node_size(d.get("accuracy")) for d in data], color=_modality_color(m),
+                        line=dict(width=3, color=[community_color(d.get("community")) for d in data]),
+                        opacity=0.92)))
+    if target is not None and target in G:
+        d = G.nodes[target]
+        fig.add_trace(go.Scatter(
+            x=[pos[target][0]], y=[pos[target][1]], mode="markers+text", name=f"target: {target}",
+            text=[target], textposition="top center", textfont=dict(size=11, color=TARGET_COLOR),
+            hovertext=[_hover(target, d, f"degree {G.degree(target)} · the target")], hoverinfo="text",
+            customdata=[target],
+            marker=dict(size=_node_size(d.get("accuracy")) + 8, color=_modality_color(d.get("modality")),
+                        symbol="star", line=dict(width=2, color=TARGET_COLOR))))
+    # legend entries for communities (outline colour + members' modalities)
+    comms: dict[int, list[str]] = {}
+    for n, c in G.nodes(data="community"):
+        if c is not None:
+            comms.setdefault(int(c), []).append(n)
+    for c in sorted(comms):
+        members = comms[c]
+        modalities = sorted({G.nodes[n].get("modality") or "?" for n in members})
+        label = f"community {c}: {len(members)} tasks ({', '.join(modalities)})"
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label, legendgroup="communities",
+                                 legendgrouptitle=dict(text="communities (outline)") if c == min(comms) else None,
+                                 marker=dict(size=12, color="white", line=dict(width=3, color=community_color(c)))))
+    fig.update_layout(
+        title=dict(text=title) if title else None, height=height, hovermode="closest",
+        margin=dict(l=10, r=10, t=40 if title else 10, b=10), plot_bgcolor="white",
+        legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
+        xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x", scaleratio=1),
+    )
+    return fig
+
+
+def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, Mapping[str, Any]],
+                  communities: Mapping[str, int] | None = None, target: str | None = None,
+                  title: str | None = None, height: int = 560) -> go.Figure:
+    """The 2-D map of the task embeddings (UMAP or its fallback): colour = modality, outline =
+    community; the target, if given, is a star."""
+    coords = np.asarray(coords, dtype=float)
+    communities = dict(communities or {})
+    fig = go.Figure()
+    idx_by_mod: dict[str, list[int]] = {}
+    for i, n in enumerate(names):
+        idx_by_mod.setdefault(attrs.get(n, {}).get("modality") or "other", []).append(i)
+    for m in sorted(idx_by_mod, key=lambda m: (list(MODALITY_COLORS).index(m) if m in MODALITY_COLORS else 9, m)):
+        idx = [i for i in idx_by_mod[m] if names[i] != target]
+        if not idx:
+            continue
+        ns = [names[i] for i in idx]
+        fig.add_trace(go.Scatter(
+            x=coords[idx, 0], y=coords[idx, 1], mode="markers+text", name=m, text=ns, textposition="top center",
+            textfont=dict(size=10), customdata=ns,
+            hovertext=[_hover(n, {**attrs.get(n, {}), "community": communities.get(n)}) for n in ns],
+            hoverinfo="text",
+            marker=dict(size=[_node_size(attrs.get(n, {}).get("accuracy")) for n in ns], color=_modality_color(m),
+                        line=dict(width=3, color=[community_color(communities.get(n)) for n in ns]))))
+    if target is not None and target in names:
+        i = list(names).index(target)
+        a = attrs.get(target, {})
+        fig.add_trace(go.Scatter(
+            x=[coords[i, 0]], y=[coords[i, 1]], mode="markers+text", name=f"target: {target}", text=[target],
+            textposition="top center", textfont=dict(size=11, color=TARGET_COLOR), customdata=[target],
+            hovertext=[_hover(target, {**a, "community": communities.get(target)})], hoverinfo="text",
+            marker=dict(size=_node_size(a.get("accuracy")) + 8, color=_modality_color(a.get("modality")),
+                        symbol="star", line=dict(width=2, color=TARGET_COLOR))))
+    fig.update_layout(title=dict(text=title) if title else None, height=height, plot_bgcolor="white",
+                      margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      xaxis=dict(title=dict(text="dimension 1"), zeroline=False, showgrid=True, gridcolor="#eee"),
+                      yaxis=dict(title=dict(text="dimension 2"), zeroline=False, showgrid=True, gridcolor="#eee"))
+    return fig
+
+
+def order_tasks(names: Sequence[str], by: str = "community", communities: Mapping[str, int] | None = None,
+                modalities: Mapping[str, str | None] | None = None, sim: np.ndarray | None = None) -> list[str]:
+    """Task order for the heatmap: ``community`` (then modality, then name), ``modality``,
+    ``cluster`` (average-linkage hierarchical clustering of 1 - similarity) or ``name``."""
+    names = list(names)
+    communities = dict(communities or {})
+    modalities = dict(modalities or {})
+    mod_rank = {m: i for i, m in enumerate(MODALITY_COLORS)}
+
+    def mkey(n):
+        return mod_rank.get(modalities.get(n) or "", 9)
+
+    if by == "community":
+        return sorted(names, key=lambda n: (communities.get(n, 1 << 30), mkey(n), n))
+    if by == "modality":
+        return sorted(names, key=lambda n: (mkey(n), n))
+    if by == "name":
+        return sorted(names)
+    if by == "cluster":
+        if sim is None:
+            raise ValueError("ordering by cluster needs the similarity matrix")
+        if len(names) < 3:
+            return names
+        from scipy.cluster.hierarchy import leaves_list, linkage
+        from scipy.spatial.distance import squareform
+
+        S = np.asarray(sim, dtype=float)
+        D = np.clip(1.0 - (S + S.T) / 2.0, 0.0, None)
+        np.fill_diagonal(D, 0.0)
+        order = leaves_list(linkage(squareform(D, checks=False), method="average"))
+        return [names[i] for i in order]
+    raise ValueError(f"order must be community, modality, cluster or name, got {by!r}")
+
+
+def heatmap_figure(names: Sequence[str], sim: np.ndarray, order: Sequence[str] | None = None,
+                   communities: Mapping[str, int] | None = None, title: str | None = None,
+                   height: int | None = None) -> go.Figure:
+    """Similarity heatmap in ``order`` (default: as given); the diagonal is blanked so the colour
+    scale shows the off-diagonal structure; community boundaries are outlined."""
+    names = list(names)
+    order = list(order) if order is not None else names
+    idx = [names.index(n) for n in order]
+    S = np.asarray(sim, dtype=float)[np.ix_(idx, idx)].copy()
+    np.fill_diagonal(S, np.nan)
+    z = [[None if not math.isfinite(v) else round(float(v), 4) for v in row] for row in S]
+    n = len(order)
+    fig = go.Figure(go.Heatmap(z=z, x=order, y=order, colorscale="Viridis", colorbar=dict(title=dict(text="sim")),
+                               hovertemplate="target %{y}<br>source %{x}<br>similarity %{z:.3f}<extra></extra>",
+                               hoverongaps=False))
+    if communities:
+        start = 0
+        for i in range(1, n + 1):
+            if i == n or communities.get(order[i]) != communities.get(order[start]):
+                c = communities.get(order[start])
+                fig.add_shape(type="rect", x0=start - 0.5, x1=i - 0.5, y0=start - 0.5, y1=i - 0.5,
+                              line=dict(color=community_color(c), width=3), fillcolor="rgba(0,0,0,0)")
+                start = i
+    size = height or max(420, min(1100, 28 * n + 180))
+    fig.update_layout(title=dict(text=title) if title else None, height=size,
+                      margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      xaxis=dict(tickangle=-45, tickfont=dict(size=10)),
+                      yaxis=dict(autorange="reversed", tickfont=dict(size=10), scaleanchor="x", scaleratio=1))
+    return fig
+
+
+def topk_figure(sources: Sequence[Any], target: str, height: int | None = None) -> go.Figure:
+    """Predicted similarity (left) beside the measured transfer gain (right) for each of the
+    top-k sources of ``target``. ``sources``: objects or dicts with name, similarity, modality,
+    gain (points, None when not measured)."""
+    def get(s, k):
+        return s[k] if isinstance(s, Mapping) else getattr(s, k)
+
+    names = [get(s, "name") for s in sources]
+    sims = [float(get(s, "similarity")) for s in sources]
+    gains = [get(s, "gain") for s in sources]
+    colors = [_modality_color(get(s, "modality")) for s in sources]
+    measured = any(g is not None for g in gains)
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=("predicted similarity", "measured gain (accuracy points)"))
+    fig.add_trace(go.Bar(y=names, x=sims, orientation="h", marker=dict(color=colors), name="similarity",
+                         text=[f"{s:.3f}" for s in sims], textposition="auto",
+                         hovertemplate="%{y}: similarity %{x:.3f}<extra></extra>"), row=1, col=1)
+    gx = [g if g is not None else 0.0 for g in gains]
+    fig.add_trace(go.Bar(y=names, x=gx, orientation="h", name="measured gain",
+                         marker=dict(color=["#bbbbbb" if g is None else ("#2ca02c" if g >= 0 else "#d62728")
+                                            for g in gains]),
+                         text=["not measured" if g is None else f"{g:+.1f}" for g in gains], textposition="auto",
+                         hovertemplate="%{y}: %{text}<extra></extra>"), row=1, col=2)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)
+    fig.update_xaxes(title=dict(text="similarity"), row=1, col=1)
+    fig.update_xaxes(title=dict(text="gain vs. training from scratch" if measured else
+                                f"{target} is not in the transfer matrix"), row=1, col=2)
+    fig.update_layout(height=height or max(220, 60 + 42 * len(names)), showlegend=False,
+                      margin=dict(l=10, r=10, t=40, b=10), plot_bgcolor="white", bargap=0.25)
+    return fig
+
+
+def weights_bar_figure(sources: Sequence[str], weights: Sequence[float], title: str | None = None) -> go.Figure:
+    """The normalised mixing weights a run will start from."""
+    fig = go.Figure(go.Bar(x=list(weights), y=list(sources), orientation="h", marker=dict(color="#4c78a8"),
+                           text=[f"{w:.3f}" for w in weights], textposition="auto",
+                           hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+    fig.update_layout(title=dict(text=title) if title else None, height=max(160, 50 + 36 * len(sources)),
+                      margin=dict(l=10, r=10, t=36 if title else 10, b=10), plot_bgcolor="white",
+                      xaxis=dict(range=[0, 1], title=dict(text="weight")), yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def weights_history_figure(history: Sequence[Mapping[str, Any]], sources: Sequence[str],
+                           title: str | None = None) -> go.Figure:
+    """Mixing weights over training steps (one line per source) and the loss (dotted, right axis)."""
+    steps = [h.get("step", i) for i, h in enumerate(history)]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for j, s in enumerate(sources):
+        fig.add_trace(go.Scatter(x=steps, y=[(h.get("weights") or [None] * len(sources))[j] for h in history],
+                                 mode="lines+markers", name=s), secondary_y=False)
+    loss_pts = [(st, h["loss"]) for st, h in zip(steps, history) if h.get("loss") is not None]
+    if loss_pts:
+        fig.add_trace(go.Scatter(x=[p[0] for p in loss_pts], y=[p[1] for p in loss_pts], mode="lines",
+                                 name="training loss", line=dict(dash="dot", color="#888")), secondary_y=True)
+    fig.update_yaxes(title=dict(text="weight"), rangemode="tozero", secondary_y=False)
+    fig.update_yaxes(title=dict(text="loss"), secondary_y=True, showgrid=False)
+    fig.update_xaxes(title=dict(text="step"))
+    fig.update_layout(title=dict(text=title) if title else None, height=380, plot_bgcolor="white",
+                      margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    return fig
+
+
+def _shots_key(s: Any) -> tuple:
+    return (1, 0) if s in (None, "full") else (0, int(s))
+
+
+def compare_figure(baselines: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]] = (),
+                   title: str | None = None) -> go.Figure:
+    """Accuracy per approach, grouped by shots: precomputed baselines (mean ± std over seeds,
+    every seed as a dot) and the dashboard's own runs (diamonds, one per run).
+
+    ``baselines`` rows: approach, shots, accuracy; ``runs`` rows: label, shots, accuracy.
+    """
+    fig = go.Figure()
+    shots_all = sorted({r.get("shots") if r.get("shots") is not None else "full" for r in [*baselines, *runs]},
+                       key=_shots_key)
+    approaches = list(dict.fromkeys(r["approach"] for r in baselines))
+    palette = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2"]
+    for i, shots in enumerate(shots_all):
+        rows = [r for r in baselines if (r.get("shots") if r.get("shots") is not None else "full") == shots
+                and r.get("accuracy") is not None]
+        if not rows:
+            continue
+        xs, means, stds = [], [], []
+        for a in approaches:
+            vals = [float(r["accuracy"]) for r in rows if r["approach"] == a]
+            if vals:
+                xs.append(a)
+                means.append(float(np.mean(vals)))
+                stds.append(float(np.std(vals)) if len(vals) > 1 else 0.0)
+        name = f"{shots}-shot" if shots != "full" else "full data"
+        color = palette[i % len(palette)]
+        fig.add_trace(go.Bar(x=xs, y=means, name=name, legendgroup=name, marker=dict(color=color),
+                             error_y=dict(type="data", array=stds, visible=True),
+                             hovertemplate="%{x}<br>mean %{y:.3f}<extra>" + name + "</extra>"))
+    for r in runs:
+        if r.get("accuracy") is None:
+            continue
+        shots = r.get("shots") if r.get("shots") is not None else "full"
+        name = f"{shots}-shot" if shots != "full" else "full data"
+        fig.add_trace(go.Scatter(x=[r["label"]], y=[float(r["accuracy"])], mode="markers", name=r["label"],
+                                 legendgroup="runs", legendgrouptitle=dict(text="your runs"),
+                                 marker=dict(symbol="diamond", size=13, line=dict(width=1, color="black")),
+                                 hovertemplate=f"{r['label']} ({name})<br>accuracy %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(title=dict(text=title) if title else None, barmode="group", height=420, showlegend=True,
+                      margin=dict(l=10, r=10, t=40 if title else 10, b=10), plot_bgcolor="white",
+                      yaxis=dict(title=dict(text="test accuracy"), rangemode="tozero", gridcolor="#eee"),
+                      xaxis=dict(title=dict(text="approach")))
+    return fig

@@ -1,0 +1,580 @@
+"""Read-only access to a study directory (the output of ``pitune precompute``).
+
+The dashboard reads everything it shows through :class:`Study`; nothing here writes into the
+study, trains, or imports torch at module import time (the similarity / graph helpers that do are
+imported lazily, on first use).
+
+Paths are only ever built from names the study itself lists (its tasks, its expert methods, its
+embeddings): a name that is not one of those raises :class:`ValueError` before any path is joined,
+so text typed by a user can never point outside the study directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+__all__ = [
+    "Study",
+    "StudyError",
+    "TopSource",
+    "filter_runs_for",
+    "METHODS",
+    "EMBEDDINGS",
+    "EMBEDDING_LABELS",
+    "MODALITIES",
+    "default_study_path",
+    "rebuild_hint",
+    "normalise_weights",
+    "initial_weights",
+    "zip_directory",
+    "read_run_files",
+    "parse_shots",
+]
+
+METHODS = ("lora", "prompt", "ia3")
+METHOD_LABELS = {"lora": "LoRA", "prompt": "prompt tuning", "ia3": "IA³"}
+#: embeddings in display order; ``fisher_2n`` (Fisher with twice the samples) only exists for LoRA
+EMBEDDINGS = ("fisher", "weights", "data", "fisher_2n")
+EMBEDDING_LABELS = {"fisher": "Fisher", "weights": "expert weights", "data": "data only",
+                    "fisher_2n": "Fisher (2N samples)"}
+MODALITIES = ("language", "vision", "vision-language")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_study_path() -> Path:
+    """``$PITUNE_STUDY`` or ``precomputed/`` in the repository root."""
+    env = os.environ.get("PITUNE_STUDY")
+    return Path(env).expanduser() if env else REPO_ROOT / "precomputed"
+
+
+def rebuild_hint(root: str | os.PathLike) -> list[str]:
+    """The commands that (re)build a study at ``root``."""
+    root = os.fspath(root)
+    return [f"pitune precompute --out {root}",
+            f"pitune precompute --quick --out {root}",
+            f"pitune verify {root} --no-load"]
+
+
+class StudyError(Exception):
+    """A study directory that cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, root: Path, problems: Sequence[str]):
+        self.root = Path(root)
+        self.problems = list(problems)
+        first = self.problems[0] if self.problems else "unknown problem"
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(f"study {self.root} is not usable: {first}{more}. "
+                         f"Rebuild it with `{rebuild_hint(self.root)[0]}` (or `--quick` for a small one).")
+
+
+def parse_shots(value: Any) -> int | None:
+    """``"full"`` / ``None`` / ``""`` -> None (all training data); otherwise a positive int."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "full", "none", "all")):
+        return None
+    shots = int(value)
+    if shots < 1:
+        raise ValueError(f"shots must be at least 1 (or 'full'), got {value!r}")
+    return shots
+
+
+def _float(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _read_json(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def normalise_weights(weights: Sequence[float]) -> list[float]:
+    """Non-negative weights scaled to sum to 1 (what π-Tuning uses for fixed weights)."""
+    w = [float(x) for x in weights]
+    if not w:
+        raise ValueError("no weights: choose at least one source")
+    if not all(math.isfinite(x) for x in w):
+        raise ValueError(f"weights must be finite numbers, got {w}")
+    if any(x < 0 for x in w):
+        raise ValueError(f"weights must be non-negative, got {w}")
+    total = sum(w)
+    if total <= 0:
+        raise ValueError("weights must not all be zero")
+    return [x / total for x in w]
+
+
+def initial_weights(mode: str | Sequence[float], similarities: Sequence[float]) -> list[float]:
+    """The mixing weights a run starts from, exactly as ``InterpolatedExperts`` initialises them.
+
+    ``"uniform"``: 1/k each; ``"auto"``: similarities clipped at 1e-6 and normalised; a list:
+    the hand-set weights normalised.
+    """
+    k = len(similarities)
+    if isinstance(mode, str):
+        if mode == "uniform":
+            return [1.0 / k] * k if k else []
+        if mode == "auto":
+            s = [max(float(x), 1e-6) for x in similarities]
+            total = sum(s)
+            return [x / total for x in s]
+        raise ValueError(f"weights must be 'uniform', 'auto' or a list of numbers, got {mode!r}")
+    if len(mode) != k:
+        raise ValueError(f"got {len(mode)} weights for {k} sources; give exactly one weight per source")
+    return normalise_weights(mode)
+
+
+def zip_directory(path: str | os.PathLike) -> bytes:
+    """A zip archive (in memory) of the regular files under ``path``; symlinks are skipped."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                if p.is_symlink() or not p.is_file():
+                    continue
+                zf.write(p, arcname=str(Path(root.name) / p.relative_to(root)))
+    return buf.getvalue()
+
+
+def read_run_files(run_dir: str | os.PathLike, runs_root: str | os.PathLike) -> dict[str, Any]:
+    """The JSON / text outputs of one run directory (config, weights history, metrics, error, log tail).
+
+    ``run_dir`` must lie inside ``runs_root`` (both come from the run registry, never from user
+    text); anything else raises ``ValueError``. Missing files are simply absent from the result.
+    """
+    d = Path(run_dir).resolve()
+    root = Path(runs_root).resolve()
+    if d == root or not d.is_relative_to(root):
+        raise ValueError(f"run directory {d} is outside the runs directory {root}")
+    out: dict[str, Any] = {"run_dir": str(d)}
+    for name in ("config", "weights", "metrics"):
+        p = d / f"{name}.json"
+        if p.is_file():
+            try:
+                out[name] = _read_json(p)
+            except (OSError, ValueError) as e:
+                out[f"{name}_error"] = f"{p.name} is not readable: {e}"
+    for name in ("error.txt", "FAILED"):
+        p = d / name
+        if p.is_file():
+            out[name] = p.read_text(encoding="utf-8", errors="replace")[-20000:]
+    log = d / "log.txt"
+    if log.is_file() and not log.is_symlink():
+        out["log"] = log.read_text(encoding="utf-8", errors="replace")[-8000:]
+    expert = d / "expert"
+    out["expert_dir"] = str(expert) if (expert / "adapter_config.json").is_file() and not expert.is_symlink() else None
+    return out
+
+
+@dataclass(frozen=True)
+class TopSource:
+    name: str
+    similarity: float
+    modality: str | None
+    gain: float | None  # measured transfer gain in accuracy points (None: not measured)
+
+
+class Study:
+    """One study directory, read-only. Cheap to construct; reads files on first use."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self._cache: dict[tuple, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Study({str(self.root)!r})"
+
+    # ---------------------------------------------------------------- validity
+    def problems(self) -> list[str]:
+        """Everything wrong with the directory ([] = usable); never raises."""
+        if not self.root.exists():
+            return [f"{self.root} does not exist"]
+        if not self.root.is_dir():
+            return [f"{self.root} is not a directory"]
+        from .precompute import verify_study
+
+        try:
+            problems = list(verify_study(self.root, load_experts=False))
+        except Exception as e:  # noqa: BLE001 - report, never crash the caller
+            return [f"could not verify {self.root}: {type(e).__name__}: {e}"]
+        if problems:
+            return problems
+        for rel in ("tasks.json", "experts/summary.csv"):
+            if not (self.root / rel).is_file():
+                problems.append(f"missing: {rel}")
+        if not problems and not self.methods():
+            problems.append("no experts: experts/<method>/ is empty")
+        if not problems and not any(self.embeddings(m) for m in self.methods()):
+            problems.append("no predictions: predict/<method>/<embedding>/similarity.csv is missing")
+        try:
+            if not problems:
+                self.tasks()
+        except (OSError, ValueError) as e:
+            problems.append(f"tasks.json is not readable: {e}")
+        return problems
+
+    @classmethod
+    def open(cls, root: str | os.PathLike | None = None) -> "Study":
+        """Open and verify (checksums, not expert loading); :class:`StudyError` if unusable."""
+        study = cls(default_study_path() if root is None else root)
+        problems = study.problems()
+        if problems:
+            raise StudyError(study.root, problems)
+        return study
+
+    def _memo(self, key: tuple, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    # ---------------------------------------------------------------- names (the only path parts)
+    def _check_method(self, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"unknown expert type {method!r}; expected one of {', '.join(METHODS)}")
+        return method
+
+    def _check_embedding(self, embedding: str) -> str:
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"unknown embedding {embedding!r}; expected one of {', '.join(EMBEDDINGS)}")
+        return embedding
+
+    def _check_task(self, task: str) -> str:
+        if task not in self.task_names():
+            raise ValueError(f"unknown task {task!r}: not in {self.root / 'tasks.json'}")
+        return task
+
+    # ---------------------------------------------------------------- study-wide files
+    def manifest(self) -> dict:
+        return self._memo(("manifest",), lambda: _read_json(self.root / "manifest.json"))
+
+    def tasks(self) -> list[dict]:
+        def load():
+            data = _read_json(self.root / "tasks.json")
+            if not isinstance(data, list) or not all(isinstance(t, dict) and "name" in t for t in data):
+                raise ValueError("expected a list of task objects with a 'name'")
+            return data
+        return self._memo(("tasks",), load)
+
+    def task_names(self) -> list[str]:
+        return [t["name"] for t in self.tasks()]
+
+    def task(self, name: str) -> dict:
+        for t in self.tasks():
+            if t["name"] == name:
+                return t
+        raise ValueError(f"unknown task {name!r}: not in {self.root / 'tasks.json'}")
+
+    def modality(self, name: str) -> str | None:
+        try:
+            return self.task(name).get("modality")
+        except ValueError:
+            return None
+
+    def methods(self) -> list[str]:
+        """Expert types present (some expert saved under ``experts/<method>/``), LoRA first."""
+        def find():
+            out = []
+            for m in METHODS:
+                d = self.root / "experts" / m
+                if d.is_dir() and any((p / "pitune_expert.json").is_file() for p in d.iterdir()):
+                    out.append(m)
+            return out
+        return self._memo(("methods",), find)
+
+    def expert_tasks(self, method: str) -> list[str]:
+        """Tasks that have a saved expert of ``method`` (study task order)."""
+        self._check_method(method)
+        d = self.root / "experts" / method
+        return [t for t in self.task_names() if (d / t / "pitune_expert.json").is_file()]
+
+    def expert_dir(self, method: str, task: str) -> Path:
+        self._check_method(method)
+        self._check_task(task)
+        return self.root / "experts" / method / task
+
+    def embeddings(self, method: str) -> list[str]:
+        """Embeddings with a similarity matrix for ``method``, in display order."""
+        self._check_method(method)
+        base = self.root / "predict" / method
+        return [e for e in EMBEDDINGS if (base / e / "similarity.csv").is_file()]
+
+    def expert_summary(self) -> list[dict]:
+        """Rows of ``experts/summary.csv`` with numbers parsed."""
+        def load():
+            rows = []
+            for r in _read_csv(self.root / "experts" / "summary.csv"):
+                row: dict[str, Any] = dict(r)
+                for k in ("expert", "zero_shot", "majority", "expert_accuracy", "train_time_s", "peak_memory_mb"):
+                    if k in row:
+                        row[k] = _float(row[k])
+                for k in ("num_train", "num_test", "steps"):
+                    if k in row:
+                        v = _float(row[k])
+                        row[k] = int(v) if v is not None else None
+                rows.append(row)
+            return rows
+        return self._memo(("summary",), load)
+
+    def experts_of(self, method: str) -> dict[str, dict]:
+        self._check_method(method)
+        return {r["task"]: r for r in self.expert_summary() if r.get("method") == method}
+
+    def node_attrs(self, method: str) -> dict[str, dict]:
+        """Per task: modality, accuracy (the expert's), zero-shot, description, classes, sizes."""
+        experts = self.experts_of(method)
+        out = {}
+        for t in self.tasks():
+            e = experts.get(t["name"], {})
+            out[t["name"]] = {
+                "modality": t.get("modality"),
+                "accuracy": e.get("expert"),
+                "zero_shot": e.get("zero_shot"),
+                "majority": e.get("majority"),
+                "metric": e.get("metric") or t.get("metric"),
+                "description": t.get("description", ""),
+                "num_classes": t.get("num_classes"),
+                "num_train": t.get("num_train"),
+                "source": t.get("source", ""),
+            }
+        return out
+
+    def projector(self) -> dict | None:
+        p = self.root / "backbone" / "projector.json"
+        return self._memo(("projector",), lambda: _read_json(p) if p.is_file() else None)
+
+    def ablation(self) -> list[dict]:
+        p = self.root / "ablation" / "blank_images.csv"
+        if not p.is_file():
+            return []
+        return [{"task": r["task"], "accuracy": _float(r.get("accuracy")),
+                 "accuracy_images_blanked": _float(r.get("accuracy_images_blanked"))} for r in _read_csv(p)]
+
+    def fisher_stability(self, method: str = "lora") -> dict | None:
+        p = self.root / "predict" / self._check_method(method) / "fisher_stability.json"
+        return _read_json(p) if p.is_file() else None
+
+    # ---------------------------------------------------------------- predictions
+    def _predict_dir(self, method: str, embedding: str) -> Path:
+        self._check_method(method)
+        self._check_embedding(embedding)
+        d = self.root / "predict" / method / embedding
+        if not (d / "similarity.csv").is_file():
+            have = ", ".join(self.embeddings(method)) or "none"
+            raise ValueError(f"no {embedding} embedding for {method} experts in this study (available: {have})")
+        return d
+
+    def similarity(self, method: str, embedding: str) -> tuple[list[str], Any]:
+        """(task names, similarity matrix as a numpy array)."""
+        def load():
+            from .similarity import read_similarity_csv
+
+            return read_similarity_csv(self._predict_dir(method, embedding) / "similarity.csv")
+        return self._memo(("sim", method, embedding), load)
+
+    def precomputed_graph(self, method: str, embedding: str):
+        """The networkx graph saved by ``precompute`` (``graph.json``), or None."""
+        p = self._predict_dir(method, embedding) / "graph.json"
+        if not p.is_file():
+            return None
+        from .graph import read_graph_json
+
+        return read_graph_json(p)
+
+    def layout(self, method: str, embedding: str) -> tuple[list[str], Any, str]:
+        """(names, coordinates (n, 2), note on how the layout was made)."""
+        def load():
+            from .layout import read_layout_csv
+
+            d = self._predict_dir(method, embedding)
+            if not (d / "layout.csv").is_file():
+                raise ValueError(f"no layout for {method}/{embedding} in this study")
+            names, coords = read_layout_csv(d / "layout.csv")
+            note_p = d / "layout_note.txt"
+            note = note_p.read_text(encoding="utf-8").strip() if note_p.is_file() else ""
+            return names, coords, note
+        return self._memo(("layout", method, embedding), load)
+
+    def task_graph(self, method: str, embedding: str, mode: str = "knn", k: int = 3, threshold: float = 0.5,
+                   community_method: str = "louvain", seed: int = 0):
+        """The task graph rebuilt from ``similarity.csv`` with communities annotated.
+
+        Returns ``(G, summary)``: ``G`` an undirected networkx graph whose nodes carry
+        :meth:`node_attrs` plus ``community``; ``summary`` is
+        :func:`pitune_core.graph.community_summary` (members and modalities per community).
+        """
+        from .graph import annotate_communities, build_graph, community_summary, detect_communities
+
+        names, S = self.similarity(method, embedding)
+        attrs = self.node_attrs(method)
+        G = build_graph(names, S, {n: attrs.get(n, {}) for n in names}, mode=mode, k=k, threshold=threshold)
+        annotate_communities(G, detect_communities(G, method=community_method, seed=seed))
+        return G, community_summary(G)
+
+    def top_k(self, target: str, k: int, method: str, embedding: str) -> list[TopSource]:
+        """The ``k`` experts most similar to ``target`` (best first), with measured gains."""
+        from .similarity import top_k
+
+        self._check_task(target)
+        names, S = self.similarity(method, embedding)
+        if target not in names:
+            raise ValueError(f"{target} has no {method} {embedding} embedding in this study")
+        k = max(1, min(int(k), len(names) - 1))
+        gains = self.measured_gains(target)
+        return [TopSource(n, float(s), self.modality(n), gains.get(n)) for n, s in top_k(S, names, target, k)]
+
+    # ---------------------------------------------------------------- transfer (measured)
+    def transfer_matrix(self) -> tuple[list[str], list[str], Any] | None:
+        """(targets, sources, gains in accuracy points with NaN where not measured), or None."""
+        def load():
+            import numpy as np
+
+            p = self.root / "transfer" / "transfer_matrix.csv"
+            if not p.is_file():
+                return None
+            with open(p, newline="", encoding="utf-8") as fh:
+                rows = [r for r in csv.reader(fh) if r]
+            if not rows or rows[0][0] != "target":
+                raise ValueError(f"{p}: expected a header starting with 'target'")
+            cols = rows[0][1:]
+            targets = [r[0] for r in rows[1:]]
+            M = np.array([[_float(v) if _float(v) is not None else np.nan for v in r[1:]] for r in rows[1:]],
+                         dtype=float).reshape(len(targets), len(cols))
+            return targets, cols, M
+        return self._memo(("transfer",), load)
+
+    def measured_gains(self, target: str) -> dict[str, float]:
+        """{source: measured gain in points} for ``target``; {} if it is not in the matrix."""
+        tm = self.transfer_matrix()
+        if tm is None or target not in tm[0]:
+            return {}
+        targets, cols, M = tm
+        row = M[targets.index(target)]
+        return {c: float(v) for c, v in zip(cols, row) if c != target and math.isfinite(v)}
+
+    def predict_quality(self) -> dict | None:
+        p = self.root / "transfer" / "predict_quality.json"
+        return self._memo(("pq",), lambda: _read_json(p) if p.is_file() else None)
+
+    def quality_table(self) -> list[dict]:
+        """One row per embedding: mean/std Spearman and top-K hit rate (K read from the keys)."""
+        pq = self.predict_quality() or {}
+        rows = []
+        for emb, q in pq.items():
+            if not isinstance(q, dict):
+                continue
+            row: dict[str, Any] = {"embedding": emb, "spearman_mean": q.get("spearman_mean"),
+                                   "spearman_std": q.get("spearman_std")}
+            for key, v in q.items():
+                if key.startswith("top") and key.endswith("_hit_mean"):
+                    row["top_k"] = key[3:-len("_hit_mean")]
+                    row["hit_mean"] = v
+                elif key.startswith("top") and key.endswith("_hit_std"):
+                    row["hit_std"] = v
+            rows.append(row)
+        return rows
+
+    def target_quality(self, embedding: str, target: str) -> list[dict]:
+        """Per seed: the Spearman / hit / best measured source / predicted sources for ``target``."""
+        pq = (self.predict_quality() or {}).get(embedding) or {}
+        out = []
+        for seed, s in sorted((pq.get("seeds") or {}).items()):
+            t = ((s or {}).get("per_target") or {}).get(target)
+            if t:
+                out.append({"seed": seed, **t})
+        return out
+
+    # ---------------------------------------------------------------- compare (baselines)
+    def compare_results(self, target: str | None = None) -> list[dict]:
+        """Rows of ``compare/results.csv`` (optionally one target); shots are ints or ``"full"``."""
+        def load():
+            p = self.root / "compare" / "results.csv"
+            if not p.is_file():
+                return []
+            rows = []
+            for r in _read_csv(p):
+                shots = r.get("shots", "")
+                try:
+                    shots_v: int | str = int(shots)
+                except (TypeError, ValueError):
+                    shots_v = "full"
+                rows.append({"target": r.get("target"), "approach": r.get("method"), "shots": shots_v,
+                             "seed": r.get("seed"), "accuracy": _float(r.get("accuracy")),
+                             "score": _float(r.get("score")), "metric": r.get("metric"),
+                             "sources": [s for s in (r.get("sources") or "").split("|") if s]})
+            return rows
+        rows = self._memo(("compare",), load)
+        return [r for r in rows if target is None or r["target"] == target]
+
+    def compare_targets(self) -> list[str]:
+        seen: list[str] = []
+        for r in self.compare_results():
+            if r["target"] not in seen:
+                seen.append(r["target"])
+        return seen
+
+    # ---------------------------------------------------------------- runs
+    def transfer_config(self, target: str, sources: Sequence[str], method: str = "lora",
+                        embedding: str = "fisher", weights: str | Sequence[float] = "uniform",
+                        shots: Any = 16, seed: int = 0, weights_only: bool = False) -> dict:
+        """A validated config for the run registry's ``transfer`` kind (cheap checks only; the
+        worker re-validates everything with :func:`pitune_core.transfer_run.prepare_transfer`)."""
+        self._check_task(target)
+        self._check_method(method)
+        self._predict_dir(method, embedding)
+        sources = list(dict.fromkeys(sources))
+        if not sources:
+            raise ValueError("choose at least one source expert")
+        have = set(self.expert_tasks(method))
+        names, _ = self.similarity(method, embedding)
+        for s in sources:
+            if s == target:
+                raise ValueError(f"the target {target} cannot be one of its own sources")
+            if s not in have:
+                raise ValueError(f"no {method} expert for {s!r} in this study")
+            if s not in names:
+                raise ValueError(f"{s!r} has no {embedding} similarity in this study")
+        if isinstance(weights, str):
+            if weights not in ("uniform", "auto"):
+                raise ValueError(f"weights must be 'uniform', 'auto' or numbers, got {weights!r}")
+            w: str | list[float] = weights
+        else:
+            w = [float(x) for x in weights]
+            if len(w) != len(sources):
+                raise ValueError(f"got {len(w)} weights for {len(sources)} sources")
+            w = normalise_weights(w)  # exactly what the run uses; raises on negative / all-zero / non-finite
+        return {"target": target, "k": len(sources), "method": method, "embedding": embedding,
+                "shots": parse_shots(shots), "weights": w, "sources": sources, "seed": int(seed),
+                "study": str(self.root), "weights_only": bool(weights_only) and isinstance(w, str)}
+
+
+def filter_runs_for(records: Iterable[Any], target: str | None = None) -> list[Any]:
+    """Registry records of ``transfer`` runs, optionally only those for ``target``."""
+    out = []
+    for r in records:
+        if getattr(r, "kind", None) != "transfer":
+            continue
+        if target is None or (r.config or {}).get("target") == target:
+            out.append(r)
+    return out

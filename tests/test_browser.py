@@ -1,0 +1,192 @@
+"""The dashboard in a real browser: ``streamlit run`` on 127.0.0.1 + headless Debian Chromium.
+
+Needs ``apt-get install chromium`` and the ``playwright`` Python package (never ``playwright
+install``: the system Chromium is used). Skipped with a reason when either is missing or when there
+is no study to show (``precomputed/manifest.json``, or ``$PITUNE_TEST_STUDY``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("PITUNE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+LEAD_SCREENSHOT = Path("/tmp/dashboard.png")
+
+
+def _study() -> Path:
+    env = os.environ.get("PITUNE_TEST_STUDY")
+    if env:
+        p = Path(env)
+        if not (p / "manifest.json").is_file():
+            pytest.skip(f"PITUNE_TEST_STUDY={env} has no manifest.json")
+        return p.resolve()
+    p = REPO / "precomputed"
+    if not (p / "manifest.json").is_file():
+        pytest.skip("no study to show: precomputed/manifest.json is missing (build it with "
+                    "`pitune precompute --out precomputed`, or set PITUNE_TEST_STUDY to a study directory)")
+    return p
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sync_playwright():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright as sp
+    except ImportError:
+        pytest.skip("the playwright Python package is not installed (pip install -r requirements-test.txt)")
+    return sp
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    study = _study()
+    tmp = tmp_path_factory.mktemp("dash")
+    port = _free_port()
+    env = dict(os.environ, PITUNE_STUDY=str(study), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
+               PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
+    env.pop("PITUNE_TEST_STUDY", None)
+    log = open(tmp / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError(f"streamlit did not start:\n{(tmp / 'streamlit.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url, tmp
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _topk_items(page, container: str) -> list[str]:
+    return page.locator(f".st-key-{container} li").all_inner_texts()
+
+
+def _wait_topk_count(page, container: str, n: int, timeout: float = 20.0) -> list[str]:
+    deadline = time.time() + timeout
+    items: list[str] = []
+    while time.time() < deadline:
+        items = _topk_items(page, container)
+        if len(items) == n:
+            return items
+        time.sleep(0.2)
+    raise AssertionError(f"expected {n} top-k items in {container}, got {items}")
+
+
+def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
+    url, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            t0 = time.perf_counter()
+            page.goto(url, wait_until="domcontentloaded")
+            # first full render: the graph drawn (plotly's node traces) and the top-k list filled in
+            page.wait_for_selector('[data-testid="stPlotlyChart"] .scatterlayer .trace', timeout=90_000)
+            page.wait_for_selector(".st-key-topk-graph li", timeout=90_000)
+            first_render = time.perf_counter() - t0
+            print(f"\ntime to first full render: {first_render:.2f} s")
+            assert not page.locator('[data-testid="stException"]').count(), "the app raised an exception"
+
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            # the k slider decides how many sources are listed
+            k_slider = sidebar.locator('.st-key-k input[type="range"]')
+            k0 = int(k_slider.input_value())
+            items = _wait_topk_count(page, "topk-graph", k0)
+            kmax = int(k_slider.get_attribute("max"))
+            assert kmax > 1, "the study needs at least 3 tasks"
+            k_slider.focus()
+            key = "ArrowLeft" if k0 > 1 else "ArrowRight"
+            k1 = k0 - 1 if k0 > 1 else k0 + 1
+            page.keyboard.press(key)
+            items = _wait_topk_count(page, "topk-graph", k1)
+
+            # pick another target in the sidebar's selectbox; the list follows it
+            first = items[0]
+            target_box = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Target task")
+            current = target_box.inner_text()
+            target_box.locator("input").click()
+            options = page.locator('[role="option"]')
+            options.first.wait_for(timeout=10_000)
+            names = options.all_inner_texts()
+            new = next(o for o in names if o.split(" (")[0] not in current)
+            options.filter(has_text=new).first.click()
+            new_name = new.split(" (")[0]
+            page.wait_for_function(  # the list's heading names the target in a code span
+                "name => Array.from(document.querySelectorAll('.st-key-topk-graph code'))"
+                ".some(e => e.textContent.trim() === name)", arg=new_name, timeout=20_000)
+            deadline = time.time() + 20  # the list is re-rendered for the new target: k1 sources, not itself
+            while True:
+                items = _topk_items(page, "topk-graph")
+                fresh = len(items) == k1 and not any(i.split(" (")[0].strip() == new_name for i in items)
+                if fresh and not page.locator('[data-stale="true"]').count():
+                    break
+                assert time.time() < deadline, f"top-k list did not follow the new target {new_name}: {items}"
+                time.sleep(0.2)
+            assert page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').count() > 0
+
+            # the Target tab: similarity / measured-gain bars next to the list
+            page.get_by_role("tab", name="Target").click()
+            page.wait_for_selector(".st-key-topk-list li", timeout=30_000)
+            assert len(_topk_items(page, "topk-list")) == k1
+            page.wait_for_selector('[data-testid="stPlotlyChart"] .barlayer', timeout=30_000)
+            assert not errors, f"JavaScript errors: {errors}"
+            assert not page.locator('[data-testid="stException"]').count()
+
+            page.get_by_role("tab", name="Graph").click()
+            page.wait_for_selector(".st-key-topk-graph li", timeout=30_000)
+            page.wait_for_selector('[data-testid="stPlotlyChart"] .scatterlayer .trace', timeout=30_000)
+            time.sleep(0.5)
+            shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            try:
+                shutil.copyfile(shot, LEAD_SCREENSHOT)
+            except OSError:
+                pass
+            print(f"screenshot: {shot} (copied to {LEAD_SCREENSHOT})")
+        finally:
+            browser.close()

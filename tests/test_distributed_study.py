@@ -1,0 +1,47 @@
+"""A small real pairwise transfer study, in-process, through the local executor and through Ray."""
+
+import json
+
+import pytest
+
+from pitune_core.transfer_study import TransferBudget, run_pairs, run_pairs_on
+
+TASKS = ["sklearn_digits", "lfw_faces"]
+BUDGET = TransferBudget(shots=2, steps=3, seeds=(0,), eval_limit=60)
+
+
+def _scores(log):
+    return {(r["target"], r["source"], r["seed"]): r["score"] for r in map(json.loads, log.read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def reference(quick_study, backbone_of_study, tmp_path_factory):
+    dirs = {t: quick_study / "experts/lora" / t for t in TASKS}
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the executors run every pair with one thread
+    try:
+        log = run_pairs(TASKS, dirs, "lora", backbone_of_study, BUDGET, tmp_path_factory.mktemp("inproc"))
+    finally:
+        torch.set_num_threads(threads)
+    return dirs, _scores(log)
+
+
+def test_local_executor_gives_the_same_study(quick_study, reference, tmp_path):
+    dirs, expected = reference
+    log = run_pairs_on("local", TASKS, dirs, "lora", BUDGET, tmp_path / "t", quick_study / "backbone",
+                       tmp_path / "reg.sqlite", max_parallel=2)
+    assert _scores(log) == expected and len(expected) == 4
+
+
+def test_ray_gives_the_same_study(quick_study, reference, tmp_path):
+    pytest.importorskip("ray")
+    dirs, expected = reference
+    log = run_pairs_on("ray", TASKS, dirs, "lora", BUDGET, tmp_path / "t", quick_study / "backbone",
+                       tmp_path / "reg.sqlite", max_parallel=2)
+    assert _scores(log) == expected
+    from pitune_core.runs.registry import RunRegistry
+
+    runs = RunRegistry(tmp_path / "reg.sqlite").list_runs(kind=["transfer-pair"])
+    assert len(runs) == 4 and {r.status for r in runs} == {"succeeded"}

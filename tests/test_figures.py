@@ -1,0 +1,154 @@
+"""pitune_core.figures: pure plotly figure builders."""
+
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from pitune_core import figures as F
+from pitune_core.graph import annotate_communities, build_graph, detect_communities
+
+NAMES = ["a_lang", "b_lang", "c_vis", "d_vis", "e_vl", "f_vl"]
+MODS = {"a_lang": "language", "b_lang": "language", "c_vis": "vision", "d_vis": "vision",
+        "e_vl": "vision-language", "f_vl": "vision-language"}
+
+
+def _sim() -> np.ndarray:
+    S = np.full((6, 6), 0.2)
+    for i in range(6):
+        for j in range(6):
+            if MODS[NAMES[i]] == MODS[NAMES[j]]:
+                S[i, j] = 0.8
+    S[1, 2] = S[2, 1] = 0.5
+    np.fill_diagonal(S, 1.0)
+    return S
+
+
+@pytest.fixture
+def graph() -> nx.Graph:
+    attrs = {n: {"modality": MODS[n], "accuracy": 0.3 + 0.1 * i, "description": f"task {n}"}
+             for i, n in enumerate(NAMES)}
+    G = build_graph(NAMES, _sim(), attrs, mode="knn", k=1)
+    annotate_communities(G, detect_communities(G, method="greedy"))
+    return G
+
+
+def _node_traces(fig: go.Figure) -> list:
+    return [t for t in fig.data if t.mode == "markers+text"]
+
+
+def test_graph_figure(graph):
+    fig = F.graph_figure(graph, target="c_vis", sources=["d_vis", "b_lang"])
+    nodes = _node_traces(fig)
+    shown = [n for t in nodes for n in t.customdata]
+    assert sorted(shown) == sorted(NAMES)  # every task once
+    target = [t for t in nodes if t.name == "target: c_vis"]
+    assert len(target) == 1 and target[0].marker.symbol == "star"
+    assert {t.name for t in nodes} - {"target: c_vis"} == {"language", "vision", "vision-language"}
+    for t in nodes:  # fill colour = modality
+        if not t.name.startswith("target"):
+            assert t.marker.color == F.MODALITY_COLORS[t.name]
+    # dashed target → source lines: one segment (3 points incl. the gap) per source
+    dashed = [t for t in fig.data if t.name == "target → top-k sources"]
+    assert len(dashed) == 1 and len(dashed[0].x) == 3 * 2 and dashed[0].line.dash == "dash"
+    # edge hover points: one per edge, showing the similarity
+    info = next(t for t in fig.data if t.name == "edge info")
+    assert len(info.x) == graph.number_of_edges()
+    assert any("similarity 0.800" in h for h in info.hovertext)
+    # one legend entry per community, naming the modalities it spans
+    comm = [t for t in fig.data if t.legendgroup == "communities"]
+    n_comm = len({c for _, c in graph.nodes(data="community")})
+    assert len(comm) == n_comm
+    assert all("tasks (" in t.name for t in comm)
+    json.loads(fig.to_json())
+
+
+def test_graph_figure_sizes_follow_accuracy(graph):
+    fig = F.graph_figure(graph)
+    sizes = {n: s for t in _node_traces(fig) for n, s in zip(t.customdata, t.marker.size)}
+    acc = {n: graph.nodes[n]["accuracy"] for n in NAMES}
+    ordered = sorted(NAMES, key=acc.get)
+    assert [sizes[n] for n in ordered] == sorted(sizes.values())
+    assert F._node_size(None) == 14.0 and F._node_size(1.0) == 40.0
+
+
+def test_graph_positions_deterministic(graph):
+    assert F.graph_positions(graph, seed=0) == F.graph_positions(graph, seed=0)
+    assert F.graph_positions(nx.Graph()) == {}
+
+
+def test_layout_figure():
+    coords = np.arange(12, dtype=float).reshape(6, 2)
+    attrs = {n: {"modality": MODS[n], "accuracy": 0.5} for n in NAMES}
+    fig = F.layout_figure(NAMES, coords, attrs, {n: i % 2 for i, n in enumerate(NAMES)}, target="e_vl")
+    pts = {n: (x, y) for t in fig.data for n, x, y in zip(t.customdata, t.x, t.y)}
+    assert pts == {n: (coords[i, 0], coords[i, 1]) for i, n in enumerate(NAMES)}
+    assert [t.name for t in fig.data if t.marker.symbol == "star"] == ["target: e_vl"]
+
+
+def test_order_tasks_and_heatmap():
+    S = _sim()
+    comm = {"a_lang": 1, "b_lang": 1, "c_vis": 0, "d_vis": 0, "e_vl": 2, "f_vl": 2}
+    order = F.order_tasks(NAMES, "community", comm, MODS)
+    assert order == ["c_vis", "d_vis", "a_lang", "b_lang", "e_vl", "f_vl"]
+    assert F.order_tasks(NAMES, "modality", modalities=MODS) == NAMES
+    assert F.order_tasks(list(reversed(NAMES)), "name") == NAMES
+    clustered = F.order_tasks(NAMES, "cluster", sim=S)
+    assert sorted(clustered) == NAMES
+    for a, b in (("a_lang", "b_lang"), ("c_vis", "d_vis"), ("e_vl", "f_vl")):  # same-modality pairs cluster
+        assert abs(clustered.index(a) - clustered.index(b)) == 1
+    with pytest.raises(ValueError):
+        F.order_tasks(NAMES, "cluster")
+    with pytest.raises(ValueError):
+        F.order_tasks(NAMES, "colour")
+    fig = F.heatmap_figure(NAMES, S, order, comm)
+    hm = fig.data[0]
+    assert list(hm.x) == order and list(hm.y) == order
+    assert all(hm.z[i][i] is None for i in range(6))  # diagonal blanked
+    assert hm.z[0][1] == pytest.approx(0.8)  # c_vis vs d_vis
+    assert len(fig.layout.shapes) == 3  # one outline per community block
+    assert len(F.heatmap_figure(NAMES, S).layout.shapes) == 0
+
+
+def test_topk_figure():
+    sources = [{"name": "x", "similarity": 0.9, "modality": "vision", "gain": 3.0},
+               {"name": "y", "similarity": 0.7, "modality": "language", "gain": None},
+               {"name": "z", "similarity": 0.6, "modality": "vision-language", "gain": -1.5}]
+    fig = F.topk_figure(sources, "t")
+    sim_bar, gain_bar = fig.data
+    assert list(sim_bar.y) == ["x", "y", "z"] and list(sim_bar.x) == [0.9, 0.7, 0.6]
+    assert list(gain_bar.text) == ["+3.0", "not measured", "-1.5"]
+    assert gain_bar.marker.color[0] != gain_bar.marker.color[2]  # gains and losses differ in colour
+    fig = F.topk_figure([{**s, "gain": None} for s in sources], "t")
+    assert "not in the transfer matrix" in fig.layout.xaxis2.title.text
+
+
+def test_weights_figures():
+    fig = F.weights_bar_figure(["a", "b"], [0.25, 0.75])
+    assert list(fig.data[0].x) == [0.25, 0.75]
+    history = [{"step": 0, "weights": [0.5, 0.5]}, {"step": 5, "weights": [0.6, 0.4], "loss": 1.0},
+               {"step": 10, "weights": [0.7, 0.3], "loss": 0.5}]
+    fig = F.weights_history_figure(history, ["a", "b"])
+    lines = {t.name: t for t in fig.data}
+    assert list(lines["a"].y) == [0.5, 0.6, 0.7] and list(lines["b"].x) == [0, 5, 10]
+    assert list(lines["training loss"].y) == [1.0, 0.5]
+
+
+def test_compare_figure():
+    base = [{"approach": a, "shots": s, "accuracy": acc}
+            for a, accs in (("pi-tuning", (0.6, 0.7)), ("target-only", (0.5, 0.5)))
+            for s in (4, "full") for acc in accs]
+    runs = [{"label": "run abc", "shots": 4, "accuracy": 0.66}, {"label": "run def", "shots": 4, "accuracy": None}]
+    fig = F.compare_figure(base, runs)
+    bars = [t for t in fig.data if isinstance(t, go.Bar)]
+    assert [b.name for b in bars] == ["4-shot", "full data"]
+    assert list(bars[0].x) == ["pi-tuning", "target-only"]
+    assert list(bars[0].y) == pytest.approx([0.65, 0.5])
+    assert list(bars[0].error_y.array) == pytest.approx([0.05, 0.0])
+    marks = [t for t in fig.data if isinstance(t, go.Scatter)]
+    assert [m.name for m in marks] == ["run abc"]  # runs without accuracy are left out
+    json.loads(fig.to_json())
