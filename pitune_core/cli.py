@@ -177,7 +177,7 @@ def _extensions():
     """Sub-commands contributed by other modules (predict, interpolate, runs, precompute, dashboard)."""
     regs = []
     for mod, fn in (("pitune_core.predict_cli", "register"), ("pitune_core.transfer_cli", "register"),
-                    ("pitune_core.precompute", "register"), ("pitune_core.runs.cli", "register"),
+                    ("pitune_core.precompute", "register"), ("pitune_core.report", "register"), ("pitune_core.runs.cli", "register"),
                     ("pitune_core.dashboard_cli", "register")):
         try:
             module = __import__(mod, fromlist=[fn])

@@ -64,14 +64,14 @@ def full_plan() -> StudyPlan:
     from .tasks import list_tasks
 
     subset = ["movie_sentiment", "bbc_topic", "election_tweets", "mnist", "fashion_mnist", "emoji_group",
-              "tux_caption_match", "emoji_name_match", "flag_country_match"]
+              "tux_caption_match", "emoji_caption_match", "emoji_group_question"]
     transfer = ["movie_sentiment", "amazon_sentiment", "rt_polarity", "bbc_topic",
                 "mnist", "sklearn_digits", "opencv_digits", "emoji_group",
-                "tux_caption_match", "tux_category_question", "emoji_name_match", "flag_country_match"]
+                "tux_caption_match", "tux_category_question", "emoji_caption_match", "emoji_group_question"]
     return StudyPlan(tasks=[t.name for t in list_tasks()], extra_methods={"prompt": subset, "ia3": subset},
                      transfer_tasks=transfer,
                      compare_targets=["rt_polarity", "newsgroups_topic", "opencv_digits", "emoji_group",
-                                      "tux_category_question", "flag_country_match"],
+                                      "tux_category_question", "tux_caption_match"],
                      compare_shots=(4, 16, None), compare_approaches=BASELINES)
 
 
@@ -382,7 +382,10 @@ def write_transfer_outputs(root: Path, tasks: list[str], k: int) -> dict:
     from .transfer_study import gain_matrices, prediction_quality, summarise_quality, write_matrix_csv
 
     per_seed = gain_matrices(root / "transfer" / "pairs.jsonl", tasks)
-    mean = np.nanmean(np.stack(list(per_seed.values())), axis=0) if per_seed else np.full((len(tasks),) * 2, np.nan)
+    stacked = np.stack(list(per_seed.values())) if per_seed else np.full((1, len(tasks), len(tasks)), np.nan)
+    with np.errstate(all="ignore"):
+        counts = np.sum(~np.isnan(stacked), axis=0)
+        mean = np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
     np.fill_diagonal(mean, np.nan)
     write_matrix_csv(root / "transfer" / "transfer_matrix.csv", tasks, mean)
     sims = {}

@@ -608,6 +608,37 @@ def _build_emoji_name() -> RawExamples:
                       other, seed=13)
 
 
+def _build_emoji_caption() -> RawExamples:
+    """Emoji + its Unicode name, or the name of an emoji from another group (coarse distractor)."""
+    cat = [e for e in emoji_catalogue() if e["group"] != "Flags"]
+
+    def other(i, rng):
+        while True:
+            j = int(rng.integers(len(cat)))
+            if cat[j]["group"] != cat[i]["group"]:
+                return f"This shows {cat[j]['name']}."
+    return _pair_task(emoji_images([e["char"] for e in cat]), [f"This shows {e['name']}." for e in cat],
+                      other, seed=16)
+
+
+EMOJI_QUESTION = {"Smileys & Emotion": "a face showing an emotion", "People & Body": "a person or a body part",
+                  "Animals & Nature": "an animal or a plant", "Food & Drink": "food or drink",
+                  "Travel & Places": "a place or a vehicle", "Activities": "a sport or an activity",
+                  "Objects": "an everyday object", "Symbols": "a symbol or a sign"}
+
+
+def _build_emoji_question() -> RawExamples:
+    """Yes/no question about an emoji's Unicode group ("Is this food or drink?")."""
+    cat = [e for e in emoji_catalogue() if e["group"] in EMOJI_QUESTION]
+    q = "Is this {}?"
+
+    def other(i, rng):
+        groups = [g for g in EMOJI_QUESTION if g != cat[i]["group"]]
+        return q.format(EMOJI_QUESTION[groups[int(rng.integers(len(groups)))]])
+    return _pair_task(emoji_images([e["char"] for e in cat]), [q.format(EMOJI_QUESTION[e["group"]]) for e in cat],
+                      other, seed=17)
+
+
 def _build_flag_country() -> RawExamples:
     cat = [e for e in emoji_catalogue() if e["subgroup"] == "country-flag"]
     names = [e["name"].split(": ", 1)[1] for e in cat]
@@ -708,6 +739,12 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     _spec("emoji_name_match", "vision-language", MATCH, MATCH_VERBAL,
           ["fonts-noto-color-emoji", "unicode-data"],
           "Does the Unicode name fit the emoji? (distractor from the same subgroup)", _build_emoji_name),
+    _spec("emoji_caption_match", "vision-language", MATCH, MATCH_VERBAL,
+          ["fonts-noto-color-emoji", "unicode-data"],
+          "Does the Unicode name fit the emoji? (distractor from another group)", _build_emoji_caption),
+    _spec("emoji_group_question", "vision-language", MATCH, ("no", "yes"),
+          ["fonts-noto-color-emoji", "unicode-data"], "Yes/no question about an emoji's Unicode group",
+          _build_emoji_question),
     _spec("flag_country_match", "vision-language", MATCH, MATCH_VERBAL,
           ["fonts-noto-color-emoji", "unicode-data"], "Is this the flag of the named country?",
           _build_flag_country),

@@ -74,3 +74,13 @@ def test_same_seeds_give_the_same_similarities_and_metrics(tmp_path):
         np.testing.assert_allclose(Sa, Sb, atol=1e-6)
     assert (a / "experts/summary.csv").read_text().splitlines()[1].split(",")[:7] == \
         (b / "experts/summary.csv").read_text().splitlines()[1].split(",")[:7]
+
+
+def test_report_quotes_the_study_files(quick_study, capsys):
+    assert main(["report", str(quick_study)]) == 0
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader(open(quick_study / "experts/summary.csv")))
+    movie = next(r for r in rows if r["task"] == "movie_sentiment" and r["method"] == "lora")
+    assert f"| movie_sentiment | language | accuracy | {100 * float(movie['majority']):.1f} |" in text
+    for heading in ("## Experts", "## Predict", "## π-Tuning against the baselines", "## How it was made"):
+        assert heading in text

@@ -1,0 +1,179 @@
+"""``pitune report``: the study's numbers as Markdown tables, computed from its files.
+
+Every figure quoted in the README or an issue note should come from this command, so that it can
+be reproduced from the study directory alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _ms(values) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{100 * v.mean():.1f} ± {100 * v.std():.1f}" if len(v) else "–"
+
+
+def experts_section(root: Path) -> list[str]:
+    rows = _rows(root / "experts" / "summary.csv")
+    if not rows:
+        return []
+    by_task: dict[str, dict] = defaultdict(dict)
+    for r in rows:
+        by_task[r["task"]][r["method"]] = r
+    methods = [m for m in ("lora", "prompt", "ia3") if any(m in v for v in by_task.values())]
+    out = ["## Experts (test split, headline metric, %)", "",
+           "| task | modality | metric | majority | zero-shot | " + " | ".join(methods) + " |",
+           "|---|---|---|---|---|" + "---|" * len(methods)]
+    beats = defaultdict(lambda: [0, 0])
+    for task, ms in by_task.items():
+        base = ms.get("lora") or next(iter(ms.values()))
+        cells = [f"{100 * float(ms[m]['expert']):.1f}" if m in ms else "" for m in methods]
+        out.append(f"| {task} | {base['modality']} | {base['metric']} | {100 * float(base['majority']):.1f} | "
+                   f"{100 * float(base['zero_shot']):.1f} | " + " | ".join(cells) + " |")
+        if "lora" in ms:
+            ok = float(ms["lora"]["expert"]) > max(float(base["zero_shot"]), float(base["majority"])) + 0.02
+            beats[base["modality"]][0] += ok
+            beats[base["modality"]][1] += 1
+    out += ["", "LoRA expert beats both zero-shot and majority by more than 2 points: " +
+            ", ".join(f"{m} {a}/{b}" for m, (a, b) in beats.items()), ""]
+    lora = [r for r in rows if r["method"] == "lora"]
+    if lora:
+        t = [float(r["train_time_s"]) for r in lora]
+        mem = [float(r["peak_memory_mb"]) for r in lora]
+        out += [f"LoRA training time per expert: median {np.median(t):.0f} s, max {max(t):.0f} s; "
+                f"peak process memory up to {max(mem):.0f} MB.", ""]
+    abl = _rows(root / "ablation" / "blank_images.csv")
+    if abl:
+        out += ["### Vision-language experts with images blanked (accuracy, %)", "",
+                "| task | with images | images blanked |", "|---|---|---|"]
+        out += [f"| {r['task']} | {100 * float(r['accuracy']):.1f} | {100 * float(r['accuracy_images_blanked']):.1f} |"
+                for r in abl]
+        out.append("")
+    proj = root / "backbone" / "projector.json"
+    if proj.exists():
+        meta = json.loads(proj.read_text())
+        zs = meta["metrics"]["zero_shot_val"]
+        held = set(meta.get("held_out", []))
+        out += ["### Projector alignment: zero-shot on validation splits (%)", "",
+                "| task | aligned on its train split | zero-shot |", "|---|---|---|"]
+        out += [f"| {t} | {'no (held out)' if t in held else 'yes'} | {100 * v:.1f} |" for t, v in zs.items()]
+        out.append("")
+    return out
+
+
+def predict_section(root: Path) -> list[str]:
+    out = []
+    stab = root / "predict" / "lora" / "fisher_stability.json"
+    if stab.exists():
+        s = json.loads(stab.read_text())
+        out += ["## Predict", "", f"Fisher neighbour stability (N vs 2N samples): mean top-{s['k']} overlap "
+                f"{s['mean_topk_overlap']:.2f}, Spearman over all pairs {s['spearman_all_pairs']:.3f}.", ""]
+    q = root / "transfer" / "predict_quality.json"
+    if q.exists():
+        quality = json.loads(q.read_text())
+        hit_key = next(k for k in next(iter(quality.values())) if k.endswith("_hit_mean"))
+        kk = hit_key.split("_")[0]
+        out += ["### Does the prediction predict? (mean over targets; ± over seeds)", "",
+                f"| embedding | Spearman(similarity, gain) | {kk} hit rate |", "|---|---|---|"]
+        for emb, v in quality.items():
+            out.append(f"| {emb} | {v['spearman_mean']:.3f} ± {v['spearman_std']:.3f} | "
+                       f"{v[hit_key]:.2f} ± {v[hit_key.replace('mean', 'std')]:.2f} |")
+        out.append("")
+    tm = root / "transfer" / "transfer_matrix.csv"
+    if tm.exists():
+        rows = list(csv.reader(open(tm)))
+        M = np.array([[float(x) if x else np.nan for x in r[1:]] for r in rows[1:]])
+        out += [f"Transfer matrix: {M.shape[0]} tasks, mean gain over scratch {np.nanmean(M):+.1f} points, "
+                f"{int(np.sum(M > 0))} of {int(np.sum(~np.isnan(M)))} pairs positive.", ""]
+    return out
+
+
+def compare_section(root: Path) -> list[str]:
+    rows = _rows(root / "compare" / "results.csv")
+    if not rows:
+        return []
+    tasks = {t["name"]: t["modality"] for t in json.loads((root / "tasks.json").read_text())} \
+        if (root / "tasks.json").exists() else {}
+    shots = sorted({r["shots"] for r in rows}, key=lambda s: (s == "full", int(s) if s != "full" else 0))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out = ["## π-Tuning against the baselines (test, headline metric, %, mean ± std over seeds)", ""]
+    for s in shots:
+        sub = [r for r in rows if r["shots"] == s]
+        targets = list(dict.fromkeys(r["target"] for r in sub))
+        ms = [m for m in methods if any(r["method"] == m for r in sub)]
+        out += [f"### shots = {s}", "", "| approach | " + " | ".join(targets) + " | mean |",
+                "|---|" + "---|" * (len(targets) + 1)]
+        for m in ms:
+            cells, means = [], []
+            for t in targets:
+                v = [float(r["score"]) for r in sub if r["method"] == m and r["target"] == t]
+                cells.append(_ms(v))
+                if v:
+                    means.append(np.mean(v))
+            out.append(f"| {m} | " + " | ".join(cells) + f" | {100 * np.mean(means):.1f} |")
+        out.append("")
+        if tasks:
+            out += ["Per modality (mean over targets and seeds):", "", "| approach | " +
+                    " | ".join(sorted({tasks.get(t, '?') for t in targets})) + " |",
+                    "|---|" + "---|" * len({tasks.get(t, '?') for t in targets})]
+            for m in ms:
+                cells = []
+                for mod in sorted({tasks.get(t, "?") for t in targets}):
+                    v = [float(r["score"]) for r in sub if r["method"] == m and tasks.get(r["target"]) == mod]
+                    cells.append(_ms(v))
+                out.append(f"| {m} | " + " | ".join(cells) + " |")
+            out.append("")
+    return out
+
+
+def stages_section(root: Path) -> list[str]:
+    mf = root / "manifest.json"
+    if not mf.exists():
+        return []
+    m = json.loads(mf.read_text())
+    secs = {k: v for k, v in m.get("stage_seconds", {}).items() if v is not None}
+    hw = m.get("hardware", {})
+    return ["## How it was made", "", f"`{m.get('command')}` on {hw.get('cpu_count')} CPUs "
+            f"({hw.get('device')}, torch threads {hw.get('torch_threads')}, GPU {hw.get('gpu')}), "
+            f"{m.get('started')} → {m.get('finished')}.", "",
+            "Stage times (s, last run of each stage): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()), ""]
+
+
+def report(root: str | Path) -> str:
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"no study at {root}; build one with `pitune precompute --out {root}`")
+    lines = [f"# pitune study report: {root}", ""]
+    for section in (experts_section, predict_section, compare_section, stages_section):
+        lines += section(root)
+    return "\n".join(lines) + "\n"
+
+
+def cmd_report(args) -> int:
+    text = report(args.study)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"report written to {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def register(sub, add) -> None:
+    sp = add("report", cmd_report, "the study's results as Markdown tables (computed from its files)")
+    sp.add_argument("study", nargs="?", default="precomputed")
+    sp.add_argument("--out", help="write to this file instead of stdout")
