@@ -70,7 +70,7 @@ def full_plan() -> StudyPlan:
                 "tux_caption_match", "tux_category_question", "emoji_caption_match", "emoji_group_question"]
     return StudyPlan(tasks=[t.name for t in list_tasks()], extra_methods={"prompt": subset, "ia3": subset},
                      transfer_tasks=transfer,
-                     compare_targets=["rt_polarity", "newsgroups_topic", "opencv_digits", "emoji_group",
+                     compare_targets=["rt_polarity", "tweet_sentiment", "opencv_digits", "emoji_group",
                                       "tux_category_question", "tux_caption_match"],
                      compare_shots=(4, 16, None), compare_approaches=BASELINES)
 
@@ -189,6 +189,9 @@ def run_precompute(out: str | Path, plan: StudyPlan, projector: str | Path | Non
         _say(f"{name}: running")
         t0 = time.time()
         fn()
+        if _shard():
+            _say(f"{name}: shard {os.environ['PITUNE_SHARD']} done; run once without PITUNE_SHARD to finish the stage")
+            return
         stages.finish(name, stage_hash(name), subs, round(time.time() - t0, 1))
         _say(f"{name}: done in {time.time() - t0:.0f}s")
 
@@ -293,7 +296,11 @@ def run_precompute(out: str | Path, plan: StudyPlan, projector: str | Path | Non
 
     stage("compare", ["compare"], do_compare)
 
-    # 8. manifest -------------------------------------------------------------------------------
+    # 8. manifest, then the human-readable report (whose checksum joins the manifest) ----------------
+    write_manifest(root, plan, command, started, stages, str(device))
+    from .report import report
+
+    (root / "REPORT.md").write_text(report(root))
     return write_manifest(root, plan, command, started, stages, str(device))
 
 
@@ -411,28 +418,50 @@ def run_compare(root: Path, bb, plan: StudyPlan) -> None:
     out = root / "compare"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            try:
-                r = json.loads(line)
-                done[(r["target"], r["approach"], r["shots"], r["seed"])] = r
-            except json.JSONDecodeError:
-                continue
+
+    def read_done() -> dict:
+        done = {}
+        if log.exists():
+            for line in log.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                    done[(r["target"], r["approach"], r["shots"], r["seed"])] = r
+                except json.JSONDecodeError:
+                    continue
+        return done
+
     jobs = [(t, a, s, seed) for seed in plan.compare_seeds for s in plan.compare_shots for t in plan.compare_targets
             for a in (plan.compare_approaches if s is not None else plan.compare_full_shot_approaches)
             if s is not None or seed in plan.compare_full_shot_seeds]
+    shard = _shard()
+    if shard:
+        jobs = [j for i, j in enumerate(jobs) if i % shard[1] == shard[0]]
+    done = read_done()
     for t, a, s, seed in progress(jobs, desc="compare"):
-        if (t, a, s, seed) in done:
+        if (t, a, s, seed) in done or (t, a, s, seed) in (done := read_done()):  # another shard may have run it
             continue
         r = run_method(a, t, sources, bb, "lora", k=plan.k, shots=s, seed=seed)
         with open(log, "a") as f:
             f.write(json.dumps(r) + "\n")
         done[(t, a, s, seed)] = r
+    planned = set(jobs) if not shard else None
     rows = [{"target": r["target"], "method": r["approach"], "shots": "full" if r["shots"] is None else r["shots"],
              "seed": r["seed"], "accuracy": round(r["accuracy"], 4), "score": round(r["score"], 4),
-             "metric": r["metric"], "sources": "|".join(r.get("sources", []))} for r in done.values()]
+             "metric": r["metric"], "sources": "|".join(r.get("sources", []))}
+            for key, r in read_done().items() if planned is None or key in planned]
     _write_csv(out / "results.csv", rows)
+
+
+def _shard() -> tuple[int, int] | None:
+    """``PITUNE_SHARD=i/n``: this process runs every n-th compare job starting at i (several processes
+    share one study; the stage is only recorded as finished by an unsharded run)."""
+    v = os.environ.get("PITUNE_SHARD")
+    if not v:
+        return None
+    i, n = (int(x) for x in v.split("/"))
+    if not 0 <= i < n:
+        raise ValueError(f"PITUNE_SHARD={v!r}: expected i/n with 0 <= i < n")
+    return i, n
 
 
 def _versions() -> dict:
@@ -463,6 +492,8 @@ def write_manifest(root: Path, plan: StudyPlan, command: str, started: str, stag
         "versions": _versions(), "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "stage_seconds": {s: stages.seconds(s) for s in STAGES},
+        "stage_seconds_note": "wall time of the run that completed each stage; a resumed or sharded stage counts "
+                              "only its last run (compare/runs.jsonl has each compare run's own time_s)",
         "hardware": {"device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(),
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -79,9 +80,13 @@ def run_pairs(tasks: list[str], expert_dirs: dict[str, str | Path], method: str,
     log = out / "pairs.jsonl"
     done = _read_done(log)
     jobs = pair_jobs(tasks, budget.seeds)
+    shard = os.environ.get("PITUNE_SHARD")  # "i/n": several processes share one study
+    if shard:
+        i0, n = (int(x) for x in shard.split("/"))
+        jobs = [j for k, j in enumerate(jobs) if k % n == i0]
     (out / "budget.json").write_text(json.dumps({"method": method, "tasks": tasks, **asdict(budget)}, indent=2))
     for i, (t, s, seed) in enumerate(jobs):
-        if (t, s, seed) not in done:
+        if (t, s, seed) not in done and (t, s, seed) not in (done := _read_done(log)):
             score = few_shot_score(t, method, backbone, budget, seed, None if s == "scratch" else expert_dirs[s])
             with open(log, "a") as f:
                 f.write(json.dumps({"target": t, "source": s, "seed": seed, "score": score}) + "\n")
