@@ -21,7 +21,7 @@ import resource
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -324,8 +324,7 @@ def train_expert(task: str | TaskSpec, method: str = "lora", backbone: UnifiedBa
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     m = get_method(method, **(method_overrides or {}))
-    cfg = train_config or TrainConfig(seed=seed)
-    cfg.seed = seed
+    cfg = replace(train_config or TrainConfig(), seed=seed)  # never mutate the caller's config
     backbone = backbone or UnifiedBackbone.load()
     data, tensors = prepare_task(spec, backbone)
     train_t = tensors["train"]

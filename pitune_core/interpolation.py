@@ -86,7 +86,7 @@ class InterpolatedExperts(nn.Module):
         self.metas = check_sources(expert_dirs, backbone.backbone_id)
         self.k = len(expert_dirs)
         self.method = self.metas[0]["method"]
-        weights = parse_weights(weights, self.k) if not isinstance(weights, list) else parse_weights(weights, self.k)
+        weights = parse_weights(weights, self.k)
         # source tensors, stacked (k, ...) per adapter parameter
         per_expert: list[dict[str, torch.Tensor]] = []
         template_cfg = None
