@@ -180,6 +180,8 @@ def run_precompute(out: str | Path, plan: StudyPlan, projector: str | Path | Non
     device = default_device()
     want = set(only or STAGES)
 
+    from .transfer_study import shard_from_env
+
     def stage(name, subs, fn):
         if name not in want:
             return
@@ -189,7 +191,7 @@ def run_precompute(out: str | Path, plan: StudyPlan, projector: str | Path | Non
         _say(f"{name}: running")
         t0 = time.time()
         fn()
-        if _shard():
+        if shard_from_env():
             _say(f"{name}: shard {os.environ['PITUNE_SHARD']} done; run once without PITUNE_SHARD to finish the stage")
             return
         stages.finish(name, stage_hash(name), subs, round(time.time() - t0, 1))
@@ -297,11 +299,13 @@ def run_precompute(out: str | Path, plan: StudyPlan, projector: str | Path | Non
     stage("compare", ["compare"], do_compare)
 
     # 8. manifest, then the human-readable report (whose checksum joins the manifest) ----------------
-    write_manifest(root, plan, command, started, stages, str(device))
+    manifest = write_manifest(root, plan, command, started, stages, str(device))
     from .report import report
 
-    (root / "REPORT.md").write_text(report(root))
-    return write_manifest(root, plan, command, started, stages, str(device))
+    (root / "REPORT.md").write_text(report(root))  # reads the manifest's times, so it comes second
+    manifest["files"]["REPORT.md"] = sha256_file(root / "REPORT.md")
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    return manifest
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -412,6 +416,7 @@ def write_transfer_outputs(root: Path, tasks: list[str], k: int) -> dict:
 def run_compare(root: Path, bb, plan: StudyPlan) -> None:
     from .pituning import Sources, run_method
     from .similarity import read_similarity_csv
+    from .transfer_study import read_jsonl, shard_from_env, take_shard
 
     names, S = read_similarity_csv(root / "predict" / "lora" / "fisher" / "similarity.csv")
     sources = Sources({t: str(expert_dir(root, "lora", t)) for t in plan.tasks}, names, S)
@@ -420,22 +425,13 @@ def run_compare(root: Path, bb, plan: StudyPlan) -> None:
     log = out / "runs.jsonl"
 
     def read_done() -> dict:
-        done = {}
-        if log.exists():
-            for line in log.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                    done[(r["target"], r["approach"], r["shots"], r["seed"])] = r
-                except json.JSONDecodeError:
-                    continue
-        return done
+        return {(r["target"], r["approach"], r["shots"], r["seed"]): r for r in read_jsonl(log)}
 
     jobs = [(t, a, s, seed) for seed in plan.compare_seeds for s in plan.compare_shots for t in plan.compare_targets
             for a in (plan.compare_approaches if s is not None else plan.compare_full_shot_approaches)
             if s is not None or seed in plan.compare_full_shot_seeds]
-    shard = _shard()
-    if shard:
-        jobs = [j for i, j in enumerate(jobs) if i % shard[1] == shard[0]]
+    shard = shard_from_env()
+    jobs = take_shard(jobs)
     done = read_done()
     for t, a, s, seed in progress(jobs, desc="compare"):
         if (t, a, s, seed) in done or (t, a, s, seed) in (done := read_done()):  # another shard may have run it
@@ -450,18 +446,6 @@ def run_compare(root: Path, bb, plan: StudyPlan) -> None:
              "metric": r["metric"], "sources": "|".join(r.get("sources", []))}
             for key, r in read_done().items() if planned is None or key in planned]
     _write_csv(out / "results.csv", rows)
-
-
-def _shard() -> tuple[int, int] | None:
-    """``PITUNE_SHARD=i/n``: this process runs every n-th compare job starting at i (several processes
-    share one study; the stage is only recorded as finished by an unsharded run)."""
-    v = os.environ.get("PITUNE_SHARD")
-    if not v:
-        return None
-    i, n = (int(x) for x in v.split("/"))
-    if not 0 <= i < n:
-        raise ValueError(f"PITUNE_SHARD={v!r}: expected i/n with 0 <= i < n")
-    return i, n
 
 
 def _versions() -> dict:

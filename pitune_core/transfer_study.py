@@ -52,16 +52,37 @@ def few_shot_score(target: str, method: str, backbone: UnifiedBackbone, budget: 
     return float(res.meta["metrics"]["test"][spec.metric])
 
 
-def _read_done(path: Path) -> dict[tuple[str, str, int], float]:
-    done = {}
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of an append-only JSONL log; a line cut by a crash is skipped (its job is redone)."""
+    records = []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                r = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
-                continue  # a line cut by a crash: redo that pair
-            done[(r["target"], r["source"], int(r["seed"]))] = float(r["score"])
-    return done
+                continue
+    return records
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """``PITUNE_SHARD=i/n``: this process takes every n-th job starting at i, so several processes
+    can share one long stage (the stage is only recorded as finished by an unsharded run)."""
+    v = os.environ.get("PITUNE_SHARD")
+    if not v:
+        return None
+    i, n = (int(x) for x in v.split("/"))
+    if not 0 <= i < n:
+        raise ValueError(f"PITUNE_SHARD={v!r}: expected i/n with 0 <= i < n")
+    return i, n
+
+
+def take_shard(jobs: list) -> list:
+    shard = shard_from_env()
+    return jobs if shard is None else [j for k, j in enumerate(jobs) if k % shard[1] == shard[0]]
+
+
+def _read_done(path: Path) -> dict[tuple[str, str, int], float]:
+    return {(r["target"], r["source"], int(r["seed"])): float(r["score"]) for r in read_jsonl(path)}
 
 
 def pair_jobs(tasks: list[str], seeds: tuple[int, ...]) -> list[tuple[str, str, int]]:
@@ -79,11 +100,7 @@ def run_pairs(tasks: list[str], expert_dirs: dict[str, str | Path], method: str,
         raise ValueError(f"no {method} expert for {', '.join(missing)}; train them first")
     log = out / "pairs.jsonl"
     done = _read_done(log)
-    jobs = pair_jobs(tasks, budget.seeds)
-    shard = os.environ.get("PITUNE_SHARD")  # "i/n": several processes share one study
-    if shard:
-        i0, n = (int(x) for x in shard.split("/"))
-        jobs = [j for k, j in enumerate(jobs) if k % n == i0]
+    jobs = take_shard(pair_jobs(tasks, budget.seeds))
     (out / "budget.json").write_text(json.dumps({"method": method, "tasks": tasks, **asdict(budget)}, indent=2))
     for i, (t, s, seed) in enumerate(jobs):
         if (t, s, seed) not in done and (t, s, seed) not in (done := _read_done(log)):
@@ -148,7 +165,8 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
                 f.write(json.dumps({"target": m["target"], "source": m["source"], "seed": m["seed"],
                                     "score": m["score"]}) + "\n")
             else:
-                failed.append(f"{rid} ({rec.status}: {(rec.error or '').splitlines()[-1:] or ''})")
+                last = (rec.error or "").strip().splitlines()[-1:]
+                failed.append(f"{rid} ({rec.status}{': ' + last[0] if last else ''})")
     if failed:
         raise RuntimeError(f"{len(failed)} pair run(s) did not succeed: {'; '.join(failed[:5])}. "
                            f"Inspect them with `pitune runs show ID --db {db}`; rerun to retry them.")
