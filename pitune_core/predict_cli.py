@@ -101,7 +101,6 @@ def cmd_transfer_matrix(args) -> int:
     dirs = _expert_dirs(study, "lora", args.tasks)
     tasks = list(dirs)
     budget = TransferBudget(shots=args.shots, steps=args.steps, seeds=tuple(int(s) for s in args.seeds.split(",")))
-    bb = UnifiedBackbone.load(study / "backbone")
     bar = tqdm(desc="transfer pairs", unit="pair")
 
     def on_pair(i, n, job):
@@ -110,7 +109,9 @@ def cmd_transfer_matrix(args) -> int:
         bar.set_postfix_str(f"{job[0]} <- {job[1]} (seed {job[2]})")
 
     if args.executor == "inprocess":
-        run_pairs(tasks, dirs, "lora", bb, budget, study / "transfer", on_pair=on_pair)
+        # the backbone is only needed here: local/Ray workers load their own
+        run_pairs(tasks, dirs, "lora", UnifiedBackbone.load(study / "backbone"), budget, study / "transfer",
+                  on_pair=on_pair)
     else:
         from .transfer_study import run_pairs_on
 

@@ -85,6 +85,22 @@ def _read_done(path: Path) -> dict[tuple[str, str, int], float]:
     return {(r["target"], r["source"], int(r["seed"])): float(r["score"]) for r in read_jsonl(path)}
 
 
+def _start_log(out: Path, method: str, tasks: list[str], budget: TransferBudget) -> Path:
+    """Open (or resume) ``out/pairs.jsonl``; refuse to mix results made under another budget."""
+    out.mkdir(parents=True, exist_ok=True)
+    log, meta = out / "pairs.jsonl", out / "budget.json"
+    same = ("method", "shots", "steps", "batch_size", "eval_limit")
+    want = {"method": method, **asdict(budget)}
+    if meta.exists() and read_jsonl(log):
+        had = json.loads(meta.read_text())
+        diff = [k for k in same if had.get(k) != want[k]]
+        if diff:
+            raise ValueError(f"{log} holds pairs made with a different budget ({', '.join(f'{k}={had.get(k)}' for k in diff)}); "
+                             f"use another output directory or delete it to start over")
+    meta.write_text(json.dumps({"method": method, "tasks": tasks, **asdict(budget)}, indent=2))
+    return log
+
+
 def pair_jobs(tasks: list[str], seeds: tuple[int, ...]) -> list[tuple[str, str, int]]:
     """Every (target, source-or-'scratch', seed) the study needs."""
     return [(t, s, seed) for seed in seeds for t in tasks for s in ["scratch", *[x for x in tasks if x != t]]]
@@ -93,15 +109,12 @@ def pair_jobs(tasks: list[str], seeds: tuple[int, ...]) -> list[tuple[str, str, 
 def run_pairs(tasks: list[str], expert_dirs: dict[str, str | Path], method: str, backbone: UnifiedBackbone,
               budget: TransferBudget, out: str | Path, on_pair: Callable[[int, int, tuple], None] | None = None) -> Path:
     """Run (or resume) the pairwise study; results accumulate in ``out/pairs.jsonl``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     missing = [t for t in tasks if t not in expert_dirs]
     if missing:
         raise ValueError(f"no {method} expert for {', '.join(missing)}; train them first")
-    log = out / "pairs.jsonl"
+    log = _start_log(Path(out), method, tasks, budget)
     done = _read_done(log)
     jobs = take_shard(pair_jobs(tasks, budget.seeds))
-    (out / "budget.json").write_text(json.dumps({"method": method, "tasks": tasks, **asdict(budget)}, indent=2))
     for i, (t, s, seed) in enumerate(jobs):
         if (t, s, seed) not in done and (t, s, seed) not in (done := _read_done(log)):
             score = few_shot_score(t, method, backbone, budget, seed, None if s == "scratch" else expert_dirs[s])
@@ -125,9 +138,7 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
     """
     from .runs.registry import RunRegistry
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "pairs.jsonl"
+    log = _start_log(Path(out), method, tasks, budget)
     done = _read_done(log)
     todo = [j for j in pair_jobs(tasks, budget.seeds) if j not in done]
     configs = [{"target": t, "source": None if s == "scratch" else s,

@@ -45,3 +45,15 @@ def test_ray_gives_the_same_study(quick_study, reference, tmp_path):
 
     runs = RunRegistry(tmp_path / "reg.sqlite").list_runs(kind=["transfer-pair"])
     assert len(runs) == 4 and {r.status for r in runs} == {"succeeded"}
+
+
+def test_resuming_under_another_budget_is_refused(tmp_path):
+    out = tmp_path / "t"
+    out.mkdir()
+    (out / "budget.json").write_text(json.dumps({"method": "lora", "shots": 8, "steps": 25, "batch_size": 16,
+                                                 "eval_limit": 200}))
+    (out / "pairs.jsonl").write_text(json.dumps({"target": "a", "source": "b", "seed": 0, "score": 0.5}) + "\n")
+    dirs = {t: tmp_path / t for t in TASKS}
+    with pytest.raises(ValueError, match="different budget.*shots=8"):
+        run_pairs(TASKS, dirs, "lora", None, BUDGET, out)
+    assert len((out / "pairs.jsonl").read_text().splitlines()) == 1  # nothing lost
