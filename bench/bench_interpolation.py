@@ -2,7 +2,7 @@
 
     python bench/bench_interpolation.py [--steps 8] [--batch 16]
 
-π-Tuning combines k LoRA experts as one rank-k·r adapter (see pitune_core.interpolation), so a
+π-Tuning combines k LoRA experts as one rank-k·r adapter (see pitune_core.tune.interpolation), so a
 training step should cost about one expert's step, not k. The naive reference runs k separately
 adapted trunks and mixes their outputs (k forwards + backwards), as an output-space mixture would.
 All timings are measured side by side in this one run, on the current device.
@@ -24,10 +24,10 @@ os.environ.setdefault("PITUNE_QUIET", "1")
 import torch
 import torch.nn.functional as F
 
-from pitune_core.backbone import UnifiedBackbone
-from pitune_core.experts import EXPERT_FORMAT, LoraMethod, attach, load_expert, prepare_task, save_expert
-from pitune_core.interpolation import InterpolatedExperts
-from pitune_core.tasks import get_task
+from pitune_core.model.backbone import UnifiedBackbone
+from pitune_core.model.experts import EXPERT_FORMAT, LoraMethod, attach, load_expert, prepare_task, save_expert
+from pitune_core.tune.interpolation import InterpolatedExperts
+from pitune_core.data.tasks import get_task
 
 
 def make_experts(bb, n, root):

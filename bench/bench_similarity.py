@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pitune_core.similarity import fisher_similarity  # noqa: E402
+from pitune_core.predict.similarity import fisher_similarity  # noqa: E402
 
 D_TOTAL, N_GROUPS = 9216, 12
 

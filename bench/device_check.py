@@ -23,11 +23,11 @@ os.environ.setdefault("PITUNE_QUIET", "1")
 
 import torch
 
-from pitune_core.backbone import UnifiedBackbone, random_weights
-from pitune_core.experts import TrainConfig, train_expert
-from pitune_core.interpolation import InterpolatedExperts
-from pitune_core.experts import prepare_task, train_loop
-from pitune_core.tasks import get_task
+from pitune_core.model.backbone import UnifiedBackbone, random_weights
+from pitune_core.model.experts import TrainConfig, train_expert
+from pitune_core.tune.interpolation import InterpolatedExperts
+from pitune_core.model.experts import prepare_task, train_loop
+from pitune_core.data.tasks import get_task
 
 
 def main():

@@ -4,14 +4,13 @@ Run with ``pitune dashboard`` (or ``streamlit run dashboard/app.py``). The study
 from ``$PITUNE_STUDY`` (default ``precomputed/`` in the repository), the run registry from
 ``$PITUNE_RUNS_DB`` (default ``runs/registry.sqlite`` in the repository).
 
-This file only renders: data comes from :mod:`pitune_core.study`, figures from
-:mod:`pitune_core.figures`, runs from :mod:`pitune_core.runs` (the page submits runs and a detached
+This file only renders: data comes from :mod:`pitune_core.study.reader`, figures from
+:mod:`dashboard.figures`, runs from :mod:`pitune_core.runs` (the page submits runs and a detached
 scheduler executes them; nothing here trains or blocks).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -21,8 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pitune_core import figures as F  # noqa: E402
-from pitune_core.study import (  # noqa: E402
+from dashboard import figures as F  # noqa: E402
+from pitune_core.paths import default_runs_db, default_study  # noqa: E402
+from pitune_core.study.reader import (  # noqa: E402
     EMBEDDING_LABELS,
     METHOD_LABELS,
     Study,
@@ -60,15 +60,11 @@ KEEP = ("graph_mode", "graph_k", "graph_threshold", "comm_method", "heat_order",
 # ----------------------------------------------------------------------------- locations
 
 def study_path() -> Path:
-    env = os.environ.get("PITUNE_STUDY")
-    p = Path(env).expanduser() if env else Path("precomputed")
-    return (p if p.is_absolute() else REPO / p).resolve()
+    return default_study().resolve()
 
 
 def runs_db_path() -> Path:
-    env = os.environ.get("PITUNE_RUNS_DB")
-    p = Path(env).expanduser() if env else Path("runs") / "registry.sqlite"
-    return (p if p.is_absolute() else REPO / p).resolve()
+    return default_runs_db().resolve()
 
 
 def _stamp(root: Path) -> int:

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def backbone():
-    from pitune_core.backbone import UnifiedBackbone
+    from pitune_core.model.backbone import UnifiedBackbone
 
     return UnifiedBackbone.load()
 
@@ -20,7 +20,7 @@ def backbone():
 @pytest.fixture(scope="session")
 def short_training():
     """A small real training budget for tests (the defaults train for minutes)."""
-    from pitune_core.experts import TrainConfig
+    from pitune_core.model.experts import TrainConfig
 
     return TrainConfig(min_steps=30, max_steps=30, batch_size=16)
 
@@ -28,7 +28,7 @@ def short_training():
 @pytest.fixture(scope="session")
 def quick_study(tmp_path_factory):
     """A real quick study (``pitune precompute --quick``), built once per test session."""
-    from pitune_core.cli import main
+    from pitune_core.cli.main import main
 
     out = tmp_path_factory.mktemp("study") / "quick"
     assert main(["precompute", "--quick", "--out", str(out), "--projector", "precomputed/backbone"]) == 0
@@ -37,6 +37,6 @@ def quick_study(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def backbone_of_study(quick_study):
-    from pitune_core.backbone import UnifiedBackbone
+    from pitune_core.model.backbone import UnifiedBackbone
 
     return UnifiedBackbone.load(quick_study / "backbone")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pitune_core.transfer_study import TransferBudget, run_pairs, run_pairs_on
+from pitune_core.study.transfer import TransferBudget, run_pairs, run_pairs_on
 
 TASKS = ["sklearn_digits", "lfw_faces"]
 BUDGET = TransferBudget(shots=2, steps=3, seeds=(0,), eval_limit=60)

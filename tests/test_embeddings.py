@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from pitune_core.embeddings import (EmbeddingError, embed_experts, fisher_embedding, load_embeddings,
+from pitune_core.predict.embeddings import (EmbeddingError, embed_experts, fisher_embedding, load_embeddings,
                                     random_embedding, save_embeddings)
-from pitune_core.similarity import similarity_matrix, top_k
+from pitune_core.predict.similarity import similarity_matrix, top_k
 
 
 def _experts(study, method, tasks):

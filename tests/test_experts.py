@@ -4,12 +4,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from pitune_core.cli import main
-from pitune_core.experts import (ExpertError, evaluate_expert, load_expert, predict, prepare_task, read_expert_meta,
+from pitune_core.cli.main import main
+from pitune_core.model.experts import (ExpertError, evaluate_expert, load_expert, predict, prepare_task, read_expert_meta,
                                  train_expert)
-from pitune_core.tasks import TaskDataError, get_task
+from pitune_core.data.tasks import TaskDataError, get_task
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def test_expert_reloads_with_plain_peft_and_predicts_the_same(lora_expert, backb
 
 @pytest.mark.parametrize("method", ["prompt", "ia3"])
 def test_other_methods_train_and_reload(method, backbone, tmp_path):
-    from pitune_core.experts import TrainConfig
+    from pitune_core.model.experts import TrainConfig
 
     res = train_expert("sklearn_digits", method, backbone, out=tmp_path / method,
                        train_config=TrainConfig(min_steps=10, max_steps=10))

@@ -1,4 +1,4 @@
-"""pitune_core.figures: pure plotly figure builders."""
+"""dashboard.figures: pure plotly figure builders."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from pitune_core import figures as F
-from pitune_core.graph import annotate_communities, build_graph, detect_communities
+from dashboard import figures as F
+from pitune_core.predict.graph import annotate_communities, build_graph, detect_communities
 
 NAMES = ["a_lang", "b_lang", "c_vis", "d_vis", "e_vl", "f_vl"]
 MODS = {"a_lang": "language", "b_lang": "language", "c_vis": "vision", "d_vis": "vision",

@@ -5,7 +5,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from pitune_core.graph import (
+from pitune_core.predict.graph import (
     annotate_communities,
     build_graph,
     community_summary,
@@ -15,7 +15,7 @@ from pitune_core.graph import (
     read_graph_json,
     write_graph_json,
 )
-from pitune_core.similarity import CorruptFileError, UnknownTaskError
+from pitune_core.predict.similarity import CorruptFileError, UnknownTaskError
 
 # Two task families: text classification (+ one vision-language task that behaves like them)
 # and vision tasks. Within-family similarity 0.8-0.9, across 0.1-0.2.

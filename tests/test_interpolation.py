@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pitune_core.experts import EXPERT_FORMAT, attach, get_method, load_expert, predict, prepare_task, save_expert
-from pitune_core.interpolation import InterpolatedExperts, InterpolationError, parse_weights
-from pitune_core.tasks import get_task
+from pitune_core.model.experts import EXPERT_FORMAT, attach, get_method, load_expert, predict, prepare_task, save_expert
+from pitune_core.tune.interpolation import InterpolatedExperts, InterpolationError, parse_weights
+from pitune_core.data.tasks import get_task
 
 
 def random_expert(backbone, method, path, seed, task="sklearn_digits"):

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from pitune_core.layout import (
+from pitune_core.predict.layout import (
     MIN_UMAP_TASKS,
     layout_2d,
     layout_from_similarity,
     read_layout_csv,
     write_layout_csv,
 )
-from pitune_core.similarity import CorruptFileError, cosine_similarity
+from pitune_core.predict.similarity import CorruptFileError, cosine_similarity
 
 
 def two_clusters(n_per: int, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

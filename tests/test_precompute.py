@@ -6,9 +6,11 @@ import shutil
 
 import numpy as np
 
-from pitune_core.cli import main
-from pitune_core.precompute import StudyPlan, run_precompute, verify_study
-from pitune_core.similarity import read_similarity_csv
+from pitune_core.cli.main import main
+from pitune_core.study.pipeline import run_precompute
+from pitune_core.study.plan import StudyPlan
+from pitune_core.study.verify import verify_study
+from pitune_core.predict.similarity import read_similarity_csv
 
 
 def test_quick_study_has_every_artifact(quick_study):

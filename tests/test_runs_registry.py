@@ -345,13 +345,13 @@ def test_cli_commands(registry):
 def test_cli_module_entry_point_and_light_imports(registry):
     registry.submit("sleep", {})
     proc = subprocess.run(
-        [sys.executable, "-m", "pitune_core.runs.cli", "--db", str(registry.db_path), "list", "--json"],
+        [sys.executable, "-m", "pitune_core.cli.runs", "--db", str(registry.db_path), "list", "--json"],
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == 1
     code = (
-        "import sys, pitune_core.runs, pitune_core.runs.cli, pitune_core.runs.worker, pitune_core.runs.ray_executor;"
+        "import sys, pitune_core.runs, pitune_core.cli.runs, pitune_core.runs.worker, pitune_core.runs.ray_executor;"
         "heavy = {'torch', 'ray', 'numpy'} & set(sys.modules); assert not heavy, heavy"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

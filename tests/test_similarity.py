@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pitune_core.similarity import (
+from pitune_core.predict.similarity import (
     CorruptFileError,
     NegativeEmbeddingError,
     NonFiniteEmbeddingError,

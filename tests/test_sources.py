@@ -5,7 +5,7 @@ import zipfile
 import pytest
 
 from pitune_core import sources
-from pitune_core.sources import Source, SourceUnavailableError, fetch, iter_members, read_member
+from pitune_core.data.sources import Source, SourceUnavailableError, fetch, iter_members, read_member
 
 
 def _deb_with(files: dict[str, bytes], path):

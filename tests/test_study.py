@@ -1,4 +1,4 @@
-"""pitune_core.study: read-only access to a study directory.
+"""pitune_core.study.reader: read-only access to a study directory.
 
 Most tests use a small synthetic study written here (every file format as ``pitune precompute``
 writes it, with a manifest of real checksums), so they run anywhere in well under a second; the
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pitune_core.study import (
+from pitune_core.study.reader import (
     Study,
     StudyError,
     default_study_path,

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from pitune_core.cli import main
-from pitune_core.tasks import MODALITIES, TaskDataError, UnknownTaskError, get_task, list_tasks
+from pitune_core.cli.main import main
+from pitune_core.data.tasks import MODALITIES, TaskDataError, UnknownTaskError, get_task, list_tasks
 
 
 def test_suite_covers_three_modalities():

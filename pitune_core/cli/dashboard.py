@@ -12,8 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-APP = REPO / "dashboard" / "app.py"
+from pitune_core.paths import DASHBOARD_APP as APP
+from pitune_core.paths import REPO_ROOT as REPO
+from pitune_core.paths import default_runs_db, default_study
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -31,14 +32,6 @@ def dashboard_env(study: str | os.PathLike, db: str | os.PathLike, base: dict | 
     return env
 
 
-def default_study() -> Path:
-    """``$PITUNE_STUDY``, else ``./precomputed`` when it exists, else the repository's ``precomputed/``."""
-    if os.environ.get("PITUNE_STUDY"):
-        return Path(os.environ["PITUNE_STUDY"])
-    here = Path("precomputed")
-    return here if here.is_dir() else REPO / "precomputed"
-
-
 def cmd_dashboard(args) -> int:
     if not APP.is_file():
         raise FileNotFoundError(f"the dashboard app is missing: {APP}")
@@ -48,7 +41,8 @@ def cmd_dashboard(args) -> int:
         print(f"pitune: warning: binding the dashboard to {args.host}: anyone who can reach this address can "
               "browse the study and launch training runs (there is no login). Use the default 127.0.0.1 and "
               "an SSH tunnel unless you mean it.", file=sys.stderr)
-    env = dashboard_env(default_study() if args.study is None else args.study, args.db)
+    env = dashboard_env(default_study() if args.study is None else args.study,
+                        default_runs_db() if args.db is None else args.db)
     study = Path(env["PITUNE_STUDY"])
     if not (study / "manifest.json").is_file():
         print(f"pitune: note: {study} is not a complete study; the dashboard will show how to rebuild it "
@@ -67,9 +61,9 @@ def cmd_dashboard(args) -> int:
 def register(sub, add) -> None:
     sp = add("dashboard", cmd_dashboard, "open the interactive dashboard (task graph, top-k, launch runs)")
     sp.add_argument("--study", default=None,
-                    help="study directory written by `pitune precompute` (default: $PITUNE_STUDY, else "
-                         "./precomputed, else the repository's precomputed/)")
+                    help="study directory written by `pitune precompute` (default: $PITUNE_STUDY, else the "
+                         "shipped precomputed/)")
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=int, default=8501)
-    sp.add_argument("--db", default=os.environ.get("PITUNE_RUNS_DB") or os.path.join("runs", "registry.sqlite"),
+    sp.add_argument("--db", default=None,
                     help="run registry database (default: $PITUNE_RUNS_DB or runs/registry.sqlite)")

@@ -253,7 +253,7 @@ def _accumulate_group(X: torch.Tensor, eps: float, chunk: int, acc: torch.Tensor
 def _fisher_unchecked(
     arrays: Mapping[str, np.ndarray], eps: float, chunk: int | None, dtype, device
 ) -> np.ndarray:
-    from pitune_core.device import default_device
+    from pitune_core.model.device import default_device
 
     if eps < 0 or not math.isfinite(eps):
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")
@@ -302,7 +302,7 @@ def fisher_similarity(
     ``dtype='float32'`` (default) agrees with float64 to ~1e-7, but squares of a' below ~1e-22
     underflow, so a group where one task's Fisher is > ~1e22 times the other's everywhere (or
     both are far below ``eps``) scores 0 instead of its float64 value: use 'float64' for such
-    data. ``device`` follows :func:`pitune_core.device.default_device` (CUDA when present).
+    data. ``device`` follows :func:`pitune_core.model.device.default_device` (CUDA when present).
     """
     arrays = _group_arrays(groups)
     n = next(iter(arrays.values())).shape[0]

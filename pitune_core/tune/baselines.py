@@ -18,23 +18,31 @@ same target data (``shots`` per class, or all of it), the same number of steps a
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 
-from .backbone import UnifiedBackbone
-from .device import seed_everything
-from .experts import TrainConfig, evaluate, get_method, prepare_task, train_expert, train_loop
-from .interpolation import InterpolatedExperts, InterpolationError, parse_weights
-from .tasks import get_task
+from pitune_core.model.backbone import UnifiedBackbone
+from pitune_core.model.device import seed_everything
+from pitune_core.model.experts import TrainConfig, evaluate, get_method, prepare_task, train_expert, train_loop
+from pitune_core.tune.interpolation import InterpolatedExperts, InterpolationError, parse_weights
+from pitune_core.data.tasks import get_task
 
 BASELINES = ("pi-tuning", "pi-tuning-weights-only", "uniform-avg", "uniform-avg-tuned", "random-k", "best-single",
              "all-experts", "target-only", "full-finetune", "peft-linear", "peft-ties", "peft-dare")
+#: columns of a results.csv row (written by ``pitune compare`` and the study's compare stage)
+RESULT_FIELDS = ("target", "approach", "shots", "seed", "accuracy", "score", "metric", "sources")
+
+
+def result_row(r: dict) -> dict:
+    """The one results.csv row of a :func:`run_method` result."""
+    return {"target": r["target"], "approach": r["approach"], "shots": "full" if r["shots"] is None else r["shots"],
+            "seed": r["seed"], "accuracy": round(r["accuracy"], 4), "score": round(r["score"], 4),
+            "metric": r["metric"], "sources": "|".join(r.get("sources", []))}
+
+
 WEIGHT_LR = 5e-2  # mixing logits learn faster than adapter weights
 
 

@@ -47,13 +47,7 @@ EMBEDDING_LABELS = {"fisher": "Fisher", "weights": "expert weights", "data": "da
                     "fisher_2n": "Fisher (2N samples)"}
 MODALITIES = ("language", "vision", "vision-language")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def default_study_path() -> Path:
-    """``$PITUNE_STUDY`` or ``precomputed/`` in the repository root."""
-    env = os.environ.get("PITUNE_STUDY")
-    return Path(env).expanduser() if env else REPO_ROOT / "precomputed"
+from pitune_core.paths import default_study as default_study_path  # noqa: E402
 
 
 def rebuild_hint(root: str | os.PathLike) -> list[str]:
@@ -213,7 +207,7 @@ class Study:
             return [f"{self.root} does not exist"]
         if not self.root.is_dir():
             return [f"{self.root} is not a directory"]
-        from .precompute import verify_study
+        from pitune_core.study.verify import verify_study
 
         try:
             problems = list(verify_study(self.root, load_experts=False))
@@ -388,7 +382,7 @@ class Study:
     def similarity(self, method: str, embedding: str) -> tuple[list[str], Any]:
         """(task names, similarity matrix as a numpy array)."""
         def load():
-            from .similarity import read_similarity_csv
+            from pitune_core.predict.similarity import read_similarity_csv
 
             return read_similarity_csv(self._predict_dir(method, embedding) / "similarity.csv")
         return self._memo(("sim", method, embedding), load)
@@ -398,14 +392,14 @@ class Study:
         p = self._predict_dir(method, embedding) / "graph.json"
         if not p.is_file():
             return None
-        from .graph import read_graph_json
+        from pitune_core.predict.graph import read_graph_json
 
         return read_graph_json(p)
 
     def layout(self, method: str, embedding: str) -> tuple[list[str], Any, str]:
         """(names, coordinates (n, 2), note on how the layout was made)."""
         def load():
-            from .layout import read_layout_csv
+            from pitune_core.predict.layout import read_layout_csv
 
             d = self._predict_dir(method, embedding)
             if not (d / "layout.csv").is_file():
@@ -422,9 +416,9 @@ class Study:
 
         Returns ``(G, summary)``: ``G`` an undirected networkx graph whose nodes carry
         :meth:`node_attrs` plus ``community``; ``summary`` is
-        :func:`pitune_core.graph.community_summary` (members and modalities per community).
+        :func:`pitune_core.predict.graph.community_summary` (members and modalities per community).
         """
-        from .graph import annotate_communities, build_graph, community_summary, detect_communities
+        from pitune_core.predict.graph import annotate_communities, build_graph, community_summary, detect_communities
 
         names, S = self.similarity(method, embedding)
         attrs = self.node_attrs(method)
@@ -434,7 +428,7 @@ class Study:
 
     def top_k(self, target: str, k: int, method: str, embedding: str) -> list[TopSource]:
         """The ``k`` experts most similar to ``target`` (best first), with measured gains."""
-        from .similarity import top_k
+        from pitune_core.predict.similarity import top_k
 
         self._check_task(target)
         names, S = self.similarity(method, embedding)
@@ -539,7 +533,7 @@ class Study:
                         embedding: str = "fisher", weights: str | Sequence[float] = "uniform",
                         shots: Any = 16, seed: int = 0, weights_only: bool = False) -> dict:
         """A validated config for the run registry's ``transfer`` kind (cheap checks only; the
-        worker re-validates everything with :func:`pitune_core.transfer_run.prepare_transfer`)."""
+        worker re-validates everything with :func:`pitune_core.tune.run.prepare_transfer`)."""
         self._check_task(target)
         self._check_method(method)
         self._predict_dir(method, embedding)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pitune_core.similarity import CorruptFileError, ShapeMismatchError
+from pitune_core.predict.similarity import CorruptFileError, ShapeMismatchError
 
 #: Fewest tasks for which ``method="auto"`` uses UMAP. With fewer, each task's neighbourhood
 #: is nearly the whole set and UMAP's layout mostly reflects its random optimisation.

@@ -22,9 +22,9 @@ from typing import Callable
 import numpy as np
 from scipy.stats import spearmanr
 
-from .backbone import UnifiedBackbone
-from .experts import TrainConfig, train_expert
-from .tasks import get_task
+from pitune_core.model.backbone import UnifiedBackbone
+from pitune_core.model.experts import TrainConfig, train_expert
+from pitune_core.data.tasks import get_task
 
 
 @dataclass
@@ -136,7 +136,7 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
     Finished pairs land in ``pairs.jsonl`` exactly as with :func:`run_pairs`; failed pairs are
     reported and left for the next (resumed) call.
     """
-    from .runs.registry import RunRegistry
+    from pitune_core.runs.registry import RunRegistry
 
     log = _start_log(Path(out), method, tasks, budget)
     done = _read_done(log)
@@ -150,7 +150,7 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
     reg = RunRegistry(db)
     resources = {"num_cpus": 1}
     if executor == "ray":
-        from .runs.ray_executor import RayExecutor
+        from pitune_core.runs.ray_executor import RayExecutor
 
         ex = RayExecutor(reg, address=address, num_cpus=max_parallel)
         try:
@@ -159,7 +159,7 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
         finally:
             ex.shutdown()
     elif executor == "local":
-        from .runs.executor import run_until_idle, wait
+        from pitune_core.runs.executor import run_until_idle, wait
 
         ids = [reg.submit("transfer-pair", c, name=f"pair {c['target']} <- {c['source'] or 'scratch'}",
                           resources=resources) for c in configs]

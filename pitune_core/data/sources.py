@@ -10,7 +10,6 @@ installed and no package code is executed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -23,18 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from tqdm.auto import tqdm
+from pitune_core.common import sha256_file
+from pitune_core.paths import cache_dir
 
 
 class SourceUnavailableError(RuntimeError):
     """A pinned archive could not be downloaded or failed its checksum."""
-
-
-def cache_dir() -> Path:
-    """Root of pitune's cache (``PITUNE_CACHE``, default ``~/.cache/pitune``)."""
-    root = Path(os.environ.get("PITUNE_CACHE", Path.home() / ".cache" / "pitune"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 @dataclass(frozen=True)
@@ -101,14 +94,6 @@ SOURCES: dict[str, Source] = {
                "4b12681df35878207ac7097dc66184b2ae552e4bf4ddd2af04a0f03ed0b8682a", 95.7, "Apache-2.0"),
     ]
 }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def archive_path(source: Source) -> Path:
@@ -254,6 +239,3 @@ def read_members(path: Path, members: list[str]) -> dict[str, bytes]:
     return got
 
 
-def progress(iterable=None, **kw):
-    """tqdm progress bar on stderr (silenced with PITUNE_QUIET=1)."""
-    return tqdm(iterable, disable=os.environ.get("PITUNE_QUIET") == "1", **kw)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -161,19 +160,3 @@ def report(root: str | Path) -> str:
     for section in (experts_section, predict_section, compare_section, stages_section):
         lines += section(root)
     return "\n".join(lines) + "\n"
-
-
-def cmd_report(args) -> int:
-    text = report(args.study)
-    if args.out:
-        Path(args.out).write_text(text)
-        print(f"report written to {args.out}", file=sys.stderr)
-    else:
-        print(text)
-    return 0
-
-
-def register(sub, add) -> None:
-    sp = add("report", cmd_report, "the study's results as Markdown tables (computed from its files)")
-    sp.add_argument("study", nargs="?", default="precomputed")
-    sp.add_argument("--out", help="write to this file instead of stdout")

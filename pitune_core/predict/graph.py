@@ -16,7 +16,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from pitune_core.similarity import CorruptFileError, UnknownTaskError, check_k, check_similarity
+from pitune_core.predict.similarity import CorruptFileError, UnknownTaskError, check_k, check_similarity
 
 
 def build_graph(

@@ -3,7 +3,7 @@
 Wire into a main CLI with :func:`add_runs_commands` (it sets ``args.func`` /
 ``args.runs_handler`` to :func:`handle`), or run on its own::
 
-    python -m pitune_core.runs.cli [--db DB] list --status running
+    python -m pitune_core.cli.runs [--db DB] list --status running
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
-from .registry import STATUSES, RunNotFoundError, RunRecord, RunRegistry, default_db_path, is_valid_run_id
+from pitune_core.runs.registry import STATUSES, RunNotFoundError, RunRecord, RunRegistry, default_db_path, is_valid_run_id
 
 __all__ = ["add_runs_commands", "configure_parser", "handle", "main"]
 
@@ -222,14 +222,14 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
             if not args.no_scheduler:
                 _ensure_scheduler(db, err)
             if args.wait:
-                from .executor import wait
+                from pitune_core.runs.executor import wait
 
                 rec = wait(registry, [new_id])[new_id]
                 print(f"{new_id}: {rec.status}" + (f" ({_clean(rec.error)})" if rec.error else ""), file=err)
                 return 0 if rec.status == "succeeded" else 1
             return 0
         if cmd == "scheduler":
-            from .executor import serve
+            from pitune_core.runs.executor import serve
 
             return serve(db, args.max_parallel, idle_timeout=args.idle_timeout)
         if cmd == "recover":
@@ -249,7 +249,7 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
 
 
 def _ensure_scheduler(db: Path, out: Any) -> None:
-    from .executor import ensure_scheduler
+    from pitune_core.runs.executor import ensure_scheduler
 
     pid = ensure_scheduler(db)
     if pid:
@@ -257,7 +257,7 @@ def _ensure_scheduler(db: Path, out: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pitune_core.runs.cli", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pitune_core.cli.runs", description=__doc__.splitlines()[0])
     configure_parser(parser)
     args = parser.parse_args(argv)
     return handle(args)
@@ -268,6 +268,6 @@ if __name__ == "__main__":
 
 
 def register(sub, add) -> None:
-    """Hook for the main ``pitune`` CLI (see :func:`pitune_core.cli.build_parser`)."""
+    """Hook for the main ``pitune`` CLI (see :func:`pitune_core.cli.main.build_parser`)."""
     parser = add_runs_commands(sub)
     parser.set_defaults(func=handle)

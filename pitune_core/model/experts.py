@@ -30,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__
-from .backbone import Inputs, TaskTensors, UnifiedBackbone, task_features, task_tensors
-from .device import seed_everything
-from .metrics import majority_baseline, score
-from .tasks import TaskData, TaskSpec, get_task
+from pitune_core import __version__
+from pitune_core.model.backbone import TaskTensors, UnifiedBackbone, task_features, task_tensors
+from pitune_core.model.device import seed_everything
+from pitune_core.model.metrics import majority_baseline, score
+from pitune_core.data.tasks import TaskData, TaskSpec, get_task
 
 EXPERT_META = "pitune_expert.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -368,7 +368,7 @@ def train_expert(task: str | TaskSpec, method: str = "lora", backbone: UnifiedBa
 def evaluate_expert(path: str | Path, backbone: UnifiedBackbone | None = None, split: str = "test",
                     blank_images: bool = False) -> dict:
     """Re-evaluate a saved expert on its task (optionally with every image blanked)."""
-    from .backbone import blank_image_features
+    from pitune_core.model.backbone import blank_image_features
 
     backbone = backbone or UnifiedBackbone.load()
     model, meta = load_expert(path, backbone)

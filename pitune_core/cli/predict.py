@@ -10,13 +10,15 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from pitune_core.cli.options import add_db, add_study, db_of, renamed, study_of
+from pitune_core.common import EXPERT_TYPES, parse_int_list, progress
+from pitune_core.paths import StudyPaths
 
 
 def _expert_dirs(study: Path, expert_type: str, tasks: list[str] | None) -> dict[str, Path]:
-    from .tasks import get_task
+    from pitune_core.data.tasks import get_task
 
-    root = study / "experts" / expert_type
+    root = StudyPaths(study).experts_of(expert_type)
     if tasks:
         for t in tasks:
             get_task(t)
@@ -30,17 +32,18 @@ def _expert_dirs(study: Path, expert_type: str, tasks: list[str] | None) -> dict
 
 
 def _out(args) -> Path:
-    return Path(args.study) / "predict" / args.expert_type / args.method
+    return StudyPaths(study_of(args)).embedding_dir(args.expert_type, args.embedding)
 
 
 def cmd_embed(args) -> int:
-    from .backbone import UnifiedBackbone
-    from .embeddings import embed_experts, save_embeddings
+    from pitune_core.model.backbone import UnifiedBackbone
+    from pitune_core.predict.embeddings import embed_experts, save_embeddings
 
-    dirs = _expert_dirs(Path(args.study), args.expert_type, args.tasks)
-    bb = UnifiedBackbone.load(args.projector or Path(args.study) / "backbone")
-    bar = tqdm(total=len(dirs), desc=f"{args.method} embeddings", unit="task")
-    emb = embed_experts(dirs, args.method, bb, n_samples=args.n, seed=args.seed, on_task=lambda t: bar.update(1))
+    study = Path(study_of(args))
+    dirs = _expert_dirs(study, args.expert_type, args.tasks)
+    bb = UnifiedBackbone.load(args.projector or StudyPaths(study).backbone)
+    bar = progress(total=len(dirs), desc=f"{args.embedding} embeddings", unit="task")
+    emb = embed_experts(dirs, args.embedding, bb, n_samples=args.n, seed=args.seed, on_task=lambda t: bar.update(1))
     bar.close()
     path = save_embeddings(_out(args) / "embeddings.safetensors", emb)
     print(f"{len(emb.names)} task embeddings ({emb.flat().shape[1]} dims, {len(emb.groups)} groups) -> {path}")
@@ -48,14 +51,14 @@ def cmd_embed(args) -> int:
 
 
 def cmd_similarity(args) -> int:
-    from .embeddings import load_embeddings
-    from .similarity import similarity_matrix, top_k, write_similarity_csv
+    from pitune_core.predict.embeddings import load_embeddings
+    from pitune_core.predict.similarity import similarity_matrix, top_k, write_similarity_csv
 
     d = _out(args)
     emb = load_embeddings(d / "embeddings.safetensors")
-    kind = args.kind or ("fisher" if args.method == "fisher" else "cosine")
+    kind = args.kind or ("fisher" if args.embedding == "fisher" else "cosine")
     S = similarity_matrix(emb.groups, emb.names, kind=kind)
-    name = "similarity.csv" if kind == ("fisher" if args.method == "fisher" else "cosine") else f"similarity_{kind}.csv"
+    name = "similarity.csv" if kind == ("fisher" if args.embedding == "fisher" else "cosine") else f"similarity_{kind}.csv"
     write_similarity_csv(d / name, emb.names, S)
     print(f"{len(emb.names)}x{len(emb.names)} {kind} similarity -> {d / name}")
     for t in emb.names:
@@ -65,9 +68,9 @@ def cmd_similarity(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from .graph import annotate_communities, build_graph, community_summary, detect_communities, write_graph_json
-    from .similarity import read_similarity_csv
-    from .tasks import get_task
+    from pitune_core.predict.graph import annotate_communities, build_graph, community_summary, detect_communities, write_graph_json
+    from pitune_core.predict.similarity import read_similarity_csv
+    from pitune_core.data.tasks import get_task
 
     d = _out(args)
     names, S = read_similarity_csv(d / "similarity.csv")
@@ -84,7 +87,7 @@ def cmd_graph(args) -> int:
 
 
 def cmd_top_k(args) -> int:
-    from .similarity import read_similarity_csv, top_k
+    from pitune_core.predict.similarity import read_similarity_csv, top_k
 
     names, S = read_similarity_csv(_out(args) / "similarity.csv")
     for n, s in top_k(S, names, args.target, args.k):
@@ -93,15 +96,16 @@ def cmd_top_k(args) -> int:
 
 
 def cmd_transfer_matrix(args) -> int:
-    from .backbone import UnifiedBackbone
-    from .precompute import write_transfer_outputs
-    from .transfer_study import TransferBudget, run_pairs
+    from pitune_core.model.backbone import UnifiedBackbone
+    from pitune_core.study.outputs import write_transfer_outputs
+    from pitune_core.study.transfer import TransferBudget, run_pairs
 
-    study = Path(args.study)
+    study = Path(study_of(args))
+    sp = StudyPaths(study)
     dirs = _expert_dirs(study, "lora", args.tasks)
     tasks = list(dirs)
-    budget = TransferBudget(shots=args.shots, steps=args.steps, seeds=tuple(int(s) for s in args.seeds.split(",")))
-    bar = tqdm(desc="transfer pairs", unit="pair")
+    budget = TransferBudget(shots=args.shots, steps=args.steps, seeds=tuple(parse_int_list(args.seeds, "seeds")))
+    bar = progress(desc="transfer pairs", unit="pair")
 
     def on_pair(i, n, job):
         bar.total = n
@@ -110,27 +114,29 @@ def cmd_transfer_matrix(args) -> int:
 
     if args.executor == "inprocess":
         # the backbone is only needed here: local/Ray workers load their own
-        run_pairs(tasks, dirs, "lora", UnifiedBackbone.load(study / "backbone"), budget, study / "transfer",
+        run_pairs(tasks, dirs, "lora", UnifiedBackbone.load(sp.backbone), budget, sp.transfer,
                   on_pair=on_pair)
     else:
-        from .transfer_study import run_pairs_on
+        from pitune_core.study.transfer import run_pairs_on
 
-        run_pairs_on(args.executor, tasks, dirs, "lora", budget, study / "transfer", study / "backbone", args.db,
+        run_pairs_on(args.executor, tasks, dirs, "lora", budget, sp.transfer, sp.backbone, db_of(args),
                      address=args.address, max_parallel=args.max_parallel)
     bar.close()
     summary = write_transfer_outputs(study, tasks, k=3)
     print(json.dumps({k: {kk: v for kk, v in s.items() if kk != "seeds"} for k, s in summary.items()}, indent=2))
-    print(f"transfer matrix -> {study / 'transfer' / 'transfer_matrix.csv'}", file=sys.stderr)
+    print(f"transfer matrix -> {sp.transfer_matrix}", file=sys.stderr)
     return 0
 
 
 def register(sub, add) -> None:
     def common(sp, method=True):
-        sp.add_argument("--study", default="precomputed")
-        sp.add_argument("--expert-type", default="lora", choices=["lora", "prompt", "ia3"])
+        add_study(sp)
+        sp.add_argument("--expert-type", default="lora", choices=EXPERT_TYPES,
+                        help="the experts' peft method (default: lora)")
         if method:
-            sp.add_argument("--method", default="fisher", choices=["fisher", "weights", "data"],
+            sp.add_argument("--embedding", default="fisher", choices=["fisher", "weights", "data"],
                             help="task embedding (default: fisher)")
+            renamed(sp, "--method", "--embedding")
 
     sp = add("embed", cmd_embed, "embed tasks by the Fisher information of their experts (or a baseline)")
     common(sp)
@@ -155,7 +161,7 @@ def register(sub, add) -> None:
     sp.add_argument("--k", type=int, default=3)
 
     sp = add("transfer-matrix", cmd_transfer_matrix, "measure pairwise transfer and score the predictions (resumable)")
-    sp.add_argument("--study", default="precomputed")
+    add_study(sp)
     sp.add_argument("--tasks", nargs="*")
     sp.add_argument("--shots", type=int, default=8)
     sp.add_argument("--steps", type=int, default=30)
@@ -164,4 +170,4 @@ def register(sub, add) -> None:
                     help="inprocess (default), local worker processes, or Ray (one task per pair)")
     sp.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     sp.add_argument("--max-parallel", type=int, help="pairs at once (local) / CPUs for a local Ray")
-    sp.add_argument("--db", default="runs/registry.sqlite", help="run registry for local/ray executors")
+    add_db(sp, "run registry for local/ray executors")

@@ -2,12 +2,12 @@
 
 Every task is label-as-text: each class has a verbalisation ("a photo of a sneaker", "positive")
 that the backbone encodes, so any expert can score any task and zero-shot works before tuning.
-Data is read from pinned registry archives (:mod:`pitune_core.sources`) once, split with a
+Data is read from pinned registry archives (:mod:`pitune_core.data.sources`) once, split with a
 fixed seed, and cached as safetensors (arrays) + JSON (texts); never pickle.
 
 Usage::
 
-    from pitune_core.tasks import get_task, list_tasks
+    from pitune_core.data.tasks import get_task, list_tasks
     task = get_task("movie_sentiment")
     data = task.load()                    # TaskData with .train / .val / .test splits
     idx = data.few_shot(k=16, seed=0)     # 16 training examples per class
@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .sources import SOURCES, cache_dir, fetch, iter_members, read_member, read_members
+from pitune_core.paths import cache_dir
+from pitune_core.data.sources import SOURCES, fetch, iter_members, read_member, read_members
 
 MODALITIES = ("language", "vision", "vision-language")
 SPLITS = ("train", "val", "test")

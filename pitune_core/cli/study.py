@@ -1,0 +1,77 @@
+"""``pitune precompute``, ``pitune verify``, ``pitune report``: build, check and summarise a study."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from pitune_core.cli.options import add_study, study_of
+from pitune_core.paths import StudyPaths
+from pitune_core.study.plan import STAGES
+
+
+def cmd_precompute(args) -> int:
+    from pitune_core.study.pipeline import run_precompute
+    from pitune_core.study.plan import full_plan, quick_plan
+
+    plan = quick_plan() if args.quick else full_plan()
+    if args.tasks:
+        from pitune_core.data.tasks import get_task
+
+        for t in args.tasks:
+            get_task(t)
+        plan.tasks = list(args.tasks)
+        plan.transfer_tasks = [t for t in plan.transfer_tasks if t in args.tasks]
+        plan.compare_targets = [t for t in plan.compare_targets if t in args.tasks]
+        plan.extra_methods = {m: [t for t in ts if t in args.tasks] for m, ts in plan.extra_methods.items()}
+    command = "pitune " + " ".join(sys.argv[1:]) if sys.argv and "pitune" in sys.argv[0] else "pitune precompute"
+    manifest = run_precompute(args.out, plan, projector=args.projector, command=command, only=args.stages)
+    print(f"study written to {args.out} ({len(manifest['files'])} files)")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from pitune_core.study.verify import verify_study
+
+    args.study = study_of(args)
+    problems = verify_study(args.study, load_experts=not args.no_load)
+    if problems:
+        print(f"{args.study}: {len(problems)} problem(s):")
+        for p in problems:
+            print(f"  - {p}")
+        print(f"Rebuild with `pitune precompute --out {args.study}` (finished steps are kept).")
+        return 1
+    n = len(json.loads(StudyPaths(args.study).manifest.read_text())["files"])
+    print(f"{args.study}: OK ({n} files verified against manifest.json" + ("" if args.no_load else ", experts load") + ")")
+    return 0
+
+
+def register(sub, add) -> None:
+    sp = add("precompute", cmd_precompute, "run the whole study end to end (resumable)")
+    sp.add_argument("--out", default="precomputed")
+    sp.add_argument("--tasks", nargs="*", help="restrict the study to these tasks")
+    sp.add_argument("--quick", action="store_true", help="a small, fast variant (CI / smoke test)")
+    sp.add_argument("--projector", help="reuse this projector instead of aligning a new one")
+    sp.add_argument("--stages", nargs="*", choices=STAGES, help="run only these stages")
+    sp = add("verify", cmd_verify, "check a study directory against its manifest; load every expert")
+    add_study(sp, positional=True)
+    sp.add_argument("--no-load", action="store_true", help="checksums only")
+
+
+def cmd_report(args) -> int:
+    from pitune_core.study.report import report
+
+    text = report(study_of(args))
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"report written to {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def register_report(sub, add) -> None:
+    sp = add("report", cmd_report, "the study's results as Markdown tables (computed from its files)")
+    add_study(sp, positional=True)
+    sp.add_argument("--out", help="write to this file instead of stdout")

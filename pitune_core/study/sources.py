@@ -1,0 +1,26 @@
+"""The experts of a study that a run may draw on, with their predicted similarities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pitune_core.paths import StudyPaths
+from pitune_core.tune.interpolation import InterpolationError
+
+
+def load_sources(study: str | Path, method: str, embedding: str = "fisher"):
+    """The study's experts of one method and the predicted similarities between them."""
+    from pitune_core.tune.baselines import Sources
+    from pitune_core.predict.similarity import read_similarity_csv
+
+    study = Path(study)
+    root = StudyPaths(study).experts_of(method)
+    if not root.is_dir():
+        raise InterpolationError(f"study {study} has no {method} experts (expected {root}); "
+                                 f"run `pitune precompute` or train experts first")
+    dirs = {p.name: str(p) for p in sorted(root.iterdir()) if (p / "pitune_expert.json").exists()}
+    sim_path = StudyPaths(study).similarity_csv(method, embedding)
+    if not sim_path.exists():
+        raise InterpolationError(f"no {embedding} similarities for {method} experts in {study} ({sim_path} missing)")
+    names, S = read_similarity_csv(sim_path)
+    return Sources(dirs, names, S)
