@@ -39,6 +39,23 @@ def progress(iterable: Iterable | None = None, **kw: Any):
     return tqdm(iterable, **kw)
 
 
+class StepBar:
+    """A progress bar fed by training callbacks (``on_step({"stage": "train", "total", "loss"})``)."""
+
+    def __init__(self, desc: str):
+        self.bar = progress(desc=desc, unit="step")
+
+    def __call__(self, p: dict) -> None:
+        if p.get("stage") == "train":
+            self.bar.total = p["total"]
+            self.bar.update(1)
+            if p.get("loss") is not None:
+                self.bar.set_postfix(loss=f"{p['loss']:.3f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def parse_shots(value: Any) -> int | None:
     """Examples per class: ``"full"`` / ``None`` / ``""`` -> None (all training data), else an int >= 1.
 
@@ -84,3 +101,46 @@ def check_expert_type(name: str) -> str:
     if name not in EXPERT_TYPES:
         raise ValueError(f"unknown expert type {name!r}; choose one of {', '.join(EXPERT_TYPES)}")
     return name
+
+
+# ----------------------------------------------------------------------------- names from outside
+
+#: a task name: lower-case letters, digits and underscores, starting with a letter (it becomes a
+#: directory name, a CSV cell and a dashboard label, so nothing else is allowed in)
+TASK_NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
+
+
+def check_task_name(name: Any, what: str = "task name") -> str:
+    """``name`` if it is a valid task identifier, else a readable ``ValueError``.
+
+    Every place a task name enters pitune (the CLI, ``tasks.json``, ``similarity.csv``, a run's
+    config, a manifest) goes through this, so a name can never be a path (``../x``), markup
+    (``<img>``) or a control character.
+    """
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(TASK_NAME_PATTERN, name):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:80] + "...")
+        raise ValueError(f"{what} {shown} is not a task identifier: use 1-64 lower-case letters, digits and "
+                         f"underscores, starting with a letter")
+    return name
+
+
+def parse_sources(value: Any, k: int | None = None) -> list[str] | None:
+    """``"a,b,c"`` (or a list) -> ``["a", "b", "c"]``: task identifiers, no duplicates.
+
+    ``None`` / ``""`` -> ``None`` (the sources are then the top-k predicted ones). With ``k``, the
+    number of names must be ``k``.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    names = [check_task_name(p, "source") for p in parts if p != ""]
+    if not names:
+        return None
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"source(s) named more than once: {', '.join(dup)}; name each source once")
+    if k is not None and k != len(names):
+        raise ValueError(f"--k {k} but {len(names)} sources were named; leave out --k or name exactly {k}")
+    return names

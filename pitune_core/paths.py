@@ -27,6 +27,17 @@ SHIPPED_STUDY = REPO_ROOT / "precomputed"
 #: the Streamlit app
 DASHBOARD_APP = REPO_ROOT / "dashboard" / "app.py"
 
+#: file names inside an embedding directory (``predict/EXPERT_TYPE/EMBEDDING/``)
+EMBEDDINGS_FILE = "embeddings.safetensors"
+SIMILARITY_FILE = "similarity.csv"
+SIMILARITY_COSINE_FILE = "similarity_cosine.csv"
+GRAPH_FILE = "graph.json"
+LAYOUT_FILE = "layout.csv"
+LAYOUT_NOTE_FILE = "layout_note.txt"
+#: file names of a comparison (``compare/`` in a study, or ``pitune compare --out DIR``)
+RUNS_LOG_FILE = "runs.jsonl"
+RESULTS_FILE = "results.csv"
+
 
 def default_study() -> Path:
     """``$PITUNE_STUDY`` if set, else the shipped ``precomputed/`` (an absolute path either way)."""
@@ -122,7 +133,16 @@ class StudyPaths:
         return self.predict / expert_type / embedding
 
     def similarity_csv(self, expert_type: str, embedding: str) -> Path:
-        return self.embedding_dir(expert_type, embedding) / "similarity.csv"
+        return self.embedding_dir(expert_type, embedding) / SIMILARITY_FILE
+
+    def embeddings_file(self, expert_type: str, embedding: str) -> Path:
+        return self.embedding_dir(expert_type, embedding) / EMBEDDINGS_FILE
+
+    def graph_json(self, expert_type: str, embedding: str) -> Path:
+        return self.embedding_dir(expert_type, embedding) / GRAPH_FILE
+
+    def layout_csv(self, expert_type: str, embedding: str) -> Path:
+        return self.embedding_dir(expert_type, embedding) / LAYOUT_FILE
 
     def fisher_stability(self, expert_type: str) -> Path:
         return self.predict / expert_type / "fisher_stability.json"
@@ -155,8 +175,8 @@ class StudyPaths:
 
     @property
     def compare_runs(self) -> Path:
-        return self.compare / "runs.jsonl"
+        return self.compare / RUNS_LOG_FILE
 
     @property
     def results_csv(self) -> Path:
-        return self.compare / "results.csv"
+        return self.compare / RESULTS_FILE

@@ -26,7 +26,8 @@ CHROMIUM = os.environ.get("PITUNE_CHROMIUM") or shutil.which("chromium") or "/us
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
-LEAD_SCREENSHOT = Path("/tmp/dashboard.png")
+#: copy the screenshot here too when set (for a person to look at); the test itself writes only in tmp_path
+SCREENSHOT_COPY = os.environ.get("PITUNE_SCREENSHOT")
 
 
 def _study() -> Path:
@@ -183,10 +184,8 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
-            try:
-                shutil.copyfile(shot, LEAD_SCREENSHOT)
-            except OSError:
-                pass
-            print(f"screenshot: {shot} (copied to {LEAD_SCREENSHOT})")
+            if SCREENSHOT_COPY:
+                shutil.copyfile(shot, SCREENSHOT_COPY)
+            print(f"screenshot: {shot}" + (f" (copied to {SCREENSHOT_COPY})" if SCREENSHOT_COPY else ""))
         finally:
             browser.close()

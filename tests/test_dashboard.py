@@ -376,7 +376,8 @@ def test_corrupt_study_lists_the_problems(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- pitune dashboard
 
 def test_dashboard_command(monkeypatch, tmp_path, capsys):
-    from pitune_core import cli, dashboard_cli
+    from pitune_core.cli import dashboard as dashboard_cli
+    from pitune_core.cli import main as cli
 
     calls = []
     monkeypatch.setattr(dashboard_cli.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))

@@ -77,7 +77,20 @@ def test_graph_figure_sizes_follow_accuracy(graph):
 
 
 def test_graph_positions_deterministic(graph):
-    assert F.graph_positions(graph, seed=0) == F.graph_positions(graph, seed=0)
+    """The same graph gets the same layout in another process (not only twice in this one)."""
+    import json
+    import subprocess
+    import sys
+
+    here = F.graph_positions(graph, seed=0)
+    code = ("import json, sys, networkx as nx; from dashboard import figures as F; "
+            "G = nx.node_link_graph(json.loads(sys.stdin.read()), edges='links'); "
+            "print(json.dumps(F.graph_positions(G, seed=0)))")
+    data = json.dumps(nx.node_link_data(graph, edges="links"))
+    res = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    there = {k: tuple(v) for k, v in json.loads(res.stdout).items()}
+    assert there == here
     assert F.graph_positions(nx.Graph()) == {}
 
 

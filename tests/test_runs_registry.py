@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pitune_core.runs import cli
+from pitune_core.cli import runs as cli
 from pitune_core.runs.jobs import register_job, unregister_job
 from pitune_core.runs.registry import (
     MIGRATIONS,

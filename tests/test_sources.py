@@ -4,7 +4,7 @@ import zipfile
 
 import pytest
 
-from pitune_core import sources
+from pitune_core.data import sources
 from pitune_core.data.sources import Source, SourceUnavailableError, fetch, iter_members, read_member
 
 

@@ -82,18 +82,11 @@ def cmd_train_expert(args) -> int:
     bb = _backbone(args)
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                       max_steps=args.max_steps or TrainConfig.max_steps, lr=args.lr)
-    from pitune_core.common import progress
+    from pitune_core.common import StepBar
 
-    bar = progress(desc=f"train {args.expert_type} on {spec.name}", unit="step")
-
-    def on_step(p):
-        if p.get("stage") == "train":
-            bar.total = p["total"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{p['loss']:.3f}")
-
+    bar = StepBar(f"train {args.expert_type} on {spec.name}")
     res = train_expert(spec, args.expert_type, bb, shots=args.shots, seed=args.seed, out=out, train_config=cfg,
-                       on_step=on_step)
+                       on_step=bar)
     bar.close()
     m = res.meta["metrics"]
     print(f"expert saved to {out}", file=sys.stderr)

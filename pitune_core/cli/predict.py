@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_study, db_of, renamed, study_of
 from pitune_core.common import EXPERT_TYPES, parse_int_list, progress
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, SIMILARITY_FILE, StudyPaths
 
 
 def _expert_dirs(study: Path, expert_type: str, tasks: list[str] | None) -> dict[str, Path]:
@@ -45,7 +45,7 @@ def cmd_embed(args) -> int:
     bar = progress(total=len(dirs), desc=f"{args.embedding} embeddings", unit="task")
     emb = embed_experts(dirs, args.embedding, bb, n_samples=args.n, seed=args.seed, on_task=lambda t: bar.update(1))
     bar.close()
-    path = save_embeddings(_out(args) / "embeddings.safetensors", emb)
+    path = save_embeddings(_out(args) / EMBEDDINGS_FILE, emb)
     print(f"{len(emb.names)} task embeddings ({emb.flat().shape[1]} dims, {len(emb.groups)} groups) -> {path}")
     return 0
 
@@ -55,7 +55,7 @@ def cmd_similarity(args) -> int:
     from pitune_core.predict.similarity import similarity_matrix, top_k, write_similarity_csv
 
     d = _out(args)
-    emb = load_embeddings(d / "embeddings.safetensors")
+    emb = load_embeddings(d / EMBEDDINGS_FILE)
     kind = args.kind or ("fisher" if args.embedding == "fisher" else "cosine")
     S = similarity_matrix(emb.groups, emb.names, kind=kind)
     name = "similarity.csv" if kind == ("fisher" if args.embedding == "fisher" else "cosine") else f"similarity_{kind}.csv"
@@ -73,12 +73,12 @@ def cmd_graph(args) -> int:
     from pitune_core.data.tasks import get_task
 
     d = _out(args)
-    names, S = read_similarity_csv(d / "similarity.csv")
+    names, S = read_similarity_csv(d / SIMILARITY_FILE)
     attrs = {n: {"modality": get_task(n).modality} for n in names}
     mode = "threshold" if args.threshold is not None else "knn"
     G = build_graph(names, S, attrs, mode=mode, k=args.k, threshold=args.threshold if args.threshold is not None else 0.5)
     annotate_communities(G, detect_communities(G, seed=0))
-    path = Path(args.out) if args.out else d / "graph.json"
+    path = Path(args.out) if args.out else d / GRAPH_FILE
     write_graph_json(path, G)
     print(f"graph with {G.number_of_nodes()} tasks and {G.number_of_edges()} edges -> {path}")
     for c in community_summary(G):
@@ -89,7 +89,7 @@ def cmd_graph(args) -> int:
 def cmd_top_k(args) -> int:
     from pitune_core.predict.similarity import read_similarity_csv, top_k
 
-    names, S = read_similarity_csv(_out(args) / "similarity.csv")
+    names, S = read_similarity_csv(_out(args) / SIMILARITY_FILE)
     for n, s in top_k(S, names, args.target, args.k):
         print(f"{n}\t{s:.4f}")
     return 0

@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import parse_int_list, parse_shots, parse_shots_list, progress
-from pitune_core.paths import StudyPaths, runs_root
+from pitune_core.common import StepBar, parse_int_list, parse_shots, parse_shots_list, progress
+from pitune_core.paths import RESULTS_FILE, StudyPaths, runs_root
 
 
 def cmd_transfer(args) -> int:
@@ -36,15 +36,8 @@ def cmd_transfer(args) -> int:
         return 0
     out = Path(args.out or runs_root() / "transfer" / f"{args.target}-{datetime.now():%Y%m%d-%H%M%S}")
     print(f"sources: {', '.join(f'{n} ({s:.3f})' for n, s in zip(cfg['sources'], cfg['similarities']))}", file=sys.stderr)
-    bar = progress(desc=f"π-tuning {args.target}", unit="step")
-
-    def on_step(p):
-        if p.get("stage") == "train":
-            bar.total = p["total"]
-            bar.update(1)
-            bar.set_postfix(loss=f"{p['loss']:.3f}")
-
-    res = run_transfer(config, sources, out, on_step=on_step)
+    bar = StepBar(f"π-tuning {args.target}")
+    res = run_transfer(config, sources, out, on_step=bar)
     bar.close()
     print(f"run written to {out}", file=sys.stderr)
     print(json.dumps(res, indent=2))
@@ -73,7 +66,7 @@ def cmd_compare(args) -> int:
     for a, s, seed in progress(jobs, desc=f"compare on {args.target}"):
         r = run_method(a, args.target, sources, bb, args.expert_type, k=args.k, shots=s, seed=seed)
         rows.append(result_row(r))
-        with open(out / "results.csv", "w", newline="") as f:  # rewritten after each run: never lost
+        with open(out / RESULTS_FILE, "w", newline="") as f:  # rewritten after each run: never lost
             w = csv.DictWriter(f, fieldnames=list(RESULT_FIELDS))
             w.writeheader()
             w.writerows(rows)

@@ -6,20 +6,21 @@ import json
 from pathlib import Path
 
 from pitune_core.common import progress
+from pitune_core.paths import RESULTS_FILE, RUNS_LOG_FILE, StudyPaths
 from pitune_core.study.outputs import _write_csv, expert_dir
 from pitune_core.study.plan import StudyPlan
 
 
 def run_compare(root: Path, bb, plan: StudyPlan) -> None:
-    from pitune_core.tune.baselines import Sources, result_row, run_method
     from pitune_core.predict.similarity import read_similarity_csv
     from pitune_core.study.transfer import read_jsonl, shard_from_env, take_shard
+    from pitune_core.tune.baselines import Sources, result_row, run_method
 
-    names, S = read_similarity_csv(root / "predict" / "lora" / "fisher" / "similarity.csv")
+    names, S = read_similarity_csv(StudyPaths(root).similarity_csv("lora", "fisher"))
     sources = Sources({t: str(expert_dir(root, "lora", t)) for t in plan.tasks}, names, S)
-    out = root / "compare"
+    out = StudyPaths(root).compare
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "runs.jsonl"
+    log = out / RUNS_LOG_FILE
 
     def read_done() -> dict:
         return {(r["target"], r["approach"], r["shots"], r["seed"]): r for r in read_jsonl(log)}
@@ -39,4 +40,4 @@ def run_compare(root: Path, bb, plan: StudyPlan) -> None:
         done[(t, a, s, seed)] = r
     planned = set(jobs) if not shard else None
     rows = [result_row(r) for key, r in read_done().items() if planned is None or key in planned]
-    _write_csv(out / "results.csv", rows)
+    _write_csv(out / RESULTS_FILE, rows)

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pitune_core.common import sha256_file
+from pitune_core.paths import StudyPaths
 from pitune_core.study.plan import STAGES, StudyPlan
 from pitune_core.study.stages import Stages
 
@@ -37,7 +38,7 @@ def write_manifest(root: Path, plan: StudyPlan, command: str, started: str, stag
     manifest = {
         "format": "pitune-study/1", "command": command, "plan": asdict(plan), "seeds": {
             "study": plan.seed, "transfer": list(plan.transfer_seeds), "compare": list(plan.compare_seeds)},
-        "backbone": {"id": projector_id(find_projector(root / "backbone")), "trunk": "all-MiniLM-L6-v2",
+        "backbone": {"id": projector_id(find_projector(StudyPaths(root).backbone)), "trunk": "all-MiniLM-L6-v2",
                      "vision": "efficientnet-lite0"},
         "versions": _versions(), "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -49,5 +50,5 @@ def write_manifest(root: Path, plan: StudyPlan, command: str, started: str, stag
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "files": files,
     }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    (StudyPaths(root).manifest).write_text(json.dumps(manifest, indent=1, default=str))
     return manifest

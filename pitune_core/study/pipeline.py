@@ -1,4 +1,4 @@
-"""``pitune precompute``: the project's whole study, end to end, resumable; ``pitune verify``.
+"""``pitune precompute``: the project's whole study, end to end, resumable.
 
 Stages (each with a progress bar, each resumable):
 
@@ -23,16 +23,22 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from pitune_core.common import progress, sha256_file
+from pitune_core.paths import StudyPaths
 from pitune_core.study.compare import run_compare
 from pitune_core.study.manifest import write_manifest
-from pitune_core.study.outputs import (_predict_outputs, _write_csv, _write_expert_summary, expert_dir,
-                                       fisher_stability, write_transfer_outputs)
+from pitune_core.study.outputs import (
+    _predict_outputs,
+    _write_csv,
+    _write_expert_summary,
+    expert_dir,
+    fisher_stability,
+    write_transfer_outputs,
+)
 from pitune_core.study.plan import EMBEDDINGS, STAGES, StudyPlan
 from pitune_core.study.stages import Stages
 
@@ -53,160 +59,197 @@ def _expert_ok(path: Path, backbone_id: str, seed: int, max_steps: int) -> bool:
             and meta["train_config"]["max_steps"] == max_steps)
 
 
+#: the plan fields each stage depends on (changing compare settings must not retrain experts)
+STAGE_FIELDS = {
+    "backbone": ["align_pairs_per_task", "align_epochs", "seed"],
+    "experts": ["tasks", "extra_methods", "expert_max_steps", "seed"],
+    "ablation": ["tasks"],
+    "embeddings": ["tasks", "extra_methods", "fisher_n", "seed"],
+    "predict": ["tasks", "extra_methods"],
+    "transfer": ["transfer_tasks", "transfer_shots", "transfer_steps", "transfer_seeds", "k"],
+    "compare": ["compare_targets", "compare_shots", "compare_seeds", "compare_approaches",
+                "compare_full_shot_approaches", "compare_full_shot_seeds", "k"],
+}
+
+
+@dataclass
+class StudyRun:
+    """What every stage of one ``pitune precompute`` invocation works with."""
+
+    root: Path
+    plan: StudyPlan
+    projector: str | Path | None
+    device: object
+    bb: object = None  # the backbone, loaded after the backbone stage
+
+    @property
+    def paths(self) -> StudyPaths:
+        return StudyPaths(self.root)
+
+    @property
+    def methods(self) -> dict[str, list[str]]:
+        """Expert type -> tasks that get an expert of that type."""
+        return {"lora": self.plan.tasks, **self.plan.extra_methods}
+
+    def stage_hash(self, name: str) -> str:
+        d = asdict(self.plan)
+        blob = json.dumps({f: d[f] for f in STAGE_FIELDS[name]}, sort_keys=True, default=str)
+        if name == "backbone":
+            blob += f"|projector={self.projector}"
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stage_backbone(run: StudyRun) -> None:
+    """Copy a given projector, or align a new one (``pitune align``)."""
+    from pitune_core.model.align import AlignConfig, train_projector
+    from pitune_core.model.backbone import PROJECTOR_FILE, PROJECTOR_META, find_projector
+
+    if run.projector is not None:
+        src = find_projector(run.projector)
+        run.paths.backbone.mkdir(exist_ok=True)
+        for f in (PROJECTOR_FILE, PROJECTOR_META):
+            shutil.copy2(src / f, run.paths.backbone / f)
+    else:
+        plan = run.plan
+        train_projector(out=run.paths.backbone, device=run.device,
+                        cfg=AlignConfig(pairs_per_task=plan.align_pairs_per_task, epochs=plan.align_epochs,
+                                        seed=plan.seed))
+
+
+def stage_experts(run: StudyRun) -> None:
+    """One expert per (expert type, task); finished experts of the same budget are kept."""
+    from pitune_core.model.experts import TrainConfig, train_expert
+
+    plan = run.plan
+    jobs = [(m, t) for m, ts in run.methods.items() for t in ts]
+    for m, t in progress(jobs, desc="experts"):
+        d = expert_dir(run.root, m, t)
+        if _expert_ok(d, run.bb.backbone_id, plan.seed, plan.expert_max_steps):
+            continue
+        train_expert(t, m, run.bb, seed=plan.seed, out=d,
+                     train_config=TrainConfig(seed=plan.seed, max_steps=plan.expert_max_steps))
+    _write_expert_summary(run.root, run.methods)
+
+
+def stage_ablation(run: StudyRun) -> None:
+    """Vision-language experts re-scored with every image blanked."""
+    from pitune_core.data.tasks import get_task
+    from pitune_core.model.experts import evaluate_expert
+
+    rows = []
+    for t in run.plan.tasks:
+        if get_task(t).modality != "vision-language":
+            continue
+        d = expert_dir(run.root, "lora", t)
+        full = evaluate_expert(d, run.bb)
+        blank = evaluate_expert(d, run.bb, blank_images=True)
+        rows.append({"task": t, "accuracy": full["accuracy"], "accuracy_images_blanked": blank["accuracy"]})
+    _write_csv(run.paths.blank_images, rows)
+
+
+def stage_embeddings(run: StudyRun) -> None:
+    """Fisher / weights / data embeddings of every expert type; Fisher with 2N samples for LoRA."""
+    from pitune_core.predict.embeddings import embed_experts, save_embeddings
+
+    plan = run.plan
+    for m, ts in run.methods.items():
+        dirs = {t: expert_dir(run.root, m, t) for t in ts}
+        for kind in EMBEDDINGS:
+            bar = progress(total=len(dirs), desc=f"{m}/{kind} embeddings")
+            emb = embed_experts(dirs, kind, run.bb, n_samples=plan.fisher_n, seed=plan.seed,
+                                on_task=lambda _t: bar.update(1))
+            bar.close()
+            save_embeddings(run.paths.embeddings_file(m, kind), emb)
+        if m == "lora":  # stability of the Fisher neighbours: N vs 2N samples
+            emb2 = embed_experts(dirs, "fisher", run.bb, n_samples=2 * plan.fisher_n, seed=plan.seed)
+            save_embeddings(run.paths.embeddings_file(m, "fisher_2n"), emb2)
+
+
+def stage_predict(run: StudyRun) -> None:
+    """Similarity matrices, task graphs with communities, 2-D layouts; Fisher stability."""
+    for m in run.methods:
+        for kind in EMBEDDINGS:
+            _predict_outputs(run.root, m, kind)
+        if m == "lora":
+            _predict_outputs(run.root, m, "fisher_2n")
+            run.paths.fisher_stability(m).write_text(json.dumps(fisher_stability(run.paths.predict_of(m)), indent=2))
+
+
+def stage_transfer(run: StudyRun) -> None:
+    """The pairwise transfer matrix (resumable) and how well each embedding predicts it."""
+    from pitune_core.study.transfer import TransferBudget, run_pairs
+
+    plan = run.plan
+    budget = TransferBudget(shots=plan.transfer_shots, steps=plan.transfer_steps, seeds=tuple(plan.transfer_seeds))
+    dirs = {t: expert_dir(run.root, "lora", t) for t in plan.transfer_tasks}
+    bar = progress(total=len(plan.transfer_tasks) ** 2 * len(budget.seeds), desc="transfer pairs")
+    run_pairs(plan.transfer_tasks, dirs, "lora", run.bb, budget, run.paths.transfer,
+              on_pair=lambda i, n, job: (setattr(bar, "total", n), bar.update(1)))
+    bar.close()
+    write_transfer_outputs(run.root, plan.transfer_tasks, plan.k)
+
+
+def stage_compare(run: StudyRun) -> None:
+    """π-Tuning against the baselines on the planned targets (resumable)."""
+    run_compare(run.root, run.bb, run.plan)
+
+
+#: stage name -> (the study sub-folders it writes, the function); in execution order
+STAGE_FUNCTIONS = {
+    "backbone": (["backbone"], stage_backbone),
+    "experts": (["experts"], stage_experts),
+    "ablation": (["ablation"], stage_ablation),
+    "embeddings": (["predict"], stage_embeddings),
+    "predict": (["predict"], stage_predict),
+    "transfer": (["transfer"], stage_transfer),
+    "compare": (["compare"], stage_compare),
+}
+assert tuple(STAGE_FUNCTIONS) == STAGES
+
+
+def _run_stage(run: StudyRun, stages: Stages, name: str) -> None:
+    from pitune_core.study.transfer import shard_from_env
+
+    subs, fn = STAGE_FUNCTIONS[name]
+    h = run.stage_hash(name)
+    if stages.done(name, h):
+        _say(f"{name}: up to date (checksums verified), skipped")
+        return
+    _say(f"{name}: running")
+    t0 = time.time()
+    fn(run)
+    if shard_from_env():
+        _say(f"{name}: shard {os.environ['PITUNE_SHARD']} done; run once without PITUNE_SHARD to finish the stage")
+        return
+    stages.finish(name, h, subs, round(time.time() - t0, 1))
+    _say(f"{name}: done in {time.time() - t0:.0f}s")
+
+
 def run_precompute(out: str | Path, plan: StudyPlan, projector: str | Path | None = None,
                    command: str = "", only: list[str] | None = None) -> dict:
-    from pitune_core.model.align import AlignConfig, train_projector
-    from pitune_core.model.backbone import UnifiedBackbone, find_projector
+    """Run the study's stages (all, or ``only`` these) into ``out``; write the manifest and REPORT.md."""
+    from pitune_core.data.tasks import get_task
+    from pitune_core.model.backbone import UnifiedBackbone
     from pitune_core.model.device import configure_threads, default_device
+    from pitune_core.study.report import report
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     configure_threads()
     stages = Stages(root)
-
-    def stage_hash(name: str) -> str:
-        """Hash of the plan fields a stage depends on (changing compare settings must not retrain experts)."""
-        fields = {"backbone": ["align_pairs_per_task", "align_epochs", "seed"],
-                  "experts": ["tasks", "extra_methods", "expert_max_steps", "seed"],
-                  "ablation": ["tasks"], "embeddings": ["tasks", "extra_methods", "fisher_n", "seed"],
-                  "predict": ["tasks", "extra_methods"],
-                  "transfer": ["transfer_tasks", "transfer_shots", "transfer_steps", "transfer_seeds", "k"],
-                  "compare": ["compare_targets", "compare_shots", "compare_seeds", "compare_approaches",
-                              "compare_full_shot_approaches", "compare_full_shot_seeds", "k"]}[name]
-        d = asdict(plan)
-        blob = json.dumps({f: d[f] for f in fields}, sort_keys=True, default=str)
-        if name == "backbone":
-            blob += f"|projector={projector}"
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    device = default_device()
+    run = StudyRun(root=root, plan=plan, projector=projector, device=default_device())
     want = set(only or STAGES)
-
-    from pitune_core.study.transfer import shard_from_env
-
-    def stage(name, subs, fn):
-        if name not in want:
-            return
-        if stages.done(name, stage_hash(name)):
-            _say(f"{name}: up to date (checksums verified), skipped")
-            return
-        _say(f"{name}: running")
-        t0 = time.time()
-        fn()
-        if shard_from_env():
-            _say(f"{name}: shard {os.environ['PITUNE_SHARD']} done; run once without PITUNE_SHARD to finish the stage")
-            return
-        stages.finish(name, stage_hash(name), subs, round(time.time() - t0, 1))
-        _say(f"{name}: done in {time.time() - t0:.0f}s")
-
-    # 1. backbone -------------------------------------------------------------------------------
-    def do_backbone():
-        if projector is not None:
-            src = find_projector(projector)
-            (root / "backbone").mkdir(exist_ok=True)
-            for f in ("projector.safetensors", "projector.json"):
-                shutil.copy2(src / f, root / "backbone" / f)
-        else:
-            train_projector(out=root / "backbone", device=device,
-                            cfg=AlignConfig(pairs_per_task=plan.align_pairs_per_task, epochs=plan.align_epochs,
-                                            seed=plan.seed))
-
-    stage("backbone", ["backbone"], do_backbone)
-    bb = UnifiedBackbone.load(root / "backbone", device=device)
-    from pitune_core.data.tasks import get_task
-
-    (root / "tasks.json").write_text(json.dumps([get_task(t).info(get_task(t).load()) for t in plan.tasks], indent=1))
-
-    # 2. experts --------------------------------------------------------------------------------
-    methods = {"lora": plan.tasks, **plan.extra_methods}
-
-    def do_experts():
-        from pitune_core.model.experts import TrainConfig, train_expert
-
-        jobs = [(m, t) for m, ts in methods.items() for t in ts]
-        for m, t in progress(jobs, desc="experts"):
-            d = expert_dir(root, m, t)
-            if _expert_ok(d, bb.backbone_id, plan.seed, plan.expert_max_steps):
-                continue
-            train_expert(t, m, bb, seed=plan.seed, out=d,
-                         train_config=TrainConfig(seed=plan.seed, max_steps=plan.expert_max_steps))
-        _write_expert_summary(root, methods)
-
-    stage("experts", ["experts"], do_experts)
-
-    # 3. ablation -------------------------------------------------------------------------------
-    def do_ablation():
-        from pitune_core.model.experts import evaluate_expert
-
-        rows = []
-        for t in plan.tasks:
-            if get_task(t).modality != "vision-language":
-                continue
-            d = expert_dir(root, "lora", t)
-            full = evaluate_expert(d, bb)
-            blank = evaluate_expert(d, bb, blank_images=True)
-            rows.append({"task": t, "accuracy": full["accuracy"], "accuracy_images_blanked": blank["accuracy"]})
-        _write_csv(root / "ablation" / "blank_images.csv", rows)
-
-    stage("ablation", ["ablation"], do_ablation)
-
-    # 4. embeddings -----------------------------------------------------------------------------
-    def do_embeddings():
-        from pitune_core.predict.embeddings import embed_experts, save_embeddings
-
-        for m, ts in methods.items():
-            dirs = {t: expert_dir(root, m, t) for t in ts}
-            for kind in EMBEDDINGS:
-                n = plan.fisher_n
-                bar = progress(total=len(dirs), desc=f"{m}/{kind} embeddings")
-                emb = embed_experts(dirs, kind, bb, n_samples=n, seed=plan.seed, on_task=lambda _t: bar.update(1))
-                bar.close()
-                save_embeddings(root / "predict" / m / kind / "embeddings.safetensors", emb)
-            if m == "lora":  # stability of the Fisher neighbours: N vs 2N samples
-                emb2 = embed_experts(dirs, "fisher", bb, n_samples=2 * plan.fisher_n, seed=plan.seed)
-                save_embeddings(root / "predict" / m / "fisher_2n" / "embeddings.safetensors", emb2)
-
-    stage("embeddings", ["predict"], do_embeddings)
-
-    # 5. predict --------------------------------------------------------------------------------
-    def do_predict():
-        for m in methods:
-            for kind in EMBEDDINGS:
-                _predict_outputs(root, m, kind)
-            if m == "lora":
-                _predict_outputs(root, m, "fisher_2n")
-                (root / "predict" / m / "fisher_stability.json").write_text(json.dumps(
-                    fisher_stability(root / "predict" / m), indent=2))
-
-    stage("predict", ["predict"], do_predict)
-
-    # 6. transfer -------------------------------------------------------------------------------
-    def do_transfer():
-        from pitune_core.study.transfer import TransferBudget, run_pairs
-
-        budget = TransferBudget(shots=plan.transfer_shots, steps=plan.transfer_steps, seeds=tuple(plan.transfer_seeds))
-        dirs = {t: expert_dir(root, "lora", t) for t in plan.transfer_tasks}
-        bar = progress(total=len(plan.transfer_tasks) ** 2 * len(budget.seeds), desc="transfer pairs")
-        run_pairs(plan.transfer_tasks, dirs, "lora", bb, budget, root / "transfer",
-                  on_pair=lambda i, n, job: (setattr(bar, "total", n), bar.update(1)))
-        bar.close()
-        write_transfer_outputs(root, plan.transfer_tasks, plan.k)
-
-    stage("transfer", ["transfer"], do_transfer)
-
-    # 7. compare --------------------------------------------------------------------------------
-    def do_compare():
-        run_compare(root, bb, plan)
-
-    stage("compare", ["compare"], do_compare)
-
-    # 8. manifest, then the human-readable report (whose checksum joins the manifest) ----------------
-    manifest = write_manifest(root, plan, command, started, stages, str(device))
-    from pitune_core.study.report import report
-
-    (root / "REPORT.md").write_text(report(root))  # reads the manifest's times, so it comes second
-    manifest["files"]["REPORT.md"] = sha256_file(root / "REPORT.md")
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    for name in STAGES:
+        if name in want:
+            _run_stage(run, stages, name)
+        if name == "backbone":  # every later stage needs the backbone and the task list
+            run.bb = UnifiedBackbone.load(run.paths.backbone, device=run.device)
+            run.paths.tasks_json.write_text(json.dumps([get_task(t).info(get_task(t).load()) for t in plan.tasks],
+                                                       indent=1))
+    # the manifest, then the human-readable report (whose checksum joins the manifest)
+    manifest = write_manifest(root, plan, command, started, stages, str(run.device))
+    run.paths.report.write_text(report(root))  # reads the manifest's times, so it comes second
+    manifest["files"]["REPORT.md"] = sha256_file(run.paths.report)
+    run.paths.manifest.write_text(json.dumps(manifest, indent=1, default=str))
     return manifest
-
-

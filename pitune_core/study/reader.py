@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from pitune_core.common import EXPERT_TYPE_LABELS, EXPERT_TYPES, MODALITIES, check_task_name, parse_shots, parse_sources
+from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_FILE, StudyPaths
+from pitune_core.paths import default_study as default_study_path
+from pitune_core.tune.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
+
 __all__ = [
     "Study",
     "StudyError",
@@ -39,15 +44,13 @@ __all__ = [
     "parse_shots",
 ]
 
-METHODS = ("lora", "prompt", "ia3")
-METHOD_LABELS = {"lora": "LoRA", "prompt": "prompt tuning", "ia3": "IA³"}
+METHODS = EXPERT_TYPES
+METHOD_LABELS = EXPERT_TYPE_LABELS
 #: embeddings in display order; ``fisher_2n`` (Fisher with twice the samples) only exists for LoRA
 EMBEDDINGS = ("fisher", "weights", "data", "fisher_2n")
 EMBEDDING_LABELS = {"fisher": "Fisher", "weights": "expert weights", "data": "data only",
                     "fisher_2n": "Fisher (2N samples)"}
-MODALITIES = ("language", "vision", "vision-language")
 
-from pitune_core.paths import default_study as default_study_path  # noqa: E402
 
 
 def rebuild_hint(root: str | os.PathLike) -> list[str]:
@@ -70,16 +73,6 @@ class StudyError(Exception):
                          f"Rebuild it with `{rebuild_hint(self.root)[0]}` (or `--quick` for a small one).")
 
 
-def parse_shots(value: Any) -> int | None:
-    """``"full"`` / ``None`` / ``""`` -> None (all training data); otherwise a positive int."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "full", "none", "all")):
-        return None
-    shots = int(value)
-    if shots < 1:
-        raise ValueError(f"shots must be at least 1 (or 'full'), got {value!r}")
-    return shots
-
-
 def _float(v: Any) -> float | None:
     if v is None or v == "":
         return None
@@ -98,41 +91,6 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 def _read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
-
-
-def normalise_weights(weights: Sequence[float]) -> list[float]:
-    """Non-negative weights scaled to sum to 1 (what π-Tuning uses for fixed weights)."""
-    w = [float(x) for x in weights]
-    if not w:
-        raise ValueError("no weights: choose at least one source")
-    if not all(math.isfinite(x) for x in w):
-        raise ValueError(f"weights must be finite numbers, got {w}")
-    if any(x < 0 for x in w):
-        raise ValueError(f"weights must be non-negative, got {w}")
-    total = sum(w)
-    if total <= 0:
-        raise ValueError("weights must not all be zero")
-    return [x / total for x in w]
-
-
-def initial_weights(mode: str | Sequence[float], similarities: Sequence[float]) -> list[float]:
-    """The mixing weights a run starts from, exactly as ``InterpolatedExperts`` initialises them.
-
-    ``"uniform"``: 1/k each; ``"auto"``: similarities clipped at 1e-6 and normalised; a list:
-    the hand-set weights normalised.
-    """
-    k = len(similarities)
-    if isinstance(mode, str):
-        if mode == "uniform":
-            return [1.0 / k] * k if k else []
-        if mode == "auto":
-            s = [max(float(x), 1e-6) for x in similarities]
-            total = sum(s)
-            return [x / total for x in s]
-        raise ValueError(f"weights must be 'uniform', 'auto' or a list of numbers, got {mode!r}")
-    if len(mode) != k:
-        raise ValueError(f"got {len(mode)} weights for {k} sources; give exactly one weight per source")
-    return normalise_weights(mode)
 
 
 def zip_directory(path: str | os.PathLike) -> bytes:
@@ -261,13 +219,15 @@ class Study:
 
     # ---------------------------------------------------------------- study-wide files
     def manifest(self) -> dict:
-        return self._memo(("manifest",), lambda: _read_json(self.root / "manifest.json"))
+        return self._memo(("manifest",), lambda: _read_json(StudyPaths(self.root).manifest))
 
     def tasks(self) -> list[dict]:
         def load():
-            data = _read_json(self.root / "tasks.json")
+            data = _read_json(StudyPaths(self.root).tasks_json)
             if not isinstance(data, list) or not all(isinstance(t, dict) and "name" in t for t in data):
                 raise ValueError("expected a list of task objects with a 'name'")
+            for t in data:
+                check_task_name(t["name"], "tasks.json lists a task")
             return data
         return self._memo(("tasks",), load)
 
@@ -291,7 +251,7 @@ class Study:
         def find():
             out = []
             for m in METHODS:
-                d = self.root / "experts" / m
+                d = StudyPaths(self.root).experts_of(m)
                 if d.is_dir() and any((p / "pitune_expert.json").is_file() for p in d.iterdir()):
                     out.append(m)
             return out
@@ -300,25 +260,25 @@ class Study:
     def expert_tasks(self, method: str) -> list[str]:
         """Tasks that have a saved expert of ``method`` (study task order)."""
         self._check_method(method)
-        d = self.root / "experts" / method
+        d = StudyPaths(self.root).experts_of(method)
         return [t for t in self.task_names() if (d / t / "pitune_expert.json").is_file()]
 
     def expert_dir(self, method: str, task: str) -> Path:
         self._check_method(method)
         self._check_task(task)
-        return self.root / "experts" / method / task
+        return StudyPaths(self.root).expert(method, task)
 
     def embeddings(self, method: str) -> list[str]:
         """Embeddings with a similarity matrix for ``method``, in display order."""
         self._check_method(method)
-        base = self.root / "predict" / method
-        return [e for e in EMBEDDINGS if (base / e / "similarity.csv").is_file()]
+        base = StudyPaths(self.root).predict_of(method)
+        return [e for e in EMBEDDINGS if (base / e / SIMILARITY_FILE).is_file()]
 
     def expert_summary(self) -> list[dict]:
         """Rows of ``experts/summary.csv`` with numbers parsed."""
         def load():
             rows = []
-            for r in _read_csv(self.root / "experts" / "summary.csv"):
+            for r in _read_csv(StudyPaths(self.root).expert_summary):
                 row: dict[str, Any] = dict(r)
                 for k in ("expert", "zero_shot", "majority", "expert_accuracy", "train_time_s", "peak_memory_mb"):
                     if k in row:
@@ -355,26 +315,26 @@ class Study:
         return out
 
     def projector(self) -> dict | None:
-        p = self.root / "backbone" / "projector.json"
+        p = StudyPaths(self.root).projector_meta
         return self._memo(("projector",), lambda: _read_json(p) if p.is_file() else None)
 
     def ablation(self) -> list[dict]:
-        p = self.root / "ablation" / "blank_images.csv"
+        p = StudyPaths(self.root).blank_images
         if not p.is_file():
             return []
         return [{"task": r["task"], "accuracy": _float(r.get("accuracy")),
                  "accuracy_images_blanked": _float(r.get("accuracy_images_blanked"))} for r in _read_csv(p)]
 
     def fisher_stability(self, method: str = "lora") -> dict | None:
-        p = self.root / "predict" / self._check_method(method) / "fisher_stability.json"
+        p = StudyPaths(self.root).fisher_stability(self._check_method(method))
         return _read_json(p) if p.is_file() else None
 
     # ---------------------------------------------------------------- predictions
     def _predict_dir(self, method: str, embedding: str) -> Path:
         self._check_method(method)
         self._check_embedding(embedding)
-        d = self.root / "predict" / method / embedding
-        if not (d / "similarity.csv").is_file():
+        d = StudyPaths(self.root).embedding_dir(method, embedding)
+        if not (d / SIMILARITY_FILE).is_file():
             have = ", ".join(self.embeddings(method)) or "none"
             raise ValueError(f"no {embedding} embedding for {method} experts in this study (available: {have})")
         return d
@@ -384,12 +344,16 @@ class Study:
         def load():
             from pitune_core.predict.similarity import read_similarity_csv
 
-            return read_similarity_csv(self._predict_dir(method, embedding) / "similarity.csv")
+            path = self._predict_dir(method, embedding) / SIMILARITY_FILE
+            names, S = read_similarity_csv(path)
+            for n in names:  # file-supplied names reach paths and labels: identifiers only
+                check_task_name(n, f"{path.relative_to(self.root)} names a task")
+            return names, S
         return self._memo(("sim", method, embedding), load)
 
     def precomputed_graph(self, method: str, embedding: str):
         """The networkx graph saved by ``precompute`` (``graph.json``), or None."""
-        p = self._predict_dir(method, embedding) / "graph.json"
+        p = self._predict_dir(method, embedding) / GRAPH_FILE
         if not p.is_file():
             return None
         from pitune_core.predict.graph import read_graph_json
@@ -402,10 +366,12 @@ class Study:
             from pitune_core.predict.layout import read_layout_csv
 
             d = self._predict_dir(method, embedding)
-            if not (d / "layout.csv").is_file():
+            if not (d / LAYOUT_FILE).is_file():
                 raise ValueError(f"no layout for {method}/{embedding} in this study")
-            names, coords = read_layout_csv(d / "layout.csv")
-            note_p = d / "layout_note.txt"
+            names, coords = read_layout_csv(d / LAYOUT_FILE)
+            for n in names:
+                check_task_name(n, f"{LAYOUT_FILE} names a task")
+            note_p = d / LAYOUT_NOTE_FILE
             note = note_p.read_text(encoding="utf-8").strip() if note_p.is_file() else ""
             return names, coords, note
         return self._memo(("layout", method, embedding), load)
@@ -418,7 +384,12 @@ class Study:
         :meth:`node_attrs` plus ``community``; ``summary`` is
         :func:`pitune_core.predict.graph.community_summary` (members and modalities per community).
         """
-        from pitune_core.predict.graph import annotate_communities, build_graph, community_summary, detect_communities
+        from pitune_core.predict.graph import (
+            annotate_communities,
+            build_graph,
+            community_summary,
+            detect_communities,
+        )
 
         names, S = self.similarity(method, embedding)
         attrs = self.node_attrs(method)
@@ -444,7 +415,7 @@ class Study:
         def load():
             import numpy as np
 
-            p = self.root / "transfer" / "transfer_matrix.csv"
+            p = StudyPaths(self.root).transfer_matrix
             if not p.is_file():
                 return None
             with open(p, newline="", encoding="utf-8") as fh:
@@ -453,6 +424,8 @@ class Study:
                 raise ValueError(f"{p}: expected a header starting with 'target'")
             cols = rows[0][1:]
             targets = [r[0] for r in rows[1:]]
+            for n in (*cols, *targets):
+                check_task_name(n, "transfer_matrix.csv names a task")
             M = np.array([[_float(v) if _float(v) is not None else np.nan for v in r[1:]] for r in rows[1:]],
                          dtype=float).reshape(len(targets), len(cols))
             return targets, cols, M
@@ -468,7 +441,7 @@ class Study:
         return {c: float(v) for c, v in zip(cols, row) if c != target and math.isfinite(v)}
 
     def predict_quality(self) -> dict | None:
-        p = self.root / "transfer" / "predict_quality.json"
+        p = StudyPaths(self.root).predict_quality
         return self._memo(("pq",), lambda: _read_json(p) if p.is_file() else None)
 
     def quality_table(self) -> list[dict]:
@@ -503,7 +476,7 @@ class Study:
     def compare_results(self, target: str | None = None) -> list[dict]:
         """Rows of ``compare/results.csv`` (optionally one target); shots are ints or ``"full"``."""
         def load():
-            p = self.root / "compare" / "results.csv"
+            p = StudyPaths(self.root).results_csv
             if not p.is_file():
                 return []
             rows = []
@@ -537,7 +510,7 @@ class Study:
         self._check_task(target)
         self._check_method(method)
         self._predict_dir(method, embedding)
-        sources = list(dict.fromkeys(sources))
+        sources = parse_sources(list(sources)) or []  # task identifiers, duplicates refused
         if not sources:
             raise ValueError("choose at least one source expert")
         have = set(self.expert_tasks(method))
@@ -549,15 +522,9 @@ class Study:
                 raise ValueError(f"no {method} expert for {s!r} in this study")
             if s not in names:
                 raise ValueError(f"{s!r} has no {embedding} similarity in this study")
-        if isinstance(weights, str):
-            if weights not in ("uniform", "auto"):
-                raise ValueError(f"weights must be 'uniform', 'auto' or numbers, got {weights!r}")
-            w: str | list[float] = weights
-        else:
-            w = [float(x) for x in weights]
-            if len(w) != len(sources):
-                raise ValueError(f"got {len(w)} weights for {len(sources)} sources")
-            w = normalise_weights(w)  # exactly what the run uses; raises on negative / all-zero / non-finite
+        w = parse_weights(weights, len(sources))  # the one weight parser (raises a readable ValueError)
+        if not isinstance(w, str):
+            w = normalise_weights(w)  # exactly what the run uses
         return {"target": target, "k": len(sources), "method": method, "embedding": embedding,
                 "shots": parse_shots(shots), "weights": w, "sources": sources, "seed": int(seed),
                 "study": str(self.root), "weights_only": bool(weights_only) and isinstance(w, str)}

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pitune_core.common import EXPERT_TYPES
+from pitune_core.paths import StudyPaths
+
 
 def _rows(path: Path) -> list[dict]:
     if not path.exists() or path.stat().st_size == 0:
@@ -27,13 +30,13 @@ def _ms(values) -> str:
 
 
 def experts_section(root: Path) -> list[str]:
-    rows = _rows(root / "experts" / "summary.csv")
+    rows = _rows(StudyPaths(root).expert_summary)
     if not rows:
         return []
     by_task: dict[str, dict] = defaultdict(dict)
     for r in rows:
         by_task[r["task"]][r["method"]] = r
-    methods = [m for m in ("lora", "prompt", "ia3") if any(m in v for v in by_task.values())]
+    methods = [m for m in EXPERT_TYPES if any(m in v for v in by_task.values())]
     out = ["## Experts (test split, headline metric, %)", "",
            "| task | modality | metric | majority | zero-shot | " + " | ".join(methods) + " |",
            "|---|---|---|---|---|" + "---|" * len(methods)]
@@ -55,14 +58,14 @@ def experts_section(root: Path) -> list[str]:
         mem = [float(r["peak_memory_mb"]) for r in lora]
         out += [f"LoRA training time per expert: median {np.median(t):.0f} s, max {max(t):.0f} s; "
                 f"peak process memory up to {max(mem):.0f} MB.", ""]
-    abl = _rows(root / "ablation" / "blank_images.csv")
+    abl = _rows(StudyPaths(root).blank_images)
     if abl:
         out += ["### Vision-language experts with images blanked (accuracy, %)", "",
                 "| task | with images | images blanked |", "|---|---|---|"]
         out += [f"| {r['task']} | {100 * float(r['accuracy']):.1f} | {100 * float(r['accuracy_images_blanked']):.1f} |"
                 for r in abl]
         out.append("")
-    proj = root / "backbone" / "projector.json"
+    proj = StudyPaths(root).projector_meta
     if proj.exists():
         meta = json.loads(proj.read_text())
         zs = meta["metrics"]["zero_shot_val"]
@@ -76,12 +79,12 @@ def experts_section(root: Path) -> list[str]:
 
 def predict_section(root: Path) -> list[str]:
     out = []
-    stab = root / "predict" / "lora" / "fisher_stability.json"
+    stab = StudyPaths(root).fisher_stability("lora")
     if stab.exists():
         s = json.loads(stab.read_text())
         out += ["## Predict", "", f"Fisher neighbour stability (N vs 2N samples): mean top-{s['k']} overlap "
                 f"{s['mean_topk_overlap']:.2f}, Spearman over all pairs {s['spearman_all_pairs']:.3f}.", ""]
-    q = root / "transfer" / "predict_quality.json"
+    q = StudyPaths(root).predict_quality
     if q.exists():
         quality = json.loads(q.read_text())
         hit_key = next(k for k in next(iter(quality.values())) if k.endswith("_hit_mean"))
@@ -92,7 +95,7 @@ def predict_section(root: Path) -> list[str]:
             out.append(f"| {emb} | {v['spearman_mean']:.3f} ± {v['spearman_std']:.3f} | "
                        f"{v[hit_key]:.2f} ± {v[hit_key.replace('mean', 'std')]:.2f} |")
         out.append("")
-    tm = root / "transfer" / "transfer_matrix.csv"
+    tm = StudyPaths(root).transfer_matrix
     if tm.exists():
         rows = list(csv.reader(open(tm)))
         M = np.array([[float(x) if x else np.nan for x in r[1:]] for r in rows[1:]])
@@ -102,11 +105,11 @@ def predict_section(root: Path) -> list[str]:
 
 
 def compare_section(root: Path) -> list[str]:
-    rows = _rows(root / "compare" / "results.csv")
+    rows = _rows(StudyPaths(root).results_csv)
     if not rows:
         return []
-    tasks = {t["name"]: t["modality"] for t in json.loads((root / "tasks.json").read_text())} \
-        if (root / "tasks.json").exists() else {}
+    tasks = {t["name"]: t["modality"] for t in json.loads(StudyPaths(root).tasks_json.read_text())} \
+        if StudyPaths(root).tasks_json.exists() else {}
     shots = sorted({r["shots"] for r in rows}, key=lambda s: (s == "full", int(s) if s != "full" else 0))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     out = ["## π-Tuning against the baselines (test, headline metric, %, mean ± std over seeds)", ""]
@@ -140,7 +143,7 @@ def compare_section(root: Path) -> list[str]:
 
 
 def stages_section(root: Path) -> list[str]:
-    mf = root / "manifest.json"
+    mf = StudyPaths(root).manifest
     if not mf.exists():
         return []
     m = json.loads(mf.read_text())

@@ -10,8 +10,8 @@ from pitune_core.tune.interpolation import InterpolationError
 
 def load_sources(study: str | Path, method: str, embedding: str = "fisher"):
     """The study's experts of one method and the predicted similarities between them."""
-    from pitune_core.tune.baselines import Sources
     from pitune_core.predict.similarity import read_similarity_csv
+    from pitune_core.tune.baselines import Sources
 
     study = Path(study)
     root = StudyPaths(study).experts_of(method)

@@ -1,0 +1,59 @@
+"""The layout's rules, checked: import-linter's contracts and a torch-free first page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_import_contracts_hold():
+    """`lint-imports` (contracts in .importlinter): layers data < model < predict < tune < study <
+    jobs < cli/dashboard; runs/ imports nothing of the ML side; dashboard/ imports no torch itself."""
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    res = subprocess.run([exe, "--config", str(REPO / ".importlinter")], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "BROKEN" not in res.stdout and "0 broken" in res.stdout
+
+
+def test_a_layer_violation_is_caught(tmp_path):
+    """The contract is not vacuous: a copy of the package with model importing study breaks it."""
+    pkg = tmp_path / "src"
+    shutil.copytree(REPO / "pitune_core", pkg / "pitune_core", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "dashboard", pkg / "dashboard", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(pkg / "pitune_core" / "model" / "metrics.py", "a") as f:
+        f.write("\nimport pitune_core.study.reader  # a lower layer importing a higher one\n")
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    env = {**os.environ, "PYTHONPATH": str(pkg)}
+    res = subprocess.run([exe, "--config", str(REPO / ".importlinter")], cwd=pkg, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode != 0
+    assert "pitune_core.model.metrics -> pitune_core.study.reader" in res.stdout
+
+
+@pytest.mark.skipif(not (REPO / "precomputed" / "manifest.json").is_file(), reason="no shipped study")
+def test_the_first_page_renders_without_torch():
+    """The dashboard's first full render (Graph tab on the shipped study) never imports torch,
+    transformers or peft: they load only when a run is launched (in a worker process)."""
+    script = textwrap.dedent(f"""
+        import sys
+        from streamlit.testing.v1 import AppTest
+        at = AppTest.from_file({str(REPO / "dashboard" / "app.py")!r}, default_timeout=120)
+        at.run()
+        assert not at.exception, at.exception
+        heavy = sorted(m for m in ("torch", "transformers", "peft") if m in sys.modules)
+        print("HEAVY=" + ",".join(heavy))
+    """)
+    env = {**os.environ, "PITUNE_STUDY": str(REPO / "precomputed"), "PITUNE_QUIET": "1"}
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "HEAVY=\n" in res.stdout or res.stdout.rstrip().endswith("HEAVY="), res.stdout[-500:]
