@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import jobkinds  # noqa: E402,F401  (the test-only kinds: noop; workers get the module's name and import it)
 from pitune_core.runs.executor import LocalScheduler, ensure_scheduler, scheduler_running, wait  # noqa: E402
 from pitune_core.runs.registry import RunRegistry  # noqa: E402
 

@@ -1,106 +1,155 @@
-"""Benchmark: vectorised fisher_similarity vs. a naive per-pair Python loop.
+"""Benchmark: top-k Fisher neighbours at hub scale, exact matrix vs candidate search, side by side.
 
-Run as ``python bench/bench_similarity.py``. Embeddings are random nonnegative (Fisher-like,
-gamma-distributed) with d = 9,216 per task in 12 groups of 768. The naive loop is timed on
-the first ``--naive-pairs`` pairs and extrapolated to all n(n-1)/2 pairs; both run in this
-process so the speed-up is measured side by side. The naive values on those pairs are also
-compared with the vectorised ones.
+Run as ``python bench/bench_similarity.py`` (about 5 minutes on 2 busy cores). Every task set is
+made from the *real* LoRA Fisher embeddings of the shipped study (d = 73,728 in 24 groups) by
+:func:`pitune_core.study.hub.synth_fisher` (the command ``pitune hub synth`` uses the same
+generator), so the numbers are at the real dimension. Rows:
 
-OMP_WAIT_POLICY defaults to PASSIVE here (set before torch loads OpenMP): with torch's default
-spin-waiting, two intra-op threads on a machine whose cores are shared with other processes
-ran 10x slower than one thread. On an idle many-core machine ACTIVE is faster (16 cores,
-n=1000: 1.7 s ACTIVE vs 4.4 s PASSIVE), so set OMP_WAIT_POLICY=ACTIVE there to compare.
+* ``real``: the 24 real tasks: exact matrix vs the candidate search with ``--real-candidates``
+  candidates (of 23), recall@k of the candidate search against the exact top-k.
+* ``hub N``, for N in ``--sizes`` (default 1000): the exact vectorised matrix
+  (:func:`~pitune_core.predict.similarity.fisher_similarity`, the reference) and
+  :func:`~pitune_core.predict.neighbors.top_k_neighbours` (``method="approx"``) in the same process,
+  recall@k of the latter against the exact matrix's top-k over all N tasks.
+* ``hub N`` for N in ``--hub-sizes`` (e.g. 10000): only the candidate search (the exact matrix is
+  hours); its recall@k is measured against the exact top-k of ``--queries`` random query tasks,
+  each compared with all N tasks by the exact measure.
+
+Wall time, process CPU time (all threads) and the load average are printed: on a shared machine
+wall time is CPU time stretched by the other processes, so ``cpu/threads`` is what an idle machine
+with that many cores would take. OMP_WAIT_POLICY defaults to PASSIVE (see git history: spinning
+intra-op threads ran 10x slower on shared cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the first torch import
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the first torch / numba import
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pitune_core.predict.similarity import fisher_similarity  # noqa: E402
-
-D_TOTAL, N_GROUPS = 9216, 12
-
-
-def make_groups(n: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    X = rng.gamma(0.5, 1e-4, size=(n, D_TOTAL)).astype(np.float32)
-    width = D_TOTAL // N_GROUPS
-    return {f"layer{g}.lora": np.ascontiguousarray(X[:, g * width : (g + 1) * width]) for g in range(N_GROUPS)}
+from pitune_core.predict.neighbors import (  # noqa: E402
+    exact_neighbours_of,
+    recall_at_k,
+    top_k_neighbours,
+)
+from pitune_core.study.hub import HubConfig, load_real_fisher, synth_fisher, synth_names  # noqa: E402
 
 
-def naive_pairs(groups: dict[str, np.ndarray], pairs: list[tuple[int, int]], eps: float = 1e-12) -> np.ndarray:
-    """The formula as written in the paper: one pair, one group at a time (float64)."""
-    arrays = [g.astype(np.float64) for g in groups.values()]
-    out = np.empty(len(pairs))
-    for p, (i, j) in enumerate(pairs):
-        total = 0.0
-        for e in arrays:
-            a, b = e[i], e[j]
-            s = a + b + eps
-            a2, b2 = a / s, b / s
-            na, nb = np.linalg.norm(a2), np.linalg.norm(b2)
-            total += float(a2 @ b2 / (na * nb)) if na > 0 and nb > 0 else 0.0
-        out[p] = total / len(arrays)
-    return out
+class Clock:
+    def __enter__(self):
+        self.w, self.c = time.perf_counter(), _cpu()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.w, _cpu() - self.c
 
 
-def first_pairs(n: int, limit: int) -> list[tuple[int, int]]:
-    pairs = []
-    for i in range(n):
-        for j in range(i + 1, n):
-            pairs.append((i, j))
-            if len(pairs) == limit:
-                return pairs
-    return pairs
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
+
+
+def groups_of(E: np.ndarray, sizes: list[int]) -> dict[str, np.ndarray]:
+    b = np.concatenate([[0], np.cumsum(sizes)])
+    return {str(g): E[:, b[g]:b[g + 1]] for g in range(len(sizes))}
+
+
+def exact_topk_from_matrix(S: np.ndarray, names: list[str], k: int) -> np.ndarray:
+    S = S.copy()
+    np.fill_diagonal(S, -np.inf)
+    rank = np.argsort(np.argsort(np.array(names, dtype=object), kind="stable"), kind="stable")
+    return np.stack([np.lexsort((rank, -S[i]))[:k] for i in range(len(names))])
+
+
+def row(label, n, what, clock, recall="", extra=""):
+    print(f"{label:>10} {n:>6} {what:<34} {clock.wall:>8.1f} {clock.cpu:>8.1f} {recall:>9} {_load():>5}  {extra}",
+          flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
-    parser.add_argument("--naive-pairs", type=int, default=2000, help="pairs timed in the naive loop")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="*", default=[1000], help="hub sizes with the exact matrix too")
+    p.add_argument("--hub-sizes", type=int, nargs="*", default=[], help="hub sizes: candidate search only")
+    p.add_argument("--queries", type=int, default=100, help="random queries for recall at --hub-sizes")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--candidates", type=int, default=None, help="default: max(10k, 100)")
+    p.add_argument("--real-candidates", type=int, default=15)
+    p.add_argument("--variants", nargs="*", default=[],
+                   help="settings tried at --hub-sizes on the same tasks and queries, as CANDIDATES:PROXY_DIM "
+                        "(0 = the default), e.g. 100:1024 200:1024")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(
-        f"fisher_similarity benchmark: d={D_TOTAL} in {N_GROUPS} groups, float32, device={args.device}, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"load average {load:.2f}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
-    )
-    header = f"{'n_tasks':>7} {'pairs':>8} {'vectorised_s':>12} {'naive_pairs':>11} {'naive_s':>8} " \
-             f"{'naive_full_s(est)':>17} {'speed-up':>9} {'max|diff|':>9}"
-    print(header)
-    print("-" * len(header))
+    import numba
+    import torch
+
+    from pitune_core.predict.similarity import fisher_similarity
+
+    real_names, R, sizes = load_real_fisher()
+    print(f"Fisher top-{args.k} neighbours: d={R.shape[1]} in {len(sizes)} groups, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), numba {numba.__version__} "
+          f"({numba.get_num_threads()} threads), OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+    print(f"{'set':>10} {'n':>6} {'what':<34} {'wall_s':>8} {'cpu_s':>8} {'recall@k':>9} {'load':>5}")
+    # warm-up: numba compiles (or loads its cache) once
+    top_k_neighbours(R[:8], real_names[:8], 2, group_sizes=sizes, method="approx", candidates=3)
+
+    # the 24 real tasks
+    with Clock() as c:
+        S = fisher_similarity(groups_of(R, sizes), device="cpu")
+    ref = exact_topk_from_matrix(S, real_names, args.k)
+    row("real", len(real_names), "exact matrix (fisher_similarity)", c)
+    with Clock() as c:
+        nb = top_k_neighbours(R, real_names, args.k, group_sizes=sizes, method="approx",
+                              candidates=args.real_candidates)
+    row("real", len(real_names), f"candidates ({args.real_candidates} of {len(real_names) - 1})", c,
+        f"{recall_at_k(nb.index, ref):.3f}")
+
     for n in args.sizes:
-        groups = make_groups(n)
-        fisher_similarity(make_groups(8, seed=1), device=args.device)  # warm-up (allocator, threads)
-        t0 = time.perf_counter()
-        sim = fisher_similarity(groups, device=args.device)
-        t_vec = time.perf_counter() - t0
+        E, plan = synth_fisher(R, sizes, HubConfig(n=n, seed=args.seed))
+        names = synth_names(real_names, plan)
+        with Clock() as c:
+            S = fisher_similarity(groups_of(E, sizes), device="cpu")
+        row(f"hub {n}", n, "exact matrix (fisher_similarity)", c, extra=f"{n * (n - 1) // 2} pairs")
+        ref = exact_topk_from_matrix(S, names, args.k)
+        del S
+        with Clock() as c:
+            nb = top_k_neighbours(E, names, args.k, group_sizes=sizes, method="approx", candidates=args.candidates)
+        row(f"hub {n}", n, f"candidates ({nb.info['candidates']}/task)", c, f"{recall_at_k(nb.index, ref):.4f}",
+            f"{nb.info['pairs']} pairs; " + ", ".join(f"{k} {v:.1f}s" for k, v in nb.info["seconds"].items()))
+        del E
 
-        pairs = first_pairs(n, args.naive_pairs)
-        t0 = time.perf_counter()
-        ref = naive_pairs(groups, pairs)
-        t_sub = time.perf_counter() - t0
-        total = n * (n - 1) // 2
-        t_full = t_sub * total / len(pairs)
-        diff = float(np.max(np.abs(sim[tuple(np.array(pairs).T)] - ref)))
-        print(f"{n:>7} {total:>8} {t_vec:>12.3f} {len(pairs):>11} {t_sub:>8.3f} "
-              f"{t_full:>17.1f} {t_full / t_vec:>8.0f}x {diff:>9.1e}", flush=True)
+    for n in args.hub_sizes:
+        with Clock() as c:
+            E, plan = synth_fisher(R, sizes, HubConfig(n=n, seed=args.seed))
+        names = synth_names(real_names, plan)
+        row(f"hub {n}", n, f"generate ({E.nbytes / 2**30:.1f} GiB float32)", c)
+        q = np.sort(np.random.default_rng(args.seed + 1).choice(n, min(args.queries, n), replace=False))
+        with Clock() as c:
+            ref, _ = exact_neighbours_of(E, names, q, args.k, group_sizes=sizes)
+        row(f"hub {n}", n, f"exact top-k of {len(q)} queries", c, "",
+            f"{len(q) * (n - 1)} pairs (the reference for recall)")
+        for variant in args.variants or [f"{args.candidates or 0}:0"]:
+            cand, dim = (int(x) for x in variant.split(":"))
+            kw = {"candidates": cand or None, **({"proxy_dim": dim} if dim else {})}
+            with Clock() as c:
+                nb = top_k_neighbours(E, names, args.k, group_sizes=sizes, method="approx", **kw)
+            row(f"hub {n}", n, f"candidates ({nb.info['candidates']}/task, dim {nb.info['proxy_dim']})", c,
+                f"{recall_at_k(nb.index[q], ref):.4f}",
+                f"{nb.info['pairs']} pairs; " + ", ".join(f"{k} {v:.1f}s" for k, v in nb.info["seconds"].items()))
+        del E
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ scheduler executes them; nothing here trains or blocks).
 
 from __future__ import annotations
 
+import html
+import re
 import sys
 from pathlib import Path
 
@@ -21,6 +23,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dashboard import figures as F  # noqa: E402
+from dashboard import new_task as NT  # noqa: E402
 from pitune_core.paths import default_runs_db, default_study  # noqa: E402
 from pitune_core.study.reader import (  # noqa: E402
     EMBEDDING_LABELS,
@@ -36,7 +39,7 @@ from pitune_core.study.reader import (  # noqa: E402
 
 st.set_page_config(page_title="pitune · π-Tuning dashboard", page_icon="π", layout="wide")
 
-TABS = ["Graph", "Map", "Target", "Tune & launch", "Runs & compare", "Study"]
+TABS = ["Graph", "Map", "Target", "Tune & launch", "Runs & compare", "Study", "New task"]
 SHOT_OPTIONS = [1, 2, 4, 8, 16, 32, 64, "full"]
 WEIGHT_MODES = {
     "learn-uniform": "learnable (π-Tuning), start uniform",
@@ -50,7 +53,20 @@ STATUS_COLOR = {"queued": "gray", "running": "blue", "succeeded": "green", "fail
 
 def _status(s: str) -> str:
     """A run status as coloured markdown text."""
-    return f":{STATUS_COLOR.get(s, 'gray')}[**{s}**]"
+    return f":{STATUS_COLOR.get(s, 'gray')}[**{_md(s)}**]"
+
+
+#: characters that can start markup inline (an underscore only where it could open or close
+#: emphasis, a colon only where it could open a colour directive or an emoji shortcode)
+_MD_SPECIAL = re.compile(r"[\\`*\[\]<>!$~|&#]|:(?=[A-Za-z0-9_+-])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def _md(value) -> str:
+    """A file- or user-supplied value as literal markdown text (one line, every character that could
+    start markup escaped): no link, image, HTML, heading, colour directive or emoji shortcode can
+    come out of it."""
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), " ".join(str(value).split()))
+
 
 #: widget keys whose values survive while their tab is not shown (tabs render lazily)
 KEEP = ("graph_mode", "graph_k", "graph_threshold", "comm_method", "heat_order", "src_mode", "src_pick",
@@ -88,6 +104,14 @@ def load_graph(root: str, stamp: int, method: str, embedding: str, mode: str, k:
     study = load_study(root, stamp)
     G, summary = study.task_graph(method, embedding, mode=mode, k=k, threshold=threshold,
                                   community_method=comm_method)
+    if G.number_of_nodes() > F.LARGE_N:  # a force layout of thousands of nodes takes minutes: use the map's
+        try:
+            lnames, coords, _ = study.layout(method, embedding)
+            pos = {n: (float(x), float(y)) for n, (x, y) in zip(lnames, coords)}
+            if all(n in pos for n in G):
+                return G, summary, pos
+        except ValueError:
+            pass
     return G, summary, F.graph_positions(G)
 
 
@@ -143,7 +167,7 @@ def render_missing(root: Path, problems: list[str]) -> None:
     st.error(f"The study at `{root}` cannot be used ({len(problems)} problem{'s' * (len(problems) != 1)}).",
              icon="🚫")
     shown = problems[:25]
-    st.markdown("**What is wrong:**\n" + "\n".join(f"- {p}" for p in shown)
+    st.markdown("**What is wrong:**\n" + "\n".join(f"- {_md(p)}" for p in shown)
                 + (f"\n- … and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""))
     hint = rebuild_hint(root)
     st.markdown("**How to rebuild it** (finished steps are kept, so this resumes where it stopped):")
@@ -174,7 +198,7 @@ def render_sidebar(study: Study, root: Path, db: Path) -> dict:
                              format_func=lambda e: EMBEDDING_LABELS.get(e, e),
                              help="How tasks are embedded before comparing them: the Fisher information of "
                                   "their experts (π-Tuning), the expert weights, or the data alone.")
-    names, _ = study.similarity(method, embedding)
+    names = study.prediction_names(method, embedding)  # not the whole matrix: a hub has 10,000 tasks
     compare_targets = [t for t in study.compare_targets() if t in names]
     _choice("target", names, compare_targets[0] if compare_targets else names[0])
     target = sb.selectbox("Target task", names, key="target",
@@ -194,12 +218,19 @@ def render_sidebar(study: Study, root: Path, db: Path) -> dict:
 
 def topk_list(study: Study, sel: dict, key: str) -> list:
     top = study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])
+    users = {t["name"] for t in study.tasks() if t.get("user_task")}  # placed user tasks are never sources
+    names = [n for n in study.prediction_names(sel["method"], sel["embedding"]) if n not in users]
     with st.container(key=key):
         st.markdown(f"**Top-{len(top)} predicted sources for `{sel['target']}`**")
         st.markdown("\n".join(
-            f"{i}. **{s.name}** ({s.modality}) — similarity {s.similarity:.3f}"
-            + ("" if s.gain is None else f", measured gain {s.gain:+.1f} pts")
+            f"{i}. **{s.name}** ({_md(s.modality)}) — similarity {s.similarity:.3f}"
+            + (" — *not measured* (no transfer run for this pair)" if s.gain is None
+               else f", measured gain {s.gain:+.1f} pts")
             for i, s in enumerate(top, 1)))
+        st.caption(f"{_md(EMBEDDING_LABELS.get(sel['embedding'], sel['embedding']))} similarity of the "
+                   f"{_md(METHOD_LABELS.get(sel['method'], sel['method']))} experts, ranked over all "
+                   f"{len([n for n in names if n != sel['target']])} other experts of the study (predict/{_md(sel['method'])}/"
+                   f"{_md(sel['embedding'])}/similarity.csv)")
     return top
 
 
@@ -220,21 +251,63 @@ def _pick_target_from_graph() -> None:
 
 # ----------------------------------------------------------------------------- tabs
 
+def _set_target(name: str) -> None:
+    """Callback (runs before the rerun, so the sidebar's target widget can still be set)."""
+    if name in st.session_state.get("_task_names", ()):
+        st.session_state["target"] = name
+
+
+#: at most this many search matches are listed and labelled on the graph
+MAX_MATCHES = 25
+
+
+def _search(names: list[str], key: str) -> list[str]:
+    """A search box (any part of a task name, case-insensitive); picking a match makes it the target."""
+    _init(key, "")
+    c1, c2, c3 = st.columns([1.6, 2, 1])
+    q = c1.text_input("Find a task", key=key, placeholder="part of a task name",
+                      help="Matches are labelled on the figure; pick one to make it the target.").strip().lower()
+    if not q:
+        return []
+    found = [n for n in names if q in n.lower()]
+    if not found:
+        c2.caption(f"no task name contains “{_md(q)}”")
+        return []
+    shown = found[:MAX_MATCHES]
+    pick = c2.selectbox(f"{len(found)} match{'es' * (len(found) != 1)}"
+                        + (f" (first {MAX_MATCHES})" if len(found) > MAX_MATCHES else ""), shown, key=f"{key}_pick")
+    c3.button("Make it the target", key=f"{key}_go", on_click=_set_target, args=(pick,),
+              disabled=pick == st.session_state.get("target"))
+    return shown
+
+
 def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
-    names, S = study.similarity(sel["method"], sel["embedding"])
-    st.session_state["_task_names"] = list(names)
-    c1, c2, c3, c4 = st.columns([1.3, 1.3, 1.3, 1])
-    _init("graph_mode", "knn")
-    mode = c1.radio("Link tasks by", ["knn", "threshold"], key="graph_mode", horizontal=True,
-                    format_func=lambda m: {"knn": "k nearest neighbours", "threshold": "similarity threshold"}[m])
-    kmax = max(1, len(names) - 1)
-    _clamp("graph_k", 1, kmax, min(3, kmax))
     import numpy as np
 
-    off = S[~np.eye(len(names), dtype=bool)] if len(names) > 1 else np.array([0.0, 1.0])
-    lo, hi = float(np.floor(off.min() * 100) / 100), float(np.ceil(off.max() * 100) / 100)
+    names = study.prediction_names(sel["method"], sel["embedding"])
+    st.session_state["_task_names"] = list(names)
+    dense = study.has_matrix(sel["method"], sel["embedding"])
+    table_k = study.neighbours(sel["method"], sel["embedding"])[1].shape[1] \
+        if study.has_neighbours(sel["method"], sel["embedding"]) else None
+    matches = _search(list(names), "graph_search")
+    c1, c2, c3, c4 = st.columns([1.3, 1.3, 1.3, 1])
+    _init("graph_mode", "knn")
+    modes = ["knn", "threshold"] if dense else ["knn"]
+    _choice("graph_mode", modes, "knn")
+    mode = c1.radio("Link tasks by", modes, key="graph_mode", horizontal=True,
+                    format_func=lambda m: {"knn": "k nearest neighbours", "threshold": "similarity threshold"}[m],
+                    help=None if dense else "This hub stores each task's top-k neighbours only (no full matrix).")
+    kmax = max(1, len(names) - 1) if table_k is None else table_k
+    _clamp("graph_k", 1, kmax, min(3, kmax))
+    if dense and (mode == "threshold" or len(names) <= F.LARGE_N):  # the slider's range needs the matrix
+        _, S = study.similarity(sel["method"], sel["embedding"])
+        off = S[~np.eye(len(S), dtype=bool)] if len(S) > 1 else np.array([0.0, 1.0])
+        lo, hi = float(np.floor(off.min() * 100) / 100), float(np.ceil(off.max() * 100) / 100)
+        default = round(float(np.quantile(off, 0.75)), 2)
+    else:
+        lo, hi, default = 0.0, 1.0, 0.5
     hi = max(hi, lo + 0.01)
-    _clamp("graph_threshold", lo, hi, round(float(np.quantile(off, 0.75)), 2))
+    _clamp("graph_threshold", lo, hi, default)
     if mode == "knn":
         gk = c2.slider("Neighbours per task (kNN k)", 1, kmax, key="graph_k")
         thr = float(st.session_state["graph_threshold"])
@@ -246,64 +319,101 @@ def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
                     help="networkx community detection on the similarity-weighted graph.")
     G, summary, pos = load_graph(str(root), stamp, sel["method"], sel["embedding"], mode, int(gk), float(thr), comm)
     c4.metric("Edges", G.number_of_edges(), help="Links in the graph with the current settings.")
-    left, right = st.columns([3, 1.15])
+    large = G.number_of_nodes() > F.LARGE_N
+    left, right = st.columns([4, 1.1])
     with right:
         top = topk_list(study, sel, "topk-graph")
-        st.markdown("**Communities** (node outline colour)")
-        for c in summary:
+        st.markdown(f"**Communities** ({len(summary)}; " + ("bubbles on the graph)" if large else "node outline colour)"))
+        shown = summary[:20] if large else summary
+        for c in shown:
             color = F.community_color(c["community"])
             badge = " · **cross-modal**" if c["cross_modal"] else ""
-            st.markdown(f"<span style='color:{color}'>●</span> **{c['community']}** — "
-                        f"{c['size']} tasks, {', '.join(c['modalities'])}{badge}<br>"
-                        f"<small>{', '.join(c['members'])}</small>", unsafe_allow_html=True)
+            esc = html.escape  # every value interpolated into this HTML is escaped
+            members = list(map(str, c["members"]))
+            listed = ", ".join(members[:12]) + (f", … ({len(members) - 12} more)" if len(members) > 12 else "")
+            st.markdown(f"<span style='color:{esc(str(color))}'>●</span> **{esc(str(c['community']))}** — "
+                        f"{int(c['size'])} tasks, {esc(', '.join(map(str, c['modalities'])))}{badge}<br>"
+                        f"<small>{esc(listed)}</small>", unsafe_allow_html=True)
+        if len(shown) < len(summary):
+            st.caption(f"… and {len(summary) - len(shown)} smaller communities")
     with left:
-        fig = F.graph_figure(G, pos, target=sel["target"], sources=[s.name for s in top])
+        users = [n for n in G if G.nodes[n].get("user_task")]  # the user's own tasks: labelled and ringed
+        fig = F.graph_figure(G, pos, target=sel["target"], sources=[s.name for s in top],
+                             highlight=[*users, *matches], height=680 if large else 620)
+        NT.highlight(fig, users, pos)
         st.plotly_chart(fig, key="graph_chart", on_select=_pick_target_from_graph, selection_mode="points",
                         config={"displaylogo": False})
         st.caption(f"{METHOD_LABELS.get(sel['method'])} experts, {EMBEDDING_LABELS.get(sel['embedding'])} "
-                   "similarity. Fill = modality, size = expert accuracy, outline = community, edge width = "
-                   "similarity; the target is the red star, dashed lines lead to its top-k sources. "
-                   "Click a node to make it the target.")
+                   "similarity. Fill = modality, " + (
+                       f"{len(names):,} tasks drawn with WebGL; each bubble is a community (its size grows with "
+                       "its members); edges are the kNN links around the target when there are too many to draw. "
+                       if large else "size = expert accuracy, outline = community, edge width = similarity. ")
+                   + "The target is the red star, dashed lines lead to its top-k sources; only the target, its "
+                     "sources and search matches are labelled (hover for any other task). Click a node to make "
+                     "it the target.")
 
 
 def tab_map(study: Study, root: Path, stamp: int, sel: dict) -> None:
-    names, S = study.similarity(sel["method"], sel["embedding"])
+    import numpy as np
+
+    names = study.prediction_names(sel["method"], sel["embedding"])
+    st.session_state["_task_names"] = list(names)  # the search's "make it the target" checks against it
     mode = st.session_state.get("graph_mode", "knn")
+    if not study.has_matrix(sel["method"], sel["embedding"]):
+        mode = "knn"
+    kmax = study.neighbours(sel["method"], sel["embedding"])[1].shape[1] \
+        if study.has_neighbours(sel["method"], sel["embedding"]) else max(1, len(names) - 1)
     G, summary, _ = load_graph(str(root), stamp, sel["method"], sel["embedding"], mode,
-                               int(st.session_state.get("graph_k", min(3, len(names) - 1))),
+                               min(kmax, int(st.session_state.get("graph_k", min(3, kmax)))),
                                float(st.session_state.get("graph_threshold", 0.5)),
                                st.session_state.get("comm_method", "louvain"))
     communities = {n: G.nodes[n].get("community") for n in G}
     attrs = study.node_attrs(sel["method"])
-    left, right = st.columns(2)
-    with left:
-        st.subheader("Task map")
-        try:
-            lnames, coords, note = study.layout(sel["method"], sel["embedding"])
-        except ValueError as e:
-            st.info(str(e))
-        else:
-            st.plotly_chart(F.layout_figure(lnames, coords, attrs, communities, target=sel["target"]),
-                            key="layout_chart", config={"displaylogo": False})
-            st.caption(note or "UMAP of the task embeddings.")
-    with right:
-        st.subheader("Similarity heatmap")
-        _init("heat_order", "community")
-        order_by = st.radio("Order by", ["community", "cluster", "modality", "name"], key="heat_order",
-                            horizontal=True, help="community: the graph's communities (Graph tab settings); "
-                            "cluster: average-linkage clustering of 1 − similarity.")
-        modalities = {n: attrs.get(n, {}).get("modality") for n in names}
-        order = F.order_tasks(names, order_by, communities, modalities, S)
-        st.plotly_chart(F.heatmap_figure(names, S, order, communities if order_by == "community" else None),
-                        key="heatmap_chart", config={"displaylogo": False})
+    top = [s.name for s in study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])]
+    st.subheader("Task map")
+    matches = _search(list(names), "map_search")
+    try:
+        lnames, coords, note = study.layout(sel["method"], sel["embedding"])
+    except ValueError as e:
+        st.info(str(e))
+    else:
+        users = [n for n in lnames if attrs.get(n, {}).get("user_task")]  # labelled and ringed
+        fig = F.layout_figure(lnames, coords, attrs, communities, target=sel["target"], sources=top,
+                              highlight=[*users, *matches], height=620)
+        NT.highlight(fig, users, {n: coords[i] for i, n in enumerate(lnames)})
+        st.plotly_chart(fig, key="layout_chart", config={"displaylogo": False})
+        st.caption((note or "UMAP of the task embeddings.") + " The target is the red star; its top-k sources "
+                   "and search matches are labelled.")
+    st.subheader("Similarity heatmap")
+    if not study.has_matrix(sel["method"], sel["embedding"]):
+        st.info(f"This study stores only each task's top-{kmax} neighbours, not the full {len(names):,} × "
+                f"{len(names):,} similarity matrix, so there is no heatmap. The graph and the top-k list show "
+                "the neighbours.")
+        return
+    names, S = study.similarity(sel["method"], sel["embedding"])
+    _init("heat_order", "community")
+    order_by = st.radio("Order by", ["community", "cluster", "modality", "name"], key="heat_order",
+                        horizontal=True, help="community: the graph's communities (Graph tab settings); "
+                        "cluster: average-linkage clustering of 1 − similarity.")
+    shown = list(names)
+    if len(names) > F.HEATMAP_MAX:
+        shown = F.heatmap_block(names, S, sel["target"], F.HEATMAP_MAX)
+        st.caption(f"{len(names):,} tasks are too many for one heatmap: showing the target "
+                   f"{_md(sel['target'])} and its {len(shown) - 1} most similar tasks.")
+    idx = [names.index(n) for n in shown]
+    S_shown = np.asarray(S)[np.ix_(idx, idx)]
+    modalities = {n: attrs.get(n, {}).get("modality") for n in shown}
+    order = F.order_tasks(shown, order_by, communities, modalities, S_shown)
+    st.plotly_chart(F.heatmap_figure(shown, S_shown, order, communities if order_by == "community" else None),
+                    key="heatmap_chart", config={"displaylogo": False})
 
 
 def tab_target(study: Study, sel: dict) -> None:
     t = study.task(sel["target"])
     experts = study.experts_of(sel["method"])
     e = experts.get(t["name"], {})
-    st.subheader(f"{t['name']}")
-    st.caption(f"{t.get('modality')} · {t.get('num_classes')} classes · {t.get('description', '')}")
+    st.subheader(t["name"])  # task names are validated identifiers (reader)
+    st.caption(f"{_md(t.get('modality'))} · {_md(t.get('num_classes'))} classes · {_md(t.get('description', ''))}")
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("Own expert accuracy", _pct(e.get("expert")))
     m2.metric("Zero-shot", _pct(e.get("zero_shot")))
@@ -319,9 +429,17 @@ def tab_target(study: Study, sel: dict) -> None:
         if gains:
             ranked = sorted(gains.items(), key=lambda kv: -kv[1])
             best, best_gain = ranked[0]
-            predicted = [s.name for s in top]
+            # the verdict ranks the measured sources only, like the study's hit rate and the table below
+            top_m = study.top_k_measured(sel["target"], sel["k"], sel["method"], sel["embedding"])
+            predicted = [s.name for s in top_m]
             verdict = (":green[**in the predicted top-k**]" if best in predicted
                        else ":red[**not in the predicted top-k**]")
+            unmeasured = [s.name for s in top if s.gain is None]
+            if unmeasured:
+                st.caption(f"Not measured: {', '.join(unmeasured)} (no transfer run to this target).")
+            st.markdown(f"Top-{len(top_m)} predicted **among the {len(gains)} measured sources** (same "
+                        f"{_md(EMBEDDING_LABELS.get(sel['embedding'], sel['embedding']))} similarity): "
+                        + ", ".join(s.name for s in top_m))
             st.markdown(f"Best measured source: **{best}** ({best_gain:+.1f} points) — {verdict}.")
             all_names, _ = study.similarity(sel["method"], sel["embedding"])
             full = study.top_k(sel["target"], len(all_names) - 1, sel["method"], sel["embedding"])
@@ -342,10 +460,15 @@ def tab_target(study: Study, sel: dict) -> None:
                        "hit rate (std)": r.get("hit_std")} for r in rows], hide_index=True, key="quality_table")
         per = study.target_quality(sel["embedding"], sel["target"])
         if per:
-            st.caption(f"For `{sel['target']}` with {EMBEDDING_LABELS.get(sel['embedding'])} similarity:")
+            measured = sorted(study.measured_gains(sel["target"]))
+            st.caption(f"For `{sel['target']}` with {_md(EMBEDDING_LABELS.get(sel['embedding']))} similarity, "
+                       f"ranked over the {len(measured)} sources whose transfer to it was measured "
+                       f"(transfer/predict_quality.json; the list above ranks all experts, so it may name "
+                       f"sources that were not measured):")
             st.dataframe([{"seed": p["seed"], "Spearman": p.get("spearman"), "hit": p.get("hit"),
                            "best measured source": p.get("best_source"),
-                           "predicted": ", ".join(p.get("predicted") or [])} for p in per], hide_index=True,
+                           f"predicted top-{len(p.get('predicted') or [])} among measured sources":
+                               ", ".join(p.get("predicted") or [])} for p in per], hide_index=True,
                          key="target_quality_table")
         st.caption("Spearman: rank correlation between predicted similarity and measured gain over the "
                    "sources of each target; hit rate: how often the best measured source is in the "
@@ -427,7 +550,11 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
             if reg is None:
                 return
             label = {"learn-uniform": "learned", "learn-auto": "learned from sims", "hand": "hand"}[wmode]
-            run_id = reg.submit("transfer", cfg, name=f"{target} ← {len(sources)} {method} experts, {label}")
+            try:  # the kind's validator runs here: a run that would be refused is never queued
+                run_id = reg.submit("transfer", cfg, name=f"{target} ← {len(sources)} {method} experts, {label}")
+            except (ValueError, RuntimeError, OSError) as e:
+                st.error(f"Cannot launch: {e}")
+                return
             st.session_state["launched"] = run_id
             from pitune_core.runs import executor
 
@@ -469,19 +596,22 @@ def live_runs(db: str) -> None:
     for r in active:
         p = r.progress or {}
         cols = st.columns([2.2, 1.4, 3, 1, 1, 0.9])
-        cols[0].markdown(f"`{r.id}`<br><small>{r.config.get('target')} · "
-                         f"k={r.config.get('k')} · {r.config.get('shots') or 'full'}-shot</small>",
-                         unsafe_allow_html=True)
-        cols[1].markdown(f"{_status(r.status)}<br><small>stage: {p.get('stage', '–')}</small>",
-                         unsafe_allow_html=True)
+        cols[0].markdown(_md(r.id))  # registry values are data: escaped, never HTML
+        cols[0].caption(f"{_md(r.config.get('target'))} · k={_md(r.config.get('k'))} · "
+                        f"{_md(r.config.get('shots') or 'full')}-shot")
+        cols[1].markdown(_status(r.status))
+        cols[1].caption(f"stage: {_md(p.get('stage', '–'))}")
         step, total = p.get("step"), p.get("total")
         if step is not None and total:
             cols[2].progress(min(1.0, float(step) / float(total)), text=f"step {step}/{total}")
         else:
-            cols[2].progress(0.0, text="waiting" if r.status == "queued" else str(p.get("stage", "starting")))
-        cols[3].markdown(f"loss<br>**{p['loss']:.3f}**" if isinstance(p.get("loss"), (int, float)) else "loss<br>–",
-                         unsafe_allow_html=True)
-        cols[4].markdown(f"elapsed<br>**{_elapsed(r)}**", unsafe_allow_html=True)
+            cols[2].progress(0.0, text="waiting" if r.status == "queued" else (
+                _md(p["stage"]) if p.get("stage") else
+                "preparing: on a task's first use its archive is downloaded and features are extracted (about a minute)"))
+        cols[3].caption("loss")
+        cols[3].markdown(f"**{p['loss']:.3f}**" if isinstance(p.get("loss"), (int, float)) else "–")
+        cols[4].caption("elapsed")
+        cols[4].markdown(f"**{_md(_elapsed(r))}**")
         if r.cancel_requested:
             cols[5].caption("cancelling…")
         else:  # the callback runs before the (fragment) rerun, so the new status shows at once
@@ -593,11 +723,18 @@ def tab_study(study: Study) -> None:
     a.metric("Tasks", len(study.tasks()))
     b.metric("Experts", len(study.expert_summary()))
     c.metric("Files (checksummed)", len(man.get("files", {})))
-    st.markdown(f"Built with `{man.get('command', '?')}` · backbone `{(man.get('backbone') or {}).get('id', '?')}` · "
-                f"{str(man.get('started', '?'))[:19]} → {str(man.get('finished', '?'))[:19]}")
+    st.markdown(f"Built with {_md(man.get('command', '?'))} · backbone {_md((man.get('backbone') or {}).get('id', '?'))}"
+                f" · {_md(str(man.get('started', '?'))[:19])} → {_md(str(man.get('finished', '?'))[:19])}")
+    times = study.recorded_times()
+    if times:  # the sum of what each run recorded, not the wall time of the last (resumed) invocation
+        st.markdown("**Compute time by stage** (sum of the times each run recorded)")
+        st.dataframe([{"stage": t["stage"], "recorded time": "not recorded" if t["seconds"] is None
+                       else f"{t['seconds'] / 60:.1f} min", "runs": t["runs"], "recorded in": t["source"]}
+                      for t in times], hide_index=True, key="stage_times")
     if man.get("stage_seconds"):
-        st.caption("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in man["stage_seconds"].items()
-                                                   if isinstance(v, (int, float))))
+        st.caption("Wall time of the invocation that completed each stage (a resumed stage counts only its "
+                   "last invocation): " + ", ".join(f"{_md(k)} {v:.0f} s" for k, v in man["stage_seconds"].items()
+                                                    if isinstance(v, (int, float))))
     st.markdown("**Experts**")
     st.dataframe(study.expert_summary(), hide_index=True, key="experts_table")
     left, right = st.columns(2)
@@ -626,7 +763,7 @@ def main() -> None:
     for key in [k for k in st.session_state if isinstance(k, str) and k.startswith("hw_")]:
         st.session_state[key] = st.session_state[key]
     root, db = study_path(), runs_db_path()
-    stamp = _stamp(root)
+    stamp = hash((_stamp(root), NT.placed_stamp(root)))  # a newly placed user task is a new view
     try:
         study = load_study(str(root), stamp)
     except StudyError as e:
@@ -642,12 +779,18 @@ def main() -> None:
         "Tune & launch": lambda: tab_launch(study, sel, db),
         "Runs & compare": lambda: tab_compare(study, sel, db),
         "Study": lambda: tab_study(study),
+        "New task": lambda: NT.render(study, root, db, get_registry),
     }
     for name, tab in zip(TABS, tabs):
         if tab.open is False:
             continue
         with tab:
-            renderers[name]()
+            try:
+                renderers[name]()
+            except OSError as e:  # a full disk, a read-only or vanished file: one line, no traceback
+                where = f": {e.filename}" if getattr(e, "filename", None) else ""
+                st.error(_md(f"{name}: {e.strerror or e}{where}. Check that the path exists and is readable "
+                             "and writable, and that the disk has space, then reload the page."))
 
 
 main()

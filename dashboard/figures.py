@@ -24,6 +24,9 @@ __all__ = [
     "layout_figure",
     "order_tasks",
     "heatmap_figure",
+    "heatmap_block",
+    "LARGE_N",
+    "HEATMAP_MAX",
     "topk_figure",
     "weights_bar_figure",
     "weights_history_figure",
@@ -84,36 +87,115 @@ def _hover(name: str, d: Mapping[str, Any], extra: str = "") -> str:
     return "<br>".join(lines)
 
 
+#: above this many tasks the figures switch to WebGL traces (go.Scattergl), small markers, no
+#: per-edge hover points, and communities drawn as a level of detail
+LARGE_N = 300
+#: the heatmap draws at most this many tasks (a 10,000 x 10,000 matrix is 10^8 cells)
+HEATMAP_MAX = 150
+#: at most this many community labels (the largest communities) on a large graph
+MAX_COMMUNITY_LABELS = 40
+
+
+def _pad_range(values: Sequence[float], frac: float = 0.08) -> list[float]:
+    """An axis range with ``frac`` of the span as margin on both sides (labels are not clipped)."""
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return [-1.0, 1.0]
+    lo, hi = float(v.min()), float(v.max())
+    pad = (hi - lo) * frac or 0.5
+    return [lo - pad, hi + pad]
+
+
+def _focus_labels(fig: go.Figure, xy: Mapping[str, Sequence[float]], names: Sequence[str],
+                  name: str = "labels", color: str = "#222", size: int = 11) -> None:
+    """A text-only SVG trace labelling ``names`` (few points: the target, its sources, matches)."""
+    names = [n for n in dict.fromkeys(names) if n in xy]
+    if not names:
+        return
+    fig.add_trace(go.Scatter(x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="text", text=names,
+                             textposition="top center", textfont=dict(size=size, color=color),
+                             customdata=names, hoverinfo="skip", showlegend=False, name=name))
+
+
+def _community_lod(fig: go.Figure, xy: Mapping[str, Sequence[float]], communities: Mapping[str, Any],
+                   modality: Mapping[str, Any]) -> None:
+    """Communities as a level of detail: one labelled, semi-transparent bubble per community at its
+    members' centroid (area ~ members); the largest :data:`MAX_COMMUNITY_LABELS` are labelled."""
+    members: dict[int, list[str]] = {}
+    for n, c in communities.items():
+        if c is not None and n in xy:
+            members.setdefault(int(c), []).append(n)
+    if not members:
+        return
+    order = sorted(members, key=lambda c: (-len(members[c]), c))
+    cx, cy, size, text, hover, names = [], [], [], [], [], []
+    biggest = max(len(m) for m in members.values())
+    for rank, c in enumerate(order):
+        m = members[c]
+        pts = np.array([xy[n] for n in m], dtype=float)
+        cx.append(float(pts[:, 0].mean()))
+        cy.append(float(pts[:, 1].mean()))
+        size.append(14 + 46 * math.sqrt(len(m) / biggest))
+        mods = sorted({modality.get(n) or "?" for n in m})
+        text.append(f"C{c} · {len(m)}" if rank < MAX_COMMUNITY_LABELS else "")
+        hover.append(f"community {c}: {len(m)} tasks<br>{', '.join(mods)}<br>e.g. {', '.join(sorted(m)[:5])}")
+        names.append(f"community {c}")
+    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers+text", text=text, textposition="middle center",
+                             textfont=dict(size=10, color="#111"), hovertext=hover, hoverinfo="text",
+                             customdata=[None] * len(cx), name="communities", legendgroup="communities",
+                             marker=dict(size=size, color=[community_color(c) for c in order], opacity=0.22,
+                                         line=dict(width=1.5, color=[community_color(c) for c in order]))))
+
+
 def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, target: str | None = None,
-                 sources: Sequence[str] = (), title: str | None = None, height: int = 620) -> go.Figure:
+                 sources: Sequence[str] = (), title: str | None = None, height: int = 620,
+                 highlight: Sequence[str] = (), all_edges: bool | None = None) -> go.Figure:
     """The task graph as an interactive network.
 
     Nodes: fill = modality, size = expert accuracy, outline = community (legend lists each
     community and the modalities it spans). Edges: width and opacity grow with similarity;
-    hovering an edge's midpoint shows its similarity. ``target`` is drawn as a star and its
-    ``sources`` (e.g. the top-k predicted experts) are joined to it by dashed red lines.
+    hovering an edge's midpoint shows its similarity. ``target`` is drawn as a star *under* its
+    ``sources`` (e.g. the top-k predicted experts), which are joined to it by dashed red lines.
+    Labels only for the target, its sources and ``highlight`` (e.g. search matches); every other
+    name shows on hover, so labels never pile up in the dense middle.
+
+    With more than :data:`LARGE_N` nodes: WebGL traces, small fixed-size markers coloured by
+    modality, no per-edge hover points, edges drawn only around the target (its sources' edges)
+    unless ``all_edges`` (default: all edges up to 20,000), and each community drawn as one
+    labelled bubble (the level of detail that stays readable with thousands of tasks).
     """
     pos = dict(pos) if pos is not None else graph_positions(G)
+    n_nodes = G.number_of_nodes()
+    large = n_nodes > LARGE_N
+    Scatter = go.Scattergl if large else go.Scatter
+    focus = [x for x in [target, *sources, *highlight] if x is not None and x in pos]
     fig = go.Figure()
     weights = [float(w) for _, _, w in G.edges(data="weight", default=0.0)]
     lo, hi = (min(weights), max(weights)) if weights else (0.0, 1.0)
     span = (hi - lo) or 1.0
+    if all_edges is None:
+        all_edges = G.number_of_edges() <= 20_000
+    near = set(focus)
+    edges = G.edges(data="weight", default=0.0) if (all_edges or not large) else \
+        [(u, v, w) for u, v, w in G.edges(near, data="weight", default=0.0)]
     # edges, binned by strength (a scatter trace has one line width)
     bins: dict[int, tuple[list, list]] = {}
     mid_x, mid_y, mid_text = [], [], []
-    for u, v, w in G.edges(data="weight", default=0.0):
+    for u, v, w in edges:
         b = min(3, int(4 * (float(w) - lo) / span)) if span else 3
         xs, ys = bins.setdefault(b, ([], []))
         xs += [pos[u][0], pos[v][0], None]
         ys += [pos[u][1], pos[v][1], None]
-        mid_x.append((pos[u][0] + pos[v][0]) / 2)
-        mid_y.append((pos[u][1] + pos[v][1]) / 2)
-        mid_text.append(f"{u} — {v}<br>similarity {float(w):.3f}")
+        if not large:
+            mid_x.append((pos[u][0] + pos[v][0]) / 2)
+            mid_y.append((pos[u][1] + pos[v][1]) / 2)
+            mid_text.append(f"{u} — {v}<br>similarity {float(w):.3f}")
     for b in sorted(bins):
         xs, ys = bins[b]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                                 line=dict(width=0.8 + 1.6 * b, color=f"rgba(90,90,90,{0.25 + 0.18 * b:.2f})"),
-                                 name=f"edges {b}"))
+        width = (0.8 + 1.6 * b) if not large else (0.5 + 0.4 * b)
+        alpha = (0.25 + 0.18 * b) if not large else (0.10 + 0.08 * b)
+        fig.add_trace(Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                              line=dict(width=width, color=f"rgba(90,90,90,{alpha:.2f})"), name=f"edges {b}"))
     if mid_x:
         fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", marker=dict(size=8, opacity=0),
                                  hovertext=mid_text, hoverinfo="text", showlegend=False, name="edge info"))
@@ -126,60 +208,96 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", name="target → top-k sources",
                                      line=dict(width=2.5, color=TARGET_COLOR, dash="dash")))
-    # nodes, one trace per modality (legend), outline by community; the target in a trace of its own
+    if large:
+        _community_lod(fig, pos, dict(G.nodes(data="community")), dict(G.nodes(data="modality")))
+    # the target first, so its sources (drawn next) stay visible on top of the star
+    if target is not None and target in G:
+        d = G.nodes[target]
+        fig.add_trace(go.Scatter(
+            x=[pos[target][0]], y=[pos[target][1]], mode="markers+text", name=f"target: {target}",
+            text=[target], textposition="bottom center", textfont=dict(size=12, color=TARGET_COLOR),
+            hovertext=[_hover(target, d, f"degree {G.degree(target)} · the target")], hoverinfo="text",
+            customdata=[target],
+            marker=dict(size=(_node_size(d.get("accuracy")) + 2) if not large else 16,
+                        color=_modality_color(d.get("modality")), opacity=0.85,
+                        symbol="star", line=dict(width=2, color=TARGET_COLOR))))
+    # nodes, one trace per modality (legend), outline by community
     mods = sorted({d.get("modality") or "other" for _, d in G.nodes(data=True)},
                   key=lambda m: (list(MODALITY_COLORS).index(m) if m in MODALITY_COLORS else 9, m))
+    labelled = set(focus) - {target}
     for m in mods:
         nodes = [n for n, d in G.nodes(data=True) if (d.get("modality") or "other") == m and n != target]
         if not nodes:
             continue
         data = [G.nodes[n] for n in nodes]
-        fig.add_trace(go.Scatter(
-            x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text", name=m,
-            text=nodes, textposition="top center", textfont=dict(size=10),
-            hovertext=[_hover(n, d, f"degree {G.degree(n)}") for n, d in zip(nodes, data)], hoverinfo="text",
-            customdata=nodes,
-            marker=dict(size=[_node_size(d.get("accuracy")) for d in data], color=_modality_color(m),
-                        line=dict(width=3, color=[community_color(d.get("community")) for d in data]),
-                        opacity=0.92)))
-    if target is not None and target in G:
-        d = G.nodes[target]
-        fig.add_trace(go.Scatter(
-            x=[pos[target][0]], y=[pos[target][1]], mode="markers+text", name=f"target: {target}",
-            text=[target], textposition="top center", textfont=dict(size=11, color=TARGET_COLOR),
-            hovertext=[_hover(target, d, f"degree {G.degree(target)} · the target")], hoverinfo="text",
-            customdata=[target],
-            marker=dict(size=_node_size(d.get("accuracy")) + 8, color=_modality_color(d.get("modality")),
-                        symbol="star", line=dict(width=2, color=TARGET_COLOR))))
+        hover = [_hover(n, d, f"degree {G.degree(n)}") for n, d in zip(nodes, data)]
+        if large:
+            fig.add_trace(go.Scattergl(
+                x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers", name=m,
+                hovertext=hover, hoverinfo="text", customdata=nodes,
+                marker=dict(size=5, color=_modality_color(m), opacity=0.75)))
+        else:
+            fig.add_trace(go.Scatter(
+                x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text", name=m,
+                text=[n if n in labelled else "" for n in nodes], textposition="top center",
+                textfont=dict(size=12, color="#111"), hovertext=hover, hoverinfo="text", customdata=nodes,
+                marker=dict(size=[_node_size(d.get("accuracy")) for d in data], color=_modality_color(m),
+                            line=dict(width=3, color=[community_color(d.get("community")) for d in data]),
+                            opacity=0.92)))
+    if large:
+        _focus_labels(fig, pos, [x for x in focus if x != target])
     # legend entries for communities (outline colour + members' modalities)
     comms: dict[int, list[str]] = {}
     for n, c in G.nodes(data="community"):
         if c is not None:
             comms.setdefault(int(c), []).append(n)
-    for c in sorted(comms):
-        members = comms[c]
-        modalities = sorted({G.nodes[n].get("modality") or "?" for n in members})
-        label = f"community {c}: {len(members)} tasks ({', '.join(modalities)})"
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label, legendgroup="communities",
-                                 legendgrouptitle=dict(text="communities (outline)") if c == min(comms) else None,
-                                 marker=dict(size=12, color="white", line=dict(width=3, color=community_color(c)))))
+    if not large:
+        for c in sorted(comms):
+            members = comms[c]
+            modalities = sorted({G.nodes[n].get("modality") or "?" for n in members})
+            label = f"community {c}: {len(members)} tasks ({', '.join(modalities)})"
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label, legendgroup="communities",
+                                     legendgrouptitle=dict(text="communities (outline)") if c == min(comms) else None,
+                                     marker=dict(size=12, color="white", line=dict(width=3, color=community_color(c)))))
+    xs_all = [p[0] for p in pos.values()]
+    ys_all = [p[1] for p in pos.values()]
     fig.update_layout(
         title=dict(text=title) if title else None, height=height, hovermode="closest",
         margin=dict(l=10, r=10, t=40 if title else 10, b=10), plot_bgcolor="white",
         legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
-        xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x", scaleratio=1),
+        # no scaleanchor: the graph fills the page width instead of a square in its middle
+        xaxis=dict(visible=False, range=_pad_range(xs_all, 0.04)),
+        yaxis=dict(visible=False, range=_pad_range(ys_all, 0.06)),
     )
     return fig
 
 
 def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, Mapping[str, Any]],
                   communities: Mapping[str, int] | None = None, target: str | None = None,
-                  title: str | None = None, height: int = 560) -> go.Figure:
+                  title: str | None = None, height: int = 560, sources: Sequence[str] = (),
+                  highlight: Sequence[str] = ()) -> go.Figure:
     """The 2-D map of the task embeddings (UMAP or its fallback): colour = modality, outline =
-    community; the target, if given, is a star."""
+    community; the target, if given, is a star under its ``sources``. Labels only for the target,
+    its sources and ``highlight``; the axes get a margin so no label is clipped at the edge. Above
+    :data:`LARGE_N` tasks: WebGL markers and community bubbles (as in :func:`graph_figure`)."""
     coords = np.asarray(coords, dtype=float)
+    names = list(names)
     communities = dict(communities or {})
+    large = len(names) > LARGE_N
+    xy = {n: (coords[i, 0], coords[i, 1]) for i, n in enumerate(names)}
+    focus = [x for x in [*sources, *highlight] if x in xy and x != target]
     fig = go.Figure()
+    if large:
+        _community_lod(fig, xy, communities, {n: attrs.get(n, {}).get("modality") for n in names})
+    if target is not None and target in xy:
+        i = names.index(target)
+        a = attrs.get(target, {})
+        fig.add_trace(go.Scatter(
+            x=[coords[i, 0]], y=[coords[i, 1]], mode="markers+text", name=f"target: {target}", text=[target],
+            textposition="bottom center", textfont=dict(size=12, color=TARGET_COLOR), customdata=[target],
+            hovertext=[_hover(target, {**a, "community": communities.get(target)})], hoverinfo="text",
+            marker=dict(size=(_node_size(a.get("accuracy")) + 2) if not large else 16, opacity=0.85,
+                        color=_modality_color(a.get("modality")), symbol="star", line=dict(width=2, color=TARGET_COLOR))))
     idx_by_mod: dict[str, list[int]] = {}
     for i, n in enumerate(names):
         idx_by_mod.setdefault(attrs.get(n, {}).get("modality") or "other", []).append(i)
@@ -188,27 +306,39 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
         if not idx:
             continue
         ns = [names[i] for i in idx]
-        fig.add_trace(go.Scatter(
-            x=coords[idx, 0], y=coords[idx, 1], mode="markers+text", name=m, text=ns, textposition="top center",
-            textfont=dict(size=10), customdata=ns,
-            hovertext=[_hover(n, {**attrs.get(n, {}), "community": communities.get(n)}) for n in ns],
-            hoverinfo="text",
-            marker=dict(size=[_node_size(attrs.get(n, {}).get("accuracy")) for n in ns], color=_modality_color(m),
-                        line=dict(width=3, color=[community_color(communities.get(n)) for n in ns]))))
-    if target is not None and target in names:
-        i = list(names).index(target)
-        a = attrs.get(target, {})
-        fig.add_trace(go.Scatter(
-            x=[coords[i, 0]], y=[coords[i, 1]], mode="markers+text", name=f"target: {target}", text=[target],
-            textposition="top center", textfont=dict(size=11, color=TARGET_COLOR), customdata=[target],
-            hovertext=[_hover(target, {**a, "community": communities.get(target)})], hoverinfo="text",
-            marker=dict(size=_node_size(a.get("accuracy")) + 8, color=_modality_color(a.get("modality")),
-                        symbol="star", line=dict(width=2, color=TARGET_COLOR))))
+        hover = [_hover(n, {**attrs.get(n, {}), "community": communities.get(n)}) for n in ns]
+        if large:
+            fig.add_trace(go.Scattergl(x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=m, customdata=ns,
+                                       hovertext=hover, hoverinfo="text",
+                                       marker=dict(size=5, color=_modality_color(m), opacity=0.75)))
+        else:
+            fig.add_trace(go.Scatter(
+                x=coords[idx, 0], y=coords[idx, 1], mode="markers+text", name=m,
+                text=[n if n in focus else "" for n in ns], textposition="top center",
+                textfont=dict(size=12, color="#111"), customdata=ns, hovertext=hover, hoverinfo="text",
+                marker=dict(size=[_node_size(attrs.get(n, {}).get("accuracy")) for n in ns], color=_modality_color(m),
+                            line=dict(width=3, color=[community_color(communities.get(n)) for n in ns]))))
+    if large:
+        _focus_labels(fig, xy, focus)
     fig.update_layout(title=dict(text=title) if title else None, height=height, plot_bgcolor="white",
                       margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                      xaxis=dict(title=dict(text="dimension 1"), zeroline=False, showgrid=True, gridcolor="#eee"),
-                      yaxis=dict(title=dict(text="dimension 2"), zeroline=False, showgrid=True, gridcolor="#eee"))
+                      legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0),
+                      xaxis=dict(title=dict(text="dimension 1"), zeroline=False, showgrid=True, gridcolor="#eee",
+                                 range=_pad_range(coords[:, 0] if len(names) else [])),
+                      yaxis=dict(title=dict(text="dimension 2"), zeroline=False, showgrid=True, gridcolor="#eee",
+                                 range=_pad_range(coords[:, 1] if len(names) else [], 0.1)))
     return fig
+
+
+def heatmap_block(names: Sequence[str], sim: np.ndarray, target: str, size: int = 60) -> list[str]:
+    """The ``size`` tasks a large heatmap shows: ``target`` and its ``size - 1`` most similar."""
+    names = list(names)
+    if target not in names:
+        raise ValueError(f"unknown task {target!r}")
+    row = np.asarray(sim, dtype=float)[names.index(target)].copy()
+    row[names.index(target)] = np.inf
+    keep = np.argsort(-row, kind="stable")[:max(2, min(size, len(names)))]
+    return [names[i] for i in keep]
 
 
 def order_tasks(names: Sequence[str], by: str = "community", communities: Mapping[str, int] | None = None,
@@ -252,12 +382,18 @@ def heatmap_figure(names: Sequence[str], sim: np.ndarray, order: Sequence[str] |
     scale shows the off-diagonal structure; community boundaries are outlined."""
     names = list(names)
     order = list(order) if order is not None else names
-    idx = [names.index(n) for n in order]
+    if len(order) > HEATMAP_MAX:
+        raise ValueError(f"a heatmap of {len(order)} tasks is not readable (and {len(order) ** 2:,} cells is too "
+                         f"much for a browser); show a block of at most {HEATMAP_MAX} (heatmap_block)")
+    pos_of = {n: i for i, n in enumerate(names)}
+    idx = [pos_of[n] for n in order]
     S = np.asarray(sim, dtype=float)[np.ix_(idx, idx)].copy()
     np.fill_diagonal(S, np.nan)
     z = [[None if not math.isfinite(v) else round(float(v), 4) for v in row] for row in S]
     n = len(order)
-    fig = go.Figure(go.Heatmap(z=z, x=order, y=order, colorscale="Viridis", colorbar=dict(title=dict(text="sim")),
+    fig = go.Figure(go.Heatmap(z=z, x=order, y=order, colorscale="Viridis",
+                               colorbar=dict(title=dict(text="sim"), len=1.0, lenmode="fraction", thickness=14,
+                                             y=0.5, yanchor="middle"),
                                hovertemplate="target %{y}<br>source %{x}<br>similarity %{z:.3f}<extra></extra>",
                                hoverongaps=False))
     if communities:
@@ -271,8 +407,10 @@ def heatmap_figure(names: Sequence[str], sim: np.ndarray, order: Sequence[str] |
     size = height or max(420, min(1100, 28 * n + 180))
     fig.update_layout(title=dict(text=title) if title else None, height=size,
                       margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                      xaxis=dict(tickangle=-45, tickfont=dict(size=10)),
-                      yaxis=dict(autorange="reversed", tickfont=dict(size=10), scaleanchor="x", scaleratio=1))
+                      # no scaleanchor: with it the plot area shrinks to a square while the colour
+                      # bar keeps the full height (it looked 1.5x the matrix)
+                      xaxis=dict(tickangle=-45, tickfont=dict(size=10), constrain="domain"),
+                      yaxis=dict(autorange="reversed", tickfont=dict(size=10)))
     return fig
 
 

@@ -144,3 +144,21 @@ def parse_sources(value: Any, k: int | None = None) -> list[str] | None:
     if k is not None and k != len(names):
         raise ValueError(f"--k {k} but {len(names)} sources were named; leave out --k or name exactly {k}")
     return names
+
+
+def as_arg_type(parse, name: str):
+    """An argparse ``type=`` from one of these parsers: its readable message, not "invalid value"."""
+    import argparse
+
+    def convert(value):
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+#: ``--shots`` for argparse: ``full`` or a whole number >= 1, with parse_shots's message
+shots_arg = as_arg_type(parse_shots, "shots")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pitune_core.paths import default_study
 from pitune_core.runs.jobs import register_job
 
 
@@ -26,7 +27,7 @@ def transfer_job(config: dict, ctx) -> dict:
 
     ctx.progress("prepare")
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
-    sources = load_sources(cfg["study"], cfg["method"], cfg["embedding"])
+    sources = load_sources(cfg["study"] or default_study(), cfg["method"], cfg["embedding"])
     return run_transfer(config, sources, ctx.run_dir, on_step=on_step)
 
 
@@ -65,8 +66,131 @@ def transfer_pair_job(config: dict, ctx) -> dict:
             "score": score}
 
 
+def place_task_job(config: dict, ctx) -> dict:
+    """Run-registry job: put a user task on a study's graph (its own expert, Fisher, similarities,
+    top-k, map position), written beside the study (:mod:`pitune_core.study.place`)."""
+    import os
+
+    from pitune_core.model.device import configure_threads
+    from pitune_core.study.place import PlaceConfig, place_task
+
+    if config.get("store"):  # the store the dashboard wrote the task to
+        os.environ["PITUNE_TASKS"] = str(config["store"])
+    configure_threads()
+
+    def on_step(p):
+        ctx.progress(p.get("stage", "train"), step=p.get("step"), total=p.get("total"), loss=p.get("loss"))
+        ctx.check_cancelled()
+
+    cfg = PlaceConfig(shots=config.get("shots"), seed=int(config.get("seed", 0)), k=int(config.get("k", 3)),
+                      method=config.get("method", "lora"), embedding=config.get("embedding", "fisher"),
+                      max_steps=config.get("max_steps"))
+    rec = place_task(config["task"], config["study"], cfg, on_progress=on_step)
+    return {"task": rec["task"], "top_k": rec["top_k"], "position": rec["position"],
+            "expert_accuracy": rec["expert"]["test"]["accuracy"], "time_s": rec["timings_s"]["total"]}
+
+
+# ----------------------------------------------------------------------------- validators
+# Called by RunRegistry.submit in the submitting process (the CLI, the dashboard): cheap checks only,
+# no torch, so that a run that would be refused is never queued. The worker re-validates everything.
+
+
+def _int(config: dict, key: str, default=None, minimum: int | None = None, required: bool = False):
+    value = config.get(key, default)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be a whole number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{key} must be at least {minimum}, got {value}")
+    return value
+
+
+def _known_task(name, what: str) -> str:
+    from pitune_core.common import check_task_name
+    from pitune_core.data.tasks import get_task  # numpy only; raises "unknown task 'x'. Did you mean ...?"
+
+    get_task(check_task_name(name, what))
+    return name
+
+
+def _expert_type(config: dict) -> None:
+    from pitune_core.common import check_expert_type
+
+    check_expert_type(config.get("method", "lora"))
+
+
+def validate_transfer(config: dict) -> None:
+    """A ``transfer`` config: a known target, expert type, embedding, k, sources, weights, shots, seed."""
+    from pitune_core.common import parse_shots, parse_sources
+    from pitune_core.study.plan import EMBEDDINGS
+    from pitune_core.tune.weights import parse_weights
+
+    target = _known_task(config.get("target"), "target")
+    _expert_type(config)
+    embedding = config.get("embedding", "fisher")
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding {embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
+    k = _int(config, "k", minimum=1)
+    names = parse_sources(config.get("sources"), k)
+    if names and target in names:
+        raise ValueError(f"the target {target!r} cannot be one of its own sources")
+    parse_weights(config.get("weights", "uniform"), len(names) if names else (k or 3))
+    parse_shots(config.get("shots", 16))
+    _int(config, "seed", 0)
+    study = config.get("study")
+    if study is not None and (not isinstance(study, str) or not Path(study).is_dir()):
+        raise ValueError(f"study {study!r} is not a directory")
+    if not isinstance(config.get("weights_only", False), bool):
+        raise ValueError(f"weights_only must be true or false, got {config.get('weights_only')!r}")
+
+
+def validate_train_expert(config: dict) -> None:
+    """A ``train-expert`` config: a known task, expert type, shots, seed, max_steps."""
+    from pitune_core.common import parse_shots
+
+    _known_task(config.get("task"), "task")
+    _expert_type(config)
+    parse_shots(config.get("shots"))
+    _int(config, "seed", 0)
+    _int(config, "max_steps", minimum=1)
+
+
+def validate_transfer_pair(config: dict) -> None:
+    """A ``transfer-pair`` config: known target (and source, unless scratch), shots, steps, seed."""
+    _known_task(config.get("target"), "target")
+    if config.get("source") is not None:
+        _known_task(config["source"], "source")
+        if not isinstance(config.get("source_dir"), str):
+            raise ValueError("a transfer pair with a source needs its expert directory (source_dir)")
+    _expert_type(config)
+    _int(config, "shots", minimum=1, required=True)
+    _int(config, "steps", minimum=1, required=True)
+    _int(config, "seed", required=True)
+    _int(config, "eval_limit", minimum=1)
+
+
+def validate_place_task(config: dict) -> None:
+    """A ``place-task`` config: an existing user task, a study, expert type, shots, seed, k."""
+    from pitune_core.common import parse_shots
+    from pitune_core.data.user_tasks import check_name
+
+    if not isinstance(config.get("study"), str) or not config["study"]:
+        raise ValueError("a place-task run needs the study directory (study)")
+    check_name(config.get("task"))
+    _expert_type(config)
+    parse_shots(config.get("shots"))
+    _int(config, "seed", 0)
+    _int(config, "k", minimum=1)
+    _int(config, "max_steps", minimum=1)
+
+
 #: kind -> job function; the worker runs nothing else
-JOBS = {"transfer": transfer_job, "train-expert": train_expert_job, "transfer-pair": transfer_pair_job}
+JOBS = {"transfer": transfer_job, "train-expert": train_expert_job, "transfer-pair": transfer_pair_job,
+        "place-task": place_task_job}
+#: kind -> config check run before a run is queued
+VALIDATORS = {"transfer": validate_transfer, "train-expert": validate_train_expert,
+              "transfer-pair": validate_transfer_pair, "place-task": validate_place_task}
 
 for _kind, _fn in JOBS.items():
-    register_job(_kind, f"{__name__}:{_fn.__name__}")
+    register_job(_kind, _fn, validate=VALIDATORS.get(_kind))

@@ -12,6 +12,7 @@ Environment variables:
   directory);
 - ``PITUNE_CACHE``: downloaded archives, task data and image features (default ``~/.cache/pitune``);
 - ``PITUNE_PROJECTOR``: a projector directory to use instead of the study's.
+- ``PITUNE_TASKS``: the user task store (default ``$XDG_DATA_HOME/pitune/tasks``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def cache_dir(create: bool = True) -> Path:
 def runs_root() -> Path:
     """Default parent of run directories written by ``pitune transfer`` / ``compare`` (``./runs``)."""
     return Path("runs")
+
+
+def user_tasks_dir() -> Path:
+    """The user task store (``pitune task add``): ``$PITUNE_TASKS``, else ``$XDG_DATA_HOME/pitune/tasks``,
+    else ``~/.local/share/pitune/tasks``; the user's data, never inside the package."""
+    env = os.environ.get("PITUNE_TASKS")
+    if env:
+        return Path(env).expanduser().resolve()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser().resolve() / "pitune" / "tasks"
 
 
 @dataclass(frozen=True)

@@ -189,3 +189,102 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
             print(f"screenshot: {shot}" + (f" (copied to {SCREENSHOT_COPY})" if SCREENSHOT_COPY else ""))
         finally:
             browser.close()
+
+
+# ----------------------------------------------------------------------------- bring your own task
+
+@pytest.fixture(scope="module")
+def byo_server(tmp_path_factory):
+    """The dashboard with an empty user task store and run registry of its own (real scheduler)."""
+    study = _study()
+    tmp = tmp_path_factory.mktemp("byo")
+    port = _free_port()
+    env = dict(os.environ, PITUNE_STUDY=str(study), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
+               PITUNE_TASKS=str(tmp / "tasks"), PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
+    env.pop("PITUNE_TEST_STUDY", None)
+    log = open(tmp / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                log.flush()
+                raise RuntimeError(f"streamlit did not start:\n{(tmp / 'streamlit.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url, tmp
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        try:  # the background scheduler the page started (it would also stop by itself when idle)
+            from pitune_core.runs.registry import RunRegistry
+
+            info = RunRegistry(tmp / "registry.sqlite").scheduler_info("local") or {}
+            if info.get("pid"):
+                os.kill(int(info["pid"]), signal.SIGTERM)
+        except (OSError, ValueError, ImportError):
+            pass
+
+
+def test_upload_a_csv_and_see_the_new_node(byo_server, sync_playwright, tmp_path):
+    """New task tab: upload a small CSV (not from the suite), add it, place it as a background run,
+    then see the new node on the Graph tab."""
+    url, tmp = byo_server
+    rows = ["text,label"] + [f"{t},sunny" for t in ("bright sunshine all day", "clear blue skies",
+                                                  "a warm dry afternoon", "not a cloud in sight",
+                                                  "hot sun over the beach", "sunglasses weather")] + \
+           [f"{t},rainy" for t in ("heavy showers tonight", "drizzle and grey clouds", "umbrellas needed",
+                                   "downpours flood the streets", "steady rain until dusk", "wet and stormy")]
+    csv_path = tmp_path / "weather.csv"
+    csv_path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector('[data-testid="stPlotlyChart"] .scatterlayer .trace', timeout=90_000)
+            page.get_by_role("tab", name="New task").click()
+            page.wait_for_selector(".st-key-nt_name input", timeout=30_000)
+            assert page.get_by_text("Limits:").count() > 0  # the size limits are stated on the page
+            t0 = time.perf_counter()
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(csv_path))
+            page.locator(".st-key-nt_name input").fill("my_weather")
+            page.locator(".st-key-nt_name input").press("Enter")
+            page.wait_for_selector(".st-key-nt_place button", timeout=60_000)
+            page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)  # the preview
+            page.locator(".st-key-nt_place button").click()
+            page.wait_for_selector(".st-key-nt_placed", timeout=600_000)  # the background run finished
+            placed = time.perf_counter() - t0
+            print(f"\nupload -> placed on the graph: {placed:.1f} s")
+            assert not page.locator('[data-testid="stException"]').count()
+            page.get_by_role("tab", name="Graph").click()
+            page.wait_for_function(
+                "() => Array.from(document.querySelectorAll('[data-testid=\"stPlotlyChart\"] text'))"
+                ".some(e => e.textContent.trim() === 'my_weather')", timeout=60_000)
+            assert page.get_by_text("your task").count() > 0  # the highlight's legend entry
+            assert not errors, f"JavaScript errors: {errors}"
+            shot = tmp_path / "new_task.png"
+            page.screenshot(path=str(shot), full_page=True)
+            try:
+                shutil.copyfile(shot, "/tmp/dashboard_new_task.png")
+            except OSError:
+                pass
+        finally:
+            browser.close()

@@ -21,7 +21,7 @@ from test_study import COMPARE_TARGET, IA3_TASKS, NAMES, make_synthetic_study  #
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "dashboard" / "app.py")
-TABS = ["Graph", "Map", "Target", "Tune & launch", "Runs & compare", "Study"]
+TABS = ["Graph", "Map", "Target", "Tune & launch", "Runs & compare", "Study", "New task"]
 
 
 @pytest.fixture(scope="module")

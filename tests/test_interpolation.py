@@ -120,3 +120,48 @@ def test_mixed_methods_and_empty_sources_are_refused(backbone, lora_experts, tmp
         InterpolatedExperts(backbone, [lora_experts[0], ia3])
     with pytest.raises(InterpolationError, match="k must be at least 1"):
         InterpolatedExperts(backbone, [])
+
+
+def test_weights_are_per_layer_and_adapter_position(backbone, lora_experts):
+    """The paper's recipe: one softmax over the k experts per adapted module (uniform start)."""
+    interp = InterpolatedExperts(backbone, lora_experts)
+    assert interp.granularity == "position"
+    assert len(interp.positions) == 6 * 2  # 6 layers x (query, value)
+    np.testing.assert_allclose(interp.position_weights().detach().cpu().numpy(), 1 / 3, rtol=1e-6)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        interp.logits.copy_(torch.tensor(rng.normal(size=interp.logits.shape), dtype=torch.float32))
+    W = interp.position_weights().detach()
+    model = interp.bake()
+    singles = [load_expert(d, backbone)[0] for d in lora_experts]
+    for layer, module in ((0, "query"), (3, "value"), (5, "query")):
+        pos = interp.positions.index(f"base_model.model.encoder.layer.{layer}.attention.self.{module}")
+        expected = sum(W[pos, i] * _delta(s, layer, module) for i, s in enumerate(singles))
+        torch.testing.assert_close(_delta(model, layer, module), expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(W[0], W[1])  # the rows really differ, so the check above is not vacuous
+
+
+def test_global_granularity_is_one_weight_vector(backbone, lora_experts):
+    interp = InterpolatedExperts(backbone, lora_experts, weights=[0.5, 0.3, 0.2], granularity="global")
+    assert interp.logits.shape == (1, 3)
+    combined = _delta(interp.bake(), 2, "value")
+    expected = sum(w * _delta(load_expert(d, backbone)[0], 2, "value") for w, d in zip([0.5, 0.3, 0.2], lora_experts))
+    torch.testing.assert_close(combined, expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(InterpolationError, match="granularity"):
+        InterpolatedExperts(backbone, lora_experts, granularity="per-token")
+
+
+@pytest.mark.parametrize("method,positions", [("prompt", 1), ("ia3", 6 * 4)])  # key, value, 2x output.dense
+def test_prompt_and_ia3_positions_take_their_own_weights(backbone, method, positions, tmp_path):
+    dirs = [random_expert(backbone, method, tmp_path / f"{method}{i}", seed=20 + i) for i in range(2)]
+    interp = InterpolatedExperts(backbone, dirs)
+    assert len(interp.positions) == positions
+    with torch.no_grad():
+        interp.logits.copy_(torch.linspace(-1, 1, positions * 2).reshape(positions, 2))
+    W = interp.position_weights().detach()
+    singles = [dict(load_expert(d, backbone, trainable=True)[0].named_parameters()) for d in dirs]
+    for name, value in interp.combined_state().items():
+        from pitune_core.tune.interpolation import adapter_position
+
+        w = W[interp.positions.index(adapter_position(name))]
+        torch.testing.assert_close(value, w[0] * singles[0][name] + w[1] * singles[1][name])

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import jobkinds  # noqa: F401  (registers the test-only kinds; its name reaches the workers on their command line)
 import pytest
 
 from pitune_core.runs.executor import (
@@ -19,7 +20,7 @@ from pitune_core.runs.executor import (
     scheduler_running,
     wait,
 )
-from pitune_core.runs.jobs import register_job, unregister_job
+from pitune_core.runs.jobs import unregister_job
 from pitune_core.runs.registry import RunRegistry, pid_alive
 
 TIMEOUT = 60
@@ -57,15 +58,16 @@ def scheduler(registry):
 
 
 def test_two_runs_submitted_together_both_finish(registry):
-    a = registry.submit("sleep", {"steps": 4, "seconds_per_step": 0.1}, name="a")
-    b = registry.submit("sleep", {"steps": 4, "seconds_per_step": 0.1}, name="b")
+    # 3 s each: long enough to overlap even when worker start-up is slow on a loaded machine
+    a = registry.submit("sleep", {"steps": 15, "seconds_per_step": 0.2}, name="a")
+    b = registry.submit("sleep", {"steps": 15, "seconds_per_step": 0.2}, name="b")
     run_until_idle(registry, max_parallel=2, timeout=TIMEOUT, poll_interval=0.05)
     ra, rb = registry.get(a), registry.get(b)
     for r in (ra, rb):
         assert r.status == "succeeded", r.error
-        assert r.metrics == {"steps": 4, "slept": 0.4}
+        assert r.metrics == {"steps": 15, "slept": 3.0}
         assert (r.run_dir / "metrics.json").exists()
-        assert r.progress["step"] == 4 and r.progress["total"] == 4
+        assert r.progress["step"] == 15 and r.progress["total"] == 15
         assert r.worker_pid and r.worker_pid != os.getpid()  # never in the caller's process
         assert f"run {r.id} kind=sleep" in r.log_path.read_text()
     assert ra.worker_pid != rb.worker_pid
@@ -103,7 +105,8 @@ def test_failing_run_is_recorded_and_the_other_finishes(registry):
 
 
 def test_cancel_stops_a_running_run(registry, scheduler):
-    run_id = registry.submit("sleep", {"steps": 400, "seconds_per_step": 0.05})
+    # the job marks itself INTERRUPTED on the way out, as run_transfer does
+    run_id = registry.submit("sleep", {"steps": 400, "seconds_per_step": 0.05, "mark_interrupted": True})
     _until(lambda: _started(registry, run_id), what="run to start")
     t0 = time.time()
     registry.request_cancel(run_id)
@@ -111,7 +114,11 @@ def test_cancel_stops_a_running_run(registry, scheduler):
     assert rec.status == "cancelled"
     assert time.time() - t0 < 5  # cooperative: well before the 20 s the job would take
     assert rec.progress["step"] < 400
-    assert "cancelled" in rec.log_path.read_text()
+    log = rec.log_path.read_text()
+    assert "cancelled" in log and "Traceback" not in log
+    # files and database agree: cancelled, no FAILED, no traceback, no stale INTERRUPTED
+    assert sorted(p.name for p in rec.run_dir.iterdir()) == ["CANCELLED", "config.json", "log.txt"]
+    assert (rec.run_dir / "CANCELLED").read_text().strip() == rec.error
 
 
 def test_cancel_of_a_job_ignoring_it_terminates_the_worker(registry, scheduler):
@@ -157,7 +164,7 @@ def test_restart_recovery_marks_orphans_interrupted_and_resume_works(registry, t
     # A detached scheduler runs a long job; then "the machine crashes": scheduler and worker die.
     proc = subprocess.Popen(
         [sys.executable, "-m", "pitune_core.runs.executor", "--db", str(registry.db_path), "--max-parallel", "1",
-         "--idle-timeout", "30"],
+         "--idle-timeout", "30", "--jobs-module", "jobkinds"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
@@ -222,23 +229,31 @@ def test_ensure_scheduler_starts_one_detached_scheduler(registry):
 
 
 def test_registered_kind_runs_in_worker(registry, tmp_path, monkeypatch):
+    """A kind registered by a module: the scheduler names the module on each worker's command line;
+    the worker imports it (it registers the kind) and runs the job."""
     (tmp_path / "pitune_testjobs_mod.py").write_text(
         textwrap.dedent(
             """
+            from pitune_core.runs.jobs import register_job
+
             def job(config, ctx):
                 ctx.progress("custom", step=1, total=1, extra_info="hi")
                 ctx.log("custom job ran")
                 return {"double": config["x"] * 2, "run_id": ctx.run_id, "dir": str(ctx.run_dir)}
+
+            register_job("custom-kind", job)
             """
         )
     )
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    register_job("custom-kind", "pitune_testjobs_mod:job")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import pitune_testjobs_mod  # noqa: F401  (registers custom-kind here)
+
     try:
         run_id = registry.submit("custom-kind", {"x": 21})
+        run_until_idle(registry, max_parallel=1, timeout=TIMEOUT)
     finally:
-        unregister_job("custom-kind")  # the worker must not need the registration
-    run_until_idle(registry, max_parallel=1, timeout=TIMEOUT)
+        unregister_job("custom-kind")
     rec = registry.get(run_id)
     assert rec.status == "succeeded", rec.error
     assert rec.metrics == {"double": 42, "run_id": run_id, "dir": str(rec.run_dir)}
@@ -246,10 +261,92 @@ def test_registered_kind_runs_in_worker(registry, tmp_path, monkeypatch):
     assert "custom job ran" in rec.log_path.read_text()
 
 
-def test_bad_job_results_and_import_errors_fail_cleanly(registry):
-    missing = registry.submit("x", {}, target="no_such_module_xyz:job")
-    not_dict = registry.submit("x", {}, target="os.path:join")  # join() with (config, ctx) -> TypeError
-    run_until_idle(registry, max_parallel=2, timeout=TIMEOUT)
-    assert registry.get(missing).status == "failed"
-    assert "ModuleNotFoundError" in registry.get(missing).error
-    assert registry.get(not_dict).status == "failed"
+def test_bad_job_result_fails_cleanly(registry):
+    run_id = registry.submit("bad-result", {})
+    run_until_idle(registry, max_parallel=1, timeout=TIMEOUT)
+    rec = registry.get(run_id)
+    assert rec.status == "failed" and rec.error.startswith("TypeError: job returned list")
+
+
+def _hostile(registry, kind, target):
+    """A row as someone else's database may hold it: any kind, an import path in the old target column."""
+    run_id = registry.submit("noop", {})
+    with registry._write() as conn:
+        conn.execute("UPDATE runs SET kind = ?, target = ? WHERE id = ?", (kind, target, run_id))
+    return run_id
+
+
+ZEN = "Beautiful is better than ugly"
+
+
+def test_hostile_rows_import_nothing(registry):
+    """The worker runs kinds registered in code only: a row's target is ignored, an unknown kind fails
+    with one line, and nothing the row names is imported (``this`` prints the Zen of Python)."""
+    evil = _hostile(registry, "this:s", "this:s")
+    unknown = _hostile(registry, "evil", "this:s")
+    path_kind = _hostile(registry, "os.system", "os:system")
+    known = _hostile(registry, "sleep", "this:s")  # a real kind with a hostile target: the target is ignored
+    run_until_idle(registry, max_parallel=2, timeout=TIMEOUT, poll_interval=0.05)
+    for run_id, kind in ((evil, "this:s"), (unknown, "evil"), (path_kind, "os.system")):
+        rec = registry.get(run_id)
+        assert rec.status == "failed"
+        assert rec.error.startswith(f"unknown job kind {kind!r}; registered kinds: ") and "sleep" in rec.error
+        assert "nothing was imported" in rec.error and "\n" not in rec.error
+        log = rec.log_path.read_text()
+        assert ZEN not in log and "Traceback" not in log
+        assert (rec.run_dir / "FAILED").read_text().startswith("unknown job kind")
+    rec = registry.get(known)
+    assert rec.status == "succeeded" and rec.metrics["steps"] == 10
+    assert ZEN not in rec.log_path.read_text()
+
+
+def test_hostile_row_in_process_imports_nothing(registry):
+    """The same path inside this process (as a Ray task runs it): ``this`` is never imported."""
+    from pitune_core.runs.worker import execute_run
+
+    assert "this" not in sys.modules
+    run_id = _hostile(registry, "evil", "this:s")
+    assert execute_run(registry.db_path, run_id, claim=True) == "failed"
+    assert "this" not in sys.modules
+    assert "unknown job kind 'evil'" in registry.get(run_id).error
+
+
+def test_the_allow_list_comes_from_the_scheduler_command_line(registry):
+    """A scheduler started without the test module runs none of its kinds, although the rows name
+    them: workers learn kinds from their starter's command line, not from the database."""
+    run_id = registry.submit("noop", {})
+    cmd = [sys.executable, "-m", "pitune_core.runs.executor", "--db", str(registry.db_path), "--idle-timeout", "0.5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    rec = registry.get(run_id)
+    assert rec.status == "failed" and rec.error.startswith("unknown job kind 'noop'; registered kinds: ")
+    assert "transfer" in rec.error  # the defaults (pitune_core.jobs) are known
+    bad = subprocess.run([*cmd, "--jobs-module", "../evil"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: not a module name: '../evil'"
+
+
+def test_paths_stored_in_a_row_are_never_used(registry, tmp_path):
+    """A row's run_dir / log_path from elsewhere cannot point a job, a log or a resume outside the
+    registry: paths are derived from the (validated) run id; a run directory that is a symlink is refused."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    moved = registry.submit("noop", {})
+    linked = registry.submit("noop", {})
+    with registry._write() as conn:
+        conn.execute("UPDATE runs SET run_dir = ?, log_path = ? WHERE id = ?",
+                     (str(victim), str(victim / "precious.txt"), moved))
+    rec = registry.get(moved)
+    assert rec.run_dir == registry.runs_root / moved and rec.log_path == rec.run_dir / "log.txt"
+    import shutil
+
+    shutil.rmtree(registry.runs_root / linked)
+    (registry.runs_root / linked).symlink_to(victim, target_is_directory=True)
+    run_until_idle(registry, max_parallel=1, timeout=TIMEOUT, poll_interval=0.05)
+    assert registry.get(moved).status == "succeeded"
+    rec = registry.get(linked)
+    assert rec.status == "failed" and "not a plain directory" in rec.error
+    with pytest.raises(ValueError, match="not a plain directory"):
+        registry.resume(linked)
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]  # nothing written, moved or logged there
+    assert (victim / "precious.txt").read_text() == "keep me"

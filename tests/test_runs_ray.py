@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 
+import jobkinds  # noqa: F401  (registers the test-only kinds; Ray tasks get its name as an argument)
 import pytest
 
 from pitune_core.runs.executor import run_until_idle
@@ -113,8 +114,24 @@ def test_ray_resume_of_a_failed_run(executor):
     executor.resume(run_id)
     rec = executor.wait([run_id], timeout=TIMEOUT)[run_id]
     assert rec.status == "failed" and rec.attempt == 2
-    assert (rec.run_dir / "error.attempt-1.txt").exists()
+    assert (rec.run_dir / "attempt-1" / "error.txt").read_text().startswith("Traceback")
+    assert (rec.run_dir / "FAILED").exists() and (rec.run_dir / "attempt-1" / "FAILED").exists()
     assert reg.get(run_id).executor == "ray"
+
+
+def test_ray_hostile_row_imports_nothing(executor):
+    """A Ray task resolves the kind from the modules its driver named, never from the row."""
+    reg = executor.registry
+    run_id = reg.submit("noop", {}, executor="ray")
+    with reg._write() as conn:
+        conn.execute("UPDATE runs SET kind = 'evil', target = 'this:s' WHERE id = ?", (run_id,))
+    executor.launch(run_id)
+    rec = executor.wait([run_id], timeout=TIMEOUT)[run_id]
+    assert rec.status == "failed" and rec.error.startswith("unknown job kind 'evil'")
+    assert "Beautiful is better than ugly" not in rec.log_path.read_text()
+    from pitune_core.runs.jobs import worker_job_modules
+
+    assert worker_job_modules()[:2] == ["pitune_core.jobs", "jobkinds"]  # what the task was told to import
 
 
 def test_missing_ray_gives_install_hint(monkeypatch, tmp_path):

@@ -10,10 +10,11 @@ import sys
 import textwrap
 import time
 
+import jobkinds  # registers the test-only kinds: noop, sleep, fail, toy-train
 import pytest
 
 from pitune_core.cli import runs as cli
-from pitune_core.runs.jobs import register_job, unregister_job
+from pitune_core.runs.jobs import UnknownJobKindError, job_kinds, register_job, unregister_job
 from pitune_core.runs.registry import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -54,21 +55,70 @@ def test_submit_creates_queued_run_and_directory(registry):
     assert json.loads((rec.run_dir / "config.json").read_text()) == {"steps": 2, "b": [1, 2]}
     assert rec.log_path == rec.run_dir / "log.txt" and rec.log_path.exists()
     assert rec.config == {"steps": 2, "b": [1, 2]} and rec.resources == {"num_cpus": 1}
-    assert rec.target == "pitune_core.runs.jobs:sleep_job"
+    # only the kind is stored: no import path a worker could be made to import
+    assert registry._conn().execute("SELECT target FROM runs WHERE id = ?", (run_id,)).fetchone()[0] is None
     assert rec.created_at <= time.time() and rec.started_at is None
 
 
 def test_unknown_kind_and_registered_kind(registry):
-    with pytest.raises(ValueError, match="unknown job kind"):
+    with pytest.raises(UnknownJobKindError, match="unknown job kind 'no-such-kind'; registered kinds: .*sleep"):
         registry.submit("no-such-kind", {})
-    register_job("transfer-test", "some.module:run_it")
+    register_job("sleep-again", jobkinds.sleep_job)
     try:
-        run_id = registry.submit("transfer-test", {})
-        assert registry.get(run_id).target == "some.module:run_it"  # stored: workers need no registration
+        run_id = registry.submit("sleep-again", {})
+        assert registry.get(run_id).kind == "sleep-again"
+        assert job_kinds()["sleep-again"] == "jobkinds:sleep_job"
     finally:
-        unregister_job("transfer-test")
-    with pytest.raises(ValueError):
-        registry.submit("x", {}, target="not a target")
+        unregister_job("sleep-again")
+    with pytest.raises(UnknownJobKindError):
+        registry.submit("sleep-again", {})
+    assert [r.id for r in registry.list()] == [run_id]  # the refused submit left nothing behind
+
+
+def test_only_module_level_functions_can_be_registered():
+    def local_job(config, ctx):
+        return {}
+
+    with pytest.raises(TypeError, match="not an import path|workers never import"):
+        register_job("by-path", "os:system")
+    with pytest.raises(ValueError, match="module level"):
+        register_job("local", local_job)
+    with pytest.raises(ValueError, match="module level"):
+        register_job("lambda", lambda config, ctx: {})
+    with pytest.raises(ValueError, match="job kind must be"):
+        register_job("../x", jobkinds.noop_job)
+    assert not {"by-path", "local", "lambda", "../x"} & set(job_kinds())
+
+
+def test_the_real_kinds_are_known_and_validate_before_queueing(registry):
+    """Kinds of pitune_core.jobs are always known; a bad config is refused before anything is queued."""
+    from pitune_core.runs.jobs import get_job
+
+    assert get_job("transfer").fn.__module__ == "pitune_core.jobs"  # loaded on first use, by name, from code
+    assert {"transfer", "train-expert", "transfer-pair"} <= set(job_kinds())
+    bad = [
+        ({"target": "no_such_task"}, "unknown task 'no_such_task'"),
+        ({"target": "<img src=x>"}, "not a task identifier"),
+        ({"target": "rt_polarity", "k": "3"}, "k must be a whole number"),
+        ({"target": "rt_polarity", "k": 0}, "k must be at least 1"),
+        ({"target": "rt_polarity", "shots": "abc"}, "shots must be a whole number"),
+        ({"target": "rt_polarity", "weights": "1,2"}, "got 2 weights for 3 sources"),
+        ({"target": "rt_polarity", "sources": "a,a"}, "more than once"),
+        ({"target": "rt_polarity", "sources": ["rt_polarity"]}, "own sources"),
+        ({"target": "rt_polarity", "method": "dora"}, "unknown expert type"),
+        ({"target": "rt_polarity", "embedding": "x"}, "unknown embedding"),
+        ({"target": "rt_polarity", "study": "/no/such/study"}, "not a directory"),
+    ]
+    for config, message in bad:
+        with pytest.raises(ValueError, match=message):
+            registry.submit("transfer", config)
+    with pytest.raises(ValueError, match="unknown task"):
+        registry.submit("train-expert", {"task": "nope"})
+    with pytest.raises(ValueError, match="steps must be"):
+        registry.submit("transfer-pair", {"target": "rt_polarity", "shots": 2, "steps": 0, "seed": 0})
+    assert registry.list() == [] and list(registry.runs_root.iterdir()) == []  # nothing queued, no directory
+    ok = registry.submit("transfer", {"target": "rt_polarity", "k": 2, "weights": "0.5,0.5", "shots": 4})
+    assert registry.get(ok).status == "queued"
 
 
 def test_list_filters_and_order(registry):
@@ -150,9 +200,13 @@ def test_recover_interrupted_and_resume(registry):
     assert again.id == orphan and again.attempt == 2
 
     registry.finish(orphan, "failed", error="boom", details="tb")
-    registry.resume(orphan)  # failed runs can be resumed too; the old error is kept aside
-    assert not (registry.get(orphan).run_dir / "FAILED").exists()
-    assert (registry.get(orphan).run_dir / "error.attempt-2.txt").read_text().startswith("tb")
+    run_dir = registry.get(orphan).run_dir
+    (run_dir / "expert").mkdir()  # something the job wrote before it failed
+    registry.resume(orphan)  # failed runs can be resumed too; the old attempt is moved aside whole
+    assert sorted(p.name for p in run_dir.iterdir()) == ["attempt-1", "attempt-2", "config.json", "log.txt"]
+    assert sorted(p.name for p in (run_dir / "attempt-2").iterdir()) == ["FAILED", "error.txt", "expert"]
+    assert (run_dir / "attempt-2" / "error.txt").read_text().startswith("tb")
+    assert (run_dir / "attempt-1" / "INTERRUPTED").read_text().startswith("interrupted: worker process")
     with pytest.raises(ValueError, match="only"):
         registry.resume(queued)
 
@@ -237,7 +291,7 @@ def test_old_schema_is_migrated(tmp_path):
     assert (old.name, old.config, old.executor, old.priority, old.resources, old.attempt) == (
         "old", {"steps": 1}, "local", 0, {}, 0,
     )
-    assert old.target is None  # resolved from the kind by the worker
+    assert "target" not in old.to_dict()  # the old column stays in the schema but is never read
     assert reg.claim_next().id == old.id  # the new claim index/columns work on old rows
     assert RunRegistry(db).schema_version == SCHEMA_VERSION  # reopening is a no-op
 
@@ -257,6 +311,7 @@ def test_newer_schema_is_refused(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import os, sys, time
+    import jobkinds  # the test kinds (this folder is on PYTHONPATH once the test imported it)
     from pitune_core.runs.registry import RunRegistry
     reg = RunRegistry(sys.argv[1])
     while not os.path.exists(sys.argv[2]):   # start line: all writers go together
@@ -355,3 +410,133 @@ def test_cli_module_entry_point_and_light_imports(registry):
         "heavy = {'torch', 'ray', 'numpy'} & set(sys.modules); assert not heavy, heavy"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_cli_refuses_bad_submissions_with_one_line(registry):
+    db = str(registry.db_path)
+    cases = [
+        (("submit", "no-such-kind"), "unknown job kind 'no-such-kind'"),
+        (("submit", "sleep", "--config", "{not json"), "--config is not valid JSON"),
+        (("submit", "sleep", "--config", "[1, 2]"), "must be a JSON object"),
+        (("submit", "sleep", "--config", "@/no/such/file.json"), "cannot read the config file"),
+        (("submit", "sleep", "--config", '{"steps": "many"}'), "steps must be a whole number"),
+        (("submit", "transfer", "--config", '{"target": "../../etc"}'), "not a task identifier"),
+        (("submit", "transfer", "--config", '{"target": "rt_polarity", "shots": "abc"}'), "shots must be"),
+    ]
+    for argv, message in cases:
+        code, out, err = _cli("--db", db, *argv, "--no-scheduler")
+        assert code == 1 and message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert registry.list() == []  # nothing was queued
+    for cmd in ("show", "cancel", "logs", "resume"):
+        code, _, err = _cli("--db", db, cmd, "x; DROP TABLE runs")
+        assert code == 2 and err.startswith("error: invalid run id") and len(err.strip().splitlines()) == 1
+
+
+def test_default_db_has_one_owner(monkeypatch, tmp_path):
+    from pitune_core.paths import default_runs_db
+    from pitune_core.runs.registry import default_db_path
+
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "elsewhere.sqlite"))
+    assert default_db_path() == default_runs_db() == tmp_path / "elsewhere.sqlite"
+    monkeypatch.chdir(tmp_path)
+    reg = RunRegistry()
+    assert reg.db_path == tmp_path / "elsewhere.sqlite"
+    run_id = reg.submit("noop", {})
+    code, out, _ = _cli("list", "--json")  # the CLI's default follows it too
+    assert code == 0 and [r["id"] for r in json.loads(out)] == [run_id]
+    assert not (tmp_path / "runs" / "registry.sqlite").exists()
+    monkeypatch.delenv("PITUNE_RUNS_DB")
+    assert default_db_path() == default_runs_db()
+
+
+def test_outcome_files_agree_with_the_database(registry):
+    queued, running, stopped = (registry.submit("sleep", {}) for _ in range(3))
+    registry.request_cancel(queued)
+    d = registry.get(queued).run_dir
+    assert sorted(p.name for p in d.iterdir()) == ["CANCELLED", "config.json", "log.txt"]
+    assert (d / "CANCELLED").read_text().startswith("cancelled while queued")
+
+    # a job that marked itself INTERRUPTED when its cancel arrived (as run_transfer does): the
+    # registry's final word replaces it, and no FAILED / traceback appears
+    registry.claim(running)
+    registry.request_cancel(running)
+    d = registry.get(running).run_dir
+    (d / "INTERRUPTED").write_text("RunCancelled: run was cancelled\n")
+    assert registry.finish(running, "cancelled", error="run was cancelled")
+    assert sorted(p.name for p in d.iterdir()) == ["CANCELLED", "config.json", "log.txt"]
+
+    registry.claim(stopped)
+    registry.finish(stopped, "interrupted", error="interrupted: worker received signal 15")
+    d = registry.get(stopped).run_dir
+    assert (d / "INTERRUPTED").read_text() == "interrupted: worker received signal 15\n"
+    assert not (d / "FAILED").exists() and not (d / "error.txt").exists()
+
+
+# --------------------------------------------------------- read-only file system
+
+
+def _read_only(ro_dir, argv, env=None):
+    """Run ``argv`` with ``ro_dir`` bind-mounted read-only (a real EROFS) in a private mount namespace."""
+    import os
+    import shutil
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1) for a read-only mount")
+    prefix = [unshare, "-m"] if os.geteuid() == 0 else [unshare, "-r", "-m"]
+    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    probe = subprocess.run([*prefix, "sh", "-c", script + ' && exit 1', str(ro_dir), "touch", str(ro_dir / "probe")],
+                           capture_output=True, timeout=60)
+    if probe.returncode == 0 or (ro_dir / "probe").exists() or b"Read-only" not in probe.stderr:
+        pytest.skip("cannot make a read-only bind mount here (no mount namespaces)")
+    return subprocess.run([*prefix, "sh", "-c", script, str(ro_dir), *argv], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_every_runs_command_on_a_read_only_registry_says_one_line(tmp_path):
+    ro = tmp_path / "ro"
+    reg = RunRegistry(ro / "registry.sqlite")
+    run_id = reg.submit("sleep", {})
+    reg.close()
+    before = sorted(p.relative_to(ro) for p in ro.rglob("*"))
+    commands = [["list"], ["list", "--json"], ["show", run_id], ["logs", run_id], ["cancel", run_id],
+                ["resume", run_id], ["recover"], ["submit", "sleep", "--no-scheduler"],
+                ["submit", "transfer", "--config", '{"target": "rt_polarity"}', "--no-scheduler"]]
+    for argv in commands:
+        res = _read_only(ro, [sys.executable, "-m", "pitune_core", "runs", "--db", str(ro / "registry.sqlite"),
+                              *argv])
+        assert res.returncode == 2, (argv, res.stdout, res.stderr)
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, (argv, res.stderr)
+        assert "read-only file system" in res.stderr and "writable location" in res.stderr, res.stderr
+    # a registry that does not exist yet on a read-only file system: list says so, submit cannot create it
+    res = _read_only(ro, [sys.executable, "-m", "pitune_core", "runs", "--db", str(ro / "new" / "r.sqlite"), "list"])
+    assert res.returncode == 0 and "no run registry" in res.stdout
+    res = _read_only(ro, [sys.executable, "-m", "pitune_core", "runs", "--db", str(ro / "new" / "r.sqlite"),
+                          "submit", "sleep"])
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Read-only file system" in res.stderr
+    assert sorted(p.relative_to(ro) for p in ro.rglob("*")) == before  # nothing written, nothing lost
+    assert RunRegistry(ro / "registry.sqlite").get(run_id).status == "queued"
+
+
+def test_transfer_submit_with_a_read_only_home_or_registry_says_one_line(tmp_path):
+    """`pitune transfer --submit` with a read-only HOME (so the default cache) or registry: one line, exit 2."""
+    import os
+
+    from pitune_core.paths import cache_dir
+
+    ro = tmp_path / "ro"
+    (ro / "home").mkdir(parents=True)
+    (ro / "db").mkdir()
+    argv = [sys.executable, "-m", "pitune_core", "transfer", "rt_polarity", "--submit",
+            "--db", str(ro / "db" / "registry.sqlite")]
+    base = {k: v for k, v in os.environ.items() if k != "PITUNE_CACHE"}
+    # 1. read-only HOME: the default cache (~/.cache/pitune) cannot be created
+    res = _read_only(ro, argv, env={**base, "HOME": str(ro / "home")})
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "read-only" in res.stderr.lower()
+    # 2. a writable cache, but the registry is on the read-only file system
+    res = _read_only(ro, argv, env={**base, "HOME": str(ro / "home"), "PITUNE_CACHE": str(cache_dir())})
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "cannot open the run registry" in res.stderr and "read-only file system" in res.stderr.lower()
+    assert sorted(ro.rglob("*")) == sorted([ro / "home", ro / "db"])  # nothing written

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_expert_type
-from pitune_core.common import parse_shots
+from pitune_core.common import shots_arg
 
 
 def _backbone(args):
@@ -24,12 +24,16 @@ def _print_json(obj) -> None:
 
 
 def cmd_tasks(args) -> int:
+    from pitune_core.data.dedup import in_suite, removed_counts
     from pitune_core.data.tasks import list_tasks
 
     rows = []
-    specs = list_tasks(args.modality)
+    specs = list_tasks(args.modality, include_user=True)  # user tasks last; their source says "user task"
     for spec in specs:
         info = spec.info()
+        removed = removed_counts(spec.name) if in_suite(spec) else None
+        if removed is not None:
+            info["duplicates_removed"] = removed["val"] + removed["test"]
         if not args.no_load:
             data = spec.load()
             info.update(num_train=len(data.train), num_val=len(data.val), num_test=len(data.test))
@@ -37,10 +41,12 @@ def cmd_tasks(args) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    print(f"{'task':24s} {'modality':16s} {'classes':>7s} {'train':>6s} {'test':>6s}  source")
+    print(f"{'task':24s} {'modality':16s} {'classes':>7s} {'train':>6s} {'test':>6s} {'dups':>5s}  source")
     for r in rows:
         print(f"{r['name']:24s} {r['modality']:16s} {r['num_classes']:7d} {r.get('num_train', '-'):>6} "
-              f"{r.get('num_test', '-'):>6}  {r['source']}")
+              f"{r.get('num_test', '-'):>6} {r.get('duplicates_removed', '-'):>5}  {r['source']}")
+    print("\ndups: val+test examples removed because they are in another task's training split "
+          "(pitune_core/data/dedup.py)")
     print(f"\n{len(rows)} tasks: " + ", ".join(
         f"{sum(r['modality'] == m for r in rows)} {m}" for m in ("language", "vision", "vision-language")))
     return 0
@@ -116,7 +122,8 @@ def register(sub, add) -> None:
 
     sp = add("align", cmd_align, "train the backbone's projector (alignment pre-training)", backbone=False)
     sp.add_argument("--out", default="precomputed/backbone")
-    sp.add_argument("--tasks", nargs="*", help="image tasks whose training splits to align on (default: pitune_core.model.align.ALIGN_TASKS)")
+    sp.add_argument("--tasks", nargs="*", help="align on these image tasks' training splits instead of the default clip-art corpus "
+                    "(openclipart-png, disjoint from every task); those tasks are then no zero-shot targets")
     sp.add_argument("--epochs", type=int, default=6)
     sp.add_argument("--pairs-per-task", type=int, default=400)
     sp.add_argument("--seed", type=int, default=0)
@@ -125,7 +132,7 @@ def register(sub, add) -> None:
     sp = add("train-expert", cmd_train_expert, "train one expert on a task", backbone=True)
     sp.add_argument("task")
     add_expert_type(sp)
-    sp.add_argument("--shots", type=parse_shots, help="examples per class (default: all training data)")
+    sp.add_argument("--shots", type=shots_arg, help="examples per class (default: all training data)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", help="expert directory (default: experts/METHOD/TASK)")
     sp.add_argument("--epochs", type=float, default=3.0)

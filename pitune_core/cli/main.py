@@ -11,11 +11,12 @@ import os
 import sys
 
 from pitune_core import __version__
-from pitune_core.cli import dashboard, foundation, predict, runs, study, transfer
+from pitune_core.cli import dashboard, foundation, groundtruth, hub, predict, protocol, runs, study, task, transfer
 
 #: every command group, in ``pitune --help`` order; each module owns its commands' arguments
-REGISTRARS = (foundation.register, predict.register, transfer.register, study.register, study.register_report,
-              runs.register, dashboard.register)
+REGISTRARS = (foundation.register, task.register, predict.register, transfer.register, study.register,
+              study.register_report, protocol.register, groundtruth.register, runs.register, dashboard.register,
+              hub.register)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
 
@@ -42,17 +43,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every error a user can meet is one line on stderr (exit 2), never a traceback.
+
+    ``--debug`` (anywhere on the command line) or ``PITUNE_DEBUG=1`` re-raises instead, so the
+    traceback shows.
+    """
+    import errno
+    import json
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or bool(os.environ.get("PITUNE_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    args = parser.parse_args(argv)
+
+    def fail(msg: str, code: int = 2) -> int:
+        print(f"pitune: error: {msg}", file=sys.stderr)
+        return code
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("pitune: interrupted", file=sys.stderr)
         return 130
-    except USER_ERRORS as e:
-        if os.environ.get("PITUNE_DEBUG"):
+    except OSError as e:  # read-only, no space, missing, permission: what, where, what to do
+        if debug:
             raise
-        print(f"pitune: error: {e}", file=sys.stderr)
-        return 2
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        if e.errno is None or not e.strerror:
+            return fail(f"{e}")  # an OSError raised with a written message: it says it all
+        todo = {errno.ENOSPC: "free some space there (or point PITUNE_CACHE / --out / --db at another disk) and "
+                              "run the command again; nothing half-written was kept",
+                errno.EDQUOT: "free some space there (or point PITUNE_CACHE / --out / --db elsewhere) and run again",
+                errno.EROFS: "that file system is read-only: point PITUNE_CACHE / --out / --db / --study at a "
+                             "writable location",
+                errno.EACCES: "check its permissions, or point PITUNE_CACHE / --out / --db at a location you may "
+                              "write",
+                errno.EPERM: "check its permissions, or choose another location",
+                errno.ENOENT: "check the path (see `pitune --help` for the defaults)",
+                errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+                errno.EISDIR: "it is a folder where a file was expected: check the path"}
+        hint = todo.get(e.errno, "check the path and try again")
+        return fail(f"{e.strerror}:{where}. {hint[0].upper()}{hint[1:]}.")
+    except json.JSONDecodeError as e:  # a malformed JSON file that a reader did not name
+        if debug:
+            raise
+        return fail(f"a JSON file is malformed ({e}); run with --debug to see which, then restore or rebuild it")
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        return fail(str(e).strip())
+    except Exception as e:  # an unexpected failure: still no traceback without --debug
+        if debug:
+            raise
+        return fail(f"unexpected {type(e).__name__}: {e}. Rerun with --debug for the traceback and report it.", 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

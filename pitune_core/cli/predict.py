@@ -87,9 +87,16 @@ def cmd_graph(args) -> int:
 
 
 def cmd_top_k(args) -> int:
+    from pitune_core.common import check_task_name
     from pitune_core.predict.similarity import read_similarity_csv, top_k
+    from pitune_core.study.verify import require_verified
 
+    check_task_name(args.target, "target")
+    require_verified(study_of(args), "top-k")  # a study that fails its manifest check is refused
     names, S = read_similarity_csv(_out(args) / SIMILARITY_FILE)
+    from pitune_core.study.place import merge_similarity  # user tasks placed with `pitune task place`
+
+    names, S = merge_similarity(study_of(args), args.expert_type, args.embedding, names, S, only={args.target})
     for n, s in top_k(S, names, args.target, args.k):
         print(f"{n}\t{s:.4f}")
     return 0

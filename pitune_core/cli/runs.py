@@ -11,12 +11,21 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import sqlite3
 import sys
 from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
-from pitune_core.runs.registry import STATUSES, RunNotFoundError, RunRecord, RunRegistry, default_db_path, is_valid_run_id
+from pitune_core.runs.registry import (
+    STATUSES,
+    RegistryUnavailableError,
+    RunNotFoundError,
+    RunRecord,
+    RunRegistry,
+    default_db_path,
+    is_valid_run_id,
+)
 
 __all__ = ["add_runs_commands", "configure_parser", "handle", "main"]
 
@@ -59,7 +68,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("run_id")
     p.add_argument("--no-scheduler", action="store_true", help="do not start a background scheduler")
 
-    p = sub.add_parser("submit", parents=[common], help="queue a run of a registered job kind")
+    p = sub.add_parser("submit", parents=[common], help="queue a run of a registered job kind",
+                       description="Queue a run of a registered job kind (transfer, train-expert, transfer-pair); "
+                                   "its config is checked before it is queued.")
     p.add_argument("kind")
     p.add_argument("--config", default="{}", help="JSON object, or @path/to/config.json")
     p.add_argument("--name", default=None)
@@ -72,6 +83,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     p = sub.add_parser("scheduler", parents=[common], help="run the local scheduler in the foreground")
     p.add_argument("--max-parallel", type=int, default=None, help="concurrent workers (default: half the CPUs)")
     p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many idle seconds (default: never)")
+    p.add_argument("--jobs-module", action="append", default=[], metavar="MODULE",
+                   help="also run the kinds this trusted module registers when imported (repeatable; "
+                        "pitune_core.jobs is always included)")
 
     sub.add_parser("recover", parents=[common], help="mark running runs whose worker died as interrupted")
 
@@ -146,11 +160,19 @@ def _tail(path: Path, n: int | None) -> list[str]:
 
 
 def _load_config(text: str) -> dict:
+    where = "--config"
     if text.startswith("@"):
-        text = Path(text[1:]).read_text(encoding="utf-8")
-    value = json.loads(text)
+        where = text[1:]
+        try:
+            text = Path(where).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the config file {where}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{where} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
-        raise ValueError("--config must be a JSON object")
+        raise ValueError(f"{where} must be a JSON object, e.g. '{{\"target\": \"rt_polarity\"}}'")
     return value
 
 
@@ -231,7 +253,7 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
         if cmd == "scheduler":
             from pitune_core.runs.executor import serve
 
-            return serve(db, args.max_parallel, idle_timeout=args.idle_timeout)
+            return serve(db, args.max_parallel, idle_timeout=args.idle_timeout, job_modules=args.jobs_module)
         if cmd == "recover":
             recovered = registry.recover_interrupted()
             for rec in recovered:
@@ -241,9 +263,14 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
     except RunNotFoundError as exc:
         print(f"error: {exc}", file=err)
         return 1
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=err)
+    except ValueError as exc:
+        print(f"error: {_clean(exc)}", file=err)
         return 1
+    except (RegistryUnavailableError, RuntimeError, OSError, sqlite3.Error, ImportError) as exc:
+        # read-only file system, permissions, full disk, a damaged database: one line, no traceback
+        what = str(exc) if isinstance(exc, RegistryUnavailableError) else f"{type(exc).__name__}: {exc}"
+        print(f"error: {_clean(what)}", file=err)
+        return 2
     print(f"error: unknown runs command {cmd!r}", file=err)
     return 2
 

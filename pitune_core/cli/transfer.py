@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from datetime import datetime
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import StepBar, parse_int_list, parse_shots, parse_shots_list, progress
+from pitune_core.common import (StepBar, check_task_name, parse_int_list, parse_shots, parse_shots_list,
+                                 parse_sources, progress)
+from pitune_core.study.verify import require_verified
+from pitune_core.tune.weights import parse_weights
 from pitune_core.paths import RESULTS_FILE, StudyPaths, runs_root
 
 
@@ -18,10 +20,16 @@ def cmd_transfer(args) -> int:
     from pitune_core.tune.run import prepare_transfer, run_transfer
 
     study = study_of(args)
-    config = {"target": args.target, "k": args.k, "method": args.expert_type, "shots": parse_shots(args.shots),
-              "weights": args.weights, "sources": args.sources, "seed": args.seed, "study": str(study),
+    check_task_name(args.target, "target")
+    named = parse_sources(args.sources, args.k)  # identifiers, no duplicates, k matches when given
+    k = args.k if args.k is not None else (len(named) if named else 3)  # --sources a,b means k=2
+    parse_weights(args.weights, k)  # readable error before the study is even opened
+    require_verified(study, "transfer")  # a study that fails its manifest check is refused
+    config = {"target": args.target, "k": k, "method": args.expert_type, "shots": parse_shots(args.shots),
+              "weights": args.weights, "sources": named, "seed": args.seed, "study": str(study),
               "weights_only": args.weights_only, "embedding": args.embedding}
     sources = load_sources(study, args.expert_type, args.embedding)
+    _check_listed(named, sources, args.expert_type, args.embedding)
     cfg = prepare_transfer(config, sources)  # every error surfaces here, before training or any directory
     if args.submit:
         from pitune_core.runs.executor import ensure_scheduler
@@ -34,7 +42,7 @@ def cmd_transfer(args) -> int:
         ensure_scheduler(db)
         print(run_id)
         return 0
-    out = Path(args.out or runs_root() / "transfer" / f"{args.target}-{datetime.now():%Y%m%d-%H%M%S}")
+    out = _fresh_run_dir(args.out, args.target)
     print(f"sources: {', '.join(f'{n} ({s:.3f})' for n, s in zip(cfg['sources'], cfg['similarities']))}", file=sys.stderr)
     bar = StepBar(f"π-tuning {args.target}")
     res = run_transfer(config, sources, out, on_step=bar)
@@ -44,10 +52,53 @@ def cmd_transfer(args) -> int:
     return 0
 
 
+def _fresh_run_dir(out: str | None, target: str) -> Path:
+    """The directory this run writes, holding no earlier attempt: a default one is new (a suffix if the
+    second is taken); an earlier run's files in ``--out`` are first moved into ``attempt-<n>/`` (said
+    on stderr), so a new config.json or FAILED never sits beside an old metrics.json or expert/."""
+    import re
+
+    from pitune_core.runs.registry import set_aside
+
+    if out is None:
+        base = runs_root() / "transfer" / f"{target}-{datetime.now():%Y%m%d-%H%M%S}"
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        return path
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; give a directory")
+    if path.is_dir():
+        taken = [int(m.group(1)) for p in path.iterdir() if (m := re.fullmatch(r"attempt-([0-9]+)", p.name))]
+        try:
+            moved = set_aside(path, f"attempt-{max(taken, default=0) + 1}")
+        except OSError as e:
+            raise ValueError(f"--out {path} holds an earlier run that cannot be moved aside ({e.strerror}); "
+                             f"give another --out") from None
+        if moved is not None:
+            print(f"{path} held an earlier run: moved its files to {moved}", file=sys.stderr)
+    return path
+
+
+def _check_listed(named, sources, expert_type: str, embedding: str) -> None:
+    """Named sources must have an expert AND a predicted similarity (readable, not ``list.index``)."""
+    for n in named or []:
+        if n not in sources.expert_dirs:
+            raise ValueError(f"no {expert_type} expert for source {n!r} in this study; available: "
+                             f"{', '.join(sorted(sources.expert_dirs))}")
+        if n not in sources.names:
+            raise ValueError(f"source {n!r} has an expert but no {embedding} similarity in this study "
+                             f"(it is not listed in similarity.csv); rebuild the predictions with "
+                             f"`pitune precompute` or choose another source")
+
+
 def cmd_compare(args) -> int:
     from pitune_core.model.backbone import UnifiedBackbone
     from pitune_core.study.sources import load_sources
-    from pitune_core.tune.baselines import BASELINES, RESULT_FIELDS, result_row, run_method
+    from pitune_core.study.results import result_row, write_results
+    from pitune_core.tune.baselines import BASELINES, run_method
 
     approaches = args.approaches or list(BASELINES)
     unknown = [a for a in approaches if a not in BASELINES]
@@ -55,7 +106,9 @@ def cmd_compare(args) -> int:
         raise ValueError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     shots = parse_shots_list(args.shots)
     seeds = parse_int_list(args.seeds, "seeds")
+    check_task_name(args.target, "target")
     study = study_of(args)
+    require_verified(study, "compare")  # a study that fails its manifest check is refused
     sources = load_sources(study, args.expert_type)
     sources.top_k(args.target, args.k)  # validates target and k before anything runs
     bb = UnifiedBackbone.load(StudyPaths(study).backbone)
@@ -66,10 +119,7 @@ def cmd_compare(args) -> int:
     for a, s, seed in progress(jobs, desc=f"compare on {args.target}"):
         r = run_method(a, args.target, sources, bb, args.expert_type, k=args.k, shots=s, seed=seed)
         rows.append(result_row(r))
-        with open(out / RESULTS_FILE, "w", newline="") as f:  # rewritten after each run: never lost
-            w = csv.DictWriter(f, fieldnames=list(RESULT_FIELDS))
-            w.writeheader()
-            w.writerows(rows)
+        write_results(out / RESULTS_FILE, rows)  # rewritten after each run: never lost
     print(f"results written to {out / 'results.csv'}", file=sys.stderr)
     for r in rows:
         print(f"{r['approach']:24s} shots={r['shots']!s:5s} seed={r['seed']} accuracy={r['accuracy']:.4f}")
@@ -79,7 +129,8 @@ def cmd_compare(args) -> int:
 def register(sub, add) -> None:
     sp = add("transfer", cmd_transfer, "π-Tuning: interpolate the top-k experts and tune on a target")
     sp.add_argument("target")
-    sp.add_argument("--k", type=int, default=3)
+    sp.add_argument("--k", type=int, default=None,
+                    help="number of sources (default: the number named with --sources, else 3)")
     add_expert_type(sp)
     sp.add_argument("--shots", default="16", help="examples per class, or 'full'")
     sp.add_argument("--weights", default="uniform", help="uniform, auto (from similarities) or w1,w2,... (fixed)")

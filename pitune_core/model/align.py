@@ -3,14 +3,24 @@
 Both encoders stay frozen; the projector learns to place EfficientNet feature cells where the
 MiniLM trunk reads them like words. Objective: contrastive (InfoNCE) between the pooled embedding
 of an image's visual tokens and the trunk's embedding of its text, against the other texts of the
-batch. Pairs come only from the *training* splits of image tasks (class verbalisations for vision
-tasks, true captions for vision-language tasks), never from validation or test data.
+batch.
+
+Alignment must never see an evaluation target, or zero-shot and transfer on that target are not
+what they claim. The default corpus is therefore disjoint from every task of the suite: public
+domain clip art from Debian's ``openclipart-png`` (:data:`OPENCLIPART`), each image paired with a
+caption made from its category directory ("a clip art picture of an animal"). Images that are
+exact or near duplicates (same 64-bit difference hash up to :data:`NEAR_DUP_BITS` bits) of any
+image in any suite task are dropped from the corpus; :func:`check_disjoint` proves, for a list of
+targets, that no alignment image shares a content hash or a near-duplicate hash with their
+evaluation splits. The shipped projector (``precomputed/backbone``) predates this rule: it was
+aligned on the training splits of :data:`ALIGN_TASKS` (``corpus="tasks"`` reproduces it), three of
+which are targets of the shipped comparison.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,23 +32,197 @@ from pitune_core.model.backbone import Inputs, UnifiedBackbone, VisionConfig, sa
 from pitune_core.model.device import default_device, seed_everything
 from pitune_core.model.experts import evaluate, prepare_task
 from pitune_core.common import progress
+from pitune_core.data.sources import Source
 from pitune_core.data.tasks import TaskSpec, get_task, list_tasks
 
 
-# Image tasks whose *training* splits the projector is aligned on. The digit, face and texture tasks
-# are held out entirely, so their zero-shot scores measure real zero-shot transfer of the alignment.
+# LEGACY (the shipped projector): image tasks whose *training* splits it was aligned on. Any of
+# them evaluated as a target is not zero-shot; new projectors use the clip-art corpus instead.
 ALIGN_TASKS = ("fashion_mnist", "emoji_group", "tux_category", "tux_caption_match", "tux_category_question",
                "emoji_name_match", "flag_country_match")
 
 
+#: the default alignment corpus: Debian's public-domain clip art (pinned like every data source)
+OPENCLIPART = Source("openclipart-png", "1:0.18+dfsg-19", "deb", "openclipart-png_1:0.18+dfsg-19_all.deb",
+                     "f07f1545a2970c2cf3fa339bc2405da1a95cf2b1827bfa05bf73eb1c20291c02", 130.9, "public domain")
+#: category directories used, and the phrase of their captions ("a clip art picture of ...");
+#: the mixed bags (shapes, special, unsorted, logos, buttons, ...) are left out
+CLIPART_CATEGORIES = {
+    "animals": "an animal", "buildings": "a building", "computer": "a computer or network device",
+    "education": "books and school things", "electronics": "an electronic component", "food": "food",
+    "geography": "a map", "office": "an office object", "people": "people", "plants": "a plant",
+    "recreation": "a leisure activity", "signs_and_symbols": "a sign or symbol", "tools": "a tool",
+    "transportation": "a vehicle or transport",
+}
+CLIPART_SIZE = 96
+CLIPART_PER_CATEGORY = 400  # images decoded per category (a seeded sample of the sorted file list)
+CLIPART_MAX_PIXELS = 4096 * 4096
+NEAR_DUP_BITS = 4  # difference hashes this close (of 64 bits) count as the same picture
+CORPORA = ("openclipart", "tasks")
+
+
 @dataclass
 class AlignConfig:
-    pairs_per_task: int = 400
+    pairs_per_task: int = 400  # pairs per task (corpus "tasks") or per clip-art category (corpus "openclipart")
     epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
     temperature: float = 0.05
+    corpus: str = "openclipart"
+
+
+# ----------------------------------------------------------------------------- the clip-art corpus
+
+def dhash(images: np.ndarray) -> np.ndarray:
+    """64-bit difference hash per image (grey, 9x8, left<right), as uint64 (n,)."""
+    from PIL import Image
+
+    out = np.zeros(len(images), dtype=np.uint64)
+    for i, im in enumerate(images):
+        g = np.asarray(Image.fromarray(np.ascontiguousarray(im, dtype=np.uint8)).convert("L")
+                       .resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+        bits = (g[:, 1:] > g[:, :-1]).ravel()
+        out[i] = np.packbits(bits).view(">u8")[0]
+    return out
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(-1)
+
+
+def near_duplicates(a: np.ndarray, b: np.ndarray, bits: int = NEAR_DUP_BITS, chunk: int = 512) -> np.ndarray:
+    """For each hash in ``a``: does ``b`` hold one within ``bits`` bits? (bool (len(a),))"""
+    hit = np.zeros(len(a), dtype=bool)
+    if len(a) == 0 or len(b) == 0:
+        return hit
+    for i in range(0, len(a), chunk):
+        d = _popcount(np.bitwise_xor(a[i:i + chunk, None], b[None, :]))
+        hit[i:i + chunk] = (d <= bits).any(1)
+    return hit
+
+
+def suite_images() -> dict[str, dict[str, np.ndarray]]:
+    """Every image of every suite task, per task and split (raw splits: a superset of what is served)."""
+    from pitune_core.data.tasks import SPLITS, TASKS, load_raw_task_data
+
+    out = {}
+    for spec in TASKS.values():
+        if spec.modality == "language":
+            continue
+        data = load_raw_task_data(spec)
+        out[spec.name] = {s: data.split(s).images for s in SPLITS}
+    return out
+
+
+def clipart_corpus(per_category: int = CLIPART_PER_CATEGORY, size: int = CLIPART_SIZE) -> dict:
+    """The clip-art alignment corpus, decoded, deduplicated against the suite, cached.
+
+    Returns ``{"images": uint8 (n,size,size,3), "records": [{"path", "category", "caption"}],
+    "dropped": [{"path", "reason"}]}``.
+    """
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    import io
+    import warnings
+
+    from PIL import Image
+
+    from pitune_core.data.dedup import image_hash
+    from pitune_core.data.sources import fetch, iter_members
+    from pitune_core.data.tasks import DATA_VERSION, _png_to_rgb
+    from pitune_core.paths import cache_dir
+
+    base = cache_dir() / "align" / f"openclipart-{OPENCLIPART.version.replace(':', '_')}-s{size}-n{per_category}-d{DATA_VERSION}"
+    if (base / "records.json").exists() and (base / "images.safetensors").exists():
+        meta = json.loads((base / "records.json").read_text())
+        return {"images": load_file(str(base / "images.safetensors"))["images"], **meta}
+    deb = fetch(OPENCLIPART)
+    prefix = "usr/share/openclipart/png/"
+    names: dict[str, list[str]] = {c: [] for c in CLIPART_CATEGORIES}
+    for name, _ in iter_members(deb, lambda n: n.startswith(prefix) and n.endswith(".png")
+                                and n[len(prefix):].split("/")[0] in CLIPART_CATEGORIES and n.count("/") >= 5):
+        names[name[len(prefix):].split("/")[0]].append(name)
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # sizes are checked below
+    rng = np.random.default_rng(0)
+    wanted = {n for c in sorted(names) for n in rng.permutation(sorted(names[c]))[:per_category].tolist()}
+    records, images, dropped = [], [], []
+    for name, data in sorted(iter_members(deb, lambda n: n in wanted)):
+        rel = name[len(prefix):]
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                pixels = probe.size[0] * probe.size[1]
+            if pixels > CLIPART_MAX_PIXELS:  # a few posters are 10^8 pixels: slow, and not needed at 96 px
+                dropped.append({"path": rel, "reason": f"too large ({pixels} pixels)"})
+                continue
+            img = _png_to_rgb(data, size)
+        except Exception as e:  # a file Pillow cannot read: leave it out, say so
+            dropped.append({"path": rel, "reason": f"unreadable ({type(e).__name__})"})
+            continue
+        cat = rel.split("/")[0]
+        records.append({"path": rel, "category": cat, "caption": f"a clip art picture of {CLIPART_CATEGORIES[cat]}"})
+        images.append(img)
+    images = np.stack(images)
+    # drop exact and near duplicates of any suite image (any task, any split), and within the corpus
+    suite = suite_images()
+    suite_exact = {image_hash(im) for t in suite.values() for ims in t.values() for im in ims}
+    suite_dh = np.concatenate([dhash(ims) for t in suite.values() for ims in t.values()])
+    own = dhash(images)
+    near = near_duplicates(own, suite_dh)
+    keep, seen = [], set()
+    for i, r in enumerate(records):
+        h = image_hash(images[i])
+        if h in suite_exact:
+            dropped.append({"path": r["path"], "reason": "exact duplicate of a suite image"})
+        elif near[i]:
+            dropped.append({"path": r["path"], "reason": "near duplicate of a suite image"})
+        elif h in seen:
+            dropped.append({"path": r["path"], "reason": "duplicate within the corpus"})
+        else:
+            seen.add(h)
+            keep.append(i)
+    meta = {"records": [records[i] for i in keep], "dropped": dropped, "source": OPENCLIPART.pin,
+            "licence": OPENCLIPART.licence, "near_dup_bits": NEAR_DUP_BITS}
+    base.mkdir(parents=True, exist_ok=True)
+    save_file({"images": np.ascontiguousarray(images[keep])}, str(base / "images.safetensors"))
+    (base / "records.json").write_text(json.dumps(meta))
+    return {"images": images[keep], **meta}
+
+
+def check_disjoint(align_images: np.ndarray, targets: list[str], bits: int = NEAR_DUP_BITS) -> dict[str, dict[str, int]]:
+    """Per target and evaluation split: alignment images equal to (``exact``) or within ``bits`` of
+    (``near``) one of its images. All zeros means the alignment never saw an evaluation target."""
+    from pitune_core.data.dedup import image_hash
+
+    mine = {image_hash(im) for im in align_images}
+    mine_dh = dhash(align_images)
+    out = {}
+    for t in targets:
+        data = get_task(t).load()
+        for s in ("val", "test"):
+            ims = data.split(s).images
+            if ims is None:
+                out[f"{t}/{s}"] = {"exact": 0, "near": 0}
+                continue
+            exact = sum(image_hash(im) in mine for im in ims)
+            near = int(near_duplicates(dhash(ims), mine_dh, bits).sum())
+            out[f"{t}/{s}"] = {"exact": exact, "near": near}
+    return out
+
+
+def clipart_pairs(cfg: "AlignConfig", vision: VisionConfig):
+    """(visual features, texts) of the clip-art corpus: ``pairs_per_task`` per category, seeded."""
+    from pitune_core.model.backbone import VisionEncoder
+
+    corpus = clipart_corpus()
+    rng = np.random.default_rng(cfg.seed)
+    cats = np.array([r["category"] for r in corpus["records"]])
+    idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(cats == c))[: cfg.pairs_per_task]
+                                  for c in sorted(set(cats))]))
+    feats = VisionEncoder(vision).features(corpus["images"][idx], desc="clip-art features")
+    return feats, [corpus["records"][i]["caption"] for i in idx]
 
 
 def alignment_pairs(tasks: list[TaskSpec], cfg: AlignConfig, vision: VisionConfig):
@@ -67,13 +251,25 @@ def alignment_pairs(tasks: list[TaskSpec], cfg: AlignConfig, vision: VisionConfi
 
 def train_projector(tasks: list[str] | None = None, out: str | Path | None = None, cfg: AlignConfig = AlignConfig(),
                     device: torch.device | None = None, on_step=None) -> dict:
-    """Train and save the projector; returns its metrics (zero-shot val accuracy per image task)."""
-    specs = [get_task(t) for t in (tasks or ALIGN_TASKS)]
+    """Train and save the projector; returns its metrics (zero-shot val accuracy per image task).
+
+    ``cfg.corpus="openclipart"`` (default) aligns on the clip-art corpus, disjoint from every task;
+    naming ``tasks`` (or ``corpus="tasks"``) aligns on those tasks' training splits instead, which
+    then can no longer be zero-shot targets.
+    """
+    if tasks:
+        cfg = replace(cfg, corpus="tasks")
+    if cfg.corpus not in CORPORA:
+        raise ValueError(f"unknown alignment corpus {cfg.corpus!r}; choose one of {', '.join(CORPORA)}")
+    specs = [get_task(t) for t in (tasks or ALIGN_TASKS)] if cfg.corpus == "tasks" else []
     held_out = [t for t in list_tasks() if t.modality != "language" and t.name not in {s.name for s in specs}]
     device = device or default_device()
     seed_everything(cfg.seed)
     bb = UnifiedBackbone(device=device)  # fresh projector
-    vis, texts = alignment_pairs(specs, cfg, bb.vision)
+    if cfg.corpus == "tasks":
+        vis, texts = alignment_pairs(specs, cfg, bb.vision)
+    else:
+        vis, texts = clipart_pairs(cfg, bb.vision)
     uniq = sorted(set(texts))
     tindex = {t: i for i, t in enumerate(uniq)}
     target = torch.tensor([tindex[t] for t in texts])
@@ -114,6 +310,7 @@ def train_projector(tasks: list[str] | None = None, out: str | Path | None = Non
         metrics["zero_shot_val"][spec.name] = evaluate(bb, None, tensors["val"], spec)[spec.metric]
     meta = {"format": "pitune-projector/1", "trunk": "all-MiniLM-L6-v2", "vision": bb.vision.id,
             "image_size": bb.vision.image_size, "grid": bb.vision.grid, "hidden": bb.trunk.config.hidden_size,
+            "corpus": cfg.corpus if cfg.corpus == "tasks" else OPENCLIPART.pin,
             "tasks": [s.name for s in specs], "held_out": [s.name for s in held_out], "config": asdict(cfg), "metrics": metrics,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if out is not None:

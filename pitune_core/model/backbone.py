@@ -128,7 +128,7 @@ def task_features(data: TaskData, encoder: "VisionEncoder | None" = None,
     """Cached visual features for every split of an image task (None for text-only tasks)."""
     if data.train.images is None:
         return None
-    path = feature_cache_path(data.spec.name, config)
+    path = feature_cache_path(getattr(data.spec, "feature_key", data.spec.name), config)  # user tasks: name+hash
     if path.exists():
         try:
             feats = load_file(str(path))
@@ -140,7 +140,11 @@ def task_features(data: TaskData, encoder: "VisionEncoder | None" = None,
     feats = {s: encoder.features(data.split(s).images, desc=f"{data.spec.name}/{s} features") for s in SPLITS}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(feats, str(tmp))
+    try:
+        save_file(feats, str(tmp))
+    except BaseException:  # e.g. the cache disk filled mid-write: leave no *.tmp behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return feats
 
@@ -170,7 +174,7 @@ class Projector(nn.Module):
         self.cell = nn.Parameter(torch.zeros(num_tokens, hidden))  # which cell a token came from
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        h = self.fc2(F.gelu(self.fc1(self.norm(feats.float()))))
+        h = self.fc2(F.gelu(self.fc1(self.norm(feats.to(self.norm.weight.dtype)))))
         return h + self.cell
 
 
@@ -205,6 +209,81 @@ def find_projector(path: str | Path | None = None) -> Path:
                         "Train one with `pitune align` (a few minutes on CPU).")
 
 
+# ----------------------------------------------------------------------------- packed sequences
+#
+# Why: a step's compute is the trunk's linear layers, and a padded batch runs them on every pad slot
+# too (few-shot text batches are ~half padding) and needs a second trunk call for the label texts.
+# Packing puts all sequences of a call (inputs AND label texts) into ONE row without padding, so the
+# linear layers see real tokens only. Attention alone needs per-sequence structure: a registered
+# attention function gathers the packed queries/keys/values into a padded (B, heads, L, d) view, runs
+# SDPA with a key-padding mask and scatters the result back. Called without packing information it is
+# transformers' own SDPA, so every other caller is unaffected. The maths is the padded computation's.
+
+PACKED_ATTENTION = "pitune_packed_sdpa"
+
+
+@dataclass
+class Pack:
+    """Layout of B sequences packed into one row of T tokens (built by :meth:`Pack.of`)."""
+
+    index: torch.Tensor      # (B, L) packed position of each slot of each sequence (pad slots: 0)
+    mask: torch.Tensor       # (B, 1, 1, L) True where a slot holds a real token
+    unpad: torch.Tensor      # (T,) where each packed token sits in the flattened (B*L) padded layout
+    segment: torch.Tensor    # (T,) the sequence each packed token belongs to
+    positions: torch.Tensor  # (1, T) each token's position inside its own sequence
+    lengths: torch.Tensor    # (B,)
+
+    @classmethod
+    def of(cls, lengths: list[int], device: torch.device) -> Pack:
+        lens = torch.as_tensor(lengths, dtype=torch.long)
+        b, width, total = len(lengths), int(lens.max()), int(lens.sum())
+        starts = torch.cumsum(lens, 0) - lens
+        slot = torch.arange(width)
+        real = slot.unsqueeze(0) < lens.unsqueeze(1)
+        index = torch.where(real, starts.unsqueeze(1) + slot, torch.zeros((), dtype=torch.long))
+        segment = torch.repeat_interleave(torch.arange(b), lens)
+        positions = torch.arange(total) - starts[segment]
+        return cls(index.to(device), real.view(b, 1, 1, width).to(device), (segment * width + positions).to(device),
+                   segment.to(device), positions.unsqueeze(0).to(device), lens.to(device))
+
+
+def _packed_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """transformers attention interface: varlen SDPA over a :class:`Pack` (``pitune_pack`` kwarg)."""
+    pack = kwargs.pop("pitune_pack", None)
+    if pack is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+
+    def padded(x):  # (1, H, T, d) -> (B, H, L, d)
+        return x[0][:, pack.index].transpose(0, 1)
+
+    out = F.scaled_dot_product_attention(padded(query), padded(key), padded(value), attn_mask=pack.mask,
+                                         dropout_p=dropout, scale=scaling)
+    b, h, width, d = out.shape
+    return out.transpose(1, 2).reshape(b * width, h, d)[pack.unpad].unsqueeze(0), None
+
+
+def _register_packed_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+
+
+def packable(trunk: nn.Module) -> bool:
+    """Whether ``trunk`` can run packed: it uses the packed attention and prepends no virtual tokens
+    (prompt tuning adds its prompt per row, so it runs padded)."""
+    base = trunk.get_base_model() if hasattr(trunk, "get_base_model") else trunk
+    if getattr(getattr(base, "config", None), "_attn_implementation", None) != PACKED_ATTENTION:
+        return False
+    if getattr(getattr(trunk, "active_peft_config", None), "is_prompt_learning", False):
+        return False
+    return not any(type(m).__name__ == "PromptEmbedding" for m in trunk.modules())
+
+
 # ----------------------------------------------------------------------------- the backbone
 
 @dataclass
@@ -237,6 +316,10 @@ class UnifiedBackbone(nn.Module):
         else:
             self.trunk = AutoModel.from_pretrained(path)
         self.trunk.requires_grad_(False).eval()
+        _register_packed_attention()
+        self.trunk.config._attn_implementation = PACKED_ATTENTION  # plain SDPA unless a call is packed
+        self.packing = True  # False: every encode runs padded, as before packing existed (benchmarks)
+        self._token_cache: dict[str, list[int]] = {}
         self.vision = vision
         self.projector = projector or Projector(self.trunk.config.hidden_size, vision.num_tokens)
         self.max_length = max_length
@@ -294,6 +377,60 @@ class UnifiedBackbone(nn.Module):
 
     def encode(self, inputs: Inputs, trunk: nn.Module | None = None) -> torch.Tensor:
         """Mean-pooled, L2-normalised embedding of a batch, (B, hidden)."""
+        return self.encode_many([inputs], trunk)[0]
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text ([CLS] ... [SEP], truncated to ``max_length``), cached per text."""
+        cache = self._token_cache
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            if len(cache) + len(missing) > 500_000:
+                cache.clear()
+            cache.update(zip(missing, self.tokenizer(missing, truncation=True, max_length=self.max_length)["input_ids"]))
+        return [cache[t] for t in texts]
+
+    def encode_many(self, parts: list[Inputs], trunk: nn.Module | None = None) -> list[torch.Tensor]:
+        """Encode several batches (e.g. a training batch and the label texts) in ONE packed trunk call;
+        returns each part's embedding, equal to :meth:`encode_padded`'s up to float rounding."""
+        trunk = trunk if trunk is not None else self.trunk
+        if not (self.packing and packable(trunk)):
+            return [self.encode_padded(p, trunk) for p in parts]
+        lengths, order, text_ids, visual = [], [], [], []
+        n_text = n_vis = 0  # packed text tokens / visual rows so far
+        for p in parts:
+            ids = self.token_ids(p.texts if p.texts is not None else [""] * p.size)
+            text_ids.extend(ids)
+            nv = 0 if p.visual is None else int(p.visual.shape[1])
+            if nv:
+                visual.append(p.visual)
+            for i, seq in enumerate(ids):
+                t0 = n_text
+                if nv:  # [CLS] visual tokens, then the rest of the text
+                    v0 = n_vis + i * nv
+                    order.append(t0)
+                    order.extend(range(-1 - v0, -1 - v0 - nv, -1))  # negative: a visual row (decoded below)
+                    order.extend(range(t0 + 1, t0 + len(seq)))
+                else:
+                    order.extend(range(t0, t0 + len(seq)))
+                n_text += len(seq)
+                lengths.append(len(seq) + nv)
+            n_vis += p.size * nv
+        base = trunk.get_base_model() if hasattr(trunk, "get_base_model") else trunk
+        flat = torch.tensor([t for ids in text_ids for t in ids], dtype=torch.long, device=self.device)
+        emb = base.embeddings.word_embeddings(flat)
+        if visual:
+            vis = self.projector(torch.cat([v.to(self.device, emb.dtype) for v in visual])).to(emb.dtype).flatten(0, 1)
+            src = torch.tensor(order, dtype=torch.long)
+            src = torch.where(src < 0, n_text - 1 - src, src)  # visual row j -> n_text + j
+            emb = torch.cat([emb, vis])[src.to(self.device)]
+        pack = Pack.of(lengths, self.device)
+        out = trunk(inputs_embeds=emb.unsqueeze(0), position_ids=pack.positions, pitune_pack=pack).last_hidden_state[0]
+        pooled = torch.zeros(len(lengths), out.shape[-1], dtype=out.dtype, device=out.device)
+        pooled = pooled.index_add(0, pack.segment, out) / pack.lengths.unsqueeze(1).to(out.dtype)
+        return list(F.normalize(pooled, dim=-1).split([p.size for p in parts]))
+
+    def encode_padded(self, inputs: Inputs, trunk: nn.Module | None = None) -> torch.Tensor:
+        """:meth:`encode` on a padded batch (prompt tuning, and the path before packing existed)."""
         trunk = trunk if trunk is not None else self.trunk
         emb, mask = self._embed(inputs, trunk)
         out = trunk(inputs_embeds=emb, attention_mask=mask).last_hidden_state

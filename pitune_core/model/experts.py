@@ -21,6 +21,7 @@ import resource
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,10 +32,21 @@ import torch
 import torch.nn.functional as F
 
 from pitune_core import __version__
-from pitune_core.model.backbone import TaskTensors, UnifiedBackbone, task_features, task_tensors
+from pitune_core.common import EXPERT_TYPES
+from pitune_core.data.tasks import TaskData, TaskSpec, get_task
+from pitune_core.model.backbone import (
+    Inputs,
+    TaskTensors,
+    UnifiedBackbone,
+    task_features,
+    task_tensors,
+)
 from pitune_core.model.device import seed_everything
 from pitune_core.model.metrics import majority_baseline, score
-from pitune_core.data.tasks import TaskData, TaskSpec, get_task
+
+# peft (<= 0.21) reads transformers' deprecated ``is_gradient_checkpointing`` alias in
+# PeftModel.__init__; pitune never calls it, so that one FutureWarning is silenced here, by message
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 EXPERT_META = "pitune_expert.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -98,6 +110,7 @@ class IA3Method:
 
 
 METHODS: dict[str, type] = {"lora": LoraMethod, "prompt": PromptMethod, "ia3": IA3Method}
+assert tuple(METHODS) == EXPERT_TYPES, "pitune_core.common.EXPERT_TYPES lists the expert types"
 
 
 def get_method(name: str, **overrides):
@@ -149,7 +162,10 @@ def train_loop(backbone: UnifiedBackbone, model: torch.nn.Module, train: TaskTen
 
     ``params`` is a list of parameters or of AdamW parameter groups (each with its own ``lr``).
 
-    The trunk stays in eval mode (no dropout) so runs are deterministic for a seed.
+    The trunk stays in eval mode (no dropout) so runs are deterministic for a seed. Each step encodes
+    the batch and the label texts (which the adapted trunk changes every step) in ONE packed trunk
+    call (:meth:`UnifiedBackbone.encode_many`); losses stay on the device and are read back only
+    when a progress callback needs them, or at the end (``bench/bench_training.py`` measures it).
     """
     if len(train) == 0:
         raise ValueError("cannot train on an empty data set")
@@ -157,7 +173,20 @@ def train_loop(backbone: UnifiedBackbone, model: torch.nn.Module, train: TaskTen
     steps = cfg.steps_for(len(train))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10)))
-    losses: list[float] = []
+    labels_in = Inputs(list(verbalizers), None, len(verbalizers))
+    # a non-finite loss is caught at its step on CPU (free) and within ``check_every`` steps on CUDA
+    # (each check waits for the device)
+    check_every = 1 if backbone.device.type == "cpu" or on_step is not None else 10
+    losses: list[torch.Tensor] = []
+
+    def check(upto: int) -> None:
+        recent = torch.stack(losses[-check_every:] if upto < steps else losses)
+        bad = (~torch.isfinite(recent)).nonzero()
+        if len(bad):
+            first = upto - len(recent) + int(bad[0, 0])
+            raise FloatingPointError(f"training diverged at step {first}: loss is {float(recent[bad[0, 0]])}; "
+                                     f"lower the learning rate")
+
     order = torch.randperm(len(train), generator=g)
     pos = 0
     for step in range(steps):
@@ -166,35 +195,44 @@ def train_loop(backbone: UnifiedBackbone, model: torch.nn.Module, train: TaskTen
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
         inputs, labels = train.batch(idx)
-        label_emb = backbone.encode_texts(verbalizers, model)
-        logits = backbone.logits(inputs, label_emb, model)
-        loss = F.cross_entropy(logits, labels.to(logits.device))
+        x, label_emb = backbone.encode_many([inputs, labels_in], model)
+        loss = F.cross_entropy(backbone.logit_scale * x @ label_emb.T, labels.to(x.device))
         if extra_loss is not None:
             loss = loss + extra_loss()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training diverged at step {step}: loss is {loss.item()}; "
-                                     f"lower the learning rate")
+        losses.append(loss.detach())
+        if (step + 1) % check_every == 0:
+            check(step + 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss.item()))
         if on_step is not None:
-            on_step({"stage": "train", "step": step + 1, "total": steps, "loss": losses[-1]})
-    return losses
+            on_step({"stage": "train", "step": step + 1, "total": steps, "loss": float(losses[-1])})
+    check(steps)
+    return torch.stack(losses).float().cpu().tolist()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(backbone: UnifiedBackbone, model: torch.nn.Module | None, data: TaskTensors, verbalizers: list[str],
-            batch_size: int = 64) -> np.ndarray:
-    """Class predictions by label-as-text matching (``model=None``: the bare backbone)."""
+            batch_size: int = 256) -> np.ndarray:
+    """Class predictions by label-as-text matching (``model=None``: the bare backbone).
+
+    Inference mode, label texts encoded once, examples taken in order of token length so that a
+    batch holds similar lengths (little padding where a trunk runs padded); predictions come back
+    in the data's order.
+    """
     trunk = model if model is not None else backbone.base_trunk()
+    if len(data) == 0:
+        return np.zeros(0, dtype=np.int64)
     label_emb = backbone.encode_texts(verbalizers, trunk)
-    preds = []
+    order = (np.argsort([len(t) for t in backbone.token_ids(data.texts)], kind="stable")
+             if data.texts is not None else np.arange(len(data)))
+    preds = torch.empty(len(data), dtype=torch.long)
     for i in range(0, len(data), batch_size):
-        inputs, _ = data.batch(range(i, min(i + batch_size, len(data))))
-        preds.append(backbone.logits(inputs, label_emb, trunk).argmax(-1).cpu())
-    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+        idx = order[i:i + batch_size]
+        inputs, _ = data.batch(idx)
+        preds[torch.as_tensor(idx)] = backbone.logits(inputs, label_emb, trunk).argmax(-1).cpu()
+    return preds.numpy()
 
 
 def evaluate(backbone: UnifiedBackbone, model, data: TaskTensors, spec: TaskSpec) -> dict[str, float]:
@@ -224,8 +262,15 @@ def save_expert(model, out: str | Path, meta: dict) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    from pitune_core.model.expert_schema import stable_trunk_id
+
     try:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp))  # peft checks the local trunk path here (no Hub look-up)
+        cfg_path = tmp / "adapter_config.json"
+        if cfg_path.exists():  # record the trunk's stable id, not this machine's path to it
+            cfg = json.loads(cfg_path.read_text())
+            cfg["base_model_name_or_path"] = stable_trunk_id()
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
         (tmp / EXPERT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -249,16 +294,23 @@ def read_expert_meta(path: str | Path) -> dict:
     if missing:
         raise ExpertError(f"{path} is not a complete pitune expert: missing {', '.join(missing)}. "
                           f"Retrain it with `pitune train-expert`.")
-    try:
-        meta = json.loads((path / EXPERT_META).read_text())
-        adapter_cfg = json.loads((path / "adapter_config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ExpertError(f"{path}: metadata is not valid JSON ({e})") from e
-    if meta.get("format") != EXPERT_FORMAT:
-        raise ExpertError(f"{path}: unknown expert format {meta.get('format')!r} (expected {EXPERT_FORMAT})")
-    if method_of_peft_config(adapter_cfg) != meta.get("method"):
-        raise ExpertError(f"{path}: adapter_config.json says {adapter_cfg.get('peft_type')} but the metadata says "
-                          f"{meta.get('method')!r}; the directory was mixed up")
+    from pitune_core.model import expert_schema as schema
+
+    try:  # bounded reads of regular files only; every field checked against what pitune writes
+        meta = schema.read_json_bounded(path / EXPERT_META)
+        adapter_cfg = schema.read_json_bounded(path / "adapter_config.json")
+        if not isinstance(meta, dict) or not isinstance(adapter_cfg, dict):
+            raise schema.ExpertSchemaError("metadata files must be JSON objects")
+        if meta.get("format") != EXPERT_FORMAT:
+            raise schema.ExpertSchemaError(f"unknown expert format {str(meta.get('format'))[:80]!r} "
+                                           f"(expected {EXPERT_FORMAT})")
+        if method_of_peft_config(adapter_cfg) != meta.get("method"):
+            raise schema.ExpertSchemaError(f"adapter_config.json says {str(adapter_cfg.get('peft_type'))[:40]} but "
+                                           f"the metadata says {str(meta.get('method'))[:40]!r}; the directory was "
+                                           f"mixed up")
+        schema.validate_expert_dir(path, EXPERT_META, EXPERT_FORMAT)  # sizes, schema, tensor names/shapes
+    except schema.ExpertSchemaError as e:
+        raise ExpertError(f"{path}: {e}. Retrain the expert with `pitune train-expert` or restore it.") from None
     try:
         from safetensors import safe_open
 
@@ -279,13 +331,20 @@ def load_expert(path: str | Path, backbone: UnifiedBackbone, trainable: bool = F
     """Load an expert onto a private copy of the backbone's trunk: ``(peft_model, meta)``."""
     from peft import PeftModel
 
-    meta = read_expert_meta(path)
+    from pitune_core.model.expert_schema import check_method_config, validated_peft_config
+
+    meta = read_expert_meta(path)  # validated: sizes, schema, tensor names/shapes/dtypes, finite values
     if meta.get("backbone_id") != backbone.backbone_id:
         raise ExpertError(f"{path} was trained on backbone {meta.get('backbone_id')!r}, but the loaded backbone is "
                           f"{backbone.backbone_id!r}. Use the projector it was trained with, or retrain the expert.")
+    # peft gets pitune's own config for the validated method_config, never the file's; it names
+    # the local trunk, so peft has nothing to rename (and warn about)
+    trunk = backbone.fresh_trunk()
+    cfg = validated_peft_config(meta["method"], check_method_config(meta["method"], meta["method_config"]),
+                                trunk.__dict__.get("name_or_path") or None)
     # peft refuses is_trainable=True for prompt-learning adapters, so load frozen and unfreeze the
     # adapter tensors ourselves (same result for LoRA and IA3)
-    model = PeftModel.from_pretrained(backbone.fresh_trunk(), str(path), is_trainable=False)
+    model = PeftModel.from_pretrained(trunk, str(path), is_trainable=False, config=cfg)
     if trainable:
         model.peft_config["default"].inference_mode = False
         for n, p in model.named_parameters():

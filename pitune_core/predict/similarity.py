@@ -5,6 +5,10 @@ as *parameter groups*: ``groups[name]`` is an array of shape ``(n_tasks, d_group
 dimensions are flattened), one row per task in the order of ``names``. Similar tasks are the
 candidates whose experts get interpolated, so the similarity has to be right and cheap enough to
 compute for every pair of a large task pool.
+
+torch is imported only inside the functions that compute with it, so reading a similarity file
+(the dashboard's first page) does not load torch. For the top-k of thousands of tasks, see
+:mod:`pitune_core.predict.neighbors`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import csv
 import difflib
 import math
 import os
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 Groups = Union[Mapping[str, np.ndarray], np.ndarray]
 
@@ -73,7 +80,8 @@ class CorruptFileError(ValueError):
 
 def _group_arrays(groups: Groups) -> dict[str, np.ndarray]:
     """Return ``{group: 2-D array}`` with trailing dims flattened; checks row counts agree."""
-    if isinstance(groups, np.ndarray) or torch.is_tensor(groups):
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is already loaded
+    if isinstance(groups, np.ndarray) or (torch is not None and torch.is_tensor(groups)):
         groups = {"embedding": np.asarray(groups)}
     if not isinstance(groups, Mapping):
         raise ShapeMismatchError(
@@ -202,14 +210,14 @@ def check_k(k: int, n_tasks: int) -> int:
 # --------------------------------------------------------------------------------------------
 # similarity measures
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
 def _torch_dtype(dtype: str | np.dtype | type) -> torch.dtype:
+    import torch
+
     key = np.dtype(dtype).name
-    if key not in _DTYPES:
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if key not in dtypes:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return _DTYPES[key]
+    return dtypes[key]
 
 
 def _accumulate_group(X: torch.Tensor, eps: float, chunk: int, acc: torch.Tensor) -> None:
@@ -222,6 +230,8 @@ def _accumulate_group(X: torch.Tensor, eps: float, chunk: int, acc: torch.Tensor
     huge groups are sliced along the features (partial Gram matrices are summed), so memory
     stays bounded and blocks never degrade to single pairs.
     """
+    import torch
+
     n, d = X.shape
     dc = min(d, max(1, chunk // 128))  # a feature slice small enough for >= 8x8 pair blocks
     B = max(1, min(n, math.isqrt(max(1, chunk // (2 * dc)))))
@@ -253,6 +263,8 @@ def _accumulate_group(X: torch.Tensor, eps: float, chunk: int, acc: torch.Tensor
 def _fisher_unchecked(
     arrays: Mapping[str, np.ndarray], eps: float, chunk: int | None, dtype, device
 ) -> np.ndarray:
+    import torch
+
     from pitune_core.model.device import default_device
 
     if eps < 0 or not math.isfinite(eps):

@@ -2,12 +2,17 @@
 
 Importing this package never imports torch or Ray::
 
+    import pitune_core.jobs                   # registers the real kinds (transfer, ...)
     from pitune_core.runs import RunRegistry, ensure_scheduler
 
-    registry = RunRegistry("runs/registry.sqlite")
-    run_id = registry.submit("toy-train", {"seed": 0}, name="my first run")
+    registry = RunRegistry()                  # $PITUNE_RUNS_DB or ./runs/registry.sqlite
+    run_id = registry.submit("transfer", {"target": "rt_polarity"}, name="my first run")
     ensure_scheduler(registry.db_path)       # detached scheduler; or run_until_idle(registry)
     registry.get(run_id).status               # queued -> running -> succeeded
+
+The package is generic: it ships no job kind.  Kinds are registered in code
+(:func:`register_job`) by modules that workers import by name; a registry row
+only names its kind, and a worker runs nothing else (see :mod:`.jobs`).
 
 Executor names are loaded on first use (so that ``python -m
 pitune_core.runs.worker`` / ``.executor`` do not import themselves twice);
@@ -19,12 +24,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .jobs import RunCancelled, RunContext, job_kinds, register_job, unregister_job
+from .jobs import (
+    RunCancelled,
+    RunContext,
+    UnknownJobKindError,
+    job_kinds,
+    register_job,
+    unregister_job,
+    validate_job_config,
+)
 from .registry import (
     FINAL_STATUSES,
     SCHEMA_VERSION,
     STATUSES,
     TERMINAL_STATUSES,
+    RegistryUnavailableError,
     RunNotFoundError,
     RunRecord,
     RunRegistry,
@@ -42,13 +56,15 @@ _LAZY = {
     "execute_run": "worker",
     "RayExecutor": "ray_executor",
     "RayNotInstalledError": "ray_executor",
-    "add_runs_commands": "cli",
 }
 
 __all__ = [
     "RunRegistry",
     "RunRecord",
     "RunNotFoundError",
+    "RegistryUnavailableError",
+    "UnknownJobKindError",
+    "validate_job_config",
     "RunContext",
     "RunCancelled",
     "register_job",

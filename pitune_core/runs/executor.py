@@ -13,6 +13,13 @@ caller's process (e.g. Streamlit) never executes a job.
 * :func:`run_until_idle` runs a scheduler in the calling thread until the
   queue is drained (CLI, tests); :func:`wait` polls until runs finish.
 
+Workers learn the job kinds they may run from this process, never from the
+database: each worker's command line names the trusted modules that register
+kinds (``--jobs-module``; :func:`~pitune_core.runs.jobs.worker_job_modules`:
+the defaults, the modules of the kinds registered in the process that started
+the scheduler, and any given explicitly), and the detached scheduler gets the
+same list on its own command line.
+
 A worker that exits without recording an outcome (killed, segfault) is marked
 ``failed`` with its exit signal/code; a worker that ignores a cancel request is
 sent SIGTERM after ``cancel_grace`` seconds and SIGKILL ``kill_grace`` seconds
@@ -45,7 +52,7 @@ from .registry import (
     RunRecord,
     RunRegistry,
 )
-from .jobs import thread_env
+from .jobs import import_job_modules, thread_env, worker_job_modules
 
 __all__ = [
     "LocalScheduler",
@@ -137,6 +144,7 @@ class LocalScheduler:
         recover_interval: float = 5.0,
         threads_per_worker: int | None = None,
         python: str | None = None,
+        job_modules: Iterable[str] = (),
     ) -> None:
         self.registry = registry
         self.max_parallel = max(1, int(max_parallel or default_max_parallel()))
@@ -146,6 +154,7 @@ class LocalScheduler:
         self.recover_interval = float(recover_interval)
         self.threads_per_worker = threads_per_worker or max(1, available_cpus() // self.max_parallel)
         self.python = python or sys.executable
+        self.job_modules = list(job_modules)
         self.children: dict[str, _Child] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -249,7 +258,14 @@ class LocalScheduler:
 
     def _spawn(self, record: RunRecord) -> None:
         threads = int(record.resources.get("num_cpus") or self.threads_per_worker)
-        cmd = [self.python, "-m", "pitune_core.runs.worker", "--db", str(self.registry.db_path), record.id]
+        cmd = [self.python, "-m", "pitune_core.runs.worker", "--db", str(self.registry.db_path)]
+        for module in worker_job_modules(self.job_modules):
+            cmd += ["--jobs-module", module]
+        cmd.append(record.id)
+        if record.run_dir.is_symlink() or not record.run_dir.is_dir():  # never write through a link
+            self.registry.finish(record.id, FAILED, error=f"run directory {record.run_dir} is missing or not a "
+                                                          "plain directory inside the registry; not started")
+            return
         log: IO[bytes] | None = None
         try:
             log = open(record.log_path, "ab")
@@ -401,7 +417,13 @@ class _SchedulerLock:
                 return False
             self._fallback = lock
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if shared:  # a probe: no file means no scheduler ever held it (and works on a read-only fs)
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                return True
+        else:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -441,8 +463,13 @@ def ensure_scheduler(
     max_parallel: int | None = None,
     *,
     idle_timeout: float = 120.0,
+    job_modules: Iterable[str] = (),
 ) -> int | None:
     """Start a detached scheduler for ``db_path`` unless one is alive.
+
+    Its workers run the kinds of :func:`worker_job_modules` of *this* process (plus
+    ``job_modules``).  A scheduler already running keeps the modules it was started
+    with: a run of a kind it does not know fails with "unknown job kind".
 
     Returns the new scheduler's pid, or ``None`` if one was already running.
     The scheduler is daemonised (double fork): it is not a child of the caller,
@@ -461,6 +488,8 @@ def ensure_scheduler(
     ]
     if max_parallel:
         cmd += ["--max-parallel", str(int(max_parallel))]
+    for module in worker_job_modules(job_modules):
+        cmd += ["--jobs-module", module]
     proc = subprocess.run(
         cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_child_env(),
         start_new_session=True, close_fds=True, timeout=120,
@@ -489,6 +518,7 @@ def serve(
     *,
     idle_timeout: float | None = 120.0,
     install_signal_handlers: bool = True,
+    job_modules: Iterable[str] = (),
     **scheduler_kwargs: object,
 ) -> int:
     """Single-instance scheduler loop (the detached process, or ``runs scheduler``).
@@ -497,11 +527,12 @@ def serve(
     1 if another scheduler already holds the lock.
     """
     registry = RunRegistry(db_path)
+    modules = import_job_modules(job_modules)  # fail here, not in every worker
     lock = _SchedulerLock(_lock_path(registry.db_path))
     if not lock.acquire(wait=2.0):
         print(f"another scheduler is already running for {registry.db_path}", file=sys.stderr)
         return 1
-    sched = LocalScheduler(registry, max_parallel, **scheduler_kwargs)  # type: ignore[arg-type]
+    sched = LocalScheduler(registry, max_parallel, job_modules=modules, **scheduler_kwargs)  # type: ignore[arg-type]
     previous = {}
     if install_signal_handlers and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -556,11 +587,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-timeout", type=float, default=120.0, help="exit after this many idle seconds (<0: never)")
     parser.add_argument("--detach", action="store_true", help="daemonise; print the scheduler's pid")
     parser.add_argument("--log", default=None, help="with --detach: append output here")
+    parser.add_argument("--jobs-module", action="append", default=[], metavar="MODULE",
+                        help="a trusted module that registers job kinds when imported (repeatable)")
     args = parser.parse_args(argv)
     if args.detach:
         _detach(args.log)
     idle = None if args.idle_timeout is not None and args.idle_timeout < 0 else args.idle_timeout
-    return serve(args.db, args.max_parallel, idle_timeout=idle)
+    try:
+        return serve(args.db, args.max_parallel, idle_timeout=idle, job_modules=args.jobs_module)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

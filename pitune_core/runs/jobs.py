@@ -1,23 +1,32 @@
-"""Job kinds and the context a job runs with.
+"""Job kinds: the allow-list of what a worker may run, and the context a job runs with.
 
-A job is ``fn(config: dict, ctx: RunContext) -> dict`` (the returned dict is the
-run's metrics).  Kinds map to *import path strings* (``"module:function"``)
-which are only imported inside the worker process, so the dashboard, the CLI
-and the registry never import torch.  The target string is stored with each run
-at submit time, so a kind registered at runtime (``register_job``) in the
-submitting process works in any worker, local or Ray.
+A job is ``fn(config: dict, ctx: RunContext) -> dict`` (the returned dict is the run's metrics).
+Kinds are registered *in code* with :func:`register_job`; the registry stores only a run's kind
+(a name), and a worker resolves that name against its own in-process table. Nothing read from the
+database is ever imported: a row whose kind is not registered fails with a one-line error.
 
-This module must stay light: standard library only at import time.
+How a worker process learns the kinds: the process that starts workers (the local scheduler, the
+detached scheduler, a Ray driver) passes the names of the modules that registered them -- those of
+the functions in its own table (:func:`job_modules`), plus :data:`DEFAULT_JOB_MODULES` -- on the
+worker's command line (``--jobs-module``) or as a Ray task argument; the worker imports those
+modules (each registers its kinds when imported) and nothing else. The trust boundary is therefore
+the command line of a process we started, never a registry row. So a job module must register its
+kinds at import time, and a job function must live at module level in an importable module (not
+``__main__``); :func:`register_job` checks the latter.
+
+This module must stay light: standard library only at import time (the dashboard imports it).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 if TYPE_CHECKING:
     from .registry import RunRecord, RunRegistry
@@ -26,12 +35,17 @@ __all__ = [
     "RunContext",
     "RunCancelled",
     "WorkerTerminated",
+    "JobKind",
+    "UnknownJobKindError",
     "register_job",
     "unregister_job",
     "job_kinds",
-    "resolve_target",
-    "load_job",
-    "BUILTIN_JOBS",
+    "get_job",
+    "validate_job_config",
+    "job_modules",
+    "worker_job_modules",
+    "import_job_modules",
+    "DEFAULT_JOB_MODULES",
     "THREAD_ENV_VARS",
     "thread_env",
 ]
@@ -46,24 +60,46 @@ THREAD_ENV_VARS = (
     "VECLIB_MAXIMUM_THREADS",
 )
 
+#: Modules every worker imports: the application's real job kinds (imported by name, so this
+#: generic package never imports them itself; their import is light -- ML code loads inside jobs).
+DEFAULT_JOB_MODULES: tuple[str, ...] = ("pitune_core.jobs",)
+
+KIND_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
 
 def thread_env(num_threads: int) -> dict[str, str]:
     """Environment variables that cap BLAS/OpenMP/torch threads of a process."""
     n = str(max(1, int(num_threads)))
     return {var: n for var in THREAD_ENV_VARS}
 
-#: Built-in kinds.  Real kinds are added with :func:`register_job`.
-BUILTIN_JOBS: dict[str, str] = {
-    "noop": "pitune_core.runs.jobs:noop_job",
-    "sleep": "pitune_core.runs.jobs:sleep_job",
-    "fail": "pitune_core.runs.jobs:fail_job",
-    "toy-train": "pitune_core.runs.jobs:toy_train_job",
-    # the real ML jobs (imported only inside workers; registered again by pitune_core.jobs)
-    "transfer": "pitune_core.jobs:transfer_job",
-    "train-expert": "pitune_core.jobs:train_expert_job",
-    "transfer-pair": "pitune_core.jobs:transfer_pair_job",
-}
-_JOBS: dict[str, str] = dict(BUILTIN_JOBS)
+
+@dataclass(frozen=True)
+class JobKind:
+    """A registered kind: the job function and an optional config validator.
+
+    ``validate(config)`` raises ``ValueError`` (one readable line) for a config the job would
+    refuse; :meth:`RunRegistry.submit` calls it, so a bad run is refused before it is queued.
+    """
+
+    name: str
+    fn: Callable[[dict, "RunContext"], Any]
+    validate: Callable[[dict], Any] | None = None
+
+    @property
+    def module(self) -> str:
+        return self.fn.__module__
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.fn.__module__}:{self.fn.__qualname__}"
+
+
+class UnknownJobKindError(ValueError):
+    """A kind that no trusted module registered in this process."""
+
+
+_JOBS: dict[str, JobKind] = {}
 _LOCK = threading.Lock()
 
 
@@ -79,14 +115,35 @@ class WorkerTerminated(BaseException):
     """The worker process got SIGTERM without a cancel request (e.g. shutdown)."""
 
 
-def register_job(kind: str, target: str, *, overwrite: bool = True) -> None:
-    """Map ``kind`` to ``"package.module:function"`` (imported lazily by workers)."""
-    if not isinstance(target, str) or target.count(":") != 1:
-        raise ValueError(f"job target must be a 'module:function' string, not {target!r}")
+def register_job(
+    kind: str,
+    fn: Callable[[dict, "RunContext"], Any],
+    *,
+    validate: Callable[[dict], Any] | None = None,
+    overwrite: bool = True,
+) -> None:
+    """Allow ``kind``: runs of it call ``fn(config, ctx)``; ``validate(config)`` checks a config at submit.
+
+    ``fn`` must be a module-level function of an importable module, and that module must register
+    it when imported (worker processes import the module to learn the kind).
+    """
+    if not isinstance(kind, str) or not KIND_RE.fullmatch(kind):
+        raise ValueError(f"job kind must be a short name of letters, digits, '-', '_' or '.', not {kind!r}")
+    if isinstance(fn, str) or not callable(fn):
+        raise TypeError(f"register the job function itself, not {fn!r} (workers never import paths)")
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        raise ValueError(
+            f"job function {qualname or fn!r} must be defined at module level in an importable module "
+            f"(not {module!r}): worker processes import that module to learn the kind"
+        )
+    if validate is not None and not callable(validate):
+        raise TypeError("validate must be callable")
     with _LOCK:
-        if not overwrite and kind in _JOBS and _JOBS[kind] != target:
-            raise ValueError(f"job kind {kind!r} is already registered as {_JOBS[kind]!r}")
-        _JOBS[kind] = target
+        old = _JOBS.get(kind)
+        if not overwrite and old is not None and old.fn is not fn:
+            raise ValueError(f"job kind {kind!r} is already registered as {old.qualname}")
+        _JOBS[kind] = JobKind(kind, fn, validate)
 
 
 def unregister_job(kind: str) -> None:
@@ -95,29 +152,80 @@ def unregister_job(kind: str) -> None:
 
 
 def job_kinds() -> dict[str, str]:
+    """Registered kinds -> ``"module:function"`` (for display)."""
     with _LOCK:
-        return dict(_JOBS)
+        return {k: j.qualname for k, j in sorted(_JOBS.items())}
 
 
-def resolve_target(kind: str) -> str:
+_DEFAULTS_LOADED = False
+
+
+def _load_default_modules() -> None:
+    """Import :data:`DEFAULT_JOB_MODULES` once, so that every process knows the application's kinds."""
+    global _DEFAULTS_LOADED
+    if not _DEFAULTS_LOADED:
+        _DEFAULTS_LOADED = True
+        import_job_modules(DEFAULT_JOB_MODULES)
+
+
+def get_job(kind: object) -> JobKind:
+    """The registered kind, or :class:`UnknownJobKindError` naming the registered ones.
+
+    The kinds of :data:`DEFAULT_JOB_MODULES` are always known (imported on the first miss).
+    """
     with _LOCK:
-        target = _JOBS.get(kind)
-    if target is None:
-        raise ValueError(f"unknown job kind {kind!r}; registered kinds: {', '.join(sorted(job_kinds()))}")
-    return target
+        job = _JOBS.get(kind) if isinstance(kind, str) else None
+    if job is None:
+        _load_default_modules()
+    with _LOCK:
+        job = _JOBS.get(kind) if isinstance(kind, str) else None
+        known = sorted(_JOBS)
+    if job is None:
+        shown = repr(kind) if len(repr(kind)) <= 60 else repr(kind)[:57] + "..."
+        raise UnknownJobKindError(
+            f"unknown job kind {shown}; registered kinds: {', '.join(known) or 'none'}"
+        )
+    return job
 
 
-def load_job(target: str) -> Callable[[dict, "RunContext"], Any]:
-    """Import ``"module:function"`` and return the function."""
-    module_name, _, func_name = target.partition(":")
-    module = importlib.import_module(module_name)
-    try:
-        fn = getattr(module, func_name)
-    except AttributeError:
-        raise ImportError(f"module {module_name!r} has no attribute {func_name!r} (job target {target!r})") from None
-    if not callable(fn):
-        raise TypeError(f"job target {target!r} is not callable")
-    return fn
+def validate_job_config(kind: str, config: Mapping[str, Any]) -> None:
+    """Run the kind's validator (if any) on ``config``; raises ``ValueError`` for a bad one."""
+    job = get_job(kind)
+    if job.validate is not None:
+        job.validate(dict(config))
+
+
+def job_modules() -> list[str]:
+    """The modules whose functions are registered in this process (sorted, unique)."""
+    with _LOCK:
+        return sorted({j.module for j in _JOBS.values()})
+
+
+def worker_job_modules(extra: Iterable[str] = ()) -> list[str]:
+    """What a worker started by this process must import: the defaults, this process's job
+    modules and ``extra`` (in that order, without repeats)."""
+    out: list[str] = []
+    for name in (*DEFAULT_JOB_MODULES, *job_modules(), *extra):
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def import_job_modules(names: Iterable[str]) -> list[str]:
+    """Import trusted job modules by name (each registers its kinds); returns the names.
+
+    The names come from the command line of a process we started, never from the database.
+    """
+    done = []
+    for name in names:
+        if not isinstance(name, str) or not MODULE_RE.fullmatch(name):
+            raise ValueError(f"not a module name: {name!r}")
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ImportError(f"cannot import job module {name!r}: {exc}") from exc
+        done.append(name)
+    return done
 
 
 def _num(x: Any) -> Any:
@@ -224,84 +332,3 @@ class RunContext:
     def check_cancelled(self) -> None:
         if self.is_cancelled():
             raise RunCancelled(f"run {self.run_id} was cancelled")
-
-
-# ------------------------------------------------------------------ built-ins
-
-
-def noop_job(config: dict, ctx: RunContext) -> dict:
-    """Does nothing (used to measure executor overhead); reports its thread caps."""
-    env = {k: os.environ.get(k) for k in ("PITUNE_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    return {"ok": True, "num_threads": ctx.num_threads, "env": env}
-
-
-def sleep_job(config: dict, ctx: RunContext) -> dict:
-    """``steps`` steps of ``seconds_per_step``; progress each step, cooperative cancel.
-
-    ``ignore_cancel: true`` makes it ignore cancellation (to test forced stops).
-    """
-    steps = int(config.get("steps", 10))
-    dt = float(config.get("seconds_per_step", 0.1))
-    ignore_cancel = bool(config.get("ignore_cancel", False))
-    ctx.log(f"sleep: {steps} steps x {dt}s")
-    for i in range(steps):
-        if not ignore_cancel:
-            ctx.check_cancelled()
-        time.sleep(dt)
-        ctx.progress("sleep", step=i + 1, total=steps)
-    return {"steps": steps, "slept": round(steps * dt, 6)}
-
-
-def fail_job(config: dict, ctx: RunContext) -> dict:
-    """Raises ``RuntimeError(message)`` after ``steps`` steps."""
-    steps = int(config.get("steps", 0))
-    dt = float(config.get("seconds_per_step", 0.01))
-    for i in range(steps):
-        ctx.check_cancelled()
-        time.sleep(dt)
-        ctx.progress("fail", step=i + 1, total=steps)
-    raise RuntimeError(str(config.get("message", "intentional failure")))
-
-
-def toy_train_job(config: dict, ctx: RunContext) -> dict:
-    """Deterministic logistic regression on a seeded synthetic problem (numpy).
-
-    Config: seed, n_samples (256), n_features (8), epochs (60), lr (0.5),
-    noise (0.5).  Full-batch gradient descent in float64, so the same config
-    gives bit-identical metrics in any worker process.
-    """
-    import numpy as np
-
-    seed = int(config.get("seed", 0))
-    n = int(config.get("n_samples", 256))
-    d = int(config.get("n_features", 8))
-    epochs = int(config.get("epochs", 60))
-    lr = float(config.get("lr", 0.5))
-    noise = float(config.get("noise", 0.5))
-    rng = np.random.default_rng(seed)
-    w_true = rng.normal(size=d)
-    x = rng.normal(size=(n, d))
-    y = ((x @ w_true + noise * rng.normal(size=n)) > 0).astype(np.float64)
-    n_train = (3 * n) // 4
-    xtr, ytr, xte, yte = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-    w = np.zeros(d)
-    b = 0.0
-    loss = float("nan")
-    for epoch in range(epochs):
-        ctx.check_cancelled()
-        z = xtr @ w + b
-        p = 1.0 / (1.0 + np.exp(-z))
-        eps = 1e-12
-        loss = float(-np.mean(ytr * np.log(p + eps) + (1 - ytr) * np.log(1 - p + eps)))
-        grad = p - ytr
-        w = w - lr * (xtr.T @ grad) / n_train
-        b = b - lr * float(np.mean(grad))
-        ctx.progress("train", step=epoch + 1, total=epochs, loss=loss)
-    acc = float(np.mean(((xte @ w + b) > 0).astype(np.float64) == yte))
-    return {
-        "seed": seed,
-        "final_loss": loss,
-        "test_accuracy": acc,
-        "weight_norm": float(np.linalg.norm(w)),
-        "bias": float(b),
-    }

@@ -8,7 +8,10 @@ never silently re-executed) with the run's resources (``num_cpus`` default 1,
 code path as a local worker (:func:`pitune_core.runs.worker.execute_run`),
 writing progress and the outcome straight to the registry, so the database
 must live on a path every Ray worker can open (for several nodes, a shared
-file system and ``journal_mode="delete"``; see :mod:`.registry`).
+file system and ``journal_mode="delete"``; see :mod:`.registry`).  The task is
+told which trusted modules register job kinds (the driver's
+:func:`~pitune_core.runs.jobs.worker_job_modules`, a task argument, never read
+from the database), so those modules must be importable on every Ray worker.
 
 The run is claimed (queued -> running) by the task itself when Ray starts it,
 so runs waiting for a free CPU show as ``queued``.  Tasks are owned by the
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .jobs import worker_job_modules
 from .registry import CANCELLED, FAILED, FINAL_STATUSES, QUEUED, RUNNING, RunRecord, RunRegistry, validate_run_id
 
 __all__ = ["RayExecutor", "RayNotInstalledError", "import_ray", "init_ray", "RAY_VERSION", "RAY_INSTALL_HINT"]
@@ -95,11 +99,12 @@ def init_ray(
     return True
 
 
-def _run_in_ray(db_path: str, run_id: str, num_threads: int) -> str:
+def _run_in_ray(db_path: str, run_id: str, num_threads: int, job_modules: Sequence[str] = ()) -> str:
     """Body of the Ray task: the local worker's code path, claiming the run first."""
     from pitune_core.runs.worker import execute_run
 
-    return execute_run(db_path, run_id, claim=True, num_threads=num_threads, capture_output=True)
+    return execute_run(db_path, run_id, claim=True, num_threads=num_threads, capture_output=True,
+                       job_modules=job_modules)
 
 
 _REMOTE: Any = None
@@ -145,8 +150,10 @@ class RayExecutor:
         cancel_grace: float = 10.0,
         kill_grace: float = 5.0,
         init_kwargs: Mapping[str, Any] | None = None,
+        job_modules: Iterable[str] = (),
     ) -> None:
         self.registry = registry
+        self.job_modules = list(job_modules)
         self.ray = import_ray()
         self.cancel_grace = float(cancel_grace)
         self.kill_grace = float(kill_grace)
@@ -217,7 +224,8 @@ class RayExecutor:
         if run_id in self._refs:
             return
         opts, threads = ray_options(record.resources, run_id)
-        self._refs[run_id] = _remote().options(**opts).remote(str(self.registry.db_path), run_id, threads)
+        modules = worker_job_modules(self.job_modules)
+        self._refs[run_id] = _remote().options(**opts).remote(str(self.registry.db_path), run_id, threads, modules)
 
     def launch_pending(self) -> list[str]:
         """Launch every queued ``ray`` run not yet launched here (e.g. after a driver restart)."""

@@ -2,8 +2,18 @@
 
 One sqlite database holds every run (queued, running, finished); each run also
 gets a directory ``<runs_root>/<run_id>/`` with ``config.json``, ``log.txt``
-and, once finished, ``metrics.json`` (succeeded) or ``error.txt`` + ``FAILED``
-(failed).  Everything on disk is JSON or plain text, never pickle.
+and, once finished, one outcome that agrees with the database: ``metrics.json``
+(succeeded), ``error.txt`` + ``FAILED`` (failed), ``CANCELLED`` or
+``INTERRUPTED`` (one line each).  A resumed run starts its new attempt in a
+clean directory: everything the earlier attempt left besides ``config.json``
+and ``log.txt`` is first moved into ``attempt-<n>/``.  Everything on disk is
+JSON or plain text, never pickle.
+
+A row stores a run's *kind*, never code to run: workers execute only kinds
+registered in code (:mod:`.jobs`); the ``target`` column of old databases is
+ignored.  A database that cannot be opened or written (read-only file system,
+missing permissions, full disk) raises :class:`RegistryUnavailableError`, one
+readable line.
 
 Concurrency model
 -----------------
@@ -44,6 +54,7 @@ __all__ = [
     "RunRegistry",
     "RunRecord",
     "RunNotFoundError",
+    "RegistryUnavailableError",
     "STATUSES",
     "TERMINAL_STATUSES",
     "FINAL_STATUSES",
@@ -53,6 +64,8 @@ __all__ = [
     "is_valid_run_id",
     "new_run_id",
     "default_db_path",
+    "set_aside",
+    "OUTCOME_MARKERS",
     "process_start_ticks",
     "pid_alive",
     "to_jsonable",
@@ -74,7 +87,11 @@ FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED, INTERRUPTED})
 RESUMABLE_STATUSES = frozenset({INTERRUPTED, FAILED})
 
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
-_TARGET_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: one-line marker file per final status (besides metrics.json for succeeded)
+OUTCOME_MARKERS = {FAILED: "FAILED", CANCELLED: "CANCELLED", INTERRUPTED: "INTERRUPTED"}
+#: what a new attempt keeps in its run directory; the rest is moved into attempt-<n>/
+_KEPT_ON_RESUME = ("config.json", "log.txt")
+_ATTEMPT_DIR_RE = re.compile(r"^attempt-[0-9]+(\.[0-9]+)?$")
 EXECUTORS = ("local", "ray")
 
 HOSTNAME = socket.gethostname()
@@ -106,8 +123,71 @@ def validate_run_id(run_id: object) -> str:
 
 
 def default_db_path() -> Path:
-    """``$PITUNE_RUNS_DB`` or ``./runs/registry.sqlite``."""
-    return Path(os.environ.get("PITUNE_RUNS_DB") or os.path.join("runs", "registry.sqlite"))
+    """``$PITUNE_RUNS_DB`` or ``./runs/registry.sqlite`` (owned by :func:`pitune_core.paths.default_runs_db`)."""
+    from pitune_core.paths import default_runs_db  # a base module: no ML, no I/O
+
+    return default_runs_db()
+
+
+class RegistryUnavailableError(RuntimeError):
+    """The registry database or a run directory cannot be opened or written (one readable line)."""
+
+
+def _fs_problem(path: object) -> str | None:
+    """Why ``path`` (or its nearest existing parent) cannot be written, if the file system says so."""
+    p = Path(str(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        if os.statvfs(p).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except (OSError, AttributeError):
+        return None
+    if not os.access(p, os.W_OK):
+        return "no write permission"
+    return None
+
+
+def _unavailable(what: str, path: object, exc: BaseException) -> RegistryUnavailableError:
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    fs = _fs_problem(path)
+    if fs and fs.lower() not in reason.lower():
+        reason = f"{fs} ({reason})"
+    return RegistryUnavailableError(
+        f"cannot {what} {path}: {reason}. Point --db (or PITUNE_RUNS_DB) at a writable location"
+    )
+
+
+def _is_unavailable(exc: sqlite3.Error) -> bool:
+    """sqlite errors that mean "cannot open/write here" (not a transient lock)."""
+    msg = str(exc).lower()
+    return not ("locked" in msg or "busy" in msg) and isinstance(exc, sqlite3.OperationalError)
+
+
+def set_aside(run_dir: str | os.PathLike[str], label: str, keep: Iterable[str] = ()) -> Path | None:
+    """Move everything in ``run_dir`` except ``keep`` and earlier ``attempt-*`` folders into
+    ``run_dir/<label>/`` (``<label>.1``, ... if taken); returns that folder, or None if nothing moved.
+
+    Renames within one directory: nothing is copied, nothing is lost. Used before a new attempt
+    reuses a run directory, so that its outputs never sit beside those of an earlier attempt.
+    """
+    run_dir = Path(run_dir)
+    kept = set(keep)
+    try:
+        entries = [p for p in run_dir.iterdir() if p.name not in kept and not _ATTEMPT_DIR_RE.fullmatch(p.name)]
+    except FileNotFoundError:
+        return None
+    if not entries:
+        return None
+    dest = run_dir / label
+    n = 0
+    while dest.exists():
+        n += 1
+        dest = run_dir / f"{label}.{n}"
+    dest.mkdir()
+    for p in entries:
+        os.replace(p, dest / p.name)
+    return dest
 
 
 # ------------------------------------------------------------------ processes
@@ -310,18 +390,26 @@ class RunRecord:
     priority: int = 0
     resources: dict = field(default_factory=dict)
     executor: str = "local"
-    target: str | None = None
     attempt: int = 0
     worker_host: str | None = None
     worker_start_ticks: int | None = None
     heartbeat_at: float | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "RunRecord":
+    def from_row(cls, row: sqlite3.Row, runs_root: Path | None = None) -> "RunRecord":
+        """A record from a database row. With ``runs_root`` (as the registry always passes), the run
+        directory and log are derived from the run id inside ``runs_root``; the paths stored in the
+        row are never used, so a row from elsewhere cannot point a job, a log or a move elsewhere."""
         keys = row.keys()
 
         def get(name: str, default: Any = None) -> Any:
             return row[name] if name in keys else default
+
+        if runs_root is None:
+            run_dir, log_path = Path(row["run_dir"]), Path(row["log_path"])
+        else:
+            run_dir = runs_root / (row["id"] if is_valid_run_id(row["id"]) else ".invalid-run-id")
+            log_path = run_dir / "log.txt"
 
         return cls(
             id=row["id"],
@@ -334,15 +422,14 @@ class RunRecord:
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
-            run_dir=Path(row["run_dir"]),
-            log_path=Path(row["log_path"]),
+            run_dir=run_dir,
+            log_path=log_path,
             error=row["error"],
             worker_pid=row["worker_pid"],
             cancel_requested=bool(row["cancel_requested"]),
             priority=get("priority", 0) or 0,
             resources=_loads(get("resources"), {}),
             executor=get("executor", "local") or "local",
-            target=get("target"),
             attempt=get("attempt", 0) or 0,
             worker_host=get("worker_host"),
             worker_start_ticks=get("worker_start_ticks"),
@@ -399,11 +486,17 @@ class RunRegistry:
             raise ValueError(f"unsupported journal_mode {self.journal_mode!r}")
         self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.runs_root.mkdir(parents=True, exist_ok=True)
-        conn = self._conn()
-        conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
-        self.schema_version = apply_migrations(conn)
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            self.runs_root.mkdir(parents=True, exist_ok=True)
+            conn = self._conn()
+            conn.execute(f"PRAGMA journal_mode={self.journal_mode}")
+            self.schema_version = apply_migrations(conn)
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            if isinstance(exc, sqlite3.Error) and not _is_unavailable(exc):
+                raise
+            raise _unavailable("open the run registry", self.db_path, exc) from exc
 
     def __repr__(self) -> str:
         return f"RunRegistry({str(self.db_path)!r})"
@@ -449,10 +542,15 @@ class RunRegistry:
             conn.execute("BEGIN IMMEDIATE")
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and _is_unavailable(exc):
+                raise _unavailable("write to the run registry", self.db_path, exc) from exc
             raise
+
+    def _record(self, row: sqlite3.Row) -> RunRecord:
+        return RunRecord.from_row(row, self.runs_root)
 
     def _row(self, conn: sqlite3.Connection, run_id: str) -> sqlite3.Row:
         row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -469,6 +567,8 @@ class RunRegistry:
     def append_log(log_path: str | os.PathLike[str], message: str) -> None:
         """Append a timestamped line to a run's log (O_APPEND, safe across processes)."""
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        if Path(log_path).parent.is_symlink():  # a run directory replaced by a link: never follow it
+            return
         try:
             with open(log_path, "a", encoding="utf-8") as fh:
                 for line in str(message).splitlines() or [""]:
@@ -487,24 +587,21 @@ class RunRegistry:
         *,
         priority: int = 0,
         executor: str = "local",
-        target: str | None = None,
     ) -> str:
         """Queue a run and create its directory; returns the new run id.
 
-        ``target`` ("module:function") defaults to the import path registered for
-        ``kind`` (see :func:`pitune_core.runs.jobs.register_job`); it is stored
-        with the run so that worker processes need no registration of their own.
+        ``kind`` must be registered in this process (:func:`pitune_core.runs.jobs.register_job`)
+        and ``config`` must pass the kind's validator: a run that would be refused is never
+        queued (``ValueError``, one line). Only the kind's name is stored with the run.
         """
-        from .jobs import resolve_target  # light module: never imports torch
+        from .jobs import validate_job_config  # light module: never imports torch
 
-        if not isinstance(kind, str) or not kind:
-            raise ValueError("kind must be a non-empty string")
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
-        target = target or resolve_target(kind)
-        if not _TARGET_RE.fullmatch(target):
-            raise ValueError(f"job target must look like 'package.module:function', not {target!r}")
+        if config is not None and not isinstance(config, Mapping):
+            raise ValueError(f"a run's config must be a JSON object, not {type(config).__name__}")
         config = dict(config or {})
+        validate_job_config(kind, config)
         resources = dict(resources or {})
         config_json = _dumps(config, sort_keys=True)
         resources_json = _dumps(resources, sort_keys=True)
@@ -519,6 +616,8 @@ class RunRegistry:
                 run_dir.mkdir(parents=True, exist_ok=False)
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise _unavailable("create the run directory", run_dir, exc) from exc
             log_path = run_dir / "log.txt"
             try:
                 _atomic_write(run_dir / "config.json", _dumps(config, indent=2, sort_keys=True) + "\n")
@@ -526,8 +625,8 @@ class RunRegistry:
                 with self._write() as conn:
                     conn.execute(
                         """INSERT INTO runs (id, kind, name, config, status, progress, created_at,
-                               run_dir, log_path, priority, resources, executor, target)
-                           VALUES (?, ?, ?, ?, 'queued', '{}', ?, ?, ?, ?, ?, ?, ?)""",
+                               run_dir, log_path, priority, resources, executor)
+                           VALUES (?, ?, ?, ?, 'queued', '{}', ?, ?, ?, ?, ?, ?)""",
                         (
                             run_id,
                             kind,
@@ -539,12 +638,14 @@ class RunRegistry:
                             int(priority),
                             resources_json,
                             executor,
-                            target,
                         ),
                     )
             except sqlite3.IntegrityError:
                 _rmtree_quiet(run_dir)
                 continue
+            except OSError as exc:
+                _rmtree_quiet(run_dir)
+                raise _unavailable("write the run directory", run_dir, exc) from exc
             except BaseException:
                 _rmtree_quiet(run_dir)
                 raise
@@ -555,7 +656,7 @@ class RunRegistry:
 
     def get(self, run_id: str) -> RunRecord:
         validate_run_id(run_id)
-        return RunRecord.from_row(self._row(self._conn(), run_id))
+        return self._record(self._row(self._conn(), run_id))
 
     def exists(self, run_id: str) -> bool:
         validate_run_id(run_id)
@@ -593,7 +694,7 @@ class RunRegistry:
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             params.extend([int(limit), int(offset)])
-        return [RunRecord.from_row(r) for r in self._conn().execute(sql, params).fetchall()]
+        return [self._record(r) for r in self._conn().execute(sql, params).fetchall()]
 
     list = list_runs  # the obvious name; ``list_runs`` avoids shadowing the builtin
 
@@ -605,7 +706,7 @@ class RunRegistry:
             rows = self._conn().execute(
                 f"SELECT * FROM runs WHERE id IN ({','.join('?' * len(chunk))})", chunk
             ).fetchall()
-            out.update({r["id"]: RunRecord.from_row(r) for r in rows})
+            out.update({r["id"]: self._record(r) for r in rows})
         return out
 
     def counts(self) -> dict[str, int]:
@@ -671,7 +772,7 @@ class RunRegistry:
                WHERE id = ? AND status = 'queued'""",
             (now, now, pid, host, ticks, run_id),
         )
-        return RunRecord.from_row(self._row(conn, run_id))
+        return self._record(self._row(conn, run_id))
 
     def mark_started(self, run_id: str, *, pid: int | None = None) -> RunRecord | None:
         """Record the worker process executing a claimed run; ``None`` if not running."""
@@ -688,7 +789,7 @@ class RunRegistry:
             if cur.rowcount == 0:
                 self._row(conn, run_id)  # raises if missing
                 return None
-            return RunRecord.from_row(self._row(conn, run_id))
+            return self._record(self._row(conn, run_id))
 
     def set_progress(self, run_id: str, progress: Mapping[str, Any] | None = None, **fields: Any) -> bool:
         """Replace the progress dict of a running run. False if it is not running."""
@@ -728,9 +829,10 @@ class RunRegistry:
         ``status`` is succeeded, failed, cancelled or interrupted.  The update only
         happens while the run is in one of ``only_if`` (default: running), so a
         late or duplicate report never overwrites an outcome.  Returns whether the
-        run was updated.  Writes ``metrics.json`` (succeeded) or ``error.txt`` +
-        ``FAILED`` (failed; ``details`` -- e.g. a full traceback -- goes to
-        ``error.txt``, ``error`` is the short text kept in the database).
+        run was updated.  Writes the outcome files (:meth:`_write_outcome`):
+        ``metrics.json`` (succeeded), ``error.txt`` + ``FAILED`` (failed;
+        ``details`` -- e.g. a full traceback -- goes to ``error.txt``, ``error`` is
+        the short text kept in the database), ``CANCELLED`` or ``INTERRUPTED``.
         """
         validate_run_id(run_id)
         if status not in (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED):
@@ -747,16 +849,40 @@ class RunRegistry:
                        error = ?, heartbeat_at = ? WHERE id = ?""",
                 (status, now, metrics_json, error, now, run_id),
             )
-        run_dir = Path(row["run_dir"])
+        self._write_outcome(self._record(row), status, metrics=metrics, error=error, details=details)
+        return True
+
+    def _write_outcome(
+        self,
+        record: RunRecord,
+        status: str,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        error: str | None = None,
+        details: str | None = None,
+    ) -> None:
+        """Make the run directory say what the database says: the file(s) of ``status``, and no
+        marker of another outcome (a job may have written its own, e.g. ``INTERRUPTED`` on a cancel)."""
+        run_dir, log_path = record.run_dir, record.log_path
+        if run_dir.is_symlink() or not run_dir.is_dir():  # never follow a link out of runs_root
+            self.append_log(log_path, f"[registry] not writing result files: {run_dir} is not a plain directory")
+            return
         try:
+            for st, marker in OUTCOME_MARKERS.items():
+                if st != status:
+                    try:
+                        (run_dir / marker).unlink()
+                    except FileNotFoundError:
+                        pass
             if status == SUCCEEDED:
                 _atomic_write(run_dir / "metrics.json", _dumps(dict(metrics or {}), indent=2, sort_keys=True) + "\n")
-            elif status == FAILED:
+                return
+            if status == FAILED:
                 _atomic_write(run_dir / "error.txt", (details or error or "failed") + "\n")
-                _atomic_write(run_dir / "FAILED", (error or "failed").splitlines()[0][:500] + "\n")
+            line = (str(error or status).strip().splitlines() or [status])[0][:500]
+            _atomic_write(run_dir / OUTCOME_MARKERS[status], line + "\n")
         except OSError as exc:  # the database is the source of truth
-            self.append_log(row["log_path"], f"[registry] could not write result files: {exc}")
-        return True
+            self.append_log(log_path, f"[registry] could not write result files: {exc}")
 
     def request_cancel(self, run_id: str) -> RunRecord:
         """Ask a run to stop.
@@ -778,7 +904,9 @@ class RunRegistry:
                 )
             elif status == RUNNING:
                 conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
-            record = RunRecord.from_row(self._row(conn, run_id))
+            record = self._record(self._row(conn, run_id))
+        if status in (QUEUED, INTERRUPTED):
+            self._write_outcome(record, CANCELLED, error=record.error)
         if status in (QUEUED, INTERRUPTED, RUNNING):
             self.append_log(record.log_path, f"[registry] cancel requested (run was {status})")
         return record
@@ -816,39 +944,47 @@ class RunRegistry:
                     (now, f"interrupted: {why}", run_id, pid),
                 )
                 if cur.rowcount:
-                    recovered.append(RunRecord.from_row(self._row(conn, run_id)))
+                    recovered.append(self._record(self._row(conn, run_id)))
         for rec in recovered:
+            self._write_outcome(rec, INTERRUPTED, error=rec.error)
             self.append_log(rec.log_path, f"[registry] marked interrupted: {rec.error}")
         return recovered
 
     def resume(self, run_id: str) -> RunRecord:
-        """Queue an interrupted or failed run again (same id, same directory)."""
+        """Queue an interrupted or failed run again (same id, same directory).
+
+        The earlier attempt's files (all but ``config.json`` and ``log.txt``) are first moved into
+        ``attempt-<n>/``, so the new attempt never writes beside them.
+        """
         validate_run_id(run_id)
+        before = self._record(self._row(self._conn(), run_id))
+        if before.status not in RESUMABLE_STATUSES:
+            raise ValueError(
+                f"run {run_id} is {before.status}; only {sorted(RESUMABLE_STATUSES)} runs can be resumed"
+            )
+        if before.run_dir.is_symlink() or not before.run_dir.is_dir():
+            raise ValueError(f"run directory {before.run_dir} is not a plain directory; it cannot be resumed")
+        # files first: if they cannot be moved, the run stays as it was (nothing half-done)
+        try:
+            moved = set_aside(before.run_dir, f"attempt-{before.attempt}", keep=_KEPT_ON_RESUME)
+        except OSError as exc:
+            raise _unavailable("move the earlier attempt's files aside in", before.run_dir, exc) from exc
         with self._write() as conn:
             row = self._row(conn, run_id)
-            if row["status"] not in RESUMABLE_STATUSES:
-                raise ValueError(
-                    f"run {run_id} is {row['status']}; only {sorted(RESUMABLE_STATUSES)} runs can be resumed"
-                )
+            if row["status"] not in RESUMABLE_STATUSES:  # resumed or cancelled meanwhile
+                raise ValueError(f"run {run_id} is {row['status']} now; it was not resumed")
             conn.execute(
                 """UPDATE runs SET status = 'queued', cancel_requested = 0, error = NULL, metrics = NULL,
                        started_at = NULL, finished_at = NULL, worker_pid = NULL, worker_host = NULL,
                        worker_start_ticks = NULL, heartbeat_at = NULL WHERE id = ?""",
                 (run_id,),
             )
-            record = RunRecord.from_row(self._row(conn, run_id))
-        # keep the failure history, but clear the markers of the current outcome
-        attempt = record.attempt
-        for name in ("error.txt",):
-            src = record.run_dir / name
-            if src.exists():
-                os.replace(src, record.run_dir / f"error.attempt-{attempt}.txt")
-        for name in ("FAILED", "metrics.json"):
-            try:
-                (record.run_dir / name).unlink()
-            except FileNotFoundError:
-                pass
-        self.append_log(record.log_path, f"[registry] ---- resumed (was {row['status']}; attempt {attempt + 1} next) ----")
+            record = self._record(self._row(conn, run_id))
+        note = f"; its files are in {moved.name}/" if moved else ""
+        self.append_log(
+            record.log_path,
+            f"[registry] ---- resumed (was {row['status']}; attempt {record.attempt + 1} next{note}) ----",
+        )
         return record
 
     # -------------------------------------------------------------- schedulers

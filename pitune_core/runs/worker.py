@@ -1,12 +1,17 @@
 """Execute one run: the code path shared by the local executor and Ray.
 
-``python -m pitune_core.runs.worker --db DB RUN_ID`` is what the local
-scheduler starts for each run (one process per run); the Ray executor calls
-:func:`execute_run` inside a Ray task.  Either way the worker
+``python -m pitune_core.runs.worker --db DB [--jobs-module M ...] RUN_ID`` is
+what the local scheduler starts for each run (one process per run); the Ray
+executor calls :func:`execute_run` inside a Ray task.  Either way the worker
 
-1. records itself (pid, host) on the claimed run (or claims it, for Ray),
-2. imports the job function from the run's stored target and calls it,
-3. records the outcome: metrics -> ``succeeded``; an exception -> ``failed``
+1. imports the trusted job modules it was given by the process that started it
+   (plus :data:`~pitune_core.runs.jobs.DEFAULT_JOB_MODULES`) -- never a name
+   read from the database,
+2. records itself (pid, host) on the claimed run (or claims it, for Ray),
+3. looks the run's kind up in the kinds those modules registered and calls the
+   job; a kind nobody registered fails the run with a one-line error (the
+   ``target`` column of old databases is ignored),
+4. records the outcome: metrics -> ``succeeded``; an exception -> ``failed``
    with the full traceback in ``log.txt`` and ``error.txt``; a cancel ->
    ``cancelled``; SIGTERM without a cancel request -> ``interrupted``.
 """
@@ -21,9 +26,19 @@ import sys
 import threading
 import traceback
 from collections.abc import Mapping
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from .jobs import THREAD_ENV_VARS, RunCancelled, RunContext, WorkerTerminated, load_job, resolve_target, thread_env
+from .jobs import (
+    DEFAULT_JOB_MODULES,
+    THREAD_ENV_VARS,
+    RunCancelled,
+    RunContext,
+    UnknownJobKindError,
+    WorkerTerminated,
+    get_job,
+    import_job_modules,
+    thread_env,
+)
 from .registry import (
     CANCELLED,
     FAILED,
@@ -114,6 +129,7 @@ def execute_run(
     capture_output: bool = False,
     heartbeat_interval: float | None = None,
     progress_interval: float = 0.5,
+    job_modules: Iterable[str] = (),
 ) -> str:
     """Run ``run_id`` in this process and record its outcome; returns the final status.
 
@@ -121,6 +137,10 @@ def execute_run(
     the local scheduler claims runs itself before starting a worker.  If the run
     is not claimable / not running any more (e.g. cancelled while waiting), the
     job is not executed and the run's current status is returned.
+
+    ``job_modules`` name the trusted modules that register job kinds (given by the
+    process that started this worker); :data:`DEFAULT_JOB_MODULES` are always
+    imported.  A kind none of them registered fails the run, importing nothing.
     """
     validate_run_id(run_id)
     registry = RunRegistry(db_path)
@@ -132,6 +152,10 @@ def execute_run(
             return registry.get(run_id).status
         if record.cancel_requested:
             registry.finish(run_id, CANCELLED, error="cancelled before the job started")
+            return registry.get(run_id).status
+        if record.run_dir.is_symlink() or not record.run_dir.is_dir():  # a job never writes through a link
+            registry.finish(run_id, FAILED, error=f"run directory {record.run_dir} is missing or not a plain "
+                                                  "directory inside the registry; the job was not started")
             return registry.get(run_id).status
 
         threads = apply_thread_limits(_threads_for(record.resources, num_threads))
@@ -151,7 +175,8 @@ def execute_run(
                 if capture_output:
                     stack.enter_context(_capture_output(str(record.log_path)))
                 try:
-                    fn = load_job(record.target or resolve_target(record.kind))
+                    import_job_modules(dict.fromkeys([*DEFAULT_JOB_MODULES, *job_modules]))
+                    fn = get_job(record.kind).fn
                     result = fn(dict(record.config), ctx)
                     if result is None:
                         result = {}
@@ -159,6 +184,9 @@ def execute_run(
                         raise TypeError(f"job returned {type(result).__name__}; a job must return a dict of metrics")
                     metrics = to_jsonable(dict(result))
                     status = SUCCEEDED
+                except UnknownJobKindError as exc:
+                    status = FAILED
+                    error = f"{exc} (this worker runs only kinds registered in code; nothing was imported for it)"
                 except RunCancelled as exc:
                     status, error = CANCELLED, str(exc) or "cancelled"
                 except (WorkerTerminated, KeyboardInterrupt) as exc:
@@ -192,11 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pitune_core.runs.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True, help="path of the run registry database")
     parser.add_argument("--claim", action="store_true", help="claim the queued run first")
+    parser.add_argument("--jobs-module", action="append", default=[], metavar="MODULE",
+                        help="a trusted module that registers job kinds when imported (repeatable)")
     parser.add_argument("run_id")
     args = parser.parse_args(argv)
     try:
-        status = execute_run(args.db, args.run_id, claim=args.claim, install_signal_handlers=True)
-    except ValueError as exc:
+        status = execute_run(args.db, args.run_id, claim=args.claim, install_signal_handlers=True,
+                             job_modules=args.jobs_module)
+    except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return EXIT_CODES.get(status, 0)

@@ -14,7 +14,8 @@ from pitune_core.study.plan import StudyPlan
 def run_compare(root: Path, bb, plan: StudyPlan) -> None:
     from pitune_core.predict.similarity import read_similarity_csv
     from pitune_core.study.transfer import read_jsonl, shard_from_env, take_shard
-    from pitune_core.tune.baselines import Sources, result_row, run_method
+    from pitune_core.study.results import result_row
+    from pitune_core.tune.baselines import Sources, run_method
 
     names, S = read_similarity_csv(StudyPaths(root).similarity_csv("lora", "fisher"))
     sources = Sources({t: str(expert_dir(root, "lora", t)) for t in plan.tasks}, names, S)

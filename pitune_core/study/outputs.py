@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_COSINE_FILE, SIMILARITY_FILE, StudyPaths
 from pitune_core.study.plan import EMBEDDINGS
 
 
@@ -42,26 +42,31 @@ def _write_expert_summary(root: Path, methods: dict[str, list[str]]) -> None:
                          "expert_accuracy": round(meta["metrics"]["test"]["accuracy"], 4),
                          "num_train": meta["num_train"], "num_test": meta["num_test"], "steps": meta["steps"],
                          "train_time_s": meta["train_time_s"], "peak_memory_mb": meta["peak_memory_mb"]})
-    _write_csv(root / "experts" / "summary.csv", rows)
+    _write_csv(StudyPaths(root).expert_summary, rows)
 
 
 def _predict_outputs(root: Path, method: str, kind: str) -> None:
     from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.predict.graph import annotate_communities, build_graph, detect_communities, write_graph_json
+    from pitune_core.predict.graph import (
+        annotate_communities,
+        build_graph,
+        detect_communities,
+        write_graph_json,
+    )
     from pitune_core.predict.layout import layout_from_similarity, write_layout_csv
     from pitune_core.predict.similarity import similarity_matrix, write_similarity_csv
 
-    d = root / "predict" / method / kind
-    emb = load_embeddings(d / "embeddings.safetensors")
+    d = StudyPaths(root).embedding_dir(method, kind)
+    emb = load_embeddings(d / EMBEDDINGS_FILE)
     sim_kind = "fisher" if kind.startswith("fisher") else "cosine"
     S = similarity_matrix(emb.groups, emb.names, kind=sim_kind)
-    write_similarity_csv(d / "similarity.csv", emb.names, S)
+    write_similarity_csv(d / SIMILARITY_FILE, emb.names, S)
     if kind != "fisher":  # plain cosine alongside the paper's measure is only interesting for Fisher
         pass
     else:
-        write_similarity_csv(d / "similarity_cosine.csv", emb.names, similarity_matrix(emb.groups, emb.names, kind="cosine"))
+        write_similarity_csv(d / SIMILARITY_COSINE_FILE, emb.names, similarity_matrix(emb.groups, emb.names, kind="cosine"))
     summary = {}
-    p = root / "experts" / "summary.csv"
+    p = StudyPaths(root).expert_summary
     if p.exists():
         with open(p) as f:
             summary = {r["task"]: r for r in csv.DictReader(f) if r["method"] == method}
@@ -73,18 +78,18 @@ def _predict_outputs(root: Path, method: str, kind: str) -> None:
     k = min(3, len(emb.names) - 1)
     G = build_graph(emb.names, S, attrs, mode="knn", k=k)
     annotate_communities(G, detect_communities(G, method="louvain", seed=0))
-    write_graph_json(d / "graph.json", G)
+    write_graph_json(d / GRAPH_FILE, G)
     coords, note = layout_from_similarity(S, seed=0)
-    write_layout_csv(d / "layout.csv", emb.names, coords)
-    (d / "layout_note.txt").write_text(note + "\n")
+    write_layout_csv(d / LAYOUT_FILE, emb.names, coords)
+    (d / LAYOUT_NOTE_FILE).write_text(note + "\n")
 
 
 def fisher_stability(method_dir: Path, k: int = 3) -> dict:
     """Overlap of each task's top-k Fisher neighbours computed with N and with 2N samples."""
     from pitune_core.predict.similarity import read_similarity_csv, top_k
 
-    n1, S1 = read_similarity_csv(method_dir / "fisher" / "similarity.csv")
-    n2, S2 = read_similarity_csv(method_dir / "fisher_2n" / "similarity.csv")
+    n1, S1 = read_similarity_csv(method_dir / "fisher" / SIMILARITY_FILE)
+    n2, S2 = read_similarity_csv(method_dir / "fisher_2n" / SIMILARITY_FILE)
     k = min(k, len(n1) - 1)
     overlaps = {t: len({a for a, _ in top_k(S1, n1, t, k)} & {a for a, _ in top_k(S2, n2, t, k)}) / k for t in n1}
     iu = np.triu_indices(len(n1), 1)
@@ -98,18 +103,23 @@ def fisher_stability(method_dir: Path, k: int = 3) -> dict:
 def write_transfer_outputs(root: Path, tasks: list[str], k: int) -> dict:
     from pitune_core.predict.embeddings import random_embedding
     from pitune_core.predict.similarity import read_similarity_csv, similarity_matrix
-    from pitune_core.study.transfer import gain_matrices, prediction_quality, summarise_quality, write_matrix_csv
+    from pitune_core.study.transfer import (
+        gain_matrices,
+        prediction_quality,
+        summarise_quality,
+        write_matrix_csv,
+    )
 
-    per_seed = gain_matrices(root / "transfer" / "pairs.jsonl", tasks)
+    per_seed = gain_matrices(StudyPaths(root).transfer_pairs, tasks)
     stacked = np.stack(list(per_seed.values())) if per_seed else np.full((1, len(tasks), len(tasks)), np.nan)
     with np.errstate(all="ignore"):
         counts = np.sum(~np.isnan(stacked), axis=0)
         mean = np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
     np.fill_diagonal(mean, np.nan)
-    write_matrix_csv(root / "transfer" / "transfer_matrix.csv", tasks, mean)
+    write_matrix_csv(StudyPaths(root).transfer_matrix, tasks, mean)
     sims = {}
     for kind in EMBEDDINGS:
-        names, S = read_similarity_csv(root / "predict" / "lora" / kind / "similarity.csv")
+        names, S = read_similarity_csv(StudyPaths(root).similarity_csv("lora", kind))
         sims[kind] = (names, S)
     names = sims["fisher"][0]
     rnd = random_embedding(names, seed=0)
@@ -117,5 +127,5 @@ def write_transfer_outputs(root: Path, tasks: list[str], k: int) -> dict:
     quality = {emb: {seed: prediction_quality(S, nm, G, tasks, k=k) for seed, G in per_seed.items()}
                for emb, (nm, S) in sims.items()}
     summary = summarise_quality(quality, k=k)
-    (root / "transfer" / "predict_quality.json").write_text(json.dumps(summary, indent=2))
+    (StudyPaths(root).predict_quality).write_text(json.dumps(summary, indent=2))
     return summary

@@ -34,8 +34,8 @@ class StudyPlan:
 
 
 def full_plan() -> StudyPlan:
-    from pitune_core.tune.baselines import BASELINES
     from pitune_core.data.tasks import list_tasks
+    from pitune_core.tune.baselines import BASELINES
 
     subset = ["movie_sentiment", "bbc_topic", "election_tweets", "mnist", "fashion_mnist", "emoji_group",
               "tux_caption_match", "emoji_caption_match", "emoji_group_question"]

@@ -23,8 +23,11 @@ from typing import Any, Iterable, Sequence
 
 from pitune_core.common import EXPERT_TYPE_LABELS, EXPERT_TYPES, MODALITIES, check_task_name, parse_shots, parse_sources
 from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_FILE, StudyPaths
+from pitune_core.study.results import read_results
 from pitune_core.paths import default_study as default_study_path
 from pitune_core.tune.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
+
+NEIGHBORS_FILE = "neighbors.csv"  # a hub's top-k table (pitune_core.study.hub); no torch, no matrix
 
 __all__ = [
     "Study",
@@ -228,16 +231,19 @@ class Study:
                 raise ValueError("expected a list of task objects with a 'name'")
             for t in data:
                 check_task_name(t["name"], "tasks.json lists a task")
-            return data
+            from pitune_core.study.place import placed_task_infos  # user tasks placed on this study
+
+            have = {t["name"] for t in data}
+            return data + [t for t in placed_task_infos(self.root) if t["name"] not in have]
         return self._memo(("tasks",), load)
 
     def task_names(self) -> list[str]:
         return [t["name"] for t in self.tasks()]
 
     def task(self, name: str) -> dict:
-        for t in self.tasks():
-            if t["name"] == name:
-                return t
+        t = self._memo(("task_index", len(self.tasks())), lambda: {t["name"]: t for t in self.tasks()}).get(name)
+        if t is not None:  # a dict: the sidebar asks for every task's modality (10,000 in a hub)
+            return t
         raise ValueError(f"unknown task {name!r}: not in {self.root / 'tasks.json'}")
 
     def modality(self, name: str) -> str | None:
@@ -272,7 +278,7 @@ class Study:
         """Embeddings with a similarity matrix for ``method``, in display order."""
         self._check_method(method)
         base = StudyPaths(self.root).predict_of(method)
-        return [e for e in EMBEDDINGS if (base / e / SIMILARITY_FILE).is_file()]
+        return [e for e in EMBEDDINGS if (base / e / SIMILARITY_FILE).is_file() or (base / e / NEIGHBORS_FILE).is_file()]
 
     def expert_summary(self) -> list[dict]:
         """Rows of ``experts/summary.csv`` with numbers parsed."""
@@ -311,6 +317,7 @@ class Study:
                 "num_classes": t.get("num_classes"),
                 "num_train": t.get("num_train"),
                 "source": t.get("source", ""),
+                "user_task": bool(t.get("user_task")),
             }
         return out
 
@@ -334,10 +341,43 @@ class Study:
         self._check_method(method)
         self._check_embedding(embedding)
         d = StudyPaths(self.root).embedding_dir(method, embedding)
-        if not (d / SIMILARITY_FILE).is_file():
+        if not (d / SIMILARITY_FILE).is_file() and not (d / NEIGHBORS_FILE).is_file():
             have = ", ".join(self.embeddings(method)) or "none"
             raise ValueError(f"no {embedding} embedding for {method} experts in this study (available: {have})")
         return d
+
+    # ---------------------------------------------------------------- hub scale (top-k tables)
+    def has_matrix(self, method: str, embedding: str) -> bool:
+        """Whether the full similarity matrix is stored (a synthetic hub of 10,000 tasks stores only
+        each task's top-k neighbours, ``neighbors.csv``)."""
+        return (self._predict_dir(method, embedding) / SIMILARITY_FILE).is_file()
+
+    def has_neighbours(self, method: str, embedding: str) -> bool:
+        return (self._predict_dir(method, embedding) / NEIGHBORS_FILE).is_file()
+
+    def prediction_names(self, method: str, embedding: str) -> list[str]:
+        """The tasks with a ``method``/``embedding`` prediction, without parsing a large matrix: the
+        matrix's names when it is small or already read, else the study's tasks (a hub's tables
+        cover every task of its tasks.json)."""
+        d = self._predict_dir(method, embedding)
+        if ("sim", method, embedding) in self._cache or (
+                (d / SIMILARITY_FILE).is_file() and (d / SIMILARITY_FILE).stat().st_size < 2_000_000):
+            return list(self.similarity(method, embedding)[0])
+        return self.task_names()
+
+    def neighbours(self, method: str, embedding: str) -> tuple[list[str], Any, Any]:
+        """``(names, index (n, k), similarity (n, k))``: every task's stored top-k, best first
+        (``neighbors.csv``, written by ``pitune hub synth``); ValueError if the study has none."""
+        def load():
+            from pitune_core.study.hub import read_neighbors_csv
+
+            d = self._predict_dir(method, embedding)
+            if not (d / NEIGHBORS_FILE).is_file():
+                raise ValueError(f"no {NEIGHBORS_FILE} for {method}/{embedding} in this study")
+            names = self.task_names()
+            index, sim = read_neighbors_csv(d / NEIGHBORS_FILE, names)
+            return names, index, sim
+        return self._memo(("neighbours", method, embedding), load)
 
     def similarity(self, method: str, embedding: str) -> tuple[list[str], Any]:
         """(task names, similarity matrix as a numpy array)."""
@@ -348,7 +388,9 @@ class Study:
             names, S = read_similarity_csv(path)
             for n in names:  # file-supplied names reach paths and labels: identifiers only
                 check_task_name(n, f"{path.relative_to(self.root)} names a task")
-            return names, S
+            from pitune_core.study.place import merge_similarity  # + user tasks placed on this study
+
+            return merge_similarity(self.root, method, embedding, names, S)
         return self._memo(("sim", method, embedding), load)
 
     def precomputed_graph(self, method: str, embedding: str):
@@ -373,7 +415,9 @@ class Study:
                 check_task_name(n, f"{LAYOUT_FILE} names a task")
             note_p = d / LAYOUT_NOTE_FILE
             note = note_p.read_text(encoding="utf-8").strip() if note_p.is_file() else ""
-            return names, coords, note
+            from pitune_core.study.place import merge_layout  # + user tasks placed on this study
+
+            return merge_layout(self.root, method, embedding, names, coords, note)
         return self._memo(("layout", method, embedding), load)
 
     def task_graph(self, method: str, embedding: str, mode: str = "knn", k: int = 3, threshold: float = 0.5,
@@ -391,6 +435,22 @@ class Study:
             detect_communities,
         )
 
+        if mode == "knn" and self.has_neighbours(method, embedding):  # a hub: the stored top-k table
+            import networkx as nx
+
+            names, index, sim = self.neighbours(method, embedding)
+            if not 1 <= int(k) <= index.shape[1]:
+                raise ValueError(f"k must be between 1 and {index.shape[1]} (the neighbours stored per task)")
+            attrs = self.node_attrs(method)
+            G = nx.Graph(mode="knn", k=int(k))
+            for n in names:
+                G.add_node(n, **attrs.get(n, {}))
+            G.add_weighted_edges_from((names[i], names[j], float(s)) for i in range(len(names))
+                                      for j, s in zip(index[i, :k].tolist(), sim[i, :k].tolist()))
+            annotate_communities(G, detect_communities(G, method=community_method, seed=seed))
+            return G, community_summary(G)
+        if not self.has_matrix(method, embedding):
+            raise ValueError("this hub stores only each task's top-k neighbours: link tasks by k nearest neighbours")
         names, S = self.similarity(method, embedding)
         attrs = self.node_attrs(method)
         G = build_graph(names, S, {n: attrs.get(n, {}) for n in names}, mode=mode, k=k, threshold=threshold)
@@ -402,12 +462,34 @@ class Study:
         from pitune_core.predict.similarity import top_k
 
         self._check_task(target)
+        if self.has_neighbours(method, embedding):  # a hub: its stored top-k (exact similarities)
+            names, index, sim = self.neighbours(method, embedding)
+            i = names.index(target)
+            gains = self.measured_gains(target)
+            return [TopSource(names[j], float(s), self.modality(names[j]), gains.get(names[j]))
+                    for j, s in zip(index[i, :max(1, int(k))].tolist(), sim[i, :max(1, int(k))].tolist())]
         names, S = self.similarity(method, embedding)
         if target not in names:
             raise ValueError(f"{target} has no {method} {embedding} embedding in this study")
+        users = {t["name"] for t in self.tasks() if t.get("user_task")} - {target}
+        if users:  # user tasks have no expert: never a source
+            keep = [i for i, n in enumerate(names) if n not in users]
+            names, S = [names[i] for i in keep], S[keep][:, keep]
         k = max(1, min(int(k), len(names) - 1))
         gains = self.measured_gains(target)
         return [TopSource(n, float(s), self.modality(n), gains.get(n)) for n, s in top_k(S, names, target, k)]
+
+    def top_k_measured(self, target: str, k: int, method: str, embedding: str) -> list[TopSource]:
+        """Like :meth:`top_k`, ranked only over the sources whose transfer to ``target`` was measured
+        (what transfer/predict_quality.json's per-target ``predicted`` lists rank; ties by name)."""
+        self._check_task(target)
+        names, S = self.similarity(method, embedding)
+        if target not in names:
+            raise ValueError(f"{target} has no {method} {embedding} embedding in this study")
+        gains = self.measured_gains(target)
+        i = names.index(target)
+        cands = sorted((n for n in gains if n in names and n != target), key=lambda n: (-float(S[i, names.index(n)]), n))
+        return [TopSource(n, float(S[i, names.index(n)]), self.modality(n), gains[n]) for n in cands[:max(1, int(k))]]
 
     # ---------------------------------------------------------------- transfer (measured)
     def transfer_matrix(self) -> tuple[list[str], list[str], Any] | None:
@@ -479,18 +561,7 @@ class Study:
             p = StudyPaths(self.root).results_csv
             if not p.is_file():
                 return []
-            rows = []
-            for r in _read_csv(p):
-                shots = r.get("shots", "")
-                try:
-                    shots_v: int | str = int(shots)
-                except (TypeError, ValueError):
-                    shots_v = "full"
-                rows.append({"target": r.get("target"), "approach": r.get("method"), "shots": shots_v,
-                             "seed": r.get("seed"), "accuracy": _float(r.get("accuracy")),
-                             "score": _float(r.get("score")), "metric": r.get("metric"),
-                             "sources": [s for s in (r.get("sources") or "").split("|") if s]})
-            return rows
+            return read_results(p)
         rows = self._memo(("compare",), load)
         return [r for r in rows if target is None or r["target"] == target]
 
@@ -501,6 +572,40 @@ class Study:
                 seen.append(r["target"])
         return seen
 
+    def recorded_times(self) -> list[dict]:
+        """Compute time per stage, summed from what each run recorded (not the manifest's wall time
+        of the last, possibly resumed, invocation): ``[{stage, seconds, runs, source}]``;
+        ``seconds`` is None where the study's files record no run times."""
+        sp = StudyPaths(self.root)
+        out = []
+        secs, n = 0.0, 0
+        for row in self.expert_summary():
+            t = _float(row.get("train_time_s"))
+            if t is not None:
+                secs, n = secs + t, n + 1
+        out.append({"stage": "experts (training)", "seconds": secs if n else None, "runs": n,
+                    "source": "experts/summary.csv: train_time_s"})
+        for stage, path, field in (("transfer (pairs)", sp.transfer_pairs, "time_s"),
+                                   ("compare (runs)", sp.compare_runs, "time_s")):
+            secs, n, timed = 0.0, 0, 0
+            if path.is_file():
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    for line in fh:
+                        try:
+                            rec = json.loads(line)
+                        except ValueError:
+                            continue
+                        if not isinstance(rec, dict):
+                            continue
+                        n += 1
+                        t = _float(rec.get(field))
+                        if t is not None:
+                            secs, timed = secs + t, timed + 1
+            out.append({"stage": stage, "seconds": secs if timed else None, "runs": n,
+                        "source": f"{path.relative_to(self.root).as_posix()}: {field}"
+                                  + ("" if timed or not n else " (not recorded by this study's runs)")})
+        return out
+
     # ---------------------------------------------------------------- runs
     def transfer_config(self, target: str, sources: Sequence[str], method: str = "lora",
                         embedding: str = "fisher", weights: str | Sequence[float] = "uniform",
@@ -510,6 +615,10 @@ class Study:
         self._check_task(target)
         self._check_method(method)
         self._predict_dir(method, embedding)
+        most = self.task(target).get("max_shots")  # user tasks: the smallest class's training examples
+        if most is not None and parse_shots(shots) is not None and parse_shots(shots) > int(most):
+            raise ValueError(f"shots={parse_shots(shots)} is more than {target} has: its smallest class has "
+                             f"{most} training examples; choose at most {most} (or 'full')")
         sources = parse_sources(list(sources)) or []  # task identifiers, duplicates refused
         if not sources:
             raise ValueError("choose at least one source expert")

@@ -15,6 +15,7 @@ import numpy as np
 
 from pitune_core.common import EXPERT_TYPES
 from pitune_core.paths import StudyPaths
+from pitune_core.study.results import read_results
 
 
 def _rows(path: Path) -> list[dict]:
@@ -105,24 +106,25 @@ def predict_section(root: Path) -> list[str]:
 
 
 def compare_section(root: Path) -> list[str]:
-    rows = _rows(StudyPaths(root).results_csv)
+    p = StudyPaths(root).results_csv
+    rows = [{**r, "shots": str(r["shots"])} for r in read_results(p)] if p.is_file() else []
     if not rows:
         return []
     tasks = {t["name"]: t["modality"] for t in json.loads(StudyPaths(root).tasks_json.read_text())} \
         if StudyPaths(root).tasks_json.exists() else {}
     shots = sorted({r["shots"] for r in rows}, key=lambda s: (s == "full", int(s) if s != "full" else 0))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = list(dict.fromkeys(r["approach"] for r in rows))
     out = ["## π-Tuning against the baselines (test, headline metric, %, mean ± std over seeds)", ""]
     for s in shots:
         sub = [r for r in rows if r["shots"] == s]
         targets = list(dict.fromkeys(r["target"] for r in sub))
-        ms = [m for m in methods if any(r["method"] == m for r in sub)]
+        ms = [m for m in methods if any(r["approach"] == m for r in sub)]
         out += [f"### shots = {s}", "", "| approach | " + " | ".join(targets) + " | mean |",
                 "|---|" + "---|" * (len(targets) + 1)]
         for m in ms:
             cells, means = [], []
             for t in targets:
-                v = [float(r["score"]) for r in sub if r["method"] == m and r["target"] == t]
+                v = [r["score"] for r in sub if r["approach"] == m and r["target"] == t]
                 cells.append(_ms(v))
                 if v:
                     means.append(np.mean(v))
@@ -135,7 +137,7 @@ def compare_section(root: Path) -> list[str]:
             for m in ms:
                 cells = []
                 for mod in sorted({tasks.get(t, "?") for t in targets}):
-                    v = [float(r["score"]) for r in sub if r["method"] == m and tasks.get(r["target"]) == mod]
+                    v = [r["score"] for r in sub if r["approach"] == m and tasks.get(r["target"]) == mod]
                     cells.append(_ms(v))
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
             out.append("")

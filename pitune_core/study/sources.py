@@ -23,4 +23,7 @@ def load_sources(study: str | Path, method: str, embedding: str = "fisher"):
     if not sim_path.exists():
         raise InterpolationError(f"no {embedding} similarities for {method} experts in {study} ({sim_path} missing)")
     names, S = read_similarity_csv(sim_path)
+    from pitune_core.study.place import merge_similarity  # user tasks placed on this study can be targets
+
+    names, S = merge_similarity(study, method, embedding, names, S)
     return Sources(dirs, names, S)

@@ -7,24 +7,33 @@ sources) is the ground truth; Spearman correlation between predicted similarity 
 and how often the predicted top-3 contains the actual best source, score each embedding.
 
 Every finished (target, source, seed) is appended to ``pairs.jsonl`` at once, so a killed study
-resumes where it stopped.
+resumes where it stopped. Each record carries the key of its full configuration (method and
+budget, :meth:`TransferBudget.key`), so pairs made under different budgets never mix.
+
+The second half (:class:`TransferPlan`, ``plans/transfer-v2.json``) is the ground truth worth
+predicting: >= 4 seeds, each with its own few-shot sample, every pair scored on the whole test
+split; its split-half reliability (the noise ceiling, :mod:`pitune_core.predict.quality`); and
+every predictor of :mod:`pitune_core.predict.predictors` at 4 / 16 shots and full data, scored
+against it. All stages are resumable and shardable (``PITUNE_SHARD=i/n``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.experts import TrainConfig, train_expert
-from pitune_core.data.tasks import get_task
 
 
 @dataclass
@@ -39,6 +48,12 @@ class TransferBudget:
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(min_steps=self.steps, max_steps=self.steps, batch_size=self.batch_size, seed=seed)
+
+    def key(self, method: str) -> str:
+        """Short hash of everything that makes a pair's score (all but the seed list)."""
+        cfg = {"method": method, "shots": self.shots, "steps": self.steps, "batch_size": self.batch_size,
+               "eval_limit": self.eval_limit}
+        return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def few_shot_score(target: str, method: str, backbone: UnifiedBackbone, budget: TransferBudget, seed: int,
@@ -81,8 +96,16 @@ def take_shard(jobs: list) -> list:
     return jobs if shard is None else [j for k, j in enumerate(jobs) if k % shard[1] == shard[0]]
 
 
-def _read_done(path: Path) -> dict[tuple[str, str, int], float]:
-    return {(r["target"], r["source"], int(r["seed"])): float(r["score"]) for r in read_jsonl(path)}
+def _read_done(path: Path, key: str | None = None) -> dict[tuple[str, str, int], float]:
+    """Finished pairs; with ``key``, only those of that configuration (records without a key
+    predate keys and belong to the log's ``budget.json``, which :func:`_start_log` checked)."""
+    return {(r["target"], r["source"], int(r["seed"])): float(r["score"]) for r in read_jsonl(path)
+            if key is None or r.get("key", key) == key}
+
+
+def _record(t: str, s: str, seed: int, score: float, key: str | None) -> str:
+    rec = {"target": t, "source": s, "seed": seed, "score": score}
+    return json.dumps(rec if key is None else {**rec, "key": key}) + "\n"
 
 
 def _start_log(out: Path, method: str, tasks: list[str], budget: TransferBudget) -> Path:
@@ -91,7 +114,7 @@ def _start_log(out: Path, method: str, tasks: list[str], budget: TransferBudget)
     log, meta = out / "pairs.jsonl", out / "budget.json"
     same = ("method", "shots", "steps", "batch_size", "eval_limit")
     want = {"method": method, **asdict(budget)}
-    if meta.exists() and read_jsonl(log):
+    if meta.exists() and any("key" not in r for r in read_jsonl(log)):  # keyed records never mix
         had = json.loads(meta.read_text())
         diff = [k for k in same if had.get(k) != want[k]]
         if diff:
@@ -101,25 +124,29 @@ def _start_log(out: Path, method: str, tasks: list[str], budget: TransferBudget)
     return log
 
 
-def pair_jobs(tasks: list[str], seeds: tuple[int, ...]) -> list[tuple[str, str, int]]:
-    """Every (target, source-or-'scratch', seed) the study needs."""
-    return [(t, s, seed) for seed in seeds for t in tasks for s in ["scratch", *[x for x in tasks if x != t]]]
+def pair_jobs(tasks: list[str], seeds: tuple[int, ...], targets: list[str] | None = None) -> list[tuple[str, str, int]]:
+    """Every (target, source-or-'scratch', seed) the study needs (``targets``: only these rows)."""
+    return [(t, s, seed) for seed in seeds for t in tasks if targets is None or t in targets
+            for s in ["scratch", *[x for x in tasks if x != t]]]
 
 
 def run_pairs(tasks: list[str], expert_dirs: dict[str, str | Path], method: str, backbone: UnifiedBackbone,
-              budget: TransferBudget, out: str | Path, on_pair: Callable[[int, int, tuple], None] | None = None) -> Path:
-    """Run (or resume) the pairwise study; results accumulate in ``out/pairs.jsonl``."""
+              budget: TransferBudget, out: str | Path, on_pair: Callable[[int, int, tuple], None] | None = None,
+              targets: list[str] | None = None) -> Path:
+    """Run (or resume) the pairwise study; results accumulate in ``out/pairs.jsonl``
+    (``targets``: only these targets' rows, every task still a source; a pilot)."""
     missing = [t for t in tasks if t not in expert_dirs]
     if missing:
         raise ValueError(f"no {method} expert for {', '.join(missing)}; train them first")
     log = _start_log(Path(out), method, tasks, budget)
-    done = _read_done(log)
-    jobs = take_shard(pair_jobs(tasks, budget.seeds))
+    key = budget.key(method)
+    done = _read_done(log, key)
+    jobs = take_shard(pair_jobs(tasks, budget.seeds, targets))
     for i, (t, s, seed) in enumerate(jobs):
-        if (t, s, seed) not in done and (t, s, seed) not in (done := _read_done(log)):
+        if (t, s, seed) not in done and (t, s, seed) not in (done := _read_done(log, key)):
             score = few_shot_score(t, method, backbone, budget, seed, None if s == "scratch" else expert_dirs[s])
             with open(log, "a") as f:
-                f.write(json.dumps({"target": t, "source": s, "seed": seed, "score": score}) + "\n")
+                f.write(_record(t, s, seed, score, key))
             done[(t, s, seed)] = score
         if on_pair:
             on_pair(i + 1, len(jobs), (t, s, seed))
@@ -139,7 +166,8 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
     from pitune_core.runs.registry import RunRegistry
 
     log = _start_log(Path(out), method, tasks, budget)
-    done = _read_done(log)
+    key = budget.key(method)
+    done = _read_done(log, key)
     todo = [j for j in pair_jobs(tasks, budget.seeds) if j not in done]
     configs = [{"target": t, "source": None if s == "scratch" else s,
                 "source_dir": None if s == "scratch" else str(Path(expert_dirs[s]).resolve()),
@@ -173,8 +201,7 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
             rec = records[rid]
             if rec.status == "succeeded":
                 m = rec.metrics
-                f.write(json.dumps({"target": m["target"], "source": m["source"], "seed": m["seed"],
-                                    "score": m["score"]}) + "\n")
+                f.write(_record(m["target"], m["source"], m["seed"], m["score"], key))
             else:
                 last = (rec.error or "").strip().splitlines()[-1:]
                 failed.append(f"{rid} ({rec.status}{': ' + last[0] if last else ''})")
@@ -184,9 +211,16 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
     return log
 
 
-def gain_matrices(pairs_path: str | Path, tasks: list[str]) -> dict[int, np.ndarray]:
-    """Per seed: gains in accuracy points, ``G[i, j]`` = target i from source j minus scratch (NaN diagonal)."""
-    done = _read_done(Path(pairs_path))
+def gain_matrices(pairs_path: str | Path, tasks: list[str], key: str | None = None) -> dict[int, np.ndarray]:
+    """Per seed: gains in accuracy points, ``G[i, j]`` = target i from source j minus scratch (NaN diagonal).
+
+    ``key`` selects one configuration of a log holding several; without it the log must hold one."""
+    if key is None:
+        keys = {r.get("key") for r in read_jsonl(Path(pairs_path))}
+        if len(keys) > 1:
+            raise ValueError(f"{pairs_path} holds pairs of {len(keys)} configurations; pass the key of one "
+                             f"({', '.join(sorted(str(k) for k in keys))})")
+    done = _read_done(Path(pairs_path), key)
     seeds = sorted({k[2] for k in done})
     out = {}
     for seed in seeds:
@@ -250,3 +284,207 @@ def summarise_quality(per_seed: dict[str, dict[int, dict]], k: int = 3) -> dict:
                     f"top{k}_hit_mean": float(np.mean(hit)), f"top{k}_hit_std": float(np.std(hit)),
                     "seeds": {str(s): q for s, q in seeds.items()}}
     return out
+
+
+# ============================================================================= the v2 study
+
+@dataclass
+class TransferPlan:
+    """A pre-registered ground-truth study (``plans/transfer-v2.json``): which tasks, the few-shot
+    budget of every pair, the seeds (each its own few-shot sample), and which predictors to score
+    at which target data sizes (``target_shots``: shots per class, ``null`` = full data)."""
+
+    name: str
+    tasks: list[str]
+    method: str = "lora"
+    shots: int = 16
+    steps: int = 50
+    batch_size: int = 16
+    eval_limit: int | None = None  # None: the whole test split
+    seeds: tuple[int, ...] = (0, 1, 2, 3)
+    predictors: list[str] = field(default_factory=list)
+    target_shots: list[int | None] = field(default_factory=lambda: [4, 16, None])
+    predictor_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    fisher_n: int = 64
+    k: int = 3
+    notes: str = ""
+
+    @property
+    def budget(self) -> TransferBudget:
+        return TransferBudget(shots=self.shots, steps=self.steps, batch_size=self.batch_size,
+                              seeds=tuple(self.seeds), eval_limit=self.eval_limit)
+
+    def key(self) -> str:
+        return self.budget.key(self.method)
+
+
+_PLAN_TYPES = {"name": str, "tasks": list, "method": str, "shots": int, "steps": int, "batch_size": int,
+               "eval_limit": (int, type(None)), "seeds": list, "predictors": list, "target_shots": list,
+               "predictor_seeds": list, "fisher_n": int, "k": int, "notes": str}
+
+
+def load_plan(path: str | Path) -> TransferPlan:
+    """Read and validate a plan file (JSON, at most 1 MB; unknown or mistyped fields are refused)."""
+    from pitune_core.predict.predictors import PREDICTORS
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size > 2**20:
+        raise ValueError(f"{path}: not a plan file (missing or larger than 1 MB)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a plan is a JSON object")  # noqa: TRY004 (a user error: one line)
+    unknown = sorted(set(raw) - set(_PLAN_TYPES))
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(_PLAN_TYPES)}")
+    for k, v in raw.items():
+        if not isinstance(v, _PLAN_TYPES[k]) or isinstance(v, bool):
+            raise ValueError(f"{path}: field {k!r} has the wrong type ({type(v).__name__})")  # noqa: TRY004
+    for t in raw.get("tasks", []):
+        get_task(t)
+    bad = [p for p in raw.get("predictors", []) if p not in PREDICTORS]
+    if bad:
+        raise ValueError(f"{path}: unknown predictor(s) {', '.join(bad)}; choose from {', '.join(PREDICTORS)}")
+    if any(s is not None and (not isinstance(s, int) or s < 1) for s in raw.get("target_shots", [])):
+        raise ValueError(f"{path}: target_shots are positive integers or null (full data)")
+    for k in ("seeds", "predictor_seeds"):
+        if k in raw:
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in raw[k]) or len(set(raw[k])) != len(raw[k]):
+                raise ValueError(f"{path}: {k} must be distinct integers")
+            raw[k] = tuple(raw[k])
+    if "name" not in raw or "tasks" not in raw or len(raw["tasks"]) < 3:
+        raise ValueError(f"{path}: a plan needs a name and at least 3 tasks")
+    return TransferPlan(**raw)
+
+
+def run_plan_pairs(plan: TransferPlan, expert_dirs: dict[str, str | Path], backbone: UnifiedBackbone, out: str | Path,
+                   on_pair=None, targets: list[str] | None = None) -> Path:
+    """The plan's ground truth: every (target, source | scratch, seed), resumable and shardable."""
+    return run_pairs(plan.tasks, expert_dirs, plan.method, backbone, plan.budget, out, on_pair=on_pair, targets=targets)
+
+
+def gain_tensor(pairs_path: str | Path, tasks: list[str], seeds, key: str | None = None) -> np.ndarray:
+    """Gains as one ``(n_seeds, n_targets, n_sources)`` array in ``seeds`` order (NaN where missing)."""
+    per_seed = gain_matrices(pairs_path, tasks, key)
+    return np.stack([per_seed.get(s, np.full((len(tasks), len(tasks)), np.nan)) for s in seeds])
+
+
+def reliability(plan: TransferPlan, pairs_path: str | Path) -> dict:
+    """Split-half reliability of the plan's measured gains (the noise ceiling); see
+    :func:`pitune_core.predict.quality.seed_reliability`."""
+    from pitune_core.predict.quality import seed_reliability
+
+    G = gain_tensor(pairs_path, plan.tasks, plan.seeds, plan.key())
+    return seed_reliability(G, plan.tasks, plan.tasks, plan.k)
+
+
+def predictor_jobs(plan: TransferPlan, targets: list[str] | None = None) -> list[tuple[str, int | None, int]]:
+    """(target, shots, seed) groups; full data needs one seed (its rows do not depend on the sample)."""
+    return [(t, shots, seed) for seed in plan.predictor_seeds for t in plan.tasks for shots in plan.target_shots
+            if (shots is not None or seed == plan.predictor_seeds[0]) and (targets is None or t in targets)]
+
+
+def _row_key(plan: TransferPlan, ctx) -> str:
+    cfg = {"tasks": plan.tasks, "method": plan.method, "steps": ctx.steps, "batch_size": ctx.batch_size,
+           "fisher_n": ctx.fisher_n, "fisher_batch": ctx.fisher_batch, "data_n": ctx.data_n, "seed": ctx.seed,
+           "probe_seed": ctx.probe_seed, "probe_std": ctx.probe_std, "backbone": ctx.backbone.backbone_id}
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_predictors(plan: TransferPlan, ctx, out: str | Path, on_row=None, targets: list[str] | None = None) -> Path:
+    """Every predictor's row for every (target, target data size, seed): appended to
+    ``out/predictors.jsonl`` (keyed by the predictor settings), with its wall time; resumable and
+    shardable by (target, shots, seed) group so the per-target caches are shared."""
+    from pitune_core.predict.predictors import available_examples, predict_row
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "predictors.jsonl"
+    key = _row_key(plan, ctx)
+
+    def done_now():
+        return {(r["predictor"], r["target"], r["shots"], r["seed"]) for r in read_jsonl(log) if r.get("key") == key}
+
+    done = done_now()
+    jobs = take_shard(predictor_jobs(plan, targets))
+    for i, (t, shots, seed) in enumerate(jobs):
+        todo = [p for p in plan.predictors if (p, t, shots, seed) not in done]
+        if todo and (todo := [p for p in todo if (p, t, shots, seed) not in (done := done_now())]):
+            target = available_examples(t, ctx.backbone, shots, seed)
+            for p in todo:
+                t0 = time.perf_counter()
+                row = predict_row(p, target, ctx)
+                rec = {"predictor": p, "target": t, "shots": shots, "seed": seed, "key": key,
+                       "sources": ctx.sources_for(t), "row": [float(x) for x in row],
+                       "seconds": round(time.perf_counter() - t0, 3)}
+                with open(log, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+        ctx._target_model = (None, None)  # next group: another target expert
+        ctx._mem = {k: v for k, v in ctx._mem.items() if isinstance(k, str)}  # keep the source-side cache only
+        if on_row:
+            on_row(i + 1, len(jobs), (t, shots, seed))
+    return log
+
+
+def quality_table(plan: TransferPlan, out: str | Path) -> dict:
+    """Every predictor at every target data size scored against the seed-averaged ground truth:
+    per-target metrics averaged over the predictor seeds, means with bootstrap CIs over targets,
+    fractions of the noise ceiling, and the paired difference to same-modality. Written to
+    ``out/quality.json`` and ``out/quality.csv`` (with ``out/reliability.json``)."""
+    from pitune_core.predict.quality import (
+        METRICS,
+        compare_predictors,
+        seed_reliability,
+        summarise,
+        target_quality,
+    )
+
+    out = Path(out)
+    G = gain_tensor(out / "pairs.jsonl", plan.tasks, plan.seeds, plan.key())
+    rel = seed_reliability(G, plan.tasks, plan.tasks, plan.k)
+    (out / "reliability.json").write_text(json.dumps(rel, indent=2))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_gain = np.nanmean(G, axis=0)
+    rows: dict[tuple[str, int | None], dict[str, list[dict]]] = {}
+    for r in read_jsonl(out / "predictors.jsonl"):
+        if r["target"] not in plan.tasks or r["target"] not in rel["per_target"]:
+            continue
+        i = plan.tasks.index(r["target"])
+        cols = [j for j, s in enumerate(plan.tasks) if s != r["target"] and s in r["sources"]
+                and not np.isnan(G[:, i, j]).any()]
+        pred = np.array([r["row"][r["sources"].index(plan.tasks[j])] for j in cols])
+        q = target_quality(pred, mean_gain[i, cols], [plan.tasks[j] for j in cols], plan.k)
+        q["seconds"] = r["seconds"]
+        rows.setdefault((r["predictor"], r["shots"]), {}).setdefault(r["target"], []).append(q)
+    table, csv_rows = {}, []
+    for (p, shots), per in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] or 10**9)):
+        keys = [m if m != "top3_hit" else f"top{plan.k}_hit" for m in METRICS] + ["seconds"]
+        per_target = {t: {m: float(np.mean([q[m] for q in qs])) for m in keys} for t, qs in per.items()}
+        summary = summarise(per_target, rel, plan.k)
+        label = "full" if shots is None else f"{shots}-shot"
+        table.setdefault(label, {})[p] = {"n_targets": len(per_target), "summary": summary, "per_target": per_target,
+                                          "seconds_per_target": float(np.mean([v["seconds"] for v in per_target.values()]))}
+        csv_rows.append({"predictor": p, "target_data": label, "n_targets": len(per_target),
+                         **{f"{m}_{x}": v for m, s in summary.items() for x, v in
+                            (("mean", s["mean"]), ("ci_low", s["ci"][0]), ("ci_high", s["ci"][1]),
+                             ("ceiling", s["ceiling"]),
+                             ("of_ceiling", s.get("fraction_of_ceiling", s.get("excess_over_ceiling"))))},
+                         "seconds_per_target": table[label][p]["seconds_per_target"]})
+    for label, preds in table.items():
+        if "same_modality" in preds:
+            for p, v in preds.items():
+                v["vs_same_modality"] = compare_predictors(v["per_target"], preds["same_modality"]["per_target"])
+    result = {"plan": plan.name, "key": plan.key(), "reliability": {"mean": rel["mean"],
+              "reliability_of_mean_r": rel["reliability_of_mean_r"], "n_seeds": rel["n_seeds"]}, "table": table}
+    (out / "quality.json").write_text(json.dumps(result, indent=2))
+    if csv_rows:
+        with open(out / "quality.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(csv_rows[0]))
+            w.writeheader()
+            w.writerows(csv_rows)
+    return result

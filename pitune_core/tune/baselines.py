@@ -1,61 +1,106 @@
-"""π-Tuning runs and their honest baselines, under one budget.
+"""π-Tuning runs and the baselines a user would pick instead, under one protocol and one budget.
 
-``run_method(name, ...)`` trains and scores one approach on a target task; every approach sees the
-same target data (``shots`` per class, or all of it), the same number of steps and the same seed:
+``run_method(name, ...)`` trains and scores one approach on a target task. Every approach sees the
+same target data (``shots`` per class, or all of it), the same total number of gradient steps and
+the same seed, and nothing else about the target:
 
-- ``pi-tuning``: top-k predicted experts, learnable softmax weights, weights + experts tuned
-- ``pi-tuning-weights-only``: the same with the experts frozen
-- ``uniform-avg``: uniform average of the same k experts, no tuning
-- ``uniform-avg-tuned``: uniform weights frozen, experts tuned
-- ``random-k``: k random source experts, π-tuned
-- ``best-single``: the single most similar expert as initialisation, tuned
-- ``all-experts``: every other task's expert interpolated (k = all), π-tuned
-- ``target-only``: a fresh expert trained on the target only
-- ``full-finetune``: the whole trunk tuned on the target (no adapter)
-- ``peft-linear`` / ``peft-ties`` / ``peft-dare``: peft's ``add_weighted_adapter`` merge of the top-k
-  LoRA experts, then tuned (LoRA only)
+**Target-side information = only the data the run trains on.** Approaches that choose sources
+first train the target's *own* expert on the run's data (a share of the budget, ``Recipe.
+select_fraction``), take its diagonal Fisher on that same data, and rank the study's source experts
+by the Fisher similarity of that embedding to each source's (source↔source information from the
+full-data study is fine; the target's own full-data expert and embedding are never read). The
+ranking, ``auto`` weights and the sources therefore depend on the shots alone. Without source
+embeddings (:attr:`Sources.embeddings` is None) a run falls back to the study's similarity matrix
+and says so (``selection="study"``): that path sees the target's full data and is not protocol.
+
+Approaches (``APPROACHES``):
+
+- ``pi-tuning``: the paper's recipe: the own expert + the top-k predicted experts, softmax weights
+  per layer and adapter position (uniform start), weights and experts tuned jointly
+- ablations: ``pi-tuning-no-own`` (own expert left out of the interpolation), ``pi-tuning-global``
+  (one weight vector), ``pi-tuning-weights-only`` (experts frozen)
+- ``uniform-avg`` / ``uniform-avg-tuned``: uniform average of the same experts, untuned / experts tuned
+- ``random-k``: π-Tuning over k random sources; ``all-experts``: over every source
+- ``best-single``: the most similar source as initialisation, tuned
+- ``target-only``: a fresh expert on the target; ``full-finetune``: the whole trunk tuned
+- ``peft-linear`` / ``peft-ties`` / ``peft-dare``: peft's ``add_weighted_adapter`` merge of the
+  top-k LoRA experts, then tuned (LoRA only)
+- ``lorahub`` / ``lorahub-tuned``: LoraHub (Huang et al. 2023): weights for every source LoRA
+  found gradient-free by nevergrad's NGOpt in [-1.5, 1.5] on the run's loss + 0.05·L1, 40
+  evaluations, A and B merged by those weights; then used as is, or tuned (LoRA only)
+- ``arrow``: peft's Arrow routing (Ostapenko et al. 2024) over the source LoRA library, top-k per
+  token from each LoRA's top singular vector; training-free, uses no target data (LoRA only)
+
+Steps are reported per approach: ``select`` (the own expert), ``tune`` and ``total``; LoraHub's
+search costs forward passes only (``search_evals``).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.device import seed_everything
-from pitune_core.model.experts import TrainConfig, evaluate, get_method, prepare_task, train_expert, train_loop
+from pitune_core.model.experts import (EXPERT_FORMAT, TrainConfig, attach, evaluate, get_method, prepare_task,
+                                       save_expert, train_expert, train_loop)
 from pitune_core.tune.interpolation import InterpolatedExperts, InterpolationError, parse_weights
 from pitune_core.data.tasks import get_task
 
+#: the approaches of the shipped study (kept as its plan's list)
 BASELINES = ("pi-tuning", "pi-tuning-weights-only", "uniform-avg", "uniform-avg-tuned", "random-k", "best-single",
              "all-experts", "target-only", "full-finetune", "peft-linear", "peft-ties", "peft-dare")
-#: columns of a results.csv row (written by ``pitune compare`` and the study's compare stage)
-RESULT_FIELDS = ("target", "approach", "shots", "seed", "accuracy", "score", "metric", "sources")
-
-
-def result_row(r: dict) -> dict:
-    """The one results.csv row of a :func:`run_method` result."""
-    return {"target": r["target"], "approach": r["approach"], "shots": "full" if r["shots"] is None else r["shots"],
-            "seed": r["seed"], "accuracy": round(r["accuracy"], 4), "score": round(r["score"], 4),
-            "metric": r["metric"], "sources": "|".join(r.get("sources", []))}
-
-
+#: every approach :func:`run_method` knows
+APPROACHES = BASELINES + ("pi-tuning-no-own", "pi-tuning-global", "lorahub", "lorahub-tuned", "arrow")
+PI_STYLE = ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-no-own", "pi-tuning-global", "uniform-avg",
+            "uniform-avg-tuned", "random-k", "all-experts")
+LORA_ONLY = ("peft-linear", "peft-ties", "peft-dare", "lorahub", "lorahub-tuned", "arrow")
+#: approaches that rank sources (and so train the target's own expert first)
+SELECTING = ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-no-own", "pi-tuning-global", "uniform-avg",
+             "uniform-avg-tuned", "best-single", "peft-linear", "peft-ties", "peft-dare")
 WEIGHT_LR = 5e-2  # mixing logits learn faster than adapter weights
+LORAHUB_BOUND = 1.5
+LORAHUB_L1 = 0.05
+LORAHUB_EVALS = 40
+LORAHUB_MAX_EXAMPLES = 128  # examples of the run's training data LoraHub's loss is measured on
+
+
+@dataclass
+class Recipe:
+    """How π-Tuning runs: the paper's recipe by default; each field is an ablation switch."""
+
+    own_expert: bool = True  # the target's own expert among the interpolated ones
+    granularity: str = "position"  # softmax weights per layer and adapter position, or "global"
+    train_experts: bool = True  # experts tuned jointly with the weights (False: weights only)
+    select_fraction: float = 0.5  # share of the step budget that trains the own expert
+    fisher_max: int = 128  # examples of the run's data the own expert's Fisher is taken on (at most)
 
 
 @dataclass
 class Sources:
-    """Where the source experts of one method live, and the predicted similarities between tasks."""
+    """The source experts of one method, the study's predicted similarities between tasks, and
+    (for protocol runs) the sources' own embeddings, against which a target embedded from its shots
+    is compared."""
 
     expert_dirs: dict[str, str]
     names: list[str]
-    sim: np.ndarray  # (n, n) predicted similarity (Fisher by default)
+    sim: np.ndarray  # (n, n) predicted similarity (Fisher by default) from the full-data study
+    embeddings: object | None = None  # TaskEmbeddings of the source experts (Fisher), or None
 
     def ranked(self, target: str) -> list[tuple[str, float]]:
-        """Other tasks with an expert, most similar first (ties by name); target excluded."""
+        """Other tasks with an expert, most similar first (ties by name); target excluded.
+
+        This reads the study's similarity row of the target, made from its full-data expert: it is
+        the legacy selection, not the protocol's (see :func:`target_side`).
+        """
         if target not in self.names:
             raise InterpolationError(f"target {target!r} has no predicted similarities in this study")
         i = self.names.index(target)
@@ -70,14 +115,131 @@ class Sources:
         return ranked[:k]
 
     def similarity(self, target: str, source: str) -> float:
+        for n in (target, source):
+            if n not in self.names:  # readable, not list.index's "'x' is not in list"
+                raise InterpolationError(f"{n!r} has no predicted similarity in this study (it is not listed in "
+                                         f"similarity.csv); rebuild the predictions or choose another task")
         return float(self.sim[self.names.index(target), self.names.index(source)])
+
+    def library(self, target: str) -> list[str]:
+        """Every source expert except the target's own (sorted)."""
+        return sorted(n for n in self.expert_dirs if n != target)
 
 
 def budget_for(shots: int | None, seed: int) -> TrainConfig:
-    """One training budget per regime, shared by every approach."""
+    """One training budget per regime, shared by every approach.
+
+    Few-shot: 5 epochs, clamped to [30, 100] steps. Full data: the budget the study's experts get
+    (3 epochs, at most 400 steps; 188 steps for 1,000 examples).
+    """
     if shots is None:
-        return TrainConfig(seed=seed, max_steps=100)  # all training data, 100 steps
+        return TrainConfig(seed=seed)
     return TrainConfig(seed=seed, epochs=5.0, min_steps=30, max_steps=100)
+
+
+def fixed_steps(cfg: TrainConfig, steps: int) -> TrainConfig:
+    return replace(cfg, min_steps=steps, max_steps=steps)
+
+
+def run_data(target: str, backbone: UnifiedBackbone, shots: int | None, seed: int):
+    """(spec, tensors, the run's training tensors): ``shots`` per class sampled with ``seed``, or all."""
+    spec = get_task(target)
+    data, tensors = prepare_task(spec, backbone)
+    train_t = tensors["train"] if shots is None else tensors["train"].subset(data.few_shot(shots, seed=seed))
+    return spec, tensors, train_t
+
+
+def split_budget(total: int, recipe: Recipe) -> tuple[int, int]:
+    """(own-expert steps, tuning steps) of a selecting approach; they add up to ``total``."""
+    own = int(min(total - 1, max(1, round(recipe.select_fraction * total))))
+    return own, total - own
+
+
+# ----------------------------------------------------------------------------- target side
+
+@dataclass
+class TargetSide:
+    """What a run knows about its target, all of it computed from the run's training data."""
+
+    own_dir: str  # the own expert (trained on the run's data)
+    own_steps: int
+    ranking: list[tuple[str, float]]  # sources by similarity to the own expert's Fisher
+    selection: str  # "shots" (protocol) or "study" (legacy: the study's full-data similarity)
+    num_train: int
+
+
+def fisher_on(model, backbone: UnifiedBackbone, spec, train_t, n_max: int, seed: int) -> dict[str, np.ndarray]:
+    """Diagonal empirical Fisher of ``model``'s adapter on (at most ``n_max`` of) ``train_t``."""
+    import torch
+    import torch.nn.functional as F
+
+    from pitune_core.predict.embeddings import adapter_parameters
+
+    g = seed_everything(seed)
+    idx = torch.randperm(len(train_t), generator=g)[: min(n_max, len(train_t))]
+    params = adapter_parameters(model)
+    acc = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
+    verbal = list(spec.verbalizers)
+    for i in idx.tolist():
+        inputs, y = train_t.batch([i])
+        loss = F.cross_entropy(backbone.logits(inputs, backbone.encode_texts(verbal, model), model), y.to(backbone.device))
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for k, gr in zip(params, grads):
+            if gr is not None:
+                acc[k] += gr.detach().double() ** 2
+    return {k: (v / len(idx)).flatten().cpu().numpy() for k, v in acc.items()}
+
+
+def rank_by_embedding(target: str, own: dict[str, np.ndarray], sources: Sources) -> list[tuple[str, float]]:
+    """Sources ranked by Fisher similarity of their stored embedding to ``own`` (ties by name).
+
+    The stored row of the target itself (its full-data embedding) is never read."""
+    from pitune_core.predict.similarity import fisher_similarity
+
+    emb = sources.embeddings
+    cands = [n for n in emb.names if n != target and n in sources.expert_dirs]
+    if not cands:
+        raise InterpolationError(f"no source embeddings besides {target!r} in this study")
+    if set(own) != set(emb.groups) or any(own[g].shape[0] != emb.groups[g].shape[1] for g in emb.groups):
+        raise InterpolationError("the study's source embeddings have other parameter groups than the target's "
+                                 "own expert (another adapter configuration); they cannot be compared")
+    rows = [emb.names.index(n) for n in cands]
+    groups = {g: np.vstack([emb.groups[g][rows], own[g][None, :]]) for g in emb.groups}
+    sim = fisher_similarity(groups, dtype="float64")[-1, :-1]
+    return sorted(zip(cands, (float(s) for s in sim)), key=lambda x: (-x[1], x[0]))
+
+
+def train_own_expert(target: str, method: str, backbone: UnifiedBackbone, train_t, seed: int, steps: int,
+                     out: str | Path, shots: int | None) -> tuple[object, int]:
+    """The target's own expert, trained for ``steps`` on the run's data and saved (peft format)."""
+    spec = get_task(target)
+    m = get_method(method)
+    seed_everything(seed)
+    model = attach(backbone.fresh_trunk(), m).to(backbone.device)
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = fixed_steps(TrainConfig(seed=seed), steps)
+    losses = train_loop(backbone, model, train_t, list(spec.verbalizers), params, m.lr, cfg)
+    meta = {"format": EXPERT_FORMAT, "task": spec.name, "modality": spec.modality, "method": m.name,
+            "method_config": asdict(m), "train_config": asdict(cfg), "seed": seed, "shots": shots,
+            "num_train": len(train_t), "backbone_id": backbone.backbone_id, "steps": len(losses),
+            "role": "own expert of a transfer run (trained on the run's data only)", "metrics": {},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    save_expert(model, out, meta)
+    return model, len(losses)
+
+
+def target_side(target: str, sources: Sources, backbone: UnifiedBackbone, method: str, shots: int | None,
+                seed: int, own_steps: int, workdir: str | Path, recipe: Recipe = Recipe()) -> TargetSide:
+    """Own expert + Fisher + source ranking, from the run's training data only."""
+    spec, _, train_t = run_data(target, backbone, shots, seed)
+    model, steps = train_own_expert(target, method, backbone, train_t, seed, own_steps, Path(workdir) / "own", shots)
+    if sources.embeddings is not None:
+        own = fisher_on(model, backbone, spec, train_t, recipe.fisher_max, seed)
+        ranking, selection = rank_by_embedding(target, own, sources), "shots"
+    else:
+        ranking, selection = sources.ranked(target), "study"
+    return TargetSide(str(Path(workdir) / "own"), steps, ranking, selection, len(train_t))
 
 
 def resolve_sources(target: str, sources: Sources, k: int | None, names: list[str] | None) -> list[tuple[str, float]]:
@@ -94,23 +256,39 @@ def resolve_sources(target: str, sources: Sources, k: int | None, names: list[st
     return sources.top_k(target, k or 3)
 
 
+# ----------------------------------------------------------------------------- π-Tuning core
+
 def interpolate_and_tune(target: str, source_list: list[tuple[str, float]], sources: Sources,
                          backbone: UnifiedBackbone, shots: int | None, seed: int, weights="uniform",
                          train_weights: bool = True, train_experts: bool = True, tune: bool = True,
-                         on_step: Callable[[dict], None] | None = None, record_every: int = 5):
-    """The π-Tuning core: returns (InterpolatedExperts, metrics, weights history)."""
-    spec = get_task(target)
-    data, tensors = prepare_task(spec, backbone)
-    train_t = tensors["train"] if shots is None else tensors["train"].subset(data.few_shot(shots, seed=seed))
+                         on_step: Callable[[dict], None] | None = None, record_every: int = 5,
+                         own_dir: str | Path | None = None, granularity: str = "position",
+                         steps: int | None = None):
+    """The π-Tuning core: returns (InterpolatedExperts, metrics, weights history).
+
+    ``own_dir`` adds the target's own expert (similarity 1 for ``auto`` weights) after the
+    sources; ``steps`` fixes the number of tuning steps (default: the regime's budget).
+    """
+    if on_step:  # a task's first use downloads its archive and extracts image features (~1 min)
+        on_step({"stage": "data: download and feature extraction on first use"})
+    spec, tensors, train_t = run_data(target, backbone, shots, seed)
     seed_everything(seed)
-    interp = InterpolatedExperts(backbone, [sources.expert_dirs[n] for n, _ in source_list],
-                                 weights=parse_weights(weights, len(source_list)),
-                                 similarities=[s for _, s in source_list],
-                                 train_weights=train_weights, train_experts=train_experts)
+    dirs = [sources.expert_dirs[n] for n, _ in source_list]
+    labels = [n for n, _ in source_list]
+    sims = [s for _, s in source_list]
+    if own_dir is not None:
+        dirs.append(str(own_dir))
+        labels.append(f"{target} (own)")
+        sims.append(1.0)
+    interp = InterpolatedExperts(backbone, dirs, weights=parse_weights(weights, len(dirs)), similarities=sims,
+                                 train_weights=train_weights, train_experts=train_experts,
+                                 granularity=granularity, labels=labels)
     history = [{"step": 0, "weights": interp.weights().tolist()}]
     losses: list[float] = []
-    if tune and interp.trainable_parameters():
+    if tune and steps != 0 and interp.trainable_parameters():
         cfg = budget_for(shots, seed)
+        if steps is not None:
+            cfg = fixed_steps(cfg, steps)
         m = get_method(interp.method)
 
         def step_cb(p):
@@ -123,6 +301,7 @@ def interpolate_and_tune(target: str, source_list: list[tuple[str, float]], sour
         groups = [{"params": [p for p in interp.sources if p.requires_grad], "lr": cfg.lr or m.lr}]
         if interp.logits.requires_grad:
             groups.append({"params": [interp.logits], "lr": WEIGHT_LR})
+        groups = [g for g in groups if g["params"]]
         losses = train_loop(backbone, trunk, train_t, list(spec.verbalizers), groups, groups[0]["lr"], cfg, step_cb)
     model = interp.bake()
     metrics = {"val": evaluate(backbone, model, tensors["val"], spec),
@@ -131,25 +310,29 @@ def interpolate_and_tune(target: str, source_list: list[tuple[str, float]], sour
     return interp, metrics, history
 
 
-def _full_finetune(target: str, backbone: UnifiedBackbone, shots: int | None, seed: int) -> dict:
-    spec = get_task(target)
-    data, tensors = prepare_task(spec, backbone)
-    train_t = tensors["train"] if shots is None else tensors["train"].subset(data.few_shot(shots, seed=seed))
+# ----------------------------------------------------------------------------- baselines
+
+def _full_finetune(target: str, backbone: UnifiedBackbone, shots: int | None, seed: int, steps: int) -> dict:
+    spec, tensors, train_t = run_data(target, backbone, shots, seed)
     seed_everything(seed)
     trunk = backbone.fresh_trunk()
     trunk.requires_grad_(True)
     trunk.eval()
-    train_loop(backbone, trunk, train_t, list(spec.verbalizers), list(trunk.parameters()), 3e-5, budget_for(shots, seed))
+    train_loop(backbone, trunk, train_t, list(spec.verbalizers), list(trunk.parameters()), 3e-5,
+               fixed_steps(budget_for(shots, seed), steps))
     return {"test": evaluate(backbone, trunk, tensors["test"], spec)}
 
 
-def _peft_merge(target: str, source_list, sources: Sources, backbone: UnifiedBackbone, shots, seed, kind: str) -> dict:
+def _peft_merge(target: str, source_list, sources: Sources, backbone: UnifiedBackbone, shots, seed, kind: str,
+                steps: int) -> dict:
     from peft import PeftModel
 
-    spec = get_task(target)
-    data, tensors = prepare_task(spec, backbone)
-    train_t = tensors["train"] if shots is None else tensors["train"].subset(data.few_shot(shots, seed=seed))
+    spec, tensors, train_t = run_data(target, backbone, shots, seed)
     names = [n for n, _ in source_list]
+    from pitune_core.model.experts import read_expert_meta
+
+    for n in names:  # peft reads these adapter_config.json files: validated against pitune's schema first
+        read_expert_meta(sources.expert_dirs[n])
     model = PeftModel.from_pretrained(backbone.fresh_trunk(), sources.expert_dirs[names[0]], adapter_name="s0")
     for i, n in enumerate(names[1:], 1):
         model.load_adapter(sources.expert_dirs[n], adapter_name=f"s{i}")
@@ -164,50 +347,176 @@ def _peft_merge(target: str, source_list, sources: Sources, backbone: UnifiedBac
         p.requires_grad_(".merged." in n)
     model.to(backbone.device).eval()
     params = [p for p in model.parameters() if p.requires_grad]
-    train_loop(backbone, model, train_t, list(spec.verbalizers), params, get_method("lora").lr, budget_for(shots, seed))
+    if steps > 0:
+        train_loop(backbone, model, train_t, list(spec.verbalizers), params, get_method("lora").lr,
+                   fixed_steps(budget_for(shots, seed), steps))
     return {"test": evaluate(backbone, model, tensors["test"], spec)}
 
 
+def _adapter_tensors(expert_dir: str | Path) -> dict[str, "object"]:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(expert_dir) / "adapter_model.safetensors"))
+
+
+def lorahub(target: str, sources: Sources, backbone: UnifiedBackbone, shots: int | None, seed: int,
+            tune_steps: int = 0, evals: int = LORAHUB_EVALS) -> dict:
+    """LoraHub over the source LoRA library: NGOpt weights in [-1.5, 1.5] minimising the run's
+    loss + 0.05·L1 (``evals`` loss evaluations), A and B merged by them; then ``tune_steps``."""
+    import nevergrad as ng
+    import torch
+    import torch.nn.functional as F
+
+    from pitune_core.model.experts import read_expert_meta
+
+    spec, tensors, train_t = run_data(target, backbone, shots, seed)
+    names = sources.library(target)
+    metas = [read_expert_meta(sources.expert_dirs[n]) for n in names]
+    if any(m["method"] != "lora" for m in metas):
+        raise InterpolationError("lorahub applies to LoRA experts only")
+    cfgs = {repr(sorted(m["method_config"].items())) for m in metas}
+    if len(cfgs) != 1:
+        raise InterpolationError("lorahub needs source LoRAs of one configuration (rank, modules)")
+    m = get_method("lora", **{k: v for k, v in metas[0]["method_config"].items() if k != "name"})
+    stacks = [_adapter_tensors(sources.expert_dirs[n]) for n in names]
+    seed_everything(seed)
+    model = attach(backbone.fresh_trunk(), m).to(backbone.device)
+    model.eval()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    key_of = {n: n.replace(".default", "") for n in params}
+    missing = [k for k in key_of.values() if k not in stacks[0]]
+    if missing:
+        raise InterpolationError(f"source LoRA files do not hold {missing[0]}")
+    stacked = {n: torch.stack([s[key_of[n]] for s in stacks]).to(backbone.device) for n in params}
+
+    @torch.no_grad()
+    def set_weights(w):
+        wt = torch.as_tensor(np.asarray(w, dtype=np.float32), device=backbone.device)
+        for n, p in params.items():
+            p.copy_(torch.einsum("k,k...->...", wt, stacked[n]))
+
+    g = np.random.default_rng(seed)
+    loss_idx = np.sort(g.permutation(len(train_t))[:LORAHUB_MAX_EXAMPLES])
+    loss_t = train_t.subset(loss_idx)
+    verbal = list(spec.verbalizers)
+
+    @torch.no_grad()
+    def objective(w) -> float:
+        set_weights(w)
+        label_emb = backbone.encode_texts(verbal, model)
+        total = 0.0
+        for i in range(0, len(loss_t), 64):
+            inputs, y = loss_t.batch(range(i, min(i + 64, len(loss_t))))
+            total += float(F.cross_entropy(backbone.logits(inputs, label_emb, model), y.to(backbone.device),
+                                           reduction="sum"))
+        return total / len(loss_t) + LORAHUB_L1 * float(np.abs(w).sum())
+
+    param = ng.p.Array(init=np.zeros(len(names)), lower=-LORAHUB_BOUND, upper=LORAHUB_BOUND)
+    param.random_state.seed(seed)
+    opt = ng.optimizers.NGOpt(parametrization=param, budget=evals, num_workers=1)
+    with warnings.catch_warnings():  # nevergrad's inner optimisers warn about their own settings
+        warnings.simplefilter("ignore")
+        best = opt.minimize(objective)
+    w = [float(x) for x in best.value]
+    set_weights(w)
+    if tune_steps > 0:
+        train_loop(backbone, model, train_t, verbal, list(params.values()), m.lr,
+                   fixed_steps(budget_for(shots, seed), tune_steps))
+    return {"test": evaluate(backbone, model, tensors["test"], spec), "weights": w, "sources": names,
+            "search_evals": evals}
+
+
+def arrow(target: str, sources: Sources, backbone: UnifiedBackbone, k: int, seed: int) -> dict:
+    """peft's Arrow routing over the source LoRA library (training-free; no target data used)."""
+    from peft import ArrowConfig, create_arrow_model
+
+    spec = get_task(target)
+    _, tensors = prepare_task(spec, backbone)
+    names = sources.library(target)
+    seed_everything(seed)
+    model = create_arrow_model(backbone.fresh_trunk(), [sources.expert_dirs[n] for n in names],
+                               ArrowConfig(top_k=min(k, len(names)), router_temperature=1.0, rng_seed=seed))
+    model.to(backbone.device).eval()
+    return {"test": evaluate(backbone, model, tensors["test"], spec), "sources": names}
+
+
+# ----------------------------------------------------------------------------- one approach
+
 def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbone, method: str = "lora",
-               k: int = 3, shots: int | None = 16, seed: int = 0) -> dict:
-    """Score one approach; returns ``{"accuracy", "metric", "score", "sources", "weights"}``."""
+               k: int = 3, shots: int | None = 16, seed: int = 0, recipe: Recipe | None = None,
+               workdir: str | Path | None = None) -> dict:
+    """Score one approach; returns ``{"accuracy", "metric", "score", "sources", "weights", "steps", ...}``."""
+    if name not in APPROACHES:
+        raise InterpolationError(f"unknown approach {name!r}; choose from {', '.join(APPROACHES)}")
+    if name in LORA_ONLY and method != "lora":
+        raise InterpolationError(f"{name} applies to LoRA experts only")
+    recipe = recipe or Recipe()
     spec = get_task(target)
     t0 = time.time()
-    top = sources.top_k(target, k)
-    info: dict = {"sources": [n for n, _ in top]}
-    if name in ("pi-tuning", "pi-tuning-weights-only", "uniform-avg", "uniform-avg-tuned", "random-k", "all-experts"):
-        src = top
-        if name == "random-k":
-            rng = np.random.default_rng(seed + 1000)
-            pool = sources.ranked(target)
-            src = [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
-        elif name == "all-experts":
-            src = sources.ranked(target)
-        interp, metrics, hist = interpolate_and_tune(
-            target, src, sources, backbone, shots, seed, weights="uniform",
-            train_weights=name in ("pi-tuning", "pi-tuning-weights-only", "random-k", "all-experts"),
-            train_experts=name not in ("pi-tuning-weights-only",), tune=name != "uniform-avg")
-        info = {"sources": [n for n, _ in src], "weights": hist[-1]["weights"]}
-    elif name == "best-single":
-        cfg = budget_for(shots, seed)
-        res = train_expert(spec, method, backbone, shots=shots, seed=seed, train_config=cfg,
-                           init_from=sources.expert_dirs[top[0][0]], evaluate_zero_shot=False)
-        metrics = res.meta["metrics"]
-        info = {"sources": [top[0][0]]}
-    elif name == "target-only":
-        res = train_expert(spec, method, backbone, shots=shots, seed=seed, train_config=budget_for(shots, seed),
-                           evaluate_zero_shot=False)
-        metrics = res.meta["metrics"]
-        info = {"sources": []}
-    elif name == "full-finetune":
-        metrics = _full_finetune(target, backbone, shots, seed)
-        info = {"sources": []}
-    elif name in ("peft-linear", "peft-ties", "peft-dare"):
-        if method != "lora":
-            raise InterpolationError(f"{name} applies to LoRA experts only")
-        metrics = _peft_merge(target, top, sources, backbone, shots, seed, name.split("-")[1])
-    else:
-        raise InterpolationError(f"unknown approach {name!r}; choose from {', '.join(BASELINES)}")
+    _, _, train_t = run_data(target, backbone, shots, seed)
+    total = budget_for(shots, seed).steps_for(len(train_t))
+    own_steps, tune_steps = split_budget(total, recipe)
+    tmp = Path(tempfile.mkdtemp(prefix="pitune-run-", dir=workdir))
+    try:
+        info: dict = {"selection": None}
+        if name in SELECTING or name in ("random-k", "all-experts"):
+            side = target_side(target, sources, backbone, method, shots, seed, own_steps, tmp, recipe)
+            info["selection"] = side.selection if name not in ("random-k", "all-experts") else "none"
+            if k < 1 or k > len(side.ranking):
+                raise InterpolationError(f"k={k} is out of range: {target} has {len(side.ranking)} candidate sources")
+            top = side.ranking[:k]
+            steps = {"select": side.own_steps, "tune": tune_steps}
+        else:
+            side, top, steps = None, [], {"select": 0, "tune": total}
+        if name in PI_STYLE:
+            src = top
+            if name == "random-k":
+                rng = np.random.default_rng(seed + 1000)
+                pool = sorted(side.ranking)
+                src = [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
+            elif name == "all-experts":
+                src = sorted(side.ranking)
+            own = recipe.own_expert and name not in ("pi-tuning-no-own", "uniform-avg", "uniform-avg-tuned")
+            tuned = name != "uniform-avg"
+            if not tuned:
+                steps["tune"] = 0
+            _, metrics, hist = interpolate_and_tune(
+                target, src, sources, backbone, shots, seed, weights="uniform",
+                train_weights=name in ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-no-own", "pi-tuning-global",
+                                       "random-k", "all-experts"),
+                train_experts=recipe.train_experts and name != "pi-tuning-weights-only", tune=tuned,
+                own_dir=side.own_dir if own else None,
+                granularity="global" if name == "pi-tuning-global" else recipe.granularity, steps=steps["tune"])
+            info.update(sources=[n for n, _ in src], weights=hist[-1]["weights"], own_expert=own)
+        elif name == "best-single":
+            res = train_expert(spec, method, backbone, shots=shots, seed=seed,
+                               train_config=fixed_steps(budget_for(shots, seed), tune_steps),
+                               init_from=sources.expert_dirs[top[0][0]], evaluate_zero_shot=False)
+            metrics = res.meta["metrics"]
+            info["sources"] = [top[0][0]]
+        elif name == "target-only":
+            res = train_expert(spec, method, backbone, shots=shots, seed=seed,
+                               train_config=fixed_steps(budget_for(shots, seed), total), evaluate_zero_shot=False)
+            metrics = res.meta["metrics"]
+            info["sources"] = []
+        elif name == "full-finetune":
+            metrics = _full_finetune(target, backbone, shots, seed, total)
+            info["sources"] = []
+        elif name in ("peft-linear", "peft-ties", "peft-dare"):
+            metrics = _peft_merge(target, top, sources, backbone, shots, seed, name.split("-")[1], tune_steps)
+            info["sources"] = [n for n, _ in top]
+        elif name in ("lorahub", "lorahub-tuned"):
+            tuned = name == "lorahub-tuned"
+            steps = {"select": 0, "tune": total if tuned else 0}
+            metrics = lorahub(target, sources, backbone, shots, seed, tune_steps=steps["tune"])
+            info.update(sources=metrics["sources"], weights=metrics["weights"], search_evals=metrics["search_evals"])
+        else:  # arrow
+            steps = {"select": 0, "tune": 0}
+            metrics = arrow(target, sources, backbone, k, seed)
+            info.update(sources=metrics["sources"], selection="none")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    steps["total"] = steps["select"] + steps["tune"]
     return {"target": target, "approach": name, "method": method, "shots": shots, "seed": seed, "k": k,
             "accuracy": metrics["test"]["accuracy"], "metric": spec.metric, "score": metrics["test"][spec.metric],
-            "time_s": round(time.time() - t0, 2), **info}
+            "steps": steps, "num_train": len(train_t), "time_s": round(time.time() - t0, 2), **info}

@@ -6,6 +6,12 @@ B blocks are scaled by the weights: ``[w_1 B_1 … w_k B_k] · [A_1; …; A_k] =
 exactly, so a step costs about one (slightly wider) adapter. Prompt tuning and IA3 combine by the
 weighted sum of their prompts / scaling vectors, the same size as one expert.
 
+The mixing weights follow the paper's official code: one softmax over the k experts *per adapter
+position* (each adapted module of each layer: layer 3's query LoRA, layer 3's value LoRA, ...; each
+IA3 vector; the prompt), all initialised alike (uniform by default). ``granularity="global"`` keeps
+one weight vector for the whole model (an ablation). Per-position weights cost nothing extra: each
+position's B blocks are scaled by its own row of weights.
+
 The combined model is an ordinary peft adapter: :meth:`InterpolatedExperts.save_merged` writes it
 in peft's format (LoRA of rank k·r with the weights baked in) plus the sources and final weights.
 """
@@ -13,43 +19,17 @@ in peft's format (LoRA of rank k·r with the weights baked in) plus the sources 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.experts import EXPERT_FORMAT, _versions, read_expert_meta, save_expert
-
-
-class InterpolationError(ValueError):
-    """Bad sources, weights or k for an interpolation."""
-
-
-def parse_weights(spec: str | Sequence[float] | None, k: int) -> str | list[float]:
-    """``uniform`` / ``auto`` / explicit numbers (``"0.5,0.3,0.2"``), validated against ``k``."""
-    if spec is None:
-        return "uniform"
-    if isinstance(spec, str) and spec in ("uniform", "auto"):
-        return spec
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    try:
-        values = [float(p) for p in parts]
-    except (TypeError, ValueError):
-        raise InterpolationError(f"weights must be 'uniform', 'auto' or {k} comma-separated numbers, got {spec!r}") from None
-    if len(values) != k:
-        raise InterpolationError(f"got {len(values)} weights for {k} sources; give exactly one weight per source")
-    if not all(math.isfinite(v) for v in values):
-        raise InterpolationError(f"weights must be finite numbers, got {values}")
-    if any(v < 0 for v in values):
-        raise InterpolationError(f"weights must be non-negative, got {values}")
-    if sum(values) <= 0:
-        raise InterpolationError("weights must not all be zero")
-    return values
+# the one weight parser (torch-free, shared with the CLI, the reader and the dashboard)
+from pitune_core.tune.weights import InterpolationError, initial_logits, parse_weights  # noqa: F401
 
 
 def check_sources(expert_dirs: Sequence[str | Path], backbone_id: str | None = None) -> list[dict]:
@@ -70,13 +50,30 @@ def check_sources(expert_dirs: Sequence[str | Path], backbone_id: str | None = N
     return metas
 
 
+GRANULARITIES = ("position", "global")
+_POSITION_TAGS = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.", ".ia3_l.", ".embedding.")
+
+
+def adapter_position(param_name: str) -> str:
+    """The adapter position a parameter belongs to: its module path without the adapter tensor's
+    own suffix (a LoRA's A and B share one position; each IA3 vector and the prompt are one)."""
+    for tag in _POSITION_TAGS:
+        if tag in param_name:
+            return param_name[: param_name.index(tag)]
+    return param_name
+
+
 class InterpolatedExperts(nn.Module):
     """k source experts + mixing logits, producing one adapter's parameters on demand."""
 
     def __init__(self, backbone: UnifiedBackbone, expert_dirs: Sequence[str | Path],
                  weights: str | Sequence[float] = "uniform", similarities: Sequence[float] | None = None,
-                 train_weights: bool = True, train_experts: bool = True):
+                 train_weights: bool = True, train_experts: bool = True, granularity: str = "position",
+                 labels: Sequence[str] | None = None):
         super().__init__()
+        if granularity not in GRANULARITIES:
+            raise InterpolationError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+        self.granularity = granularity
         from peft import get_peft_model
 
         from pitune_core.model.experts import load_expert
@@ -112,26 +109,29 @@ class InterpolatedExperts(nn.Module):
             p.requires_grad_(False)
         self.to(backbone.device)
         # mixing logits
-        if weights == "uniform":
-            init = torch.zeros(self.k)
-        elif weights == "auto":
-            if similarities is None or len(similarities) != self.k:
-                raise InterpolationError("weights='auto' needs one predicted similarity per source")
-            s = np.clip(np.asarray(similarities, dtype=np.float64), 1e-6, None)
-            init = torch.tensor(np.log(s / s.sum()), dtype=torch.float32)
-        else:
-            w = np.asarray(weights, dtype=np.float64)
-            init = torch.tensor(np.log(np.clip(w / w.sum(), 1e-12, None)), dtype=torch.float32)
+        # adapter positions: the module (or IA3 vector / prompt) a parameter belongs to
+        self.positions = sorted({adapter_position(n) for n in self.param_names}) if granularity == "position" else ["*"]
+        self._pos_of = [self.positions.index(adapter_position(n)) if granularity == "position" else 0
+                        for n in self.param_names]
+        self.labels = list(labels) if labels is not None else [m["task"] for m in self.metas]
+        init = torch.tensor(initial_logits(weights, similarities, self.k), dtype=torch.float32)
+        init = init.unsqueeze(0).repeat(len(self.positions), 1)  # (positions, k), every row alike
         self.logits = nn.Parameter(init.to(backbone.device), requires_grad=train_weights)
 
     # -- the combination ------------------------------------------------------------------------
+    def position_weights(self) -> torch.Tensor:
+        """Mixing weights per adapter position, (positions, k); each row sums to 1."""
+        return torch.softmax(self.logits, dim=-1)
+
     def weights(self) -> torch.Tensor:
-        return torch.softmax(self.logits, dim=0)
+        """The mixing weights averaged over positions, (k,) (exact for ``granularity="global"``)."""
+        return self.position_weights().mean(0)
 
     def combined_state(self) -> dict[str, torch.Tensor]:
-        w = self.weights()
+        W = self.position_weights()
         out = {}
-        for name, stacked in zip(self.param_names, self.sources):
+        for name, stacked, pos in zip(self.param_names, self.sources, self._pos_of):
+            w = W[pos]
             if self.method == "lora" and ".lora_A." in name:  # (k, r, in) → (k·r, in)
                 out[name] = stacked.reshape(-1, stacked.shape[-1])
             elif self.method == "lora" and ".lora_B." in name:  # (k, out, r) → (out, k·r), block i scaled by w_i
@@ -162,7 +162,11 @@ class InterpolatedExperts(nn.Module):
         full = {"format": EXPERT_FORMAT, "method": self.method, "backbone_id": self.backbone.backbone_id,
                 "method_config": self.metas[0]["method_config"], "versions": _versions(),
                 "interpolation": {"sources": [m["task"] for m in self.metas], "source_dirs": self.expert_dirs,
-                                  "weights": self.weights().detach().cpu().tolist()}, **meta}
+                                  "labels": self.labels, "granularity": self.granularity,
+                                  "weights": self.weights().detach().cpu().tolist(),
+                                  "position_weights": dict(zip(self.positions,
+                                                               self.position_weights().detach().cpu().tolist()))},
+                **meta}
         if self.method == "lora":
             full["method_config"] = dict(full["method_config"], r=self.metas[0]["method_config"]["r"] * self.k,
                                          alpha=self.metas[0]["method_config"]["alpha"] * self.k)

@@ -9,6 +9,11 @@ before any training starts; ``run_transfer(config, run_dir)`` trains and writes 
 - ``metrics.json`` — written last; its presence means the run finished
 - ``FAILED`` + ``error.txt`` — instead of metrics.json when the run failed; no half-written expert
   ever sits in ``expert/`` (experts are written atomically).
+- ``INTERRUPTED`` — one line, when the run was stopped (Ctrl-C, a cancel, SIGTERM); no traceback,
+  no ``FAILED`` (the run registry then records the final word, e.g. ``CANCELLED``).
+
+A run directory holds one attempt: :func:`run_transfer` refuses a directory that already holds a
+run's outputs (the CLI moves them into ``attempt-<n>/`` first; the registry does on resume).
 
 The sources (the experts a run may draw on and their predicted similarities) are an argument:
 :func:`pitune_core.study.sources.load_sources` reads them from a study; the run itself never opens
@@ -17,16 +22,21 @@ a study.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
 from pathlib import Path
 from typing import Callable
 
+from pitune_core.common import EXPERT_TYPES
 from pitune_core.tune.interpolation import InterpolationError, parse_weights
 
+#: what a run writes besides config.json; any of them present means the directory holds a run
+RUN_OUTPUTS = ("weights.json", "expert", "metrics.json", "error.txt", "FAILED", "INTERRUPTED", "CANCELLED")
+
 DEFAULTS = {"k": 3, "method": "lora", "shots": 16, "weights": "uniform", "sources": None, "seed": 0,
-            "study": "precomputed", "weights_only": False, "embedding": "fisher"}
+            "study": None, "weights_only": False, "embedding": "fisher"}
 
 
 def prepare_transfer(config: dict, sources) -> dict:
@@ -35,9 +45,15 @@ def prepare_transfer(config: dict, sources) -> dict:
     from pitune_core.data.tasks import get_task
 
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    if config.get("k") is None and config.get("sources"):
+        cfg["k"] = None  # named sources: k is their number, not the default
+    if cfg["study"] is None:
+        from pitune_core.paths import default_study
+
+        cfg["study"] = str(default_study())
     get_task(cfg["target"])
-    if cfg["method"] not in ("lora", "prompt", "ia3"):
-        raise InterpolationError(f"unknown expert method {cfg['method']!r}; choose lora, prompt or ia3")
+    if cfg["method"] not in EXPERT_TYPES:
+        raise InterpolationError(f"unknown expert type {cfg['method']!r}; choose one of {', '.join(EXPERT_TYPES)}")
     k = cfg.get("k")
     if k is not None and int(k) < 1:
         raise InterpolationError(f"k must be at least 1, got {k}")
@@ -67,17 +83,27 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
     from pitune_core.tune.baselines import interpolate_and_tune
 
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} is a file; give a directory")
+    earlier = sorted(n for n in RUN_OUTPUTS if (run_dir / n).exists())
+    if earlier:  # never write a new attempt beside the files of an earlier one
+        raise ValueError(f"run directory {run_dir} already holds a run ({', '.join(earlier)}); "
+                         f"give a new directory or move those files away")
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     try:
         cfg = prepare_transfer(config, sources)
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         bb = backbone or UnifiedBackbone.load(Path(cfg["study"]) / "backbone")
+        tune_steps = None
+        if cfg["shots"] is not None and not config.get("sources"):  # protocol: rank from the shots alone
+            cfg, tune_steps = _rank_from_shots(cfg, sources, bb)
+            (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         fixed = isinstance(cfg["weights"], list)
         interp, metrics, history = interpolate_and_tune(
             cfg["target"], list(zip(cfg["sources"], cfg["similarities"])), sources, bb,
             None if cfg["shots"] is None else int(cfg["shots"]), int(cfg["seed"]), weights=cfg["weights"],
-            train_weights=not fixed, train_experts=not cfg["weights_only"], on_step=on_step)
+            train_weights=not fixed, train_experts=not cfg["weights_only"], on_step=on_step, steps=tune_steps)
         (run_dir / "weights.json").write_text(json.dumps({"sources": cfg["sources"], "history": history}, indent=1))
         if on_step:
             on_step({"stage": "save"})
@@ -89,10 +115,44 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
                   "time_s": round(time.time() - t0, 1)}
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
-    except BaseException as e:
-        (run_dir / "error.txt").write_text("".join(traceback.format_exception(e)))
-        (run_dir / "FAILED").write_text(f"{type(e).__name__}: {e}\n")
+    except Exception as e:
+        with contextlib.suppress(OSError):  # never hide the run's own error behind a write error
+            (run_dir / "error.txt").write_text("".join(traceback.format_exception(e)))
+            (run_dir / "FAILED").write_text(f"{type(e).__name__}: {e}\n")
         raise
+    except BaseException as e:  # stopped, not failed: KeyboardInterrupt, a registry cancel, SIGTERM
+        with contextlib.suppress(OSError):
+            (run_dir / "INTERRUPTED").write_text(f"{type(e).__name__}: {e}".rstrip(": ") + "\n")
+        raise
+
+
+def _rank_from_shots(cfg: dict, sources, bb) -> tuple[dict, int | None]:
+    """Few-shot runs rank their sources from the run's shots alone (the protocol, see
+    :func:`pitune_core.tune.baselines.target_side`): an own expert trained on the shots (its steps
+    come out of the run's budget), its Fisher on the shots, compared with the study's source
+    embeddings. Without Fisher embeddings in the study the study's ranking stays, and the config
+    says so (``selection``). Returns the updated config and the tuning steps left."""
+    import dataclasses
+    import tempfile
+
+    from pitune_core.paths import StudyPaths
+    from pitune_core.predict.embeddings import load_embeddings
+    from pitune_core.tune.baselines import Recipe, budget_for, run_data, split_budget, target_side
+
+    emb = StudyPaths(cfg["study"]).embeddings_file(cfg["method"], "fisher")
+    if cfg.get("embedding", "fisher") != "fisher" or not emb.exists():
+        cfg["selection"] = "study (ranked with the target's full-data expert)"
+        return cfg, None
+    shots, seed = int(cfg["shots"]), int(cfg["seed"])
+    src = dataclasses.replace(sources, embeddings=load_embeddings(emb))
+    _, _, train_t = run_data(cfg["target"], bb, shots, seed)
+    own_steps, tune_steps = split_budget(budget_for(shots, seed).steps_for(len(train_t)), Recipe())
+    with tempfile.TemporaryDirectory() as tmp:
+        side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, tmp)
+    top = side.ranking[: cfg["k"]]
+    cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection="shots",
+               steps_select=side.own_steps)
+    return cfg, tune_steps
 
 
 def _modality(task: str) -> str:

@@ -1,0 +1,236 @@
+"""Benchmark: the dashboard in headless Chromium — page open → graph drawn, and a hub's search.
+
+Run as ``python bench/bench_dashboard.py [--study DIR ...] [--search DIR]`` (default: the shipped
+``precomputed/`` study). For every study a fresh ``streamlit run dashboard/app.py`` serves it on
+127.0.0.1 and Debian's Chromium (``apt-get install -y chromium``; playwright drives it, no
+``playwright install``) opens the page ``--loads`` times, each in a new browser page (a new
+Streamlit session). Timed from ``page.goto`` until the Graph tab's figure has data and is drawn
+(SVG traces or the WebGL canvas) *and* its top-k list is filled in. The first load of a server also
+opens and verifies the study (checksums), later loads find it in Streamlit's cache: both are
+reported (``cold`` = the first, ``warm`` = the median of the others). The first row is the floor:
+a trivial Streamlit page with one small plotly figure, timed the same way in the same run, i.e.
+what Streamlit and Chromium alone cost on this machine at this moment.
+
+``--search DIR`` (e.g. a 10,000-task hub from ``pitune hub synth``) then checks that the page is
+usable at that size: type part of a task name in the search box, pick the match, make it the target,
+and wait until the top-k list names the new target's neighbours; each step is timed.
+
+WebGL in headless Chromium uses SwiftShader (``--enable-unsafe-swiftshader``); the timings are of
+this machine's CPUs, which other processes share (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("PITUNE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+
+DRAWN_JS = """() => {
+  const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
+  if (!gd || !gd._fullData || gd._fullData.length === 0) return false;
+  return !!gd.querySelector('.scatterlayer .trace, canvas.gl-canvas-context, canvas');
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+#: the floor: a Streamlit page with one small plotly figure and a one-line list, nothing of pitune
+FLOOR_APP = """
+import plotly.graph_objects as go
+import streamlit as st
+st.set_page_config(layout="wide")
+st.plotly_chart(go.Figure(go.Scatter(x=[0, 1, 2], y=[0, 1, 0], mode="markers")))
+st.container(key="topk-graph").markdown("1. a source")
+"""
+
+
+class Server:
+    """``streamlit run dashboard/app.py`` on a study, in its own process group."""
+
+    def __init__(self, study: Path, tmp: Path, app: Path = REPO / "dashboard" / "app.py"):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, PITUNE_STUDY=str(study), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
+                   PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
+        self.log_path = tmp / f"streamlit-{self.port}.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(app),
+             "--server.address", "127.0.0.1", "--server.port", str(self.port), "--server.headless", "true",
+             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.close()
+                raise RuntimeError(f"streamlit did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+def _open_graph(browser, url: str, timeout_ms: int):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    t0 = time.perf_counter()
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_function(DRAWN_JS, timeout=timeout_ms)
+    page.wait_for_selector(".st-key-topk-graph li", timeout=timeout_ms)
+    dt = time.perf_counter() - t0
+    if page.locator('[data-testid="stException"]').count():
+        raise RuntimeError("the app raised an exception: " + page.locator('[data-testid="stException"]').first.inner_text()[:500])
+    if errors:
+        raise RuntimeError(f"JavaScript errors: {errors[:3]}")
+    return page, dt
+
+
+def _n_tasks(study: Path) -> int:
+    import json
+
+    return len(json.loads((study / "tasks.json").read_text(encoding="utf-8")))
+
+
+def bench_open(p, study: Path | None, loads: int, timeout_ms: int, shot_dir: Path | None) -> dict:
+    """``study=None``: the floor app (:data:`FLOOR_APP`) instead of the dashboard."""
+    with tempfile.TemporaryDirectory(prefix="pitune-bench-dash-") as tmp:
+        if study is None:
+            (Path(tmp) / "floor.py").write_text(FLOOR_APP, encoding="utf-8")
+            server = Server(REPO / "precomputed", Path(tmp), app=Path(tmp) / "floor.py")
+        else:
+            server = Server(study, Path(tmp))
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                times = []
+                for i in range(loads):
+                    page, dt = _open_graph(browser, server.url, timeout_ms)
+                    times.append(dt)
+                    if i == loads - 1 and shot_dir is not None:
+                        time.sleep(0.5)
+                        page.screenshot(path=str(shot_dir / f"graph-{study.name if study else 'floor'}.png"),
+                                        full_page=True)
+                    page.close()
+            finally:
+                browser.close()
+        finally:
+            server.close()
+    warm = statistics.median(times[1:]) if len(times) > 1 else float("nan")
+    return {"study": str(study), "n": _n_tasks(study) if study else 0, "cold": times[0], "warm": warm, "all": times}
+
+
+def bench_search(p, study: Path, timeout_ms: int, shot_dir: Path | None) -> dict:
+    """Search a task by name, make it the target, see its top-k: the hub is usable."""
+    import json
+
+    names = [t["name"] for t in json.loads((study / "tasks.json").read_text(encoding="utf-8"))]
+    query = names[-1]  # the last task of the hub: far from the default target
+    out = {"study": str(study), "n": len(names), "query": query}
+    with tempfile.TemporaryDirectory(prefix="pitune-bench-dash-") as tmp:
+        server = Server(study, Path(tmp))
+        try:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page, out["open_s"] = _open_graph(browser, server.url, timeout_ms)
+                t0 = time.perf_counter()
+                box = page.locator(".st-key-graph_search input")
+                box.fill(query)
+                box.press("Enter")
+                page.locator(".st-key-graph_search_go button").wait_for(timeout=timeout_ms)
+                out["search_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                page.locator(".st-key-graph_search_go button").click()
+                page.wait_for_function(
+                    "name => Array.from(document.querySelectorAll('.st-key-topk-graph p, .st-key-topk-graph strong'))"
+                    ".some(e => e.textContent.includes(name))", arg=query,
+                    timeout=timeout_ms)
+                deadline = time.time() + timeout_ms / 1000
+                while page.locator('[data-stale="true"]').count() and time.time() < deadline:
+                    time.sleep(0.1)
+                page.wait_for_function(DRAWN_JS, timeout=timeout_ms)
+                out["pick_target_s"] = time.perf_counter() - t0
+                out["topk"] = page.locator(".st-key-topk-graph li").all_inner_texts()
+                if shot_dir is not None:
+                    page.screenshot(path=str(shot_dir / f"search-{study.name}.png"), full_page=True)
+                if page.locator('[data-testid="stException"]').count():
+                    raise RuntimeError("the app raised an exception")
+            finally:
+                browser.close()
+        finally:
+            server.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", nargs="*", default=[str(REPO / "precomputed")], help="studies to open")
+    ap.add_argument("--loads", type=int, default=4, help="page loads per study (the first is cold)")
+    ap.add_argument("--search", nargs="*", default=[], help="studies to search in (e.g. a 10,000-task hub)")
+    ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for a page")
+    ap.add_argument("--no-floor", action="store_true", help="skip the floor (a trivial Streamlit page)")
+    ap.add_argument("--screenshots", default=None, help="directory for screenshots (default: none)")
+    args = ap.parse_args()
+    if not Path(CHROMIUM).is_file():
+        sys.exit(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(args.screenshots) if args.screenshots else None
+    if shots:
+        shots.mkdir(parents=True, exist_ok=True)
+    ms = int(args.timeout * 1000)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"dashboard in headless Chromium ({CHROMIUM}), {os.cpu_count()} CPUs, load average {load:.1f}")
+    print(f"{'study':<40} {'tasks':>6} {'cold_s':>7} {'warm_s':>7}  all loads (s)")
+    with sync_playwright() as p:
+        if not args.no_floor:
+            r = bench_open(p, None, args.loads, ms, shots)
+            print(f"{'(floor: streamlit + one plotly figure)':<40} {'-':>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
+                  + " ".join(f"{t:.2f}" for t in r["all"]), flush=True)
+        for s in args.study:
+            r = bench_open(p, Path(s).resolve(), args.loads, ms, shots)
+            print(f"{Path(s).name:<40} {r['n']:>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
+                  + " ".join(f"{t:.2f}" for t in r["all"]), flush=True)
+        for s in args.search:
+            r = bench_search(p, Path(s).resolve(), ms, shots)
+            print(f"search in {Path(s).name} ({r['n']} tasks): open {r['open_s']:.2f} s, search '{r['query']}' "
+                  f"{r['search_s']:.2f} s, make it the target and redraw {r['pick_target_s']:.2f} s; "
+                  f"its top-{len(r['topk'])}: {'; '.join(x.split(' — ')[0] for x in r['topk'][:3])} …", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

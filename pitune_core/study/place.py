@@ -1,0 +1,381 @@
+"""Put a user task on a study's task graph, without recomputing (or touching) the study.
+
+Why this path: a new target has no expert in the study, and everything known about it must come
+from its own data. So the task gets exactly the treatment a few-shot π-Tuning run gives its target
+(:func:`pitune_core.tune.baselines.target_side`): its own small expert trained on its (few-shot)
+training examples only, with the share of the run's step budget a run spends on it, then the
+diagonal Fisher of that expert on the same examples. Its similarity to every expert of the study is
+π-Tuning's Fisher similarity between that new row and the study's stored rows of
+``predict/METHOD/fisher/embeddings.safetensors`` (the study's own matrix is read, never recomputed
+or rewritten), and its top-k sources follow from that row, so a run with the same shots and seed
+picks the same sources.
+
+Its map position is *transformed into the existing layout*, not recomputed: the weighted mean of
+the positions of its nearest tasks (distance ``1 - similarity``), with UMAP's fuzzy membership
+weights (``smooth_knn_dist``), which is how umap-learn's ``transform`` initialises a new point;
+the study's layout stays exactly as shipped.
+
+Everything is written beside the study, in the user task store
+(``TASK/placed/<study id>/<method>-<embedding>/``: ``placement.json``, ``embedding.safetensors``,
+``expert/``), atomically; ``precomputed/`` is never written, so ``pitune verify`` still passes. The
+readers below (no torch) merge placed tasks into what the dashboard, ``top-k`` and ``transfer`` see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pitune_core.data.user_tasks import (PLACED_DIR, UserTaskError, find_user_task, task_dir, user_task_names)
+from pitune_core.paths import StudyPaths
+
+PLACEMENT_FORMAT = "pitune-placement/1"
+PLACEMENT_FILE = "placement.json"
+EMBEDDING_FILE = "embedding.safetensors"
+PLACEABLE = ("fisher",)  # the embedding π-Tuning predicts with; what a placed task is compared by
+LAYOUT_NEIGHBOURS = 15  # the study's UMAP n_neighbors (predict/*/layout_note.txt)
+
+
+class PlacementError(ValueError):
+    """A task that cannot be placed on this study (the message says why and what to do)."""
+
+
+@dataclass
+class PlaceConfig:
+    """How to place a task. ``shots=None``: all its training examples; ``max_steps=None``: the budget
+    every few-shot approach gets (:func:`pitune_core.tune.baselines.budget_for`)."""
+
+    shots: int | None = None
+    seed: int = 0
+    k: int = 3
+    method: str = "lora"
+    embedding: str = "fisher"
+    max_steps: int | None = None
+    n_samples: int | None = None  # Fisher samples; None: what the study used
+
+
+# ----------------------------------------------------------------------------- where
+
+_ID_CACHE: dict[tuple, str] = {}
+
+
+def study_id(study: str | os.PathLike) -> str:
+    """A study's identity: sha256 of its manifest (a rebuilt study is a new one), else of its path."""
+    root = Path(study).expanduser().resolve()
+    man = StudyPaths(root).manifest
+    try:
+        st = man.stat()
+        key = (str(man), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return "path-" + hashlib.sha256(str(root).encode()).hexdigest()[:16]
+    if key not in _ID_CACHE:
+        _ID_CACHE[key] = hashlib.sha256(man.read_bytes()).hexdigest()[:16]
+    return _ID_CACHE[key]
+
+
+def placement_dir(task: str, study: str | os.PathLike, method: str, embedding: str) -> Path:
+    return task_dir(task) / PLACED_DIR / study_id(study) / f"{method}-{embedding}"
+
+
+# ----------------------------------------------------------------------------- maths (numpy only)
+
+def membership_weights(dist: np.ndarray, n_neighbors: int = LAYOUT_NEIGHBOURS, iters: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """UMAP's fuzzy membership of a new point to its nearest neighbours: ``(indices, weights)``.
+
+    As umap-learn's ``smooth_knn_dist`` (local connectivity 1): ``rho`` is the nearest distance and
+    ``sigma`` is found by bisection so that the memberships of the other neighbours sum to
+    ``log2(k)``; a neighbour at distance d has weight ``exp(-max(d - rho, 0) / sigma)``.
+    """
+    dist = np.asarray(dist, dtype=np.float64)
+    k = max(1, min(int(n_neighbors), dist.shape[0]))
+    idx = np.argsort(dist, kind="stable")[:k]
+    d = dist[idx]
+    rho = d[0]
+    target = math.log2(k) if k > 1 else 1.0
+    lo, hi, sigma = 0.0, np.inf, 1.0
+    for _ in range(iters):
+        psum = float(np.sum(np.exp(-np.maximum(d[1:] - rho, 0.0) / sigma)))
+        if abs(psum - target) < 1e-5:
+            break
+        if psum > target:
+            hi = sigma
+            sigma = (lo + hi) / 2
+        else:
+            lo = sigma
+            sigma = sigma * 2 if hi == np.inf else (lo + hi) / 2
+    sigma = max(sigma, 1e-3 * float(np.mean(d)) if np.mean(d) > 0 else 1e-12)
+    return idx, np.exp(-np.maximum(d - rho, 0.0) / sigma)
+
+
+def transform_position(similarities: np.ndarray, coords: np.ndarray,
+                       n_neighbors: int = LAYOUT_NEIGHBOURS) -> tuple[np.ndarray, list[int], list[float]]:
+    """A new task's map position in an existing layout: the membership-weighted mean of its
+    nearest tasks' positions (umap-learn's ``transform`` initialisation). Returns ``(xy, neighbour
+    rows, weights)``."""
+    sims = np.asarray(similarities, dtype=np.float64)
+    coords = np.asarray(coords, dtype=np.float64)
+    if coords.shape != (sims.shape[0], 2):
+        raise PlacementError(f"layout has {coords.shape[0]} points but there are {sims.shape[0]} similarities")
+    idx, w = membership_weights(np.clip(1.0 - sims, 0.0, None), n_neighbors)
+    xy = (w[:, None] * coords[idx]).sum(0) / w.sum()
+    return xy, idx.tolist(), w.tolist()
+
+
+# ----------------------------------------------------------------------------- placing (torch)
+
+def _study_embeddings(study: Path, method: str, embedding: str):
+    from pitune_core.predict.embeddings import load_embeddings
+    from pitune_core.predict.similarity import read_similarity_csv
+
+    sp = StudyPaths(study)
+    f = sp.embedding_dir(method, embedding) / "embeddings.safetensors"
+    if not f.is_file():
+        raise PlacementError(f"study {study} has no {method} {embedding} embeddings ({f} is missing); "
+                             f"choose another expert type or rebuild the study")
+    emb = load_embeddings(f)
+    names, _ = read_similarity_csv(sp.similarity_csv(method, embedding))
+    if list(names) != list(emb.names):
+        raise PlacementError(f"{f} and its similarity.csv list different tasks; the study is inconsistent "
+                             f"(run `pitune verify {study}`)")
+    return emb
+
+
+def check_place(task: str, study: str | os.PathLike, cfg: PlaceConfig):
+    """Cheap checks before anything trains: ``(spec, data, embeddings)``; raises a clear error."""
+    from pitune_core.data.tasks import TaskDataError
+
+    if cfg.embedding not in PLACEABLE:
+        raise PlacementError(f"a task is placed by its {', '.join(PLACEABLE)} embedding, not {cfg.embedding!r}")
+    if cfg.method not in ("lora", "prompt", "ia3"):
+        raise PlacementError(f"unknown expert type {cfg.method!r}; choose lora, prompt or ia3")
+    spec = find_user_task(task)
+    if spec is None:
+        raise PlacementError(f"no user task named {task!r}; add it with `pitune task add {task} ...` "
+                             f"(built-in tasks are on the graph already)")
+    study = Path(study).expanduser().resolve()
+    if not study.is_dir():
+        raise PlacementError(f"study {study} does not exist")
+    emb = _study_embeddings(study, cfg.method, cfg.embedding)
+    if cfg.k < 1 or cfg.k > len(emb.names):
+        raise PlacementError(f"k={cfg.k} is out of range: the study has {len(emb.names)} {cfg.method} experts")
+    data = spec.load()
+    if cfg.shots is not None:
+        try:
+            data.few_shot(int(cfg.shots), seed=cfg.seed)
+        except TaskDataError as e:
+            raise PlacementError(str(e)) from None
+    return spec, data, emb
+
+
+def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = None,
+               on_progress: Callable[[dict], None] | None = None, backbone=None) -> dict:
+    """Embed the task from its own (few-shot) data exactly as a few-shot π-Tuning run does
+    (:func:`pitune_core.tune.baselines.target_side`: own expert on the shots, its Fisher on the
+    shots, Fisher similarity to every source embedding of the study), place it on the map, write
+    everything beside the study and return the placement record."""
+    import dataclasses
+
+    from pitune_core.model.backbone import UnifiedBackbone
+    from pitune_core.model.experts import evaluate, load_expert
+    from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings
+    from pitune_core.predict.layout import read_layout_csv
+    from pitune_core.study.sources import load_sources
+    from pitune_core.tune.baselines import Recipe, budget_for, fisher_on, run_data, split_budget, target_side
+
+    cfg = cfg or PlaceConfig()
+    t0 = time.time()
+    say = on_progress or (lambda p: None)
+    say({"stage": "check"})
+    spec, data, emb = check_place(task, study, cfg)
+    study = Path(study).expanduser().resolve()
+    sp = StudyPaths(study)
+    say({"stage": "load backbone"})
+    bb = backbone or UnifiedBackbone.load(sp.backbone)
+    if emb.meta.get("backbone_id") and emb.meta["backbone_id"] != bb.backbone_id:
+        raise PlacementError(f"the study's embeddings were made on backbone {emb.meta['backbone_id']}, but the "
+                             f"loaded one is {bb.backbone_id}; use the study's backbone/")
+    recipe = Recipe() if cfg.n_samples is None else Recipe(fisher_max=int(cfg.n_samples))
+    src = dataclasses.replace(load_sources(study, cfg.method, cfg.embedding), embeddings=emb)
+    _, tensors, train_t = run_data(task, bb, cfg.shots, cfg.seed)
+    own_steps, _ = split_budget(budget_for(cfg.shots, cfg.seed).steps_for(len(train_t)), recipe)  # as a run's
+    if cfg.max_steps is not None:
+        own_steps = max(1, min(own_steps, int(cfg.max_steps)))
+
+    final = placement_dir(task, study, cfg.method, cfg.embedding)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        say({"stage": "train", "step": 0, "total": own_steps})
+        t1 = time.time()
+        side = target_side(task, src, bb, cfg.method, cfg.shots, cfg.seed, own_steps, tmp, recipe)
+        t2 = time.time()
+        if side.selection != "shots":
+            raise PlacementError("the study has no source embeddings to compare the task with")
+        say({"stage": "evaluate"})
+        model, _ = load_expert(side.own_dir, bb, trainable=True)
+        test_metrics = evaluate(bb, model, tensors["test"], spec)
+        row = fisher_on(model, bb, spec, train_t, recipe.fisher_max, cfg.seed)  # what the ranking used
+        sims_of = dict(side.ranking)
+        names = [n for n in emb.names if n in sims_of]
+        sims_a = np.array([sims_of[n] for n in names])
+        top = [[n, s] for n, s in side.ranking[:cfg.k]]
+        say({"stage": "layout"})
+        lay = sp.embedding_dir(cfg.method, cfg.embedding) / "layout.csv"
+        position, neighbours, note = None, [], "the study has no layout for this embedding"
+        if lay.is_file():
+            lnames, coords = read_layout_csv(lay)
+            pos_of = {n: i for i, n in enumerate(lnames)}
+            keep = [j for j, n in enumerate(names) if n in pos_of]
+            xy, nb, w = transform_position(sims_a[keep], coords[[pos_of[names[j]] for j in keep]])
+            position = [float(xy[0]), float(xy[1])]
+            neighbours = [[names[keep[i]], round(float(wi), 6)] for i, wi in zip(nb, w)]
+            note = (f"transformed into the existing layout (not recomputed): membership-weighted mean of the "
+                    f"positions of its {len(nb)} nearest tasks (umap-learn's transform initialisation)")
+        shutil.move(side.own_dir, tmp / "expert")
+        save_embeddings(tmp / EMBEDDING_FILE, TaskEmbeddings([task], {g: row[g][None, :] for g in emb.groups},
+                                                             {"kind": "fisher", "method": cfg.method,
+                                                              "backbone_id": bb.backbone_id,
+                                                              "n_samples": recipe.fisher_max, "seed": cfg.seed,
+                                                              "shots": cfg.shots, "examples": len(train_t)}))
+        record = {"format": PLACEMENT_FORMAT, "task": task, "modality": spec.modality, "study": str(study),
+                  "study_id": study_id(study), "method": cfg.method, "embedding": cfg.embedding,
+                  "config": asdict(cfg), "examples_used": int(len(train_t)),
+                  "fisher_samples": min(recipe.fisher_max, len(train_t)),
+                  "selection": "the task's own expert and Fisher on its (few-shot) training data "
+                               "(tune.baselines.target_side, as a few-shot π-Tuning run ranks its sources)",
+                  "similarities": dict(zip(names, sims_a.tolist())), "top_k": top, "position": position,
+                  "neighbours": neighbours, "layout": note,
+                  "expert": {"test": test_metrics, "steps": side.own_steps},
+                  "num_train": len(data.train), "num_test": len(data.test),
+                  "max_shots": int(np.bincount(data.train.labels, minlength=spec.num_classes).min()),
+                  "timings_s": {"embed": round(t2 - t1, 1), "total": round(time.time() - t0, 1)},
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        (tmp / PLACEMENT_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
+        for extra in tmp.iterdir():  # only the record, the embedding and the expert are kept
+            if extra.name not in (PLACEMENT_FILE, EMBEDDING_FILE, "expert"):
+                shutil.rmtree(extra, ignore_errors=True) if extra.is_dir() else extra.unlink()
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say({"stage": "done"})
+    return record
+
+
+# ----------------------------------------------------------------------------- reading (no torch)
+
+def _valid(rec, names: list[str]) -> bool:
+    sims = rec.get("similarities") if isinstance(rec, dict) else None
+    if rec.get("format") != PLACEMENT_FORMAT or not isinstance(sims, dict) or set(sims) != set(names):
+        return False
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and -1e-9 <= v <= 1 + 1e-9 for v in sims.values())
+
+
+def placements(study: str | os.PathLike, method: str, embedding: str, names: list[str] | None = None) -> list[dict]:
+    """The placement records of user tasks on this study (same study id) for one expert type and
+    embedding; with ``names`` (the study's similarity rows) only those that match them."""
+    out = []
+    if embedding not in PLACEABLE:
+        return out
+    sid = study_id(study)
+    for task in user_task_names():
+        f = task_dir(task) / PLACED_DIR / sid / f"{method}-{embedding}" / PLACEMENT_FILE
+        if not f.is_file():
+            continue
+        try:
+            rec = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if rec.get("task") != task or (names is not None and not _valid(rec, names)):
+            continue
+        out.append(rec)
+    return out
+
+
+def placed_stamp(study: str | os.PathLike) -> int:
+    """Changes whenever a task is placed on (or removed from) this study: for the dashboard's caches."""
+    sid = study_id(study)
+    h = 0
+    for task in user_task_names():
+        for f in (task_dir(task) / PLACED_DIR / sid).glob(f"*/{PLACEMENT_FILE}"):
+            try:
+                h = hash((h, str(f), f.stat().st_mtime_ns))
+            except OSError:
+                pass
+    return h
+
+
+def merge_similarity(study, method: str, embedding: str, names: list[str], S: np.ndarray,
+                     only: set[str] | None = None):
+    """``(names, S)`` with a row and column per placed user task (or just those in ``only``) appended.
+
+    Placed tasks are compared with the study's tasks only: between two user tasks the entry is 0
+    (not measured), so neither is ever the other's neighbour.
+    """
+    recs = [r for r in placements(study, method, embedding, list(names))
+            if r["task"] not in names and (only is None or r["task"] in only)]
+    if not recs:
+        return list(names), S
+    n, m = len(names), len(recs)
+    out = np.zeros((n + m, n + m), dtype=np.float64)
+    out[:n, :n] = S
+    for i, r in enumerate(recs):
+        v = np.array([float(r["similarities"][t]) for t in names])
+        out[n + i, :n] = v
+        out[:n, n + i] = v
+        out[n + i, n + i] = 1.0
+    return list(names) + [r["task"] for r in recs], out
+
+
+def merge_layout(study, method: str, embedding: str, names: list[str], coords: np.ndarray, note: str):
+    """Layout ``(names, coords, note)`` with the placed user tasks' transformed positions appended."""
+    recs = [r for r in placements(study, method, embedding, list(names))
+            if r["task"] not in names and isinstance(r.get("position"), list) and len(r["position"]) == 2]
+    if not recs:
+        return names, coords, note
+    xy = np.array([[float(r["position"][0]), float(r["position"][1])] for r in recs])
+    if not np.isfinite(xy).all():
+        return names, coords, note
+    extra = (f" · {len(recs)} user task(s) transformed into this layout (weighted mean of their nearest "
+             f"tasks' positions; the layout itself is not recomputed)")
+    return list(names) + [r["task"] for r in recs], np.vstack([coords, xy]), (note or "") + extra
+
+
+def placed_task_infos(study, method: str | None = None) -> list[dict]:
+    """``tasks.json``-like rows for every user task placed on this study (any expert type/embedding)."""
+    sid = study_id(study)
+    out = []
+    for task in user_task_names():
+        base = task_dir(task) / PLACED_DIR / sid
+        recs = sorted(base.glob(f"{method or '*'}-*/{PLACEMENT_FILE}")) if base.is_dir() else []
+        if not recs:
+            continue
+        try:
+            spec = find_user_task(task)
+            rec = json.loads(recs[0].read_text(encoding="utf-8"))
+        except (UserTaskError, OSError, ValueError):
+            continue
+        if spec is None:
+            continue
+        info = spec.info()
+        info.update(num_train=rec.get("num_train"), num_test=rec.get("num_test"), user_task=True,
+                    max_shots=rec.get("max_shots"))
+        out.append(info)
+    return out

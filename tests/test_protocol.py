@@ -1,0 +1,378 @@
+"""The leakage-free protocol: dedup, alignment disjointness, target-side information from the shots
+alone, the pre-registered plan (keys, resume, shards, nothing filtered) and its statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pitune_core.data import dedup
+from pitune_core.data.tasks import Split, TASKS, get_task, load_raw_task_data
+from pitune_core.study import protocol, stats
+
+PLAN = "plans/few-shot-v2.json"
+
+
+# ----------------------------------------------------------------------------- dedup
+
+def test_text_normalisation_ignores_case_spacing_and_punctuation():
+    assert dedup.normalise_text("It's  a  FILM -- that...") == dedup.normalise_text("it 's a film that . . .")
+    assert dedup.normalise_text("ＦＩＬＭ") == "film"  # NFKC folds full-width letters
+    assert dedup.normalise_text("a film") != dedup.normalise_text("a films")
+
+
+def _split(texts=None, images=None):
+    n = len(texts) if texts is not None else len(images)
+    return Split(labels=np.zeros(n, dtype=np.int64), texts=texts, images=images)
+
+
+def test_example_keys_use_the_whole_input():
+    img = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    img[1, 0, 0, 0] = 1
+    text_only = dedup.example_keys(_split(texts=["a b", "A, b!"]))
+    assert text_only[0] == text_only[1]
+    img_only = dedup.example_keys(_split(images=img))
+    assert img_only[0] != img_only[1]
+    pair = dedup.example_keys(_split(texts=["a b", "a b"], images=img[[0, 0]]))
+    assert pair[0] == pair[1] and pair[0] not in text_only + img_only  # a pair is its own kind of example
+
+
+def _fake_specs():
+    keys = {"a": {"train": ["x", "y"], "val": ["z"], "test": ["p", "q", "q2"]},
+            "b": {"train": ["p", "z", "w"], "val": ["y"], "test": ["x", "n"]},
+            "c": {"train": ["q"], "val": ["v"], "test": ["w", "p"]}}
+
+    class S:
+        def __init__(self, name):
+            self.name = name
+    return [S(n) for n in keys], lambda s: keys[s.name]
+
+
+def test_dedup_rule_is_order_independent_and_never_touches_train():
+    specs, keys_of = _fake_specs()
+    t1 = dedup.compute_table(specs, keys_of)
+    t2 = dedup.compute_table(specs[::-1], keys_of)
+    assert t1 == t2
+    a = t1["tasks"]["a"]
+    assert a["removed"] == {"val": ["z"], "test": ["p", "q"]}  # z in b's train; p in b's; q in c's
+    assert a["by_source"] == {"b": {"val": 1, "test": 1}, "c": {"val": 0, "test": 1}}
+    assert t1["tasks"]["c"]["removed"]["test"] == ["p", "w"]
+    assert all("train" not in row["removed"] for row in t1["tasks"].values())
+
+
+def test_committed_duplicate_table_matches_the_data():
+    """The committed table is what the rule gives on the real suite (this loads every task)."""
+    committed = json.loads(dedup.TABLE_PATH.read_text())
+    assert dedup.compute_table() == committed
+    rt = committed["tasks"]["rt_polarity"]
+    assert rt["by_source"]["movie_sentiment"]["test"] == 40  # the pairs named in issue 11
+    assert committed["tasks"]["movie_sentiment"]["by_source"]["rt_polarity"]["test"] == 36
+
+
+def test_loaded_evaluation_splits_hold_no_example_of_another_tasks_training_split():
+    data = get_task("rt_polarity").load()
+    raw = load_raw_task_data(get_task("rt_polarity"))
+    assert len(data.train) == len(raw.train) and data.train.texts == raw.train.texts
+    assert len(data.test) == len(raw.test) - 59
+    test_keys = set(dedup.example_keys(data.test)) | set(dedup.example_keys(data.val))
+    for other in ("movie_sentiment", "rt_subjectivity"):
+        train = set(dedup.example_keys(load_raw_task_data(get_task(other)).train))
+        assert not (test_keys & train)
+        assert set(dedup.example_keys(raw.test)) & train  # there were duplicates to remove
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def test_shipped_projector_is_flagged_as_having_seen_targets():
+    check = protocol.alignment_check("precomputed", ["rt_polarity", "emoji_group", "tux_caption_match"])
+    assert not check["clean"] and check["corpus"] == "tasks"
+    assert set(check["touched"]) == {"emoji_group", "tux_caption_match"}
+
+
+@pytest.mark.slow
+def test_clipart_alignment_corpus_is_disjoint_from_every_targets_evaluation_split():
+    from pitune_core.model.align import check_disjoint, clipart_corpus, dhash, near_duplicates
+
+    corpus = clipart_corpus()
+    assert len(corpus["records"]) >= 1000 and len({r["category"] for r in corpus["records"]}) >= 10
+    targets = [t.name for t in TASKS.values() if t.modality != "language"]
+    overlap = check_disjoint(corpus["images"], targets)
+    assert set(overlap) == {f"{t}/{s}" for t in targets for s in ("val", "test")}
+    assert all(v == {"exact": 0, "near": 0} for v in overlap.values()), {k: v for k, v in overlap.items() if any(v.values())}
+    # the check can fail: a suite image put into the corpus is caught
+    tux = get_task("tux_caption_match").load().test.images[:3]
+    caught = check_disjoint(np.concatenate([corpus["images"][:50], tux]), ["tux_caption_match"])
+    assert caught["tux_caption_match/test"]["exact"] >= 3
+    assert near_duplicates(dhash(tux), dhash(tux)).all()
+
+
+# ----------------------------------------------------------------------------- target side = the shots
+
+def test_ranking_never_reads_the_targets_own_stored_embedding():
+    from pitune_core.predict.embeddings import load_embeddings
+    from pitune_core.study.sources import load_sources
+    from pitune_core.tune.baselines import rank_by_embedding
+
+    src = load_sources("precomputed", "lora")
+    emb = load_embeddings("precomputed/predict/lora/fisher/embeddings.safetensors")
+    src.embeddings = emb
+    rng = np.random.default_rng(0)
+    own = {g: rng.random(v.shape[1]) for g, v in emb.groups.items()}
+    before = rank_by_embedding("rt_polarity", own, src)
+    i = emb.names.index("rt_polarity")
+    for v in emb.groups.values():
+        v[i] = rng.random(v.shape[1]) * 1e3  # the target's full-data embedding, scrambled
+    assert rank_by_embedding("rt_polarity", own, src) == before
+    assert "rt_polarity" not in [n for n, _ in before]
+    own2 = {g: rng.random(v.shape[1]) for g, v in emb.groups.items()}
+    assert rank_by_embedding("rt_polarity", own2, src) != before  # it does depend on the target's embedding
+
+
+@pytest.fixture(scope="module")
+def protocol_sources():
+    from pitune_core.study.protocol import load_study_sources
+
+    return load_study_sources("precomputed", "lora")
+
+
+@pytest.fixture
+def tiny_budget(monkeypatch):
+    from pitune_core.model.experts import TrainConfig
+    from pitune_core.tune import baselines
+
+    monkeypatch.setattr(baselines, "budget_for", lambda shots, seed: TrainConfig(seed=seed, min_steps=4, max_steps=4))
+
+
+def test_few_shot_run_depends_only_on_its_shots(backbone, protocol_sources, tiny_budget, monkeypatch, tmp_path):
+    """Change every training example the 2-shot run does not see: sources, weights and score stay."""
+    from pitune_core.data.tasks import TaskData, TaskSpec
+    from pitune_core.model.experts import prepare_task
+    from pitune_core.tune.baselines import fisher_on, run_method, train_own_expert
+
+    target, shots, seed = "rt_polarity", 2, 0
+    spec = get_task(target)
+    real = spec.load()
+    seen = set(real.few_shot(shots, seed=seed).tolist())
+    texts = [t if i in seen else f"zz {i} unrelated words about weather and trains" for i, t in enumerate(real.train.texts)]
+    altered = TaskData(spec, Split(real.train.labels, texts, None), real.val, real.test)
+    original_load = TaskSpec.load
+
+    def run():
+        return run_method("pi-tuning", target, protocol_sources, backbone, shots=shots, seed=seed, k=2)
+
+    first = run()
+    monkeypatch.setattr(TaskSpec, "load", lambda self: altered if self.name == target else original_load(self))
+    second = run()
+    assert first["selection"] == "shots" and first["steps"] == {"select": 2, "tune": 2, "total": 4}
+    assert second["sources"] == first["sources"]
+    assert second["weights"] == pytest.approx(first["weights"], abs=1e-6)
+    assert second["score"] == first["score"]
+    # control: the change is visible to anything that reads the full training split
+    _, tensors = prepare_task(spec, backbone)
+    model, _ = train_own_expert(target, "lora", backbone, tensors["train"], 0, 1, tmp_path / "own", None)
+    monkeypatch.setattr(TaskSpec, "load", original_load)
+    _, tensors_real = prepare_task(spec, backbone)
+    f_alt = fisher_on(model, backbone, spec, tensors["train"], 8, 0)
+    f_real = fisher_on(model, backbone, spec, tensors_real["train"], 8, 0)
+    assert any(not np.allclose(f_alt[g], f_real[g]) for g in f_alt)
+
+
+def test_lorahub_weights_stay_in_bounds(backbone, protocol_sources, tiny_budget):
+    from pitune_core.tune.baselines import LORAHUB_BOUND, lorahub
+
+    res = lorahub("textures", protocol_sources, backbone, shots=2, seed=0, evals=4)
+    assert len(res["weights"]) == len(protocol_sources.library("textures")) == 23
+    assert all(-LORAHUB_BOUND <= w <= LORAHUB_BOUND for w in res["weights"])
+    assert 0.0 <= res["test"]["accuracy"] <= 1.0 and res["search_evals"] == 4
+
+
+def test_lora_only_baselines_refuse_other_expert_types(backbone, protocol_sources):
+    from pitune_core.tune.baselines import InterpolationError, run_method
+
+    for name in ("arrow", "lorahub", "peft-ties"):
+        with pytest.raises(InterpolationError, match="LoRA experts only"):
+            run_method(name, "textures", protocol_sources, backbone, method="ia3", shots=2)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+def test_committed_plan_follows_its_rule_and_covers_the_grid():
+    plan = protocol.load_plan(PLAN)
+    again = protocol.make_plan(plan.rule["summary"], plan.name, plan.rule["margin_points"], plan.rule["min_shots"],
+                               plan.rule["min_targets"])
+    assert again.targets == plan.targets and protocol.plan_to_json(again) == protocol.plan_to_json(plan)
+    assert len(plan.targets) >= 12 and {TASKS[t].modality for t in plan.targets} == {"language", "vision", "vision-language"}
+    assert len(plan.seeds) >= 3 and plan.shots == [4, 16, None]
+    jobs = plan.jobs()
+    for a in plan.core:
+        for s in plan.shots:
+            assert sum(j["approach"] == a and j["shots"] == s for j in jobs) == len(plan.targets) * len(plan.seeds)
+    for a in plan.extra:
+        assert {j["shots"] for j in jobs if j["approach"] == a} == {16}
+    assert {"pi-tuning", "target-only", "full-finetune", "best-single", "peft-linear", "lorahub"} <= set(plan.core)
+    assert {"pi-tuning-no-own", "pi-tuning-global", "pi-tuning-weights-only", "arrow", "lorahub-tuned"} <= set(plan.extra)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"seeds": [0, 1]}, "at least 3"),
+    ({"core": ["pi-tuning", "magic"]}, "known approaches"),
+    ({"targets": ["rt_polarity", "nope"]}, "unknown target"),
+    ({"surprise": 1}, "unknown plan field"),
+    ({"format": "other"}, "not a protocol plan"),
+    ({"shots": [0]}, "positive ints"),
+])
+def test_bad_plans_are_refused(change, message):
+    obj = {**json.loads(open(PLAN).read()), **change}
+    with pytest.raises(protocol.PlanError, match=message):
+        protocol.parse_plan(obj)
+
+
+def _small_plan(**kw):
+    base = dict(name="t", rule={"text": "test"}, targets=["rt_polarity", "textures"], shots=[2, None], seeds=[0, 1, 2],
+                core=["pi-tuning", "target-only"], extra=["arrow"], extra_shots=[2])
+    base.update(kw)
+    return protocol.ProtocolPlan(**base)
+
+
+def _fake_run(calls):
+    def run_method(name, target, sources, backbone, method="lora", k=3, shots=16, seed=0, recipe=None, workdir=None):
+        calls.append((name, target, shots, seed))
+        if target == "textures" and name == "arrow" and seed == 1 and len([c for c in calls if c == (name, target, shots, seed)]) == 1:
+            raise RuntimeError("boom")  # fails once, succeeds on resume
+        return {"target": target, "approach": name, "shots": shots, "seed": seed, "score": 0.5 + 0.01 * seed,
+                "accuracy": 0.5, "metric": "accuracy", "steps": {"select": 0, "tune": 4, "total": 4}, "sources": []}
+    return run_method
+
+
+def test_plan_runs_resume_shard_and_never_reuse_another_plans_rows(tmp_path, monkeypatch):
+    from pitune_core.tune import baselines
+
+    calls = []
+    monkeypatch.setattr(baselines, "run_method", _fake_run(calls))
+    monkeypatch.delenv("PITUNE_SHARD", raising=False)
+    plan = _small_plan()
+    out = tmp_path / "out"
+    n = len(plan.jobs())
+    assert n == 3 * (2 * 2 * 2 + 2)  # seeds x (targets x shots x core + targets x extra at 2 shots)
+    r = protocol.run_plan(plan, "precomputed", out, backbone=object(), limit=5, allow_unclean_alignment=True)
+    assert r["ran"] == 5 and len(calls) == 5
+    r = protocol.run_plan(plan, "precomputed", out, backbone=object(), allow_unclean_alignment=True)
+    assert r["skipped"] == 5 and r["ran"] + r["failed"] == n - 5 and r["failed"] == 1
+    r = protocol.run_plan(plan, "precomputed", out, backbone=object(), allow_unclean_alignment=True)
+    assert r == {**r, "ran": 1, "failed": 0, "skipped": n - 1}  # only the failed run is retried
+    context = {**protocol.run_context("precomputed", "lora", plan.targets), "alignment_clean": False}
+    rows = protocol.collect(plan, out, context)
+    assert len(rows) == n and all(row["status"] == "done" for row in rows)
+    # another plan in the same directory is refused; elsewhere none of these rows is reused
+    other = _small_plan(seeds=[0, 1, 3])
+    with pytest.raises(protocol.PlanError, match="another plan"):
+        protocol.run_plan(other, "precomputed", out, backbone=object(), allow_unclean_alignment=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "runs.jsonl").write_text((out / "runs.jsonl").read_text())
+    other_rows = protocol.collect(other, tmp_path / "other", context)
+    assert all(row["status"] == "missing" for row in other_rows)  # same jobs (seed 0, 1), other plan: not reused
+    # a changed context (e.g. other source experts) does not reuse rows either
+    changed = {**context, "sources": "0" * 16}
+    assert all(row["status"] == "missing" for row in protocol.collect(plan, out, changed))
+    # results.csv reports every planned row
+    path = protocol.write_results(plan, out, context)
+    assert len(path.read_text().strip().splitlines()) == n + 1
+    assert "Pre-registered comparison" in (out / "report.md").read_text()
+
+
+def test_shards_split_the_jobs_exactly(tmp_path, monkeypatch):
+    from pitune_core.tune import baselines
+
+    calls = []
+    monkeypatch.setattr(baselines, "run_method", _fake_run(calls))
+    plan = _small_plan(extra=[])
+    for i in range(3):
+        monkeypatch.setenv("PITUNE_SHARD", f"{i}/3")
+        protocol.run_plan(plan, "precomputed", tmp_path, backbone=object(), allow_unclean_alignment=True)
+    assert sorted(map(repr, calls)) == sorted(repr((j["approach"], j["target"], j["shots"], j["seed"])) for j in plan.jobs())
+    assert len(calls) == len(set(calls))  # no job ran twice
+
+
+def test_unclean_alignment_is_refused(tmp_path):
+    with pytest.raises(protocol.PlanError, match="aligned on data that touches"):
+        protocol.run_plan(_small_plan(), "precomputed", tmp_path, backbone=object())
+
+
+def test_estimate_extrapolates_measured_times(tmp_path, monkeypatch):
+    from pitune_core.tune import baselines
+
+    monkeypatch.setattr(baselines, "run_method", _fake_run([]))
+    monkeypatch.delenv("PITUNE_SHARD", raising=False)
+    plan = _small_plan(extra=[])
+    protocol.run_plan(plan, "precomputed", tmp_path, backbone=object(), allow_unclean_alignment=True, limit=4)
+    context = {**protocol.run_context("precomputed", "lora", plan.targets), "alignment_clean": False}
+    est = protocol.estimate(plan, tmp_path, context)
+    assert est["planned_runs"] == len(plan.jobs()) and est["done"] == 4
+    # seed 0, shots 2 ran first: the full-data regime has no measurement yet
+    assert est["estimate_s"] is None and "full" in est["reason"]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def test_mean_std_uses_ddof_1_and_never_shows_zero_spread_for_one_value():
+    m, s = stats.mean_std([1, 2, 3, 4])
+    assert m == 2.5 and s == pytest.approx(math.sqrt(5 / 3))
+    assert math.isnan(stats.mean_std([7.0])[1])
+
+
+def test_paired_statistics_on_known_numbers():
+    p = stats.paired([3, 4, 5, 6, 7, 8, 9, 10], [2, 2, 2, 2, 2, 2, 2, 2])  # d = 1..8, all positive
+    assert p.mean == 4.5 and (p.wins, p.ties, p.losses) == (8, 0, 0)
+    assert p.p_wilcoxon == pytest.approx(2 / 2 ** 8)  # exact: only the all-positive sign pattern is as extreme
+    assert p.ci_low < 4.5 < p.ci_high and p.ci_low > 0
+    q = stats.paired([2.0, 2.0, 2.0], [0.0, 0.0, 0.0])
+    assert (q.ci_low, q.ci_high) == (2.0, 2.0)
+    assert stats.win_tie_loss([1.0, 0.4, -0.5, -2.0]) == (1, 2, 1)
+
+
+def test_bootstrap_ci_matches_the_normal_theory_interval_on_large_samples():
+    rng = np.random.default_rng(1)
+    d = rng.normal(2.0, 3.0, size=400)
+    lo, hi = stats.bootstrap_ci(d)
+    half = 1.96 * d.std(ddof=1) / math.sqrt(d.size)
+    assert lo == pytest.approx(d.mean() - half, abs=0.08) and hi == pytest.approx(d.mean() + half, abs=0.08)
+
+
+def test_report_section_counts_every_planned_row():
+    rows = []
+    for t, base in (("a", 0.60), ("b", 0.70), ("c", 0.80), ("d", 0.50)):
+        for seed in (0, 1, 2):
+            rows.append({"target": t, "approach": "target-only", "shots": 4, "seed": seed, "score": base, "status": "done"})
+            rows.append({"target": t, "approach": "pi-tuning", "shots": 4, "seed": seed, "score": base + 0.05, "status": "done"})
+            rows.append({"target": t, "approach": "best-single", "shots": 4, "seed": seed, "score": base + 0.02, "status": "done"})
+    rows.append({"target": "a", "approach": "lorahub", "shots": 4, "seed": 0, "status": "missing"})
+    md = stats.report_section(rows, others=["best-single", "lorahub"], planned=len(rows))
+    assert f"36 of {len(rows)} planned runs done; 1 missing" in md
+    assert "| 4 | target-only | 4 | +5.0 | [5.0, 5.0] |" in md
+    assert "| 4 | best other: best-single | 4 | +3.0 |" in md
+    assert "4/0/0" in md
+    means = stats.target_means(rows, 4)
+    assert means["pi-tuning"]["b"] == pytest.approx(75.0)
+
+
+@pytest.mark.slow
+def test_clipart_pairs_give_one_caption_per_image_per_category():
+    from pitune_core.model.align import CLIPART_CATEGORIES, AlignConfig, clipart_pairs
+    from pitune_core.model.backbone import VisionConfig
+
+    feats, texts = clipart_pairs(AlignConfig(pairs_per_task=2), VisionConfig())
+    assert feats.shape[0] == len(texts) == 2 * len(CLIPART_CATEGORIES)
+    assert sorted(set(texts)) == sorted(f"a clip art picture of {p}" for p in CLIPART_CATEGORIES.values())
+
+
+def test_timing_sample_takes_one_planned_job_per_cell():
+    plan = protocol.load_plan(PLAN)
+    sample = protocol.sample_jobs(plan)
+    cells = {(j["approach"], j["shots"]) for j in plan.jobs()}
+    assert len(sample) == len(cells) == len({(j["approach"], j["shots"]) for j in sample})
+    assert all(j in plan.jobs() for j in sample)
+    assert [j["approach"] for j in sample[:3]] == ["pi-tuning"] * 3  # every regime early
+    assert {j["shots"] for j in sample[:3]} == {4, 16, None}
