@@ -24,14 +24,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,43 +61,20 @@ st.container(key="topk-graph").markdown("1. a source")
 
 
 class Server:
-    """``streamlit run dashboard/app.py`` on a study, in its own process group."""
+    """``streamlit run dashboard/app.py`` on a study, in its own process group
+    (:class:`pitune_core.cli.dashboard.DashboardServer`, the one owner of that recipe)."""
 
     def __init__(self, study: Path, tmp: Path, app: Path = REPO / "dashboard" / "app.py"):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        from pitune_core.cli.dashboard import DashboardServer
+
+        port = _free_port()
         env = dict(os.environ, PITUNE_STUDY=str(study), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
                    PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
-        self.log_path = tmp / f"streamlit-{self.port}.log"
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(app),
-             "--server.address", "127.0.0.1", "--server.port", str(self.port), "--server.headless", "true",
-             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.close()
-                raise RuntimeError(f"streamlit did not start:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+        self._server = DashboardServer(env, port, tmp / f"streamlit-{port}.log", app=app, timeout=90)
+        self.url = self._server.__enter__()
 
     def close(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.log.close()
+        self._server.__exit__(None, None, None)
 
 
 def _open_graph(browser, url: str, timeout_ms: int):

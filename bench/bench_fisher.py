@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", nargs="+", default=["movie_sentiment", "sklearn_digits"])
     ap.add_argument("--method", default="lora")
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)

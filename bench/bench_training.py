@@ -20,7 +20,8 @@ step (label texts, then the batch), tokenising every call. "after" is the code a
 Both run in this one process, alternating before/after per job and seed (the order flips with
 the seed), so machine load hits both sides alike.
 
-Reported per job: training steps/s inside ``train_loop`` (median over seeds), whole-job steps/s
+Reported per job: training steps/s inside ``train_loop`` (median over seeds), training steps per
+CPU-second of this process (less sensitive to other load on a shared machine), whole-job steps/s
 (steps / job wall time, including loading, evaluation and everything else the job does), their
 before/after ratios, and the job's test score before and after (mean ± std over seeds, ddof=1):
 the same expert trained both ways must score the same within seed noise.
@@ -116,15 +117,17 @@ def legacy_predict(backbone, model, data: TaskTensors, verbalizers, batch_size: 
 class Clock:
     def __init__(self):
         self.train_s = 0.0
+        self.train_cpu_s = 0.0
         self.steps = 0
 
     def wrap(self, loop):
         def timed(*args, **kwargs):
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             losses = loop(*args, **kwargs)
             sync()
             self.train_s += time.perf_counter() - t0
+            self.train_cpu_s += time.process_time() - c0
             self.steps += len(losses)
             return losses
         return timed
@@ -187,18 +190,19 @@ def main(argv=None) -> int:
             order = ("before", "after") if seed % 2 == 0 else ("after", "before")
             for which in order:
                 clock = Clock()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 with code_path(bb, which, clock):
                     score = run_job(name, bb, sources, seed)
-                wall = time.perf_counter() - t0
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
                 rows.append({"job": name, "seed": seed, "path": which, "score": score, "steps": clock.steps,
-                             "train_s": clock.train_s, "job_s": wall})
+                             "train_s": clock.train_s, "job_s": wall, "train_cpu_s": clock.train_cpu_s,
+                             "job_cpu_s": cpu})
                 print(f"  {name:15s} seed {seed} {which:6s}: {clock.steps} steps, train {clock.train_s:6.1f} s "
-                      f"({clock.steps / clock.train_s:5.2f} steps/s), job {wall:6.1f} s, score {score:.4f}",
-                      flush=True)
+                      f"({clock.steps / clock.train_s:5.2f} steps/s; CPU {clock.train_cpu_s:6.1f} s), "
+                      f"job {wall:6.1f} s (CPU {cpu:6.1f} s), score {score:.4f}", flush=True)
     print()
     print(f"{'job':15s} {'train steps/s before':>20s} {'after':>7s} {'ratio':>6s} | {'job steps/s before':>18s} "
-          f"{'after':>7s} {'ratio':>6s} | score before (mean ± std) | after")
+          f"{'after':>7s} {'ratio':>6s} | {'steps/CPU-s ratio':>17s} | score before (mean ± std) | after")
     summary = {}
     for name in args.jobs:
         def col(which, f):
@@ -210,9 +214,13 @@ def main(argv=None) -> int:
         ja = statistics.median(col("after", lambda r: r["steps"] / r["job_s"]))
         sb, sa = col("before", lambda r: r["score"]), col("after", lambda r: r["score"])
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else float("nan"))
+        cb = statistics.median(col("before", lambda r: r["steps"] / r["train_cpu_s"]))
+        ca = statistics.median(col("after", lambda r: r["steps"] / r["train_cpu_s"]))
         summary[name] = {"train_steps_per_s": [tb, ta, ta / tb], "job_steps_per_s": [jb, ja, ja / jb],
+                         "train_steps_per_cpu_s": [cb, ca, ca / cb],
                          "score_before": [statistics.mean(sb), sd(sb)], "score_after": [statistics.mean(sa), sd(sa)]}
         print(f"{name:15s} {tb:20.2f} {ta:7.2f} {ta / tb:5.2f}x | {jb:18.2f} {ja:7.2f} {ja / jb:5.2f}x | "
+              f"{ca / cb:16.2f}x | "
               f"{statistics.mean(sb):.4f} ± {sd(sb):.4f}        | {statistics.mean(sa):.4f} ± {sd(sa):.4f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"device": str(bb.device), "threads": torch.get_num_threads(),

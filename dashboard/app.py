@@ -633,6 +633,14 @@ def tab_compare(study: Study, sel: dict, db: Path) -> None:
     runs = [r for r in all_runs if r.config.get("target") == target]
     base = study.compare_results(target)
     st.subheader(f"Runs and baselines for `{target}`")
+    if base and not any(r.get("selection") for r in base):
+        st.warning(
+            "Provisional evidence. These baselines were made before the leakage-free protocol "
+            "(README, *Protocol*): approaches that pick sources ranked them with the target's full-data "
+            "expert, evaluation splits still held sentences that are in other tasks' training data "
+            "(e.g. 40 of rt_polarity's 480 test sentences are in movie_sentiment's), the projector was aligned "
+            "on three of these targets, and there are 2 seeds. Do not read a π-Tuning advantage from them; "
+            "the pre-registered study (`plans/few-shot-v2.json`) replaces them.")
     run_rows = [{"label": f"run {r.id[-6:]} ({r.config.get('shots') or 'full'}-shot)",
                  "shots": r.config.get("shots") or "full",
                  "accuracy": (r.metrics or {}).get("accuracy")} for r in runs if r.status == "succeeded"]

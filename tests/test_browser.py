@@ -11,13 +11,12 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from pitune_core.cli.dashboard import DashboardServer
 
 pytestmark = pytest.mark.browser
 
@@ -63,41 +62,12 @@ def sync_playwright():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    study = _study()
     tmp = tmp_path_factory.mktemp("dash")
-    port = _free_port()
-    env = dict(os.environ, PITUNE_STUDY=str(study), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
+    env = dict(os.environ, PITUNE_STUDY=str(_study()), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
                PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
     env.pop("PITUNE_TEST_STUDY", None)
-    log = open(tmp / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise RuntimeError(f"streamlit did not start:\n{(tmp / 'streamlit.log').read_text()[-3000:]}")
-            time.sleep(0.3)
+    with DashboardServer(env, _free_port(), tmp / "streamlit.log", timeout=60) as url:
         yield url, tmp
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def _topk_items(page, container: str) -> list[str]:
@@ -146,7 +116,6 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
             items = _wait_topk_count(page, "topk-graph", k1)
 
             # pick another target in the sidebar's selectbox; the list follows it
-            first = items[0]
             target_box = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Target task")
             current = target_box.inner_text()
             target_box.locator("input").click()
@@ -196,41 +165,14 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
 @pytest.fixture(scope="module")
 def byo_server(tmp_path_factory):
     """The dashboard with an empty user task store and run registry of its own (real scheduler)."""
-    study = _study()
     tmp = tmp_path_factory.mktemp("byo")
-    port = _free_port()
-    env = dict(os.environ, PITUNE_STUDY=str(study), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
+    env = dict(os.environ, PITUNE_STUDY=str(_study()), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
                PITUNE_TASKS=str(tmp / "tasks"), PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
     env.pop("PITUNE_TEST_STUDY", None)
-    log = open(tmp / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log.flush()
-                raise RuntimeError(f"streamlit did not start:\n{(tmp / 'streamlit.log').read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url, tmp
+        with DashboardServer(env, _free_port(), tmp / "streamlit.log", timeout=60) as url:
+            yield url, tmp
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
         try:  # the background scheduler the page started (it would also stop by itself when idle)
             from pitune_core.runs.registry import RunRegistry
 

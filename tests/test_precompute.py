@@ -28,7 +28,7 @@ def test_quick_study_has_every_artifact(quick_study):
     names, S = read_similarity_csv(quick_study / "predict/lora/fisher/similarity.csv")
     assert len(names) == 6 and np.allclose(np.diag(S), 1.0) and np.allclose(S, S.T)
     rows = list(csv.DictReader(open(quick_study / "compare/results.csv")))
-    assert {r["method"] for r in rows} == {"pi-tuning", "target-only", "uniform-avg"}
+    assert {r["approach"] for r in rows} == {"pi-tuning", "target-only", "uniform-avg"}
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
     quality = json.loads((quick_study / "transfer/predict_quality.json").read_text())
     assert set(quality) == {"fisher", "weights", "data", "random"}

@@ -46,6 +46,7 @@ def test_hit_regret_and_ties():
 def test_spearman_brown_and_halves():
     assert Q.spearman_brown(0.5) == pytest.approx(2 / 3)
     assert Q.spearman_brown(1.0) == pytest.approx(1.0) and Q.spearman_brown(0.0) == 0.0
+    assert Q.spearman_brown(-1.0) == -1.0 and Q.spearman_brown(-0.5) == -1.0  # clipped, not -inf / -2
     assert len(Q._halves(4)) == 3 and len(Q._halves(6)) == 10 and len(Q._halves(3)) == 3
     for a, b in Q._halves(4):
         assert sorted(a + b) == [0, 1, 2, 3]

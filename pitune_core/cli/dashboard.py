@@ -67,3 +67,56 @@ def register(sub, add) -> None:
     sp.add_argument("--port", type=int, default=8501)
     sp.add_argument("--db", default=None,
                     help="run registry database (default: $PITUNE_RUNS_DB or runs/registry.sqlite)")
+
+
+class DashboardServer:
+    """The dashboard as a background server (own process group) for tests and benchmarks:
+    ``with DashboardServer(env, port, log_path) as url: ...``. Waits for ``/_stcore/health``."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: str | os.PathLike, app: str | os.PathLike = APP,
+                 timeout: float = 90.0):
+        self.env, self.port, self.log_path, self.app, self.timeout = env, int(port), Path(log_path), app, timeout
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.log = None
+
+    def __enter__(self) -> str:
+        import subprocess
+        import time
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "streamlit", "run", str(self.app), "--server.address", "127.0.0.1",
+               "--server.port", str(self.port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+               "--server.fileWatcherType", "none"]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + self.timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        return self.url
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"streamlit did not start:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+        import subprocess
+
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=10)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+        if self.log is not None:
+            self.log.close()

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 from pitune_core.model.backbone import Inputs, TaskTensors, UnifiedBackbone
 from pitune_core.model.device import seed_everything
-from pitune_core.model.experts import load_expert, prepare_task, read_expert_meta
+from pitune_core.model.experts import ExpertError, load_expert, prepare_task, read_expert_meta
 from pitune_core.data.tasks import get_task
 
 KINDS = ("fisher", "weights", "data")
@@ -66,14 +66,15 @@ def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 
 def per_sample_grads(model: torch.nn.Module, backbone: UnifiedBackbone, data: TaskTensors, verbalizers: list[str],
-                     chunk_size: int = 32) -> dict[str, torch.Tensor]:
+                     chunk_size: int = 64, chunk_tokens: int = 512) -> dict[str, torch.Tensor]:
     """Gradient of every example's own loss w.r.t. the model's adapter parameters, batched.
 
     Returns ``{short name (as adapter_parameters): tensor (len(data), *parameter shape)}`` in the
     data's order. The loss is the one training minimises (label-as-text cross-entropy, label texts
     encoded by the adapted trunk, so they carry gradient too). Computed with ``torch.func``:
-    ``vmap`` over ``grad`` of a one-example loss, on chunks of ``chunk_size`` examples of similar
-    length (each chunk padded to its own longest sequence); the label texts are encoded once per
+    ``vmap`` over ``grad`` of a one-example loss, on chunks of examples of similar length (at most
+    ``chunk_size`` examples and ``chunk_tokens`` padded tokens each, padded to the chunk's longest
+    sequence: short image inputs go in large chunks, long texts in small ones); the label texts are encoded once per
     chunk and back-propagated per example. Equal to the one-example-at-a-time loop
     (:func:`fisher_information` with ``batched=False``) up to float rounding (``tests/test_speed.py``);
     ``bench/bench_fisher.py`` measures the speed-up. Works for LoRA, IA3 and prompt-tuning experts.
@@ -116,15 +117,22 @@ def per_sample_grads(model: torch.nn.Module, backbone: UnifiedBackbone, data: Ta
 
     per_example = vmap(grad(one_loss), in_dims=(None, 0, 0, 0))
     n = len(data)
-    order = (np.argsort([len(t) for t in backbone.token_ids(data.texts)], kind="stable")
-             if data.texts is not None else np.arange(n))
+    lengths = np.array([len(t) for t in backbone.token_ids(data.texts)] if data.texts is not None else [2] * n)
+    order = np.argsort(lengths, kind="stable")
+    chunks, start = [], 0
+    while start < n:  # greedy: grow a chunk while its padded size stays within budget
+        stop = start + 1
+        while (stop < n and stop - start < chunk_size
+               and (stop + 1 - start) * lengths[order[stop]] <= chunk_tokens):
+            stop += 1
+        chunks.append(order[start:stop])
+        start = stop
     out = {k: torch.empty((n, *params[full].shape), dtype=dtype, device=backbone.device) for k, full in short.items()}
     cfg = base.config
     saved = cfg._attn_implementation
     cfg._attn_implementation = "eager"  # matmul + softmax attention: has vmap batching rules (fused SDPA has none)
     try:
-        for i in range(0, n, chunk_size):
-            idx = order[i:i + chunk_size]
+        for idx in chunks:
             inputs, y = data.batch(idx)
             with torch.no_grad():
                 emb, mask = backbone._embed(inputs, model)
@@ -138,7 +146,7 @@ def per_sample_grads(model: torch.nn.Module, backbone: UnifiedBackbone, data: Ta
 
 
 def fisher_information(model: torch.nn.Module, backbone: UnifiedBackbone, data: TaskTensors, verbalizers: list[str],
-                       batched: bool = True, chunk_size: int = 32) -> dict[str, np.ndarray]:
+                       batched: bool = True, chunk_size: int = 64) -> dict[str, np.ndarray]:
     """Diagonal empirical Fisher: the mean over ``data`` of each example's squared loss gradient,
     per adapter tensor (flattened, float64). ``batched=False`` is the reference: one backward pass
     per example in a Python loop (how it was computed before :func:`per_sample_grads`)."""
@@ -229,7 +237,14 @@ def embed_experts(expert_dirs: dict[str, str | Path], kind: str, backbone: Unifi
     """Embed several tasks from their experts (``kind`` in fisher / weights / data)."""
     if kind not in KINDS:
         raise EmbeddingError(f"unknown embedding {kind!r}; choose one of {', '.join(KINDS)}")
-    metas = {t: read_expert_meta(d) for t, d in expert_dirs.items()}
+    metas, unreadable = {}, {}
+    for t, d in expert_dirs.items():  # every broken expert is reported, each by its task
+        try:
+            metas[t] = read_expert_meta(d)
+        except ExpertError as e:
+            unreadable[t] = f"{t}: {e}"
+    if unreadable:
+        raise EmbeddingError("cannot embed " + "; ".join(unreadable.values()), list(unreadable))
     methods = {m["method"] for m in metas.values()}
     backbones = {m["backbone_id"] for m in metas.values()}
     if len(methods) > 1:

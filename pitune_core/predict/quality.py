@@ -110,10 +110,11 @@ def _halves(n_seeds: int, max_splits: int = 64, seed: int = 0) -> list[tuple[tup
 
 
 def spearman_brown(r: float | np.ndarray, factor: float = 2.0):
-    """Reliability of an average of ``factor`` times as many seeds, from reliability ``r``."""
+    """Reliability of an average of ``factor`` times as many seeds, from reliability ``r`` (clipped
+    to [-1, 1]: a negative split-half correlation extrapolates to nonsense below -1)."""
     r = np.asarray(r, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = factor * r / (1 + (factor - 1) * r)
+        out = np.clip(factor * r / (1 + (factor - 1) * r), -1.0, 1.0)
     return float(out) if out.ndim == 0 else out
 
 
@@ -163,8 +164,10 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0, n_resamples: int = 2000
         return float("nan"), float("nan")
     if np.ptp(v) == 0:
         return float(v[0]), float(v[0])
-    res = bootstrap((v,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
-                    random_state=np.random.default_rng(seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = bootstrap((v,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+                        random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -188,8 +191,10 @@ def paired_ci(num: Sequence[float], den: Sequence[float], stat: str = "ratio", s
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         v = float(f(a, b))
         return v, v
-    res = bootstrap((a, b), f, paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
-                    method="percentile", random_state=np.random.default_rng(seed))
+    with warnings.catch_warnings(), np.errstate(all="ignore"):  # a resample whose ceiling mean is 0: inf/nan
+        warnings.simplefilter("ignore")
+        res = bootstrap((a, b), f, paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
+                        method="percentile", random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -234,7 +239,7 @@ def summarise(per_target: Mapping[str, Mapping[str, float]], reliability: dict, 
             s["excess_over_ceiling"] = float(np.nanmean(np.subtract(vals, ceil)))
             s["excess_ci"] = paired_ci(vals, ceil, "difference", seed)
         else:
-            s["fraction_of_ceiling"] = float(s["mean"] / s["ceiling"]) if s["ceiling"] else float("nan")
+            s["fraction_of_ceiling"] = float(s["mean"] / s["ceiling"]) if s["ceiling"] > 0 else float("nan")
             s["fraction_ci"] = paired_ci(vals, ceil, "ratio", seed)
         summary[key] = s
     return summary

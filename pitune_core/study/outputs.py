@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pitune_core.study.results import write_matrix_csv
 from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_COSINE_FILE, SIMILARITY_FILE, StudyPaths
 from pitune_core.study.plan import EMBEDDINGS
 
@@ -107,7 +108,6 @@ def write_transfer_outputs(root: Path, tasks: list[str], k: int) -> dict:
         gain_matrices,
         prediction_quality,
         summarise_quality,
-        write_matrix_csv,
     )
 
     per_seed = gain_matrices(StudyPaths(root).transfer_pairs, tasks)

@@ -26,8 +26,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
-import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -247,7 +245,7 @@ def alignment_check(study: str | Path, targets: list[str]) -> dict:
 def run_context(study: str | Path, method: str, targets: list[str]) -> dict:
     """What a row's validity depends on besides the plan and the job."""
     from pitune_core.common import sha256_file
-    from pitune_core.data.dedup import TABLE_PATH, table
+    from pitune_core.data.dedup import table
     from pitune_core.data.tasks import DATA_VERSION
     from pitune_core.model.backbone import PROJECTOR_FILE, projector_id
     from pitune_core.paths import StudyPaths

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from pitune_core.common import EXPERT_TYPE_LABELS, EXPERT_TYPES, MODALITIES, check_task_name, parse_shots, parse_sources
 from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_FILE, StudyPaths
-from pitune_core.study.results import read_results
+from pitune_core.study.results import read_matrix_csv, read_results
 from pitune_core.paths import default_study as default_study_path
 from pitune_core.tune.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
 
@@ -495,21 +495,12 @@ class Study:
     def transfer_matrix(self) -> tuple[list[str], list[str], Any] | None:
         """(targets, sources, gains in accuracy points with NaN where not measured), or None."""
         def load():
-            import numpy as np
-
             p = StudyPaths(self.root).transfer_matrix
             if not p.is_file():
                 return None
-            with open(p, newline="", encoding="utf-8") as fh:
-                rows = [r for r in csv.reader(fh) if r]
-            if not rows or rows[0][0] != "target":
-                raise ValueError(f"{p}: expected a header starting with 'target'")
-            cols = rows[0][1:]
-            targets = [r[0] for r in rows[1:]]
+            targets, cols, M = read_matrix_csv(p)
             for n in (*cols, *targets):
                 check_task_name(n, "transfer_matrix.csv names a task")
-            M = np.array([[_float(v) if _float(v) is not None else np.nan for v in r[1:]] for r in rows[1:]],
-                         dtype=float).reshape(len(targets), len(cols))
             return targets, cols, M
         return self._memo(("transfer",), load)
 

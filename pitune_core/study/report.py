@@ -15,7 +15,7 @@ import numpy as np
 
 from pitune_core.common import EXPERT_TYPES
 from pitune_core.paths import StudyPaths
-from pitune_core.study.results import read_results
+from pitune_core.study.results import read_matrix_csv, read_results
 
 
 def _rows(path: Path) -> list[dict]:
@@ -98,8 +98,7 @@ def predict_section(root: Path) -> list[str]:
         out.append("")
     tm = StudyPaths(root).transfer_matrix
     if tm.exists():
-        rows = list(csv.reader(open(tm)))
-        M = np.array([[float(x) if x else np.nan for x in r[1:]] for r in rows[1:]])
+        _, _, M = read_matrix_csv(tm)
         out += [f"Transfer matrix: {M.shape[0]} tasks, mean gain over scratch {np.nanmean(M):+.1f} points, "
                 f"{int(np.sum(M > 0))} of {int(np.sum(~np.isnan(M)))} pairs positive.", ""]
     return out

@@ -234,23 +234,6 @@ def gain_matrices(pairs_path: str | Path, tasks: list[str], key: str | None = No
     return out
 
 
-def write_matrix_csv(path: str | Path, tasks: list[str], M: np.ndarray) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["target", *tasks])
-        for t, row in zip(tasks, M):
-            w.writerow([t, *["" if np.isnan(v) else f"{v:.4f}" for v in row]])
-
-
-def read_matrix_csv(path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    cols = rows[0][1:]
-    targets = [r[0] for r in rows[1:]]
-    M = np.array([[float(v) if v != "" else np.nan for v in r[1:]] for r in rows[1:]])
-    return targets, cols, M
-
-
 def prediction_quality(sim: np.ndarray, sim_names: list[str], gains: np.ndarray, tasks: list[str],
                        k: int = 3) -> dict:
     """Spearman(similarity, gain) per target and top-k hit rate of the actual best source."""
