@@ -99,14 +99,16 @@ def _n_tasks(study: Path) -> int:
     return len(json.loads((study / "tasks.json").read_text(encoding="utf-8")))
 
 
-def bench_open(p, study: Path | None, loads: int, timeout_ms: int, shot_dir: Path | None) -> dict:
-    """``study=None``: the floor app (:data:`FLOOR_APP`) instead of the dashboard."""
+def bench_open(p, study: Path | None, loads: int, timeout_ms: int, shot_dir: Path | None,
+               app: Path | None = None) -> dict:
+    """``study=None``: the floor app (:data:`FLOOR_APP`) instead of the dashboard; ``app``: another
+    dashboard app file (e.g. an older commit's, checked out with ``git worktree add``)."""
     with tempfile.TemporaryDirectory(prefix="pitune-bench-dash-") as tmp:
         if study is None:
             (Path(tmp) / "floor.py").write_text(FLOOR_APP, encoding="utf-8")
             server = Server(REPO / "precomputed", Path(tmp), app=Path(tmp) / "floor.py")
         else:
-            server = Server(study, Path(tmp))
+            server = Server(study, Path(tmp), app=app) if app else Server(study, Path(tmp))
         try:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
@@ -177,6 +179,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for a page")
     ap.add_argument("--no-floor", action="store_true", help="skip the floor (a trivial Streamlit page)")
     ap.add_argument("--screenshots", default=None, help="directory for screenshots (default: none)")
+    ap.add_argument("--baseline-app", default=None,
+                    help="another dashboard/app.py (e.g. `git worktree add /tmp/old REV`, then "
+                         "/tmp/old/dashboard/app.py) timed on the same studies in the same run")
     args = ap.parse_args()
     if not Path(CHROMIUM).is_file():
         sys.exit(f"Chromium not found at {CHROMIUM}: apt-get install -y chromium")
@@ -195,6 +200,10 @@ def main() -> None:
             print(f"{'(floor: streamlit + one plotly figure)':<40} {'-':>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
                   + " ".join(f"{t:.2f}" for t in r["all"]), flush=True)
         for s in args.study:
+            if args.baseline_app:
+                r = bench_open(p, Path(s).resolve(), args.loads, ms, None, app=Path(args.baseline_app).resolve())
+                print(f"{Path(s).name + ' (baseline app)':<40} {r['n']:>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
+                      + " ".join(f"{t:.2f}" for t in r["all"]), flush=True)
             r = bench_open(p, Path(s).resolve(), args.loads, ms, shots)
             print(f"{Path(s).name:<40} {r['n']:>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
                   + " ".join(f"{t:.2f}" for t in r["all"]), flush=True)
