@@ -12,7 +12,6 @@ scheduler executes them; nothing here trains or blocks).
 from __future__ import annotations
 
 import html
-import re
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from dashboard import figures as F  # noqa: E402
+from dashboard.text import md as _md  # noqa: E402
 from dashboard import new_task as NT  # noqa: E402
 from pitune_core.paths import default_runs_db, default_study  # noqa: E402
 from pitune_core.study.reader import (  # noqa: E402
@@ -54,18 +54,6 @@ STATUS_COLOR = {"queued": "gray", "running": "blue", "succeeded": "green", "fail
 def _status(s: str) -> str:
     """A run status as coloured markdown text."""
     return f":{STATUS_COLOR.get(s, 'gray')}[**{_md(s)}**]"
-
-
-#: characters that can start markup inline (an underscore only where it could open or close
-#: emphasis, a colon only where it could open a colour directive or an emoji shortcode)
-_MD_SPECIAL = re.compile(r"[\\`*\[\]<>!$~|&#]|:(?=[A-Za-z0-9_+-])|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
-
-
-def _md(value) -> str:
-    """A file- or user-supplied value as literal markdown text (one line, every character that could
-    start markup escaped): no link, image, HTML, heading, colour directive or emoji shortcode can
-    come out of it."""
-    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), " ".join(str(value).split()))
 
 
 #: widget keys whose values survive while their tab is not shown (tabs render lazily)

@@ -14,12 +14,12 @@ No torch here: everything imported at module level is numpy / Pillow / plotly at
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import streamlit as st
 
+from dashboard.text import md as _md
 from pitune_core.data import user_tasks as U
 from pitune_core.study.place import placed_stamp  # noqa: F401 - re-exported for app.py
 
@@ -28,15 +28,6 @@ KINDS = {"text": "Texts with labels (CSV / JSONL)", "images": "Images in class f
 TYPES = {"text": ["csv", "tsv", "jsonl", "json", "txt"], "images": ["zip"], "pairs": ["zip"]}
 SHOTS = [1, 2, 4, 8, 16, 32, 64]
 USER_COLOR = "#d946ef"
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>&~:$])")
-
-
-def _md(value) -> str:
-    """Uploaded text (labels, file names, messages quoting them) as literal markdown: every markup
-    character escaped, so no link, image or HTML can come out of it (the rule of app.py's ``_md``)."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
-
-
 def highlight(fig, names: Sequence[str], xy: Mapping[str, Sequence[float]]) -> None:
     """Ring the user's own tasks on a plotly figure (graph or map), named in the legend."""
     import plotly.graph_objects as go

@@ -473,10 +473,9 @@ def test_dashboard_escapes_registry_and_file_strings():
     """Values from files or the registry reach markdown only escaped: no HTML, link or image."""
     import re
 
+    from dashboard.text import md
+
     src = (Path(__file__).resolve().parent.parent / "dashboard" / "app.py").read_text()
-    ns: dict = {"re": re}
-    exec(src[src.index("_MD_SPECIAL = "):src.index("def study_path")], ns)  # noqa: S102 - our own source
-    md = ns["_md"]
     for hostile_text in ("<img src=x onerror=alert(1)>", "![x](http://evil/x.png)", "[click](javascript:x)",
                          ":red[boom]", "**bold**\n# head", "<b>bold</b>"):
         out = md(hostile_text)

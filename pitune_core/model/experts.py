@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import tempfile
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pitune_core import __version__
-from pitune_core.common import EXPERT_TYPES
+from pitune_core.common import EXPERT_TYPES, replace_dir
 from pitune_core.data.tasks import TaskData, TaskSpec, get_task
 from pitune_core.model.backbone import (
     Inputs,
@@ -272,13 +271,7 @@ def save_expert(model, out: str | Path, meta: dict) -> Path:
             cfg["base_model_name_or_path"] = stable_trunk_id()
             cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
         (tmp / EXPERT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 
 from pitune_core.data.user_tasks import (PLACED_DIR, UserTaskError, find_user_task, task_dir, user_task_names)
+from pitune_core.common import replace_dir
 from pitune_core.paths import StudyPaths
 
 PLACEMENT_FORMAT = "pitune-placement/1"
@@ -265,13 +266,7 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
         for extra in tmp.iterdir():  # only the record, the embedding and the expert are kept
             if extra.name not in (PLACEMENT_FILE, EMBEDDING_FILE, "expert"):
                 shutil.rmtree(extra, ignore_errors=True) if extra.is_dir() else extra.unlink()
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
