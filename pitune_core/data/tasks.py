@@ -221,20 +221,29 @@ def load_task_data(spec: TaskSpec) -> TaskData:
     return apply_dedup(load_raw_task_data(spec))
 
 
-def load_raw_task_data(spec: TaskSpec) -> TaskData:
-    """The task's splits as built from its archives (cached), before deduplication."""
+def load_cached(spec: TaskSpec, build: Callable[[], TaskData]) -> TaskData:
+    """The task's splits from its cache folder, or ``build()`` them and cache them (a corrupt cache
+    is rebuilt)."""
     path = spec.cache_path()
     if (path / "info.json").exists():
         try:
             return _load(spec, path)
-        except Exception:  # corrupt cache: rebuild from the archives
+        except Exception:  # corrupt cache: rebuild
             pass
-    raw = spec.builder()
-    if raw.texts is not None and len(raw.texts) != len(raw.labels):
-        raise AssertionError(f"{spec.name}: builder returned mismatched texts/labels")
-    data = make_splits(raw, spec)
+    data = build()
     _save(data, path)
     return data
+
+
+def load_raw_task_data(spec: TaskSpec) -> TaskData:
+    """The task's splits as built from its archives (cached), before deduplication."""
+    def build() -> TaskData:
+        raw = spec.builder()
+        if raw.texts is not None and len(raw.texts) != len(raw.labels):
+            raise AssertionError(f"{spec.name}: builder returned mismatched texts/labels")
+        return make_splits(raw, spec)
+
+    return load_cached(spec, build)
 
 
 # ----------------------------------------------------------------------------- image helpers

@@ -49,7 +49,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from pitune_core.data.tasks import (DATA_VERSION, SPLITS, Split, TaskData, TaskSpec, _load, _save)
+from pitune_core.data.tasks import DATA_VERSION, SPLITS, Split, TaskData, TaskSpec, load_cached
 from pitune_core.paths import REPO_ROOT, cache_dir, user_tasks_dir
 
 TASK_FORMAT = "pitune-user-task/1"
@@ -833,15 +833,7 @@ class UserTaskSpec(TaskSpec):
         return f"user-{self.name}-{self.data_sha256[:16]}"
 
     def load(self) -> TaskData:
-        path = self.cache_path()
-        if (path / "info.json").exists():
-            try:
-                return _load(self, path)
-            except Exception:  # corrupt cache: rebuild from the store
-                pass
-        data = self._build()
-        _save(data, path)
-        return data
+        return load_cached(self, self._build)
 
     def info(self, data: TaskData | None = None) -> dict:
         d = super().info(data)
