@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 from pitune_core.common import EXPERT_TYPE_LABELS, EXPERT_TYPES, MODALITIES, check_task_name, parse_shots, parse_sources
 from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_FILE, StudyPaths
+from pitune_core.study.results import parse_float as _float
 from pitune_core.study.results import read_matrix_csv, read_results
 from pitune_core.paths import default_study as default_study_path
 from pitune_core.tune.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
@@ -74,16 +75,6 @@ class StudyError(Exception):
         more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         super().__init__(f"study {self.root} is not usable: {first}{more}. "
                          f"Rebuild it with `{rebuild_hint(self.root)[0]}` (or `--quick` for a small one).")
-
-
-def _float(v: Any) -> float | None:
-    if v is None or v == "":
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -35,7 +35,8 @@ def write_results(path: str | os.PathLike, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def _float(v: Any) -> float | None:
+def parse_float(v: Any) -> float | None:
+    """A CSV cell as a finite float, or None (empty, not a number, NaN or inf)."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -54,8 +55,8 @@ def read_results(path: str | os.PathLike) -> list[dict]:
             except (TypeError, ValueError):
                 shots_v = "full"
             rows.append({"target": r.get("target"), "approach": r.get("approach") or r.get("method"),
-                         "shots": shots_v, "seed": r.get("seed"), "accuracy": _float(r.get("accuracy")),
-                         "score": _float(r.get("score")), "metric": r.get("metric"),
+                         "shots": shots_v, "seed": r.get("seed"), "accuracy": parse_float(r.get("accuracy")),
+                         "score": parse_float(r.get("score")), "metric": r.get("metric"),
                          "sources": [s for s in (r.get("sources") or "").split("|") if s]})
     return rows
 
@@ -87,6 +88,6 @@ def read_matrix_csv(path: str | os.PathLike):
             raise ValueError(f"{path}: {n[:80]!r} is not a task identifier")
     if any(len(r) != len(cols) + 1 for r in rows[1:]):
         raise ValueError(f"{path}: every row needs one value per source ({len(cols)})")
-    M = np.array([[v if (v := _float(x)) is not None else np.nan for x in r[1:]] for r in rows[1:]],
+    M = np.array([[v if (v := parse_float(x)) is not None else np.nan for x in r[1:]] for r in rows[1:]],
                  dtype=float).reshape(len(targets), len(cols))
     return targets, cols, M
