@@ -339,6 +339,25 @@ def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
                    + "The target is the red star, dashed lines lead to its top-k sources; only the target, its "
                      "sources and search matches are labelled (hover for any other task). Click a node to make "
                      "it the target.")
+        _cross_modal_note(study)
+
+
+def _cross_modal_note(study: Study) -> None:
+    """The cross-modal finding, computed from the study's measured transfer (reader), in one line."""
+    from pitune_core.study.reader import GroundTruthError
+
+    try:
+        f = study.cross_modal_finding(st.session_state.get("gt_plan"))
+    except GroundTruthError as e:
+        st.caption(f"Cross-modal finding not shown: {_md(e)}")
+        return
+    if f is None:
+        return
+    with st.container(key="cross-modal"):
+        st.markdown("**Do cross-modality sources help?** Measured: " + _md(f["sentence"]))
+        st.caption(f"From {_md(f['source'])}: gain over a from-scratch expert in accuracy points, the mean over "
+                   "targets of each target's mean over its same- (cross-) modality sources, bootstrap 95% CI "
+                   "over targets; the graph's cross-modal links are predictions, this is what was measured.")
 
 
 def tab_map(study: Study, root: Path, stamp: int, sel: dict) -> None:
@@ -440,6 +459,95 @@ def tab_target(study: Study, sel: dict) -> None:
             st.info(f"`{sel['target']}` is not in the measured transfer matrix"
                     + (f" (measured targets: {', '.join(tm[0])})." if tm else " (this study has none)."))
     st.markdown("#### How well does each embedding predict transfer?")
+    shown = _groundtruth_panel(study, sel)
+    if not shown:
+        _v1_quality(study, sel, shown)
+    elif study.quality_table():  # the first measurement stays one click away
+        with st.expander("First measurement (transfer/predict_quality.json, fisher / weights / data)"):
+            _v1_quality(study, sel, shown)
+
+
+def _groundtruth_panel(study: Study, sel: dict) -> bool:
+    """Every predictor at the target data size the user picks, against the ground truth
+    (groundtruth/PLAN/quality.json, reliability.json); False when the study has none to show."""
+    from pitune_core.study.reader import GroundTruthError
+
+    have, problems = {}, []
+    for plan in study.groundtruth_plans():
+        try:
+            q = study.groundtruth_quality(plan)
+        except GroundTruthError as e:
+            problems.append(str(e))
+            continue
+        if q and q["sizes"]:
+            have[plan] = q
+    for p in problems:  # a bad file is named, as text; the rest of the page renders
+        st.warning(f"Ground truth not shown: {_md(p)}")
+    if not have:
+        return False
+    plans = list(have)
+    fullest = max(plans, key=lambda n: (max((v["n_targets"] for t in have[n]["table"].values() for v in t.values()),
+                                            default=0), n))
+    _choice("gt_plan", plans, fullest)
+    plan = st.selectbox("Ground truth", plans, key="gt_plan") if len(plans) > 1 else plans[0]
+    q = have[plan]
+    _choice("gt_size", q["sizes"], q["sizes"][0])
+    size = st.radio("Target data", q["sizes"], key="gt_size", horizontal=True,
+                    format_func=lambda s: "full data" if s == "full" else f"{s.split('-')[0]} shots per class",
+                    help="How much of the target's data each predictor had (the few-shot protocol: 4 or 16 "
+                         "examples per class; full: the whole training split).")
+    rel = None
+    try:
+        rel = study.groundtruth_reliability(plan)
+    except GroundTruthError as e:
+        st.warning(f"Reliability not shown: {_md(e)}")
+    r = q["reliability"]
+    mean = (rel or {}).get("mean") or r.get("mean") or {}
+    n_seeds = (rel or {}).get("n_seeds") or r.get("n_seeds")
+
+    def num(v, nd=2):
+        return "–" if v is None else f"{v:.{nd}f}"
+
+    st.markdown(f"**Noise ceiling** ({n_seeds or '?'} seeds): Spearman–Brown reliability of the seed-averaged "
+                f"gains {num(mean.get('reliability'))} (mean split-half Spearman {num(mean.get('r_half'))}), "
+                f"Spearman ceiling {num(mean.get('ceiling_spearman'))}.")
+    per = ((rel or {}).get("per_target") or {}).get(sel["target"])
+    if per:
+        st.markdown(f"For `{sel['target']}`: split-half Spearman {num(per.get('r_half'))}, reliability "
+                    f"{num(per.get('reliability'))}, Spearman ceiling {num(per.get('ceiling_spearman'))}.")
+    elif rel is not None:
+        st.caption(f"`{sel['target']}` is not a target of this ground truth (no split-half value).")
+    best = F.best_predictor(q, size)
+    if best:
+        b = q["table"][size][best]
+        s = b["summary"].get("spearman") or {}
+        vs = b.get("vs_same_modality") or {}
+        lo, hi = vs.get("ci") or (None, None)
+        verdict = ("" if best == "same_modality" or not vs else
+                   " — beats same-modality (CI above 0)" if lo is not None and lo > 0 else
+                   " — worse than same-modality (CI below 0)" if hi is not None and hi < 0 else
+                   " — not distinguishable from same-modality (CI covers 0)" if lo is not None else
+                   " — vs same-modality: too few targets for a CI")
+        st.markdown(f"Best at {_md(size)} by Spearman: **{_md(best)}** "
+                    f"({_md(F.metric_cell(s, 'spearman'))}, {b['n_targets']} target{'s' * (b['n_targets'] != 1)})"
+                    f"{verdict}.")
+    here = "" if sel["embedding"] in q["table"][size] else \
+        f" (the sidebar's {_md(EMBEDDING_LABELS.get(sel['embedding'], sel['embedding']))} is not a predictor here)"
+    st.dataframe(F.predictor_quality_rows(q, size, selected=sel["embedding"], target=sel["target"]),
+                 hide_index=True, key="gt_quality_table")
+    st.caption(f"groundtruth/{_md(plan)}/quality.json: each metric's mean over targets with its bootstrap 95% CI, "
+               "then as a fraction of the noise ceiling (regret: the excess over the split-half oracle's regret); "
+               "cost = seconds per target on the machine that ran it; vs same-modality = paired Spearman "
+               f"difference with its CI; ◀ marks the sidebar's embedding{here}.")
+    with st.expander("Chart"):
+        metric = st.radio("Metric", q["metrics"], key="gt_metric", horizontal=True, format_func=F.metric_title)
+        st.plotly_chart(F.predictor_quality_figure(q, size, metric, selected=sel["embedding"]),
+                        key="gt_quality_chart", config={"displaylogo": False})
+    return True
+
+
+def _v1_quality(study: Study, sel: dict, shown: bool) -> None:
+    """The first measurement's table (transfer/predict_quality.json: fisher / weights / data)."""
     rows = study.quality_table()
     if rows:
         st.dataframe([{"embedding": r["embedding"], "Spearman (mean)": r.get("spearman_mean"),
@@ -461,7 +569,7 @@ def tab_target(study: Study, sel: dict) -> None:
         st.caption("Spearman: rank correlation between predicted similarity and measured gain over the "
                    "sources of each target; hit rate: how often the best measured source is in the "
                    "predicted top-k.")
-    else:
+    elif not shown:
         st.info("This study has no transfer/predict_quality.json.")
 
 
@@ -614,12 +722,79 @@ def live_runs(db: str) -> None:
                        "error": (r.error or "")[:120]} for r in done], hide_index=True, key="finished_runs")
 
 
+def _protocol_cell(a: dict | None) -> str:
+    """One approach × regime cell: mean ± std (ddof=1) over complete targets, n targets."""
+    if a is None:
+        return ""
+    if not a["n_targets"]:
+        return f"– (0 of {a['planned_targets']} targets complete)"
+    sd = "–" if a["std"] != a["std"] else f"{a['std']:.1f}"
+    more = "" if a["n_targets"] == a["planned_targets"] else f" of {a['planned_targets']}"
+    return f"{a['mean']:.1f} ± {sd} (n={a['n_targets']}{more})"
+
+
+def protocol_section(study: Study) -> bool:
+    """The pre-registered comparison (``protocol/<plan>/results.csv``, :mod:`pitune_core.study.evidence`):
+    progress, paired differences as a dot plot, the approach × regime table, a verdict and the
+    recommendation per regime. Returns False (nothing shown) when the study has no protocol results."""
+    plans = study.protocol_plans()
+    if not plans:
+        return False
+    name = plans[0] if len(plans) == 1 else st.selectbox("Pre-registered plan", plans, index=len(plans) - 1,
+                                                         key="protocol_plan")
+    st.subheader(f"Pre-registered comparison ({_md(name)})")
+    summary = study.protocol_summary(name)
+    if summary["problem"]:
+        st.error(_md(f"The protocol results cannot be read: {summary['problem']}. Rewrite them with "
+                     f"`pitune study status --plan plans/{name}.json --study {study.root}`."))
+        return True
+    regimes = summary["regimes"]
+    st.markdown(f"**{summary['done']} of {summary['planned']} planned runs done**"
+                + (f" · {summary['failed']} failed" if summary["failed"] else "")
+                + (f" · {summary['missing']} not run yet" if summary["missing"] else "")
+                + ". Every planned run is listed; none is filtered.")
+    incomplete = [g for g in regimes if not g["complete"]]
+    if incomplete:
+        st.warning("Incomplete: " + "; ".join(f"{g['regime']} ({g['done']} of {g['planned']} runs done)"
+                                              for g in incomplete)
+                   + ". Their numbers are provisional and cover only the targets whose every planned seed is "
+                     "done for the approaches compared.")
+    st.markdown("**Paired differences** (π-Tuning minus each approach, points; seed-averaged per target, "
+                "bootstrap 95% CI over targets; green: CI above 0, red: below 0, open grey: spans 0)")
+    st.plotly_chart(F.paired_diff_figure([d for g in regimes for d in g["diffs"]]), key="protocol_diffs",
+                    config={"displaylogo": False})
+    approaches = list(dict.fromkeys(a["approach"] for g in regimes for a in g["approaches"]))
+    by = {(g["regime"], a["approach"]): a for g in regimes for a in g["approaches"]}
+    labels = {a["approach"]: a["label"] for g in regimes for a in g["approaches"]}
+    st.markdown("**Score by approach and regime** (points: mean ± std, ddof=1, over per-target means of "
+                "targets with every planned seed done; n targets)")
+    st.dataframe([{"approach": labels[a], **{g["regime"]: _protocol_cell(by.get((g["regime"], a))) for g in regimes}}
+                  for a in approaches], hide_index=True, key="protocol_table")
+    st.markdown("**What the evidence says**")
+    for g in regimes:
+        rec = g["recommendation"]
+        shown = [d for d in g["diffs"] if d["b"] == "target-only" or d["b"] == g["best_other"]]
+        st.markdown("\n".join(f"- {_md(d['verdict'])}" + (f" {_md(d['b'])} is the best other transfer approach here."
+                                                          if d["b"] == g["best_other"] else "") for d in shown)
+                    or f"- {_md(g['regime'])}: no π-Tuning comparison in this regime.")
+        (st.success if rec["pi_tuning"] else st.info)(_md(rec["text"]))
+    with st.expander("Every paired difference"):
+        st.dataframe([{"regime": d["regime"], "comparison": d["label"], "n targets": d["n"],
+                       "mean": d["mean"], "CI low": d["ci_low"], "CI high": d["ci_high"],
+                       "Wilcoxon p": d["p_wilcoxon"], "W/T/L": f"{d['wins']}/{d['ties']}/{d['losses']}"}
+                      for g in regimes for d in g["diffs"]], hide_index=True, key="protocol_diffs_table")
+    return True
+
+
 def tab_compare(study: Study, sel: dict, db: Path) -> None:
     target = sel["target"]
     reg = get_registry(str(db))
     all_runs = filter_runs_for(reg.list_runs(kind="transfer", limit=500)) if reg is not None else []
     runs = [r for r in all_runs if r.config.get("target") == target]
     base = study.compare_results(target)
+    protocol = protocol_section(study)
+    if protocol:
+        st.divider()
     st.subheader(f"Runs and baselines for `{target}`")
     if base and not any(r.get("selection") for r in base):
         st.warning(
@@ -632,8 +807,9 @@ def tab_compare(study: Study, sel: dict, db: Path) -> None:
     run_rows = [{"label": f"run {r.id[-6:]} ({r.config.get('shots') or 'full'}-shot)",
                  "shots": r.config.get("shots") or "full",
                  "accuracy": (r.metrics or {}).get("accuracy")} for r in runs if r.status == "succeeded"]
-    if base or run_rows:
-        st.plotly_chart(F.compare_figure(base, run_rows), key="compare_chart", config={"displaylogo": False})
+    if (base and not protocol) or run_rows:  # with protocol results, the provisional bars stay a table
+        st.plotly_chart(F.compare_figure([] if protocol else base, run_rows), key="compare_chart",
+                        config={"displaylogo": False})
     if not base:
         others = study.compare_targets()
         st.info(f"No precomputed baselines for `{target}`"

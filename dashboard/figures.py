@@ -31,6 +31,12 @@ __all__ = [
     "weights_bar_figure",
     "weights_history_figure",
     "compare_figure",
+    "paired_diff_figure",
+    "metric_title",
+    "metric_cell",
+    "best_predictor",
+    "predictor_quality_rows",
+    "predictor_quality_figure",
 ]
 
 MODALITY_COLORS = {"language": "#1f77b4", "vision": "#2ca02c", "vision-language": "#9467bd"}
@@ -523,4 +529,220 @@ def compare_figure(baselines: Sequence[Mapping[str, Any]], runs: Sequence[Mappin
                       margin=dict(l=10, r=10, t=40 if title else 10, b=10), plot_bgcolor="white",
                       yaxis=dict(title=dict(text="test accuracy"), rangemode="tozero", gridcolor="#eee"),
                       xaxis=dict(title=dict(text="approach")))
+    return fig
+
+
+_DIFF_COLORS = {"above": "#2ca02c", "below": "#d62728", "spans": "#555555"}
+
+
+def _safe_label(v: Any) -> str:
+    """A label plotly shows as text: its pseudo-HTML (``<b>``, ``<a href>``, entities) cannot come
+    out of a file-supplied name (names are validated identifiers already; this is the second fence)."""
+    import html
+
+    return html.escape(" ".join(str(v).split()), quote=True)
+
+
+def paired_diff_figure(diffs: Sequence[Mapping[str, Any]], title: str | None = None) -> go.Figure:
+    """Paired differences with their 95% CIs as a dot plot: one dot per comparison (``label``, e.g.
+    "π-Tuning − target-only"), a horizontal error bar for the bootstrap CI, sorted by mean (largest
+    on top), one facet per regime, a vertical line at 0, the x axis zoomed to the CIs (0 kept in
+    view; never a bar from 0). A dot is green when its CI lies above 0, red below, grey when it
+    spans 0 or has none; hover shows mean, CI, W/T/L, n targets and the Wilcoxon p.
+
+    ``diffs`` rows (:func:`pitune_core.study.evidence.summarise`'s ``diffs``): regime, label, mean,
+    ci_low, ci_high, wins, ties, losses, n, p_wilcoxon. Rows without a finite mean are left out."""
+    def fin(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    rows = [d for d in diffs if fin(d.get("mean")) and d.get("n")]
+    regimes = list(dict.fromkeys(str(d.get("regime", "")) for d in rows))
+    if not rows:
+        fig = go.Figure()
+        fig.add_annotation(text="no paired difference yet (no target has every planned seed of both "
+                                "approaches done)", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_layout(height=160, plot_bgcolor="white", xaxis=dict(visible=False), yaxis=dict(visible=False),
+                          margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                          title=dict(text=_safe_label(title)) if title else None)
+        return fig
+    per = {g: sorted((d for d in rows if str(d.get("regime", "")) == g), key=lambda d: float(d["mean"]))
+           for g in regimes}
+    fig = make_subplots(rows=len(regimes), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[_safe_label(g) for g in regimes],
+                        row_heights=[max(1, len(per[g])) for g in regimes])
+    lo_all, hi_all = [0.0], [0.0]
+    for i, g in enumerate(regimes, start=1):
+        ds = per[g]
+        labels = [_safe_label(d.get("label", "")) for d in ds]
+        means = [float(d["mean"]) for d in ds]
+        lo = [float(d["ci_low"]) if fin(d.get("ci_low")) else m for d, m in zip(ds, means)]
+        hi = [float(d["ci_high"]) if fin(d.get("ci_high")) else m for d, m in zip(ds, means)]
+        lo_all += lo
+        hi_all += hi
+        state = ["above" if fin(d.get("ci_low")) and d["ci_low"] > 0 else
+                 "below" if fin(d.get("ci_high")) and d["ci_high"] < 0 else "spans" for d in ds]
+        ci_txt = [f"[{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" if fin(d.get("ci_low")) and fin(d.get("ci_high"))
+                  else "none (too few targets)" for d in ds]
+        p_txt = [f"{d['p_wilcoxon']:.3f}" if fin(d.get("p_wilcoxon")) else "–" for d in ds]
+        custom = [[c, f"{d.get('wins', 0)}/{d.get('ties', 0)}/{d.get('losses', 0)}", int(d.get("n", 0)), p]
+                  for d, c, p in zip(ds, ci_txt, p_txt)]
+        fig.add_trace(go.Scatter(
+            x=means, y=labels, mode="markers", name=_safe_label(g), showlegend=False, customdata=custom,
+            marker=dict(size=11, color=[_DIFF_COLORS[s] for s in state],
+                        symbol=["circle" if s != "spans" else "circle-open" for s in state],
+                        line=dict(width=2, color=[_DIFF_COLORS[s] for s in state])),
+            error_x=dict(type="data", symmetric=False, array=[h - m for h, m in zip(hi, means)],
+                         arrayminus=[m - lw for m, lw in zip(means, lo)], thickness=2, width=4, color="#444"),
+            hovertemplate="%{y}<br>mean %{x:+.1f} points<br>95% CI %{customdata[0]}<br>W/T/L %{customdata[1]} "
+                          "over %{customdata[2]} targets<br>Wilcoxon p %{customdata[3]}<extra>" + _safe_label(g)
+                          + "</extra>"), row=i, col=1)
+        fig.update_yaxes(categoryorder="array", categoryarray=labels, row=i, col=1, automargin=True)
+        fig.add_vline(x=0, line=dict(color="#888", width=1, dash="dash"), row=i, col=1)
+    span = max(hi_all) - min(lo_all) or 1.0
+    rng = [min(lo_all) - 0.08 * span, max(hi_all) + 0.08 * span]
+    fig.update_xaxes(range=rng, gridcolor="#eee", zeroline=False)
+    fig.update_xaxes(title=dict(text="paired difference (points), 95% bootstrap CI over targets"),
+                     row=len(regimes), col=1)
+    fig.update_layout(title=dict(text=_safe_label(title)) if title else None, plot_bgcolor="white",
+                      height=120 + 34 * sum(len(v) for v in per.values()) + 40 * len(regimes),
+                      margin=dict(l=10, r=10, t=50 if title else 30, b=10))
+    return fig
+
+
+# ----------------------------------------------------------------------------- predictor quality (ground truth)
+
+#: column titles of the ground-truth quality metrics (``top{k}_hit`` titles are built from k)
+METRIC_TITLES = {"spearman": "Spearman", "top1_hit": "top-1 hit", "ndcg3": "NDCG@3", "regret": "regret (pts)"}
+
+
+def metric_title(m: str) -> str:
+    if m in METRIC_TITLES:
+        return METRIC_TITLES[m]
+    return f"top-{m[3:-4]} hit" if m.startswith("top") and m.endswith("_hit") else m
+
+
+def _num3(v: Any, nd: int = 2, sign: bool = False) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "–"
+    return f"{v:+.{nd}f}" if sign else f"{v:.{nd}f}"
+
+
+def _ci_text(ci: Any, nd: int = 2, sign: bool = False, pct: bool = False) -> str:
+    lo, hi = (ci or (None, None))[:2]
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (lo, hi)):
+        return ""
+    if pct:
+        return f" ({100 * lo:.0f}–{100 * hi:.0f}%)"
+    return f" [{_num3(lo, nd, sign)}, {_num3(hi, nd, sign)}]"
+
+
+def metric_cell(s: Mapping[str, Any] | None, metric: str) -> str:
+    """One summary cell: "mean [CI] · fraction of the ceiling (CI)" (regret: "· excess over the
+    ceiling [CI]"); "–" for a number that is not defined (e.g. a CI from one target)."""
+    if not s:
+        return "–"
+    nd = 2 if metric == "regret" else 3 if metric == "spearman" else 2
+    out = _num3(s.get("mean"), nd) + _ci_text(s.get("ci"), nd)
+    if "fraction_of_ceiling" in s:
+        f = s.get("fraction_of_ceiling")
+        out += " · " + (f"{100 * f:.0f}%" if isinstance(f, (int, float)) and math.isfinite(f)
+                        else "–") + _ci_text(s.get("fraction_ci"), pct=True) + " of ceiling"
+    elif "excess_over_ceiling" in s:
+        out += f" · {_num3(s.get('excess_over_ceiling'), 2, sign=True)} over ceiling" + \
+            _ci_text(s.get("excess_ci"), 2, sign=True)
+    return out
+
+
+def best_predictor(quality: Mapping[str, Any], size: str, metric: str = "spearman") -> str | None:
+    """The predictor with the highest mean ``metric`` at target data ``size`` (regret: the lowest);
+    ties by name; None when no predictor has a defined mean."""
+    preds = (quality.get("table") or {}).get(size) or {}
+    have = [(p, ((v.get("summary") or {}).get(metric) or {}).get("mean")) for p, v in preds.items()]
+    have = [(p, m) for p, m in have if isinstance(m, (int, float)) and math.isfinite(m)]
+    if not have:
+        return None
+    sign = 1.0 if metric == "regret" else -1.0
+    return min(have, key=lambda pm: (sign * pm[1], pm[0]))[0]
+
+
+def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str | None = None,
+                           target: str | None = None) -> list[dict]:
+    """The Target tab's table at one target data size: a "noise ceiling" row (the split-half
+    ceiling of every metric), then one row per predictor, best Spearman first: every metric as
+    :func:`metric_cell`, cost per target (s), the paired Spearman difference to same-modality with
+    its CI, the predictor's Spearman on ``target`` and a mark on the ``selected`` embedding.
+
+    ``quality`` is :meth:`pitune_core.study.reader.Study.groundtruth_quality` (validated)."""
+    metrics = list(quality.get("metrics") or [])
+    preds = (quality.get("table") or {}).get(size) or {}
+    ceil = (quality.get("reliability") or {}).get("mean") or {}
+    tcol = f"Spearman on {target}" if target else None
+    rows = []
+    head = {"predictor": "noise ceiling", "targets": None}
+    for m in metrics:
+        c = ceil.get("ceiling_spearman" if m == "spearman" else f"oracle_{m}")
+        head[metric_title(m)] = _num3(c, 3 if m == "spearman" else 2)
+    head.update({"s / target": "", "vs same-modality (Spearman diff)": ""})
+    if tcol:
+        head[tcol] = ""
+    head["sidebar"] = ""
+    rows.append(head)
+
+    def key(item):
+        m = ((item[1].get("summary") or {}).get("spearman") or {}).get("mean")
+        return (-(m if isinstance(m, (int, float)) and math.isfinite(m) else -math.inf), item[0])
+
+    for p, v in sorted(preds.items(), key=key):
+        row: dict[str, Any] = {"predictor": p, "targets": v.get("n_targets")}
+        for m in metrics:
+            row[metric_title(m)] = metric_cell((v.get("summary") or {}).get(m), m)
+        secs = v.get("seconds_per_target")
+        row["s / target"] = _num3(secs, 1)
+        vs = v.get("vs_same_modality")
+        row["vs same-modality (Spearman diff)"] = "—" if p == "same_modality" or not vs else (
+            _num3(vs.get("mean_difference"), 3, sign=True) + _ci_text(vs.get("ci"), 3, sign=True))
+        if tcol:
+            row[tcol] = _num3(((v.get("per_target") or {}).get(target) or {}).get("spearman"), 3)
+        row["sidebar"] = "◀ selected" if p == selected else ""
+        rows.append(row)
+    return rows
+
+
+def predictor_quality_figure(quality: Mapping[str, Any], size: str, metric: str = "spearman",
+                             selected: str | None = None, height: int | None = None) -> go.Figure:
+    """One metric of every predictor at target data ``size``: a dot with its bootstrap 95% CI per
+    predictor (best on top), the noise ceiling as a dashed line; the ``selected`` one in red."""
+    preds = (quality.get("table") or {}).get(size) or {}
+
+    def fin(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    items = [(p, (v.get("summary") or {}).get(metric) or {}) for p, v in preds.items()]
+    items = [(p, s) for p, s in items if fin(s.get("mean"))]
+    items.sort(key=lambda ps: (ps[1]["mean"] if metric != "regret" else -ps[1]["mean"], ps[0]))
+    fig = go.Figure()
+    if items:
+        names = [_safe_label(p) for p, _ in items]
+        means = [float(s["mean"]) for _, s in items]
+        lo = [float(s["ci"][0]) if s.get("ci") and fin(s["ci"][0]) else m for (_, s), m in zip(items, means)]
+        hi = [float(s["ci"][1]) if s.get("ci") and fin(s["ci"][1]) else m for (_, s), m in zip(items, means)]
+        colors = ["#d62728" if p == selected else "#1f77b4" for p, _ in items]
+        fig.add_trace(go.Scatter(
+            x=means, y=names, mode="markers", marker=dict(size=10, color=colors), showlegend=False,
+            error_x=dict(type="data", symmetric=False, array=[h - m for h, m in zip(hi, means)],
+                         arrayminus=[m - lw for m, lw in zip(means, lo)], thickness=2, width=4, color="#444"),
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
+        ceil = ((quality.get("reliability") or {}).get("mean") or {}).get(
+            "ceiling_spearman" if metric == "spearman" else f"oracle_{metric}")
+        if fin(ceil):
+            fig.add_vline(x=float(ceil), line=dict(color="#888", dash="dash"),
+                          annotation_text="noise ceiling", annotation_position="top")
+        fig.update_yaxes(categoryorder="array", categoryarray=names, automargin=True)
+    else:
+        fig.add_annotation(text="no predictor has a defined mean at this size", showarrow=False,
+                           x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(height=height or max(220, 34 * max(1, len(items)) + 90), plot_bgcolor="white",
+                      margin=dict(l=10, r=10, t=30, b=40),
+                      xaxis=dict(title=dict(text=f"{_safe_label(metric_title(metric))}, mean over targets "
+                                                 f"(95% bootstrap CI)"), gridcolor="#eee"))
     return fig

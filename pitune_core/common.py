@@ -126,6 +126,20 @@ def check_expert_type(name: str) -> str:
 TASK_NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
 
 
+PLAN_NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,63}"
+
+
+def check_plan_name(name: Any) -> str:
+    """``name`` if it is a valid plan name (it becomes a folder of the study), else a ``ValueError``."""
+    import re
+
+    if not isinstance(name, str) or not re.fullmatch(PLAN_NAME_PATTERN, name) or ".." in name:
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:80] + "...")
+        raise ValueError(f"plan name {shown} is not valid: use 1-64 lower-case letters, digits, '_', '-' and '.', "
+                         f"starting with a letter or digit")
+    return name
+
+
 def check_task_name(name: Any, what: str = "task name") -> str:
     """``name`` if it is a valid task identifier, else a readable ``ValueError``.
 

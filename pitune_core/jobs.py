@@ -141,8 +141,9 @@ def validate_transfer(config: dict) -> None:
     study = config.get("study")
     if study is not None and (not isinstance(study, str) or not Path(study).is_dir()):
         raise ValueError(f"study {study!r} is not a directory")
-    if not isinstance(config.get("weights_only", False), bool):
-        raise ValueError(f"weights_only must be true or false, got {config.get('weights_only')!r}")
+    for flag in ("weights_only", "own_expert"):
+        if not isinstance(config.get(flag, False), bool):
+            raise ValueError(f"{flag} must be true or false, got {config.get(flag)!r}")
 
 
 def validate_train_expert(config: dict) -> None:

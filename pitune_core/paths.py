@@ -179,6 +179,14 @@ class StudyPaths:
     def predict_quality(self) -> Path:
         return self.transfer / "predict_quality.json"
 
+    # the pre-registered protocol: one folder per plan (``pitune study run``)
+    def protocol(self, plan_name: str) -> Path:
+        return self.root / "protocol" / plan_name
+
+    # the transfer ground truth and the predictors measured against it (``pitune transfer-study``)
+    def groundtruth(self, plan_name: str) -> Path:
+        return self.root / "groundtruth" / plan_name
+
     # compare (π-Tuning against the baselines)
     @property
     def compare(self) -> Path:

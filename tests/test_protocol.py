@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,6 +217,27 @@ def test_committed_plan_follows_its_rule_and_covers_the_grid():
     assert {"pi-tuning-no-own", "pi-tuning-global", "pi-tuning-weights-only", "arrow", "lorahub-tuned"} <= set(plan.extra)
 
 
+def test_jobs_fill_whole_regimes_first():
+    """A study stopped part way holds complete paired comparisons: the core approaches of the first
+    regime over every target and seed come before anything else, each regime before the next."""
+    plan = protocol.load_plan(PLAN)
+    jobs = plan.jobs()
+    first = len(plan.core) * len(plan.targets) * len(plan.seeds)
+    head = jobs[:first]
+    assert {j["shots"] for j in head} == {plan.shots[0]} and {j["approach"] for j in head} == set(plan.core)
+    assert {(j["target"], j["seed"]) for j in head} == {(t, s) for t in plan.targets for s in plan.seeds}
+    regimes = [plan.shots.index(j["shots"]) for j in jobs]
+    assert regimes == sorted(regimes)
+    assert len({json.dumps(j, sort_keys=True) for j in jobs}) == len(jobs)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "UP", "x" * 65, "a..b", 5])
+def test_plan_name_must_be_a_folder_name(name):
+    raw = json.loads(Path(PLAN).read_text())
+    with pytest.raises(protocol.PlanError, match="plan name"):
+        protocol.parse_plan({**raw, "name": name})
+
+
 @pytest.mark.parametrize("change,message", [
     ({"seeds": [0, 1]}, "at least 3"),
     ({"core": ["pi-tuning", "magic"]}, "known approaches"),
@@ -363,9 +385,24 @@ def test_clipart_pairs_give_one_caption_per_image_per_category():
     from pitune_core.model.align import CLIPART_CATEGORIES, AlignConfig, clipart_pairs
     from pitune_core.model.backbone import VisionConfig
 
-    feats, texts = clipart_pairs(AlignConfig(pairs_per_task=2), VisionConfig())
+    feats, texts = clipart_pairs(AlignConfig(pairs_per_task=2, captions="category"), VisionConfig())
     assert feats.shape[0] == len(texts) == 2 * len(CLIPART_CATEGORIES)
     assert sorted(set(texts)) == sorted(f"a clip art picture of {p}" for p in CLIPART_CATEGORIES.values())
+    _, finer = clipart_pairs(AlignConfig(pairs_per_task=2), VisionConfig())  # default: sub-directory captions
+    assert len(finer) == len(texts) and finer != texts
+
+
+def test_clipart_captions_come_from_the_sub_directory_where_it_names_a_kind_of_thing():
+    from pitune_core.model.align import clipart_caption
+
+    assert clipart_caption("animals/birds/owl_on_branch.png") == "a clip art picture of a bird"
+    assert clipart_caption("animals/birds/owl_on_branch.png", "category") == "a clip art picture of an animal"
+    assert clipart_caption("animals/lizard.png") == "a clip art picture of an animal"  # no sub-directory
+    assert clipart_caption("computer/icons/flat-theme/x.png") == "a clip art picture of a computer icon"
+    assert clipart_caption("signs_and_symbols/flags/asia/japan.png") == "a clip art picture of a flag"  # no country
+    assert clipart_caption("people/unknown_sub/x.png") == "a clip art picture of people"
+    with pytest.raises(ValueError, match="caption scheme"):
+        clipart_caption("animals/birds/x.png", "words")
 
 
 def test_timing_sample_takes_one_planned_job_per_cell():
@@ -376,3 +413,30 @@ def test_timing_sample_takes_one_planned_job_per_cell():
     assert all(j in plan.jobs() for j in sample)
     assert [j["approach"] for j in sample[:3]] == ["pi-tuning"] * 3  # every regime early
     assert {j["shots"] for j in sample[:3]} == {4, 16, None}
+
+
+def test_files_a_study_grows_by_are_registered_in_its_manifest(tmp_path):
+    """The protocol's and the ground truth's outputs arrive after `pitune precompute`: their writers
+    list them in the manifest, so the study keeps verifying; a changed file is caught again."""
+    import shutil
+
+    from pitune_core.study.manifest import register_files
+    from pitune_core.study.verify import verify_study
+
+    study = tmp_path / "study"
+    shutil.copytree("precomputed", study)
+    out = study / "protocol" / "few-shot-v2"
+    out.mkdir(parents=True)
+    (out / "runs.jsonl").write_text('{"key": "a"}\n')
+    assert any("not in the manifest: protocol/few-shot-v2/runs.jsonl" in p for p in verify_study(study, load_experts=False))
+    assert register_files(study, [out / "runs.jsonl"]) is True
+    assert verify_study(study, load_experts=False) == []
+    with open(out / "runs.jsonl", "a") as f:  # grows without registering: caught
+        f.write('{"key": "b"}\n')
+    assert any("protocol/few-shot-v2/runs.jsonl" in p for p in verify_study(study, load_experts=False))
+    assert register_files(study, [out / "runs.jsonl"]) and verify_study(study, load_experts=False) == []
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("x")
+    before = (study / "manifest.json").read_text()
+    assert register_files(study, [outside]) is False and (study / "manifest.json").read_text() == before
+    assert register_files(tmp_path / "no-study", [outside]) is False

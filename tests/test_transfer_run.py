@@ -32,7 +32,13 @@ def test_transfer_run_writes_a_complete_run_directory(quick_study, tmp_path, cap
     assert (out / "expert" / "adapter_model.safetensors").exists() and not (out / "FAILED").exists()
     from pitune_core.model.experts import read_expert_meta
 
-    assert read_expert_meta(out / "expert")["interpolation"]["sources"] == config["sources"]
+    # the paper's recipe: the target's own expert, trained on the run's 2 shots only, is interpolated too
+    assert config["own_expert"] is True and metrics["own_expert"] is True
+    own = read_expert_meta(out / "own")
+    assert own["task"] == "sklearn_digits" and own["shots"] == 2 and own["steps"] == config["steps_select"] > 0
+    assert read_expert_meta(out / "expert")["interpolation"]["sources"] == config["sources"] + ["sklearn_digits"]
+    assert weights["sources"] == config["sources"] + ["sklearn_digits (own)"]
+    assert len(metrics["final_weights"]) == 3
 
 
 @pytest.mark.parametrize("change, message", [

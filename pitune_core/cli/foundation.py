@@ -69,7 +69,7 @@ def cmd_align(args) -> int:
     from pitune_core.model.device import configure_threads, default_device
 
     configure_threads()
-    cfg = AlignConfig(epochs=args.epochs, pairs_per_task=args.pairs_per_task, seed=args.seed)
+    cfg = AlignConfig(epochs=args.epochs, pairs_per_task=args.pairs_per_task, seed=args.seed, captions=args.captions)
     meta = train_projector(args.tasks or None, out=args.out, cfg=cfg, device=default_device(args.device))
     print(f"projector saved to {args.out}", file=sys.stderr)
     _print_json(meta["metrics"])
@@ -124,6 +124,8 @@ def register(sub, add) -> None:
     sp.add_argument("--out", default="precomputed/backbone")
     sp.add_argument("--tasks", nargs="*", help="align on these image tasks' training splits instead of the default clip-art corpus "
                     "(openclipart-png, disjoint from every task); those tasks are then no zero-shot targets")
+    sp.add_argument("--captions", choices=["subcategory", "category"], default="subcategory",
+                    help="clip-art captions from the sub-directory (41 phrases, default) or the category (14)")
     sp.add_argument("--epochs", type=int, default=6)
     sp.add_argument("--pairs-per-task", type=int, default=400)
     sp.add_argument("--seed", type=int, default=0)

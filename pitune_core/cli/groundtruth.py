@@ -45,7 +45,7 @@ def cmd_transfer_study(args) -> int:
     stages = STAGES[:3] if args.stage == "all" else (args.stage,)
     study = Path(study_of(args))
     sp = StudyPaths(study)
-    out = Path(args.out or f"runs/{plan.name}")
+    out = Path(args.out) if args.out else sp.groundtruth(plan.name)
     root = sp.experts_of(plan.method)
     dirs = {t: root / t for t in plan.tasks}
     missing = [t for t, d in dirs.items() if not (d / "pitune_expert.json").exists()]
@@ -60,6 +60,7 @@ def cmd_transfer_study(args) -> int:
         bar = progress(desc="transfer pairs", unit="pair")
 
         def on_pair(i, n, job):
+            _register(study, out)
             bar.total = n
             bar.update(1)
             bar.set_postfix_str(f"{job[0]} <- {job[1]} (seed {job[2]})")
@@ -69,11 +70,15 @@ def cmd_transfer_study(args) -> int:
     if "predictors" in stages and plan.predictors:
         from pitune_core.predict.predictors import PredictorContext
 
+        from pitune_core.paths import cache_dir
+
+        # the source side's cache is keyed by expert file, backbone and settings: shared, outside the study
         ctx = PredictorContext(bb, dirs, method=plan.method, steps=plan.steps, batch_size=plan.batch_size,
-                               fisher_n=plan.fisher_n, cache_dir=out / "cache")
+                               fisher_n=plan.fisher_n, cache_dir=cache_dir() / "predictors")
         bar = progress(desc="predictor rows", unit="target")
 
         def on_row(i, n, job):
+            _register(study, out)
             bar.total = n
             bar.update(1)
             bar.set_postfix_str(f"{job[0]} at {job[1] or 'full'} shots (seed {job[2]})")
@@ -102,9 +107,19 @@ def cmd_transfer_study(args) -> int:
                       f"({s['spearman']['fraction_of_ceiling']:.0%} of ceiling)  top-{plan.k} {s[f'top{plan.k}_hit']['mean']:.2f}  "
                       f"regret {s['regret']['mean']:.2f}  {v['seconds_per_target']:.1f} s/target")
         print(f"quality -> {out / 'quality.json'}", file=sys.stderr)
-    elif not args.quiet:
+    _register(study, out)
+    if "quality" not in stages and not args.quiet:
         print(json.dumps({"out": str(out), "stages": list(stages), "key": plan.key()}))
     return 0
+
+
+def _register(study: Path, out: Path) -> None:
+    """List what this command wrote in the study's manifest (when ``out`` lies inside the study), so
+    the study keeps verifying while its ground truth grows."""
+    from pitune_core.study.manifest import register_files
+
+    if out.is_dir():
+        register_files(study, [p for p in sorted(out.rglob("*")) if p.is_file()])
 
 
 def register(sub, add) -> None:
@@ -112,7 +127,7 @@ def register(sub, add) -> None:
              "ground-truth transfer study from a plan file: pairs, predictor rows, quality (resumable, PITUNE_SHARD)")
     sp.add_argument("plan", help="plan file, e.g. plans/transfer-v2.json")
     add_study(sp)
-    sp.add_argument("--out", help="output directory (default: runs/PLAN_NAME)")
+    sp.add_argument("--out", help="output directory (default: STUDY/groundtruth/PLAN_NAME)")
     sp.add_argument("--stage", default="all", choices=("all", *STAGES))
     sp.add_argument("--tasks", nargs="*", help="only these of the plan's tasks (as targets and sources)")
     sp.add_argument("--targets", nargs="*", help="only these targets' rows, every task still a source (a pilot)")

@@ -13,10 +13,19 @@ import json
 import sys
 
 
+def _out(args, plan) -> str:
+    from pitune_core.paths import StudyPaths
+
+    if args.out is None:
+        args.out = str(StudyPaths(args.study).protocol(plan.name))
+    return args.out
+
+
 def _plan_and_context(args):
     from pitune_core.study.protocol import load_plan, run_context
 
     plan = load_plan(args.plan)
+    _out(args, plan)
     return plan, run_context(args.study, plan.method, plan.targets)
 
 
@@ -27,6 +36,7 @@ def cmd_run(args) -> int:
 
     configure_threads()
     plan = load_plan(args.plan)
+    _out(args, plan)
 
     def on_run(i, n, rec):
         j = rec["job"]
@@ -39,7 +49,7 @@ def cmd_run(args) -> int:
     if shard_from_env() is None:
         context = {**run_context(args.study, plan.method, plan.targets),
                    "alignment_clean": alignment_check(args.study, plan.targets)["clean"]}
-        write_results(plan, args.out, context)
+        write_results(plan, args.out, context, study=args.study)
     print(json.dumps({k: v for k, v in res.items() if k != "alignment"}, indent=1))
     return 1 if res["failed"] else 0
 
@@ -49,7 +59,7 @@ def cmd_status(args) -> int:
 
     plan, context = _plan_and_context(args)
     context["alignment_clean"] = alignment_check(args.study, plan.targets)["clean"]
-    path = write_results(plan, args.out, context)
+    path = write_results(plan, args.out, context, study=args.study)
     est = estimate(plan, args.out, context)
     print(json.dumps({"results": str(path), **est}, indent=1))
     return 0
@@ -80,7 +90,8 @@ def register(sub, add) -> None:
         p.add_argument("--plan", required=True, help="plan file (e.g. plans/few-shot-v2.json)")
         if name != "plan":
             p.add_argument("--study", required=True, help="study with the source experts, embeddings and backbone")
-            p.add_argument("--out", required=True, help="output directory (runs.jsonl, results.csv, report.md)")
+            p.add_argument("--out", help="output directory (runs.jsonl, results.csv, report.md); "
+                                         "default: STUDY/protocol/<plan name>")
         if name == "run":
             p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
             p.add_argument("--sample", action="store_true",

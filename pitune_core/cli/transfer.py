@@ -27,7 +27,7 @@ def cmd_transfer(args) -> int:
     require_verified(study, "transfer")  # a study that fails its manifest check is refused
     config = {"target": args.target, "k": k, "method": args.expert_type, "shots": parse_shots(args.shots),
               "weights": args.weights, "sources": named, "seed": args.seed, "study": str(study),
-              "weights_only": args.weights_only, "embedding": args.embedding}
+              "weights_only": args.weights_only, "embedding": args.embedding, "own_expert": not args.no_own_expert}
     sources = load_sources(study, args.expert_type, args.embedding)
     _check_listed(named, sources, args.expert_type, args.embedding)
     cfg = prepare_transfer(config, sources)  # every error surfaces here, before training or any directory
@@ -140,6 +140,9 @@ def register(sub, add) -> None:
     sp.add_argument("--embedding", default="fisher", choices=["fisher", "weights", "data"],
                     help="the task embedding that ranks the sources (default: fisher)")
     sp.add_argument("--weights-only", action="store_true", help="freeze the experts, tune only the weights")
+    sp.add_argument("--no-own-expert", action="store_true",
+                    help="leave the target's own expert (trained on the run's data, the paper's recipe) out of the "
+                         "interpolation; fixed --weights w1,w2,... leave it out too")
     sp.add_argument("--out", help="run directory (default: runs/transfer/TARGET-TIME)")
     sp.add_argument("--submit", action="store_true", help="queue in the run registry and return at once")
     add_db(sp, "run registry (with --submit)")

@@ -8,7 +8,8 @@ batch.
 Alignment must never see an evaluation target, or zero-shot and transfer on that target are not
 what they claim. The default corpus is therefore disjoint from every task of the suite: public
 domain clip art from Debian's ``openclipart-png`` (:data:`OPENCLIPART`), each image paired with a
-caption made from its category directory ("a clip art picture of an animal"). Images that are
+caption made from its category directory ("a clip art picture of an animal", or of its sub-directory where that names a kind of thing:
+"a clip art picture of a bird"). Images that are
 exact or near duplicates (same 64-bit difference hash up to :data:`NEAR_DUP_BITS` bits) of any
 image in any suite task are dropped from the corpus; :func:`check_disjoint` proves, for a list of
 targets, that no alignment image shares a content hash or a near-duplicate hash with their
@@ -54,6 +55,27 @@ CLIPART_CATEGORIES = {
     "recreation": "a leisure activity", "signs_and_symbols": "a sign or symbol", "tools": "a tool",
     "transportation": "a vehicle or transport",
 }
+#: finer captions from the first sub-directory, where it names a kind of thing ("a clip art picture
+#: of a bird"); sub-directories that name a style or a mixed bag fall back to the category phrase.
+#: Flags keep a generic caption: country names would teach the flag->country concept of a task.
+CLIPART_SUBCATEGORIES = {
+    "animals/birds": "a bird", "animals/bugs": "an insect", "animals/dinosaurs": "a dinosaur",
+    "animals/fish": "a fish", "animals/mammals": "a mammal", "buildings/furniture": "furniture",
+    "buildings/homes": "a house", "computer/buttons": "a button", "computer/hardware": "computer hardware",
+    "computer/icons": "a computer icon", "education/books": "a book", "electronics/bulb": "a light bulb",
+    "food/beverages": "a drink", "food/breads_and_carbs": "bread", "food/desserts": "a dessert",
+    "food/fruit": "a fruit", "food/meats_and_eggs": "meat or eggs", "food/vegetables": "a vegetable",
+    "geography/astronomy": "the sky, stars or planets", "office/telephone": "a telephone",
+    "people/bodypart": "a part of the body", "people/clothing": "clothing", "people/smilies": "a face",
+    "people/stickmen": "a stick figure", "plants/flowers": "a flower", "plants/trees": "a tree",
+    "recreation/games": "a game or playing card", "recreation/holiday": "a holiday decoration",
+    "recreation/music": "a musical instrument", "recreation/party": "a party", "recreation/sports": "sport",
+    "recreation/toys": "a toy", "signs_and_symbols/clocks": "a clock", "signs_and_symbols/flags": "a flag",
+    "signs_and_symbols/map_symbols": "a map symbol", "signs_and_symbols/weather": "a weather symbol",
+    "tools/weapons": "a weapon", "transportation/boating": "a boat", "transportation/roadsigns": "a road sign",
+    "transportation/vehicles": "a vehicle",
+}
+CLIPART_CAPTIONS = ("subcategory", "category")
 CLIPART_SIZE = 96
 CLIPART_PER_CATEGORY = 400  # images decoded per category (a seeded sample of the sorted file list)
 CLIPART_MAX_PIXELS = 4096 * 4096
@@ -70,6 +92,17 @@ class AlignConfig:
     seed: int = 0
     temperature: float = 0.05
     corpus: str = "openclipart"
+    captions: str = "subcategory"  # clip-art captions: "subcategory" (41 finer phrases) or "category" (14)
+
+
+def clipart_caption(path: str, captions: str = "subcategory") -> str:
+    """The caption of a clip-art file, from its directories (``animals/birds/owl.png`` -> a bird)."""
+    if captions not in CLIPART_CAPTIONS:
+        raise ValueError(f"unknown caption scheme {captions!r}; choose one of {', '.join(CLIPART_CAPTIONS)}")
+    parts = path.split("/")
+    sub = "/".join(parts[:2]) if len(parts) >= 3 else None
+    phrase = CLIPART_SUBCATEGORIES.get(sub) if captions == "subcategory" else None
+    return f"a clip art picture of {phrase or CLIPART_CATEGORIES[parts[0]]}"
 
 
 # ----------------------------------------------------------------------------- the clip-art corpus
@@ -162,7 +195,7 @@ def clipart_corpus(per_category: int = CLIPART_PER_CATEGORY, size: int = CLIPART
             dropped.append({"path": rel, "reason": f"unreadable ({type(e).__name__})"})
             continue
         cat = rel.split("/")[0]
-        records.append({"path": rel, "category": cat, "caption": f"a clip art picture of {CLIPART_CATEGORIES[cat]}"})
+        records.append({"path": rel, "category": cat, "caption": clipart_caption(rel, "category")})
         images.append(img)
     images = np.stack(images)
     # drop exact and near duplicates of any suite image (any task, any split), and within the corpus
@@ -222,7 +255,7 @@ def clipart_pairs(cfg: "AlignConfig", vision: VisionConfig):
     idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(cats == c))[: cfg.pairs_per_task]
                                   for c in sorted(set(cats))]))
     feats = VisionEncoder(vision).features(corpus["images"][idx], desc="clip-art features")
-    return feats, [corpus["records"][i]["caption"] for i in idx]
+    return feats, [clipart_caption(corpus["records"][i]["path"], cfg.captions) for i in idx]
 
 
 def alignment_pairs(tasks: list[TaskSpec], cfg: AlignConfig, vision: VisionConfig):

@@ -52,6 +52,7 @@ from pitune_core.predict.embeddings import (
     data_embedding,
     weight_embedding,
 )
+from pitune_core.predict.quality import PREDICTOR_NAMES
 
 # ----------------------------------------------------------------------------- the target's data
 
@@ -471,6 +472,8 @@ PREDICTORS: dict[str, Predictor] = {
     "fisher_probe": fisher_probe, "data": data, "weights": weights, "same_modality": same_modality,
     "random": random, "expert_accuracy": expert_accuracy, "expert_loglik": expert_loglik, "logme": logme,
 }
+if tuple(PREDICTORS) != PREDICTOR_NAMES:  # the torch-free list the dashboard validates files against
+    raise RuntimeError(f"quality.PREDICTOR_NAMES {PREDICTOR_NAMES} differs from PREDICTORS {tuple(PREDICTORS)}")
 
 
 def describe() -> dict[str, str]:

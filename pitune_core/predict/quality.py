@@ -31,6 +31,11 @@ import numpy as np
 from scipy.stats import bootstrap, spearmanr
 
 METRICS = ("spearman", "top1_hit", "top3_hit", "ndcg3", "regret")
+#: every predictor of :data:`pitune_core.predict.predictors.PREDICTORS`, by name, in its order (a
+#: torch-free copy: the dashboard's reader checks names read from files against it;
+#: predictors.py refuses to import if the two differ)
+PREDICTOR_NAMES = ("fisher", "fisher_flat", "fisher_batch", "fisher_sampled", "fisher_probe", "data", "weights",
+                   "same_modality", "random", "expert_accuracy", "expert_loglik", "logme")
 #: lower is better for these (their "fraction of the ceiling" is reported as an excess instead)
 LOWER_IS_BETTER = ("regret",)
 

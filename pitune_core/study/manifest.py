@@ -52,3 +52,42 @@ def write_manifest(root: Path, plan: StudyPlan, command: str, started: str, stag
     }
     (StudyPaths(root).manifest).write_text(json.dumps(manifest, indent=1, default=str))
     return manifest
+
+
+#: the lock and temporary file of :func:`register_files` (dot files at the study's top level are
+#: not study files: verification skips them)
+MANIFEST_LOCK = ".manifest.lock"
+
+
+def register_files(root: str | Path, paths) -> bool:
+    """Add (or refresh) these files' sha256 in the study's manifest.
+
+    A study grows after ``pitune precompute``: the pre-registered protocol (``protocol/<plan>/``) and
+    the transfer ground truth (``groundtruth/<plan>/``) append their logs and results over many
+    sessions. Each writer registers what it wrote, so the study keeps verifying (and the dashboard
+    keeps opening it) while those files grow. Under a lock, because shards append at the same time.
+    Returns False, writing nothing, when ``root`` has no manifest yet (the next ``pitune precompute``
+    lists every file anyway) or a path lies outside ``root``.
+    """
+    from filelock import FileLock
+
+    root = Path(root).resolve()
+    mf = StudyPaths(root).manifest
+    if not mf.is_file():
+        return False
+    rels = []
+    for p in paths:
+        p = Path(p).resolve()
+        if not p.is_relative_to(root):
+            return False
+        rels.append((p.relative_to(root).as_posix(), p))
+    with FileLock(str(root / MANIFEST_LOCK), timeout=60):
+        manifest = json.loads(mf.read_text())
+        files = manifest.setdefault("files", {})
+        for rel, p in rels:
+            if p.is_file():
+                files[rel] = sha256_file(p)
+        tmp = root / ".manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1, default=str))
+        os.replace(tmp, mf)
+    return True

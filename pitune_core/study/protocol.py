@@ -32,6 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pitune_core.common import check_plan_name
+from pitune_core.study.manifest import register_files
+
 PLAN_FORMAT = "pitune-protocol-plan/1"
 MAX_PLAN_BYTES = 1 << 20
 #: run on every target × shots × seed
@@ -71,13 +74,18 @@ class ProtocolPlan:
     notes: str = ""
 
     def jobs(self) -> list[dict]:
-        """Every planned run, seed-major (a seed finishes across all targets before the next)."""
+        """Every planned run, in the order a resumed study fills them: regime by regime (the plan's
+        shots order), within a regime the core approaches first, seed by seed. A study stopped part
+        way through thus holds complete, paired comparisons (every target and seed of a regime)
+        rather than a thin slice of every regime. The order is not part of a run's key."""
         out = []
-        for seed in self.seeds:
-            for shots in self.shots:
-                for t in self.targets:
-                    for a in self.core + (self.extra if shots in self.extra_shots else []):
-                        out.append({"target": t, "approach": a, "shots": shots, "seed": seed})
+        for shots in self.shots:
+            tiers = [self.core] + ([self.extra] if shots in self.extra_shots else [])
+            for approaches in tiers:
+                for seed in self.seeds:
+                    for t in self.targets:
+                        for a in approaches:
+                            out.append({"target": t, "approach": a, "shots": shots, "seed": seed})
         return out
 
     def digest(self) -> str:
@@ -106,7 +114,10 @@ def parse_plan(obj: dict) -> ProtocolPlan:
     _check(not unknown, f"unknown plan field(s): {', '.join(unknown)}")
     for f in ("name", "rule", "targets", "shots", "seeds"):
         _check(f in obj, f"the plan lacks {f!r}")
-    _check(isinstance(obj["name"], str) and 0 < len(obj["name"]) <= 100, "name must be a short string")
+    try:
+        check_plan_name(obj["name"])
+    except ValueError as e:
+        raise PlanError(str(e)) from None
     _check(isinstance(obj["rule"], dict) and isinstance(obj["rule"].get("text"), str), "rule must hold a 'text'")
     tg = obj["targets"]
     _check(isinstance(tg, list) and tg and all(isinstance(t, str) for t in tg), "targets must be a list of task names")
@@ -320,6 +331,7 @@ def run_plan(plan: ProtocolPlan, study: str | Path, out: str | Path, backbone=No
                         f"projector (`pitune align`, default corpus) first")
     context = {**run_context(study, plan.method, plan.targets), "alignment_clean": align["clean"]}
     log = _open_out(out, plan)
+    register_files(study, [out / "plan.json", log])
     jobs = take_shard(plan.jobs() if not sample else sample_jobs(plan))
     done = {r["key"] for r in _records(log) if r.get("status") == "done"}
     sources = load_study_sources(study, plan.method)
@@ -350,6 +362,7 @@ def run_plan(plan: ProtocolPlan, study: str | Path, out: str | Path, backbone=No
             failed += 1
         with open(log, "a") as f:
             f.write(json.dumps(rec) + "\n")
+        register_files(study, [log])  # the study keeps verifying while its protocol log grows
         if on_run:
             on_run(i + 1, len(jobs), rec)
     return {"ran": ran, "skipped": skipped, "failed": failed, "log": str(log), "alignment": align}
@@ -398,7 +411,9 @@ def collect(plan: ProtocolPlan, out: str | Path, context: dict) -> list[dict]:
     return rows
 
 
-def write_results(plan: ProtocolPlan, out: str | Path, context: dict) -> Path:
+def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str | Path | None = None) -> Path:
+    """Write ``results.csv`` (every planned run with its status) and ``report.md``; with ``study``,
+    register them in that study's manifest when ``out`` lies inside it."""
     from pitune_core.study.stats import report_section
 
     rows = collect(plan, out, context)
@@ -423,6 +438,8 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict) -> Path:
         + f"\nPlan: {plan.name} (rule: {plan.rule['text']})\n\nAlignment clean for every target: "
         f"{context.get('alignment_clean')}; data version {context.get('data_version')}.\n\n"
         + "\n".join(lines) + "\n\n" + dedup_markdown())
+    if study is not None:
+        register_files(study, [path, Path(out) / "report.md", Path(out) / "plan.json", Path(out) / "runs.jsonl"])
     return path
 
 

@@ -33,6 +33,7 @@ NEIGHBORS_FILE = "neighbors.csv"  # a hub's top-k table (pitune_core.study.hub);
 __all__ = [
     "Study",
     "StudyError",
+    "GroundTruthError",
     "TopSource",
     "filter_runs_for",
     "METHODS",
@@ -131,6 +132,25 @@ def read_run_files(run_dir: str | os.PathLike, runs_root: str | os.PathLike) -> 
         out["log"] = log.read_text(encoding="utf-8", errors="replace")[-8000:]
     expert = d / "expert"
     out["expert_dir"] = str(expert) if (expert / "adapter_config.json").is_file() and not expert.is_symlink() else None
+    return out
+
+
+def _plan_folders(base: Path, has_outputs) -> list[str]:
+    """The plan folders under ``base`` (``protocol/`` or ``groundtruth/``) for which ``has_outputs``
+    holds, sorted; names that are not plan names and symbolic links are skipped, so a listed name is
+    safe to join."""
+    from pitune_core.common import check_plan_name
+
+    if base.is_symlink() or not base.is_dir():
+        return []
+    out = []
+    for d in sorted(base.iterdir()):
+        try:
+            check_plan_name(d.name)
+        except ValueError:
+            continue
+        if not d.is_symlink() and d.is_dir() and has_outputs(d):
+            out.append(d.name)
     return out
 
 
@@ -536,6 +556,86 @@ class Study:
                 out.append({"seed": seed, **t})
         return out
 
+    # ---------------------------------------------------------------- ground truth (``pitune transfer-study``)
+    def groundtruth_plans(self) -> list[str]:
+        """Plans with ground-truth outputs under ``groundtruth/`` (a folder per plan holding
+        quality.json, reliability.json or pairs.jsonl), sorted; folders whose name is not a plan
+        name, and symbolic links, are not listed (so a listed name is safe to join)."""
+        return self._memo(("gt_plans",), lambda: _plan_folders(
+            StudyPaths(self.root).groundtruth("x").parent,
+            lambda d: any((d / f).is_file() for f in GROUNDTRUTH_FILES)))
+
+    def _groundtruth_file(self, name: str, file: str) -> Path | None:
+        if name not in self.groundtruth_plans():
+            raise GroundTruthError(f"no ground truth named {str(name)[:80]!r} in this study "
+                                   f"(available: {', '.join(self.groundtruth_plans()) or 'none'})")
+        p = StudyPaths(self.root).groundtruth(name) / file
+        return p if os.path.lexists(p) else None
+
+    def groundtruth_quality(self, name: str) -> dict | None:
+        """``groundtruth/NAME/quality.json`` (written by :func:`pitune_core.study.transfer.quality_table`),
+        validated: predictor names from the fixed list, size labels ``K-shot``/``full``, task names
+        identifiers, every number finite or None (NaN / inf, e.g. a CI from one target, become None).
+        None when the plan has no quality.json yet; :class:`GroundTruthError` (one readable line)
+        for a file that is too large, not JSON or not of that shape."""
+        p = self._groundtruth_file(name, "quality.json")
+        if p is None:
+            return None
+        return self._memo(("gt_quality", name), lambda: _parse_gt_quality(_read_bounded_json(p, self.root), name))
+
+    def groundtruth_reliability(self, name: str) -> dict | None:
+        """``groundtruth/NAME/reliability.json`` (:func:`pitune_core.predict.quality.seed_reliability`),
+        validated like :meth:`groundtruth_quality`; None when absent."""
+        p = self._groundtruth_file(name, "reliability.json")
+        if p is None:
+            return None
+        return self._memo(("gt_rel", name), lambda: _parse_gt_reliability(_read_bounded_json(p, self.root), name))
+
+    def groundtruth_gains(self, name: str) -> tuple[list[str], list[str], Any, dict] | None:
+        """The plan's measured gains from ``groundtruth/NAME/pairs.jsonl``: ``(targets, sources, G, info)``
+        with ``G[i, j]`` the seed-averaged gain (points) of target i from source j over scratch (NaN
+        where not measured) and ``info`` = ``{key, seeds, skipped}``. Only the records of one
+        configuration are used (quality.json's key, else the log's only key); None without pairs."""
+        p = self._groundtruth_file(name, "pairs.jsonl")
+        if p is None:
+            return None
+
+        def load():
+            key = None
+            try:
+                key = (self.groundtruth_quality(name) or {}).get("key")
+            except GroundTruthError:
+                pass
+            return _read_gt_gains(p, self.root, key, self.task_names())
+        return self._memo(("gt_gains", name), load)
+
+    def cross_modal_finding(self, plan: str | None = None) -> dict | None:
+        """Same- vs cross-modality measured gains (:func:`pitune_core.study.crossmodal.modality_gains`)
+        with ``sentence`` and ``source``: from the ground truth's pairs of ``plan`` (default: the
+        plan whose pairs cover the most targets) when there are any, else from
+        transfer/transfer_matrix.csv; None when the study has neither. :class:`GroundTruthError`
+        for an unreadable pairs log."""
+        from pitune_core.study.crossmodal import finding_sentence, modality_gains
+
+        def load():
+            plans = [plan] if plan else [n for n in self.groundtruth_plans()
+                                         if self._groundtruth_file(n, "pairs.jsonl") is not None]
+            found = [(n, g) for n in plans if (g := self.groundtruth_gains(n)) is not None and g[0]]
+            if found:
+                name, (targets, sources, M, info) = max(found, key=lambda ng: (len(ng[1][0]), ng[0]))
+                seeds = info["seeds"]
+                source = (f"groundtruth/{name}/pairs.jsonl, mean over {len(seeds)} seed"
+                          f"{'s' * (len(seeds) != 1)}")
+            else:
+                tm = self.transfer_matrix()
+                if tm is None:
+                    return None
+                targets, sources, M = tm
+                source = "transfer/transfer_matrix.csv"
+            res = modality_gains(targets, sources, M, self.modality)
+            return {**res, "source": source, "sentence": finding_sentence(res)}
+        return self._memo(("cross_modal", plan), load)
+
     # ---------------------------------------------------------------- compare (baselines)
     def compare_results(self, target: str | None = None) -> list[dict]:
         """Rows of ``compare/results.csv`` (optionally one target); shots are ints or ``"full"``."""
@@ -553,6 +653,42 @@ class Study:
             if r["target"] not in seen:
                 seen.append(r["target"])
         return seen
+
+    # ---------------------------------------------------------------- the pre-registered protocol
+    def protocol_plans(self) -> list[str]:
+        """Names of the plans with a ``protocol/<name>/results.csv`` (``pitune study run``), sorted;
+        a folder whose name is not a valid plan name, or a symbolic link, is skipped."""
+        return _plan_folders(StudyPaths(self.root).protocol("x").parent,
+                             lambda d: (d / "results.csv").is_file() and not (d / "results.csv").is_symlink())
+
+    def protocol_results(self, name: str) -> list[dict]:
+        """Validated rows of ``protocol/<name>/results.csv`` (every planned run, status done | failed |
+        missing; :func:`pitune_core.study.evidence.read_protocol_csv`); a one-line ``ValueError`` for
+        an unknown plan or a malformed file. Re-read when the file changes (a study fills over time)."""
+        from pitune_core.study.evidence import read_protocol_csv
+
+        if name not in self.protocol_plans():
+            raise ValueError(f"no protocol results for plan {str(name)[:80]!r} in this study")
+        p = StudyPaths(self.root).protocol(name) / "results.csv"
+        st = p.stat()
+        return self._memo(("protocol", name, st.st_mtime_ns, st.st_size),
+                          lambda: read_protocol_csv(p, p.relative_to(self.root).as_posix()))
+
+    def protocol_summary(self, name: str) -> dict:
+        """Progress, approach × regime table, paired differences with bootstrap CIs, verdicts and the
+        recommendation per regime (:func:`pitune_core.study.evidence.summarise`; differences only over
+        targets where both approaches have every planned seed done). Never raises for a bad file:
+        ``{"plan": name, "problem": "<one line>"}`` instead."""
+        from pitune_core.study.evidence import summarise
+
+        try:
+            rows = self.protocol_results(name)
+        except (OSError, ValueError) as e:
+            return {"plan": name, "problem": str(e)}
+        p = StudyPaths(self.root).protocol(name) / "results.csv"
+        st = p.stat()
+        out = self._memo(("protocol_summary", name, st.st_mtime_ns, st.st_size), lambda: summarise(rows))
+        return {"plan": name, "problem": None, **out}
 
     def recorded_times(self) -> list[dict]:
         """Compute time per stage, summed from what each run recorded (not the manifest's wall time
@@ -619,6 +755,219 @@ class Study:
         return {"target": target, "k": len(sources), "method": method, "embedding": embedding,
                 "shots": parse_shots(shots), "weights": w, "sources": sources, "seed": int(seed),
                 "study": str(self.root), "weights_only": bool(weights_only) and isinstance(w, str)}
+
+
+# ----------------------------------------------------------------------------- ground truth files
+
+#: files of a ground-truth folder (``StudyPaths.groundtruth(plan)``, ``pitune transfer-study``)
+GROUNDTRUTH_FILES = ("quality.json", "reliability.json", "pairs.jsonl")
+GT_MAX_JSON_BYTES = 16 << 20  # quality.json of 12 predictors x 3 sizes x 16 targets is ~0.3 MB
+GT_MAX_PAIRS_BYTES = 64 << 20  # pairs.jsonl of 16 tasks x 6 seeds is ~0.2 MB
+GT_MAX_TARGETS = 10_000
+
+
+class GroundTruthError(ValueError):
+    """A ground-truth file that cannot be shown (one readable line; the page shows it as text)."""
+
+
+def _gt_file(path: Path, root: Path, limit: int) -> str:
+    """``path`` relative to the study, once it is known to be a regular file within ``limit`` bytes."""
+    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    if path.is_symlink() or not path.is_file():
+        raise GroundTruthError(f"{rel} is not a regular file (symbolic links are refused)")
+    size = path.stat().st_size
+    if size > limit:
+        raise GroundTruthError(f"{rel} is {size / 2**20:.1f} MB, over the limit of {limit >> 20} MB")
+    return rel
+
+
+def _read_bounded_json(path: Path, root: Path) -> Any:
+    rel = _gt_file(path, root, GT_MAX_JSON_BYTES)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise GroundTruthError(f"{rel} is not valid JSON: {str(e)[:120]}") from None
+
+
+def _gt_num(x: Any, where: str) -> float | None:
+    """A number read from a file: finite float, or None (null, NaN and inf all mean "not defined")."""
+    if x is None:
+        return None
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise GroundTruthError(f"{where} is not a number ({type(x).__name__})")
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _gt_int(x: Any, where: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 10**9:
+        raise GroundTruthError(f"{where} is not a count ({str(x)[:40]!r})")
+    return int(x)
+
+
+def _gt_obj(x: Any, where: str, most: int = 1000) -> dict:
+    if not isinstance(x, dict):
+        raise GroundTruthError(f"{where} is not an object ({type(x).__name__})")
+    if len(x) > most:
+        raise GroundTruthError(f"{where} has {len(x)} entries, over the limit of {most}")
+    return x
+
+
+def _gt_ci(x: Any, where: str) -> tuple[float | None, float | None]:
+    if x is None:
+        return None, None
+    if not isinstance(x, list) or len(x) != 2:
+        raise GroundTruthError(f"{where} is not a [low, high] pair")
+    return _gt_num(x[0], where), _gt_num(x[1], where)
+
+
+def _gt_name(x: Any, pattern: str, where: str) -> str:
+    import re
+
+    if not isinstance(x, str) or not re.fullmatch(pattern, x):
+        raise GroundTruthError(f"{where}: {str(x)[:60]!r} is not an allowed name")
+    return x
+
+
+_GT_METRIC = r"spearman|top[1-9][0-9]?_hit|ndcg3|regret"
+_GT_SIZE = r"full|[1-9][0-9]{0,4}-shot"
+_GT_REL_FIELD = r"r_half|reliability|ceiling_spearman|oracle_(?:spearman|top[1-9][0-9]?_hit|ndcg3|regret)"
+
+
+def _gt_task(x: Any, where: str) -> str:
+    try:
+        return check_task_name(x, where)
+    except ValueError as e:
+        raise GroundTruthError(str(e)) from None
+
+
+def _gt_numbers(x: Any, pattern: str, where: str) -> dict[str, float | None]:
+    return {_gt_name(k, pattern, where): _gt_num(v, f"{where} {k}") for k, v in _gt_obj(x, where, 64).items()}
+
+
+def _parse_gt_quality(raw: Any, name: str) -> dict:
+    """Validate and copy (known fields only) the structure :func:`~pitune_core.study.transfer.quality_table` writes."""
+    from pitune_core.common import check_plan_name
+    from pitune_core.predict.quality import PREDICTOR_NAMES
+
+    where = f"groundtruth/{name}/quality.json"
+    raw = _gt_obj(raw, where)
+    plan = raw.get("plan")
+    if plan is not None:
+        try:
+            check_plan_name(plan)
+        except ValueError as e:
+            raise GroundTruthError(f"{where}: {e}") from None
+    key = raw.get("key")
+    if key is not None:
+        _gt_name(key, r"[0-9a-f]{1,64}", f"{where} key")
+    rel = _gt_obj(raw.get("reliability") or {}, f"{where} reliability")
+    reliability = {"mean": _gt_numbers(rel.get("mean") or {}, _GT_REL_FIELD, f"{where} reliability.mean"),
+                   "reliability_of_mean_r": _gt_num(rel.get("reliability_of_mean_r"), f"{where} reliability_of_mean_r"),
+                   "n_seeds": _gt_int(rel["n_seeds"], f"{where} n_seeds") if rel.get("n_seeds") is not None else None}
+    table, metrics = {}, []
+    for label, preds in _gt_obj(raw.get("table"), f"{where} table", 16).items():
+        _gt_name(label, _GT_SIZE, f"{where} table (target data size)")
+        out = table[label] = {}
+        for p, v in _gt_obj(preds, f"{where} table.{label}", len(PREDICTOR_NAMES)).items():
+            if p not in PREDICTOR_NAMES:
+                raise GroundTruthError(f"{where} table.{label}: unknown predictor {str(p)[:60]!r} "
+                                       f"(known: {', '.join(PREDICTOR_NAMES)})")
+            w = f"{where} table.{label}.{p}"
+            v = _gt_obj(v, w)
+            summary = {}
+            for m, s in _gt_obj(v.get("summary"), f"{w}.summary", 16).items():
+                _gt_name(m, _GT_METRIC, f"{w}.summary (metric)")
+                s = _gt_obj(s, f"{w}.summary.{m}")
+                summary[m] = {"mean": _gt_num(s.get("mean"), f"{w}.{m}.mean"),
+                              "ci": _gt_ci(s.get("ci"), f"{w}.{m}.ci"),
+                              "ceiling": _gt_num(s.get("ceiling"), f"{w}.{m}.ceiling")}
+                for f, fci in (("fraction_of_ceiling", "fraction_ci"), ("excess_over_ceiling", "excess_ci")):
+                    if f in s:
+                        summary[m][f] = _gt_num(s[f], f"{w}.{m}.{f}")
+                        summary[m][fci] = _gt_ci(s.get(fci), f"{w}.{m}.{fci}")
+                if m not in metrics:
+                    metrics.append(m)
+            per_target = {_gt_task(t, f"{w}.per_target names a task"): _gt_numbers(q, _GT_METRIC + "|seconds",
+                                                                                   f"{w}.per_target.{t}")
+                          for t, q in _gt_obj(v.get("per_target") or {}, f"{w}.per_target", GT_MAX_TARGETS).items()}
+            vs = v.get("vs_same_modality")
+            if vs is not None:
+                vs = _gt_obj(vs, f"{w}.vs_same_modality")
+                vs = {"metric": _gt_name(vs.get("metric", "spearman"), _GT_METRIC, f"{w}.vs_same_modality.metric"),
+                      "n_targets": _gt_int(vs.get("n_targets", 0), f"{w}.vs_same_modality.n_targets"),
+                      "mean_difference": _gt_num(vs.get("mean_difference"), f"{w}.vs_same_modality.mean_difference"),
+                      "ci": _gt_ci(vs.get("ci"), f"{w}.vs_same_modality.ci")}
+            out[p] = {"n_targets": _gt_int(v.get("n_targets"), f"{w}.n_targets"), "summary": summary,
+                      "per_target": per_target, "seconds_per_target": _gt_num(v.get("seconds_per_target"),
+                                                                               f"{w}.seconds_per_target"),
+                      "vs_same_modality": vs}
+    order = {"spearman": 0, "top1_hit": 1, "ndcg3": 3, "regret": 4}
+    metrics.sort(key=lambda m: (order.get(m, 2), m))
+    sizes = sorted(table, key=lambda s: (s == "full", int(s.split("-")[0]) if s != "full" else 0))
+    return {"plan": plan or name, "key": key, "reliability": reliability, "sizes": sizes, "metrics": metrics,
+            "table": {s: table[s] for s in sizes}}
+
+
+def _parse_gt_reliability(raw: Any, name: str) -> dict:
+    """Validate and copy :func:`pitune_core.predict.quality.seed_reliability`'s output."""
+    where = f"groundtruth/{name}/reliability.json"
+    raw = _gt_obj(raw, where)
+    per = {_gt_task(t, f"{where} per_target names a task"): _gt_numbers(v, _GT_REL_FIELD, f"{where} per_target.{t}")
+           for t, v in _gt_obj(raw.get("per_target") or {}, f"{where} per_target", GT_MAX_TARGETS).items()}
+    return {"n_seeds": _gt_int(raw.get("n_seeds"), f"{where} n_seeds"),
+            "n_splits": _gt_int(raw["n_splits"], f"{where} n_splits") if raw.get("n_splits") is not None else None,
+            "per_target": per, "mean": _gt_numbers(raw.get("mean") or {}, _GT_REL_FIELD, f"{where} mean"),
+            "reliability_of_mean_r": _gt_num(raw.get("reliability_of_mean_r"), f"{where} reliability_of_mean_r")}
+
+
+def _read_gt_gains(path: Path, root: Path, key: str | None, order: Sequence[str]) -> tuple[list[str], list[str], Any, dict]:
+    """Seed-averaged gains (points) from a pairs log; records that are not of the shape
+    ``{target, source, seed, score[, key]}`` with identifiers and a finite score in [0, 1] are
+    skipped and counted (a line cut by a crash is one)."""
+    import numpy as np
+
+    rel = _gt_file(path, root, GT_MAX_PAIRS_BYTES)
+    recs: dict[str | None, dict[tuple[str, str, int], float]] = {}
+    skipped = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                r = json.loads(line)
+                t, s, seed, score, k = r["target"], r["source"], r["seed"], r["score"], r.get("key")
+                check_task_name(t)
+                if s != "scratch":
+                    check_task_name(s)
+                ok = (isinstance(seed, int) and not isinstance(seed, bool) and isinstance(score, (int, float))
+                      and not isinstance(score, bool) and math.isfinite(score) and 0 <= score <= 1
+                      and (k is None or isinstance(k, str) and len(k) <= 64))
+            except (ValueError, KeyError, TypeError, RecursionError):
+                ok = False
+            if not ok:
+                skipped += 1
+                continue
+            recs.setdefault(k, {})[(t, s, seed)] = float(score)
+    if key is None and len(recs) > 1:
+        raise GroundTruthError(f"{rel} holds pairs of {len(recs)} configurations and no quality.json names one")
+    done = recs.get(key, {}) if key is not None else next(iter(recs.values()), {})
+    if key is not None:
+        done = {**recs.get(None, {}), **done}  # records that predate keys belong to the log's one budget
+    pos = {n: i for i, n in enumerate(order)}
+    names = sorted({t for t, _, _ in done} | {s for _, s, _ in done if s != "scratch"},
+                   key=lambda n: (pos.get(n, len(pos)), n))
+    targets = [t for t in names if any((t, "scratch", sd) in done for sd in {k[2] for k in done})]
+    seeds = sorted({k[2] for k in done})
+    acc = np.zeros((len(targets), len(names)))
+    cnt = np.zeros((len(targets), len(names)))
+    for (t, s, seed), score in done.items():
+        base = done.get((t, "scratch", seed))
+        if s != "scratch" and s != t and base is not None and t in targets:
+            i, j = targets.index(t), names.index(s)
+            acc[i, j] += 100.0 * (score - base)
+            cnt[i, j] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        G = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
+    return targets, names, G, {"key": key, "seeds": seeds, "skipped": skipped}
 
 
 def filter_runs_for(records: Iterable[Any], target: str | None = None) -> list[Any]:

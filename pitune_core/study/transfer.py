@@ -339,6 +339,12 @@ def load_plan(path: str | Path) -> TransferPlan:
             raw[k] = tuple(raw[k])
     if "name" not in raw or "tasks" not in raw or len(raw["tasks"]) < 3:
         raise ValueError(f"{path}: a plan needs a name and at least 3 tasks")
+    from pitune_core.common import check_plan_name
+
+    try:
+        check_plan_name(raw["name"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return TransferPlan(**raw)
 
 

@@ -6,6 +6,9 @@ before any training starts; ``run_transfer(config, run_dir)`` trains and writes 
 - ``config.json`` — the resolved configuration (sources, k, weights, seed, shots, study)
 - ``weights.json`` — the mixing weights over training steps
 - ``expert/`` — the merged expert, an ordinary peft adapter + ``pitune_expert.json``
+- ``own/`` — the target's own expert, trained on the run's data only (the paper's recipe interpolates
+  it with the sources; ``own_expert: false`` leaves it out, and fixed hand-set weights, which name
+  one weight per source, do too)
 - ``metrics.json`` — written last; its presence means the run finished
 - ``FAILED`` + ``error.txt`` — instead of metrics.json when the run failed; no half-written expert
   ever sits in ``expert/`` (experts are written atomically).
@@ -33,10 +36,10 @@ from pitune_core.common import EXPERT_TYPES
 from pitune_core.tune.interpolation import InterpolationError, parse_weights
 
 #: what a run writes besides config.json; any of them present means the directory holds a run
-RUN_OUTPUTS = ("weights.json", "expert", "metrics.json", "error.txt", "FAILED", "INTERRUPTED", "CANCELLED")
+RUN_OUTPUTS = ("weights.json", "expert", "own", "metrics.json", "error.txt", "FAILED", "INTERRUPTED", "CANCELLED")
 
 DEFAULTS = {"k": 3, "method": "lora", "shots": 16, "weights": "uniform", "sources": None, "seed": 0,
-            "study": None, "weights_only": False, "embedding": "fisher"}
+            "study": None, "weights_only": False, "embedding": "fisher", "own_expert": True}
 
 
 def prepare_transfer(config: dict, sources) -> dict:
@@ -95,21 +98,29 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
         cfg = prepare_transfer(config, sources)
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         bb = backbone or UnifiedBackbone.load(Path(cfg["study"]) / "backbone")
-        tune_steps = None
-        if cfg["shots"] is not None and not config.get("sources"):  # protocol: rank from the shots alone
-            cfg, tune_steps = _rank_from_shots(cfg, sources, bb)
-            (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         fixed = isinstance(cfg["weights"], list)
+        if fixed and cfg["own_expert"]:
+            cfg["own_expert"] = False
+            cfg["own_expert_note"] = "left out: fixed weights name one weight per source"
+        tune_steps, own_dir = None, None
+        rank = cfg["shots"] is not None and not config.get("sources")  # protocol: rank from the shots alone
+        if rank or cfg["own_expert"]:
+            if on_step:
+                on_step({"stage": "own expert: trained on the run's data"})
+            cfg, tune_steps, own_dir = _target_side(cfg, sources, bb, run_dir, rank)
+            (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         interp, metrics, history = interpolate_and_tune(
             cfg["target"], list(zip(cfg["sources"], cfg["similarities"])), sources, bb,
             None if cfg["shots"] is None else int(cfg["shots"]), int(cfg["seed"]), weights=cfg["weights"],
-            train_weights=not fixed, train_experts=not cfg["weights_only"], on_step=on_step, steps=tune_steps)
-        (run_dir / "weights.json").write_text(json.dumps({"sources": cfg["sources"], "history": history}, indent=1))
+            train_weights=not fixed, train_experts=not cfg["weights_only"], on_step=on_step, steps=tune_steps,
+            own_dir=own_dir if cfg["own_expert"] else None)
+        labels = cfg["sources"] + ([f"{cfg['target']} (own)"] if cfg["own_expert"] else [])
+        (run_dir / "weights.json").write_text(json.dumps({"sources": labels, "history": history}, indent=1))
         if on_step:
             on_step({"stage": "save"})
         interp.save_merged(run_dir / "expert", {"task": cfg["target"], "modality": _modality(cfg["target"]),
                                                 "seed": cfg["seed"], "shots": cfg["shots"], "metrics": metrics})
-        result = {"target": cfg["target"], "k": cfg["k"], "sources": cfg["sources"],
+        result = {"target": cfg["target"], "k": cfg["k"], "sources": cfg["sources"], "own_expert": cfg["own_expert"],
                   "final_weights": history[-1]["weights"], "accuracy": metrics["test"]["accuracy"],
                   "test": metrics["test"], "val": metrics["val"], "steps": metrics["steps"],
                   "time_s": round(time.time() - t0, 1)}
@@ -126,33 +137,35 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
         raise
 
 
-def _rank_from_shots(cfg: dict, sources, bb) -> tuple[dict, int | None]:
-    """Few-shot runs rank their sources from the run's shots alone (the protocol, see
-    :func:`pitune_core.tune.baselines.target_side`): an own expert trained on the shots (its steps
-    come out of the run's budget), its Fisher on the shots, compared with the study's source
-    embeddings. Without Fisher embeddings in the study the study's ranking stays, and the config
-    says so (``selection``). Returns the updated config and the tuning steps left."""
+def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool) -> tuple[dict, int, str]:
+    """The target's side of a run, from the run's data alone (the protocol, see
+    :func:`pitune_core.tune.baselines.target_side`): its own expert trained on that data (kept in
+    ``run_dir/own``; its steps come out of the run's budget, as in the study) and, when ``rank``, the
+    sources ranked by that expert's Fisher against the study's source embeddings. Without Fisher
+    embeddings in the study the study's ranking stays, and the config says so (``selection``).
+    Returns the updated config, the tuning steps left and the own expert's directory."""
     import dataclasses
-    import tempfile
 
     from pitune_core.paths import StudyPaths
     from pitune_core.predict.embeddings import load_embeddings
     from pitune_core.tune.baselines import Recipe, budget_for, run_data, split_budget, target_side
 
+    shots = None if cfg["shots"] is None else int(cfg["shots"])
+    seed = int(cfg["seed"])
     emb = StudyPaths(cfg["study"]).embeddings_file(cfg["method"], "fisher")
-    if cfg.get("embedding", "fisher") != "fisher" or not emb.exists():
-        cfg["selection"] = "study (ranked with the target's full-data expert)"
-        return cfg, None
-    shots, seed = int(cfg["shots"]), int(cfg["seed"])
-    src = dataclasses.replace(sources, embeddings=load_embeddings(emb))
+    use_emb = rank and cfg.get("embedding", "fisher") == "fisher" and emb.exists()
+    src = dataclasses.replace(sources, embeddings=load_embeddings(emb) if use_emb else None)
     _, _, train_t = run_data(cfg["target"], bb, shots, seed)
     own_steps, tune_steps = split_budget(budget_for(shots, seed).steps_for(len(train_t)), Recipe())
-    with tempfile.TemporaryDirectory() as tmp:
-        side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, tmp)
-    top = side.ranking[: cfg["k"]]
-    cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection="shots",
-               steps_select=side.own_steps)
-    return cfg, tune_steps
+    side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, run_dir)
+    cfg["steps_select"] = side.own_steps
+    if rank:
+        if use_emb:
+            top = side.ranking[: cfg["k"]]
+            cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection="shots")
+        else:
+            cfg["selection"] = "study (ranked with the target's full-data expert)"
+    return cfg, tune_steps, side.own_dir
 
 
 def _modality(task: str) -> str:

@@ -1,0 +1,459 @@
+"""The ground truth on the dashboard: the reader of groundtruth/PLAN/ (quality.json, reliability.json,
+pairs.jsonl), the Target tab's predictor x metric panel, and the Graph tab's cross-modal finding.
+
+The ground-truth folder is made by the REAL :func:`pitune_core.study.transfer.quality_table` from a
+synthetic pairs log and predictor log (no training: the gains and predictor rows are drawn from a
+known model, same-modality sources gain ~6 points, cross-modality ~0), inside a copy of the shipped
+study in a temporary directory (precomputed/ is never modified). A second plan is a pilot with one
+target, so its CIs are undefined (NaN in the file) -- what a partial study looks like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pitune_core.study import reader as R
+from pitune_core.study.crossmodal import finding_sentence, modality_gains
+from pitune_core.study.reader import GroundTruthError, Study
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "dashboard" / "app.py")
+SHIPPED = REPO / "precomputed"
+TASKS = ["movie_sentiment", "amazon_sentiment", "rt_polarity", "mnist", "sklearn_digits", "opencv_digits",
+         "tux_caption_match", "emoji_caption_match"]
+PREDS = ["fisher", "same_modality", "random"]
+SEEDS = (0, 1, 2, 3)
+
+needs_shipped = pytest.mark.skipif(not (SHIPPED / "manifest.json").is_file(), reason="no shipped study in precomputed/")
+
+
+def _modalities() -> dict[str, str]:
+    return {t["name"]: t["modality"] for t in json.loads((SHIPPED / "tasks.json").read_text())}
+
+
+def _true_gain(mod: dict[str, str], rng) -> np.ndarray:
+    """Expected gain (points): +6 for a same-modality source, 0 across, plus a fixed per-pair part."""
+    n = len(TASKS)
+    G = np.array([[6.0 if mod[t] == mod[s] else 0.0 for s in TASKS] for t in TASKS]) + rng.normal(0, 2, (n, n))
+    np.fill_diagonal(G, np.nan)
+    return G
+
+
+def _write_groundtruth(out: Path, name: str, targets: list[str], seed: int = 0) -> dict:
+    """pairs.jsonl + predictors.jsonl from a known model, then the real quality_table."""
+    from pitune_core.study.transfer import TransferPlan, quality_table
+
+    mod = _modalities()
+    rng = np.random.default_rng(seed)
+    truth = _true_gain(mod, rng)
+    plan = TransferPlan(name=name, tasks=list(TASKS), seeds=SEEDS, predictors=list(PREDS), target_shots=[4, None],
+                        predictor_seeds=(0, 1), shots=8, steps=25, eval_limit=None)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "pairs.jsonl", "w") as f:
+        for sd in SEEDS:
+            for t in targets:
+                i = TASKS.index(t)
+                base = 0.5 + rng.normal(0, 0.005)
+                f.write(json.dumps({"target": t, "source": "scratch", "seed": sd, "score": base, "key": plan.key()}) + "\n")
+                for j, s in enumerate(TASKS):
+                    if s != t:
+                        score = base + (truth[i, j] + rng.normal(0, 1.0)) / 100
+                        f.write(json.dumps({"target": t, "source": s, "seed": sd, "score": score, "key": plan.key()}) + "\n")
+    with open(out / "predictors.jsonl", "w") as f:
+        for t in targets:
+            i = TASKS.index(t)
+            sources = [s for s in TASKS if s != t]
+            for shots, seeds in ((4, (0, 1)), (None, (0,))):
+                for sd in seeds:
+                    rows = {"fisher": [truth[i, TASKS.index(s)] + rng.normal(0, 0.5 if shots is None else 2.0)
+                                       for s in sources],
+                            "same_modality": [float(mod[s] == mod[t]) for s in sources],
+                            "random": rng.normal(size=len(sources)).tolist()}
+                    for p in PREDS:
+                        f.write(json.dumps({"predictor": p, "target": t, "shots": shots, "seed": sd, "key": "k0",
+                                            "sources": sources, "row": [float(x) for x in rows[p]],
+                                            "seconds": {"fisher": 6.5, "same_modality": 0.0, "random": 0.001}[p]})
+                                + "\n")
+    quality_table(plan, out)
+    return {"truth": truth, "plan": plan}
+
+
+def _list_in_manifest(root: Path) -> None:
+    """A study's files are checked against its manifest; list the ground truth written into it."""
+    man = json.loads((root / "manifest.json").read_text())
+    for p in sorted((root / "groundtruth").rglob("*")):
+        if p.is_file():
+            man["files"][p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(man, indent=2))
+
+
+@pytest.fixture(scope="module")
+def gt_study(tmp_path_factory):
+    if not (SHIPPED / "manifest.json").is_file():
+        pytest.skip("no shipped study in precomputed/")
+    root = tmp_path_factory.mktemp("gt") / "study"
+    shutil.copytree(SHIPPED, root)
+    made = _write_groundtruth(root / "groundtruth" / "gt-test", "gt-test", TASKS)
+    _write_groundtruth(root / "groundtruth" / "gt-pilot", "gt-pilot", ["mnist"], seed=1)
+    _list_in_manifest(root)
+    assert not Study(root).problems()
+    return {"root": root, **made}
+
+
+def _walk_numbers(x):
+    if isinstance(x, dict):
+        for v in x.values():
+            yield from _walk_numbers(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _walk_numbers(v)
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        yield x
+
+
+# ----------------------------------------------------------------------------- reader
+
+def test_reader_reads_what_quality_table_writes(gt_study):
+    s = Study(gt_study["root"])
+    assert s.groundtruth_plans() == ["gt-pilot", "gt-test"]
+    q = s.groundtruth_quality("gt-test")
+    raw = json.loads((gt_study["root"] / "groundtruth" / "gt-test" / "quality.json").read_text())
+    assert q["sizes"] == ["4-shot", "full"]
+    assert q["metrics"] == ["spearman", "top1_hit", "top3_hit", "ndcg3", "regret"]
+    assert set(q["table"]["4-shot"]) == set(PREDS) == set(raw["table"]["4-shot"])
+    assert all(math.isfinite(v) for v in _walk_numbers(q))
+    for size in q["sizes"]:
+        for p in PREDS:
+            got, want = q["table"][size][p], raw["table"][size][p]
+            assert got["n_targets"] == want["n_targets"] == len(TASKS)
+            for m, sm in want["summary"].items():
+                assert got["summary"][m]["mean"] == pytest.approx(sm["mean"], nan_ok=True) or math.isnan(sm["mean"])
+                assert got["summary"][m]["ci"] == tuple(None if math.isnan(c) else c for c in sm["ci"])
+            assert got["per_target"].keys() == want["per_target"].keys()
+            assert got["seconds_per_target"] == pytest.approx(want["seconds_per_target"])
+    # the known model: the informed predictor beats the trivial rule and chance
+    sp = {p: q["table"]["full"][p]["summary"]["spearman"]["mean"] for p in PREDS}
+    assert sp["fisher"] > sp["same_modality"] > sp["random"]
+    vs = q["table"]["full"]["fisher"]["vs_same_modality"]
+    assert vs["metric"] == "spearman" and vs["n_targets"] == len(TASKS) and vs["ci"][0] > 0
+    rel = s.groundtruth_reliability("gt-test")
+    assert set(rel["per_target"]) == set(TASKS) and rel["n_seeds"] == len(SEEDS)
+    raw_rel = json.loads((gt_study["root"] / "groundtruth" / "gt-test" / "reliability.json").read_text())
+    assert rel["per_target"]["mnist"]["r_half"] == pytest.approx(raw_rel["per_target"]["mnist"]["r_half"])
+    assert 0 < rel["mean"]["ceiling_spearman"] <= 1
+
+
+def test_partial_study_undefined_numbers_are_none(gt_study):
+    """One target: no CI can be computed -- the file holds NaN, the reader gives None, never NaN."""
+    s = Study(gt_study["root"])
+    text = (gt_study["root"] / "groundtruth" / "gt-pilot" / "quality.json").read_text()
+    assert "NaN" in text  # what quality_table writes for an undefined CI
+    q = s.groundtruth_quality("gt-pilot")
+    f = q["table"]["4-shot"]["fisher"]
+    assert f["n_targets"] == 1 and f["summary"]["spearman"]["ci"] == (None, None)
+    assert f["vs_same_modality"]["ci"] == (None, None)
+    assert all(math.isfinite(v) for v in _walk_numbers(q))
+    from dashboard import figures as F
+
+    rows = F.predictor_quality_rows(q, "4-shot", selected="fisher", target="mnist")
+    assert rows[0]["predictor"] == "noise ceiling"
+    assert "[" not in next(r for r in rows if r["predictor"] == "fisher")["Spearman"].split("·")[0]  # no CI shown
+
+
+def _bad_root(tmp_path: Path, quality) -> Study:
+    d = tmp_path / "s" / "groundtruth" / "bad"
+    d.mkdir(parents=True)
+    (d / "quality.json").write_text(quality if isinstance(quality, str) else json.dumps(quality))
+    return Study(tmp_path / "s")
+
+
+def _good_quality() -> dict:
+    s = {"mean": 0.4, "ci": [0.3, 0.5], "ceiling": 0.8, "fraction_of_ceiling": 0.5, "fraction_ci": [0.4, 0.6]}
+    return {"plan": "bad", "key": "abc123", "reliability": {"mean": {"r_half": 0.6}, "reliability_of_mean_r": 0.75,
+                                                            "n_seeds": 4},
+            "table": {"4-shot": {"fisher": {"n_targets": 2, "summary": {"spearman": s},
+                                            "per_target": {"mnist": {"spearman": 0.4, "seconds": 1.0}},
+                                            "seconds_per_target": 1.0, "vs_same_modality": None}}}}
+
+
+def test_a_hand_made_file_of_the_same_shape_is_read(tmp_path):
+    q = _bad_root(tmp_path, _good_quality()).groundtruth_quality("bad")
+    assert q["table"]["4-shot"]["fisher"]["summary"]["spearman"]["fraction_ci"] == (0.4, 0.6)
+
+
+@pytest.mark.parametrize("case", ["unknown predictor", "html predictor", "string number", "nan count", "bad task",
+                                  "bad size", "bad metric", "not json", "not an object", "list table", "huge int"])
+def test_bad_quality_files_are_problems(tmp_path, case):
+    q = _good_quality()
+    entry = q["table"]["4-shot"]["fisher"]
+    if case == "unknown predictor":
+        q["table"]["4-shot"]["fisher_magic"] = q["table"]["4-shot"].pop("fisher")
+    elif case == "html predictor":
+        q["table"]["4-shot"]["<img src=x onerror=alert(1)>"] = q["table"]["4-shot"].pop("fisher")
+    elif case == "string number":
+        entry["summary"]["spearman"]["mean"] = "0.4"
+    elif case == "nan count":
+        entry["n_targets"] = float("nan")
+    elif case == "bad task":
+        entry["per_target"]["../etc"] = entry["per_target"].pop("mnist")
+    elif case == "bad size":
+        q["table"]["<b>4</b>"] = q["table"].pop("4-shot")
+    elif case == "bad metric":
+        entry["summary"]["__class__"] = entry["summary"]["spearman"]
+    elif case == "list table":
+        q["table"] = [1, 2]
+    raw = {"not json": "{not json", "not an object": "[1, 2]",
+           "huge int": json.dumps(q).replace('"n_targets": 2', '"n_targets": ' + "9" * 5000)}.get(case, q)
+    s = _bad_root(tmp_path, raw)
+    with pytest.raises(GroundTruthError) as e:
+        s.groundtruth_quality("bad")
+    assert "groundtruth/bad/quality.json" in str(e.value) or "quality.json" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_nan_and_inf_numbers_become_none(tmp_path):
+    q = json.dumps(_good_quality()).replace('"mean": 0.4', '"mean": NaN').replace('"ceiling": 0.8', '"ceiling": Infinity')
+    got = _bad_root(tmp_path, q).groundtruth_quality("bad")["table"]["4-shot"]["fisher"]["summary"]["spearman"]
+    assert got["mean"] is None and got["ceiling"] is None and got["ci"] == (0.3, 0.5)
+
+
+def test_oversize_symlink_and_odd_folders(tmp_path, monkeypatch):
+    s = _bad_root(tmp_path, _good_quality())
+    monkeypatch.setattr(R, "GT_MAX_JSON_BYTES", 100)
+    with pytest.raises(GroundTruthError, match="over the limit"):
+        s.groundtruth_quality("bad")
+    monkeypatch.undo()
+    base = tmp_path / "s" / "groundtruth"
+    (base / "linked").mkdir()
+    (base / "linked" / "quality.json").symlink_to(base / "bad" / "quality.json")
+    (base / "Not A Plan").mkdir()
+    (base / "Not A Plan" / "quality.json").write_text("{}")
+    (base / "alias").symlink_to(base / "bad", target_is_directory=True)
+    s = Study(tmp_path / "s")
+    assert s.groundtruth_plans() == ["bad", "linked"]
+    with pytest.raises(GroundTruthError, match="symbolic links"):
+        s.groundtruth_quality("linked")
+    for name in ("../s", "Not A Plan", "alias", "nothing"):
+        with pytest.raises(GroundTruthError, match="no ground truth named"):
+            s.groundtruth_quality(name)
+    assert s.groundtruth_reliability("bad") is None  # absent: None, not a problem
+
+
+def test_bad_reliability_file(tmp_path):
+    s = _bad_root(tmp_path, _good_quality())
+    (tmp_path / "s" / "groundtruth" / "bad" / "reliability.json").write_text(
+        json.dumps({"n_seeds": 4, "per_target": {"mnist": {"r_half": "high"}}, "mean": {}}))
+    with pytest.raises(GroundTruthError, match="not a number"):
+        s.groundtruth_reliability("bad")
+
+
+# ----------------------------------------------------------------------------- cross-modal finding
+
+def test_cross_modal_on_a_known_matrix():
+    names = ["a1", "a2", "a3", "b1", "b2"]
+    mod = {"a1": "x", "a2": "x", "a3": "x", "b1": "y", "b2": "y"}
+    nan = float("nan")
+    M = np.array([[nan, 4, 6, 1, -1],     # a1: same mean 5, cross mean 0
+                  [8, nan, 6, 0, 2],      # a2: same 7, cross 1
+                  [5, 5, nan, -2, nan],   # a3: same 5, cross -2 (one pair not measured)
+                  [0, 0, 3, nan, 9],      # b1: same 9, cross 1
+                  [1, -1, 0, 7, nan]])    # b2: same 7, cross 0
+    res = modality_gains(names, names, M, mod)
+    assert res["same"]["mean"] == pytest.approx(np.mean([5, 7, 5, 9, 7]))
+    assert res["cross"]["mean"] == pytest.approx(np.mean([0, 1, -2, 1, 0]))
+    assert res["same"]["n_pairs"] == 3 * 2 + 2 * 1 and res["cross"]["n_pairs"] == 3 * 2 - 1 + 2 * 3
+    assert res["same"]["n_targets"] == res["cross"]["n_targets"] == res["difference"]["n_targets"] == 5
+    assert res["difference"]["mean"] == pytest.approx(np.mean([5, 6, 7, 8, 7]))
+    lo, hi = res["cross"]["ci"]
+    assert lo < 0 < hi
+    lo, hi = res["same"]["ci"]
+    assert 0 < lo <= res["same"]["mean"] <= hi
+    text = finding_sentence(res)
+    assert text.startswith("cross-modality sources gain +0.0 points [")
+    assert "(5 targets, 11 pairs): no measurable help" in text
+    assert "same-modality sources gain +6.6 points" in text and "they help" in text
+    # a matrix where crossing modality hurts, and one with a single target (no CI)
+    hurt = modality_gains(names, names, np.where(np.isnan(M), nan, np.where(
+        np.array([[mod[t] != mod[s] for s in names] for t in names]), -5 - np.arange(25).reshape(5, 5) % 3, M)), mod)
+    assert hurt["cross"]["ci"][1] < 0 and "they hurt" in finding_sentence(hurt)
+    one = modality_gains(names[:1], names, M[:1], mod)
+    assert "too few targets" in finding_sentence(one)
+    with pytest.raises(ValueError):
+        modality_gains(names, names, M[:2], mod)
+
+
+@needs_shipped
+def test_cross_modal_from_the_shipped_matrix_when_no_ground_truth():
+    f = Study(SHIPPED).cross_modal_finding()
+    assert f["source"] == "transfer/transfer_matrix.csv"
+    tm = Study(SHIPPED).transfer_matrix()
+    mod = _modalities()
+    targets, cols, M = tm
+    same = [np.nanmean([M[i, j] for j, s in enumerate(cols) if s != t and mod[s] == mod[t]]) for i, t in enumerate(targets)]
+    assert f["same"]["mean"] == pytest.approx(float(np.mean(same)))
+
+
+def test_cross_modal_from_ground_truth_pairs(gt_study):
+    """The reader's gains equal the real gain_tensor's seed mean; the finding uses the fuller plan."""
+    from pitune_core.study.transfer import gain_tensor
+
+    s = Study(gt_study["root"])
+    plan = gt_study["plan"]
+    targets, sources, G, info = s.groundtruth_gains("gt-test")
+    assert targets == sources == TASKS and info["seeds"] == list(SEEDS) and info["skipped"] == 0
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning, match="empty slice"):  # the NaN diagonal
+        want = np.nanmean(gain_tensor(gt_study["root"] / "groundtruth" / "gt-test" / "pairs.jsonl", TASKS, SEEDS,
+                                      plan.key()), axis=0)
+    np.testing.assert_allclose(G, want, atol=1e-9)
+    f = s.cross_modal_finding()
+    assert f["source"].startswith("groundtruth/gt-test/pairs.jsonl") and "4 seeds" in f["source"]
+    assert f["same"]["n_targets"] == len(TASKS)
+    assert 3 < f["same"]["mean"] < 9 and f["same"]["ci"][0] > 0  # the known model: +6 within a modality
+    assert abs(f["cross"]["mean"]) < 2
+
+
+def test_pairs_log_with_junk_lines_is_read_and_counted(gt_study, tmp_path):
+    root = tmp_path / "s"
+    d = root / "groundtruth" / "p"
+    d.mkdir(parents=True)
+    shutil.copy(gt_study["root"] / "tasks.json", root / "tasks.json")
+    lines = (gt_study["root"] / "groundtruth" / "gt-test" / "pairs.jsonl").read_text().splitlines()
+    junk = ['{"target": "<img>", "source": "mnist", "seed": 0, "score": 0.5}', '{"target": "mnist", "sou',
+            '{"target": "mnist", "source": "rt_polarity", "seed": 0, "score": 7}', "[]"]
+    (d / "pairs.jsonl").write_text("\n".join(lines + junk) + "\n")
+    targets, _, _, info = Study(root).groundtruth_gains("p")
+    assert info["skipped"] == len(junk) and targets == TASKS
+    two = root / "groundtruth" / "two"
+    two.mkdir()
+    (two / "pairs.jsonl").write_text(lines[0] + "\n" + lines[1].replace(gt_study["plan"].key(), "ffff") + "\n")
+    with pytest.raises(GroundTruthError, match="2 configurations"):
+        Study(root).groundtruth_gains("two")
+
+
+# ----------------------------------------------------------------------------- the dashboard
+
+def _app(root: Path, tmp_path: Path, monkeypatch, view: str) -> AppTest:
+    monkeypatch.setenv("PITUNE_STUDY", str(root))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "registry.sqlite"))
+    at = AppTest.from_file(APP, default_timeout=90).run()
+    if view != "Graph":
+        at.session_state["view"] = view
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _table(at: AppTest, column: str):
+    """The (pandas) value of the dataframe that has ``column``; None when there is none."""
+    return next((df.value for df in at.dataframe if column in df.value.columns), None)
+
+
+def test_target_tab_shows_the_predictor_panel(gt_study, tmp_path, monkeypatch):
+    at = _app(gt_study["root"], tmp_path, monkeypatch, "Target")
+    assert not at.error and not at.warning, [w.value for w in at.warning]
+    q = Study(gt_study["root"]).groundtruth_quality("gt-test")
+    plan = at.selectbox(key="gt_plan")
+    assert plan.options == ["gt-pilot", "gt-test"] and plan.value == "gt-test"  # the fuller one first
+    radio = at.radio(key="gt_size")
+    assert radio.options == ["4 shots per class", "full data"] and radio.value == "4-shot"
+    df = _table(at, "vs same-modality (Spearman diff)")
+    assert list(df["predictor"]) == ["noise ceiling", "fisher", "same_modality", "random"]
+    fisher = df[df["predictor"] == "fisher"].iloc[0]
+    s = q["table"]["4-shot"]["fisher"]["summary"]["spearman"]
+    assert fisher["Spearman"] == (f"{s['mean']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] · "
+                                  f"{100 * s['fraction_of_ceiling']:.0f}% ({100 * s['fraction_ci'][0]:.0f}–"
+                                  f"{100 * s['fraction_ci'][1]:.0f}%) of ceiling")
+    assert df[df["predictor"] == "noise ceiling"].iloc[0]["Spearman"] == f"{q['reliability']['mean']['ceiling_spearman']:.3f}"
+    assert fisher["sidebar"] == "◀ selected" and fisher["s / target"] == "6.5"
+    vs = q["table"]["4-shot"]["fisher"]["vs_same_modality"]
+    assert fisher["vs same-modality (Spearman diff)"].startswith(f"{vs['mean_difference']:+.3f} [")
+    target = at.sidebar.selectbox(key="target").value
+    assert f"Spearman on {target}" in df.columns
+    texts = " ".join(m.value for m in at.markdown)
+    assert "Best at 4-shot by Spearman: **fisher**" in texts
+    rel = Study(gt_study["root"]).groundtruth_reliability("gt-test")
+    assert f"Spearman ceiling {rel['mean']['ceiling_spearman']:.2f}" in texts
+    if target in rel["per_target"]:
+        assert f"split-half Spearman {rel['per_target'][target]['r_half']:.2f}" in texts
+    at.radio(key="gt_size").set_value("full").run()
+    assert not at.exception
+    df_full = _table(at, "vs same-modality (Spearman diff)")
+    sf = q["table"]["full"]["fisher"]["summary"]["spearman"]
+    assert df_full[df_full["predictor"] == "fisher"].iloc[0]["Spearman"].startswith(f"{sf['mean']:.3f} [")
+    # the first measurement's table is still there, one click away
+    assert any(e.label.startswith("First measurement") for e in at.expander)
+
+
+def test_graph_tab_states_the_cross_modal_finding(gt_study, tmp_path, monkeypatch):
+    at = _app(gt_study["root"], tmp_path, monkeypatch, "Graph")
+    f = Study(gt_study["root"]).cross_modal_finding()
+    md = " ".join(m.value for m in at.get_by_key("cross-modal").markdown)
+    c = f["cross"]
+    assert f"cross-modality sources gain {c['mean']:+.1f} points \\[{c['ci'][0]:+.1f}, {c['ci'][1]:+.1f}\\]" in md
+    assert f"({c['n_targets']} targets, {c['n_pairs']} pairs)" in md
+    assert "no measurable help" in md  # the known model: ~0 across modalities
+    assert "From groundtruth/gt-test/pairs.jsonl, mean over 4 seeds" in at.get_by_key("cross-modal").caption[0].value
+
+
+def test_a_bad_ground_truth_file_is_named_not_raised(gt_study, tmp_path, monkeypatch):
+    root = tmp_path / "study"
+    shutil.copytree(gt_study["root"], root)
+    shutil.rmtree(root / "groundtruth" / "gt-pilot")
+    q = json.loads((root / "groundtruth" / "gt-test" / "quality.json").read_text())
+    q["table"]["4-shot"]["<script>x</script>"] = q["table"]["4-shot"].pop("fisher")
+    (root / "groundtruth" / "gt-test" / "quality.json").write_text(json.dumps(q))
+    man = json.loads((root / "manifest.json").read_text())
+    man["files"] = {k: v for k, v in man["files"].items() if not k.startswith("groundtruth/gt-pilot/")}
+    (root / "manifest.json").write_text(json.dumps(man))
+    _list_in_manifest(root)
+    at = _app(root, tmp_path, monkeypatch, "Target")
+    warn = [w.value for w in at.warning]
+    assert len(warn) == 1 and "unknown predictor" in warn[0] and "<script>" not in warn[0]
+    assert _table(at, "Spearman (mean)") is not None  # the first measurement's table, as without ground truth
+    assert _table(at, "vs same-modality (Spearman diff)") is None  # the panel is not drawn
+
+
+def test_predictor_names_match_the_registry():
+    from pitune_core.predict.predictors import PREDICTORS
+    from pitune_core.predict.quality import PREDICTOR_NAMES
+
+    assert tuple(PREDICTORS) == PREDICTOR_NAMES
+
+
+def test_reading_the_ground_truth_imports_no_torch(gt_study):
+    import subprocess
+    import sys
+
+    code = ("import sys; from pitune_core.study.reader import Study; s = Study(sys.argv[1]); "
+            "q = s.groundtruth_quality('gt-test'); s.groundtruth_reliability('gt-test'); f = s.cross_modal_finding(); "
+            "assert q['sizes'] and f['source'].startswith('groundtruth/'); "
+            "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code, str(gt_study["root"])], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_best_predictor_and_chart(gt_study):
+    from dashboard import figures as F
+
+    q = Study(gt_study["root"]).groundtruth_quality("gt-test")
+    for size in q["sizes"]:
+        preds = q["table"][size]
+        sp = {p: v["summary"]["spearman"]["mean"] for p, v in preds.items()}
+        assert F.best_predictor(q, size) == max(sp, key=sp.get)
+        rg = {p: v["summary"]["regret"]["mean"] for p, v in preds.items()}
+        assert F.best_predictor(q, size, "regret") == min(rg, key=lambda p: (rg[p], p))
+    fig = F.predictor_quality_figure(q, "full", "spearman", selected="random")
+    (trace,) = fig.data
+    assert list(trace.y)[-1] == F.best_predictor(q, "full")  # best on top
+    assert trace.marker.color[list(trace.y).index("random")] == "#d62728"
+    assert fig.layout.shapes[0].x0 == pytest.approx(q["reliability"]["mean"]["ceiling_spearman"])
+    assert F.best_predictor({"table": {"4-shot": {"fisher": {"summary": {"spearman": {"mean": None}}}}}}, "4-shot") is None
