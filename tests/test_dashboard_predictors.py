@@ -457,3 +457,23 @@ def test_best_predictor_and_chart(gt_study):
     assert trace.marker.color[list(trace.y).index("random")] == "#d62728"
     assert fig.layout.shapes[0].x0 == pytest.approx(q["reliability"]["mean"]["ceiling_spearman"])
     assert F.best_predictor({"table": {"4-shot": {"fisher": {"summary": {"spearman": {"mean": None}}}}}}, "4-shot") is None
+
+
+def test_report_carries_the_ground_truth_and_the_protocol(gt_study):
+    """REPORT.md (``pitune report``) shows the noise ceiling and each predictor's quality from
+    quality.json, and each protocol plan's own report."""
+    from pitune_core.study.report import report
+
+    root = gt_study["root"]
+    q = json.loads((root / "groundtruth" / "gt-test" / "quality.json").read_text())
+    (root / "protocol" / "few-demo").mkdir(parents=True)
+    (root / "protocol" / "few-demo" / "report.md").write_text("## Pre-registered comparison: few-demo\n\nrow\n")
+    md = report(root)
+    assert "### Pre-registered comparison: few-demo" in md
+    rel = q["reliability"]["mean"]
+    assert "## Does the prediction predict? Ground truth `gt-test`" in md
+    assert f"Spearman–Brown {rel['reliability']:.3f}" in md
+    for size, preds in q["table"].items():
+        for p, v in preds.items():
+            assert f"| {size} | {p} | {v['summary']['spearman']['mean']:.3f} [" in md
+    shutil.rmtree(root / "protocol")  # the fixture is shared: leave it as found

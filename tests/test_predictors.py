@@ -294,3 +294,13 @@ def test_transfer_study_end_to_end_resumes_and_keys_its_logs(quick_study, tmp_pa
     with pytest.raises(ValueError, match="2 configurations"):
         gain_matrices(out / "pairs.jsonl", load_plan(plan).tasks)
     assert len(gain_matrices(out / "pairs.jsonl", load_plan(plan2).tasks, load_plan(plan2).key())) == 1
+    # the folder is bound to the backbone and experts its pairs were made with: another expert is refused
+    ctx = json.loads((out / "context.json").read_text())
+    assert set(ctx) == {"backbone_id", "data_version", "experts"} and "sklearn_digits" in ctx["experts"]
+    f = out / "context.json"
+    f.write_text(json.dumps({**ctx, "experts": {**ctx["experts"], "sklearn_digits": "0" * 16}}))
+    with pytest.raises(ValueError, match="another expert for sklearn_digits"):
+        main(args)
+    f.write_text(json.dumps({**ctx, "backbone_id": "elsewhere"}))
+    with pytest.raises(ValueError, match="another backbone"):
+        main(args)

@@ -51,6 +51,8 @@ def cmd_transfer_study(args) -> int:
     missing = [t for t, d in dirs.items() if not (d / "pitune_expert.json").exists()]
     if missing:
         raise ValueError(f"no {plan.method} expert for {', '.join(missing)} in {root}; train them first")
+    if "pairs" in stages or "predictors" in stages:
+        _bind_context(out, dirs, args.projector or sp.backbone)
     bb = None
     if "pairs" in stages or "predictors" in stages or "stability" in stages:
         from pitune_core.model.backbone import UnifiedBackbone
@@ -111,6 +113,30 @@ def cmd_transfer_study(args) -> int:
     if "quality" not in stages and not args.quiet:
         print(json.dumps({"out": str(out), "stages": list(stages), "key": plan.key()}))
     return 0
+
+
+def _bind_context(out: Path, dirs: dict, backbone_dir) -> None:
+    """Bind ``out`` to the backbone and the source experts its pairs are made with (``context.json``):
+    the pairs' keys name the budget only, so resuming into a folder made with another projector or
+    other experts would silently mix two ground truths. Refused instead."""
+    from pitune_core.common import sha256_file
+    from pitune_core.data.tasks import DATA_VERSION
+    from pitune_core.model.backbone import projector_id
+
+    ctx = {"backbone_id": projector_id(backbone_dir), "data_version": DATA_VERSION,
+           "experts": {t: sha256_file(Path(d) / "adapter_model.safetensors")[:16] for t, d in sorted(dirs.items())}}
+    f = out / "context.json"
+    if f.is_file():
+        old = json.loads(f.read_text())
+        same = old.get("backbone_id") == ctx["backbone_id"] and old.get("data_version") == ctx["data_version"]
+        changed = sorted(t for t, h in ctx["experts"].items() if t in old.get("experts", {}) and old["experts"][t] != h)
+        if not same or changed:
+            raise ValueError(f"{out} holds a ground truth made with another "
+                             + ("backbone or data version" if not same else f"expert for {', '.join(changed)}")
+                             + "; give another --out")
+        ctx["experts"] = {**old.get("experts", {}), **ctx["experts"]}
+    out.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(ctx, indent=1, sort_keys=True))
 
 
 def _register(study: Path, out: Path) -> None:

@@ -432,9 +432,12 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
     lines = ["### Steps per approach (own-expert selection + tuning)", "", "| approach | regime | select + tune |",
              "|---|---|---|"]
     lines += [f"| {a} | {g} | {', '.join(f'{s} + {t}' for s, t in sorted(v))} |" for (a, g), v in sorted(steps.items())]
+    done = [r for r in rows if r["status"] == "done"]
+    cpu = sum(float(r["cpu_s"] if r.get("cpu_s") is not None else r["time_s"]) for r in done)
     (Path(out) / "report.md").write_text(
         report_section(rows, others=[a for a in TRANSFER if a in plan.core + plan.extra], planned=len(rows),
                        title=f"Pre-registered comparison: {plan.name}")
+        + f"\nCPU time of the {len(done)} runs done: {cpu / 3600:.2f} h (process CPU seconds, all threads).\n"
         + f"\nPlan: {plan.name} (rule: {plan.rule['text']})\n\nAlignment clean for every target: "
         f"{context.get('alignment_clean')}; data version {context.get('data_version')}.\n\n"
         + "\n".join(lines) + "\n\n" + dedup_markdown())

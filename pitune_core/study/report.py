@@ -143,6 +143,56 @@ def compare_section(root: Path) -> list[str]:
     return out
 
 
+def protocol_section(root: Path) -> list[str]:
+    """Each pre-registered comparison's own report (``protocol/<plan>/report.md``, written by
+    ``pitune study status`` from every planned row), one level down."""
+    base = StudyPaths(root).protocol("x").parent
+    out = []
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        f = d / "report.md"
+        if f.is_file() and not f.is_symlink():
+            out += ["#" + ln if ln.startswith("#") else ln for ln in f.read_text().splitlines()] + [""]
+    return out
+
+
+def groundtruth_section(root: Path) -> list[str]:
+    """The transfer ground truth's reliability (the noise ceiling) and each predictor's quality at
+    each target data size (``groundtruth/<plan>/quality.json``, written by ``pitune transfer-study
+    --stage quality``)."""
+    base = StudyPaths(root).groundtruth("x").parent
+    out = []
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        f = d / "quality.json"
+        if not f.is_file() or f.is_symlink():
+            continue
+        q = json.loads(f.read_text())
+        rel = q.get("reliability", {})
+        m = rel.get("mean", {})
+        out += [f"## Does the prediction predict? Ground truth `{d.name}`", "",
+                f"Reliability of the seed-averaged gains ({rel.get('n_seeds')} seeds): split-half Spearman "
+                f"{_num(m.get('r_half'))}, Spearman–Brown {_num(m.get('reliability'))}, Spearman ceiling "
+                f"{_num(m.get('ceiling_spearman'))}.", "",
+                "| target data | predictor | Spearman [95% CI] | of ceiling | top-k hit | regret (pts) | s / target |",
+                "|---|---|---|---|---|---|---|"]
+        for size, preds in q.get("table", {}).items():
+            for p, v in sorted(preds.items(), key=lambda kv: -(kv[1]["summary"]["spearman"]["mean"] or -9)):
+                sm = v["summary"]
+                hit = next((sm[k]["mean"] for k in sm if k.startswith("top") and k.endswith("_hit") and k != "top1_hit"),
+                           None)
+                ci = sm["spearman"].get("ci") or [None, None]
+                out.append(f"| {size} | {p} | {_num(sm['spearman']['mean'])} [{_num(ci[0])}, {_num(ci[1])}] | "
+                           f"{_num(sm['spearman'].get('fraction_of_ceiling'), pct=True)} | {_num(hit)} | "
+                           f"{_num(sm.get('regret', {}).get('mean'))} | {_num(v.get('seconds_per_target'), nd=1)} |")
+        out.append("")
+    return out
+
+
+def _num(x, nd: int = 3, pct: bool = False) -> str:
+    if x is None or not np.isfinite(x):
+        return "–"
+    return f"{100 * x:.0f} %" if pct else f"{x:.{nd}f}"
+
+
 def stages_section(root: Path) -> list[str]:
     mf = StudyPaths(root).manifest
     if not mf.exists():
@@ -161,6 +211,7 @@ def report(root: str | Path) -> str:
     if not root.exists():
         raise FileNotFoundError(f"no study at {root}; build one with `pitune precompute --out {root}`")
     lines = [f"# pitune study report: {root}", ""]
-    for section in (experts_section, predict_section, compare_section, stages_section):
+    for section in (experts_section, predict_section, compare_section, protocol_section, groundtruth_section,
+                    stages_section):
         lines += section(root)
     return "\n".join(lines) + "\n"
