@@ -440,3 +440,11 @@ def test_files_a_study_grows_by_are_registered_in_its_manifest(tmp_path):
     before = (study / "manifest.json").read_text()
     assert register_files(study, [outside]) is False and (study / "manifest.json").read_text() == before
     assert register_files(tmp_path / "no-study", [outside]) is False
+    # `pitune study status` inside a study: results registered, the study's REPORT.md carries the plan
+    plan = _small_plan()
+    pout = study / "protocol" / plan.name
+    (pout / "runs.jsonl").parent.mkdir(parents=True)
+    (pout / "runs.jsonl").write_text("")
+    protocol.write_results(plan, pout, {"backbone_id": "x"}, study=study)
+    assert "### Pre-registered comparison: t" in (study / "REPORT.md").read_text()
+    assert verify_study(study, load_experts=False) == []

@@ -121,7 +121,8 @@ def register(sub, add) -> None:
     sp.add_argument("tasks", nargs="*", help="task names (default: all)")
 
     sp = add("align", cmd_align, "train the backbone's projector (alignment pre-training)", backbone=False)
-    sp.add_argument("--out", default="precomputed/backbone")
+    sp.add_argument("--out", required=True, help="folder for projector.safetensors + projector.json (a study's "
+                    "backbone/ folder; never the shipped precomputed/backbone by accident, so no default)")
     sp.add_argument("--tasks", nargs="*", help="align on these image tasks' training splits instead of the default clip-art corpus "
                     "(openclipart-png, disjoint from every task); those tasks are then no zero-shot targets")
     sp.add_argument("--captions", choices=["subcategory", "category"], default="subcategory",

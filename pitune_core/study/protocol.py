@@ -413,7 +413,8 @@ def collect(plan: ProtocolPlan, out: str | Path, context: dict) -> list[dict]:
 
 def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str | Path | None = None) -> Path:
     """Write ``results.csv`` (every planned run with its status) and ``report.md``; with ``study``,
-    register them in that study's manifest when ``out`` lies inside it."""
+    register them in that study's manifest when ``out`` lies inside it, and rewrite the study's
+    REPORT.md (which includes this report)."""
     from pitune_core.study.stats import report_section
 
     rows = collect(plan, out, context)
@@ -441,8 +442,14 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
         + f"\nPlan: {plan.name} (rule: {plan.rule['text']})\n\nAlignment clean for every target: "
         f"{context.get('alignment_clean')}; data version {context.get('data_version')}.\n\n"
         + "\n".join(lines) + "\n\n" + dedup_markdown())
-    if study is not None:
-        register_files(study, [path, Path(out) / "report.md", Path(out) / "plan.json", Path(out) / "runs.jsonl"])
+    if study is not None and register_files(study, [path, Path(out) / "report.md", Path(out) / "plan.json",
+                                                     Path(out) / "runs.jsonl"]):
+        from pitune_core.paths import StudyPaths
+        from pitune_core.study.report import report
+
+        rep = StudyPaths(study).report  # the study's REPORT.md carries this plan's report: keep it current
+        rep.write_text(report(study))
+        register_files(study, [rep])
     return path
 
 
