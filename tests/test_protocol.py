@@ -448,3 +448,20 @@ def test_files_a_study_grows_by_are_registered_in_its_manifest(tmp_path):
     protocol.write_results(plan, pout, {"backbone_id": "x"}, study=study)
     assert "### Pre-registered comparison: t" in (study / "REPORT.md").read_text()
     assert verify_study(study, load_experts=False) == []
+
+
+def test_report_pairs_only_targets_whose_planned_seeds_are_all_done():
+    """A filling study: target b's pi-tuning has one seed of three missing, so b stays out of the
+    paired difference (else b would compare a 2-seed mean with a 3-seed mean)."""
+    rows = []
+    for t, gain in (("a", 5.0), ("b", 50.0)):
+        for seed in range(3):
+            for appr, score in (("pi-tuning", 0.6 + gain / 100), ("target-only", 0.6)):
+                missing = t == "b" and appr == "pi-tuning" and seed == 2
+                rows.append({"target": t, "approach": appr, "shots": 4, "seed": seed,
+                             "status": "missing" if missing else "done", "score": None if missing else score})
+    md = stats.report_section(rows, planned=len(rows))
+    assert "| 4 | target-only | 1 | +5.0 |" in md
+    means, planned = stats.complete_means(rows, 4)
+    assert set(means["pi-tuning"]) == {"a"} and set(means["target-only"]) == {"a", "b"}
+    assert planned == {"pi-tuning": 2, "target-only": 2}

@@ -31,7 +31,6 @@ import csv
 import math
 import os
 import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -151,23 +150,6 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def complete_means(rows: Sequence[dict], shots: Any) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
-    """``({approach: {target: seed-averaged points}}, {approach: planned targets})`` for one regime,
-    keeping only targets whose every planned seed of that approach is done."""
-    mine = [r for r in rows if r["shots"] == shots]
-    planned: dict[tuple[str, str], int] = defaultdict(int)
-    done: dict[tuple[str, str], int] = defaultdict(int)
-    for r in mine:
-        planned[(r["approach"], r["target"])] += 1
-        done[(r["approach"], r["target"])] += r["status"] == "done"
-    full = {k for k in planned if done[k] == planned[k]}
-    means = stats.target_means([r for r in mine if (r["approach"], r["target"]) in full], shots)
-    n_targets: dict[str, int] = defaultdict(int)
-    for a, _t in planned:
-        n_targets[a] += 1
-    return means, dict(n_targets)
-
-
 def verdict(p: dict) -> str:
     """One sentence for a paired difference ``p`` (a row of :func:`summarise`'s ``diffs``)."""
     head = f"At {p['regime'].replace('-shot', ' shots') if p['regime'] != 'full' else 'full data'} " \
@@ -189,7 +171,7 @@ def verdict(p: dict) -> str:
 
 def recommend(regime: dict, means: dict[str, dict[str, float]]) -> dict:
     """The recommendation for one regime of :func:`summarise` (rule in the module docstring; ``means``
-    are the regime's complete per-target means, :func:`complete_means`):
+    are the regime's complete per-target means, :func:`pitune_core.study.stats.complete_means`):
     ``{"approach", "pi_tuning" (bool: the rule for π-Tuning held), "provisional" (bool), "text"}``;
     ``approach`` is None when no approach has a complete target yet."""
     diffs = {d["b"]: d for d in regime["diffs"] if d["a"] == MAIN}
@@ -269,7 +251,7 @@ def summarise(rows: Sequence[dict], seed: int = 0) -> dict:
                                **{s: sum(r["status"] == s for r in mine) for s in ("done", "failed", "missing")},
                                "targets": len({r["target"] for r in mine})}
         reg["complete"] = reg["done"] == reg["planned"]
-        means, planned_targets = complete_means(rows, shots)
+        means, planned_targets = stats.complete_means(rows, shots)
         order = sorted(planned_targets, key=lambda a: (a != MAIN, a != BASELINE, a))
         table = []
         for a in order:

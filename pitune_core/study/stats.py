@@ -119,6 +119,25 @@ def target_means(rows: Iterable[dict], shots) -> dict[str, dict[str, float]]:
     return dict(out)
 
 
+def complete_means(rows: Sequence[dict], shots) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+    """``({approach: {target: seed-averaged points}}, {approach: planned targets})`` for one regime,
+    keeping only targets whose every planned seed of that approach is done (rows carry ``status``;
+    rows without one count as done). A study that is still filling is thus never compared on a
+    seed-average of some seeds for one approach and of all seeds for another."""
+    mine = [r for r in rows if r["shots"] == shots]
+    planned: dict[tuple[str, str], int] = defaultdict(int)
+    done: dict[tuple[str, str], int] = defaultdict(int)
+    for r in mine:
+        planned[(r["approach"], r["target"])] += 1
+        done[(r["approach"], r["target"])] += r.get("status", "done") == "done"
+    full = {k for k in planned if done[k] == planned[k]}
+    means = target_means([r for r in mine if (r["approach"], r["target"]) in full], shots)
+    n_targets: dict[str, int] = defaultdict(int)
+    for a, _t in planned:
+        n_targets[a] += 1
+    return means, dict(n_targets)
+
+
 def compare_to(means: dict[str, dict[str, float]], a: str, b: str, seed: int = 0) -> Paired | None:
     """``a - b`` over the targets both have; None when either is missing."""
     if a not in means or b not in means:
@@ -171,12 +190,13 @@ def report_section(rows: Sequence[dict], main: str = "pi-tuning", baseline: str 
             m, sd = mean_std(v)
             cells.append(f"{_fmt(m)} ± {_fmt(sd)} ({len(v)}" + (f"/{planned_n}" if len(v) != planned_n else "") + ")")
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    lines += ["", f"Paired differences over targets (seed-averaged; points): {main} minus the other approach, "
+    lines += ["", f"Paired differences over targets (seed-averaged over every planned seed; a target enters once all "
+              f"its planned seeds are done for both approaches; points): {main} minus the other approach, "
               f"bootstrap {int(CI_LEVEL * 100)}% CI over targets, two-sided Wilcoxon signed-rank p, "
               f"wins/ties/losses (tie: |d| ≤ {TIE_POINTS}).", "",
               "| shots | versus | n targets | mean diff | 95% CI | Wilcoxon p | W/T/L |", "|---|---|---:|---:|---|---:|---|"]
     for s in shots_list:
-        means = target_means(rows, s)
+        means, _ = complete_means(rows, s)
         best = best_other(means, [o for o in others if o != main])
         for label, b in ((baseline, baseline), (f"best other: {best}", best)):
             if b is None:
