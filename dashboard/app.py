@@ -628,6 +628,9 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
                 st.dataframe([{"source": s, "similarity": round(sims.get(s, float("nan")), 4),
                                "weight": round(w, 4)} for s, w in zip(sources, init)],
                              hide_index=True, key="weights_table")
+                st.caption("Hand-set weights use exactly these sources." if wmode == "hand" else
+                           "The paper's recipe: the target's own expert, trained first on the run's data alone "
+                           "(half the step budget), joins these sources with a learned weight of its own.")
             except ValueError as e:
                 problem = str(e)
         if problem:

@@ -118,7 +118,9 @@ def test_cli_out_over_a_finished_run_interrupted_for_real(quick_study, tmp_path,
     monkeypatch.setattr(cli_transfer, "StepBar", CtrlC)
     assert main(argv) == 130
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["INTERRUPTED", "attempt-1", "config.json"], names  # no FAILED, no old metrics beside it
+    # no FAILED, no old metrics beside it; the own expert (trained on the shots before tuning began) is complete
+    assert names == ["INTERRUPTED", "attempt-1", "config.json", "own"], names
+    assert (out / "own" / "adapter_model.safetensors").exists() and (out / "attempt-1" / "own").is_dir()
     assert json.loads((out / "attempt-1" / "metrics.json").read_text()) == first
     assert (out / "attempt-1" / "expert" / "adapter_model.safetensors").exists()
     assert "moved its files to" in capsys.readouterr().err

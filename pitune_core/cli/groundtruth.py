@@ -52,7 +52,7 @@ def cmd_transfer_study(args) -> int:
     if missing:
         raise ValueError(f"no {plan.method} expert for {', '.join(missing)} in {root}; train them first")
     if "pairs" in stages or "predictors" in stages:
-        _bind_context(out, dirs, args.projector or sp.backbone)
+        _bind_context(out, dirs, Path(args.projector or sp.backbone))
     bb = None
     if "pairs" in stages or "predictors" in stages or "stability" in stages:
         from pitune_core.model.backbone import UnifiedBackbone
