@@ -181,11 +181,15 @@ def render_sidebar(study: Study, root: Path, db: Path) -> dict:
     if not embs:
         sb.error(f"no predictions for {method} experts in this study")
         st.stop()
-    _choice("embedding", embs, "fisher")
-    embedding = sb.selectbox("Task embedding", embs, key="embedding",
-                             format_func=lambda e: EMBEDDING_LABELS.get(e, e),
-                             help="How tasks are embedded before comparing them: the Fisher information of "
-                                  "their experts (π-Tuning), the expert weights, or the data alone.")
+    default, why = study.default_embedding(method)
+    _choice("embedding", embs, default)
+    embedding = sb.selectbox("Task embedding / predictor", embs, key="embedding",
+                             format_func=lambda e: EMBEDDING_LABELS.get(e, e) + (" (default)" if e == default else ""),
+                             help="How sources are ranked for a target: the Fisher information of the experts "
+                                  "(π-Tuning), the expert weights, the data alone, or any predictor of the ground "
+                                  "truth (drawn from its full-data rows; a few-shot run recomputes the target's row "
+                                  "from its own shots). The default follows the evidence: " + why + ".")
+    sb.caption(f"Default: {_md(EMBEDDING_LABELS.get(default, default))} ({_md(why)}).")
     names = study.prediction_names(method, embedding)  # not the whole matrix: a hub has 10,000 tasks
     compare_targets = [t for t in study.compare_targets() if t in names]
     _choice("target", names, compare_targets[0] if compare_targets else names[0])

@@ -15,6 +15,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from pitune_core.predict.quality import best_predictor  # noqa: F401  (the one rule; re-exported for the app)
+
 __all__ = [
     "MODALITY_COLORS",
     "COMMUNITY_COLORS",
@@ -651,18 +653,6 @@ def metric_cell(s: Mapping[str, Any] | None, metric: str) -> str:
         out += f" · {_num3(s.get('excess_over_ceiling'), 2, sign=True)} over ceiling" + \
             _ci_text(s.get("excess_ci"), 2, sign=True)
     return out
-
-
-def best_predictor(quality: Mapping[str, Any], size: str, metric: str = "spearman") -> str | None:
-    """The predictor with the highest mean ``metric`` at target data ``size`` (regret: the lowest);
-    ties by name; None when no predictor has a defined mean."""
-    preds = (quality.get("table") or {}).get(size) or {}
-    have = [(p, ((v.get("summary") or {}).get(metric) or {}).get("mean")) for p, v in preds.items()]
-    have = [(p, m) for p, m in have if isinstance(m, (int, float)) and math.isfinite(m)]
-    if not have:
-        return None
-    sign = 1.0 if metric == "regret" else -1.0
-    return min(have, key=lambda pm: (sign * pm[1], pm[0]))[0]
 
 
 def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str | None = None,

@@ -42,6 +42,26 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
         os.replace(tmp, final)
 
 
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write a file so that readers see the old content or the new, never a torn one, even when
+    several processes (``PITUNE_SHARD`` shards) write the same file at once: each writer has its
+    own temporary name (pid and thread), then ``os.replace``."""
+    import threading
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def quiet() -> bool:
     """``PITUNE_QUIET=1`` silences every progress bar."""
     return os.environ.get("PITUNE_QUIET") == "1"

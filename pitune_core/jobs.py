@@ -53,7 +53,7 @@ def train_expert_job(config: dict, ctx) -> dict:
 def transfer_pair_job(config: dict, ctx) -> dict:
     """Run-registry job: one cell of the pairwise transfer study (scratch when source is None)."""
     from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.model.device import configure_threads
+    from pitune_core.model.device import configure_threads, describe_device
     from pitune_core.study.transfer import TransferBudget, few_shot_score
 
     configure_threads()
@@ -63,7 +63,7 @@ def transfer_pair_job(config: dict, ctx) -> dict:
     score = few_shot_score(config["target"], config.get("method", "lora"), bb, budget, int(config["seed"]),
                            config.get("source_dir"))
     return {"target": config["target"], "source": config.get("source") or "scratch", "seed": int(config["seed"]),
-            "score": score}
+            "score": score, "device": describe_device(bb.device)}
 
 
 def place_task_job(config: dict, ctx) -> dict:
@@ -128,9 +128,12 @@ def validate_transfer(config: dict) -> None:
 
     target = _known_task(config.get("target"), "target")
     _expert_type(config)
+    from pitune_core.predict.quality import PREDICTOR_EMBEDDINGS, predictor_of
+
     embedding = config.get("embedding", "fisher")
-    if embedding not in EMBEDDINGS:
-        raise ValueError(f"unknown embedding {embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
+    if not isinstance(embedding, str) or (embedding not in EMBEDDINGS and not predictor_of(embedding)):
+        raise ValueError(f"unknown embedding {str(embedding)[:60]!r}; choose one of "
+                         f"{', '.join((*EMBEDDINGS, *PREDICTOR_EMBEDDINGS))}")
     k = _int(config, "k", minimum=1)
     names = parse_sources(config.get("sources"), k)
     if names and target in names:

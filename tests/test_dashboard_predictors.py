@@ -477,3 +477,89 @@ def test_report_carries_the_ground_truth_and_the_protocol(gt_study):
         for p, v in preds.items():
             assert f"| {size} | {p} | {v['summary']['spearman']['mean']:.3f} [" in md
     shutil.rmtree(root / "protocol")  # the fixture is shared: leave it as found
+
+
+# ----------------------------------------------------------------------------- predictors as graphs
+
+def test_percentile_rows_rank_sources_per_target():
+    from pitune_core.study.predictor_graphs import percentile_rows
+
+    tasks = ["a", "b", "c", "d"]
+    rows = [("a", ["b", "c", "d"], [0.1, 5.0, -2.0]),  # c first, b, d last
+            ("a", ["d", "c", "b"], [9.0, 0.0, 1.0]),  # a second seed: d first, b, c last
+            ("b", ["a", "c", "d"], [1.0, 1.0, 0.0]),  # a tie shares the average rank
+            ("c", ["a", "b", "d"], [3.0, 2.0, 1.0]), ("d", ["a", "b", "c"], [0.0, 1.0, 2.0])]
+    S = percentile_rows(rows, tasks)
+    assert S[0].tolist() == pytest.approx([1.0, (0.5 + 0.5) / 2, (1.0 + 0.0) / 2, (0.0 + 1.0) / 2])
+    assert S[1].tolist() == pytest.approx([0.75, 1.0, 0.75, 0.0])
+    assert S[2].tolist() == pytest.approx([1.0, 0.5, 1.0, 0.0]) and np.diag(S).tolist() == [1.0] * 4
+    with pytest.raises(ValueError, match="no rows for d"):
+        percentile_rows(rows[:4], tasks)
+
+
+@pytest.fixture
+def drawn_study(gt_study, tmp_path):
+    """A copy of the ground-truth study with its predictors drawn as graphs (full-data rows)."""
+    from pitune_core.study.predictor_graphs import write_predictor_graphs
+
+    root = tmp_path / "study"
+    shutil.copytree(gt_study["root"], root)
+    drawn = write_predictor_graphs(gt_study["plan"], root / "groundtruth" / "gt-test", root)
+    man = json.loads((root / "manifest.json").read_text())
+    for p in sorted((root / "predict" / "lora").glob("predictor-*/*")):
+        man["files"][p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    (root / "manifest.json").write_text(json.dumps(man, indent=2))
+    return {**gt_study, "root": root, "drawn": drawn}
+
+
+def test_every_logged_predictor_becomes_a_graph(drawn_study):
+    root, mod = drawn_study["root"], _modalities()
+    assert drawn_study["drawn"] == ["fisher", "same_modality", "random"]  # PREDICTOR_NAMES order
+    s = Study(root)
+    assert not s.problems()
+    assert [e for e in s.embeddings("lora") if e.startswith("predictor-")] == \
+        ["predictor-fisher", "predictor-same_modality", "predictor-random"]
+    for t in TASKS:  # same-modality ranks every same-modality source above every other one (both ways)
+        top = s.top_k(t, 3, "lora", "predictor-same_modality")
+        n_same = sum(mod[x] == mod[t] for x in TASKS if x != t)
+        assert all(x.modality == mod[t] for x in top[:min(3, n_same)])
+    from pitune_core.study.predictor_graphs import percentile_rows
+    from pitune_core.study.transfer import read_jsonl
+
+    rows = [(r["target"], r["sources"], r["row"]) for r in read_jsonl(root / "groundtruth" / "gt-test" / "predictors.jsonl")
+            if r["predictor"] == "fisher" and r["shots"] is None]
+    D = percentile_rows(rows, TASKS)
+    assert Study(root).similarity("lora", "predictor-fisher")[1] == pytest.approx((D + D.T) / 2)
+    names, S = s.similarity("lora", "predictor-random")
+    assert names == TASKS and S.min() >= 0.0 and S.max() <= 1.0
+    G, _ = s.task_graph("lora", "predictor-fisher")
+    assert set(G.nodes) == set(TASKS) and G.number_of_edges() >= len(TASKS) * 3 // 2
+
+
+def test_default_predictor_follows_the_few_shot_evidence(drawn_study, gt_study):
+    raw = json.loads((gt_study["root"] / "groundtruth" / "gt-test" / "quality.json").read_text())
+    means = {p: v["summary"]["spearman"]["mean"] for p, v in raw["table"]["4-shot"].items()}
+    best = max(means, key=means.get)
+    emb, why = Study(drawn_study["root"]).default_embedding("lora")
+    assert emb == f"predictor-{best}" and "4-shot" in why and "gt-test" in why
+    emb, why = Study(gt_study["root"]).default_embedding("lora")  # evidence, but no graph drawn for it
+    assert emb == "fisher" and f"no predictor-{best} graph" in why
+
+
+def test_sidebar_defaults_to_the_best_predictor_and_draws_it(drawn_study, tmp_path, monkeypatch):
+    at = _app(drawn_study["root"], tmp_path, monkeypatch, "Graph")
+    box = at.sidebar.selectbox(key="embedding")
+    best, _ = Study(drawn_study["root"]).default_embedding("lora")
+    assert box.value == best and "predictor: random" in box.options and "Fisher" in box.options
+    assert f"predictor: {best.removeprefix('predictor-')} (default)" in box.options
+    assert any("Default:" in c.value for c in at.sidebar.caption)
+    box.set_value("predictor-random").run()
+    assert not at.exception and at.sidebar.selectbox(key="embedding").value == "predictor-random"
+
+
+def test_transfer_configs_accept_drawn_predictors_only():
+    from pitune_core.jobs import validate_transfer
+
+    validate_transfer({"target": "rt_polarity", "embedding": "predictor-logme", "k": 3})
+    with pytest.raises(ValueError, match="unknown embedding 'predictor-bogus'"):
+        validate_transfer({"target": "rt_polarity", "embedding": "predictor-bogus", "k": 3})

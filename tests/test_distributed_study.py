@@ -28,6 +28,17 @@ def reference(quick_study, backbone_of_study, tmp_path_factory):
     return dirs, _scores(log)
 
 
+def test_every_pair_says_where_it_ran(reference, quick_study, backbone_of_study, tmp_path):
+    """Ground-truth rows name the device and torch build (a study may mix a CPU and a GPU session)."""
+    from pitune_core.model.device import describe_device
+    from pitune_core.study.transfer import read_jsonl
+
+    dirs, _ = reference
+    log = run_pairs(TASKS, dirs, "lora", backbone_of_study, BUDGET, tmp_path, targets=TASKS[:1])
+    where = {r["device"] for r in read_jsonl(log)}
+    assert where == {describe_device(backbone_of_study.device)} and "torch" in where.pop()
+
+
 def test_local_executor_gives_the_same_study(quick_study, reference, tmp_path):
     dirs, expected = reference
     log = run_pairs_on("local", TASKS, dirs, "lora", BUDGET, tmp_path / "t", quick_study / "backbone",

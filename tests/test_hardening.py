@@ -531,3 +531,40 @@ def test_target_tab_lists_agree_and_study_tab_shows_recorded_times(tmp_path, mon
     row = dict(zip(times["stage"], times["recorded time"]))
     assert row["compare (runs)"].endswith("min") and float(row["compare (runs)"].split()[0]) > 1
     assert row["transfer (pairs)"] == "not recorded"
+
+
+def test_write_atomic_never_shows_a_torn_file_to_readers(tmp_path):
+    """Shards of one stage write budget.json / context.json / cache files at once: a reader sees
+    a whole old or a whole new file, and no temporary file is left behind."""
+    import threading
+
+    from pitune_core.common import write_atomic
+
+    path = tmp_path / "budget.json"
+    write_atomic(path, json.dumps({"v": -1, "pad": "x" * 50_000}))
+    stop, seen, bad = threading.Event(), set(), []
+
+    def writer(w):
+        for i in range(40):
+            write_atomic(path, json.dumps({"v": w * 1000 + i, "pad": "x" * 50_000}))
+
+    def reader():
+        while not stop.is_set():
+            try:
+                seen.add(json.loads(path.read_text())["v"])
+            except json.JSONDecodeError as e:  # a torn read
+                bad.append(str(e))
+
+    r = threading.Thread(target=reader)
+    r.start()
+    ws = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    for w in ws:
+        w.start()
+    for w in ws:
+        w.join()
+    stop.set()
+    r.join()
+    assert not bad and len(seen) > 1
+    assert [p.name for p in tmp_path.iterdir()] == ["budget.json"]
+    write_atomic(path, b"\x00bytes")
+    assert path.read_bytes() == b"\x00bytes"

@@ -465,3 +465,29 @@ def test_report_pairs_only_targets_whose_planned_seeds_are_all_done():
     means, planned = stats.complete_means(rows, 4)
     assert set(means["pi-tuning"]) == {"a"} and set(means["target-only"]) == {"a", "b"}
     assert planned == {"pi-tuning": 2, "target-only": 2}
+
+
+def test_a_predictor_ranks_a_few_shot_run_from_its_shots_alone(backbone, protocol_sources, monkeypatch):
+    """A run that ranks its sources with a ground-truth predictor (``embedding="predictor-<name>"``)
+    computes the target's row from the run's own shots: changing every other training example
+    changes nothing, and the ranking is the predictor's row on exactly those shots."""
+    from pitune_core.data.tasks import TaskData, TaskSpec
+    from pitune_core.predict.predictors import PredictorContext, available_examples, predict_row
+    from pitune_core.tune.run import _predictor_ranking
+
+    target, shots, seed = "rt_polarity", 2, 0
+    cfg = {"target": target, "method": "lora", "shots": shots, "seed": seed}
+    first = _predictor_ranking("expert_accuracy", cfg, protocol_sources, backbone)
+    spec, real = get_task(target), get_task(target).load()
+    seen = set(real.few_shot(shots, seed=seed).tolist())
+    texts = [t if i in seen else f"zz {i} unrelated words about weather and trains" for i, t in enumerate(real.train.texts)]
+    altered = TaskData(spec, Split(real.train.labels, texts, None), real.val, real.test)
+    original_load = TaskSpec.load
+    monkeypatch.setattr(TaskSpec, "load", lambda self: altered if self.name == target else original_load(self))
+    assert _predictor_ranking("expert_accuracy", cfg, protocol_sources, backbone) == first
+    monkeypatch.setattr(TaskSpec, "load", original_load)
+    experts = {n: Path(d) for n, d in sorted(protocol_sources.expert_dirs.items()) if n != target}
+    ctx = PredictorContext(backbone, experts)
+    row = predict_row("expert_accuracy", available_examples(target, backbone, shots, seed), ctx)
+    assert [n for n, _ in first] == [ctx.sources_for(target)[j] for j in sorted(range(len(row)), key=lambda j: (-row[j], ctx.sources_for(target)[j]))]
+    assert target not in [n for n, _ in first] and len(first) == len(experts)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_study, study_of
-from pitune_core.common import progress
+from pitune_core.common import progress, write_atomic
 from pitune_core.paths import StudyPaths
 
 STAGES = ("pairs", "predictors", "quality", "stability")
@@ -92,7 +92,7 @@ def cmd_transfer_study(args) -> int:
 
         res = fisher_stability(dirs, bb, sizes=tuple(args.stability_sizes), k=plan.k)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "fisher_stability.json").write_text(json.dumps(res, indent=2))
+        write_atomic(out / "fisher_stability.json", json.dumps(res, indent=2))
         print(f"Fisher top-{plan.k} stability (disjoint samples): " + ", ".join(
             f"N={n}: {v['mean_topk_overlap']:.2f}" for n, v in res["sizes"].items() if "mean_topk_overlap" in v)
             + f"; stable from N={res['samples_for_stable_topk']}")
@@ -109,6 +109,16 @@ def cmd_transfer_study(args) -> int:
                       f"({s['spearman']['fraction_of_ceiling']:.0%} of ceiling)  top-{plan.k} {s[f'top{plan.k}_hit']['mean']:.2f}  "
                       f"regret {s['regret']['mean']:.2f}  {v['seconds_per_target']:.1f} s/target")
         print(f"quality -> {out / 'quality.json'}", file=sys.stderr)
+        if out.resolve().is_relative_to(study.resolve()):  # a ground truth of this study: draw its predictors
+            from pitune_core.study.predictor_graphs import write_predictor_graphs
+
+            drawn = write_predictor_graphs(plan, out, study)
+            if drawn:
+                d = sp.predict_of(plan.method)
+                from pitune_core.study.manifest import register_files
+
+                register_files(study, [f for p in drawn for f in sorted((d / f"predictor-{p}").iterdir()) if f.is_file()])
+                print(f"predictor graphs (full-data rows) -> {d}/predictor-{{{','.join(drawn)}}}", file=sys.stderr)
     _register(study, out)
     if "quality" not in stages and not args.quiet:
         print(json.dumps({"out": str(out), "stages": list(stages), "key": plan.key()}))
@@ -136,7 +146,7 @@ def _bind_context(out: Path, dirs: dict, backbone_dir) -> None:
                              + "; give another --out")
         ctx["experts"] = {**old.get("experts", {}), **ctx["experts"]}
     out.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(ctx, indent=1, sort_keys=True))
+    write_atomic(f, json.dumps(ctx, indent=1, sort_keys=True))  # shards bind at once: never a torn file
 
 
 def _register(study: Path, out: Path) -> None:

@@ -23,6 +23,16 @@ def default_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def describe_device(device: torch.device) -> str:
+    """Where a result was computed, for its log row: ``"cpu, torch 2.13.0"`` or
+    ``"cuda (NVIDIA H200), torch 2.11.0+cu130"`` (numbers from different devices differ in the
+    last bits, so logs that mix devices say which row ran where)."""
+    where = device.type
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
+    return f"{where}, torch {torch.__version__}"
+
+
 def configure_threads() -> int:
     """Apply ``PITUNE_NUM_THREADS`` (if set) to torch; returns the thread count in use."""
     n = os.environ.get("PITUNE_NUM_THREADS")

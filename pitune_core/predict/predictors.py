@@ -22,6 +22,7 @@ cached (in memory, and on disk under ``ctx.cache_dir``), so it is not part of a 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pitune_core.common import write_atomic
 from pitune_core.data.tasks import TaskData, get_task
 from pitune_core.model.backbone import (
     TaskTensors,
@@ -139,9 +141,9 @@ class PredictorContext:
         out = compute()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp.npz")
-            np.savez(tmp, **out)
-            tmp.replace(path)
+            buf = io.BytesIO()  # shards compute the same source rows at once: write under a private name
+            np.savez(buf, **out)
+            write_atomic(path, buf.getvalue())
         self._mem[key] = out
         return out
 

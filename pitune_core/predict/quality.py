@@ -28,7 +28,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import bootstrap, spearmanr
 
 METRICS = ("spearman", "top1_hit", "top3_hit", "ndcg3", "regret")
 #: every predictor of :data:`pitune_core.predict.predictors.PREDICTORS`, by name, in its order (a
@@ -36,6 +35,31 @@ METRICS = ("spearman", "top1_hit", "top3_hit", "ndcg3", "regret")
 #: predictors.py refuses to import if the two differ)
 PREDICTOR_NAMES = ("fisher", "fisher_flat", "fisher_batch", "fisher_sampled", "fisher_probe", "data", "weights",
                    "same_modality", "random", "expert_accuracy", "expert_loglik", "logme")
+#: a predictor drawn as a task graph lives in ``predict/<method>/predictor-<name>/`` and is offered
+#: wherever an embedding is (see :mod:`pitune_core.study.predictor_graphs`)
+PREDICTOR_PREFIX = "predictor-"
+PREDICTOR_EMBEDDINGS = tuple(PREDICTOR_PREFIX + p for p in PREDICTOR_NAMES)
+
+
+def predictor_of(embedding: str) -> str | None:
+    """``"predictor-logme"`` -> ``"logme"``; None for an embedding that is not a known predictor."""
+    name = embedding[len(PREDICTOR_PREFIX):] if embedding.startswith(PREDICTOR_PREFIX) else None
+    return name if name in PREDICTOR_NAMES else None
+
+
+def best_predictor(quality: Mapping, size: str, metric: str = "spearman") -> str | None:
+    """The predictor with the highest mean ``metric`` at target data ``size`` of a ground truth's
+    quality table (``quality.json``'s ``table``; regret: the lowest); ties by name; None when no
+    predictor has a defined mean."""
+    preds = (quality.get("table") or {}).get(size) or {}
+    have = [(p, ((v.get("summary") or {}).get(metric) or {}).get("mean")) for p, v in preds.items()]
+    have = [(p, m) for p, m in have if isinstance(m, (int, float)) and math.isfinite(m)]
+    if not have:
+        return None
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    return min(have, key=lambda pm: (sign * pm[1], pm[0]))[0]
+
+
 #: lower is better for these (their "fraction of the ceiling" is reported as an excess instead)
 LOWER_IS_BETTER = ("regret",)
 
@@ -70,6 +94,8 @@ def target_quality(pred: np.ndarray, gain: np.ndarray, names: Sequence[str], k: 
     1 if an actually-best source (ties included) is the predicted best / among the predicted
     top-k; ``ndcg3``: :func:`ndcg_at_k` with k=3; ``regret``: best gain minus the gain of the
     predicted best (accuracy points, >= 0)."""
+    from scipy.stats import spearmanr  # lazy: the dashboard imports this module
+
     pred = np.asarray(pred, dtype=np.float64)
     gain = np.asarray(gain, dtype=np.float64)
     if pred.shape != gain.shape or pred.ndim != 1:
@@ -131,6 +157,8 @@ def seed_reliability(per_seed: np.ndarray, targets: Sequence[str], sources: Sequ
     sqrt(max(reliability, 0)), and the split-half oracle value of every other metric. Overall:
     the means over targets, plus ``reliability_of_mean_r``: Spearman–Brown of the mean ``r_half``.
     """
+    from scipy.stats import spearmanr  # lazy: the dashboard imports this module
+
     G = np.asarray(per_seed, dtype=np.float64)
     if G.ndim != 3 or G.shape[1] != len(targets) or G.shape[2] != len(sources):
         raise ValueError(f"per_seed must be (n_seeds, {len(targets)}, {len(sources)}), got {G.shape}")
@@ -164,6 +192,8 @@ def seed_reliability(per_seed: np.ndarray, targets: Sequence[str], sources: Sequ
 
 def bootstrap_ci(values: Sequence[float], seed: int = 0, n_resamples: int = 2000, confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean over targets (NaNs dropped; (nan, nan) with < 2 values)."""
+    from scipy.stats import bootstrap  # lazy: the dashboard imports this module
+
     v = np.asarray([x for x in values if not np.isnan(x)], dtype=np.float64)
     if len(v) < 2:
         return float("nan"), float("nan")
@@ -180,6 +210,8 @@ def paired_ci(num: Sequence[float], den: Sequence[float], stat: str = "ratio", s
               n_resamples: int = 2000, confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap CI over targets (resampled in pairs) of mean(num)/mean(den)
     (``stat='ratio'``) or of mean(num - den) (``stat='difference'``)."""
+    from scipy.stats import bootstrap  # lazy: the dashboard imports this module
+
     a, b = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]

@@ -46,43 +46,49 @@ def _write_expert_summary(root: Path, methods: dict[str, list[str]]) -> None:
     _write_csv(StudyPaths(root).expert_summary, rows)
 
 
+def node_attrs(root: Path, method: str, names: list[str]) -> dict[str, dict]:
+    """Graph node attributes of ``names``: modality, and the ``method`` expert's test score and
+    zero-shot score from ``experts/summary.csv`` (None where the study has no such expert)."""
+    from pitune_core.data.tasks import get_task
+
+    summary = {}
+    p = StudyPaths(root).expert_summary
+    if p.exists():
+        with open(p) as f:
+            summary = {r["task"]: r for r in csv.DictReader(f) if r["method"] == method}
+    return {n: {"modality": get_task(n).modality,
+                "accuracy": float(summary[n]["expert"]) if n in summary else None,
+                "zero_shot": float(summary[n]["zero_shot"]) if n in summary else None} for n in names}
+
+
+def write_graph_files(d: Path, names: list[str], S: np.ndarray, attrs: dict[str, dict], note: str = "") -> None:
+    """The files the dashboard draws one prediction from: ``similarity.csv`` (symmetric),
+    ``graph.json`` (k=3 nearest neighbours, Louvain communities), ``layout.csv`` and its note."""
+    from pitune_core.predict.graph import annotate_communities, build_graph, detect_communities, write_graph_json
+    from pitune_core.predict.layout import layout_from_similarity, write_layout_csv
+    from pitune_core.predict.similarity import write_similarity_csv
+
+    d.mkdir(parents=True, exist_ok=True)
+    write_similarity_csv(d / SIMILARITY_FILE, names, S)
+    G = build_graph(names, S, attrs, mode="knn", k=min(3, len(names) - 1))
+    annotate_communities(G, detect_communities(G, method="louvain", seed=0))
+    write_graph_json(d / GRAPH_FILE, G)
+    coords, how = layout_from_similarity(S, seed=0)
+    write_layout_csv(d / LAYOUT_FILE, names, coords)
+    (d / LAYOUT_NOTE_FILE).write_text((f"{note} " if note else "") + how + "\n")
+
+
 def _predict_outputs(root: Path, method: str, kind: str) -> None:
     from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.predict.graph import (
-        annotate_communities,
-        build_graph,
-        detect_communities,
-        write_graph_json,
-    )
-    from pitune_core.predict.layout import layout_from_similarity, write_layout_csv
     from pitune_core.predict.similarity import similarity_matrix, write_similarity_csv
 
     d = StudyPaths(root).embedding_dir(method, kind)
     emb = load_embeddings(d / EMBEDDINGS_FILE)
     sim_kind = "fisher" if kind.startswith("fisher") else "cosine"
     S = similarity_matrix(emb.groups, emb.names, kind=sim_kind)
-    write_similarity_csv(d / SIMILARITY_FILE, emb.names, S)
-    if kind != "fisher":  # plain cosine alongside the paper's measure is only interesting for Fisher
-        pass
-    else:
+    if kind == "fisher":  # plain cosine alongside the paper's measure is only interesting for Fisher
         write_similarity_csv(d / SIMILARITY_COSINE_FILE, emb.names, similarity_matrix(emb.groups, emb.names, kind="cosine"))
-    summary = {}
-    p = StudyPaths(root).expert_summary
-    if p.exists():
-        with open(p) as f:
-            summary = {r["task"]: r for r in csv.DictReader(f) if r["method"] == method}
-    from pitune_core.data.tasks import get_task
-
-    attrs = {n: {"modality": get_task(n).modality,
-                 "accuracy": float(summary[n]["expert"]) if n in summary else None,
-                 "zero_shot": float(summary[n]["zero_shot"]) if n in summary else None} for n in emb.names}
-    k = min(3, len(emb.names) - 1)
-    G = build_graph(emb.names, S, attrs, mode="knn", k=k)
-    annotate_communities(G, detect_communities(G, method="louvain", seed=0))
-    write_graph_json(d / GRAPH_FILE, G)
-    coords, note = layout_from_similarity(S, seed=0)
-    write_layout_csv(d / LAYOUT_FILE, emb.names, coords)
-    (d / LAYOUT_NOTE_FILE).write_text(note + "\n")
+    write_graph_files(d, emb.names, S, node_attrs(root, method, emb.names))
 
 
 def fisher_stability(method_dir: Path, k: int = 3) -> dict:

@@ -28,6 +28,8 @@ from pitune_core.study.results import read_matrix_csv, read_results
 from pitune_core.paths import default_study as default_study_path
 from pitune_core.tune.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
 
+from pitune_core.predict.quality import PREDICTOR_EMBEDDINGS, PREDICTOR_PREFIX, best_predictor, predictor_of
+
 NEIGHBORS_FILE = "neighbors.csv"  # a hub's top-k table (pitune_core.study.hub); no torch, no matrix
 
 __all__ = [
@@ -51,10 +53,13 @@ __all__ = [
 
 METHODS = EXPERT_TYPES
 METHOD_LABELS = EXPERT_TYPE_LABELS
-#: embeddings in display order; ``fisher_2n`` (Fisher with twice the samples) only exists for LoRA
-EMBEDDINGS = ("fisher", "weights", "data", "fisher_2n")
+#: embeddings in display order; ``fisher_2n`` (Fisher with twice the samples) only exists for LoRA;
+#: then every ground-truth predictor drawn as a graph (``predictor-<name>``,
+#: :mod:`pitune_core.study.predictor_graphs`), where the study has one
+EMBEDDINGS = ("fisher", "weights", "data", "fisher_2n", *PREDICTOR_EMBEDDINGS)
 EMBEDDING_LABELS = {"fisher": "Fisher", "weights": "expert weights", "data": "data only",
-                    "fisher_2n": "Fisher (2N samples)"}
+                    "fisher_2n": "Fisher (2N samples)",
+                    **{e: f"predictor: {predictor_of(e)}" for e in PREDICTOR_EMBEDDINGS}}
 
 
 
@@ -290,6 +295,31 @@ class Study:
         self._check_method(method)
         base = StudyPaths(self.root).predict_of(method)
         return [e for e in EMBEDDINGS if (base / e / SIMILARITY_FILE).is_file() or (base / e / NEIGHBORS_FILE).is_file()]
+
+    def default_embedding(self, method: str) -> tuple[str, str]:
+        """``(embedding, why)``: what the dashboard ranks sources with by default. The evidence
+        decides: the predictor with the best mean Spearman at the smallest few-shot size of the
+        fullest ground truth, when the study draws it as a graph (``predictor-<name>``); else
+        Fisher (the paper's choice), or the first embedding the study has."""
+        have = self.embeddings(method)
+        fallback = "fisher" if "fisher" in have else (have[0] if have else "fisher")
+        for plan in sorted(self.groundtruth_plans(), reverse=True):
+            try:
+                q = self.groundtruth_quality(plan)
+            except GroundTruthError:
+                continue
+            few = sorted((s for s in (q or {}).get("sizes", []) if s != "full"), key=lambda s: int(s.split("-")[0]))
+            if not few:
+                continue
+            best = best_predictor(q, few[0])
+            if best is None:
+                continue
+            emb = PREDICTOR_PREFIX + best
+            if emb in have:
+                return emb, f"best Spearman at {few[0]} in groundtruth/{plan}"
+            return fallback, (f"{best} is best at {few[0]} in groundtruth/{plan}, but this study has no "
+                              f"{emb} graph; showing {fallback}")
+        return fallback, "no ground-truth evidence in this study"
 
     def expert_summary(self) -> list[dict]:
         """Rows of ``experts/summary.csv`` with numbers parsed."""

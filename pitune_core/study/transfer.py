@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from pitune_core.common import write_atomic
 from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
+from pitune_core.model.device import describe_device
 from pitune_core.model.experts import TrainConfig, train_expert
 
 
@@ -103,9 +105,13 @@ def _read_done(path: Path, key: str | None = None) -> dict[tuple[str, str, int],
             if key is None or r.get("key", key) == key}
 
 
-def _record(t: str, s: str, seed: int, score: float, key: str | None) -> str:
+def _record(t: str, s: str, seed: int, score: float, key: str | None, device: str | None = None) -> str:
     rec = {"target": t, "source": s, "seed": seed, "score": score}
-    return json.dumps(rec if key is None else {**rec, "key": key}) + "\n"
+    if key is not None:
+        rec["key"] = key
+    if device is not None:  # where the pair ran (rows written before this field existed ran on CPU)
+        rec["device"] = device
+    return json.dumps(rec) + "\n"
 
 
 def _start_log(out: Path, method: str, tasks: list[str], budget: TransferBudget) -> Path:
@@ -120,7 +126,7 @@ def _start_log(out: Path, method: str, tasks: list[str], budget: TransferBudget)
         if diff:
             raise ValueError(f"{log} holds pairs made with a different budget ({', '.join(f'{k}={had.get(k)}' for k in diff)}); "
                              f"use another output directory or delete it to start over")
-    meta.write_text(json.dumps({"method": method, "tasks": tasks, **asdict(budget)}, indent=2))
+    write_atomic(meta, json.dumps({"method": method, "tasks": tasks, **asdict(budget)}, indent=2))
     return log
 
 
@@ -142,11 +148,12 @@ def run_pairs(tasks: list[str], expert_dirs: dict[str, str | Path], method: str,
     key = budget.key(method)
     done = _read_done(log, key)
     jobs = take_shard(pair_jobs(tasks, budget.seeds, targets))
+    where = describe_device(backbone.device)
     for i, (t, s, seed) in enumerate(jobs):
         if (t, s, seed) not in done and (t, s, seed) not in (done := _read_done(log, key)):
             score = few_shot_score(t, method, backbone, budget, seed, None if s == "scratch" else expert_dirs[s])
             with open(log, "a") as f:
-                f.write(_record(t, s, seed, score, key))
+                f.write(_record(t, s, seed, score, key, where))
             done[(t, s, seed)] = score
         if on_pair:
             on_pair(i + 1, len(jobs), (t, s, seed))
@@ -201,7 +208,7 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
             rec = records[rid]
             if rec.status == "succeeded":
                 m = rec.metrics
-                f.write(_record(m["target"], m["source"], m["seed"], m["score"], key))
+                f.write(_record(m["target"], m["source"], m["seed"], m["score"], key, m.get("device")))
             else:
                 last = (rec.error or "").strip().splitlines()[-1:]
                 failed.append(f"{rid} ({rec.status}{': ' + last[0] if last else ''})")
@@ -433,7 +440,7 @@ def quality_table(plan: TransferPlan, out: str | Path) -> dict:
     out = Path(out)
     G = gain_tensor(out / "pairs.jsonl", plan.tasks, plan.seeds, plan.key())
     rel = seed_reliability(G, plan.tasks, plan.tasks, plan.k)
-    (out / "reliability.json").write_text(json.dumps(rel, indent=2))
+    write_atomic(out / "reliability.json", json.dumps(rel, indent=2))
     import warnings
 
     with warnings.catch_warnings():
@@ -470,7 +477,7 @@ def quality_table(plan: TransferPlan, out: str | Path) -> dict:
                 v["vs_same_modality"] = compare_predictors(v["per_target"], preds["same_modality"]["per_target"])
     result = {"plan": plan.name, "key": plan.key(), "reliability": {"mean": rel["mean"],
               "reliability_of_mean_r": rel["reliability_of_mean_r"], "n_seeds": rel["n_seeds"]}, "table": table}
-    (out / "quality.json").write_text(json.dumps(result, indent=2))
+    write_atomic(out / "quality.json", json.dumps(result, indent=2))
     if csv_rows:
         with open(out / "quality.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(csv_rows[0]))

@@ -160,12 +160,32 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool) -> tuple[dic
     side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, run_dir)
     cfg["steps_select"] = side.own_steps
     if rank:
+        from pitune_core.predict.quality import predictor_of
+
+        predictor = predictor_of(cfg.get("embedding", "fisher"))
         if use_emb:
             top = side.ranking[: cfg["k"]]
             cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection="shots")
+        elif predictor:
+            top = _predictor_ranking(predictor, cfg, sources, bb)[: cfg["k"]]
+            cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection=f"shots ({predictor})")
         else:
             cfg["selection"] = "study (ranked with the target's full-data expert)"
     return cfg, tune_steps, side.own_dir
+
+
+def _predictor_ranking(predictor: str, cfg: dict, sources, bb) -> list[tuple[str, float]]:
+    """The study's sources ranked by ``predictor`` computed from the run's own training examples
+    (the same ``shots`` sample the run trains on, :func:`available_examples`): a few-shot run never
+    uses the predictor's full-data row of the study graph. Best first, ties by name."""
+    from pitune_core.paths import cache_dir
+    from pitune_core.predict.predictors import PredictorContext, available_examples, predict_row
+
+    experts = {n: Path(d) for n, d in sorted(sources.expert_dirs.items()) if n != cfg["target"]}
+    ctx = PredictorContext(bb, experts, method=cfg["method"], cache_dir=cache_dir() / "predictors")
+    shots = None if cfg["shots"] is None else int(cfg["shots"])
+    row = predict_row(predictor, available_examples(cfg["target"], bb, shots, int(cfg["seed"])), ctx)
+    return sorted(zip(ctx.sources_for(cfg["target"]), (float(x) for x in row)), key=lambda x: (-x[1], x[0]))
 
 
 def _modality(task: str) -> str:
