@@ -563,3 +563,21 @@ def test_transfer_configs_accept_drawn_predictors_only():
     validate_transfer({"target": "rt_polarity", "embedding": "predictor-logme", "k": 3})
     with pytest.raises(ValueError, match="unknown embedding 'predictor-bogus'"):
         validate_transfer({"target": "rt_polarity", "embedding": "predictor-bogus", "k": 3})
+
+
+def test_quality_uses_one_predictor_configuration(gt_study, tmp_path):
+    """Rows logged under other predictor settings (another key) never mix into the table."""
+    from pitune_core.study.transfer import quality_table
+
+    out = tmp_path / "gt"
+    shutil.copytree(gt_study["root"] / "groundtruth" / "gt-test", out)
+    before = quality_table(gt_study["plan"], out)
+    lines = (out / "predictors.jsonl").read_text().splitlines()
+    other = [json.loads(x) for x in lines[:5]]
+    with open(out / "predictors.jsonl", "a") as f:
+        for r in other:  # an older configuration, appended first ...
+            f.write(json.dumps({**r, "key": "old", "row": [-x for x in r["row"]]}) + "\n")
+        f.write(lines[-1] + "\n")  # ... then the current one again: the newest row names the key
+    after = quality_table(gt_study["plan"], out)
+    assert after["predictor_key"] == "k0" and after["table"] == before["table"]
+    assert quality_table(gt_study["plan"], out, key="old")["table"] != before["table"]

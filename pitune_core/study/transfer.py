@@ -424,11 +424,14 @@ def run_predictors(plan: TransferPlan, ctx, out: str | Path, on_row=None, target
     return log
 
 
-def quality_table(plan: TransferPlan, out: str | Path) -> dict:
+def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -> dict:
     """Every predictor at every target data size scored against the seed-averaged ground truth:
     per-target metrics averaged over the predictor seeds, means with bootstrap CIs over targets,
     fractions of the noise ceiling, and the paired difference to same-modality. Written to
-    ``out/quality.json`` and ``out/quality.csv`` (with ``out/reliability.json``)."""
+    ``out/quality.json`` and ``out/quality.csv`` (with ``out/reliability.json``).
+
+    ``key``: only predictor rows of this configuration (default: the newest row's), so rows made
+    under other predictor settings or another backbone never mix into one table."""
     from pitune_core.predict.quality import (
         METRICS,
         compare_predictors,
@@ -447,8 +450,10 @@ def quality_table(plan: TransferPlan, out: str | Path) -> dict:
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_gain = np.nanmean(G, axis=0)
     rows: dict[tuple[str, int | None], dict[str, list[dict]]] = {}
-    for r in read_jsonl(out / "predictors.jsonl"):
-        if r["target"] not in plan.tasks or r["target"] not in rel["per_target"]:
+    records = read_jsonl(out / "predictors.jsonl")
+    key = key or (records[-1].get("key") if records else None)
+    for r in records:
+        if r.get("key") != key or r["target"] not in plan.tasks or r["target"] not in rel["per_target"]:
             continue
         i = plan.tasks.index(r["target"])
         cols = [j for j, s in enumerate(plan.tasks) if s != r["target"] and s in r["sources"]
@@ -475,7 +480,7 @@ def quality_table(plan: TransferPlan, out: str | Path) -> dict:
         if "same_modality" in preds:
             for p, v in preds.items():
                 v["vs_same_modality"] = compare_predictors(v["per_target"], preds["same_modality"]["per_target"])
-    result = {"plan": plan.name, "key": plan.key(), "reliability": {"mean": rel["mean"],
+    result = {"plan": plan.name, "key": plan.key(), "predictor_key": key, "reliability": {"mean": rel["mean"],
               "reliability_of_mean_r": rel["reliability_of_mean_r"], "n_seeds": rel["n_seeds"]}, "table": table}
     write_atomic(out / "quality.json", json.dumps(result, indent=2))
     if csv_rows:
