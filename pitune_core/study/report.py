@@ -171,26 +171,104 @@ def groundtruth_section(root: Path) -> list[str]:
         out += [f"## Does the prediction predict? Ground truth `{d.name}`", "",
                 f"Reliability of the seed-averaged gains ({rel.get('n_seeds')} seeds): split-half Spearman "
                 f"{_num(m.get('r_half'))}, Spearman–Brown {_num(m.get('reliability'))}, Spearman ceiling "
-                f"{_num(m.get('ceiling_spearman'))}.", "",
-                "| target data | predictor | Spearman [95% CI] | of ceiling | top-k hit | regret (pts) | s / target |",
-                "|---|---|---|---|---|---|---|"]
+                f"{_num(m.get('ceiling_spearman'))}.", ""]
+        out += _where_pairs_ran(d)
+        out += ["| target data | predictor | Spearman [95% CI] | of ceiling | top-k hit | regret (pts) | "
+                "vs same-modality (Spearman diff [95% CI]) | s / target |", "|---|---|---|---|---|---|---|---|"]
         for size, preds in q.get("table", {}).items():
             for p, v in sorted(preds.items(), key=lambda kv: -(kv[1]["summary"]["spearman"]["mean"] or -9)):
                 sm = v["summary"]
                 hit = next((sm[k]["mean"] for k in sm if k.startswith("top") and k.endswith("_hit") and k != "top1_hit"),
                            None)
                 ci = sm["spearman"].get("ci") or [None, None]
+                vs = v.get("vs_same_modality") or {}
+                vci = vs.get("ci") or [None, None]
+                diff = "–" if p == "same_modality" or not vs else \
+                    f"{_num(vs.get('mean_difference'), sign=True)} [{_num(vci[0], sign=True)}, {_num(vci[1], sign=True)}]"
                 out.append(f"| {size} | {p} | {_num(sm['spearman']['mean'])} [{_num(ci[0])}, {_num(ci[1])}] | "
                            f"{_num(sm['spearman'].get('fraction_of_ceiling'), pct=True)} | {_num(hit)} | "
-                           f"{_num(sm.get('regret', {}).get('mean'))} | {_num(v.get('seconds_per_target'), nd=1)} |")
-        out.append("")
+                           f"{_num(sm.get('regret', {}).get('mean'))} | {diff} | {_num(v.get('seconds_per_target'), nd=1)} |")
+        out += [""] + _verdict(q) + _stability(d)
     return out
 
 
-def _num(x, nd: int = 3, pct: bool = False) -> str:
+def _where_pairs_ran(d: Path) -> list[str]:
+    """How many pairs ran on which device (rows without the field predate it: CPU), and the
+    device reproducibility check (``device_check.json``, bench/device_reproducibility.py)."""
+    from collections import Counter
+
+    p = d / "pairs.jsonl"
+    if not p.is_file() or p.is_symlink():
+        return []
+    where = Counter()
+    for line in p.read_text().splitlines():
+        try:
+            where[json.loads(line).get("device", "cpu (before devices were logged)")] += 1
+        except (json.JSONDecodeError, AttributeError):
+            continue
+    out = ["Pairs by device: " + "; ".join(f"{n:,} on {w}" for w, n in where.most_common()) + "."]
+    c = d / "device_check.json"
+    if c.is_file() and not c.is_symlink():
+        chk = json.loads(c.read_text())
+        out[-1] += (f" Rerun here, {chk['identical']} of {chk['n']} logged pairs gave the identical score "
+                    f"(`{c.name}`, bench/device_reproducibility.py).")
+    return out + [""]
+
+
+def _verdict(q: dict) -> list[str]:
+    """The issue's goal for the best predictor at the smallest few-shot size, checked plainly."""
+    from pitune_core.predict.quality import best_predictor
+
+    few = sorted((s for s in q.get("table", {}) if s != "full"), key=lambda s: int(s.split("-")[0]))
+    if not few:
+        return []
+    size = few[0]
+    best = best_predictor(q, size)
+    if best is None:
+        return []
+    v = q["table"][size][best]
+    sm = v["summary"]
+    frac = sm["spearman"].get("fraction_of_ceiling")
+    hit_k = next((k for k in sm if k.startswith("top") and k.endswith("_hit") and k != "top1_hit"), None)
+    hit = sm[hit_k]["mean"] if hit_k else None
+    vs = v.get("vs_same_modality") or {}
+    lo = (vs.get("ci") or [None])[0]
+    beats = best != "same_modality" and lo is not None and lo > 0
+    ok = frac is not None and frac >= 0.8 and hit is not None and hit >= 0.75 and beats
+    fisher = q["table"][size].get("fisher")
+    fs = ""
+    if fisher and best != "fisher":
+        f_vs = fisher.get("vs_same_modality") or {}
+        fci = f_vs.get("ci") or [None, None]
+        fs = (f" Fisher: Spearman {_num(fisher['summary']['spearman']['mean'])}, vs same-modality "
+              f"{_num(f_vs.get('mean_difference'), sign=True)} [{_num(fci[0], sign=True)}, {_num(fci[1], sign=True)}].")
+    return [f"**Goal** (issue 12: at {size}, the best predictor reaches ≥ 80 % of the noise ceiling, top-3 hit "
+            f"≥ 0.75, and beats same-modality with its CI above 0): **{'met' if ok else 'not met'}**. Best at "
+            f"{size} by Spearman: {best} ({_num(sm['spearman']['mean'])}, {_num(frac, pct=True)} of the ceiling, "
+            f"top-k hit {_num(hit)}"
+            + ("" if best == "same_modality" else f", vs same-modality {'CI above 0' if beats else 'CI not above 0'}")
+            + f")." + fs + " The dashboard's default predictor is this best one.", ""]
+
+
+def _stability(d: Path) -> list[str]:
+    f = d / "fisher_stability.json"
+    if not f.is_file() or f.is_symlink():
+        return []
+    res = json.loads(f.read_text())
+    sizes = {n: v for n, v in res.get("sizes", {}).items() if "mean_topk_overlap" in v}
+    if not sizes:
+        return []
+    return [f"Fisher top-{res.get('k')} stability from disjoint samples (two independent sets of N training "
+            f"examples per task): " + ", ".join(f"N = {n}: overlap {_num(v['mean_topk_overlap'], nd=2)}, Spearman "
+                                                 f"of all pairs {_num(v.get('spearman_all_pairs'), nd=2)}"
+                                                 for n, v in sizes.items())
+            + f"; stable (mean overlap ≥ {res.get('threshold')}) from N = {res.get('samples_for_stable_topk')}.", ""]
+
+
+def _num(x, nd: int = 3, pct: bool = False, sign: bool = False) -> str:
     if x is None or not np.isfinite(x):
         return "–"
-    return f"{100 * x:.0f} %" if pct else f"{x:.{nd}f}"
+    return f"{100 * x:.0f} %" if pct else (f"{x:+.{nd}f}" if sign else f"{x:.{nd}f}")
 
 
 def stages_section(root: Path) -> list[str]:
