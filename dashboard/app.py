@@ -184,7 +184,7 @@ def render_sidebar(study: Study, root: Path, db: Path) -> dict:
     default, why = study.default_embedding(method)
     _choice("embedding", embs, default)
     embedding = sb.selectbox("Task embedding / predictor", embs, key="embedding",
-                             format_func=lambda e: EMBEDDING_LABELS.get(e, e) + (" (default)" if e == default else ""),
+                             format_func=lambda e: EMBEDDING_LABELS.get(e, e),
                              help="How sources are ranked for a target: the Fisher information of the experts "
                                   "(π-Tuning), the expert weights, the data alone, or any predictor of the ground "
                                   "truth (drawn from its full-data rows; a few-shot run recomputes the target's row "

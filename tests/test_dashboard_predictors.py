@@ -551,8 +551,9 @@ def test_sidebar_defaults_to_the_best_predictor_and_draws_it(drawn_study, tmp_pa
     box = at.sidebar.selectbox(key="embedding")
     best, _ = Study(drawn_study["root"]).default_embedding("lora")
     assert box.value == best and "predictor: random" in box.options and "Fisher" in box.options
-    assert f"predictor: {best.removeprefix('predictor-')} (default)" in box.options
-    assert any("Default:" in c.value for c in at.sidebar.caption)
+    label = R.EMBEDDING_LABELS[best]
+    assert any(c.value.startswith(f"Default: {label} (best Spearman at 4-shot in groundtruth/gt-test)")
+               for c in at.sidebar.caption)
     box.set_value("predictor-random").run()
     assert not at.exception and at.sidebar.selectbox(key="embedding").value == "predictor-random"
 
@@ -581,3 +582,31 @@ def test_quality_uses_one_predictor_configuration(gt_study, tmp_path):
     after = quality_table(gt_study["plan"], out)
     assert after["predictor_key"] == "k0" and after["table"] == before["table"]
     assert quality_table(gt_study["plan"], out, key="old")["table"] != before["table"]
+
+
+def test_report_checks_the_goal_and_says_where_pairs_ran(drawn_study, capsys):
+    """REPORT.md states the issue's goal as met / not met from quality.json, counts the pairs per
+    device, and ``pitune report --out`` into the study keeps the study verifying."""
+    from pitune_core.cli.main import main
+    from pitune_core.predict.quality import best_predictor
+
+    root = drawn_study["root"]
+    gt = root / "groundtruth" / "gt-test"
+    lines = (gt / "pairs.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "device": "cuda (Test GPU), torch 0"})
+    (gt / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    q = json.loads((gt / "quality.json").read_text())
+    best = best_predictor(q, "4-shot")
+    v = q["table"]["4-shot"][best]
+    lo = (v.get("vs_same_modality") or {}).get("ci", [None])[0]
+    met = (v["summary"]["spearman"]["fraction_of_ceiling"] >= 0.8 and v["summary"]["top3_hit"]["mean"] >= 0.75
+           and best != "same_modality" and lo is not None and lo > 0)
+    assert main(["report", str(root), "--out", str(root / "REPORT.md")]) == 0
+    md = (root / "REPORT.md").read_text()
+    assert f"Pairs by device: {len(lines) - 1} on cpu (before devices were logged); 1 on cuda (Test GPU), torch 0." in md
+    verdict = next(ln for ln in md.splitlines() if ln.startswith("**Goal**"))
+    assert f"Best at 4-shot by Spearman: {best}" in verdict
+    assert ("**met**" if met else "**not met**") in verdict
+    assert "listed in" in capsys.readouterr().err
+    _list_in_manifest(root)  # the edited pairs.jsonl; REPORT.md was listed by the command itself
+    assert not Study(root).problems()

@@ -62,10 +62,17 @@ def register(sub, add) -> None:
 def cmd_report(args) -> int:
     from pitune_core.study.report import report
 
-    text = report(study_of(args))
+    study = Path(study_of(args))
+    text = report(study)
     if args.out:
         Path(args.out).write_text(text)
-        print(f"report written to {args.out}", file=sys.stderr)
+        from pitune_core.study.manifest import register_files
+
+        # a report written into the study (its REPORT.md) is listed in its manifest, so it keeps verifying
+        if register_files(study, [Path(args.out)]):
+            print(f"report written to {args.out} (listed in {study}/manifest.json)", file=sys.stderr)
+        else:
+            print(f"report written to {args.out}", file=sys.stderr)
     else:
         print(text)
     return 0
