@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:
 from dashboard import figures as F  # noqa: E402
 from dashboard.text import md as _md  # noqa: E402
 from dashboard import new_task as NT  # noqa: E402
+from pitune_core.predict.quality import fullest_plan  # noqa: E402
 from pitune_core.paths import default_runs_db, default_study  # noqa: E402
 from pitune_core.study.reader import (  # noqa: E402
     EMBEDDING_LABELS,
@@ -490,9 +491,7 @@ def _groundtruth_panel(study: Study, sel: dict) -> bool:
     if not have:
         return False
     plans = list(have)
-    fullest = max(plans, key=lambda n: (max((v["n_targets"] for t in have[n]["table"].values() for v in t.values()),
-                                            default=0), n))
-    _choice("gt_plan", plans, fullest)
+    _choice("gt_plan", plans, fullest_plan(have))
     plan = st.selectbox("Ground truth", plans, key="gt_plan") if len(plans) > 1 else plans[0]
     q = have[plan]
     _choice("gt_size", q["sizes"], q["sizes"][0])

@@ -62,6 +62,21 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Records of an append-only JSONL log; a line cut by a crash is skipped (its job is redone)."""
+    import json
+
+    records = []
+    path = Path(path)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
 def quiet() -> bool:
     """``PITUNE_QUIET=1`` silences every progress bar."""
     return os.environ.get("PITUNE_QUIET") == "1"

@@ -110,15 +110,16 @@ def cmd_transfer_study(args) -> int:
                       f"regret {s['regret']['mean']:.2f}  {v['seconds_per_target']:.1f} s/target")
         print(f"quality -> {out / 'quality.json'}", file=sys.stderr)
         if out.resolve().is_relative_to(study.resolve()):  # a ground truth of this study: draw its predictors
+            from pitune_core.predict.quality import PREDICTOR_PREFIX
+            from pitune_core.study.manifest import register_files
             from pitune_core.study.predictor_graphs import write_predictor_graphs
 
             drawn = write_predictor_graphs(plan, out, study)
+            dirs_drawn = [sp.embedding_dir(plan.method, PREDICTOR_PREFIX + p) for p in drawn]
+            register_files(study, [f for d in dirs_drawn for f in sorted(d.iterdir()) if f.is_file()])
             if drawn:
-                d = sp.predict_of(plan.method)
-                from pitune_core.study.manifest import register_files
-
-                register_files(study, [f for p in drawn for f in sorted((d / f"predictor-{p}").iterdir()) if f.is_file()])
-                print(f"predictor graphs (full-data rows) -> {d}/predictor-{{{','.join(drawn)}}}", file=sys.stderr)
+                print(f"predictor graphs (full-data rows) -> {sp.predict_of(plan.method)}/{PREDICTOR_PREFIX}"
+                      f"{{{','.join(drawn)}}}", file=sys.stderr)
     _register(study, out)
     if "quality" not in stages and not args.quiet:
         print(json.dumps({"out": str(out), "stages": list(stages), "key": plan.key()}))

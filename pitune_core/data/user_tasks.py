@@ -756,9 +756,9 @@ def save_task(draft: Draft) -> Path:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    from pitune_core.common import write_atomic
+
+    write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def read_spec(name: str) -> dict:

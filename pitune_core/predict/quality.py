@@ -35,6 +35,8 @@ METRICS = ("spearman", "top1_hit", "top3_hit", "ndcg3", "regret")
 #: predictors.py refuses to import if the two differ)
 PREDICTOR_NAMES = ("fisher", "fisher_flat", "fisher_batch", "fisher_sampled", "fisher_probe", "data", "weights",
                    "same_modality", "random", "expert_accuracy", "expert_loglik", "logme")
+#: lower is better for these (their "fraction of the ceiling" is reported as an excess instead)
+LOWER_IS_BETTER = ("regret",)
 #: a predictor drawn as a task graph lives in ``predict/<method>/predictor-<name>/`` and is offered
 #: wherever an embedding is (see :mod:`pitune_core.study.predictor_graphs`)
 PREDICTOR_PREFIX = "predictor-"
@@ -60,8 +62,22 @@ def best_predictor(quality: Mapping, size: str, metric: str = "spearman") -> str
     return min(have, key=lambda pm: (sign * pm[1], pm[0]))[0]
 
 
-#: lower is better for these (their "fraction of the ceiling" is reported as an excess instead)
-LOWER_IS_BETTER = ("regret",)
+def headline(quality: Mapping) -> tuple[str, str] | None:
+    """``(size, predictor)``: the best predictor by Spearman at the smallest few-shot size of a
+    quality table (the few-shot protocol's question, and the dashboard's default); None without
+    a few-shot size or a defined mean."""
+    few = sorted((s for s in (quality.get("table") or {}) if s != "full"), key=lambda s: int(s.split("-")[0]))
+    best = best_predictor(quality, few[0]) if few else None
+    return (few[0], best) if best else None
+
+
+def fullest_plan(qualities: Mapping[str, Mapping]) -> str | None:
+    """The ground truth with the most targets scored (ties: the later name) among ``{plan: quality}``."""
+    if not qualities:
+        return None
+    return max(qualities, key=lambda n: (max((v["n_targets"] for t in qualities[n]["table"].values() for v in t.values()),
+                                             default=0), n))
+
 
 
 # ----------------------------------------------------------------------------- one target

@@ -256,9 +256,9 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from pitune_core.common import write_atomic
+
+    write_atomic(path, text)
 
 
 # ------------------------------------------------------------------- schema

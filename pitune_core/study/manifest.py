@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pitune_core.common import sha256_file
+from pitune_core.common import sha256_file, write_atomic
 from pitune_core.paths import StudyPaths
 from pitune_core.study.plan import STAGES, StudyPlan
 from pitune_core.study.stages import Stages
@@ -87,7 +87,5 @@ def register_files(root: str | Path, paths) -> bool:
         for rel, p in rels:
             if p.is_file():
                 files[rel] = sha256_file(p)
-        tmp = root / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1, default=str))
-        os.replace(tmp, mf)
+        write_atomic(mf, json.dumps(manifest, indent=1, default=str))
     return True

@@ -29,7 +29,7 @@ from scipy.stats import rankdata
 from pitune_core.paths import StudyPaths
 from pitune_core.predict.quality import PREDICTOR_NAMES, PREDICTOR_PREFIX
 from pitune_core.study.outputs import node_attrs, write_graph_files
-from pitune_core.study.transfer import TransferPlan, read_jsonl
+from pitune_core.study.transfer import TransferPlan, predictor_records
 
 def percentile_rows(rows: list[tuple[str, list[str], list[float]]], tasks: list[str]) -> np.ndarray:
     """``(target, sources, scores)`` rows (several per target: averaged) → a (n, n) matrix over
@@ -59,17 +59,13 @@ def write_predictor_graphs(plan: TransferPlan, out: str | Path, study: str | Pat
     """Write one graph per predictor logged in ``out/predictors.jsonl`` at ``shots`` per class of
     target data (None: full data), into ``study``'s ``predict/<plan.method>/predictor-<name>/``.
 
-    ``key``: only rows of this predictor configuration (default: the key of the newest row, so
-    rows made under other settings never mix in). Predictors missing a target's row are skipped
-    (returned names are those written)."""
-    recs = [r for r in read_jsonl(Path(out) / "predictors.jsonl") if r.get("shots") == shots]
-    if not recs:
-        return []
-    key = key or recs[-1].get("key")
+    ``key``: only rows of this predictor configuration (:func:`~pitune_core.study.transfer.predictor_records`,
+    the same rule as the quality table). Predictors missing a target's row are skipped (returned
+    names are those written)."""
+    recs = [r for r in predictor_records(out, key)[0] if r.get("shots") == shots]
     written = []
     for p in PREDICTOR_NAMES:
-        rows = [(r["target"], r["sources"], r["row"]) for r in recs
-                if r["predictor"] == p and r.get("key") == key and r["target"] in plan.tasks]
+        rows = [(r["target"], r["sources"], r["row"]) for r in recs if r["predictor"] == p and r["target"] in plan.tasks]
         if not rows:
             continue
         try:

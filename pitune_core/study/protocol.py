@@ -281,7 +281,7 @@ def job_key(plan: ProtocolPlan, job: dict, context: dict) -> str:
 # ----------------------------------------------------------------------------- running
 
 def _records(log: Path) -> list[dict]:
-    from pitune_core.study.transfer import read_jsonl
+    from pitune_core.common import read_jsonl
 
     return read_jsonl(log)
 

@@ -28,7 +28,7 @@ from pitune_core.study.results import read_matrix_csv, read_results
 from pitune_core.paths import default_study as default_study_path
 from pitune_core.tune.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
 
-from pitune_core.predict.quality import PREDICTOR_EMBEDDINGS, PREDICTOR_PREFIX, best_predictor, predictor_of
+from pitune_core.predict.quality import PREDICTOR_EMBEDDINGS, PREDICTOR_PREFIX, fullest_plan, headline, predictor_of
 
 NEIGHBORS_FILE = "neighbors.csv"  # a hub's top-k table (pitune_core.study.hub); no torch, no matrix
 
@@ -299,27 +299,27 @@ class Study:
     def default_embedding(self, method: str) -> tuple[str, str]:
         """``(embedding, why)``: what the dashboard ranks sources with by default. The evidence
         decides: the predictor with the best mean Spearman at the smallest few-shot size of the
-        fullest ground truth, when the study draws it as a graph (``predictor-<name>``); else
-        Fisher (the paper's choice), or the first embedding the study has."""
+        fullest ground truth (:func:`~pitune_core.predict.quality.headline`), when the study draws
+        it as a graph (``predictor-<name>``); else Fisher (the paper's choice), or the first
+        embedding the study has."""
         have = self.embeddings(method)
         fallback = "fisher" if "fisher" in have else (have[0] if have else "fisher")
-        for plan in sorted(self.groundtruth_plans(), reverse=True):
+        qualities = {}
+        for plan in self.groundtruth_plans():
             try:
                 q = self.groundtruth_quality(plan)
             except GroundTruthError:
                 continue
-            few = sorted((s for s in (q or {}).get("sizes", []) if s != "full"), key=lambda s: int(s.split("-")[0]))
-            if not few:
-                continue
-            best = best_predictor(q, few[0])
-            if best is None:
-                continue
-            emb = PREDICTOR_PREFIX + best
-            if emb in have:
-                return emb, f"best Spearman at {few[0]} in groundtruth/{plan}"
-            return fallback, (f"{best} is best at {few[0]} in groundtruth/{plan}, but this study has no "
-                              f"{emb} graph; showing {fallback}")
-        return fallback, "no ground-truth evidence in this study"
+            if q and headline(q):
+                qualities[plan] = q
+        plan = fullest_plan(qualities)
+        if plan is None:
+            return fallback, "no ground-truth evidence in this study"
+        size, best = headline(qualities[plan])
+        emb = PREDICTOR_PREFIX + best
+        if emb in have:
+            return emb, f"best Spearman at {size} in groundtruth/{plan}"
+        return fallback, f"{best} is best at {size} in groundtruth/{plan}, but this study has no {emb} graph; showing {fallback}"
 
     def expert_summary(self) -> list[dict]:
         """Rows of ``experts/summary.csv`` with numbers parsed."""

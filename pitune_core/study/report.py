@@ -178,8 +178,7 @@ def groundtruth_section(root: Path) -> list[str]:
         for size, preds in q.get("table", {}).items():
             for p, v in sorted(preds.items(), key=lambda kv: -(kv[1]["summary"]["spearman"]["mean"] or -9)):
                 sm = v["summary"]
-                hit = next((sm[k]["mean"] for k in sm if k.startswith("top") and k.endswith("_hit") and k != "top1_hit"),
-                           None)
+                hit = _topk_hit(sm)
                 ci = sm["spearman"].get("ci") or [None, None]
                 vs = v.get("vs_same_modality") or {}
                 vci = vs.get("ci") or [None, None]
@@ -197,15 +196,12 @@ def _where_pairs_ran(d: Path) -> list[str]:
     device reproducibility check (``device_check.json``, bench/device_reproducibility.py)."""
     from collections import Counter
 
+    from pitune_core.common import read_jsonl
+
     p = d / "pairs.jsonl"
     if not p.is_file() or p.is_symlink():
         return []
-    where = Counter()
-    for line in p.read_text().splitlines():
-        try:
-            where[json.loads(line).get("device", "cpu (before devices were logged)")] += 1
-        except (json.JSONDecodeError, AttributeError):
-            continue
+    where = Counter(r.get("device", "cpu (before devices were logged)") for r in read_jsonl(p) if isinstance(r, dict))
     out = ["Pairs by device: " + "; ".join(f"{n:,} on {w}" for w, n in where.most_common()) + "."]
     c = d / "device_check.json"
     if c.is_file() and not c.is_symlink():
@@ -217,20 +213,15 @@ def _where_pairs_ran(d: Path) -> list[str]:
 
 def _verdict(q: dict) -> list[str]:
     """The issue's goal for the best predictor at the smallest few-shot size, checked plainly."""
-    from pitune_core.predict.quality import best_predictor
+    from pitune_core.predict.quality import headline
 
-    few = sorted((s for s in q.get("table", {}) if s != "full"), key=lambda s: int(s.split("-")[0]))
-    if not few:
+    if headline(q) is None:
         return []
-    size = few[0]
-    best = best_predictor(q, size)
-    if best is None:
-        return []
+    size, best = headline(q)
     v = q["table"][size][best]
     sm = v["summary"]
     frac = sm["spearman"].get("fraction_of_ceiling")
-    hit_k = next((k for k in sm if k.startswith("top") and k.endswith("_hit") and k != "top1_hit"), None)
-    hit = sm[hit_k]["mean"] if hit_k else None
+    hit = _topk_hit(sm)
     vs = v.get("vs_same_modality") or {}
     lo = (vs.get("ci") or [None])[0]
     beats = best != "same_modality" and lo is not None and lo > 0
@@ -247,7 +238,13 @@ def _verdict(q: dict) -> list[str]:
             f"{size} by Spearman: {best} ({_num(sm['spearman']['mean'])}, {_num(frac, pct=True)} of the ceiling, "
             f"top-k hit {_num(hit)}"
             + ("" if best == "same_modality" else f", vs same-modality {'CI above 0' if beats else 'CI not above 0'}")
-            + f")." + fs + " The dashboard's default predictor is this best one.", ""]
+            + ")." + fs + " The dashboard defaults to it wherever the study draws it as a graph.", ""]
+
+
+def _topk_hit(summary: dict) -> float | None:
+    """The mean top-k hit (k of the plan: ``top3_hit``, ...; not top-1) of a predictor's summary."""
+    return next((summary[k]["mean"] for k in summary if k.startswith("top") and k.endswith("_hit") and k != "top1_hit"),
+                None)
 
 
 def _stability(d: Path) -> list[str]:

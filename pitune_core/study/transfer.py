@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from pitune_core.common import write_atomic
+from pitune_core.common import read_jsonl, write_atomic  # read_jsonl: re-exported (callers import it from here)
 from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.device import describe_device
@@ -67,18 +67,6 @@ def few_shot_score(target: str, method: str, backbone: UnifiedBackbone, budget: 
                        train_config=budget.train_config(seed), init_from=init_from, evaluate_zero_shot=False,
                        eval_limit=budget.eval_limit)
     return float(res.meta["metrics"]["test"][spec.metric])
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of an append-only JSONL log; a line cut by a crash is skipped (its job is redone)."""
-    records = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
 
 
 def shard_from_env() -> tuple[int, int] | None:
@@ -424,14 +412,21 @@ def run_predictors(plan: TransferPlan, ctx, out: str | Path, on_row=None, target
     return log
 
 
+def predictor_records(out: str | Path, key: str | None = None) -> tuple[list[dict], str | None]:
+    """``out/predictors.jsonl``'s rows of one predictor configuration and its key (default: the
+    newest row's), so rows made under other predictor settings or another backbone never mix."""
+    records = read_jsonl(Path(out) / "predictors.jsonl")
+    key = key or (records[-1].get("key") if records else None)
+    return [r for r in records if r.get("key") == key], key
+
+
 def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -> dict:
     """Every predictor at every target data size scored against the seed-averaged ground truth:
     per-target metrics averaged over the predictor seeds, means with bootstrap CIs over targets,
     fractions of the noise ceiling, and the paired difference to same-modality. Written to
     ``out/quality.json`` and ``out/quality.csv`` (with ``out/reliability.json``).
 
-    ``key``: only predictor rows of this configuration (default: the newest row's), so rows made
-    under other predictor settings or another backbone never mix into one table."""
+    ``key``: only predictor rows of this configuration (:func:`predictor_records`)."""
     from pitune_core.predict.quality import (
         METRICS,
         compare_predictors,
@@ -450,10 +445,9 @@ def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_gain = np.nanmean(G, axis=0)
     rows: dict[tuple[str, int | None], dict[str, list[dict]]] = {}
-    records = read_jsonl(out / "predictors.jsonl")
-    key = key or (records[-1].get("key") if records else None)
+    records, key = predictor_records(out, key)
     for r in records:
-        if r.get("key") != key or r["target"] not in plan.tasks or r["target"] not in rel["per_target"]:
+        if r["target"] not in plan.tasks or r["target"] not in rel["per_target"]:
             continue
         i = plan.tasks.index(r["target"])
         cols = [j for j, s in enumerate(plan.tasks) if s != r["target"] and s in r["sources"]
