@@ -21,7 +21,7 @@ import streamlit as st
 
 from dashboard.text import md as _md
 from pitune_core.data import user_tasks as U
-from pitune_core.study.place import placed_stamp  # noqa: F401 - re-exported for app.py
+from pitune_core.study.place import PLACEABLE, placed_stamp  # noqa: F401 - placed_stamp: re-exported for app.py
 
 KINDS = {"text": "Texts with labels (CSV / JSONL)", "images": "Images in class folders (zip)",
          "pairs": "Image-text pairs (zip with one .jsonl + images)"}
@@ -186,14 +186,20 @@ def _follow(db: Path, get_registry: Callable) -> None:
     elif rec.status == "succeeded":
         m = rec.metrics or {}
         top = ", ".join(f"{n} ({s:.3f})" for n, s in m.get("top_k", []))
+        shown = st.session_state.get("embedding")
+        switch = shown is not None and shown not in PLACEABLE  # e.g. a predictor's graph: it has no placed tasks
         with st.container(key="nt_placed"):
             st.success(f"`{task}` is placed on the graph ({m.get('time_s', '?')} s). Top sources: {top}. "
-                       "It is highlighted on the Graph and Map tabs and selectable as the target.")
+                       "It is highlighted on the Graph and Map tabs and selectable as the target."
+                       + (f" Placed tasks are drawn on the {PLACEABLE[0]} graph only, so the sidebar switches "
+                          f"from {shown} to {PLACEABLE[0]}." if switch else ""))
         if st.button("Make it the target", key="nt_make_target"):
             st.session_state["target"] = task
             st.rerun()
         if not st.session_state.get("_nt_refreshed") == run_id:
             st.session_state["_nt_refreshed"] = run_id
+            if switch:
+                st.session_state["embedding"] = PLACEABLE[0]
             st.rerun(scope="app")  # the study view now includes the task
     else:
         lines = (rec.error or "").strip().splitlines()
