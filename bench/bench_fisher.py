@@ -10,7 +10,10 @@ backbone as it was), ``batched`` is :func:`pitune_core.predict.embeddings.per_sa
 wall and CPU seconds (median over ``--repeats``), their ratios, and how far apart the results are:
 ``max_rel`` = max over parameter tensors of max|batched - loop| / max|loop| (float32, as computed in
 the study), ``l2_rel`` = ||batched - loop|| / ||loop||, and ``max_rel`` again with the expert and the
-backbone in float64, where rounding no longer hides a difference in what is computed.
+backbone in float64, where rounding no longer hides a difference in what is computed. Then a roofline
+(``bench/roofline.py``): the batched path's matrix-product FLOPs over this CPU's ``torch.mm`` rate is the
+time no implementation of those products can beat, hence the best speed-up over the loop this
+algorithm can reach here (issue 15 asks for 5x).
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from pitune_core.model.device import seed_everything
 from pitune_core.model.experts import load_expert, prepare_task
 from pitune_core.paths import REPO_ROOT, StudyPaths
 from pitune_core.predict.embeddings import fisher_information
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import roofline  # noqa: E402  (bench/roofline.py)
 
 STUDY = REPO_ROOT / "precomputed"
 
@@ -72,6 +78,7 @@ def main(argv=None) -> int:
     print(f"device {bb.device}, threads {torch.get_num_threads()}, n {args.n}, chunk {args.chunk}")
     print(f"{'task':18s} {'loop s':>7s} {'batched s':>9s} {'speed-up':>8s} | {'cpu loop':>8s} {'cpu batched':>11s} "
           f"{'cpu x':>6s} | {'max_rel fp32':>12s} {'l2_rel fp32':>11s} {'max_rel fp64':>12s}")
+    bounds = {}
     for task in args.tasks:
         spec = get_task(task)
         model, _ = load_expert(StudyPaths(STUDY).experts_of(args.method) / task, bb, trainable=True)
@@ -99,6 +106,8 @@ def main(argv=None) -> int:
         a, b = runs["loop"][0][0], runs["batched"][0][0]
         wl, wb = (statistics.median(x[1] for x in runs[k]) for k in ("loop", "batched"))
         cl, cb = (statistics.median(x[2] for x in runs[k]) for k in ("loop", "batched"))
+        _, flops = roofline.count_flops(batched)  # the products the batched algorithm does (vmap included)
+        bounds[task] = (flops, wl, wb)
         model.double()
         bb.double()
         try:
@@ -108,6 +117,16 @@ def main(argv=None) -> int:
             bb.float()
         print(f"{task:18s} {wl:7.2f} {wb:9.2f} {wl / wb:7.1f}x | {cl:8.2f} {cb:11.2f} {cl / cb:5.1f}x | "
               f"{max_rel(a, b):12.2e} {l2_rel(a, b):11.2e} {max_rel(a64, b64):12.2e}", flush=True)
+    if bb.device.type == "cpu":
+        rate = roofline.gemm_rate()
+        print(f"\nroofline: torch.mm at {torch.get_num_threads()} threads: {rate / 1e9:.1f} GFLOP/s. Matrix-product "
+              f"FLOPs of the batched path (FlopCounterMode counts through vmap; attention kernels not counted, "
+              f"so the bound is generous):")
+        print(f"{'task':18s} {'GFLOP':>7s} {'bound s':>8s} {'batched s':>9s} {'% of bound':>10s} | "
+              f"{'best possible speed-up over the loop':>36s}")
+        for task, (flops, wl, wb) in bounds.items():
+            t = flops / rate
+            print(f"{task:18s} {flops / 1e9:7.1f} {t:8.2f} {wb:9.2f} {100 * t / wb:9.0f}% | {wl / t:35.1f}x")
     return 0
 
 

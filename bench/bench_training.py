@@ -20,6 +20,11 @@ step (label texts, then the batch), tokenising every call. "after" is the code a
 Both run in this one process, alternating before/after per job and seed (the order flips with
 the seed), so machine load hits both sides alike.
 
+Then a roofline pass (``bench/roofline.py``, skip with ``--no-roofline``): each job once more per code
+path under torch's FlopCounterMode, the matrix-product FLOPs per training step, and this CPU's
+``torch.mm`` rate: ``bound`` = the steps/s no implementation of the same products can beat, and the
+best possible before/after ratio (the issue asks for 2x).
+
 Reported per job: training steps/s inside ``train_loop`` (median over seeds), training steps per
 CPU-second of this process (less sensitive to other load on a shared machine), whole-job steps/s
 (steps / job wall time, including loading, evaluation and everything else the job does), their
@@ -53,6 +58,9 @@ from pitune_core.model.device import seed_everything
 from pitune_core.model.experts import TaskTensors, TrainConfig
 from pitune_core.paths import REPO_ROOT, StudyPaths
 from pitune_core.tune import baselines
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import roofline  # noqa: E402  (bench/roofline.py)
 
 STUDY = REPO_ROOT / "precomputed"
 JOBS = {
@@ -115,16 +123,22 @@ def legacy_predict(backbone, model, data: TaskTensors, verbalizers, batch_size: 
 # ----------------------------------------------------------------------------- switching and timing
 
 class Clock:
-    def __init__(self):
+    def __init__(self, count_flops: bool = False):
         self.train_s = 0.0
         self.train_cpu_s = 0.0
         self.steps = 0
+        self.count = count_flops  # count the loop's FLOPs instead of trusting its time (roofline pass)
+        self.flops = 0
 
     def wrap(self, loop):
         def timed(*args, **kwargs):
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
-            losses = loop(*args, **kwargs)
+            if self.count:
+                losses, flops = roofline.count_flops(loop, *args, **kwargs)
+                self.flops += flops
+            else:
+                losses = loop(*args, **kwargs)
             sync()
             self.train_s += time.perf_counter() - t0
             self.train_cpu_s += time.process_time() - c0
@@ -174,6 +188,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--out", default=None, help="write the raw measurements as JSON here")
+    ap.add_argument("--no-roofline", dest="roofline", action="store_false",
+                    help="skip the roofline pass (FLOPs per step vs this CPU's matrix-product rate)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,6 +238,27 @@ def main(argv=None) -> int:
         print(f"{name:15s} {tb:20.2f} {ta:7.2f} {ta / tb:5.2f}x | {jb:18.2f} {ja:7.2f} {ja / jb:5.2f}x | "
               f"{ca / cb:16.2f}x | "
               f"{statistics.mean(sb):.4f} ± {sd(sb):.4f}        | {statistics.mean(sa):.4f} ± {sd(sa):.4f}")
+    if args.roofline and bb.device.type == "cpu":
+        rate = roofline.gemm_rate()
+        print(f"\nroofline: torch.mm on this CPU at {torch.get_num_threads()} threads: {rate / 1e9:.1f} GFLOP/s "
+              f"(median over the trunk's layer shapes). Matrix-product FLOPs per training step (FlopCounterMode, "
+              f"seed {args.seeds[0]}; attention kernels are not counted, so the bound is generous):")
+        print(f"{'job':15s} {'GFLOP/step before':>17s} {'after':>7s} | {'bound steps/s':>13s} "
+              f"{'measured after':>14s} {'= % of bound':>12s} | {'best possible ratio':>19s}")
+        for name in args.jobs:
+            per = {}
+            for which in ("before", "after"):
+                clock = Clock(count_flops=True)
+                with code_path(bb, which, clock):
+                    run_job(name, bb, sources, args.seeds[0])
+                per[which] = clock.flops / max(1, clock.steps)
+            bound = rate / per["after"]
+            tb, ta = summary[name]["train_steps_per_s"][:2]
+            summary[name]["roofline"] = {"gemm_flops_per_s": rate, "flops_per_step_before": per["before"],
+                                         "flops_per_step_after": per["after"], "bound_steps_per_s": bound,
+                                         "best_possible_ratio": bound / tb}
+            print(f"{name:15s} {per['before'] / 1e9:17.2f} {per['after'] / 1e9:7.2f} | {bound:13.2f} "
+                  f"{ta:14.2f} {100 * ta / bound:11.0f}% | {bound / tb:18.2f}x")
     if args.out:
         Path(args.out).write_text(json.dumps({"device": str(bb.device), "threads": torch.get_num_threads(),
                                               "rows": rows, "summary": summary}, indent=2))

@@ -453,6 +453,7 @@ def tab_target(study: Study, sel: dict) -> None:
                         f"{_md(EMBEDDING_LABELS.get(sel['embedding'], sel['embedding']))} similarity): "
                         + ", ".join(s.name for s in top_m))
             st.markdown(f"Best measured source: **{best}** ({best_gain:+.1f} points) — {verdict}.")
+            st.caption(f"Measured gains: {study.measured_matrix()[3]}.")
             all_names, _ = study.similarity(sel["method"], sel["embedding"])
             full = study.top_k(sel["target"], len(all_names) - 1, sel["method"], sel["embedding"])
             rank = {s.name: i for i, s in enumerate(full, 1)}
@@ -460,9 +461,9 @@ def tab_target(study: Study, sel: dict) -> None:
                      "predicted rank": rank.get(n)} for i, (n, g) in enumerate(ranked, 1)]
             st.dataframe(rows, hide_index=True, key="gains_table")
         else:
-            tm = study.transfer_matrix()
-            st.info(f"`{sel['target']}` is not in the measured transfer matrix"
-                    + (f" (measured targets: {', '.join(tm[0])})." if tm else " (this study has none)."))
+            mm = study.measured_matrix()
+            st.info(f"`{sel['target']}` is not among the measured transfer targets"
+                    + (f" ({mm[3]}: {', '.join(mm[0])})." if mm else " (this study has none)."))
     st.markdown("#### How well does each embedding predict transfer?")
     shown = _groundtruth_panel(study, sel)
     if not shown:

@@ -158,7 +158,7 @@ def test_target_changes_what_is_shown(env):
     assert any("Best measured source" in m.value for m in at.markdown)
     at.sidebar.selectbox(key="target").set_value("bbc_topic").run()
     _ok(at)
-    assert any("not in the measured transfer matrix" in i.value for i in at.info)
+    assert any("not among the measured transfer targets" in i.value for i in at.info)
 
 
 def test_graph_controls(env):

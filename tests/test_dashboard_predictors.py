@@ -318,6 +318,11 @@ def test_cross_modal_from_ground_truth_pairs(gt_study):
     assert f["same"]["n_targets"] == len(TASKS)
     assert 3 < f["same"]["mean"] < 9 and f["same"]["ci"][0] > 0  # the known model: +6 within a modality
     assert abs(f["cross"]["mean"]) < 2
+    # the target explorer's measured gains come from the same ground truth (not "not measured")
+    assert s.measured_matrix()[3] == f["source"]
+    t = TASKS[0]
+    row = {src: float(G[0, j]) for j, src in enumerate(sources) if src != t and np.isfinite(G[0, j])}
+    assert s.measured_gains(t) == row and len(row) == len(TASKS) - 1
 
 
 def test_pairs_log_with_junk_lines_is_read_and_counted(gt_study, tmp_path):

@@ -546,13 +546,32 @@ class Study:
         return self._memo(("transfer",), load)
 
     def measured_gains(self, target: str) -> dict[str, float]:
-        """{source: measured gain in points} for ``target``; {} if it is not in the matrix."""
-        tm = self.transfer_matrix()
-        if tm is None or target not in tm[0]:
+        """{source: measured gain in points} for ``target`` from :meth:`measured_matrix`; {} if the
+        target was not measured."""
+        mm = self.measured_matrix()
+        if mm is None or target not in mm[0]:
             return {}
-        targets, cols, M = tm
+        targets, cols, M, _ = mm
         row = M[targets.index(target)]
         return {c: float(v) for c, v in zip(cols, row) if c != target and math.isfinite(v)}
+
+    def measured_matrix(self, plan: str | None = None) -> tuple[list[str], list[str], Any, str] | None:
+        """The study's measured transfer, ``(targets, sources, gains in points, where)``: the seed-averaged
+        gains of the ground truth ``plan`` (default: the plan whose pairs cover the most targets), else
+        transfer/transfer_matrix.csv; None when the study has neither. ``where`` names the file (and
+        the number of seeds). :class:`GroundTruthError` for an unreadable pairs log."""
+        def load():
+            plans = [plan] if plan else [n for n in self.groundtruth_plans()
+                                         if self._groundtruth_file(n, "pairs.jsonl") is not None]
+            found = [(n, g) for n in plans if (g := self.groundtruth_gains(n)) is not None and g[0]]
+            if found:
+                name, (targets, sources, M, info) = max(found, key=lambda ng: (len(ng[1][0]), ng[0]))
+                seeds = info["seeds"]
+                return (targets, sources, M, f"groundtruth/{name}/pairs.jsonl, mean over {len(seeds)} seed"
+                                              f"{'s' * (len(seeds) != 1)}")
+            tm = self.transfer_matrix()
+            return None if tm is None else (*tm, "transfer/transfer_matrix.csv")
+        return self._memo(("measured", plan), load)
 
     def predict_quality(self) -> dict | None:
         p = StudyPaths(self.root).predict_quality
@@ -648,20 +667,10 @@ class Study:
         from pitune_core.study.crossmodal import finding_sentence, modality_gains
 
         def load():
-            plans = [plan] if plan else [n for n in self.groundtruth_plans()
-                                         if self._groundtruth_file(n, "pairs.jsonl") is not None]
-            found = [(n, g) for n in plans if (g := self.groundtruth_gains(n)) is not None and g[0]]
-            if found:
-                name, (targets, sources, M, info) = max(found, key=lambda ng: (len(ng[1][0]), ng[0]))
-                seeds = info["seeds"]
-                source = (f"groundtruth/{name}/pairs.jsonl, mean over {len(seeds)} seed"
-                          f"{'s' * (len(seeds) != 1)}")
-            else:
-                tm = self.transfer_matrix()
-                if tm is None:
-                    return None
-                targets, sources, M = tm
-                source = "transfer/transfer_matrix.csv"
+            mm = self.measured_matrix(plan)
+            if mm is None:
+                return None
+            targets, sources, M, source = mm
             res = modality_gains(targets, sources, M, self.modality)
             return {**res, "source": source, "sentence": finding_sentence(res)}
         return self._memo(("cross_modal", plan), load)
