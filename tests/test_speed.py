@@ -168,3 +168,25 @@ def test_per_sample_grads_are_per_example(bb, tasks):
     for k, g in zip(params, own):
         assert grads[k].shape == (5, *g.shape)
         torch.testing.assert_close(grads[k][3], g, rtol=1e-3, atol=1e-6)
+
+
+def test_a_few_shot_runs_fisher_is_the_batched_one(bb, tasks, monkeypatch):
+    """The protocol's target side (baselines.fisher_on) uses the batched Fisher, on the seeded sample,
+    and gives the loop's values (the loop made the study's first runs)."""
+    from pitune_core.predict import embeddings
+    from pitune_core.tune.baselines import fisher_on
+
+    spec = get_task("movie_sentiment")
+    model = expert(bb, "lora")
+    train = tasks["movie_sentiment"]["train"]
+    calls = []
+    real = embeddings.fisher_information
+    monkeypatch.setattr(embeddings, "fisher_information",
+                        lambda *a, **kw: calls.append(kw.get("batched", True)) or real(*a, **kw))
+    fast = fisher_on(model, bb, spec, train, 12, seed=3)
+    loop = fisher_on(model, bb, spec, train, 12, seed=3, batched=False)
+    assert calls == [True, False]
+    assert set(fast) == set(loop) == set(adapter_parameters(model))
+    assert max(float(np.abs(fast[k] - loop[k]).max() / np.abs(loop[k]).max()) for k in loop) < 1e-4
+    other = fisher_on(model, bb, spec, train, 12, seed=4)  # another seed: another sample of the data
+    assert any(not np.allclose(other[k], fast[k]) for k in fast)

@@ -168,26 +168,18 @@ class TargetSide:
     num_train: int
 
 
-def fisher_on(model, backbone: UnifiedBackbone, spec, train_t, n_max: int, seed: int) -> dict[str, np.ndarray]:
-    """Diagonal empirical Fisher of ``model``'s adapter on (at most ``n_max`` of) ``train_t``."""
+def fisher_on(model, backbone: UnifiedBackbone, spec, train_t, n_max: int, seed: int,
+              batched: bool = True) -> dict[str, np.ndarray]:
+    """Diagonal empirical Fisher of ``model``'s adapter on (at most ``n_max`` of, a seeded sample)
+    ``train_t``: :func:`pitune_core.predict.embeddings.fisher_information`, batched per-example
+    gradients by default (equal to the one-example loop, ``batched=False``, up to float rounding)."""
     import torch
-    import torch.nn.functional as F
 
-    from pitune_core.predict.embeddings import adapter_parameters
+    from pitune_core.predict.embeddings import fisher_information
 
     g = seed_everything(seed)
     idx = torch.randperm(len(train_t), generator=g)[: min(n_max, len(train_t))]
-    params = adapter_parameters(model)
-    acc = {k: torch.zeros_like(p, dtype=torch.float64) for k, p in params.items()}
-    verbal = list(spec.verbalizers)
-    for i in idx.tolist():
-        inputs, y = train_t.batch([i])
-        loss = F.cross_entropy(backbone.logits(inputs, backbone.encode_texts(verbal, model), model), y.to(backbone.device))
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        for k, gr in zip(params, grads):
-            if gr is not None:
-                acc[k] += gr.detach().double() ** 2
-    return {k: (v / len(idx)).flatten().cpu().numpy() for k, v in acc.items()}
+    return fisher_information(model, backbone, train_t.subset(idx), list(spec.verbalizers), batched=batched)
 
 
 def rank_by_embedding(target: str, own: dict[str, np.ndarray], sources: Sources) -> list[tuple[str, float]]:
