@@ -542,7 +542,8 @@ def _groundtruth_panel(study: Study, sel: dict) -> bool:
     st.caption(f"groundtruth/{_md(plan)}/quality.json: each metric's mean over targets with its bootstrap 95% CI, "
                "then as a fraction of the noise ceiling (regret: the excess over the split-half oracle's regret); "
                "cost = seconds per target on the machine that ran it; vs same-modality = paired Spearman "
-               f"difference with its CI; ◀ marks the sidebar's embedding{here}.")
+               f"difference with its CI; beyond modality = Spearman over the target's own-modality sources only "
+               f"(exploratory; same-modality is 0 there by construction); ◀ marks the sidebar's embedding{here}.")
     with st.expander("Chart"):
         metric = st.radio("Metric", q["metrics"], key="gt_metric", horizontal=True, format_func=F.metric_title)
         st.plotly_chart(F.predictor_quality_figure(q, size, metric, selected=sel["embedding"]),

@@ -655,12 +655,18 @@ def metric_cell(s: Mapping[str, Any] | None, metric: str) -> str:
     return out
 
 
+#: the Target tab's column for :func:`pitune_core.predict.quality.within_group_spearman` (quality.json)
+WITHIN_COL = "beyond modality (Spearman within it)"
+
+
 def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str | None = None,
                            target: str | None = None) -> list[dict]:
     """The Target tab's table at one target data size: a "noise ceiling" row (the split-half
     ceiling of every metric), then one row per predictor, best Spearman first: every metric as
     :func:`metric_cell`, cost per target (s), the paired Spearman difference to same-modality with
-    its CI, the predictor's Spearman on ``target`` and a mark on the ``selected`` embedding.
+    its CI, the Spearman among the target's own-modality sources (what the predictor knows beyond
+    modality; "–" where undefined), the predictor's Spearman on ``target`` and a mark on the
+    ``selected`` embedding.
 
     ``quality`` is :meth:`pitune_core.study.reader.Study.groundtruth_quality` (validated)."""
     metrics = list(quality.get("metrics") or [])
@@ -672,7 +678,7 @@ def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str 
     for m in metrics:
         c = ceil.get("ceiling_spearman" if m == "spearman" else f"oracle_{m}")
         head[metric_title(m)] = _num3(c, 3 if m == "spearman" else 2)
-    head.update({"s / target": "", "vs same-modality (Spearman diff)": ""})
+    head.update({"s / target": "", "vs same-modality (Spearman diff)": "", WITHIN_COL: ""})
     if tcol:
         head[tcol] = ""
     head["sidebar"] = ""
@@ -691,6 +697,9 @@ def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str 
         vs = v.get("vs_same_modality")
         row["vs same-modality (Spearman diff)"] = "—" if p == "same_modality" or not vs else (
             _num3(vs.get("mean_difference"), 3, sign=True) + _ci_text(vs.get("ci"), 3, sign=True))
+        wm = v.get("within_modality") or {}
+        row[WITHIN_COL] = "–" if wm.get("mean") is None else (
+            _num3(wm["mean"], 3, sign=True) + _ci_text(wm.get("ci"), 3, sign=True))
         if tcol:
             row[tcol] = _num3(((v.get("per_target") or {}).get(target) or {}).get("spearman"), 3)
         row["sidebar"] = "◀ selected" if p == selected else ""

@@ -290,6 +290,39 @@ def test_cross_modal_on_a_known_matrix():
         modality_gains(names, names, M[:2], mod)
 
 
+def test_within_modality_spearman_on_a_known_row():
+    """What a predictor knows beyond modality: Spearman over the target's own-modality sources only."""
+    from pitune_core.predict.quality import summarise_within, within_group_spearman
+
+    groups = ["x", "x", "x", "x", "y", "y"]
+    gain = np.array([1.0, 2.0, 3.0, 4.0, -5.0, -6.0])
+    # right order within x, and the cross-modality sources ranked anywhere: +1
+    assert within_group_spearman(np.array([0.1, 0.2, 0.3, 0.4, 9.0, -9.0]), gain, groups, "x") == pytest.approx(1.0)
+    # the trivial rule (1 within, 0 across) is constant within the modality: 0, however good it is across
+    assert within_group_spearman(np.array([1, 1, 1, 1, 0, 0.0]), gain, groups, "x") == 0.0
+    assert within_group_spearman(np.array([4, 3, 2, 1, 0, 0.0]), gain, groups, "x") == pytest.approx(-1.0)
+    # fewer than 3 measured sources in the group: undefined
+    assert math.isnan(within_group_spearman(np.arange(6.0), gain, groups, "y"))
+    assert math.isnan(within_group_spearman(np.arange(6.0), np.array([1, np.nan, np.nan, 4, 0, 0]), groups, "x"))
+    with pytest.raises(ValueError):
+        within_group_spearman(np.arange(5.0), gain, groups, "x")
+    s = summarise_within({"a": 0.5, "b": 1.0, "c": float("nan"), "d": None})
+    assert s["mean"] == pytest.approx(0.75) and s["n_targets"] == 2 and s["ci"][0] <= 0.75 <= s["ci"][1]
+    assert summarise_within({"a": float("nan")}) == {"mean": None, "ci": (None, None), "n_targets": 0}
+
+
+def test_quality_table_writes_within_modality(gt_study):
+    """Every table entry carries it; the fixture's modalities have < 4 tasks each, so it is undefined
+    (never a made-up 0), and the reader passes it on."""
+    s = Study(gt_study["root"])
+    q = s.groundtruth_quality("gt-test")
+    for size in q["sizes"]:
+        for p in PREDS:
+            wm = q["table"][size][p]["within_modality"]
+            assert wm == {"mean": None, "ci": (None, None), "n_targets": 0}
+            assert all(v.get("within_modality") is None for v in q["table"][size][p]["per_target"].values())
+
+
 @needs_shipped
 def test_cross_modal_from_the_shipped_matrix_when_no_ground_truth():
     f = Study(SHIPPED).cross_modal_finding()
@@ -380,6 +413,7 @@ def test_target_tab_shows_the_predictor_panel(gt_study, tmp_path, monkeypatch):
     assert fisher["sidebar"] == "◀ selected" and fisher["s / target"] == "6.5"
     vs = q["table"]["4-shot"]["fisher"]["vs_same_modality"]
     assert fisher["vs same-modality (Spearman diff)"].startswith(f"{vs['mean_difference']:+.3f} [")
+    assert fisher["beyond modality (Spearman within it)"] == "–"  # < 3 same-modality sources per target here
     target = at.sidebar.selectbox(key="target").value
     assert f"Spearman on {target}" in df.columns
     texts = " ".join(m.value for m in at.markdown)

@@ -165,3 +165,15 @@ def test_compare_figure():
     marks = [t for t in fig.data if isinstance(t, go.Scatter)]
     assert [m.name for m in marks] == ["run abc"]  # runs without accuracy are left out
     json.loads(fig.to_json())
+
+
+def test_predictor_rows_show_the_within_modality_spearman():
+    q = {"metrics": ["spearman"], "reliability": {"mean": {"ceiling_spearman": 0.8}},
+         "table": {"4-shot": {
+             "data": {"n_targets": 16, "summary": {"spearman": {"mean": 0.3, "ci": (0.1, 0.5)}},
+                      "within_modality": {"mean": 0.323, "ci": (0.092, 0.564), "n_targets": 16}},
+             "same_modality": {"n_targets": 16, "summary": {"spearman": {"mean": 0.35, "ci": (0.2, 0.5)}},
+                               "within_modality": None}}}}
+    rows = {r["predictor"]: r for r in F.predictor_quality_rows(q, "4-shot")}
+    assert rows["data"][F.WITHIN_COL] == "+0.323 [+0.092, +0.564]"
+    assert rows["same_modality"][F.WITHIN_COL] == "–" and rows["noise ceiling"][F.WITHIN_COL] == ""

@@ -131,6 +131,31 @@ def target_quality(pred: np.ndarray, gain: np.ndarray, names: Sequence[str], k: 
             "predicted_top": [names[j] for j in order[:k]]}
 
 
+def within_group_spearman(pred: np.ndarray, gain: np.ndarray, groups: Sequence[str], group: str) -> float:
+    """Spearman of a predictor row against one target's gains over the sources in ``group`` only
+    (e.g. the target's own modality): what the predictor knows beyond the group. NaN with fewer than
+    3 measured sources in the group; 0 when either side is constant there (as :func:`target_quality`)."""
+    from scipy.stats import spearmanr
+
+    pred, gain = np.asarray(pred, dtype=np.float64), np.asarray(gain, dtype=np.float64)
+    if not (pred.shape == gain.shape == (len(groups),)):
+        raise ValueError(f"pred, gain and groups must have one entry per source, got {pred.shape}, {gain.shape} "
+                         f"and {len(groups)}")
+    keep = np.array([g == group for g in groups]) & ~np.isnan(gain)
+    if keep.sum() < 3:
+        return float("nan")
+    x, y = pred[keep], gain[keep]
+    return float(spearmanr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else 0.0
+
+
+def summarise_within(per_target: Mapping[str, float], seed: int = 0) -> dict:
+    """Mean over targets (those with a defined value) of :func:`within_group_spearman`, with its
+    bootstrap CI (None where undefined: no target, or one)."""
+    vals = [v for v in per_target.values() if v is not None and np.isfinite(v)]
+    return {"mean": float(np.mean(vals)) if vals else None,
+            "ci": bootstrap_ci(vals, seed) if len(vals) > 1 else (None, None), "n_targets": len(vals)}
+
+
 # ----------------------------------------------------------------------------- reliability
 
 def _halves(n_seeds: int, max_splits: int = 64, seed: int = 0) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:

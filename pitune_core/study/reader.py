@@ -927,7 +927,7 @@ def _parse_gt_quality(raw: Any, name: str) -> dict:
                         summary[m][fci] = _gt_ci(s.get(fci), f"{w}.{m}.{fci}")
                 if m not in metrics:
                     metrics.append(m)
-            per_target = {_gt_task(t, f"{w}.per_target names a task"): _gt_numbers(q, _GT_METRIC + "|seconds",
+            per_target = {_gt_task(t, f"{w}.per_target names a task"): _gt_numbers(q, _GT_METRIC + "|seconds|within_modality",
                                                                                    f"{w}.per_target.{t}")
                           for t, q in _gt_obj(v.get("per_target") or {}, f"{w}.per_target", GT_MAX_TARGETS).items()}
             vs = v.get("vs_same_modality")
@@ -937,10 +937,16 @@ def _parse_gt_quality(raw: Any, name: str) -> dict:
                       "n_targets": _gt_int(vs.get("n_targets", 0), f"{w}.vs_same_modality.n_targets"),
                       "mean_difference": _gt_num(vs.get("mean_difference"), f"{w}.vs_same_modality.mean_difference"),
                       "ci": _gt_ci(vs.get("ci"), f"{w}.vs_same_modality.ci")}
+            wm = v.get("within_modality")  # Spearman among the target's own-modality sources (optional)
+            if wm is not None:
+                wm = _gt_obj(wm, f"{w}.within_modality")
+                wm = {"mean": _gt_num(wm.get("mean"), f"{w}.within_modality.mean"),
+                      "ci": _gt_ci(wm.get("ci"), f"{w}.within_modality.ci"),
+                      "n_targets": _gt_int(wm.get("n_targets", 0), f"{w}.within_modality.n_targets")}
             out[p] = {"n_targets": _gt_int(v.get("n_targets"), f"{w}.n_targets"), "summary": summary,
                       "per_target": per_target, "seconds_per_target": _gt_num(v.get("seconds_per_target"),
                                                                                f"{w}.seconds_per_target"),
-                      "vs_same_modality": vs}
+                      "vs_same_modality": vs, "within_modality": wm}
     order = {"spearman": 0, "top1_hit": 1, "ndcg3": 3, "regret": 4}
     metrics.sort(key=lambda m: (order.get(m, 2), m))
     sizes = sorted(table, key=lambda s: (s == "full", int(s.split("-")[0]) if s != "full" else 0))

@@ -187,8 +187,35 @@ def groundtruth_section(root: Path) -> list[str]:
                 out.append(f"| {size} | {p} | {_num(sm['spearman']['mean'])} [{_num(ci[0])}, {_num(ci[1])}] | "
                            f"{_num(sm['spearman'].get('fraction_of_ceiling'), pct=True)} | {_num(hit)} | "
                            f"{_num(sm.get('regret', {}).get('mean'))} | {diff} | {_num(v.get('seconds_per_target'), nd=1)} |")
-        out += [""] + _verdict(q) + _stability(d)
+        out += [""] + _verdict(q) + _within(q) + _stability(d)
     return out
+
+
+def _within(q: dict) -> list[str]:
+    """Spearman among the target's own-modality sources, per predictor and target data size
+    (``within_modality`` of quality.json): what a predictor knows beyond the same-modality rule."""
+    sizes = [s for s, preds in q.get("table", {}).items() if any((v.get("within_modality") or {}).get("n_targets")
+                                                                 for v in preds.values())]
+    if not sizes:
+        return []
+    preds = sorted({p for s in sizes for p in q["table"][s]})
+
+    def cell(v):
+        wm = (v or {}).get("within_modality") or {}
+        if wm.get("mean") is None:
+            return "–"
+        ci = wm.get("ci") or [None, None]
+        return f"{_num(wm['mean'], sign=True)} [{_num(ci[0], sign=True)}, {_num(ci[1], sign=True)}] ({wm['n_targets']})"
+    first = sizes[0]
+    preds.sort(key=lambda p: -((q["table"][first].get(p) or {}).get("within_modality") or {}).get("mean", -9) or 9)
+    out = ["**Beyond modality** (exploratory, added after the predictors were scored; not part of the goal): "
+           "Spearman over the target's own-modality sources only, mean over targets [95% CI] (targets with "
+           "≥ 3 such sources). Same-modality is 0 here by construction; a predictor above 0 orders sources "
+           "within a modality, which the trivial rule cannot.", "",
+           "| predictor | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for p in preds:
+        out.append(f"| {p} | " + " | ".join(cell(q["table"][s].get(p)) for s in sizes) + " |")
+    return out + [""]
 
 
 def _where_pairs_ran(d: Path) -> list[str]:

@@ -432,8 +432,11 @@ def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -
         compare_predictors,
         seed_reliability,
         summarise,
+        summarise_within,
         target_quality,
+        within_group_spearman,
     )
+    from pitune_core.data.tasks import get_task
 
     out = Path(out)
     G = gain_tensor(out / "pairs.jsonl", plan.tasks, plan.seeds, plan.key())
@@ -445,6 +448,7 @@ def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_gain = np.nanmean(G, axis=0)
     rows: dict[tuple[str, int | None], dict[str, list[dict]]] = {}
+    modality = {t: get_task(t).modality for t in plan.tasks}
     records, key = predictor_records(out, key)
     for r in records:
         if r["target"] not in plan.tasks or r["target"] not in rel["per_target"]:
@@ -455,14 +459,22 @@ def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -
         pred = np.array([r["row"][r["sources"].index(plan.tasks[j])] for j in cols])
         q = target_quality(pred, mean_gain[i, cols], [plan.tasks[j] for j in cols], plan.k)
         q["seconds"] = r["seconds"]
+        q["within_modality"] = within_group_spearman(pred, mean_gain[i, cols], [modality[plan.tasks[j]] for j in cols],
+                                                     modality[r["target"]])
         rows.setdefault((r["predictor"], r["shots"]), {}).setdefault(r["target"], []).append(q)
     table, csv_rows = {}, []
     for (p, shots), per in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] or 10**9)):
         keys = [m if m != "top3_hit" else f"top{plan.k}_hit" for m in METRICS] + ["seconds"]
         per_target = {t: {m: float(np.mean([q[m] for q in qs])) for m in keys} for t, qs in per.items()}
+        with warnings.catch_warnings():  # a target with < 3 same-modality sources: NaN, left out
+            warnings.simplefilter("ignore", RuntimeWarning)
+            within = {t: float(np.nanmean([q["within_modality"] for q in qs])) for t, qs in per.items()}
+        for t, v in within.items():
+            per_target[t]["within_modality"] = v if np.isfinite(v) else None
         summary = summarise(per_target, rel, plan.k)
         label = "full" if shots is None else f"{shots}-shot"
         table.setdefault(label, {})[p] = {"n_targets": len(per_target), "summary": summary, "per_target": per_target,
+                                          "within_modality": summarise_within(within),
                                           "seconds_per_target": float(np.mean([v["seconds"] for v in per_target.values()]))}
         csv_rows.append({"predictor": p, "target_data": label, "n_targets": len(per_target),
                          **{f"{m}_{x}": v for m, s in summary.items() for x, v in
