@@ -48,6 +48,41 @@ def test_umap_from_precomputed_similarity_clips_neighbours():
     assert separated(coords, labels)
 
 
+BLOCKS_SCRIPT = """
+import json, sys, numpy as np
+from pitune_core.predict.layout import layout_from_similarity
+g = np.repeat([0, 1, 2], [6, 5, 5])  # studies/v2's same-modality graph: one value within a block, one across
+within, across = np.array([6 / 7, 25 / 28, 25 / 28]), np.array([[0, 19 / 56, 19 / 56], [19 / 56, 0, 5 / 14],
+                                                                 [19 / 56, 5 / 14, 0]])
+sim = np.where(g[:, None] == g[None, :], within[g][:, None], across[g][:, g])
+np.fill_diagonal(sim, 1.0)
+coords, note = layout_from_similarity(sim, seed=0)
+print(json.dumps({"coords": coords.tolist(), "note": note}))
+"""
+
+
+def test_umap_of_a_degenerate_matrix_is_the_same_in_every_process():
+    """Block matrices (the same-modality predictor's graph) make UMAP's spectral initialisation fail;
+    umap-learn's random fallback then varied with Python's hash seed, so a regenerated predictor map
+    moved from run to run. The fallback is a deterministic start now, and the note says so."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    runs = [json.loads(subprocess.run([sys.executable, "-c", BLOCKS_SCRIPT], capture_output=True, text=True, check=True,
+                                      env={**os.environ, "PYTHONHASHSEED": h}).stdout.strip().splitlines()[-1])
+            for h in ("1", "2")]
+    assert runs[0]["coords"] == runs[1]["coords"]
+    assert "initialised by classical MDS" in runs[0]["note"]
+    g = np.repeat([0, 1, 2], [6, 5, 5])
+    c = np.array(runs[0]["coords"])
+    within = max(np.linalg.norm(c[g == k] - c[g == k].mean(0), axis=1).max() for k in range(3))
+    centres = np.stack([c[g == k].mean(0) for k in range(3)])
+    between = min(np.linalg.norm(centres[i] - centres[j]) for i in range(3) for j in range(i + 1, 3))
+    assert between > within  # the blocks stay apart
+
+
 def test_auto_falls_back_to_pca_for_few_tasks_and_says_why():
     X, labels = two_clusters(2)  # 4 tasks < MIN_UMAP_TASKS
     assert X.shape[0] < MIN_UMAP_TASKS

@@ -63,17 +63,31 @@ def _run_umap(data: np.ndarray, metric: str, n_neighbors: int, seed: int) -> tup
     nn = min(n_neighbors, n - 1)
     clipped = f" (clipped from {n_neighbors} to n-1)" if nn != n_neighbors else ""
     threads = numba.get_num_threads()
-    try:
-        with warnings.catch_warnings():
+
+    def fit(init):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             # expected with metric="precomputed"; we never call inverse_transform
             warnings.filterwarnings("ignore", message="using precomputed metric", category=UserWarning)
-            model = umap.UMAP(
-                n_components=2, n_neighbors=nn, metric=metric, random_state=seed, n_jobs=1
-            )
+            model = umap.UMAP(n_components=2, n_neighbors=nn, metric=metric, random_state=seed, n_jobs=1, init=init)
             coords = model.fit_transform(data)
+        return coords, any("random init" in str(w.message) for w in caught)
+
+    init_note = ""
+    try:
+        coords, fell_back = fit("spectral")
+        if fell_back:
+            # umap-learn's own fallback (a random init) is not reproducible across processes for such
+            # graphs (it varies with Python's hash seed), so start from a deterministic layout instead
+            start = _classical_mds(data) if metric == "precomputed" else _pca_2d(data, seed)
+            scale = np.abs(start).max()
+            if scale > 0:
+                coords, _ = fit(10.0 * start / scale)
+                init_note = ", initialised by " + ("classical MDS" if metric == "precomputed" else "PCA") + \
+                    " (the spectral initialisation failed on this graph)"
     finally:
         numba.set_num_threads(threads)  # UMAP sets numba's global thread count to n_jobs
-    note = f"UMAP (metric={metric}, n_neighbors={nn}{clipped}, seed={seed})"
+    note = f"UMAP (metric={metric}, n_neighbors={nn}{clipped}, seed={seed}{init_note})"
     return np.asarray(coords, dtype=np.float64), note
 
 
