@@ -12,7 +12,6 @@ seed in the file's metadata (JSON strings, never pickle).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from pitune_core.model.backbone import Inputs, TaskTensors, UnifiedBackbone
 from pitune_core.model.device import seed_everything
 from pitune_core.model.experts import ExpertError, load_expert, prepare_task, read_expert_meta
 from pitune_core.data.tasks import get_task
+from pitune_core.predict import embedding_file
 
 KINDS = ("fisher", "weights", "data")
 
@@ -273,31 +272,19 @@ def embed_experts(expert_dirs: dict[str, str | Path], kind: str, backbone: Unifi
 
 
 def save_embeddings(path: str | Path, emb: TaskEmbeddings) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {n: torch.from_numpy(emb.flat()[i].astype(np.float32)).contiguous() for i, n in enumerate(emb.names)}
-    metadata = {"format": "pitune-embeddings/1", "groups": json.dumps([[g, int(v.shape[1])] for g, v in emb.groups.items()]),
-                "names": json.dumps(emb.names), "meta": json.dumps(emb.meta)}
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    """Write ``emb`` as a ``pitune-embeddings/1`` file (:mod:`pitune_core.predict.embedding_file`)."""
+    return embedding_file.write(path, emb.names, emb.flat(), [(g, int(v.shape[1])) for g, v in emb.groups.items()],
+                                emb.meta)
 
 
 def load_embeddings(path: str | Path) -> TaskEmbeddings:
+    """Read a ``pitune-embeddings/1`` file back (float64 groups); :class:`EmbeddingError` if it cannot be."""
     try:
-        with safe_open(str(path), framework="np") as f:
-            md = f.metadata() or {}
-            names = json.loads(md["names"])
-            groups = json.loads(md["groups"])
-            flat = np.stack([f.get_tensor(n) for n in names]).astype(np.float64)
-            meta = json.loads(md.get("meta", "{}"))
-    except Exception as e:
-        raise EmbeddingError(f"{path} is not a readable pitune embeddings file ({e})") from e
+        names, flat, groups, meta = embedding_file.read(path)
+    except embedding_file.EmbeddingFileError as e:
+        raise EmbeddingError(str(e)) from e
     out, start = {}, 0
     for g, size in groups:
         out[g] = flat[:, start:start + size]
         start += size
-    if start != flat.shape[1]:
-        raise EmbeddingError(f"{path}: group sizes do not add up to the stored vectors")
     return TaskEmbeddings(names, out, meta)

@@ -66,16 +66,12 @@ class HubConfig:
 
 def load_real_fisher(path: str | os.PathLike = REAL_FISHER) -> tuple[list[str], np.ndarray, list[int]]:
     """``(names, E (m, d) float32, group sizes)`` of a pitune embeddings file (safetensors, no pickle)."""
-    from safetensors import safe_open
+    from pitune_core.predict.embedding_file import EmbeddingFileError, read
 
     try:
-        with safe_open(str(path), framework="np") as f:
-            md = f.metadata() or {}
-            names = json.loads(md["names"])
-            groups = json.loads(md["groups"])
-            E = np.stack([f.get_tensor(n) for n in names]).astype(np.float32)
-    except Exception as e:  # noqa: BLE001 - one clear message for any unreadable file
-        raise ValueError(f"{path} is not a readable pitune embeddings file ({type(e).__name__}: {e})") from None
+        names, E, groups, _ = read(path, dtype=np.float32)
+    except EmbeddingFileError as e:
+        raise ValueError(str(e)) from None
     sizes = [int(s) for _, s in groups]
     if E.ndim != 2 or sum(sizes) != E.shape[1] or not np.isfinite(E).all() or (E < 0).any():
         raise ValueError(f"{path}: expected finite, non-negative Fisher vectors whose groups add up to d")
