@@ -789,6 +789,7 @@ def protocol_section(study: Study) -> bool:
     with st.expander("Every paired difference"):
         st.dataframe([{"regime": d["regime"], "comparison": d["label"], "n targets": d["n"],
                        "mean": d["mean"], "CI low": d["ci_low"], "CI high": d["ci_high"],
+                       "percentile CI low": d.get("pct_low"), "percentile CI high": d.get("pct_high"),
                        "Wilcoxon p": d["p_wilcoxon"], "W/T/L": f"{d['wins']}/{d['ties']}/{d['losses']}"}
                       for g in regimes for d in g["diffs"]], hide_index=True, key="protocol_diffs_table")
     return True

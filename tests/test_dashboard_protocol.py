@@ -135,6 +135,33 @@ def test_recommendation_is_pi_tuning_only_when_both_cis_are_above_zero(tmp_path)
         assert "recommend π-Tuning" in rec["text"]
 
 
+#: 19 per-target differences where one or two targets carry the mean: BCa's interval excludes 0, the plain
+#: percentile interval does not (the shape of few-shot-v2's 16-shot pi-tuning - peft-linear difference)
+SKEWED = [-0.1, 0.4, 0.7, 0.2, -0.5, -0.9, 1.1, -0.1, -0.4, 0.1, -0.1, 0.5, 0.0, 0.0, -0.4, 0.3, -0.6, 8.0, 12.0]
+
+
+def test_a_verdict_that_rests_on_the_ci_method_is_called_fragile():
+    from pitune_core.study.evidence import recommend, verdict
+    from pitune_core.study.stats import paired, report_section
+
+    p = paired(SKEWED, [0.0] * len(SKEWED))
+    assert p.ci_low > 0 and p.pct_low < 0 < p.pct_high and p.fragile  # BCa (the rule) excludes 0 ...
+    assert not paired([1.0, 2, 3, 4, 5], [0.0] * 5).fragile           # ... a clear case is not fragile
+    d = {**p.as_dict(), "regime": "16-shot", "a": "pi-tuning", "b": "peft-linear"}
+    text = verdict(d)
+    assert "ahead of" in text and "fragile: the plain percentile bootstrap gives [" in text and "covers 0" in text
+    base = {**paired([5.0] * 19, [0.0] * 19).as_dict(), "regime": "16-shot", "a": "pi-tuning", "b": "target-only"}
+    regime = {"regime": "16-shot", "diffs": [base, d], "approaches": [], "complete": True, "best_other": "peft-linear",
+              "missing": 0, "failed": 0, "planned": 38}
+    rec = recommend(regime, {})
+    assert rec["pi_tuning"] and "Fragile: against peft" in rec["text"]  # the rule still decides, and says so
+    rows = [{"target": f"t{i}", "approach": a, "shots": 16, "seed": 0, "score": (50 + x) / 100 if a == "pi-tuning" else 0.5}
+            for i, x in enumerate(SKEWED) for a in ("pi-tuning", "target-only")]
+    md = report_section(rows)
+    line = next(x for x in md.splitlines() if x.startswith("| 16 | target-only"))
+    assert line.count("[") == 2 and "fragile" in line
+
+
 def test_losing_case_recommends_the_other_approach(tmp_path):
     write_results(tmp_path / "protocol" / PLAN / "results.csv", peft_offset=0.08)  # peft-linear = +8
     s = Study(tmp_path).protocol_summary(PLAN)

@@ -166,7 +166,17 @@ def verdict(p: dict) -> str:
         end = f"{label(p['a'])} is behind {label(p['b'])} (CI below 0)"
     else:
         end = "not distinguishable from 0"
+    if _fragile(p):
+        end += (f"; fragile: the plain percentile bootstrap gives [{p['pct_low']:+.1f}, {p['pct_high']:+.1f}], "
+                f"which {'covers' if p['ci_low'] > 0 or p['ci_high'] < 0 else 'excludes'} 0")
     return f"{head} = {p['mean']:+.1f} points, {ci} {wtl}: {end}."
+
+
+def _fragile(p: dict) -> bool:
+    """BCa (the rule) and the percentile interval disagree on excluding 0 (:attr:`stats.Paired.fragile`)."""
+    def excludes(lo, hi):
+        return _finite(lo) and _finite(hi) and (lo > 0 or hi < 0)
+    return _finite(p.get("pct_low")) and excludes(p["ci_low"], p["ci_high"]) != excludes(p["pct_low"], p["pct_high"])
 
 
 def recommend(regime: dict, means: dict[str, dict[str, float]]) -> dict:
@@ -189,9 +199,12 @@ def recommend(regime: dict, means: dict[str, dict[str, float]]) -> dict:
     if above(vs_base) and (best is None or above(vs_best)):
         against = f" and {label(best)} (the best other transfer approach)" if best else \
             " (no other transfer approach in this regime)"
+        shaky = [label(d["b"]) for d in (vs_base, vs_best) if d is not None and _fragile(d)]
+        fragile = (f" Fragile: against {' and '.join(shaky)} the plain percentile bootstrap interval covers 0, "
+                   "so this rests on the CI method.") if shaky else ""
         return {"approach": MAIN, "pi_tuning": True, "provisional": provisional,
                 "text": f"{regime['regime']}: recommend {label(MAIN)}: its 95% CI lies above 0 against "
-                        f"{label(BASELINE)}{against}.{tail}"}
+                        f"{label(BASELINE)}{against}.{fragile}{tail}"}
     if not table:
         return {"approach": None, "pi_tuning": False, "provisional": True,
                 "text": f"{regime['regime']}: no recommendation yet: no approach has a target with every "

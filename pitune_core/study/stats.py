@@ -6,7 +6,8 @@ function of the logged rows:
 - :func:`mean_std` -- mean and sample standard deviation (ddof=1; NaN for fewer than 2 values,
   never a misleading "± 0.0");
 - :func:`paired` -- the paired difference of two approaches over targets: mean, bootstrap 95% CI
-  over targets (``scipy.stats.bootstrap``, BCa, seeded), Wilcoxon signed-rank p-value
+  over targets (``scipy.stats.bootstrap``, BCa, seeded; the percentile interval beside it as a
+  sensitivity check, :attr:`Paired.fragile` where they disagree on 0), Wilcoxon signed-rank p-value
   (``scipy.stats.wilcoxon``, two-sided) and win/tie/loss counts (a tie is ``|d| <= tie``);
 - :func:`target_means` -- the seed-averaged score of every (target, approach) of one regime, the
   unit the paired statistics are computed over (targets, not seeds, are the independent units);
@@ -49,14 +50,24 @@ class Paired:
     wins: int
     ties: int
     losses: int
+    pct_low: float = float("nan")   # the plain percentile bootstrap interval: a sensitivity check of
+    pct_high: float = float("nan")  # the BCa one above (same resamples); reported, never the rule
+
+    @property
+    def fragile(self) -> bool:
+        """The two intervals disagree on whether 0 is excluded (a verdict that rests on the CI method)."""
+        def excludes(lo, hi):
+            return math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
+        return excludes(self.ci_low, self.ci_high) != excludes(self.pct_low, self.pct_high)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def bootstrap_ci(d: Sequence[float], level: float = CI_LEVEL, seed: int = 0,
-                 n_resamples: int = N_RESAMPLES) -> tuple[float, float]:
-    """Bootstrap CI of the mean of ``d`` (BCa; percentile when BCa is undefined); NaN for n < 2."""
+                 n_resamples: int = N_RESAMPLES, method: str = "BCa") -> tuple[float, float]:
+    """Bootstrap CI of the mean of ``d`` (BCa, falling back to percentile when BCa is undefined; or
+    ``method="percentile"``); NaN for n < 2."""
     from scipy.stats import bootstrap
 
     d = np.asarray(d, dtype=float)
@@ -64,7 +75,7 @@ def bootstrap_ci(d: Sequence[float], level: float = CI_LEVEL, seed: int = 0,
         return float("nan"), float("nan")
     if np.ptp(d) == 0:  # every resample has the same mean
         return float(d[0]), float(d[0])
-    for method in ("BCa", "percentile"):
+    for method in (("BCa", "percentile") if method == "BCa" else (method,)):
         res = bootstrap((d,), np.mean, confidence_level=level, n_resamples=n_resamples, method=method,
                         rng=np.random.default_rng(seed))
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -97,8 +108,9 @@ def paired(a: Sequence[float], b: Sequence[float], tie: float = TIE_POINTS, seed
         raise ValueError(f"paired comparison needs equal lengths, got {a.shape} and {b.shape}")
     d = a - b
     lo, hi = bootstrap_ci(d, seed=seed)
+    plo, phi = bootstrap_ci(d, seed=seed, method="percentile")
     w, t, l = win_tie_loss(d, tie)
-    return Paired(int(d.size), float(d.mean()) if d.size else float("nan"), lo, hi, wilcoxon_p(d), w, t, l)
+    return Paired(int(d.size), float(d.mean()) if d.size else float("nan"), lo, hi, wilcoxon_p(d), w, t, l, plo, phi)
 
 
 # ----------------------------------------------------------------------------- over logged rows
@@ -192,9 +204,11 @@ def report_section(rows: Sequence[dict], main: str = "pi-tuning", baseline: str 
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines += ["", f"Paired differences over targets (seed-averaged over every planned seed; a target enters once all "
               f"its planned seeds are done for both approaches; points): {main} minus the other approach, "
-              f"bootstrap {int(CI_LEVEL * 100)}% CI over targets, two-sided Wilcoxon signed-rank p, "
-              f"wins/ties/losses (tie: |d| ≤ {TIE_POINTS}).", "",
-              "| shots | versus | n targets | mean diff | 95% CI | Wilcoxon p | W/T/L |", "|---|---|---:|---:|---|---:|---|"]
+              f"bootstrap {int(CI_LEVEL * 100)}% CI over targets (BCa, the rule; the plain percentile interval "
+              f"beside it as a sensitivity check, \"fragile\" where the two disagree on excluding 0), two-sided "
+              f"Wilcoxon signed-rank p, wins/ties/losses (tie: |d| ≤ {TIE_POINTS}).", "",
+              "| shots | versus | n targets | mean diff | 95% CI | percentile CI | Wilcoxon p | W/T/L |",
+              "|---|---|---:|---:|---|---|---:|---|"]
     for s in shots_list:
         means, _ = complete_means(rows, s)
         best = best_other(means, [o for o in others if o != main])
@@ -203,8 +217,9 @@ def report_section(rows: Sequence[dict], main: str = "pi-tuning", baseline: str 
                 continue
             p = compare_to(means, main, b)
             if p is None:
-                lines.append(f"| {_shots_label(s)} | {label} | 0 | – | – | – | – |")
+                lines.append(f"| {_shots_label(s)} | {label} | 0 | – | – | – | – | – |")
                 continue
             lines.append(f"| {_shots_label(s)} | {label} | {p.n} | {p.mean:+.1f} | [{_fmt(p.ci_low)}, {_fmt(p.ci_high)}] | "
+                         f"[{_fmt(p.pct_low)}, {_fmt(p.pct_high)}]{' fragile' if p.fragile else ''} | "
                          f"{_fmt(p.p_wilcoxon, 3)} | {p.wins}/{p.ties}/{p.losses} |")
     return "\n".join(lines + [""])
