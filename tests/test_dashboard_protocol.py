@@ -371,3 +371,31 @@ def test_compare_tab_without_protocol_results_keeps_the_provisional_section(tmp_
     assert not at.error
     assert not any(h.value.startswith("Pre-registered comparison") for h in at.subheader)
     assert any(h.value.startswith("Runs and baselines for") for h in at.subheader)
+
+
+def test_a_partly_run_approach_cannot_become_the_best_other():
+    """An extra that has run on two easy targets so far must not displace the competitor measured on
+    every target (few-shot-v2 at 16 shots, part way through its extras)."""
+    from pitune_core.study.stats import best_other, report_section
+
+    targets = [f"t{i}" for i in range(6)]
+    means = {"pi-tuning": {t: 70.0 for t in targets},
+             "peft-linear": {t: 68.0 for t in targets},
+             "uniform-avg-tuned": {"t0": 90.0, "t1": 90.0}}  # complete on 2 of 6 targets only
+    assert best_other(means, ["peft-linear", "uniform-avg-tuned"]) == "uniform-avg-tuned"  # the old rule
+    assert best_other(means, ["peft-linear", "uniform-avg-tuned"], over=means["pi-tuning"]) == "peft-linear"
+    means["uniform-avg-tuned"].update({t: 60.0 for t in targets[2:]})  # now complete: ranked on all 6 targets
+    assert best_other(means, ["peft-linear", "uniform-avg-tuned"], over=means["pi-tuning"]) == "uniform-avg-tuned"
+    # nobody complete where pi-tuning is: each on its own targets (provisional)
+    assert best_other({"pi-tuning": {"t0": 1.0}, "b": {"t1": 2.0}}, ["b"], over={"t0": 1.0}) == "b"
+    rows = [{"target": t, "approach": a, "shots": 16, "seed": 0, "status": "done", "score": sc / 100}
+            for a, per in (("pi-tuning", {t: 70 for t in targets}), ("target-only", {t: 65 for t in targets}),
+                           ("peft-linear", {t: 68 for t in targets}), ("pi-tuning-no-own", {t: 69 for t in targets}))
+            for t, sc in per.items()]
+    rows += [{"target": t, "approach": "uniform-avg-tuned", "shots": 16, "seed": 0,
+              "status": "done" if t in ("t0", "t1") else "missing", "score": 0.9 if t in ("t0", "t1") else None}
+             for t in targets]
+    md = report_section(rows, others=["peft-linear", "uniform-avg-tuned"], ablations=["pi-tuning-no-own", "pi-tuning-global"])
+    assert "| 16 | best other: peft-linear | 6 |" in md
+    assert "| 16 | ablation: pi-tuning-no-own | 6 | +1.0 |" in md and "pi-tuning-global" not in md
+    assert "not yet candidates for the best other: 16 shots: uniform-avg-tuned." in md

@@ -187,8 +187,10 @@ def recommend(regime: dict, means: dict[str, dict[str, float]]) -> dict:
     diffs = {d["b"]: d for d in regime["diffs"] if d["a"] == MAIN}
     table = [a for a in regime["approaches"] if a["n_targets"] > 0 and _finite(a["mean"])]
     provisional = not regime["complete"]
+    pending = regime.get("pending_others") or []
     tail = (f" Provisional: {regime['missing'] + regime['failed']} of {regime['planned']} planned runs of this "
-            "regime are not done.") if provisional else ""
+            "regime are not done" + (f"; not yet compared: {', '.join(label(a) for a in pending)}" if pending else "")
+            + ".") if provisional else ""
     vs_base = diffs.get(BASELINE)
     best = regime["best_other"]
     vs_best = diffs.get(best) if best else None
@@ -275,8 +277,11 @@ def summarise(rows: Sequence[dict], seed: int = 0) -> dict:
                           "n_targets": len(vals), "planned_targets": planned_targets[a],
                           "runs_done": sum(r["status"] == "done" for r in runs), "runs_planned": len(runs)})
         reg["approaches"] = table
-        best = stats.best_other(means, [a for a in order if _kind(a) == "transfer"])
+        best = stats.best_other(means, [a for a in order if _kind(a) == "transfer"], over=means.get(MAIN))
         reg["best_other"] = best
+        mine = set(means.get(MAIN, {}))  # transfer approaches not yet complete where π-Tuning is: not yet candidates
+        reg["pending_others"] = [a for a in order if _kind(a) == "transfer" and mine
+                                 and not mine <= set(means.get(a, {}))]
         diffs = []
         if MAIN in planned_targets:
             for b in order:

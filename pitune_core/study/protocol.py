@@ -437,7 +437,8 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
     cpu = sum(float(r["cpu_s"] if r.get("cpu_s") is not None else r["time_s"]) for r in done)
     (Path(out) / "report.md").write_text(
         report_section(rows, others=[a for a in TRANSFER if a in plan.core + plan.extra], planned=len(rows),
-                       title=f"Pre-registered comparison: {plan.name}")
+                       title=f"Pre-registered comparison: {plan.name}",
+                       ablations=[a for a in ABLATIONS if a in plan.core + plan.extra])
         + f"\nCPU time of the {len(done)} runs done: {cpu / 3600:.2f} h (process CPU seconds, all threads).\n"
         + f"\nPlan: {plan.name} (rule: {plan.rule['text']})\n\nAlignment clean for every target: "
         f"{context.get('alignment_clean')}; data version {context.get('data_version')}.\n\n"

@@ -160,10 +160,20 @@ def compare_to(means: dict[str, dict[str, float]], a: str, b: str, seed: int = 0
     return paired([means[a][t] for t in common], [means[b][t] for t in common], seed=seed)
 
 
-def best_other(means: dict[str, dict[str, float]], candidates: Sequence[str]) -> str | None:
+def best_other(means: dict[str, dict[str, float]], candidates: Sequence[str], over: Iterable[str] | None = None) -> str | None:
     """The candidate with the highest mean over targets (the strongest competitor; chosen on the
-    reported scores, which can only favour it)."""
+    reported scores, which can only favour it).
+
+    ``over`` (the main approach's complete targets): only candidates complete on every one of them
+    compete, ranked by their mean over exactly those targets, so a candidate that has run on two
+    easy targets so far cannot displace one measured on all of them; when no candidate is complete
+    there yet, every candidate competes on its own complete targets (a provisional regime)."""
     have = [c for c in candidates if c in means and means[c]]
+    if over is not None:
+        over = sorted(set(over))
+        full = [c for c in have if over and all(t in means[c] for t in over)]
+        if full:
+            return max(full, key=lambda c: (np.mean([means[c][t] for t in over]), c))
     return max(have, key=lambda c: (np.mean(list(means[c].values())), c)) if have else None
 
 
@@ -176,10 +186,12 @@ def _shots_label(s) -> str:
 
 
 def report_section(rows: Sequence[dict], main: str = "pi-tuning", baseline: str = "target-only",
-                   others: Sequence[str] = (), planned: int | None = None, title: str = "Few-shot comparison") -> str:
+                   others: Sequence[str] = (), planned: int | None = None, title: str = "Few-shot comparison",
+                   ablations: Sequence[str] = ()) -> str:
     """Markdown: approach × shots (mean ± std over runs, ddof=1, n), then the paired differences
-    of ``main`` against ``baseline`` and against the best of ``others`` per regime, with bootstrap
-    95% CIs over targets, Wilcoxon p and win/tie/loss. Missing or failed runs are counted, not hidden."""
+    of ``main`` against ``baseline``, against the best of ``others`` and against each of
+    ``ablations`` (where planned) per regime, with bootstrap 95% CIs over targets, Wilcoxon p and
+    win/tie/loss. Missing or failed runs are counted, not hidden."""
     rows = list(rows)
     done = [r for r in rows if r.get("status", "done") == "done"]
     shots_list = sorted({r["shots"] for r in rows}, key=lambda s: (s is None, s or 0))
@@ -206,13 +218,21 @@ def report_section(rows: Sequence[dict], main: str = "pi-tuning", baseline: str 
               f"its planned seeds are done for both approaches; points): {main} minus the other approach, "
               f"bootstrap {int(CI_LEVEL * 100)}% CI over targets (BCa, the rule; the plain percentile interval "
               f"beside it as a sensitivity check, \"fragile\" where the two disagree on excluding 0), two-sided "
-              f"Wilcoxon signed-rank p, wins/ties/losses (tie: |d| ≤ {TIE_POINTS}).", "",
+              f"Wilcoxon signed-rank p, wins/ties/losses (tie: |d| ≤ {TIE_POINTS}). The best other transfer "
+              f"approach is chosen among those complete on every target {main} is complete on.", "",
               "| shots | versus | n targets | mean diff | 95% CI | percentile CI | Wilcoxon p | W/T/L |",
               "|---|---|---:|---:|---|---|---:|---|"]
+    pending = []
     for s in shots_list:
         means, _ = complete_means(rows, s)
-        best = best_other(means, [o for o in others if o != main])
-        for label, b in ((baseline, baseline), (f"best other: {best}", best)):
+        best = best_other(means, [o for o in others if o != main], over=means.get(main))
+        here = {r["approach"] for r in rows if r["shots"] == s}
+        mine = set(means.get(main, {}))
+        late = [o for o in others if o != main and o in here and not mine <= set(means.get(o, {}))]
+        if late and mine:
+            pending.append(f"{_shots_label(s)} shots: {', '.join(late)}")
+        for label, b in ((baseline, baseline), (f"best other: {best}", best),
+                         *((f"ablation: {a}", a) for a in ablations if a in here)):
             if b is None:
                 continue
             p = compare_to(means, main, b)
@@ -222,4 +242,7 @@ def report_section(rows: Sequence[dict], main: str = "pi-tuning", baseline: str 
             lines.append(f"| {_shots_label(s)} | {label} | {p.n} | {p.mean:+.1f} | [{_fmt(p.ci_low)}, {_fmt(p.ci_high)}] | "
                          f"[{_fmt(p.pct_low)}, {_fmt(p.pct_high)}]{' fragile' if p.fragile else ''} | "
                          f"{_fmt(p.p_wilcoxon, 3)} | {p.wins}/{p.ties}/{p.losses} |")
+    if pending:
+        lines += ["", "Not yet complete on those targets, so not yet candidates for the best other: "
+                  + "; ".join(pending) + "."]
     return "\n".join(lines + [""])
