@@ -256,14 +256,63 @@ def test_committed_plan_is_valid():
     assert {4, 16, None} <= set(plan.target_shots)
 
 
+def test_the_confirmation_plan_follows_its_rule():
+    """plans/transfer-v2-confirm.json: its targets are exactly the study's LoRA tasks outside transfer-v2
+    with >= 16 training examples in every class; every task with an expert is a source."""
+    import numpy as np
+
+    from pitune_core.data.tasks import get_task
+    from pitune_core.paths import REPO_ROOT, StudyPaths
+    from pitune_core.study.transfer import load_plan
+
+    v2 = load_plan(REPO_ROOT / "plans" / "transfer-v2.json")
+    confirm = load_plan(REPO_ROOT / "plans" / "transfer-v2-confirm.json")
+    experts = sorted(d.name for d in StudyPaths(REPO_ROOT / "studies" / "v2").experts_of("lora").iterdir()
+                     if (d / "pitune_expert.json").is_file())
+    assert sorted(confirm.tasks) == experts
+    assert confirm.key() == v2.key()  # the same pair budget: comparable gains
+
+    def enough(t):
+        spec = get_task(t)
+        return int(np.bincount(spec.load().train.labels, minlength=spec.num_classes).min()) >= 16
+
+    assert sorted(confirm.targets) == sorted(t for t in experts if t not in v2.tasks and enough(t))
+
+
 @pytest.mark.parametrize("bad, msg", [({"colour": 1}, "unknown field"), ({"predictors": ["fischer"]}, "unknown predictor"),
                                        ({"steps": "ten"}, "wrong type"), ({"seeds": [0, 0]}, "distinct"),
-                                       ({"target_shots": [0]}, "target_shots")])
+                                       ({"target_shots": [0]}, "target_shots"),
+                                       ({"targets": ["mnist"]}, "subset of tasks"), ({"targets": []}, "subset of tasks")])
 def test_bad_plans_are_refused(tmp_path, bad, msg):
     from pitune_core.study.transfer import load_plan
 
     with pytest.raises(ValueError, match=msg):
         load_plan(_plan(tmp_path, **bad))
+
+
+def test_a_plan_with_targets_measures_only_them(quick_study, tmp_path, capsys):
+    """``targets``: those tasks are measured (pairs, predictor rows, quality); every task stays a source."""
+    import json
+
+    from pitune_core.cli.main import main
+    from pitune_core.study.transfer import load_plan, pair_jobs, predictor_jobs, read_jsonl
+
+    path = _plan(tmp_path, targets=["sklearn_digits"])
+    plan = load_plan(path)
+    assert {t for t, _, _ in predictor_jobs(plan)} == {"sklearn_digits"}
+    out = tmp_path / "out"
+    assert main(["transfer-study", str(path), "--study", str(quick_study), "--out", str(out), "--projector",
+                 str(quick_study / "backbone"), "--quiet"]) == 0
+    pairs = read_jsonl(out / "pairs.jsonl")
+    assert {r["target"] for r in pairs} == {"sklearn_digits"} and len(pairs) == 4 * 2  # scratch + 3 sources, 2 seeds
+    assert {(r["target"], r["source"], r["seed"]) for r in pairs} == set(pair_jobs(plan.tasks, plan.seeds, plan.targets))
+    assert {r["target"] for r in read_jsonl(out / "predictors.jsonl")} == {"sklearn_digits"}
+    q = json.loads((out / "quality.json").read_text())
+    assert all(v["n_targets"] == 1 for preds in q["table"].values() for v in preds.values())
+    capsys.readouterr()
+    assert main(["transfer-study", str(path), "--study", str(quick_study), "--out", str(out), "--stage", "pairs",
+                 "--targets", "movie_sentiment", "--projector", str(quick_study / "backbone")]) != 0
+    assert "--targets movie_sentiment not among the plan's targets" in capsys.readouterr().err
 
 
 def test_transfer_study_end_to_end_resumes_and_keys_its_logs(quick_study, tmp_path, capsys):

@@ -32,9 +32,9 @@ def cmd_transfer_study(args) -> int:
     plan = load_plan(args.plan)
     if args.tasks:
         plan.tasks = [t for t in plan.tasks if t in set(args.tasks)]
-    bad = [t for t in args.targets or [] if t not in plan.tasks]
+    bad = [t for t in args.targets or [] if t not in (plan.targets or plan.tasks)]
     if bad:
-        raise ValueError(f"--targets {', '.join(bad)} not among the plan's tasks")
+        raise ValueError(f"--targets {', '.join(bad)} not among the plan's targets")
     if args.seeds:
         from pitune_core.common import parse_int_list
 

@@ -274,6 +274,7 @@ class TransferPlan:
 
     name: str
     tasks: list[str]
+    targets: list[str] | None = None  # the tasks measured as targets (default: all); every task is a source
     method: str = "lora"
     shots: int = 16
     steps: int = 50
@@ -296,7 +297,7 @@ class TransferPlan:
         return self.budget.key(self.method)
 
 
-_PLAN_TYPES = {"name": str, "tasks": list, "method": str, "shots": int, "steps": int, "batch_size": int,
+_PLAN_TYPES = {"name": str, "tasks": list, "targets": list, "method": str, "shots": int, "steps": int, "batch_size": int,
                "eval_limit": (int, type(None)), "seeds": list, "predictors": list, "target_shots": list,
                "predictor_seeds": list, "fisher_n": int, "k": int, "notes": str}
 
@@ -322,6 +323,10 @@ def load_plan(path: str | Path) -> TransferPlan:
             raise ValueError(f"{path}: field {k!r} has the wrong type ({type(v).__name__})")  # noqa: TRY004
     for t in raw.get("tasks", []):
         get_task(t)
+    extra = [t for t in raw.get("targets") or [] if t not in raw.get("tasks", [])]
+    if extra or ("targets" in raw and not raw["targets"]):
+        raise ValueError(f"{path}: targets must be a non-empty subset of tasks"
+                         + (f" ({', '.join(map(str, extra))} are not tasks)" if extra else ""))
     bad = [p for p in raw.get("predictors", []) if p not in PREDICTORS]
     if bad:
         raise ValueError(f"{path}: unknown predictor(s) {', '.join(bad)}; choose from {', '.join(PREDICTORS)}")
@@ -346,7 +351,8 @@ def load_plan(path: str | Path) -> TransferPlan:
 def run_plan_pairs(plan: TransferPlan, expert_dirs: dict[str, str | Path], backbone: UnifiedBackbone, out: str | Path,
                    on_pair=None, targets: list[str] | None = None) -> Path:
     """The plan's ground truth: every (target, source | scratch, seed), resumable and shardable."""
-    return run_pairs(plan.tasks, expert_dirs, plan.method, backbone, plan.budget, out, on_pair=on_pair, targets=targets)
+    return run_pairs(plan.tasks, expert_dirs, plan.method, backbone, plan.budget, out, on_pair=on_pair,
+                     targets=targets if targets is not None else plan.targets)
 
 
 def gain_tensor(pairs_path: str | Path, tasks: list[str], seeds, key: str | None = None) -> np.ndarray:
@@ -365,7 +371,9 @@ def reliability(plan: TransferPlan, pairs_path: str | Path) -> dict:
 
 
 def predictor_jobs(plan: TransferPlan, targets: list[str] | None = None) -> list[tuple[str, int | None, int]]:
-    """(target, shots, seed) groups; full data needs one seed (its rows do not depend on the sample)."""
+    """(target, shots, seed) groups; full data needs one seed (its rows do not depend on the sample).
+    ``targets`` default: the plan's."""
+    targets = targets if targets is not None else plan.targets
     return [(t, shots, seed) for seed in plan.predictor_seeds for t in plan.tasks for shots in plan.target_shots
             if (shots is not None or seed == plan.predictor_seeds[0]) and (targets is None or t in targets)]
 
@@ -451,7 +459,7 @@ def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -
     modality = {t: get_task(t).modality for t in plan.tasks}
     records, key = predictor_records(out, key)
     for r in records:
-        if r["target"] not in plan.tasks or r["target"] not in rel["per_target"]:
+        if r["target"] not in (plan.targets or plan.tasks) or r["target"] not in rel["per_target"]:
             continue
         i = plan.tasks.index(r["target"])
         cols = [j for j, s in enumerate(plan.tasks) if s != r["target"] and s in r["sources"]
