@@ -950,6 +950,7 @@ def main() -> None:
     except StudyError as e:
         render_missing(root, e.problems)
         return
+    NT.apply_pending_switch()
     sel = render_sidebar(study, root, db)
     st.title("π-Tuning dashboard")
     tabs = st.tabs(TABS, key="view", bind="query-params")

@@ -198,12 +198,25 @@ def _follow(db: Path, get_registry: Callable) -> None:
             st.rerun()
         if not st.session_state.get("_nt_refreshed") == run_id:
             st.session_state["_nt_refreshed"] = run_id
-            if switch:
-                st.session_state["embedding"] = PLACEABLE[0]
+            if switch:  # applied by the next full run before the sidebar exists (app.apply_pending_switch):
+                # set here, the widget's value could be overwritten by the browser's stale copy of it when
+                # a click (e.g. on the Graph tab) reruns the app at the same moment
+                st.session_state[SWITCH_KEY] = PLACEABLE[0]
             st.rerun(scope="app")  # the study view now includes the task
     else:
         lines = (rec.error or "").strip().splitlines()
         st.error(f"Placing `{task}` {rec.status}: {_md(lines[-1] if lines else 'no message')}"[:400], icon="🚫")
+
+
+#: session key of an embedding switch requested by a placement, applied at the start of the next full run
+SWITCH_KEY = "_nt_switch_to"
+
+
+def apply_pending_switch() -> None:
+    """Before the sidebar is drawn: make the embedding a placement asked for the sidebar's value."""
+    want = st.session_state.pop(SWITCH_KEY, None)
+    if want is not None:
+        st.session_state["embedding"] = want
 
 
 def _your_tasks(study, root: Path) -> None:
