@@ -201,7 +201,7 @@ def _follow(db: Path, get_registry: Callable) -> None:
             if switch:  # applied by the next full run before the sidebar exists (app.apply_pending_switch):
                 # set here, the widget's value could be overwritten by the browser's stale copy of it when
                 # a click (e.g. on the Graph tab) reruns the app at the same moment
-                st.session_state[SWITCH_KEY] = PLACEABLE[0]
+                st.session_state[SWITCH_KEY] = (PLACEABLE[0], shown)
             st.rerun(scope="app")  # the study view now includes the task
     else:
         lines = (rec.error or "").strip().splitlines()
@@ -213,10 +213,19 @@ SWITCH_KEY = "_nt_switch_to"
 
 
 def apply_pending_switch() -> None:
-    """Before the sidebar is drawn: make the embedding a placement asked for the sidebar's value."""
-    want = st.session_state.pop(SWITCH_KEY, None)
-    if want is not None:
+    """Before the sidebar is drawn: make the embedding a placement asked for the sidebar's value.
+
+    The request ``(wanted, shown before)`` stays until a run arrives with the browser holding the new
+    value (or another one the user picked): a click sent before the browser saw the switch carries
+    the old value with it, and is corrected here instead of undoing the switch."""
+    pending = st.session_state.get(SWITCH_KEY)
+    if not pending:
+        return
+    want, before = pending
+    if st.session_state.get("embedding") == before:
         st.session_state["embedding"] = want
+    else:
+        st.session_state.pop(SWITCH_KEY, None)
 
 
 def _your_tasks(study, root: Path) -> None:

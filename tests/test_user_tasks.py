@@ -360,3 +360,67 @@ def test_dashboard_bad_uploads_show_one_line(store, tmp_path, monkeypatch):
     at.run()
     assert not at.exception and any("(zip-slip)" in _plain(e.value) for e in at.error), [e.value for e in at.error]
     assert nothing_written(store)
+
+
+def test_a_growing_study_keeps_its_placements(tmp_path):
+    """A placement is filed under the study's identity: it must survive the study's protocol runs being
+    appended to its manifest (they did not, when the identity hashed the whole manifest), and change
+    when what a placement depends on (projector, experts, embeddings) changes."""
+    import json as _json
+
+    from pitune_core.study.place import study_id
+
+    root = tmp_path / "study"
+    root.mkdir()
+    files = {"backbone/projector.safetensors": "a" * 64, "experts/lora/mnist/adapter_model.safetensors": "b" * 64,
+             "predict/lora/fisher/embeddings.safetensors": "c" * 64}
+
+    import itertools
+    import os
+
+    tick = itertools.count(1)
+
+    def write(extra):  # every write a new mtime: the identity is cached per (path, mtime, size)
+        (root / "manifest.json").write_text(_json.dumps({"files": {**files, **extra}}))
+        t = next(tick) * 10**9
+        os.utime(root / "manifest.json", ns=(t, t))
+        return study_id(root)
+
+    first = write({})
+    assert write({"protocol/few-shot-v2/runs.jsonl": "d" * 64}) == first
+    assert write({"protocol/few-shot-v2/runs.jsonl": "e" * 64, "REPORT.md": "f" * 64,
+                  "predict/lora/predictor-random/similarity.csv": "0" * 64}) == first
+    files["experts/lora/mnist/adapter_model.safetensors"] = "9" * 64
+    assert write({}) != first
+    (root / "manifest.json").write_text("not json")
+    assert study_id(root).startswith("path-")
+
+
+def test_the_switch_after_placing_survives_a_stale_click():
+    """After placing, the sidebar switches to the Fisher graph. A click the browser sent before it saw
+    the switch carries the old value; the switch is re-applied until the browser holds the new value,
+    and a value the user picks afterwards is left alone."""
+    from streamlit.testing.v1 import AppTest
+
+    def script():
+        import streamlit as st
+
+        from dashboard.new_task import apply_pending_switch
+
+        apply_pending_switch()
+        st.selectbox("embedding", ["predictor-same_modality", "fisher", "data"], key="embedding")
+
+    from dashboard.new_task import SWITCH_KEY
+
+    at = AppTest.from_function(script)
+    at.session_state["embedding"] = "predictor-same_modality"
+    at.session_state[SWITCH_KEY] = ("fisher", "predictor-same_modality")
+    at.run()
+    assert at.selectbox[0].value == "fisher"
+    at.session_state["embedding"] = "predictor-same_modality"  # a stale click from the browser
+    at.run()
+    assert at.selectbox[0].value == "fisher"
+    at.run()  # the browser now holds "fisher": the request is done
+    assert SWITCH_KEY not in at.session_state
+    at.selectbox[0].set_value("predictor-same_modality").run()  # the user's own choice afterwards stays
+    assert at.selectbox[0].value == "predictor-same_modality"

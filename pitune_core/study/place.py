@@ -71,17 +71,32 @@ class PlaceConfig:
 _ID_CACHE: dict[tuple, str] = {}
 
 
+#: the parts of a study a placement depends on (the projector, the experts, their embeddings and graphs);
+#: a study that only grows elsewhere (protocol runs, ground truth, reports) keeps its identity
+PLACEMENT_INPUTS = ("backbone/", "experts/", "predict/")
+
+
 def study_id(study: str | os.PathLike) -> str:
-    """A study's identity: sha256 of its manifest (a rebuilt study is a new one), else of its path."""
+    """A study's identity for placements: sha256 over the manifest's checksums of the files a placement
+    depends on (:data:`PLACEMENT_INPUTS`, predictor graphs excluded), so a rebuilt study is a new one
+    while a study whose protocol runs are still being appended is not; the path's hash without a
+    readable manifest."""
     root = Path(study).expanduser().resolve()
     man = StudyPaths(root).manifest
     try:
         st = man.stat()
         key = (str(man), st.st_mtime_ns, st.st_size)
-    except OSError:
+        if key not in _ID_CACHE:
+            files = json.loads(man.read_text(encoding="utf-8")).get("files")
+            if not isinstance(files, dict):
+                raise ValueError("no files")
+            h = hashlib.sha256()
+            for path, digest in sorted(files.items()):
+                if isinstance(path, str) and path.startswith(PLACEMENT_INPUTS) and "/predictor-" not in path:
+                    h.update(f"{path}\0{digest}\n".encode())
+            _ID_CACHE[key] = h.hexdigest()[:16]
+    except (OSError, ValueError, AttributeError):
         return "path-" + hashlib.sha256(str(root).encode()).hexdigest()[:16]
-    if key not in _ID_CACHE:
-        _ID_CACHE[key] = hashlib.sha256(man.read_bytes()).hexdigest()[:16]
     return _ID_CACHE[key]
 
 
