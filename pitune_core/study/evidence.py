@@ -173,10 +173,8 @@ def verdict(p: dict) -> str:
 
 
 def _fragile(p: dict) -> bool:
-    """BCa (the rule) and the percentile interval disagree on excluding 0 (:attr:`stats.Paired.fragile`)."""
-    def excludes(lo, hi):
-        return _finite(lo) and _finite(hi) and (lo > 0 or hi < 0)
-    return _finite(p.get("pct_low")) and excludes(p["ci_low"], p["ci_high"]) != excludes(p["pct_low"], p["pct_high"])
+    """:func:`stats.fragile` of a paired row (False for a row without a percentile interval)."""
+    return _finite(p.get("pct_low")) and stats.fragile(p["ci_low"], p["ci_high"], p["pct_low"], p["pct_high"])
 
 
 def recommend(regime: dict, means: dict[str, dict[str, float]]) -> dict:
@@ -279,9 +277,7 @@ def summarise(rows: Sequence[dict], seed: int = 0) -> dict:
         reg["approaches"] = table
         best = stats.best_other(means, [a for a in order if _kind(a) == "transfer"], over=means.get(MAIN))
         reg["best_other"] = best
-        mine = set(means.get(MAIN, {}))  # transfer approaches not yet complete where π-Tuning is: not yet candidates
-        reg["pending_others"] = [a for a in order if _kind(a) == "transfer" and mine
-                                 and not mine <= set(means.get(a, {}))]
+        reg["pending_others"] = stats.pending_others(means, MAIN, [a for a in order if _kind(a) == "transfer"])
         diffs = []
         if MAIN in planned_targets:
             for b in order:

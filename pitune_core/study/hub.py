@@ -66,12 +66,9 @@ class HubConfig:
 
 def load_real_fisher(path: str | os.PathLike = REAL_FISHER) -> tuple[list[str], np.ndarray, list[int]]:
     """``(names, E (m, d) float32, group sizes)`` of a pitune embeddings file (safetensors, no pickle)."""
-    from pitune_core.predict.embedding_file import EmbeddingFileError, read
+    from pitune_core.predict.embedding_file import read  # its EmbeddingFileError is a ValueError
 
-    try:
-        names, E, groups, _ = read(path, dtype=np.float32)
-    except EmbeddingFileError as e:
-        raise ValueError(str(e)) from None
+    names, E, groups, _ = read(path, dtype=np.float32)
     sizes = [int(s) for _, s in groups]
     if E.ndim != 2 or sum(sizes) != E.shape[1] or not np.isfinite(E).all() or (E < 0).any():
         raise ValueError(f"{path}: expected finite, non-negative Fisher vectors whose groups add up to d")

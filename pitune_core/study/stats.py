@@ -56,12 +56,25 @@ class Paired:
     @property
     def fragile(self) -> bool:
         """The two intervals disagree on whether 0 is excluded (a verdict that rests on the CI method)."""
-        def excludes(lo, hi):
-            return math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
-        return excludes(self.ci_low, self.ci_high) != excludes(self.pct_low, self.pct_high)
+        return fragile(self.ci_low, self.ci_high, self.pct_low, self.pct_high)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def fragile(ci_low, ci_high, pct_low, pct_high) -> bool:
+    """BCa (the rule) and the percentile interval disagree on excluding 0; undefined bounds exclude nothing."""
+    def excludes(lo, hi):
+        return (isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and math.isfinite(lo)
+                and math.isfinite(hi) and (lo > 0 or hi < 0))
+    return excludes(ci_low, ci_high) != excludes(pct_low, pct_high)
+
+
+def pending_others(means: dict[str, dict[str, float]], main: str, candidates: Iterable[str]) -> list[str]:
+    """The candidates not yet complete on every target ``main`` is complete on (so not yet eligible
+    as :func:`best_other`); [] while ``main`` has no complete target."""
+    mine = set(means.get(main, {}))
+    return [c for c in candidates if c != main and mine and not mine <= set(means.get(c, {}))]
 
 
 def bootstrap_ci(d: Sequence[float], level: float = CI_LEVEL, seed: int = 0,
@@ -227,9 +240,8 @@ def report_section(rows: Sequence[dict], main: str = "pi-tuning", baseline: str 
         means, _ = complete_means(rows, s)
         best = best_other(means, [o for o in others if o != main], over=means.get(main))
         here = {r["approach"] for r in rows if r["shots"] == s}
-        mine = set(means.get(main, {}))
-        late = [o for o in others if o != main and o in here and not mine <= set(means.get(o, {}))]
-        if late and mine:
+        late = pending_others(means, main, [o for o in others if o in here])
+        if late:
             pending.append(f"{_shots_label(s)} shots: {', '.join(late)}")
         for label, b in ((baseline, baseline), (f"best other: {best}", best),
                          *((f"ablation: {a}", a) for a in ablations if a in here)):
