@@ -27,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_STUDY = REPO_ROOT / "precomputed"
 #: the Streamlit app
 DASHBOARD_APP = REPO_ROOT / "dashboard" / "app.py"
+#: the committed study plans (``plans/*.json``)
+PLANS_DIR = REPO_ROOT / "plans"
 
 #: file names inside an embedding directory (``predict/EXPERT_TYPE/EMBEDDING/``)
 EMBEDDINGS_FILE = "embeddings.safetensors"
@@ -44,6 +46,13 @@ def default_study() -> Path:
     """``$PITUNE_STUDY`` if set, else the shipped ``precomputed/`` (an absolute path either way)."""
     env = os.environ.get("PITUNE_STUDY")
     return Path(env).expanduser().resolve() if env else SHIPPED_STUDY
+
+
+def plan_path(p: str | Path) -> Path:
+    """A plan file named by a study plan: as given when absolute or present from the working
+    directory, else relative to the repository (``plans/few-shot-v2.json`` works from anywhere)."""
+    p = Path(p)
+    return p if p.is_absolute() or p.is_file() else REPO_ROOT / p
 
 
 def default_runs_db() -> Path:

@@ -21,17 +21,11 @@ def _out(args, plan) -> str:
     return args.out
 
 
-def _plan_and_context(args):
-    from pitune_core.study.protocol import load_plan, run_context
-
-    plan = load_plan(args.plan)
-    _out(args, plan)
-    return plan, run_context(args.study, plan.method, plan.targets)
 
 
 def cmd_run(args) -> int:
     from pitune_core.model.device import configure_threads
-    from pitune_core.study.protocol import alignment_check, load_plan, run_context, run_plan, write_results
+    from pitune_core.study.protocol import load_plan, run_plan, write_results_of
     from pitune_core.study.transfer import shard_from_env
 
     configure_threads()
@@ -47,18 +41,17 @@ def cmd_run(args) -> int:
     res = run_plan(plan, args.study, args.out, limit=args.limit, allow_unclean_alignment=args.allow_unclean_alignment,
                    on_run=on_run, sample=args.sample)
     if shard_from_env() is None:
-        context = {**run_context(args.study, plan.method, plan.targets),
-                   "alignment_clean": alignment_check(args.study, plan.targets)["clean"]}
-        write_results(plan, args.out, context, study=args.study)
+        write_results_of(plan, args.study, args.out)
     print(json.dumps({k: v for k, v in res.items() if k != "alignment"}, indent=1))
     return 1 if res["failed"] else 0
 
 
 def cmd_status(args) -> int:
-    from pitune_core.study.protocol import alignment_check, estimate, write_results
+    from pitune_core.study.protocol import estimate, load_plan, results_context, write_results
 
-    plan, context = _plan_and_context(args)
-    context["alignment_clean"] = alignment_check(args.study, plan.targets)["clean"]
+    plan = load_plan(args.plan)
+    _out(args, plan)
+    context = results_context(plan, args.study)
     path = write_results(plan, args.out, context, study=args.study)
     est = estimate(plan, args.out, context)
     print(json.dumps({"results": str(path), **est}, indent=1))
@@ -70,10 +63,10 @@ def cmd_plan(args) -> int:
 
     plan = load_plan(args.plan)
     r = plan.rule
-    again = make_plan(r.get("summary", "precomputed/experts/summary.csv"), plan.name, r.get("margin_points", 5.0),
-                      r.get("min_shots", 16), r.get("min_targets", 12))
+    summary = args.summary or r.get("summary", "precomputed/experts/summary.csv")
+    again = make_plan(summary, plan.name, r.get("margin_points", 5.0), r.get("min_shots", 16), r.get("min_targets", 12))
     same = again.targets == plan.targets
-    print(json.dumps({"plan": args.plan, "targets": plan.targets, "rule_gives_same_targets": same,
+    print(json.dumps({"plan": args.plan, "summary": str(summary), "targets": plan.targets, "rule_gives_same_targets": same,
                       "planned_runs": len(plan.jobs())}, indent=1))
     return 0 if same else 1
 
@@ -92,6 +85,10 @@ def register(sub, add) -> None:
             p.add_argument("--study", required=True, help="study with the source experts, embeddings and backbone")
             p.add_argument("--out", help="output directory (runs.jsonl, results.csv, report.md); "
                                          "default: STUDY/protocol/<plan name>")
+        if name == "plan":
+            p.add_argument("--summary", metavar="CSV", help="the experts' summary the rule reads (default: the one "
+                                                            "the plan names; give the study it was made from when "
+                                                            "that study has moved)")
         if name == "run":
             p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
             p.add_argument("--sample", action="store_true",

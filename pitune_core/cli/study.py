@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pitune_core.cli.options import add_study, study_of
 from pitune_core.paths import StudyPaths
-from pitune_core.study.plan import STAGES
+from pitune_core.study.plan import GROUNDTRUTH_PLAN, PROTOCOL_PLAN, STAGES
 
 
 def cmd_precompute(args) -> int:
@@ -22,13 +22,30 @@ def cmd_precompute(args) -> int:
         for t in args.tasks:
             get_task(t)
         plan.tasks = list(args.tasks)
-        plan.transfer_tasks = [t for t in plan.transfer_tasks if t in args.tasks]
-        plan.compare_targets = [t for t in plan.compare_targets if t in args.tasks]
         plan.extra_methods = {m: [t for t in ts if t in args.tasks] for m, ts in plan.extra_methods.items()}
+        # the measurement plans name their own tasks: with a subset they are the user's to give
+        plan.groundtruth_plan = plan.protocol_plan = None
+    for field in ("groundtruth_plan", "protocol_plan"):
+        given = getattr(args, field)
+        if given is not None:
+            setattr(plan, field, None if given.lower() == "none" else given)
+        if getattr(plan, field):
+            _check_plan_file(field, getattr(plan, field))
     command = "pitune " + " ".join(sys.argv[1:]) if sys.argv and "pitune" in sys.argv[0] else "pitune precompute"
     manifest = run_precompute(args.out, plan, projector=args.projector, command=command, only=args.stages)
     print(f"study written to {args.out} ({len(manifest['files'])} files)")
     return 0
+
+
+def _check_plan_file(field: str, name: str) -> None:
+    """Load a measurement plan before any stage runs, so a bad file fails in one line at once."""
+    from pitune_core.paths import plan_path
+
+    if field == "groundtruth_plan":
+        from pitune_core.study.transfer import load_plan
+    else:
+        from pitune_core.study.protocol import load_plan
+    load_plan(plan_path(name))
 
 
 def cmd_verify(args) -> int:
@@ -50,10 +67,15 @@ def cmd_verify(args) -> int:
 def register(sub, add) -> None:
     sp = add("precompute", cmd_precompute, "run the whole study end to end (resumable)")
     sp.add_argument("--out", default="precomputed")
-    sp.add_argument("--tasks", nargs="*", help="restrict the study to these tasks")
+    sp.add_argument("--tasks", nargs="*", help="restrict the foundation (experts, embeddings, graphs) to these tasks; "
+                    "the measurement stages then run only with a --groundtruth-plan / --protocol-plan given")
     sp.add_argument("--quick", action="store_true", help="a small, fast variant (CI / smoke test)")
     sp.add_argument("--projector", help="reuse this projector instead of aligning a new one")
     sp.add_argument("--stages", nargs="*", choices=STAGES, help="run only these stages")
+    sp.add_argument("--groundtruth-plan", metavar="FILE", help="the transfer plan of the groundtruth stage "
+                    f"(default: {GROUNDTRUTH_PLAN}; --quick: its own small plan; 'none' skips the stage)")
+    sp.add_argument("--protocol-plan", metavar="FILE", help="the few-shot plan of the protocol stage "
+                    f"(default: {PROTOCOL_PLAN}; --quick: its own small plan; 'none' skips the stage)")
     sp = add("verify", cmd_verify, "check a study directory against its manifest; load every expert")
     add_study(sp, positional=True)
     sp.add_argument("--no-load", action="store_true", help="checksums only")

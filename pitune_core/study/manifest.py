@@ -28,6 +28,18 @@ def _versions() -> dict:
     return out
 
 
+def _plan_files(plan: StudyPlan) -> dict:
+    """The committed plan files the study measured, with their sha256 (they live outside the study)."""
+    from pitune_core.paths import plan_path
+
+    out = {}
+    for field in ("groundtruth_plan", "protocol_plan"):
+        name = getattr(plan, field)
+        if name and plan_path(name).is_file():
+            out[field] = {"path": str(name), "sha256": sha256_file(plan_path(name))}
+    return out
+
+
 def write_manifest(root: Path, plan: StudyPlan, command: str, started: str, stages: Stages, device: str) -> dict:
     import torch
 
@@ -36,21 +48,24 @@ def write_manifest(root: Path, plan: StudyPlan, command: str, started: str, stag
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
              if p.is_file() and not p.relative_to(root).parts[0].startswith(".") and p.name != "manifest.json"}
     manifest = {
-        "format": "pitune-study/1", "command": command, "plan": asdict(plan), "seeds": {
-            "study": plan.seed, "transfer": list(plan.transfer_seeds), "compare": list(plan.compare_seeds)},
+        "format": "pitune-study/1", "command": command, "plan": asdict(plan), "plan_files": _plan_files(plan),
+        "seeds": {"study": plan.seed},
         "backbone": {"id": projector_id(find_projector(StudyPaths(root).backbone)), "trunk": "all-MiniLM-L6-v2",
                      "vision": "efficientnet-lite0"},
         "versions": _versions(), "started": started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "stage_seconds": {s: stages.seconds(s) for s in STAGES},
         "stage_seconds_note": "wall time of the run that completed each stage; a resumed or sharded stage counts "
-                              "only its last run (compare/runs.jsonl has each compare run's own time_s)",
+                              "only its last run (protocol/<plan>/runs.jsonl has each run's own time_s and cpu_s)",
         "hardware": {"device": device, "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(),
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "files": files,
     }
-    (StudyPaths(root).manifest).write_text(json.dumps(manifest, indent=1, default=str))
+    from filelock import FileLock
+
+    with FileLock(str(root / MANIFEST_LOCK), timeout=60):  # shards may finish at once
+        write_atomic(StudyPaths(root).manifest, json.dumps(manifest, indent=1, default=str))
     return manifest
 
 

@@ -7,12 +7,21 @@ Stages (each with a progress bar, each resumable):
 3. ``ablation`` — vision-language experts re-scored with images blanked
 4. ``embeddings`` — Fisher (N and 2N, for stability), weights and data-only embeddings
 5. ``predict`` — similarity matrices, task graphs with communities, 2-D layouts
-6. ``transfer`` — the pairwise transfer matrix and how well each embedding predicts it
-7. ``compare`` — π-Tuning against the baselines, few-shot and full-shot
-8. ``manifest.json`` — command, seeds, versions, hardware, times, sha256 of every file
+6. ``groundtruth`` — the committed transfer plan (``plans/transfer-v2.json``): every ordered pair's
+   measured transfer over its seeds, every predictor's row at 4 / 16 shots and full data, their
+   quality against the noise ceiling, Fisher stability from disjoint samples
+   (:func:`pitune_core.study.groundtruth.run_groundtruth`, the same as ``pitune transfer-study``)
+7. ``protocol`` — the pre-registered few-shot comparison (``plans/few-shot-v2.json``): every planned
+   run of π-Tuning, its ablations and the baselines, then ``results.csv`` / ``report.md`` with the
+   paired statistics (the same as ``pitune study run`` + ``status``)
+8. ``manifest.json`` — command, plan files and their sha256, seeds, versions, hardware, times, sha256
+   of every file; then ``REPORT.md``
 
-A stage whose recorded output checksums verify is skipped; inside stages, finished experts and
-transfer pairs are kept, so a killed run picks up where it stopped.
+A stage whose recorded output checksums verify is skipped; inside stages, finished experts, transfer
+pairs, predictor rows and protocol runs are kept, so a killed run picks up where it stopped, and
+``PITUNE_SHARD=i/n`` shares the last two stages' jobs between processes (run once more without it
+to finish them). The pipeline ends the way the project's old ``transfer`` / ``compare`` stages
+could not: target-side information comes only from the data each run has (issue 11).
 """
 
 from __future__ import annotations
@@ -28,8 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pitune_core.common import progress, sha256_file
-from pitune_core.paths import StudyPaths
-from pitune_core.study.compare import run_compare
+from pitune_core.paths import StudyPaths, plan_path
 from pitune_core.study.manifest import write_manifest
 from pitune_core.study.outputs import (
     _predict_outputs,
@@ -37,7 +45,6 @@ from pitune_core.study.outputs import (
     _write_expert_summary,
     expert_dir,
     fisher_stability,
-    write_transfer_outputs,
 )
 from pitune_core.study.plan import EMBEDDINGS, STAGES, StudyPlan
 from pitune_core.study.stages import Stages
@@ -66,10 +73,11 @@ STAGE_FIELDS = {
     "ablation": ["tasks"],
     "embeddings": ["tasks", "extra_methods", "fisher_n", "seed"],
     "predict": ["tasks", "extra_methods"],
-    "transfer": ["transfer_tasks", "transfer_shots", "transfer_steps", "transfer_seeds", "k"],
-    "compare": ["compare_targets", "compare_shots", "compare_seeds", "compare_approaches",
-                "compare_full_shot_approaches", "compare_full_shot_seeds", "k"],
+    "groundtruth": ["groundtruth_plan", "stability_sizes"],
+    "protocol": ["protocol_plan"],
 }
+#: the plan-file field each measurement stage reads (the file's bytes join the stage's hash)
+PLAN_FILE_FIELD = {"groundtruth": "groundtruth_plan", "protocol": "protocol_plan"}
 
 
 @dataclass
@@ -96,6 +104,8 @@ class StudyRun:
         blob = json.dumps({f: d[f] for f in STAGE_FIELDS[name]}, sort_keys=True, default=str)
         if name == "backbone":
             blob += f"|projector={self.projector}"
+        if name in PLAN_FILE_FIELD and d[PLAN_FILE_FIELD[name]]:
+            blob += "|plan=" + sha256_file(plan_path(d[PLAN_FILE_FIELD[name]]))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -175,23 +185,38 @@ def stage_predict(run: StudyRun) -> None:
             run.paths.fisher_stability(m).write_text(json.dumps(fisher_stability(run.paths.predict_of(m)), indent=2))
 
 
-def stage_transfer(run: StudyRun) -> None:
-    """The pairwise transfer matrix (resumable) and how well each embedding predicts it."""
-    from pitune_core.study.transfer import TransferBudget, run_pairs
+def stage_groundtruth(run: StudyRun) -> None:
+    """The committed transfer plan: pairs, predictor rows, then (unsharded) quality and stability."""
+    from pitune_core.study.groundtruth import run_groundtruth
+    from pitune_core.study.transfer import load_plan, shard_from_env
 
-    plan = run.plan
-    budget = TransferBudget(shots=plan.transfer_shots, steps=plan.transfer_steps, seeds=tuple(plan.transfer_seeds))
-    dirs = {t: expert_dir(run.root, "lora", t) for t in plan.transfer_tasks}
-    bar = progress(total=len(plan.transfer_tasks) ** 2 * len(budget.seeds), desc="transfer pairs")
-    run_pairs(plan.transfer_tasks, dirs, "lora", run.bb, budget, run.paths.transfer,
-              on_pair=lambda i, n, job: (setattr(bar, "total", n), bar.update(1)))
-    bar.close()
-    write_transfer_outputs(run.root, plan.transfer_tasks, plan.k)
+    if not run.plan.groundtruth_plan:
+        _say("groundtruth: no plan file in the study plan, nothing to measure")
+        return
+    plan = load_plan(plan_path(run.plan.groundtruth_plan))
+    stages = ("pairs", "predictors") + (("quality", "stability") if shard_from_env() is None else ())
+    run_groundtruth(plan, run.root, stages, projector=run.paths.backbone, stability_sizes=run.plan.stability_sizes,
+                    backbone=run.bb)
 
 
-def stage_compare(run: StudyRun) -> None:
-    """π-Tuning against the baselines on the planned targets (resumable)."""
-    run_compare(run.root, run.bb, run.plan)
+def stage_protocol(run: StudyRun) -> None:
+    """The pre-registered few-shot comparison: every planned run, then (unsharded) its results."""
+    from pitune_core.study.protocol import load_plan, run_plan, write_results_of
+    from pitune_core.study.transfer import shard_from_env
+
+    if not run.plan.protocol_plan:
+        _say("protocol: no plan file in the study plan, nothing to compare")
+        return
+    plan = load_plan(plan_path(run.plan.protocol_plan))
+    out = run.paths.protocol(plan.name)
+    res = run_plan(plan, run.root, out, backbone=run.bb,
+                   on_run=lambda i, n, rec: _say(f"protocol [{i}/{n}] {rec['job']['target']} {rec['job']['approach']} "
+                                                 f"shots={rec['job']['shots']} seed={rec['job']['seed']}: {rec['status']}"))
+    if shard_from_env() is None:
+        write_results_of(plan, run.root, out)
+    if res["failed"]:
+        raise RuntimeError(f"protocol: {res['failed']} run(s) failed (logged in {res['log']}); "
+                           "run `pitune precompute` again to retry them")
 
 
 #: stage name -> (the study sub-folders it writes, the function); in execution order
@@ -201,8 +226,8 @@ STAGE_FUNCTIONS = {
     "ablation": (["ablation"], stage_ablation),
     "embeddings": (["predict"], stage_embeddings),
     "predict": (["predict"], stage_predict),
-    "transfer": (["transfer"], stage_transfer),
-    "compare": (["compare"], stage_compare),
+    "groundtruth": (["groundtruth", "predict"], stage_groundtruth),
+    "protocol": (["protocol"], stage_protocol),
 }
 assert tuple(STAGE_FUNCTIONS) == STAGES
 

@@ -231,8 +231,10 @@ def alignment_check(study: str | Path, targets: list[str]) -> dict:
 
     Returns ``{"corpus", "clean", "touched": [targets], "detail"}``. A projector aligned on task
     data ("tasks" corpus, e.g. the shipped one) touches every image target (its tasks share images
-    with others), so it is never clean; a clip-art projector is clean when no clip-art image equals
-    or nearly equals an image of a target's val/test split.
+    with others) and every target it was aligned on, so it is clean only for a plan of language
+    targets it never saw (the projector maps images; the text trunk is the frozen pre-trained one);
+    a projector of unknown alignment is never clean; a clip-art projector is clean when no clip-art
+    image equals or nearly equals an image of a target's val/test split.
     """
     from pitune_core.data.tasks import get_task
     from pitune_core.model.backbone import PROJECTOR_META
@@ -243,7 +245,8 @@ def alignment_check(study: str | Path, targets: list[str]) -> dict:
     image_targets = [t for t in targets if get_task(t).modality != "language"]
     corpus = meta.get("corpus") or ("tasks" if meta.get("tasks") else "unknown")
     if corpus == "tasks" or corpus == "unknown":
-        return {"corpus": corpus, "clean": False, "touched": image_targets,
+        touched = sorted(set(image_targets) | (set(targets) & set(meta.get("tasks", []))))
+        return {"corpus": corpus, "clean": corpus == "tasks" and not touched, "touched": touched,
                 "detail": f"aligned on the training splits of {', '.join(meta.get('tasks', [])) or 'unknown data'}"}
     from pitune_core.model.align import check_disjoint, clipart_corpus
 
@@ -452,6 +455,18 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
         rep.write_text(report(study))
         register_files(study, [rep])
     return path
+
+
+def results_context(plan: ProtocolPlan, study: str | Path) -> dict:
+    """The context a plan's rows are keyed and reported with: :func:`run_context` plus whether the
+    projector's alignment is clean for the plan's targets."""
+    return {**run_context(study, plan.method, plan.targets), "alignment_clean": alignment_check(study, plan.targets)["clean"]}
+
+
+def write_results_of(plan: ProtocolPlan, study: str | Path, out: str | Path) -> Path:
+    """:func:`write_results` for a plan run against ``study`` (``pitune study run|status``, the
+    ``protocol`` stage of ``pitune precompute``)."""
+    return write_results(plan, out, results_context(plan, study), study=study)
 
 
 def estimate(plan: ProtocolPlan, out: str | Path, context: dict) -> dict:

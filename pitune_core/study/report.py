@@ -152,7 +152,7 @@ def protocol_section(root: Path) -> list[str]:
         f = d / "report.md"
         if f.is_file() and not f.is_symlink():
             out += ["#" + ln if ln.startswith("#") else ln for ln in f.read_text().splitlines()] + [""]
-    return out
+    return ["## π-Tuning against the baselines: pre-registered comparisons", ""] + out if out else []
 
 
 def groundtruth_section(root: Path) -> list[str]:

@@ -1,0 +1,161 @@
+"""Run a ground-truth transfer plan against a study: pairs, predictor rows, quality, stability.
+
+One function, :func:`run_groundtruth`, owns what ``pitune transfer-study PLAN`` and the
+``groundtruth`` stage of ``pitune precompute`` both do, so the two can never disagree: bind the
+output folder to the backbone and source experts it is made with, run the requested stages (each
+resumable and shardable with ``PITUNE_SHARD=i/n``), draw the predictors' graphs when the ground
+truth lies inside the study, and list every file written in the study's manifest as it grows (so
+the study keeps verifying part way through).
+
+Stages: ``pairs`` (the measured transfer of every ordered pair), ``predictors`` (every predictor's
+row at every target data size), ``quality`` (reliability + the predictor × data-size table, run once
+all shards are done) and ``stability`` (Fisher top-k stability from disjoint samples; skipped when
+``fisher_stability.json`` already holds the same sizes).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pitune_core.common import progress, write_atomic
+from pitune_core.paths import StudyPaths
+
+if TYPE_CHECKING:  # the module stays importable without torch (the CLI reads its stage names)
+    from pitune_core.study.transfer import TransferPlan
+
+STAGES = ("pairs", "predictors", "quality", "stability")
+#: the sample sizes N of the stability stage (two disjoint sets of N examples per task)
+STABILITY_SIZES = (8, 16, 32, 64)
+
+
+def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], out: str | Path | None = None,
+                    projector: str | Path | None = None, targets: list[str] | None = None,
+                    stability_sizes=STABILITY_SIZES, backbone=None) -> dict:
+    """Run ``stages`` of ``plan`` against ``study``; returns ``{"out", "quality", "stability", "drawn"}``
+    (the quality table and the stability result when those stages ran, else None).
+
+    ``out`` defaults to ``STUDY/groundtruth/<plan name>``; ``projector`` to the study's backbone;
+    ``targets`` limits which targets' rows are made (every task stays a source). Raises a one-line
+    ``ValueError`` when a plan task has no expert in the study, or ``out`` holds a ground truth made
+    with another backbone or other experts."""
+    from pitune_core.study.transfer import quality_table, run_plan_pairs, run_predictors, shard_from_env
+
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown ground-truth stage(s) {', '.join(bad)}; choose from {', '.join(STAGES)}")
+    study = Path(study)
+    sp = StudyPaths(study)
+    out = Path(out) if out else sp.groundtruth(plan.name)
+    root = sp.experts_of(plan.method)
+    dirs = {t: root / t for t in plan.tasks}
+    missing = [t for t, d in dirs.items() if not (d / "pitune_expert.json").exists()]
+    if missing:
+        raise ValueError(f"no {plan.method} expert for {', '.join(missing)} in {root}; train them first")
+    projector = Path(projector or sp.backbone)
+    if {"pairs", "predictors", "stability"} & set(stages):
+        _bind_context(out, dirs, projector)
+    res = {"out": out, "quality": None, "stability": None, "drawn": []}
+    bb = backbone
+    if bb is None and {"pairs", "predictors", "stability"} & set(stages):
+        from pitune_core.model.backbone import UnifiedBackbone
+
+        bb = UnifiedBackbone.load(projector)
+    if "pairs" in stages:
+        with _ticker(study, out, "transfer pairs", "pair", lambda j: f"{j[0]} <- {j[1]} (seed {j[2]})") as tick:
+            run_plan_pairs(plan, dirs, bb, out, on_pair=tick, targets=targets)
+    if "predictors" in stages and plan.predictors:
+        from pitune_core.paths import cache_dir
+        from pitune_core.predict.predictors import PredictorContext
+
+        # the source side's cache is keyed by expert file, backbone and settings: shared, outside the study
+        ctx = PredictorContext(bb, dirs, method=plan.method, steps=plan.steps, batch_size=plan.batch_size,
+                               fisher_n=plan.fisher_n, cache_dir=cache_dir() / "predictors")
+        with _ticker(study, out, "predictor rows", "target",
+                     lambda j: f"{j[0]} at {j[1] or 'full'} shots (seed {j[2]})") as tick:
+            run_predictors(plan, ctx, out, on_row=tick, targets=targets)
+    if "stability" in stages and shard_from_env() is None:
+        res["stability"] = _stability(plan, dirs, bb, out, tuple(stability_sizes))
+    if "quality" in stages:
+        res["quality"] = quality_table(plan, out)
+        if out.resolve().is_relative_to(study.resolve()):  # a ground truth of this study: draw its predictors
+            from pitune_core.predict.quality import PREDICTOR_PREFIX
+            from pitune_core.study.manifest import register_files
+            from pitune_core.study.predictor_graphs import write_predictor_graphs
+
+            res["drawn"] = write_predictor_graphs(plan, out, study)
+            drawn_dirs = [sp.embedding_dir(plan.method, PREDICTOR_PREFIX + p) for p in res["drawn"]]
+            register_files(study, [f for d in drawn_dirs for f in sorted(d.iterdir()) if f.is_file()])
+    _register(study, out)
+    return res
+
+
+@contextmanager
+def _ticker(study: Path, out: Path, desc: str, unit: str, describe):
+    """A progress bar whose callback ``(i, n, job)`` also lists the files written so far in the
+    study's manifest (a stage stopped part way still verifies)."""
+    bar = progress(desc=desc, unit=unit)
+
+    def tick(i, n, job):
+        _register(study, out)
+        bar.total = n
+        bar.update(1)
+        bar.set_postfix_str(describe(job))
+
+    try:
+        yield tick
+    finally:
+        bar.close()
+
+
+def _stability(plan: TransferPlan, dirs: dict, bb, out: Path, sizes: tuple[int, ...]) -> dict:
+    """Fisher top-k stability from disjoint samples; kept when the file holds the same sizes and k."""
+    from pitune_core.predict.predictors import fisher_stability
+
+    f = out / "fisher_stability.json"
+    if f.is_file():
+        try:
+            old = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if isinstance(old, dict) and old.get("k") == plan.k and sorted(old.get("sizes", {})) == sorted(map(str, sizes)):
+            return old
+    res = fisher_stability(dirs, bb, sizes=sizes, k=plan.k)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(f, json.dumps(res, indent=2))
+    return res
+
+
+def _bind_context(out: Path, dirs: dict, backbone_dir) -> None:
+    """Bind ``out`` to the backbone and the source experts its pairs are made with (``context.json``):
+    the pairs' keys name the budget only, so resuming into a folder made with another projector or
+    other experts would silently mix two ground truths. Refused instead."""
+    from pitune_core.common import sha256_file
+    from pitune_core.data.tasks import DATA_VERSION
+    from pitune_core.model.backbone import projector_id
+
+    ctx = {"backbone_id": projector_id(backbone_dir), "data_version": DATA_VERSION,
+           "experts": {t: sha256_file(Path(d) / "adapter_model.safetensors")[:16] for t, d in sorted(dirs.items())}}
+    f = out / "context.json"
+    if f.is_file():
+        old = json.loads(f.read_text())
+        same = old.get("backbone_id") == ctx["backbone_id"] and old.get("data_version") == ctx["data_version"]
+        changed = sorted(t for t, h in ctx["experts"].items() if t in old.get("experts", {}) and old["experts"][t] != h)
+        if not same or changed:
+            raise ValueError(f"{out} holds a ground truth made with another "
+                             + ("backbone or data version" if not same else f"expert for {', '.join(changed)}")
+                             + "; give another --out")
+        ctx["experts"] = {**old.get("experts", {}), **ctx["experts"]}
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(f, json.dumps(ctx, indent=1, sort_keys=True))  # shards bind at once: never a torn file
+
+
+def _register(study: Path, out: Path) -> None:
+    """List what was written in the study's manifest (when ``out`` lies inside the study), so the
+    study keeps verifying while its ground truth grows."""
+    from pitune_core.study.manifest import register_files
+
+    if out.is_dir():
+        register_files(study, [p for p in sorted(out.rglob("*")) if p.is_file()])
