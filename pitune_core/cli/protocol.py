@@ -66,8 +66,13 @@ def cmd_plan(args) -> int:
     summary = args.summary or r.get("summary", "precomputed/experts/summary.csv")
     again = make_plan(summary, plan.name, r.get("margin_points", 5.0), r.get("min_shots", 16), r.get("min_targets", 12))
     same = again.targets == plan.targets
+    # the plan records the numbers its rule read: a summary with other numbers is another study's
+    evidence_same = again.rule.get("evidence") == r.get("evidence")
     print(json.dumps({"plan": args.plan, "summary": str(summary), "targets": plan.targets, "rule_gives_same_targets": same,
-                      "planned_runs": len(plan.jobs())}, indent=1))
+                      "summary_matches_plan_evidence": evidence_same, "planned_runs": len(plan.jobs())}, indent=1))
+    if not evidence_same:
+        print(f"{summary} is not the summary this plan was made from (its numbers differ from the plan's recorded "
+              "evidence); give that study's experts/summary.csv with --summary", file=sys.stderr)
     return 0 if same else 1
 
 
