@@ -844,12 +844,14 @@ class RunRegistry:
             row = self._row(conn, run_id)
             if row["status"] not in only_if:
                 return False
+            # the files first, inside the write transaction: whoever reads the new status from the
+            # database then finds the run directory already saying the same
+            self._write_outcome(self._record(row), status, metrics=metrics, error=error, details=details)
             conn.execute(
                 """UPDATE runs SET status = ?, finished_at = ?, metrics = COALESCE(?, metrics),
                        error = ?, heartbeat_at = ? WHERE id = ?""",
                 (status, now, metrics_json, error, now, run_id),
             )
-        self._write_outcome(self._record(row), status, metrics=metrics, error=error, details=details)
         return True
 
     def _write_outcome(
