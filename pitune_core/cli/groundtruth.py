@@ -36,7 +36,8 @@ def cmd_transfer_study(args) -> int:
     if args.predictors:
         plan.predictors = list(args.predictors)
     stages = STAGES[:3] if args.stage == "all" else (args.stage,)
-    res = run_groundtruth(plan, study_of(args), stages, out=args.out, projector=args.projector,
+    study = study_of(args)
+    res = run_groundtruth(plan, study, stages, out=args.out, projector=args.projector,
                           targets=args.targets, stability_sizes=args.stability_sizes)
     out = res["out"]
     if res["stability"] is not None:
@@ -59,7 +60,7 @@ def cmd_transfer_study(args) -> int:
         if res["drawn"]:
             from pitune_core.predict.quality import PREDICTOR_PREFIX
 
-            print(f"predictor graphs (full-data rows) -> {StudyPaths(study_of(args)).predict_of(plan.method)}/"
+            print(f"predictor graphs (full-data rows) -> {StudyPaths(study).predict_of(plan.method)}/"
                   f"{PREDICTOR_PREFIX}{{{','.join(res['drawn'])}}}", file=sys.stderr)
     if "quality" not in stages and not args.quiet:
         print(json.dumps({"out": str(out), "stages": list(stages), "key": plan.key()}))
