@@ -1,6 +1,6 @@
 """Do ground-truth pairs made on a GPU reproduce on CPU? Re-runs logged pairs here and compares.
 
-    python bench/device_reproducibility.py [--study studies/v2] [--plan plans/transfer-v2.json]
+    python bench/device_reproducibility.py [--study precomputed] [--plan plans/transfer-v2.json]
                                            [--pairs mnist:5:scratch,sklearn_digits ...] [--out FILE]
 
 ``pairs.jsonl`` rows say where each pair ran (``device``); this re-runs the chosen (target, seed,
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pitune_core.model.backbone import UnifiedBackbone  # noqa: E402
 from pitune_core.model.device import describe_device  # noqa: E402
-from pitune_core.paths import StudyPaths  # noqa: E402
+from pitune_core.paths import SHIPPED_STUDY, StudyPaths  # noqa: E402
 from pitune_core.study.transfer import few_shot_score, load_plan, read_jsonl  # noqa: E402
 
 DEFAULT = ["mnist:5:scratch,sklearn_digits,opencv_digits,fashion_mnist,emoji_group,movie_sentiment",
@@ -30,7 +30,7 @@ DEFAULT = ["mnist:5:scratch,sklearn_digits,opencv_digits,fashion_mnist,emoji_gro
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--study", default="studies/v2")
+    ap.add_argument("--study", default=str(SHIPPED_STUDY))
     ap.add_argument("--plan", default="plans/transfer-v2.json")
     ap.add_argument("--pairs", nargs="*", default=DEFAULT, help="TARGET:SEED:SOURCE,SOURCE,... (scratch = no source)")
     ap.add_argument("--out", help="write the comparison as JSON here")

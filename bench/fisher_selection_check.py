@@ -1,6 +1,6 @@
 """Does the batched Fisher pick the same sources as the loop did? Checked on the study's own logged runs.
 
-    python bench/fisher_selection_check.py [--study studies/v2] [--plan few-shot-v2] [--cases 12]
+    python bench/fisher_selection_check.py [--study precomputed] [--plan few-shot-v2] [--cases 12]
 
 The pre-registered few-shot study ranks each run's sources by the Fisher of the target's own expert
 on the run's shots (:func:`pitune_core.tune.baselines.target_side`). Its first runs computed that
@@ -31,14 +31,14 @@ import numpy as np
 
 from pitune_core.common import read_jsonl
 from pitune_core.model.backbone import UnifiedBackbone
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import SHIPPED_STUDY, StudyPaths
 from pitune_core.study.protocol import load_study_sources
 from pitune_core.tune import baselines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--study", default="studies/v2")
+    ap.add_argument("--study", default=str(SHIPPED_STUDY))
     ap.add_argument("--plan", default="few-shot-v2")
     ap.add_argument("--cases", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)

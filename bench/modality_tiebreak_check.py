@@ -1,6 +1,6 @@
 """Does breaking the same-modality rule's ties with another predictor rank sources better? (exploratory)
 
-    python bench/modality_tiebreak_check.py [--study studies/v2] [--plan transfer-v2]
+    python bench/modality_tiebreak_check.py [--study precomputed] [--plan transfer-v2]
 
 The ground truth's "Beyond modality" table (REPORT.md) shows that data-only and the source expert's
 accuracy order sources *within* a modality at 4 shots, which the same-modality rule cannot (it
@@ -25,14 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from scipy.stats import rankdata
 
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import SHIPPED_STUDY, StudyPaths
 from pitune_core.predict.quality import paired_ci, target_quality
 from pitune_core.study.reader import Study
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--study", default="studies/v2")
+    ap.add_argument("--study", default=str(SHIPPED_STUDY))
     ap.add_argument("--plan", default="transfer-v2")
     ap.add_argument("--others", nargs="+", default=["data", "expert_accuracy", "fisher"])
     args = ap.parse_args(argv)

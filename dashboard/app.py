@@ -344,7 +344,18 @@ def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
                    + "The target is the red star, dashed lines lead to its top-k sources; only the target, its "
                      "sources and search matches are labelled (hover for any other task). Click a node to make "
                      "it the target.")
+        _placed_elsewhere(study, sel, set(G))
         _cross_modal_note(study)
+
+
+def _placed_elsewhere(study: Study, sel: dict, drawn: set) -> None:
+    """Say where a placed user task is drawn when this graph does not show it (a task is placed by
+    Fisher and the study's default predictor, not by every predictor)."""
+    for t in study.tasks():
+        if t.get("user_task") and t["name"] not in drawn:
+            on = [EMBEDDING_LABELS.get(e, e) for e in NT.placed_on(study.root, t["name"], sel["method"])]
+            st.caption(f"Your task {_md(t['name'])} is not on this graph: it is placed by "
+                       f"{_md(', '.join(on) or 'no embedding of these experts')}; choose one of those in the sidebar.")
 
 
 def _cross_modal_note(study: Study) -> None:

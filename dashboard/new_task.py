@@ -21,7 +21,7 @@ import streamlit as st
 
 from dashboard.text import md as _md
 from pitune_core.data import user_tasks as U
-from pitune_core.study.place import PLACEABLE, placed_stamp  # noqa: F401 - placed_stamp: re-exported for app.py
+from pitune_core.study.place import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
 
 KINDS = {"text": "Texts with labels (CSV / JSONL)", "images": "Images in class folders (zip)",
          "pairs": "Image-text pairs (zip with one .jsonl + images)"}

@@ -3,8 +3,8 @@ pairs.jsonl), the Target tab's predictor x metric panel, and the Graph tab's cro
 
 The ground-truth folder is made by the REAL :func:`pitune_core.study.transfer.quality_table` from a
 synthetic pairs log and predictor log (no training: the gains and predictor rows are drawn from a
-known model, same-modality sources gain ~6 points, cross-modality ~0), inside a copy of the shipped
-study in a temporary directory (precomputed/ is never modified). A second plan is a pilot with one
+known model, same-modality sources gain ~6 points, cross-modality ~0), inside a copy of the first
+study (studies/v1/, never modified) in a temporary directory. A second plan is a pilot with one
 target, so its CIs are undefined (NaN in the file) -- what a partial study looks like.
 """
 
@@ -26,13 +26,15 @@ from pitune_core.study.reader import GroundTruthError, Study
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "dashboard" / "app.py")
-SHIPPED = REPO / "precomputed"
+#: the first study (v1): no ground truth of its own, and the transfer/ matrix its Target tab shows as
+#: the "first measurement"; the reader still opens such studies (precomputed/ now has its own ground truth)
+SHIPPED = REPO / "studies" / "v1"
 TASKS = ["movie_sentiment", "amazon_sentiment", "rt_polarity", "mnist", "sklearn_digits", "opencv_digits",
          "tux_caption_match", "emoji_caption_match"]
 PREDS = ["fisher", "same_modality", "random"]
 SEEDS = (0, 1, 2, 3)
 
-needs_shipped = pytest.mark.skipif(not (SHIPPED / "manifest.json").is_file(), reason="no shipped study in precomputed/")
+needs_shipped = pytest.mark.skipif(not (SHIPPED / "manifest.json").is_file(), reason="no v1 study in studies/v1/")
 
 
 def _modalities() -> dict[str, str]:
@@ -98,7 +100,7 @@ def _list_in_manifest(root: Path) -> None:
 @pytest.fixture(scope="module")
 def gt_study(tmp_path_factory):
     if not (SHIPPED / "manifest.json").is_file():
-        pytest.skip("no shipped study in precomputed/")
+        pytest.skip("no v1 study in studies/v1/")
     root = tmp_path_factory.mktemp("gt") / "study"
     shutil.copytree(SHIPPED, root)
     made = _write_groundtruth(root / "groundtruth" / "gt-test", "gt-test", TASKS)

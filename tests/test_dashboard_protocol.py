@@ -13,12 +13,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
+from studycopy import copy_without_measurements
 
 from dashboard.figures import paired_diff_figure
 from pitune_core.common import sha256_file
@@ -299,8 +299,7 @@ def test_paired_diff_figure_is_a_sorted_dot_plot_on_a_zoomed_axis(tmp_path):
 def _study_copy(tmp_path: Path, **results) -> Path:
     if not (SHIPPED / "manifest.json").is_file():
         pytest.skip(f"no complete study at {SHIPPED}")
-    root = tmp_path / "study"
-    shutil.copytree(SHIPPED, root, symlinks=True)
+    root = copy_without_measurements(SHIPPED, tmp_path / "study")
     if results.pop("write", True):
         _list_in_manifest(root, write_results(root / "protocol" / PLAN / "results.csv", **results))
     return root

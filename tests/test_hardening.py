@@ -28,9 +28,11 @@ import hostile
 from hostile import HOSTILE_EXPERTS, HOSTILE_STUDIES, SHIPPED_LORA
 
 from pitune_core.cli.main import main
-from pitune_core.paths import SHIPPED_STUDY
+from pitune_core.paths import REPO_ROOT, SHIPPED_STUDY
 from pitune_core.study import verify as verify_mod
 from pitune_core.study.verify import require_verified, verify_study
+
+FIRST_STUDY = REPO_ROOT / "studies" / "v1"  # the first study: a v1 layout the reader still opens
 
 
 @contextmanager
@@ -502,14 +504,14 @@ def test_reader_refuses_markup_task_names(tmp_path):
 
 
 def test_target_tab_lists_agree_and_study_tab_shows_recorded_times(tmp_path, monkeypatch):
-    """On the shipped study: the Target tab's measured-source top-3 equals predict_quality's list
+    """On the first study (studies/v1, with its transfer/ matrix and compare/ runs): the Target tab's measured-source top-3 equals predict_quality's list
     (rt_polarity: the all-expert list has newsgroups_topic, which is marked not measured), and the
     Study tab shows the summed recorded run times, not the resumed stages' wall times."""
     from streamlit.testing.v1 import AppTest
 
     from pitune_core.study.reader import Study
 
-    monkeypatch.setenv("PITUNE_STUDY", str(SHIPPED_STUDY))
+    monkeypatch.setenv("PITUNE_STUDY", str(FIRST_STUDY))
     monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "registry.sqlite"))
     app = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
     at = AppTest.from_file(app, default_timeout=120).run()
@@ -517,7 +519,7 @@ def test_target_tab_lists_agree_and_study_tab_shows_recorded_times(tmp_path, mon
     at.run()
     at.sidebar.selectbox(key="target").set_value("rt_polarity").run()
     assert not at.exception
-    per_seed = Study(SHIPPED_STUDY).target_quality("fisher", "rt_polarity")[0]["predicted"]
+    per_seed = Study(FIRST_STUDY).target_quality("fisher", "rt_polarity")[0]["predicted"]
     line = next(m.value for m in at.markdown if "among the" in m.value and "measured sources" in m.value)
     assert line.split(":")[-1].strip() == ", ".join(per_seed)
     table = next(df.value for df in at.dataframe if any("among measured sources" in c for c in df.value.columns))

@@ -51,7 +51,7 @@ def test_umap_from_precomputed_similarity_clips_neighbours():
 BLOCKS_SCRIPT = """
 import json, sys, numpy as np
 from pitune_core.predict.layout import layout_from_similarity
-g = np.repeat([0, 1, 2], [6, 5, 5])  # studies/v2's same-modality graph: one value within a block, one across
+g = np.repeat([0, 1, 2], [6, 5, 5])  # the shipped study's same-modality graph: one value within a block, one across
 within, across = np.array([6 / 7, 25 / 28, 25 / 28]), np.array([[0, 19 / 56, 19 / 56], [19 / 56, 0, 5 / 14],
                                                                  [19 / 56, 5 / 14, 0]])
 sim = np.where(g[:, None] == g[None, :], within[g][:, None], across[g][:, g])

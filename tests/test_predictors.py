@@ -257,7 +257,8 @@ def test_committed_plan_is_valid():
 
 
 def test_the_confirmation_plan_follows_its_rule():
-    """plans/transfer-v2-confirm.json: its targets are exactly the study's LoRA tasks outside transfer-v2
+    """plans/transfer-v2-confirm.json (written when the study was at studies/v2, now precomputed/): its
+    targets are exactly the study's LoRA tasks outside transfer-v2
     with >= 16 training examples in every class; every task with an expert is a source."""
     import numpy as np
 
@@ -267,7 +268,7 @@ def test_the_confirmation_plan_follows_its_rule():
 
     v2 = load_plan(REPO_ROOT / "plans" / "transfer-v2.json")
     confirm = load_plan(REPO_ROOT / "plans" / "transfer-v2-confirm.json")
-    experts = sorted(d.name for d in StudyPaths(REPO_ROOT / "studies" / "v2").experts_of("lora").iterdir()
+    experts = sorted(d.name for d in StudyPaths(REPO_ROOT / "precomputed").experts_of("lora").iterdir()
                      if (d / "pitune_expert.json").is_file())
     assert sorted(confirm.tasks) == experts
     assert confirm.key() == v2.key()  # the same pair budget: comparable gains

@@ -13,8 +13,13 @@ import pytest
 from pitune_core.data import dedup
 from pitune_core.data.tasks import Split, TASKS, get_task, load_raw_task_data
 from pitune_core.study import protocol, stats
+from studycopy import copy_without_measurements
 
 PLAN = "plans/few-shot-v2.json"
+#: the first study (v1): its projector was aligned on task images, so the protocol refuses it unless told
+FIRST_STUDY = "studies/v1"
+#: the plan's targets were chosen from the first study's experts (then at precomputed/, as the plan's rule says)
+PLAN_SUMMARY = "studies/v1/experts/summary.csv"
 
 
 # ----------------------------------------------------------------------------- dedup
@@ -87,8 +92,8 @@ def test_loaded_evaluation_splits_hold_no_example_of_another_tasks_training_spli
 
 # ----------------------------------------------------------------------------- alignment
 
-def test_shipped_projector_is_flagged_as_having_seen_targets():
-    check = protocol.alignment_check("precomputed", ["rt_polarity", "emoji_group", "tux_caption_match"])
+def test_the_first_studys_projector_is_flagged_as_having_seen_targets():
+    check = protocol.alignment_check(FIRST_STUDY, ["rt_polarity", "emoji_group", "tux_caption_match"])
     assert not check["clean"] and check["corpus"] == "tasks"
     assert set(check["touched"]) == {"emoji_group", "tux_caption_match"}
 
@@ -202,9 +207,12 @@ def test_lora_only_baselines_refuse_other_expert_types(backbone, protocol_source
 
 def test_committed_plan_follows_its_rule_and_covers_the_grid():
     plan = protocol.load_plan(PLAN)
-    again = protocol.make_plan(plan.rule["summary"], plan.name, plan.rule["margin_points"], plan.rule["min_shots"],
+    assert plan.rule["summary"] == "precomputed/experts/summary.csv"  # where it was when the plan was made
+    again = protocol.make_plan(PLAN_SUMMARY, plan.name, plan.rule["margin_points"], plan.rule["min_shots"],
                                plan.rule["min_targets"])
-    assert again.targets == plan.targets and protocol.plan_to_json(again) == protocol.plan_to_json(plan)
+    assert again.rule["evidence"] == plan.rule["evidence"]  # the same numbers: the summary the plan was made from
+    moved = protocol.plan_to_json(again).replace(PLAN_SUMMARY, plan.rule["summary"])  # the same file, moved
+    assert again.targets == plan.targets and moved == protocol.plan_to_json(plan)
     assert len(plan.targets) >= 12 and {TASKS[t].modality for t in plan.targets} == {"language", "vision", "vision-language"}
     assert len(plan.seeds) >= 3 and plan.shots == [4, 16, None]
     jobs = plan.jobs()
@@ -279,19 +287,19 @@ def test_plan_runs_resume_shard_and_never_reuse_another_plans_rows(tmp_path, mon
     out = tmp_path / "out"
     n = len(plan.jobs())
     assert n == 3 * (2 * 2 * 2 + 2)  # seeds x (targets x shots x core + targets x extra at 2 shots)
-    r = protocol.run_plan(plan, "precomputed", out, backbone=object(), limit=5, allow_unclean_alignment=True)
+    r = protocol.run_plan(plan, FIRST_STUDY, out, backbone=object(), limit=5, allow_unclean_alignment=True)
     assert r["ran"] == 5 and len(calls) == 5
-    r = protocol.run_plan(plan, "precomputed", out, backbone=object(), allow_unclean_alignment=True)
+    r = protocol.run_plan(plan, FIRST_STUDY, out, backbone=object(), allow_unclean_alignment=True)
     assert r["skipped"] == 5 and r["ran"] + r["failed"] == n - 5 and r["failed"] == 1
-    r = protocol.run_plan(plan, "precomputed", out, backbone=object(), allow_unclean_alignment=True)
+    r = protocol.run_plan(plan, FIRST_STUDY, out, backbone=object(), allow_unclean_alignment=True)
     assert r == {**r, "ran": 1, "failed": 0, "skipped": n - 1}  # only the failed run is retried
-    context = {**protocol.run_context("precomputed", "lora", plan.targets), "alignment_clean": False}
+    context = {**protocol.run_context(FIRST_STUDY, "lora", plan.targets), "alignment_clean": False}
     rows = protocol.collect(plan, out, context)
     assert len(rows) == n and all(row["status"] == "done" for row in rows)
     # another plan in the same directory is refused; elsewhere none of these rows is reused
     other = _small_plan(seeds=[0, 1, 3])
     with pytest.raises(protocol.PlanError, match="another plan"):
-        protocol.run_plan(other, "precomputed", out, backbone=object(), allow_unclean_alignment=True)
+        protocol.run_plan(other, FIRST_STUDY, out, backbone=object(), allow_unclean_alignment=True)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "runs.jsonl").write_text((out / "runs.jsonl").read_text())
     other_rows = protocol.collect(other, tmp_path / "other", context)
@@ -313,14 +321,14 @@ def test_shards_split_the_jobs_exactly(tmp_path, monkeypatch):
     plan = _small_plan(extra=[])
     for i in range(3):
         monkeypatch.setenv("PITUNE_SHARD", f"{i}/3")
-        protocol.run_plan(plan, "precomputed", tmp_path, backbone=object(), allow_unclean_alignment=True)
+        protocol.run_plan(plan, FIRST_STUDY, tmp_path, backbone=object(), allow_unclean_alignment=True)
     assert sorted(map(repr, calls)) == sorted(repr((j["approach"], j["target"], j["shots"], j["seed"])) for j in plan.jobs())
     assert len(calls) == len(set(calls))  # no job ran twice
 
 
 def test_unclean_alignment_is_refused(tmp_path):
     with pytest.raises(protocol.PlanError, match="aligned on data that touches"):
-        protocol.run_plan(_small_plan(), "precomputed", tmp_path, backbone=object())
+        protocol.run_plan(_small_plan(), FIRST_STUDY, tmp_path, backbone=object())
 
 
 def test_estimate_extrapolates_measured_times(tmp_path, monkeypatch):
@@ -329,8 +337,8 @@ def test_estimate_extrapolates_measured_times(tmp_path, monkeypatch):
     monkeypatch.setattr(baselines, "run_method", _fake_run([]))
     monkeypatch.delenv("PITUNE_SHARD", raising=False)
     plan = _small_plan(extra=[])
-    protocol.run_plan(plan, "precomputed", tmp_path, backbone=object(), allow_unclean_alignment=True, limit=4)
-    context = {**protocol.run_context("precomputed", "lora", plan.targets), "alignment_clean": False}
+    protocol.run_plan(plan, FIRST_STUDY, tmp_path, backbone=object(), allow_unclean_alignment=True, limit=4)
+    context = {**protocol.run_context(FIRST_STUDY, "lora", plan.targets), "alignment_clean": False}
     est = protocol.estimate(plan, tmp_path, context)
     assert est["planned_runs"] == len(plan.jobs()) and est["done"] == 4
     # seed 0, shots 2 ran first: the full-data regime has no measurement yet
@@ -418,13 +426,10 @@ def test_timing_sample_takes_one_planned_job_per_cell():
 def test_files_a_study_grows_by_are_registered_in_its_manifest(tmp_path):
     """The protocol's and the ground truth's outputs arrive after `pitune precompute`: their writers
     list them in the manifest, so the study keeps verifying; a changed file is caught again."""
-    import shutil
-
     from pitune_core.study.manifest import register_files
     from pitune_core.study.verify import verify_study
 
-    study = tmp_path / "study"
-    shutil.copytree("precomputed", study)
+    study = copy_without_measurements(Path("precomputed"), tmp_path / "study")
     out = study / "protocol" / "few-shot-v2"
     out.mkdir(parents=True)
     (out / "runs.jsonl").write_text('{"key": "a"}\n')

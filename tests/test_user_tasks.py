@@ -279,6 +279,7 @@ def test_dashboard_upload_flow(store, tmp_path, monkeypatch):
     from pitune_core.runs import executor
     from pitune_core.runs.registry import RunRegistry
     from pitune_core.study.place import PlaceConfig, place_task
+    from pitune_core.study.reader import Study
 
     db = tmp_path / "runs" / "registry.sqlite"
     monkeypatch.setenv("PITUNE_STUDY", str(STUDY))
@@ -313,6 +314,10 @@ def test_dashboard_upload_flow(store, tmp_path, monkeypatch):
     assert "my_weather" in nodes
     assert any(t.get("name") == "your task" for t in spec["data"])
     assert "my_weather (language)" in at.sidebar.selectbox(key="target").options
+    at.sidebar.selectbox(key="embedding").set_value("data").run()  # a graph the task is not placed on: said so
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("my_weather is not on this graph" in _plain(c.value) and "Fisher" in c.value for c in at.caption)
+    at.sidebar.selectbox(key="embedding").set_value(Study(STUDY).default_embedding("lora")[0]).run()
     at.sidebar.selectbox(key="target").set_value("my_weather").run()
     at.session_state["view"] = "Map"
     at.run()
@@ -330,7 +335,11 @@ def test_dashboard_upload_flow(store, tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     runs = RunRegistry(db).list_runs(kind="transfer")
     assert runs and runs[0].config["target"] == "my_weather"
-    placed = json.loads(next((store / "my_weather" / "placed").glob("*/lora-fisher/placement.json")).read_text())
+    # the run ranks with the sidebar's embedding: the study's default (a predictor graph when its ground
+    # truth says so), on which the task was placed as well as on Fisher
+    emb = runs[0].config["embedding"]
+    assert emb == Study(STUDY).default_embedding("lora")[0]
+    placed = json.loads(next((store / "my_weather" / "placed").glob(f"*/lora-{emb}/placement.json")).read_text())
     assert runs[0].config["sources"] == [n for n, _ in placed["top_k"]][: runs[0].config["k"]]
 
 

@@ -13,9 +13,10 @@ caption made from its category directory ("a clip art picture of an animal", or 
 exact or near duplicates (same 64-bit difference hash up to :data:`NEAR_DUP_BITS` bits) of any
 image in any suite task are dropped from the corpus; :func:`check_disjoint` proves, for a list of
 targets, that no alignment image shares a content hash or a near-duplicate hash with their
-evaluation splits. The shipped projector (``precomputed/backbone``) predates this rule: it was
-aligned on the training splits of :data:`ALIGN_TASKS` (``corpus="tasks"`` reproduces it), three of
-which are targets of the shipped comparison.
+evaluation splits; the shipped study's projector (``precomputed/backbone``) is aligned this way.
+The first study's projector (``studies/v1/backbone``) predates this rule: it was aligned on the
+training splits of :data:`ALIGN_TASKS` (``corpus="tasks"`` reproduces it), three of which were
+targets of that study's comparison.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from pitune_core.data.sources import Source
 from pitune_core.data.tasks import TaskSpec, get_task, list_tasks
 
 
-# LEGACY (the shipped projector): image tasks whose *training* splits it was aligned on. Any of
-# them evaluated as a target is not zero-shot; new projectors use the clip-art corpus instead.
+# LEGACY (the first study's projector, studies/v1/backbone): image tasks whose *training* splits it
+# was aligned on. Any of them evaluated as a target is not zero-shot; new projectors use clip art instead.
 ALIGN_TASKS = ("fashion_mnist", "emoji_group", "tux_category", "tux_caption_match", "tux_category_question",
                "emoji_name_match", "flag_country_match")
 

@@ -40,6 +40,7 @@ import numpy as np
 from pitune_core.data.user_tasks import (PLACED_DIR, UserTaskError, find_user_task, task_dir, user_task_names)
 from pitune_core.common import replace_dir
 from pitune_core.paths import StudyPaths
+from pitune_core.predict.quality import PREDICTOR_PREFIX
 
 PLACEMENT_FORMAT = "pitune-placement/1"
 PLACEMENT_FILE = "placement.json"
@@ -258,6 +259,10 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
             neighbours = [[names[keep[i]], round(float(wi), 6)] for i, wi in zip(nb, w)]
             note = (f"transformed into the existing layout (not recomputed): membership-weighted mean of the "
                     f"positions of its {len(nb)} nearest tasks (umap-learn's transform initialisation)")
+        also = []
+        for graph in _predictor_graphs(study, cfg):  # the graphs the dashboard opens on, drawn with the task too
+            say({"stage": f"rank by {graph}"})
+            also.append(_place_on_predictor(task, study, graph, cfg, bb, side.own_dir, tmp / graph))
         shutil.move(side.own_dir, tmp / "expert")
         save_embeddings(tmp / EMBEDDING_FILE, TaskEmbeddings([task], {g: row[g][None, :] for g in emb.groups},
                                                              {"kind": "fisher", "method": cfg.method,
@@ -279,14 +284,86 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / PLACEMENT_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
         for extra in tmp.iterdir():  # only the record, the embedding and the expert are kept
-            if extra.name not in (PLACEMENT_FILE, EMBEDDING_FILE, "expert"):
+            if extra.name not in (PLACEMENT_FILE, EMBEDDING_FILE, "expert", *(r["embedding"] for r in also)):
                 shutil.rmtree(extra, ignore_errors=True) if extra.is_dir() else extra.unlink()
+        for r in also:  # written before the Fisher record, which is what marks the task placed
+            replace_dir(tmp / r["embedding"], placement_dir(task, study, cfg.method, r["embedding"]))
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     say({"stage": "done"})
     return record
+
+
+def _predictor_graphs(study: Path, cfg: PlaceConfig) -> list[str]:
+    """The predictor graphs a placed task is also drawn on: the study's default ranking (the
+    predictor the ground truth found best at few shots, when the study draws it as a graph), so the
+    page the dashboard opens on shows the task. Others are not computed (each costs its own rows);
+    the Graph tab says which graphs show a placed task."""
+    from pitune_core.study.reader import Study
+
+    try:
+        emb, _ = Study(study).default_embedding(cfg.method)
+    except (OSError, ValueError):
+        return []
+    return [emb] if emb.startswith(PREDICTOR_PREFIX) and StudyPaths(study).similarity_csv(cfg.method, emb).is_file() else []
+
+
+def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb, own_dir: Path, out: Path) -> dict:
+    """A placement record on a predictor graph (:mod:`pitune_core.study.predictor_graphs`): the
+    predictor's row for the task computed from the same examples the Fisher placement used (its own
+    expert stands in for a full-data one), as percentiles over the graph's tasks (1 = ranked first).
+    The study's graph is symmetrised over both directions; a user task is no one's source, so its
+    entries are its own direction only. Its map position is transformed as for Fisher."""
+    from scipy.stats import rankdata
+
+    from pitune_core.paths import cache_dir
+    from pitune_core.predict.layout import read_layout_csv
+    from pitune_core.predict.predictors import PredictorContext, available_examples, predict_row
+    from pitune_core.predict.quality import predictor_of
+    from pitune_core.predict.similarity import read_similarity_csv
+    from pitune_core.study.sources import load_sources
+
+    sp = StudyPaths(study)
+    names, _ = read_similarity_csv(sp.similarity_csv(cfg.method, graph))
+    experts = {n: Path(d) for n, d in sorted(load_sources(study, cfg.method, "fisher").expert_dirs.items())
+               if n in names}
+    missing = sorted(set(names) - set(experts))
+    if missing:
+        raise PlacementError(f"{graph} draws {', '.join(missing[:3])} but the study has no {cfg.method} expert for it")
+    experts[task] = Path(own_dir)  # the task's own expert, trained on the examples below
+    ctx = PredictorContext(bb, experts, method=cfg.method, cache_dir=cache_dir() / "predictors")
+    row = predict_row(predictor_of(graph), available_examples(task, bb, cfg.shots, cfg.seed), ctx)
+    srcs = ctx.sources_for(task)
+    pct = (rankdata(row, method="average") - 1) / max(1, len(srcs) - 1)
+    sims = {n: float(pct[srcs.index(n)]) for n in names}
+    position, neighbours, note = None, [], "the study has no layout for this graph"
+    lay = sp.embedding_dir(cfg.method, graph) / "layout.csv"
+    if lay.is_file():
+        lnames, coords = read_layout_csv(lay)
+        keep = [n for n in names if n in lnames]
+        xy, nb, w = transform_position(np.array([sims[n] for n in keep]), coords[[lnames.index(n) for n in keep]])
+        position = [float(xy[0]), float(xy[1])]
+        neighbours = [[keep[i], round(float(wi), 6)] for i, wi in zip(nb, w)]
+        note = "transformed into the existing layout (not recomputed), as for Fisher"
+    ranked = sorted(sims.items(), key=lambda x: (-x[1], x[0]))
+    rec = {"format": PLACEMENT_FORMAT, "task": task, "study": str(study), "study_id": study_id(study),
+           "method": cfg.method, "embedding": graph, "config": asdict(cfg),
+           "selection": f"predictor {predictor_of(graph)} on the task's (few-shot) training data, as percentiles "
+                        f"over the graph's tasks; the task's own direction only (no task ranks it as a source)",
+           "similarities": sims, "top_k": [[n, s] for n, s in ranked[:cfg.k]], "position": position,
+           "neighbours": neighbours, "layout": note,
+           "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / PLACEMENT_FILE).write_text(json.dumps(rec, indent=1), encoding="utf-8")
+    return rec
+
+
+def placed_on(study: str | os.PathLike, task: str, method: str) -> list[str]:
+    """The embeddings and graphs a placed user task is drawn on, for this study and expert type."""
+    base = task_dir(task) / PLACED_DIR / study_id(study)
+    return sorted(d.name[len(method) + 1:] for d in base.glob(f"{method}-*") if (d / PLACEMENT_FILE).is_file())
 
 
 # ----------------------------------------------------------------------------- reading (no torch)
@@ -302,7 +379,7 @@ def placements(study: str | os.PathLike, method: str, embedding: str, names: lis
     """The placement records of user tasks on this study (same study id) for one expert type and
     embedding; with ``names`` (the study's similarity rows) only those that match them."""
     out = []
-    if embedding not in PLACEABLE:
+    if embedding not in PLACEABLE and not embedding.startswith(PREDICTOR_PREFIX):
         return out
     sid = study_id(study)
     for task in user_task_names():
