@@ -95,6 +95,18 @@ def _flow(name: str, add_args: list[str], store: Path, tmp_path: Path, capsys) -
     assert all(0.0 <= s <= 1.0 for s in rec["similarities"].values())
     assert rec["examples_used"] == 4  # 2 shots x 2 classes: its embedding saw nothing else
     assert len(rec["position"]) == 2
+    # also placed on the study's default ranking when that is a predictor graph (same-modality here)
+    from pitune_core.study.reader import Study
+
+    default = Study(STUDY).default_embedding("lora")[0]
+    if default.startswith("predictor-"):
+        assert f"also placed on {default}" in out and list(rec["also_placed_on"]) == [default]
+        prec = json.loads(next((store / name / "placed").glob(f"*/lora-{default}/placement.json")).read_text())
+        assert set(prec["similarities"]) == set(Study(STUDY).prediction_names("lora", default)) - {name}
+        assert prec["top_k"] == rec["also_placed_on"][default] and len(prec["position"]) == 2
+        if default == "predictor-same_modality":
+            modality = {t["name"]: t["modality"] for t in names}
+            assert all(modality[n] == rec["modality"] for n, _ in prec["top_k"])
     rc, out, err = run_cli(["top-k", name, "--k", "2", "--study", str(STUDY)], capsys)
     assert rc == 0, err
     assert [ln.split("\t")[0] for ln in out.strip().splitlines()] == [n for n, _ in rec["top_k"]]

@@ -200,6 +200,11 @@ def cmd_place(args) -> int:
     print(f"top-{len(rec['top_k'])} sources: " + ", ".join(f"{n} ({s:.3f})" for n, s in rec["top_k"]))
     if rec["position"]:
         print(f"map position ({rec['position'][0]:.2f}, {rec['position'][1]:.2f}): {rec['layout']}")
+    for graph, top in (rec.get("also_placed_on") or {}).items():
+        print(f"also placed on {graph} (the study's default ranking): top-{len(top)} "
+              + ", ".join(f"{n} ({x:.2f})" for n, x in top))
+    for graph, why in (rec.get("not_placed_on") or {}).items():
+        print(f"not placed on {graph}: {why}", file=sys.stderr)
     print(f"next: pitune transfer {args.name} --study {study} --shots {args.shots or 'full'}", file=sys.stderr)
     return 0
 

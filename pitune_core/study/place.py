@@ -259,10 +259,14 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
             neighbours = [[names[keep[i]], round(float(wi), 6)] for i, wi in zip(nb, w)]
             note = (f"transformed into the existing layout (not recomputed): membership-weighted mean of the "
                     f"positions of its {len(nb)} nearest tasks (umap-learn's transform initialisation)")
-        also = []
+        also, also_failed = [], {}
         for graph in _predictor_graphs(study, cfg):  # the graphs the dashboard opens on, drawn with the task too
             say({"stage": f"rank by {graph}"})
-            also.append(_place_on_predictor(task, study, graph, cfg, bb, side.own_dir, tmp / graph))
+            try:
+                also.append(_place_on_predictor(task, study, graph, cfg, bb, side.own_dir, tmp / graph))
+            except (PlacementError, ValueError, RuntimeError) as e:  # the Fisher placement stands; say why not
+                also_failed[graph] = " ".join(str(e).split())[:300]
+                shutil.rmtree(tmp / graph, ignore_errors=True)
         shutil.move(side.own_dir, tmp / "expert")
         save_embeddings(tmp / EMBEDDING_FILE, TaskEmbeddings([task], {g: row[g][None, :] for g in emb.groups},
                                                              {"kind": "fisher", "method": cfg.method,
@@ -277,6 +281,8 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
                                "(tune.baselines.target_side, as a few-shot π-Tuning run ranks its sources)",
                   "similarities": dict(zip(names, sims_a.tolist())), "top_k": top, "position": position,
                   "neighbours": neighbours, "layout": note,
+                  "also_placed_on": {r["embedding"]: [[n, x] for n, x in r["top_k"]] for r in also},
+                  "not_placed_on": also_failed,
                   "expert": {"test": test_metrics, "steps": side.own_steps},
                   "num_train": len(data.train), "num_test": len(data.test),
                   "max_shots": int(np.bincount(data.train.labels, minlength=spec.num_classes).min()),
