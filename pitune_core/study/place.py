@@ -15,10 +15,15 @@ the positions of its nearest tasks (distance ``1 - similarity``), with UMAP's fu
 weights (``smooth_knn_dist``), which is how umap-learn's ``transform`` initialises a new point;
 the study's layout stays exactly as shipped.
 
+When the study's default ranking is a predictor graph (:mod:`pitune_core.study.predictor_graphs`,
+chosen by its ground truth), the task is placed there too: that predictor's row computed from the
+same examples, as percentiles over the graph's tasks, so the dashboard's first page shows it.
+
 Everything is written beside the study, in the user task store
 (``TASK/placed/<study id>/<method>-<embedding>/``: ``placement.json``, ``embedding.safetensors``,
-``expert/``), atomically; ``precomputed/`` is never written, so ``pitune verify`` still passes. The
-readers below (no torch) merge placed tasks into what the dashboard, ``top-k`` and ``transfer`` see.
+``expert/``; a predictor graph's folder holds its ``placement.json`` only), atomically;
+``precomputed/`` is never written, so ``pitune verify`` still passes. The readers below (no torch)
+merge placed tasks into what the dashboard, ``top-k`` and ``transfer`` see.
 """
 
 from __future__ import annotations
@@ -267,6 +272,7 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
             except (PlacementError, ValueError, RuntimeError) as e:  # the Fisher placement stands; say why not
                 also_failed[graph] = " ".join(str(e).split())[:300]
                 shutil.rmtree(tmp / graph, ignore_errors=True)
+                shutil.rmtree(placement_dir(task, study, cfg.method, graph), ignore_errors=True)  # no stale one
         shutil.move(side.own_dir, tmp / "expert")
         save_embeddings(tmp / EMBEDDING_FILE, TaskEmbeddings([task], {g: row[g][None, :] for g in emb.groups},
                                                              {"kind": "fisher", "method": cfg.method,
