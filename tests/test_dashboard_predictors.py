@@ -511,6 +511,7 @@ def test_report_carries_the_ground_truth_and_the_protocol(gt_study):
     (root / "protocol" / "few-demo" / "report.md").write_text("## Pre-registered comparison: few-demo\n\nrow\n")
     md = report(root)
     assert "### Pre-registered comparison: few-demo" in md
+    assert "`groundtruth/gt-test/` (`pitune transfer-study`)" in md and "`protocol/few-demo/` (`pitune study run`)" in md
     rel = q["reliability"]["mean"]
     assert "## Does the prediction predict? Ground truth `gt-test`" in md
     assert f"Spearman–Brown {rel['reliability']:.3f}" in md

@@ -302,10 +302,16 @@ def stages_section(root: Path) -> list[str]:
     m = json.loads(mf.read_text())
     secs = {k: v for k, v in m.get("stage_seconds", {}).items() if v is not None}
     hw = m.get("hardware", {})
+    sp = StudyPaths(root)
+    added = [f"`groundtruth/{d.name}/` (`pitune transfer-study`)" for d in sorted(sp.root.glob("groundtruth/*")) if d.is_dir()]
+    added += [f"`protocol/{d.name}/` (`pitune study run`)" for d in sorted(sp.root.glob("protocol/*")) if d.is_dir()]
     return ["## How it was made", "", f"`{m.get('command')}` on {hw.get('cpu_count')} CPUs "
             f"({hw.get('device')}, torch threads {hw.get('torch_threads')}, GPU {hw.get('gpu')}), "
             f"{m.get('started')} → {m.get('finished')}.", "",
-            "Stage times (s, last run of each stage): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()), ""]
+            "Stage times (s, last run of each stage): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()), "",
+            *([f"Measurements in this study, each run by its own command (or the matching `pitune precompute` "
+               f"stage) and described in its section above, with its devices and CPU time: {', '.join(added)}.", ""]
+              if added else [])]
 
 
 def report(root: str | Path) -> str:
