@@ -211,7 +211,6 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
     from pitune_core.model.backbone import UnifiedBackbone
     from pitune_core.model.experts import evaluate, load_expert
     from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings
-    from pitune_core.predict.layout import read_layout_csv
     from pitune_core.study.sources import load_sources
     from pitune_core.tune.baselines import Recipe, budget_for, fisher_on, run_data, split_budget, target_side
 
@@ -253,22 +252,13 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
         sims_a = np.array([sims_of[n] for n in names])
         top = [[n, s] for n, s in side.ranking[:cfg.k]]
         say({"stage": "layout"})
-        lay = sp.embedding_dir(cfg.method, cfg.embedding) / "layout.csv"
-        position, neighbours, note = None, [], "the study has no layout for this embedding"
-        if lay.is_file():
-            lnames, coords = read_layout_csv(lay)
-            pos_of = {n: i for i, n in enumerate(lnames)}
-            keep = [j for j, n in enumerate(names) if n in pos_of]
-            xy, nb, w = transform_position(sims_a[keep], coords[[pos_of[names[j]] for j in keep]])
-            position = [float(xy[0]), float(xy[1])]
-            neighbours = [[names[keep[i]], round(float(wi), 6)] for i, wi in zip(nb, w)]
-            note = (f"transformed into the existing layout (not recomputed): membership-weighted mean of the "
-                    f"positions of its {len(nb)} nearest tasks (umap-learn's transform initialisation)")
+        position, neighbours, note = _layout_position(sp.embedding_dir(cfg.method, cfg.embedding), names, sims_a)
         also, also_failed = [], {}
         for graph in _predictor_graphs(study, cfg):  # the graphs the dashboard opens on, drawn with the task too
             say({"stage": f"rank by {graph}"})
             try:
-                also.append(_place_on_predictor(task, study, graph, cfg, bb, side.own_dir, tmp / graph))
+                also.append(_place_on_predictor(task, study, graph, cfg, bb, src.expert_dirs, side.own_dir,
+                                                tmp / graph))
             except (PlacementError, ValueError, RuntimeError) as e:  # the Fisher placement stands; say why not
                 also_failed[graph] = " ".join(str(e).split())[:300]
                 shutil.rmtree(tmp / graph, ignore_errors=True)
@@ -308,6 +298,24 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
     return record
 
 
+def _layout_position(embedding_dir: Path, names: list[str], sims: np.ndarray) -> tuple[list | None, list, str]:
+    """``(position, neighbours, note)`` of a new task in the layout of ``embedding_dir`` (its
+    ``layout.csv``), from its similarities ``sims`` to ``names``: :func:`transform_position` over the
+    tasks the layout draws; no position when the study has no layout there."""
+    from pitune_core.predict.layout import read_layout_csv
+
+    lay = embedding_dir / "layout.csv"
+    if not lay.is_file():
+        return None, [], "the study has no layout for this embedding"
+    lnames, coords = read_layout_csv(lay)
+    pos_of = {n: i for i, n in enumerate(lnames)}
+    keep = [j for j, n in enumerate(names) if n in pos_of]
+    xy, nb, w = transform_position(np.asarray(sims)[keep], coords[[pos_of[names[j]] for j in keep]])
+    return ([float(xy[0]), float(xy[1])], [[names[keep[i]], round(float(wi), 6)] for i, wi in zip(nb, w)],
+            f"transformed into the existing layout (not recomputed): membership-weighted mean of the "
+            f"positions of its {len(nb)} nearest tasks (umap-learn's transform initialisation)")
+
+
 def _predictor_graphs(study: Path, cfg: PlaceConfig) -> list[str]:
     """The predictor graphs a placed task is also drawn on: the study's default ranking (the
     predictor the ground truth found best at few shots, when the study draws it as a graph), so the
@@ -322,43 +330,32 @@ def _predictor_graphs(study: Path, cfg: PlaceConfig) -> list[str]:
     return [emb] if emb.startswith(PREDICTOR_PREFIX) and StudyPaths(study).similarity_csv(cfg.method, emb).is_file() else []
 
 
-def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb, own_dir: Path, out: Path) -> dict:
+def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb, expert_dirs: dict,
+                        own_dir: Path, out: Path) -> dict:
     """A placement record on a predictor graph (:mod:`pitune_core.study.predictor_graphs`): the
     predictor's row for the task computed from the same examples the Fisher placement used (its own
     expert stands in for a full-data one), as percentiles over the graph's tasks (1 = ranked first).
     The study's graph is symmetrised over both directions; a user task is no one's source, so its
     entries are its own direction only. Its map position is transformed as for Fisher."""
-    from scipy.stats import rankdata
-
     from pitune_core.paths import cache_dir
-    from pitune_core.predict.layout import read_layout_csv
     from pitune_core.predict.predictors import PredictorContext, available_examples, predict_row
     from pitune_core.predict.quality import predictor_of
     from pitune_core.predict.similarity import read_similarity_csv
-    from pitune_core.study.sources import load_sources
+    from pitune_core.study.predictor_graphs import percentiles
 
     sp = StudyPaths(study)
     names, _ = read_similarity_csv(sp.similarity_csv(cfg.method, graph))
-    experts = {n: Path(d) for n, d in sorted(load_sources(study, cfg.method, "fisher").expert_dirs.items())
-               if n in names}
+    experts = {n: Path(d) for n, d in sorted(expert_dirs.items()) if n in names}
     missing = sorted(set(names) - set(experts))
     if missing:
         raise PlacementError(f"{graph} draws {', '.join(missing[:3])} but the study has no {cfg.method} expert for it")
     experts[task] = Path(own_dir)  # the task's own expert, trained on the examples below
     ctx = PredictorContext(bb, experts, method=cfg.method, cache_dir=cache_dir() / "predictors")
     row = predict_row(predictor_of(graph), available_examples(task, bb, cfg.shots, cfg.seed), ctx)
-    srcs = ctx.sources_for(task)
-    pct = (rankdata(row, method="average") - 1) / max(1, len(srcs) - 1)
-    sims = {n: float(pct[srcs.index(n)]) for n in names}
-    position, neighbours, note = None, [], "the study has no layout for this graph"
-    lay = sp.embedding_dir(cfg.method, graph) / "layout.csv"
-    if lay.is_file():
-        lnames, coords = read_layout_csv(lay)
-        keep = [n for n in names if n in lnames]
-        xy, nb, w = transform_position(np.array([sims[n] for n in keep]), coords[[lnames.index(n) for n in keep]])
-        position = [float(xy[0]), float(xy[1])]
-        neighbours = [[keep[i], round(float(wi), 6)] for i, wi in zip(nb, w)]
-        note = "transformed into the existing layout (not recomputed), as for Fisher"
+    pct = dict(zip(ctx.sources_for(task), percentiles(row).tolist()))
+    sims = {n: pct[n] for n in names}
+    position, neighbours, note = _layout_position(sp.embedding_dir(cfg.method, graph), list(names),
+                                                  np.array([sims[n] for n in names]))
     ranked = sorted(sims.items(), key=lambda x: (-x[1], x[0]))
     rec = {"format": PLACEMENT_FORMAT, "task": task, "study": str(study), "study_id": study_id(study),
            "method": cfg.method, "embedding": graph, "config": asdict(cfg),

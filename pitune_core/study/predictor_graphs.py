@@ -31,6 +31,13 @@ from pitune_core.predict.quality import PREDICTOR_NAMES, PREDICTOR_PREFIX
 from pitune_core.study.outputs import node_attrs, write_graph_files
 from pitune_core.study.transfer import TransferPlan, predictor_records
 
+def percentiles(scores) -> np.ndarray:
+    """Each score's percentile in its row's ranking: 1 = ranked first, 0 = last; ties share their
+    average rank. A row needs at least two scores."""
+    v = np.asarray(scores, dtype=np.float64)
+    return (rankdata(v, method="average") - 1) / (len(v) - 1)
+
+
 def percentile_rows(rows: list[tuple[str, list[str], list[float]]], tasks: list[str]) -> np.ndarray:
     """``(target, sources, scores)`` rows (several per target: averaged) → a (n, n) matrix over
     ``tasks``: entry (t, s) is the percentile of source s in t's ranking (1 = first), diagonal 1.
@@ -44,7 +51,7 @@ def percentile_rows(rows: list[tuple[str, list[str], list[float]]], tasks: list[
         vals = np.array([scores[sources.index(tasks[j])] for j in cols], dtype=np.float64)
         if len(cols) < 2 or not np.isfinite(vals).all():
             raise ValueError(f"the row for {target} has {len(cols)} usable sources or non-finite scores")
-        acc[i, cols] += (rankdata(vals, method="average") - 1) / (len(cols) - 1)
+        acc[i, cols] += percentiles(vals)
         count[i] += 1
     missing = [tasks[i] for i in range(n) if count[i] == 0]
     if missing:

@@ -303,14 +303,15 @@ def stages_section(root: Path) -> list[str]:
     secs = {k: v for k, v in m.get("stage_seconds", {}).items() if v is not None}
     hw = m.get("hardware", {})
     sp = StudyPaths(root)
-    added = [f"`groundtruth/{d.name}/` (`pitune transfer-study`)" for d in sorted(sp.root.glob("groundtruth/*")) if d.is_dir()]
-    added += [f"`protocol/{d.name}/` (`pitune study run`)" for d in sorted(sp.root.glob("protocol/*")) if d.is_dir()]
+    added = [f"`{base.name}/{d.name}/` (`pitune {cmd}`)"
+             for base, cmd in ((sp.groundtruth("x").parent, "transfer-study"), (sp.protocol("x").parent, "study run"))
+             for d in (sorted(base.iterdir()) if base.is_dir() else []) if d.is_dir()]
     return ["## How it was made", "", f"`{m.get('command')}` on {hw.get('cpu_count')} CPUs "
             f"({hw.get('device')}, torch threads {hw.get('torch_threads')}, GPU {hw.get('gpu')}), "
             f"{m.get('started')} → {m.get('finished')}.", "",
             "Stage times (s, last run of each stage): " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items()), "",
             *([f"Measurements in this study, each run by its own command (or the matching `pitune precompute` "
-               f"stage) and described in its section above, with its devices and CPU time: {', '.join(added)}.", ""]
+               f"stage) and described in its section above: {', '.join(added)}.", ""]
               if added else [])]
 
 
