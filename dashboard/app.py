@@ -220,9 +220,13 @@ def topk_list(study: Study, sel: dict, key: str) -> list:
             + (" — *not measured* (no transfer run for this pair)" if s.gain is None
                else f", measured gain {s.gain:+.1f} pts")
             for i, s in enumerate(top, 1)))
+        drawn = len([n for n in names if n != sel["target"]])
+        experts = len([t for t in study.expert_tasks(sel["method"]) if t != sel["target"] and t not in users])
+        over = (f"ranked over all {drawn} other experts of the study" if drawn >= experts else
+                f"ranked over the {drawn} other tasks this graph draws (the study has {experts} other experts; "
+                f"a run that ranks from its own examples ranks them all)")
         st.caption(f"{_md(EMBEDDING_LABELS.get(sel['embedding'], sel['embedding']))} similarity of the "
-                   f"{_md(METHOD_LABELS.get(sel['method'], sel['method']))} experts, ranked over all "
-                   f"{len([n for n in names if n != sel['target']])} other experts of the study (predict/{_md(sel['method'])}/"
+                   f"{_md(METHOD_LABELS.get(sel['method'], sel['method']))} experts, {over} (predict/{_md(sel['method'])}/"
                    f"{_md(sel['embedding'])}/similarity.csv)")
     return top
 
@@ -596,11 +600,19 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
     st.subheader(f"Interpolate and tune on `{target}`")
     c1, c2 = st.columns([1.1, 1])
     with c1:
-        _init("src_mode", "top-k")
-        src_mode = st.radio("Sources", ["top-k", "hand"], key="src_mode", horizontal=True,
-                            format_func=lambda m: {"top-k": f"top-{sel['k']} predicted",
-                                                   "hand": "choose them"}[m])
-        if src_mode == "top-k":
+        _init("src_mode", "shots")
+        src_mode = st.radio("Sources", ["shots", "top-k", "hand"], key="src_mode", horizontal=True,
+                            format_func=lambda m: {"shots": f"top-{sel['k']} from the run's examples",
+                                                   "top-k": f"top-{sel['k']} of the graph",
+                                                   "hand": "choose them"}[m],
+                            help="From the run's examples (the protocol, the default): the run trains the "
+                                 "target's own expert on its shots and ranks the study's experts with the "
+                                 "sidebar's predictor on those examples alone. Of the graph: the list shown "
+                                 "on the Graph tab, ranked from the target's data in the study (for a "
+                                 "built-in target its full training split).")
+        if src_mode == "shots":
+            sources = None
+        elif src_mode == "top-k":
             sources = [s.name for s in top]
         else:
             if not isinstance(st.session_state.get("src_pick"), list):
@@ -630,7 +642,24 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
     with c2:
         weights_spec = None
         problem = None
-        if not sources:
+        if sources is None:  # the run ranks its own sources
+            if wmode == "hand":
+                problem = "Hand-set weights need named sources: choose them, or learn the weights."
+            else:
+                weights_spec = {"learn-uniform": "uniform", "learn-auto": "auto"}[wmode]
+                n_other = len(experts)
+                st.markdown(f"**Sources: the top {sel['k']} of {n_other} experts, chosen by the run**")
+                st.caption(
+                    (f"The run trains `{target}`'s own expert on its {shots}-shot sample (seed {int(seed)}), "
+                     f"ranks the other {n_other} experts with "
+                     f"{EMBEDDING_LABELS.get(sel['embedding'], sel['embedding'])} computed on those examples "
+                     "alone, and tunes the top "
+                     f"{sel['k']} with its own expert. Nothing comes from `{target}`'s other examples, so "
+                     "the sources may differ from the graph's list; the run's page shows the ones it chose.")
+                    if shots != "full" else
+                    (f"At full data the run has all of `{target}`'s training data: it takes the study's "
+                     f"top {sel['k']} ({', '.join(s.name for s in top)}), as the graph shows."))
+        elif not sources:
             problem = "Choose at least one source expert."
         else:
             try:
@@ -657,7 +686,8 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
         try:
             cfg = study.transfer_config(target, sources, method=method, embedding=sel["embedding"],
                                         weights=weights_spec, shots=shots, seed=int(seed),
-                                        weights_only=bool(weights_only) and wmode != "hand")
+                                        weights_only=bool(weights_only) and wmode != "hand",
+                                        k=sel["k"] if sources is None else None)
         except ValueError as e:
             st.error(f"Cannot launch: {e}")
         else:
@@ -665,8 +695,9 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
             if reg is None:
                 return
             label = {"learn-uniform": "learned", "learn-auto": "learned from sims", "hand": "hand"}[wmode]
+            chosen = f"top-{sel['k']} from its examples" if sources is None else str(len(sources))
             try:  # the kind's validator runs here: a run that would be refused is never queued
-                run_id = reg.submit("transfer", cfg, name=f"{target} ← {len(sources)} {method} experts, {label}")
+                run_id = reg.submit("transfer", cfg, name=f"{target} ← {chosen} {method} experts, {label}")
             except (ValueError, RuntimeError, OSError) as e:
                 st.error(f"Cannot launch: {e}")
                 return
@@ -806,6 +837,17 @@ def protocol_section(study: Study) -> bool:
     return True
 
 
+def _run_sources(r) -> str:
+    """The sources a run used: named at launch, or chosen by the run from its own examples (then
+    in its metrics once it has them)."""
+    named = r.config.get("sources")
+    if named:
+        return ", ".join(str(n) for n in named)
+    chosen = (r.metrics or {}).get("sources")
+    picked = ", ".join(str(n) for n in chosen) if isinstance(chosen, list) and chosen else "not chosen yet"
+    return f"{picked} (ranked from its examples)"
+
+
 def tab_compare(study: Study, sel: dict, db: Path) -> None:
     target = sel["target"]
     reg = get_registry(str(db))
@@ -839,7 +881,7 @@ def tab_compare(study: Study, sel: dict, db: Path) -> None:
         st.markdown("**Your runs**")
         if runs:
             st.dataframe([{"run": r.id, "status": r.status, "shots": r.config.get("shots") or "full",
-                           "k": r.config.get("k"), "sources": ", ".join(r.config.get("sources") or []),
+                           "k": r.config.get("k"), "sources": _run_sources(r),
                            "weights": r.config.get("weights") if isinstance(r.config.get("weights"), str)
                            else "hand", "seed": r.config.get("seed"),
                            "accuracy": (r.metrics or {}).get("accuracy")} for r in runs],

@@ -239,9 +239,12 @@ def test_launch_submits_to_the_registry(env, no_scheduler):
     rec = reg.get(run_id)
     assert rec.kind == "transfer" and rec.status == "queued"
     top3 = [ln.split("**")[1] for ln in _topk(_app(), "topk-graph")]
+    # the default: the run ranks its own top-3 from its 4 shots (the protocol), none named here
     assert rec.config == {"target": COMPARE_TARGET, "k": 3, "method": "lora", "embedding": "fisher", "shots": 4,
-                          "weights": "auto", "sources": top3, "seed": 3, "study": str(env["study"].resolve()),
+                          "weights": "auto", "sources": None, "seed": 3, "study": str(env["study"].resolve()),
                           "weights_only": False}
+    assert any("4-shot sample" in c.value and "other examples" in c.value for c in at.caption)
+    assert "ranked from its examples" in _run_sources_shown(at)
     assert no_scheduler == [str(env["db"])]
     assert any(run_id in s.value for s in at.success)
     # the live list shows it with a cancel button; a second launch queues beside it
@@ -252,6 +255,26 @@ def test_launch_submits_to_the_registry(env, no_scheduler):
     at.button(key=f"cancel_{run_id}").click().run()
     _ok(at)
     assert reg.get(run_id).status == "cancelled" and reg.get(second).status == "queued"
+    # the graph's top-k, named: exactly the list the Graph tab shows
+    at.radio(key="src_mode").set_value("top-k").run()
+    at.button(key="launch").click().run()
+    _ok(at)
+    cfg = reg.get(at.session_state["launched"]).config
+    assert cfg["sources"] == top3 and cfg["k"] == 3
+    # hand-set weights cannot go with sources the run has not chosen yet: said, nothing queued
+    at.radio(key="src_mode").set_value("shots")
+    at.radio(key="weights_mode").set_value("hand").run()
+    assert at.button(key="launch").disabled and any("need named sources" in w.value for w in at.warning)
+
+
+def _run_sources_shown(at) -> str:
+    at.session_state["view"] = "Runs & compare"
+    at.run()
+    _ok(at)
+    table = _table(at, "sources")
+    at.session_state["view"] = "Tune & launch"
+    at.run()
+    return " ".join(str(x) for x in table["sources"])
 
 
 def test_hand_weights_are_normalised_and_chosen_sources_used(env, no_scheduler):

@@ -584,6 +584,11 @@ def test_default_predictor_follows_the_few_shot_evidence(drawn_study, gt_study):
     best = max(means, key=means.get)
     emb, why = Study(drawn_study["root"]).default_embedding("lora")
     assert emb == f"predictor-{best}" and "4-shot" in why and "gt-test" in why
+    vs = raw["table"]["4-shot"][best].get("vs_same_modality")
+    if best != "same_modality" and vs:  # the default says plainly whether it beats the trivial rule
+        lo, hi = vs["ci"]
+        word = "ahead of" if lo > 0 else "behind" if hi < 0 else "tied with"
+        assert f"; {word} same-modality: {vs['mean_difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in why
     emb, why = Study(gt_study["root"]).default_embedding("lora")  # evidence, but no graph drawn for it
     assert emb == "fisher" and f"no predictor-{best} graph" in why
 
@@ -594,8 +599,14 @@ def test_sidebar_defaults_to_the_best_predictor_and_draws_it(drawn_study, tmp_pa
     best, _ = Study(drawn_study["root"]).default_embedding("lora")
     assert box.value == best and "predictor: random" in box.options and "Fisher" in box.options
     label = R.EMBEDDING_LABELS[best]
-    assert any(c.value.startswith(f"Default: {label} (best Spearman at 4-shot in groundtruth/gt-test)")
+    assert any(c.value.startswith(f"Default: {label} (best Spearman at 4-shot in groundtruth/gt-test")
                for c in at.sidebar.caption)
+    # the top-k caption counts what the graph ranks over, not the study's experts
+    study = Study(drawn_study["root"])
+    drawn, experts = len(study.prediction_names("lora", best)) - 1, len(study.expert_tasks("lora")) - 1
+    assert drawn < experts
+    assert any(f"ranked over the {drawn} other tasks this graph draws (the study has {experts} other experts"
+               in c.value for c in at.caption), [c.value for c in at.caption]
     box.set_value("predictor-random").run()
     assert not at.exception and at.sidebar.selectbox(key="embedding").value == "predictor-random"
 
@@ -652,3 +663,13 @@ def test_report_checks_the_goal_and_says_where_pairs_ran(drawn_study, capsys):
     assert "listed in" in capsys.readouterr().err
     _list_in_manifest(root)  # the edited pairs.jsonl; REPORT.md was listed by the command itself
     assert not Study(root).problems()
+
+
+@pytest.mark.parametrize("ci, word", [((-0.1, 0.2), "tied with"), ((0.01, 0.2), "ahead of"), ((-0.3, -0.01), "behind")])
+def test_default_reason_says_tie_ahead_or_behind_the_trivial_rule(ci, word):
+    from pitune_core.study.reader import _versus_rule
+
+    q = {"table": {"4-shot": {"fisher": {"vs_same_modality": {"mean_difference": 0.05, "ci": list(ci)}}}}}
+    assert _versus_rule(q, "4-shot", "fisher") == f"; {word} same-modality: +0.050 [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    assert _versus_rule(q, "4-shot", "same_modality") == ""  # the rule is not compared with itself
+    assert _versus_rule({"table": {}}, "4-shot", "fisher") == ""  # nothing to compare: nothing said

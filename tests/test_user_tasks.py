@@ -343,10 +343,15 @@ def test_dashboard_upload_flow(store, tmp_path, monkeypatch):
     assert any("is more than my_weather has" in _plain(e.value) for e in at.error), [e.value for e in at.error]
     assert not RunRegistry(db).list_runs(kind="transfer")
     at.select_slider(key="shots").set_value(4).run()
+    at.button(key="launch").click().run()  # the default: the run ranks its top-k from its own 4 shots
+    assert not at.exception, [e.value for e in at.exception]
+    runs = RunRegistry(db).list_runs(kind="transfer")
+    assert runs and runs[0].config["target"] == "my_weather" and runs[0].config["sources"] is None
+    at.radio(key="src_mode").set_value("top-k").run()  # the graph's top-k: the placement's
     at.button(key="launch").click().run()
     assert not at.exception, [e.value for e in at.exception]
     runs = RunRegistry(db).list_runs(kind="transfer")
-    assert runs and runs[0].config["target"] == "my_weather"
+    assert len(runs) == 2 and runs[0].config["sources"], [r.config for r in runs]
     # the run ranks with the sidebar's embedding: the study's default (a predictor graph when its ground
     # truth says so), on which the task was placed as well as on Fisher
     emb = runs[0].config["embedding"]

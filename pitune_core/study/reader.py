@@ -19,7 +19,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from pitune_core.common import EXPERT_TYPE_LABELS, EXPERT_TYPES, MODALITIES, check_task_name, parse_shots, parse_sources
 from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_FILE, StudyPaths
@@ -283,7 +283,8 @@ class Study:
         """Tasks that have a saved expert of ``method`` (study task order)."""
         self._check_method(method)
         d = StudyPaths(self.root).experts_of(method)
-        return [t for t in self.task_names() if (d / t / "pitune_expert.json").is_file()]
+        return self._memo(("expert_tasks", method),
+                          lambda: [t for t in self.task_names() if (d / t / "pitune_expert.json").is_file()])
 
     def expert_dir(self, method: str, task: str) -> Path:
         self._check_method(method)
@@ -318,7 +319,7 @@ class Study:
         size, best = headline(qualities[plan])
         emb = PREDICTOR_PREFIX + best
         if emb in have:
-            return emb, f"best Spearman at {size} in groundtruth/{plan}"
+            return emb, f"best Spearman at {size} in groundtruth/{plan}" + _versus_rule(qualities[plan], size, best)
         return fallback, f"{best} is best at {size} in groundtruth/{plan}, but this study has no {emb} graph; showing {fallback}"
 
     def expert_summary(self) -> list[dict]:
@@ -766,9 +767,14 @@ class Study:
     # ---------------------------------------------------------------- runs
     def transfer_config(self, target: str, sources: Sequence[str], method: str = "lora",
                         embedding: str = "fisher", weights: str | Sequence[float] = "uniform",
-                        shots: Any = 16, seed: int = 0, weights_only: bool = False) -> dict:
+                        shots: Any = 16, seed: int = 0, weights_only: bool = False, k: int | None = None) -> dict:
         """A validated config for the run registry's ``transfer`` kind (cheap checks only; the
-        worker re-validates everything with :func:`pitune_core.tune.run.prepare_transfer`)."""
+        worker re-validates everything with :func:`pitune_core.tune.run.prepare_transfer`).
+
+        With no ``sources`` and a ``k``, the run chooses its own top-``k``: a few-shot run ranks the
+        study's sources with ``embedding``'s predictor computed from its own examples alone (the
+        protocol: nothing from the target's other examples), a full-data run takes the study's
+        ranking. Learned weights only (hand-set weights name one weight per source)."""
         self._check_task(target)
         self._check_method(method)
         self._predict_dir(method, embedding)
@@ -776,7 +782,17 @@ class Study:
         if most is not None and parse_shots(shots) is not None and parse_shots(shots) > int(most):
             raise ValueError(f"shots={parse_shots(shots)} is more than {target} has: its smallest class has "
                              f"{most} training examples; choose at most {most} (or 'full')")
-        sources = parse_sources(list(sources)) or []  # task identifiers, duplicates refused
+        sources = parse_sources(list(sources or [])) or []  # task identifiers, duplicates refused
+        if not sources and k is not None:  # the run ranks its sources itself
+            others = [t for t in self.expert_tasks(method) if t != target]
+            if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(others):
+                raise ValueError(f"k must be a whole number from 1 to {len(others)} (the other experts), got {k!r}")
+            w = parse_weights(weights, k)
+            if not isinstance(w, str):
+                raise ValueError("hand-set weights need named sources: choose them, or learn the weights")
+            return {"target": target, "k": k, "method": method, "embedding": embedding,
+                    "shots": parse_shots(shots), "weights": w, "sources": None, "seed": int(seed),
+                    "study": str(self.root), "weights_only": bool(weights_only)}
         if not sources:
             raise ValueError("choose at least one source expert")
         have = set(self.expert_tasks(method))
@@ -952,6 +968,18 @@ def _parse_gt_quality(raw: Any, name: str) -> dict:
     sizes = sorted(table, key=lambda s: (s == "full", int(s.split("-")[0]) if s != "full" else 0))
     return {"plan": plan or name, "key": key, "reliability": reliability, "sizes": sizes, "metrics": metrics,
             "table": {s: table[s] for s in sizes}}
+
+
+def _versus_rule(quality: Mapping, size: str, best: str) -> str:
+    """How the default predictor stands against the trivial same-modality rule at ``size``: a
+    tie when the bootstrap CI of the paired Spearman difference holds 0 (said plainly, so a
+    default chosen by a hair does not read as a win); '' when there is nothing to compare."""
+    vs = ((quality.get("table") or {}).get(size) or {}).get(best, {}).get("vs_same_modality") or {}
+    d, ci = vs.get("mean_difference"), vs.get("ci") or (None, None)
+    if best == "same_modality" or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (d, *ci)):
+        return ""
+    word = "ahead of" if ci[0] > 0 else ("behind" if ci[1] < 0 else "tied with")
+    return f"; {word} same-modality: {d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 def _parse_gt_reliability(raw: Any, name: str) -> dict:
