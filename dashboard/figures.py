@@ -155,6 +155,38 @@ def _community_lod(fig: go.Figure, xy: Mapping[str, Sequence[float]], communitie
                                          line=dict(width=1.5, color=[community_color(c) for c in order]))))
 
 
+def label_positions(pos: Mapping[str, Sequence[float]], labelled: Sequence[str],
+                    default: str = "top center") -> dict[str, str]:
+    """A plotly ``textposition`` per labelled node: each label goes on the side facing away from
+    its nearest labelled neighbour (distances in axis-normalised units, since the two axes of a
+    layout have different spans), so two close labels are drawn apart instead of on top of each
+    other; a sideways label that would run off the plot's edge (outer quarter) goes above or below
+    instead. A node with no labelled neighbour keeps ``default``."""
+    names = [n for n in dict.fromkeys(labelled) if n in pos]
+    if len(names) < 2:
+        return {n: default for n in names}
+    xy = np.array([[float(v) for v in pos[n][:2]] for n in names])
+    every = np.array([[float(v) for v in p[:2]] for p in pos.values()])
+    span = np.ptp(every, axis=0)
+    scale = np.where(span > 0, span, 1.0)
+    xy = (xy - every.min(axis=0)) / scale
+    out = {}
+    for i, n in enumerate(names):
+        d = xy - xy[i]
+        dist = np.hypot(d[:, 0], d[:, 1])
+        dist[i] = np.inf
+        j = int(np.argmin(dist))
+        dx, dy = d[j]
+        vertical = "bottom center" if dy > 0 else "top center"
+        if abs(dy) >= abs(dx):  # the neighbour is above or below: go the other way
+            out[n] = vertical
+        elif dx > 0:  # neighbour to the right: label left, unless that runs off the left edge
+            out[n] = "middle left" if xy[i, 0] > 0.25 else vertical
+        else:
+            out[n] = "middle right" if xy[i, 0] < 0.75 else vertical
+    return out
+
+
 def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, target: str | None = None,
                  sources: Sequence[str] = (), title: str | None = None, height: int = 620,
                  highlight: Sequence[str] = (), all_edges: bool | None = None) -> go.Figure:
@@ -219,11 +251,12 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
     if large:
         _community_lod(fig, pos, dict(G.nodes(data="community")), dict(G.nodes(data="modality")))
     # the target first, so its sources (drawn next) stay visible on top of the star
+    sides = label_positions(pos, focus) if not large else {}
     if target is not None and target in G:
         d = G.nodes[target]
         fig.add_trace(go.Scatter(
             x=[pos[target][0]], y=[pos[target][1]], mode="markers+text", name=f"target: {target}",
-            text=[target], textposition="bottom center", textfont=dict(size=12, color=TARGET_COLOR),
+            text=[target], textposition=sides.get(target, "bottom center"), textfont=dict(size=12, color=TARGET_COLOR),
             hovertext=[_hover(target, d, f"degree {G.degree(target)} · the target")], hoverinfo="text",
             customdata=[target],
             marker=dict(size=(_node_size(d.get("accuracy")) + 2) if not large else 16,
@@ -247,7 +280,8 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
         else:
             fig.add_trace(go.Scatter(
                 x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text", name=m,
-                text=[n if n in labelled else "" for n in nodes], textposition="top center",
+                text=[n if n in labelled else "" for n in nodes],
+                textposition=[sides.get(n, "top center") for n in nodes],
                 textfont=dict(size=12, color="#111"), hovertext=hover, hoverinfo="text", customdata=nodes,
                 marker=dict(size=[_node_size(d.get("accuracy")) for d in data], color=_modality_color(m),
                             line=dict(width=3, color=[community_color(d.get("community")) for d in data]),
@@ -297,12 +331,14 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
     fig = go.Figure()
     if large:
         _community_lod(fig, xy, communities, {n: attrs.get(n, {}).get("modality") for n in names})
+    sides = label_positions(xy, [x for x in [target, *focus] if x is not None]) if not large else {}
     if target is not None and target in xy:
         i = names.index(target)
         a = attrs.get(target, {})
         fig.add_trace(go.Scatter(
             x=[coords[i, 0]], y=[coords[i, 1]], mode="markers+text", name=f"target: {target}", text=[target],
-            textposition="bottom center", textfont=dict(size=12, color=TARGET_COLOR), customdata=[target],
+            textposition=sides.get(target, "bottom center"), textfont=dict(size=12, color=TARGET_COLOR),
+            customdata=[target],
             hovertext=[_hover(target, {**a, "community": communities.get(target)})], hoverinfo="text",
             marker=dict(size=(_node_size(a.get("accuracy")) + 2) if not large else 16, opacity=0.85,
                         color=_modality_color(a.get("modality")), symbol="star", line=dict(width=2, color=TARGET_COLOR))))
@@ -322,7 +358,7 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
         else:
             fig.add_trace(go.Scatter(
                 x=coords[idx, 0], y=coords[idx, 1], mode="markers+text", name=m,
-                text=[n if n in focus else "" for n in ns], textposition="top center",
+                text=[n if n in focus else "" for n in ns], textposition=[sides.get(n, "top center") for n in ns],
                 textfont=dict(size=12, color="#111"), customdata=ns, hovertext=hover, hoverinfo="text",
                 marker=dict(size=[_node_size(attrs.get(n, {}).get("accuracy")) for n in ns], color=_modality_color(m),
                             line=dict(width=3, color=[community_color(communities.get(n)) for n in ns]))))

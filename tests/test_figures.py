@@ -177,3 +177,34 @@ def test_predictor_rows_show_the_within_modality_spearman():
     rows = {r["predictor"]: r for r in F.predictor_quality_rows(q, "4-shot")}
     assert rows["data"][F.WITHIN_COL] == "+0.323 [+0.092, +0.564]"
     assert rows["same_modality"][F.WITHIN_COL] == "–" and rows["noise ceiling"][F.WITHIN_COL] == ""
+
+
+def test_close_labels_are_drawn_apart():
+    # two labelled nodes almost on top of each other, one far away: the close pair face away from
+    # each other (vertically, then horizontally), the loner keeps the default
+    pos = {"t": (0.0, 0.0), "above": (0.01, 0.05), "right": (0.06, 0.0), "far": (1.0, 1.0), "west": (-1.0, -1.0)}
+    assert F.label_positions(pos, ["t", "above"]) == {"t": "bottom center", "above": "top center"}
+    assert F.label_positions(pos, ["t", "right"]) == {"t": "middle left", "right": "middle right"}
+    assert F.label_positions(pos, ["far"]) == {"far": "top center"}
+    # near the right edge a label does not go further right (it would be clipped)
+    edge = {"l": (0.0, 0.0), "a": (0.9, 0.5), "b": (0.97, 0.5)}
+    assert F.label_positions(edge, ["a", "b"]) == {"a": "middle left", "b": "top center"}
+    # distances are per axis span: a layout twice as tall as wide does not flip the decision
+    tall = {"t": (0.0, 0.0), "n": (0.1, 0.1), "corner": (1.0, 2.0), "west": (-1.0, -2.0)}
+    assert F.label_positions(tall, ["t", "n"])["t"] == "middle left"
+
+
+def test_graph_and_map_place_the_target_label_away_from_its_sources(graph):
+    pos = {n: (float(i), 0.0) for i, n in enumerate(NAMES)}
+    pos["d_vis"] = (2.0, 0.3)  # right above the target c_vis
+    fig = F.graph_figure(graph, pos=pos, target="c_vis", sources=["d_vis"])
+    target = next(t for t in fig.data if t.name == "target: c_vis")
+    assert target.textposition == "bottom center"
+    vis = next(t for t in fig.data if t.name == "vision")
+    assert dict(zip(vis.customdata, vis.textposition))["d_vis"] == "top center"
+    coords = np.array([pos[n] for n in NAMES])
+    attrs = {n: {"modality": MODS[n]} for n in NAMES}
+    fig = F.layout_figure(NAMES, coords, attrs, target="c_vis", sources=["d_vis"])
+    assert next(t for t in fig.data if t.name == "target: c_vis").textposition == "bottom center"
+    vis = next(t for t in fig.data if t.name == "vision")
+    assert dict(zip(vis.customdata, vis.textposition))["d_vis"] == "top center"
