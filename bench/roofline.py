@@ -8,6 +8,11 @@ convolution and attention kernels it has formulas for); ``gemm_rate`` times ``to
 of this backbone's layers (MiniLM: hidden 384, intermediate 1536) with the current thread count.
 The benches print the resulting bound next to the measured speed, so "the target is out of reach on
 this machine" is a measured statement, not a guess.
+
+``kernel_time`` is the second, tighter bound: it runs a call under torch's profiler and adds up the
+time spent inside the matrix-product and attention kernels themselves (at the shapes the job really
+has, which a square-matrix GEMM rate flatters). Removing *everything else* (indexing, GELU, layer
+norm, the optimizer, Python) cannot make the call faster than that time.
 """
 
 from __future__ import annotations
@@ -41,3 +46,22 @@ def count_flops(fn, *args, **kwargs):
     with FlopCounterMode(display=False) as counter:
         out = fn(*args, **kwargs)
     return out, counter.get_total_flops()
+
+
+#: the kernels that do the trunk's arithmetic (matrix products and fused attention)
+KERNELS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def kernel_time(fn, *args, **kwargs):
+    """``(fn(*args, **kwargs), seconds inside matrix-product/attention kernels, wall seconds)``,
+    both measured in one call under :mod:`torch.profiler` (CPU). The profiler's own overhead
+    lengthens the wall time, so kernel / wall understates the kernels' share (a generous bound)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = fn(*args, **kwargs)
+    wall = time.perf_counter() - t0
+    kern = sum(e.self_cpu_time_total for e in prof.key_averages()
+               if e.key in KERNELS or e.key.startswith("aten::_scaled_dot_product")) / 1e6
+    return out, kern, wall
