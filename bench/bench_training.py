@@ -143,7 +143,7 @@ class Clock:
                 losses, flops = roofline.count_flops(loop, *args, **kwargs)
                 self.flops += flops
             elif self.profile:
-                losses, kern, _ = roofline.kernel_time(loop, *args, **kwargs)
+                losses, kern = roofline.kernel_time(loop, *args, **kwargs)
                 self.kernel_s += kern
             else:
                 losses = loop(*args, **kwargs)

@@ -652,7 +652,7 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
                 st.caption(
                     (f"The run trains `{target}`'s own expert on its {shots}-shot sample (seed {int(seed)}), "
                      f"ranks the other {n_other} experts with "
-                     f"{EMBEDDING_LABELS.get(sel['embedding'], sel['embedding'])} computed on those examples "
+                     f"{_md(EMBEDDING_LABELS.get(sel['embedding'], sel['embedding']))} computed on those examples "
                      "alone, and tunes the top "
                      f"{sel['k']} with its own expert. Nothing comes from `{target}`'s other examples, so "
                      "the sources may differ from the graph's list; the run's page shows the ones it chose.")

@@ -155,16 +155,16 @@ def _community_lod(fig: go.Figure, xy: Mapping[str, Sequence[float]], communitie
                                          line=dict(width=1.5, color=[community_color(c) for c in order]))))
 
 
-def label_positions(pos: Mapping[str, Sequence[float]], labelled: Sequence[str],
-                    default: str = "top center") -> dict[str, str]:
+def label_positions(pos: Mapping[str, Sequence[float]], labelled: Sequence[str]) -> dict[str, str]:
     """A plotly ``textposition`` per labelled node: each label goes on the side facing away from
     its nearest labelled neighbour (distances in axis-normalised units, since the two axes of a
     layout have different spans), so two close labels are drawn apart instead of on top of each
     other; a sideways label that would run off the plot's edge (outer quarter) goes above or below
-    instead. A node with no labelled neighbour keeps ``default``."""
+    instead. With fewer than two labelled nodes there is nothing to avoid: empty, and the caller's
+    own position stands."""
     names = [n for n in dict.fromkeys(labelled) if n in pos]
     if len(names) < 2:
-        return {n: default for n in names}
+        return {}
     xy = np.array([[float(v) for v in pos[n][:2]] for n in names])
     every = np.array([[float(v) for v in p[:2]] for p in pos.values()])
     span = np.ptp(every, axis=0)

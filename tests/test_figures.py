@@ -185,7 +185,7 @@ def test_close_labels_are_drawn_apart():
     pos = {"t": (0.0, 0.0), "above": (0.01, 0.05), "right": (0.06, 0.0), "far": (1.0, 1.0), "west": (-1.0, -1.0)}
     assert F.label_positions(pos, ["t", "above"]) == {"t": "bottom center", "above": "top center"}
     assert F.label_positions(pos, ["t", "right"]) == {"t": "middle left", "right": "middle right"}
-    assert F.label_positions(pos, ["far"]) == {"far": "top center"}
+    assert F.label_positions(pos, ["far"]) == {}  # nothing to avoid: the figure's own position stands
     # near the right edge a label does not go further right (it would be clipped)
     edge = {"l": (0.0, 0.0), "a": (0.9, 0.5), "b": (0.97, 0.5)}
     assert F.label_positions(edge, ["a", "b"]) == {"a": "middle left", "b": "top center"}
@@ -202,6 +202,8 @@ def test_graph_and_map_place_the_target_label_away_from_its_sources(graph):
     assert target.textposition == "bottom center"
     vis = next(t for t in fig.data if t.name == "vision")
     assert dict(zip(vis.customdata, vis.textposition))["d_vis"] == "top center"
+    alone = F.graph_figure(graph, pos=pos, target="c_vis")  # no sources: the star's label below it
+    assert next(t for t in alone.data if t.name == "target: c_vis").textposition == "bottom center"
     coords = np.array([pos[n] for n in NAMES])
     attrs = {n: {"modality": MODS[n]} for n in NAMES}
     fig = F.layout_figure(NAMES, coords, attrs, target="c_vis", sources=["d_vis"])

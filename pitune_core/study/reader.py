@@ -783,32 +783,30 @@ class Study:
             raise ValueError(f"shots={parse_shots(shots)} is more than {target} has: its smallest class has "
                              f"{most} training examples; choose at most {most} (or 'full')")
         sources = parse_sources(list(sources or [])) or []  # task identifiers, duplicates refused
-        if not sources and k is not None:  # the run ranks its sources itself
+        if sources:
+            have = set(self.expert_tasks(method))
+            names, _ = self.similarity(method, embedding)
+            for s in sources:
+                if s == target:
+                    raise ValueError(f"the target {target} cannot be one of its own sources")
+                if s not in have:
+                    raise ValueError(f"no {method} expert for {s!r} in this study")
+                if s not in names:
+                    raise ValueError(f"{s!r} has no {embedding} similarity in this study")
+            k = len(sources)
+        elif k is None:
+            raise ValueError("choose at least one source expert")
+        else:  # the run ranks its sources itself
             others = [t for t in self.expert_tasks(method) if t != target]
             if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(others):
                 raise ValueError(f"k must be a whole number from 1 to {len(others)} (the other experts), got {k!r}")
-            w = parse_weights(weights, k)
-            if not isinstance(w, str):
-                raise ValueError("hand-set weights need named sources: choose them, or learn the weights")
-            return {"target": target, "k": k, "method": method, "embedding": embedding,
-                    "shots": parse_shots(shots), "weights": w, "sources": None, "seed": int(seed),
-                    "study": str(self.root), "weights_only": bool(weights_only)}
-        if not sources:
-            raise ValueError("choose at least one source expert")
-        have = set(self.expert_tasks(method))
-        names, _ = self.similarity(method, embedding)
-        for s in sources:
-            if s == target:
-                raise ValueError(f"the target {target} cannot be one of its own sources")
-            if s not in have:
-                raise ValueError(f"no {method} expert for {s!r} in this study")
-            if s not in names:
-                raise ValueError(f"{s!r} has no {embedding} similarity in this study")
-        w = parse_weights(weights, len(sources))  # the one weight parser (raises a readable ValueError)
+        w = parse_weights(weights, k)  # the one weight parser (raises a readable ValueError)
         if not isinstance(w, str):
+            if not sources:
+                raise ValueError("hand-set weights need named sources: choose them, or learn the weights")
             w = normalise_weights(w)  # exactly what the run uses
-        return {"target": target, "k": len(sources), "method": method, "embedding": embedding,
-                "shots": parse_shots(shots), "weights": w, "sources": sources, "seed": int(seed),
+        return {"target": target, "k": k, "method": method, "embedding": embedding,
+                "shots": parse_shots(shots), "weights": w, "sources": sources or None, "seed": int(seed),
                 "study": str(self.root), "weights_only": bool(weights_only) and isinstance(w, str)}
 
 
