@@ -9,7 +9,8 @@ Streamlit session). Timed from ``page.goto`` until the Graph tab's figure has da
 opens and verifies the study (checksums), later loads find it in Streamlit's cache: both are
 reported (``cold`` = the first, ``warm`` = the median of the others). The first row is the floor:
 a trivial Streamlit page with one small plotly figure, timed the same way in the same run, i.e.
-what Streamlit and Chromium alone cost on this machine at this moment.
+what Streamlit and Chromium alone cost on this machine at this moment; ``--floors`` adds the same
+page without a chart and with a Vega-Lite chart instead, which shows what plotly alone costs.
 
 ``--search DIR`` (e.g. a 10,000-task hub from ``pitune hub synth``) then checks that the page is
 usable at that size: type part of a task name in the search box, pick the match, make it the target,
@@ -50,14 +51,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-#: the floor: a Streamlit page with one small plotly figure and a one-line list, nothing of pitune
-FLOOR_APP = """
+#: the floors: trivial Streamlit pages, nothing of pitune, each with the one-line list the dashboard
+#: bench waits for; the first holds one small plotly figure (what the dashboard's Graph tab draws with),
+#: the others show what Streamlit costs without a chart and with a chart of its built-in Vega-Lite kind
+FLOORS = {
+    "streamlit + one plotly figure": ("""
 import plotly.graph_objects as go
 import streamlit as st
 st.set_page_config(layout="wide")
 st.plotly_chart(go.Figure(go.Scatter(x=[0, 1, 2], y=[0, 1, 0], mode="markers")))
 st.container(key="topk-graph").markdown("1. a source")
-"""
+""", DRAWN_JS),
+    "streamlit, no chart": ("""
+import streamlit as st
+st.set_page_config(layout="wide")
+st.container(key="topk-graph").markdown("1. a source")
+""", None),
+    "streamlit + one Vega-Lite chart": ("""
+import streamlit as st
+st.set_page_config(layout="wide")
+st.scatter_chart({"x": [0, 1, 2], "y": [0, 1, 0]}, x="x", y="y")
+st.container(key="topk-graph").markdown("1. a source")
+""", "() => !!document.querySelector('[data-testid=\"stVegaLiteChart\"] canvas, "
+     "[data-testid=\"stVegaLiteChart\"] svg')"),
+}
+FLOOR = "streamlit + one plotly figure"
 
 
 class Server:
@@ -77,13 +95,14 @@ class Server:
         self._server.__exit__(None, None, None)
 
 
-def _open_graph(browser, url: str, timeout_ms: int):
+def _open_graph(browser, url: str, timeout_ms: int, drawn_js: str | None = DRAWN_JS):
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     t0 = time.perf_counter()
     page.goto(url, wait_until="domcontentloaded")
-    page.wait_for_function(DRAWN_JS, timeout=timeout_ms)
+    if drawn_js is not None:
+        page.wait_for_function(drawn_js, timeout=timeout_ms)
     page.wait_for_selector(".st-key-topk-graph li", timeout=timeout_ms)
     dt = time.perf_counter() - t0
     if page.locator('[data-testid="stException"]').count():
@@ -100,12 +119,13 @@ def _n_tasks(study: Path) -> int:
 
 
 def bench_open(p, study: Path | None, loads: int, timeout_ms: int, shot_dir: Path | None,
-               app: Path | None = None) -> dict:
-    """``study=None``: the floor app (:data:`FLOOR_APP`) instead of the dashboard; ``app``: another
-    dashboard app file (e.g. an older commit's, checked out with ``git worktree add``)."""
+               app: Path | None = None, floor: str = FLOOR) -> dict:
+    """``study=None``: the floor app ``floor`` of :data:`FLOORS` instead of the dashboard; ``app``:
+    another dashboard app file (e.g. an older commit's, checked out with ``git worktree add``)."""
+    drawn_js = FLOORS[floor][1] if study is None else DRAWN_JS
     with tempfile.TemporaryDirectory(prefix="pitune-bench-dash-") as tmp:
         if study is None:
-            (Path(tmp) / "floor.py").write_text(FLOOR_APP, encoding="utf-8")
+            (Path(tmp) / "floor.py").write_text(FLOORS[floor][0], encoding="utf-8")
             server = Server(REPO / "precomputed", Path(tmp), app=Path(tmp) / "floor.py")
         else:
             server = Server(study, Path(tmp), app=app) if app else Server(study, Path(tmp))
@@ -114,11 +134,11 @@ def bench_open(p, study: Path | None, loads: int, timeout_ms: int, shot_dir: Pat
             try:
                 times = []
                 for i in range(loads):
-                    page, dt = _open_graph(browser, server.url, timeout_ms)
+                    page, dt = _open_graph(browser, server.url, timeout_ms, drawn_js)
                     times.append(dt)
                     if i == loads - 1 and shot_dir is not None:
                         time.sleep(0.5)
-                        page.screenshot(path=str(shot_dir / f"graph-{study.name if study else 'floor'}.png"),
+                        page.screenshot(path=str(shot_dir / f"graph-{study.name if study else 'floor-' + str(list(FLOORS).index(floor))}.png"),
                                         full_page=True)
                     page.close()
             finally:
@@ -178,6 +198,9 @@ def main() -> None:
     ap.add_argument("--search", nargs="*", default=[], help="studies to search in (e.g. a 10,000-task hub)")
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for a page")
     ap.add_argument("--no-floor", action="store_true", help="skip the floor (a trivial Streamlit page)")
+    ap.add_argument("--floors", action="store_true",
+                    help="time every floor of FLOORS (no chart, one plotly figure, one Vega-Lite chart), not "
+                         "only the plotly one: what the chart library alone costs here")
     ap.add_argument("--screenshots", default=None, help="directory for screenshots (default: none)")
     ap.add_argument("--baseline-app", default=None,
                     help="another dashboard/app.py (e.g. `git worktree add /tmp/old REV`, then "
@@ -195,9 +218,9 @@ def main() -> None:
     print(f"dashboard in headless Chromium ({CHROMIUM}), {os.cpu_count()} CPUs, load average {load:.1f}")
     print(f"{'study':<40} {'tasks':>6} {'cold_s':>7} {'warm_s':>7}  all loads (s)")
     with sync_playwright() as p:
-        if not args.no_floor:
-            r = bench_open(p, None, args.loads, ms, shots)
-            print(f"{'(floor: streamlit + one plotly figure)':<40} {'-':>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
+        for floor in (FLOORS if args.floors else [] if args.no_floor else [FLOOR]):
+            r = bench_open(p, None, args.loads, ms, shots, floor=floor)
+            print(f"{'(floor: ' + floor + ')':<40} {'-':>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
                   + " ".join(f"{t:.2f}" for t in r["all"]), flush=True)
         for s in args.study:
             if args.baseline_app:

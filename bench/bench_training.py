@@ -16,7 +16,8 @@ Jobs (the real code paths, run on the shipped study's LoRA experts and its Fishe
 :func:`legacy_predict` below are VERBATIM copies of ``train_loop``/``predict`` from before the change
 (benchmark-only copies, labelled as such), and the backbone runs padded with transformers' own SDPA
 (``backbone.packing = False``, attention implementation ``sdpa``), i.e. two padded trunk calls per
-step (label texts, then the batch), tokenising every call. "after" is the code as it is.
+step (label texts, then the batch), tokenising every call, and a transfer pair scores its expert on
+the validation split as well as the test split (it keeps only the test score). "after" is the code as it is.
 Both run in this one process, alternating before/after per job and seed (the order flips with
 the seed), so machine load hits both sides alike.
 
@@ -163,19 +164,24 @@ def sync():
 @contextlib.contextmanager
 def code_path(bb: UnifiedBackbone, which: str, clock: Clock):
     """Route the real jobs through the before- or after-code (and time their train_loop calls)."""
+    from pitune_core.study import transfer
+
     saved = (experts.train_loop, baselines.train_loop, experts.predict, bb.packing,
-             bb.trunk.config._attn_implementation)
+             bb.trunk.config._attn_implementation, transfer.train_expert)
     loop = legacy_train_loop if which == "before" else saved[0]
     experts.train_loop = baselines.train_loop = clock.wrap(loop)
     if which == "before":
         experts.predict = legacy_predict
         bb.packing = False
         bb.trunk.config._attn_implementation = "sdpa"  # copied into every fresh trunk
+        # a transfer pair scored its expert on val too before issue 15 (unused: the pair keeps test)
+        transfer.train_expert = lambda *a, **k: saved[5](*a, **{**k, "evaluate_val": True})
     try:
         yield
     finally:
         experts.train_loop, baselines.train_loop, experts.predict, bb.packing = saved[:4]
         bb.trunk.config._attn_implementation = saved[4]
+        transfer.train_expert = saved[5]
 
 
 def run_job(name: str, bb: UnifiedBackbone, sources, seed: int) -> float:

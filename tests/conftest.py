@@ -8,6 +8,9 @@ import pytest
 
 os.environ.setdefault("PITUNE_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the CLI's default ``--workers auto`` would start worker processes under every in-process call;
+# tests/test_workers.py asks for them where it tests them
+os.environ.setdefault("PITUNE_WORKERS", "1")
 
 
 @pytest.fixture(scope="session")

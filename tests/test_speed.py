@@ -190,3 +190,15 @@ def test_a_few_shot_runs_fisher_is_the_batched_one(bb, tasks, monkeypatch):
     assert max(float(np.abs(fast[k] - loop[k]).max() / np.abs(loop[k]).max()) for k in loop) < 1e-4
     other = fisher_on(model, bb, spec, train, 12, seed=4)  # another seed: another sample of the data
     assert any(not np.allclose(other[k], fast[k]) for k in fast)
+
+
+def test_a_transfer_pair_skips_the_validation_pass_and_scores_the_same(bb, tasks):
+    """A transfer pair keeps the test score only, so it no longer scores val: same test metric, no val."""
+    from pitune_core.model.experts import TrainConfig, train_expert
+
+    cfg = TrainConfig(min_steps=3, max_steps=3, batch_size=8)
+    kw = dict(shots=2, seed=1, train_config=cfg, evaluate_zero_shot=False, eval_limit=40)
+    both = train_expert("sklearn_digits", "lora", bb, **kw).meta["metrics"]
+    test_only = train_expert("sklearn_digits", "lora", bb, evaluate_val=False, **kw).meta["metrics"]
+    assert "val" in both and "val" not in test_only
+    assert test_only["test"] == both["test"]

@@ -5,7 +5,9 @@ One plan file (``plans/transfer-v2.json``) fixes everything; the command runs it
 every target data size, ``quality``: reliability + the predictor x data-size table; ``stability``,
 run on request only: Fisher top-k stability from disjoint samples). Each stage
 appends to a log in ``--out`` and resumes where it stopped; ``PITUNE_SHARD=i/n`` splits the pairs
-and predictor rows across processes (run ``--stage quality`` once all shards are done).
+and predictor rows across processes (run ``--stage quality`` once all shards are done), and
+``--workers N|auto`` does that for you: the pairs and predictor stages in N single-thread processes
+(``auto``: one per core on CPU), then quality in this one (:mod:`pitune_core.cli.workers`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from __future__ import annotations
 import json
 import sys
 
-from pitune_core.cli.options import add_study, study_of
+from pitune_core.cli import workers
+from pitune_core.cli.options import add_study, add_workers, study_of
 from pitune_core.paths import StudyPaths
 from pitune_core.study.groundtruth import STAGES, STABILITY_SIZES
 
+#: the stages whose jobs ``PITUNE_SHARD`` splits (``--workers`` runs them in worker processes)
+SHARDABLE = ("pairs", "predictors")
+
 
 def cmd_transfer_study(args) -> int:
+    from pitune_core.model.device import configure_threads
     from pitune_core.study.groundtruth import run_groundtruth
     from pitune_core.study.transfer import load_plan
 
@@ -37,6 +44,11 @@ def cmd_transfer_study(args) -> int:
         plan.predictors = list(args.predictors)
     stages = STAGES[:3] if args.stage == "all" else (args.stage,)
     study = study_of(args)
+    n = workers.resolve(args.workers)
+    if n > 1:  # the shardable stages in n worker processes; then this process resumes, finds them done
+        for stage in (s for s in stages if s in SHARDABLE):
+            workers.run_sharded(workers.with_option(args.argv, "--stage", stage), n, what=f"{stage} stage")
+    configure_threads()
     res = run_groundtruth(plan, study, stages, out=args.out, projector=args.projector,
                           targets=args.targets, stability_sizes=args.stability_sizes)
     out = res["out"]
@@ -81,4 +93,5 @@ def register(sub, add) -> None:
     sp.add_argument("--projector")
     sp.add_argument("--stability-sizes", type=int, nargs="*", default=list(STABILITY_SIZES),
                     help="sample sizes N of the stability stage (two disjoint sets of N per task)")
+    add_workers(sp)
     sp.add_argument("--quiet", action="store_true")

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
+    args.argv = argv  # what ``--workers`` re-runs in each worker (pitune_core/cli/workers.py)
 
     def fail(msg: str, code: int = 2) -> int:
         print(f"pitune: error: {msg}", file=sys.stderr)

@@ -31,6 +31,14 @@ def add_study(sp: argparse.ArgumentParser, positional: bool = False) -> None:
         sp.add_argument("--study", default=None, help=help_)
 
 
+def add_workers(sp: argparse.ArgumentParser) -> None:
+    """``--workers N|auto`` (:mod:`pitune_core.cli.workers`)."""
+    sp.add_argument("--workers", default=None, metavar="N|auto",
+                    help="run the jobs in N processes (PITUNE_SHARD=i/N each, the cores shared out as threads), "
+                         "then finish here; auto (the default, or $PITUNE_WORKERS): one single-thread worker per "
+                         "core on CPU, 1 on CUDA or when PITUNE_SHARD is set")
+
+
 def study_of(args) -> "object":
     """The study path an invocation means (``--study`` or the default)."""
     return default_study() if getattr(args, "study", None) is None else args.study

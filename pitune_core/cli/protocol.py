@@ -1,7 +1,8 @@
 """``pitune study run|status|plan``: the pre-registered few-shot protocol (:mod:`pitune_core.study.protocol`).
 
 ``run`` executes (or resumes) a committed plan against a study and logs every run keyed by its full
-configuration; ``PITUNE_SHARD=i/n`` shares the jobs between processes. ``status`` reports progress,
+configuration; ``PITUNE_SHARD=i/n`` shares the jobs between processes, and ``--workers N|auto`` starts
+N such processes itself (``auto``: one single-thread worker per core on CPU; :mod:`pitune_core.cli.workers`). ``status`` reports progress,
 the measured time per run and the extrapolated CPU time of the whole plan, and rewrites
 ``results.csv`` / ``report.md`` (every planned run, with its status). ``plan`` re-derives the
 targets from the plan's stated rule and checks them against the file.
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 import json
 import sys
+
+from pitune_core.cli import workers
+from pitune_core.cli.options import add_workers
 
 
 def _out(args, plan) -> str:
@@ -28,9 +32,17 @@ def cmd_run(args) -> int:
     from pitune_core.study.protocol import load_plan, run_plan, write_results_of
     from pitune_core.study.transfer import shard_from_env
 
-    configure_threads()
     plan = load_plan(args.plan)
     _out(args, plan)
+    if args.limit is not None or args.sample:  # both count the runs of one process
+        if args.workers is not None and workers.resolve(args.workers) > 1:
+            raise ValueError("--limit and --sample count the runs of one process: drop --workers")
+        n = 1
+    else:
+        n = workers.resolve(args.workers)
+    if n > 1:  # the plan's jobs in n worker processes; then this process resumes, finds them done, writes results
+        workers.run_sharded(args.argv, n, what=f"plan {plan.name}")
+    configure_threads()
 
     def on_run(i, n, rec):
         j = rec["job"]
@@ -95,6 +107,7 @@ def register(sub, add) -> None:
                                                             "the plan names; give the study it was made from when "
                                                             "that study has moved)")
         if name == "run":
+            add_workers(p)
             p.add_argument("--limit", type=int, default=None, help="stop after this many new runs")
             p.add_argument("--sample", action="store_true",
                            help="run one job per (approach, shots) cell, full data first: to measure per-run times "

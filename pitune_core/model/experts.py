@@ -367,12 +367,15 @@ def train_expert(task: str | TaskSpec, method: str = "lora", backbone: UnifiedBa
                  shots: int | None = None, seed: int = 0, out: str | Path | None = None,
                  train_config: TrainConfig | None = None, method_overrides: dict | None = None,
                  init_from: str | Path | None = None, on_step: ProgressFn | None = None,
-                 evaluate_zero_shot: bool = True, eval_limit: int | None = None) -> ExpertResult:
+                 evaluate_zero_shot: bool = True, eval_limit: int | None = None,
+                 evaluate_val: bool = True) -> ExpertResult:
     """Train one expert on a task (all training data, or ``shots`` per class) and evaluate it.
 
     All arguments are validated before any training starts. ``init_from`` starts from another
     expert's parameters (same method) instead of a fresh adapter: transfer. ``eval_limit`` scores
-    val/test on a seeded random subset of that many examples (for large pairwise studies).
+    val/test on a seeded random subset of that many examples (for large pairwise studies);
+    ``evaluate_val=False`` skips the validation split where a caller reads the test score only (a
+    transfer pair: its val pass was a fifth of the job's time, ``bench/bench_throughput.py``).
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
     m = get_method(method, **(method_overrides or {}))
@@ -399,7 +402,7 @@ def train_expert(task: str | TaskSpec, method: str = "lora", backbone: UnifiedBa
     if eval_limit is not None:
         tensors = {s: (t.subset(np.sort(np.random.default_rng(0).permutation(len(t))[:eval_limit]))
                        if s != "train" and len(t) > eval_limit else t) for s, t in tensors.items()}
-    metrics = {"val": evaluate(backbone, model, tensors["val"], spec),
+    metrics = {**({"val": evaluate(backbone, model, tensors["val"], spec)} if evaluate_val else {}),
                "test": evaluate(backbone, model, tensors["test"], spec),
                "majority_test": majority_baseline(data.train.labels, tensors["test"].labels.numpy(), spec.num_classes)}
     if evaluate_zero_shot:

@@ -65,7 +65,7 @@ def few_shot_score(target: str, method: str, backbone: UnifiedBackbone, budget: 
     shots = min(budget.shots, int(np.bincount(spec.load().train.labels).min()))
     res = train_expert(spec, method, backbone, shots=shots, seed=seed, out=None,
                        train_config=budget.train_config(seed), init_from=init_from, evaluate_zero_shot=False,
-                       eval_limit=budget.eval_limit)
+                       eval_limit=budget.eval_limit, evaluate_val=False)  # the pair's score is the test metric
     return float(res.meta["metrics"]["test"][spec.metric])
 
 
