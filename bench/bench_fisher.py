@@ -15,6 +15,12 @@ backbone in float64, where rounding no longer hides a difference in what is comp
 time no implementation of those products can beat, hence the best speed-up over the loop this
 algorithm can reach here (issue 15 asks for 5x); and a tighter one from ``roofline.kernel_time``: the
 time the batched path spends inside its matrix-product and attention kernels at their real shapes.
+
+The speed-up depends on OpenMP's wait policy. The bench sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is already
+set, so idle threads sleep at once. The loop's thousands of tiny operations lose a lot to those
+wake-ups, more than the batched path does. Run ``OMP_WAIT_POLICY=ACTIVE python bench/bench_fisher.py``
+as well (spinning threads, close to libgomp's default on a quiet machine). There the loop is much faster,
+so the speed-up is smaller.
 """
 
 from __future__ import annotations
@@ -76,7 +82,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     bb = UnifiedBackbone.load(StudyPaths(STUDY).backbone)
-    print(f"device {bb.device}, threads {torch.get_num_threads()}, n {args.n}, chunk {args.chunk}")
+    print(f"device {bb.device}, threads {torch.get_num_threads()}, n {args.n}, chunk {args.chunk}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
     print(f"{'task':18s} {'loop s':>7s} {'batched s':>9s} {'speed-up':>8s} | {'cpu loop':>8s} {'cpu batched':>11s} "
           f"{'cpu x':>6s} | {'max_rel fp32':>12s} {'l2_rel fp32':>11s} {'max_rel fp64':>12s}")
     bounds = {}

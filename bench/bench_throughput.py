@@ -24,6 +24,14 @@ the machine's whole-job steps/s (all training steps / that wall time: training, 
 jobs do), the training-loop steps/s (summed over the processes, which run side by side), the ratios to
 ``before``, each way's test scores (mean ± std over seeds, ddof=1: the same jobs must score the same
 within seed noise), and each process's peak resident memory (what ``workers.WORKER_MEMORY`` budgets).
+
+OpenMP's wait policy decides much of the answer, so run it both ways. The bench sets
+``OMP_WAIT_POLICY=PASSIVE`` unless it is already set, as every bench here does: idle OpenMP threads sleep
+at once instead of spinning, which on shared cores once made runs 10x slower. But a two-thread process
+of many small operations loses time to those wake-ups, and single-thread workers do not. Under
+``OMP_WAIT_POLICY=ACTIVE python bench/bench_throughput.py`` (spinning, close to libgomp's default when the
+variable is unset and the machine is quiet), the one-process baselines are faster and the workers' lead
+over them is smaller.
 """
 
 from __future__ import annotations
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n = workers.resolve(args.workers)
     print(f"{workers.usable_cores()} usable cores; workers: {n} x {workers.threads_per_worker(n)} thread(s); "
-          f"seeds {args.seeds}", flush=True)
+          f"seeds {args.seeds}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
     result = {}
     for k, name in enumerate(args.jobs):
         jobs = [(name, s) for s in args.seeds]

@@ -213,7 +213,8 @@ def main(argv=None) -> int:
     sources = load_sources(STUDY, "lora", "fisher")
     for name in args.jobs:  # data and image features into the cache before any timing
         experts.prepare_task(get_task(JOBS[name][1]), bb)
-    print(f"device {bb.device}, threads {torch.get_num_threads()}, seeds {args.seeds}", flush=True)
+    print(f"device {bb.device}, threads {torch.get_num_threads()}, seeds {args.seeds}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}", flush=True)
     rows = []
     for seed in args.seeds:
         for name in args.jobs:

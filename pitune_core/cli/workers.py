@@ -1,9 +1,11 @@
 """``--workers N|auto``: run a shardable command (``transfer-study``, ``study run``) in N processes.
 
 Why: on CPU the study's jobs are small matrix products (a 6-layer MiniLM on batches of 16 short
-inputs, or on a handful of visual tokens). A second *thread* speeds such a job up far less than a second
-*process*, with one thread, adds by running a second job beside it: on the project's 2-core machine,
-two single-thread workers do 1.3-2.1x the work of one two-thread process running the same code.
+inputs, or on a handful of visual tokens). A second *thread* speeds such a job up less than a second
+*process*, with one thread, adds by running a second job beside it, and a single-thread worker never
+waits on OpenMP. On the project's 2-core machine, two single-thread workers do 1.0-1.3x the work of one
+two-thread process running the same code when idle OpenMP threads spin (``OMP_WAIT_POLICY=ACTIVE``), and
+1.25-2.0x when they sleep (``PASSIVE``, which the project's benches and CI set).
 ``python bench/bench_throughput.py`` measures the layouts side by side, in one run: the code before
 issue 15 and today's code, each in one process and in these workers. So on a machine with C cores a study runs fastest as C single-thread workers, each taking
 every C-th job of the plan (the ``PITUNE_SHARD=i/C`` sharding the logs were already built for).
