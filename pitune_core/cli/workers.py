@@ -14,8 +14,8 @@ every C-th job of the plan (the ``PITUNE_SHARD=i/C`` sharding the logs were alre
 (:data:`WORKER_MEMORY` per worker).
 
 Each worker is ``python -m pitune_core`` with the same arguments and ``--workers 1``. Its output comes
-back line by line, prefixed ``[worker i/N]``, and its progress bars are redrawn at most every
-:data:`BAR_SECONDS`. When every worker is done, the command goes on in this process, unsharded: it
+back line by line, prefixed ``[worker i/N]``. Its progress bars are redrawn at most every
+:data:`BAR_SECONDS`, except that the study's bars, which name each finished job, print one line per job. When every worker is done, the command goes on in this process, unsharded: it
 resumes (every job is already in the log), records the stage as finished and writes the results,
 exactly as a one-process run would. If a worker fails, the others finish first (their jobs stay
 logged). Then the command stops with one line naming the worker and its last words, and a rerun
