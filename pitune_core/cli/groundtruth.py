@@ -46,7 +46,7 @@ def cmd_transfer_study(args) -> int:
     study = study_of(args)
     n = workers.resolve(args.workers)
     if n > 1:  # the shardable stages in n worker processes; then this process resumes, finds them done
-        for stage in (s for s in stages if s in SHARDABLE):
+        for stage in (s for s in stages if s in SHARDABLE and (s != "predictors" or plan.predictors)):
             workers.run_sharded(workers.with_option(args.argv, "--stage", stage), n, what=f"{stage} stage")
     configure_threads()
     res = run_groundtruth(plan, study, stages, out=args.out, projector=args.projector,

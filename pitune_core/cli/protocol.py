@@ -2,8 +2,8 @@
 
 ``run`` executes (or resumes) a committed plan against a study and logs every run keyed by its full
 configuration; ``PITUNE_SHARD=i/n`` shares the jobs between processes, and ``--workers N|auto`` starts
-N such processes itself (``auto``: one single-thread worker per core on CPU; :mod:`pitune_core.cli.workers`). ``status`` reports progress,
-the measured time per run and the extrapolated CPU time of the whole plan, and rewrites
+N such processes itself (``auto``: one single-thread worker per core on CPU; :mod:`pitune_core.cli.workers`).
+``status`` reports progress, the measured time per run and the extrapolated CPU time of the whole plan, and rewrites
 ``results.csv`` / ``report.md`` (every planned run, with its status). ``plan`` re-derives the
 targets from the plan's stated rule and checks them against the file.
 """
