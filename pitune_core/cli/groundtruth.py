@@ -18,10 +18,7 @@ import sys
 from pitune_core.cli import workers
 from pitune_core.cli.options import add_study, add_workers, study_of
 from pitune_core.paths import StudyPaths
-from pitune_core.study.groundtruth import STAGES, STABILITY_SIZES
-
-#: the stages whose jobs ``PITUNE_SHARD`` splits (``--workers`` runs them in worker processes)
-SHARDABLE = ("pairs", "predictors")
+from pitune_core.study.groundtruth import SHARDABLE, STABILITY_SIZES, STAGES
 
 
 def cmd_transfer_study(args) -> int:

@@ -53,7 +53,9 @@ def usable_cores() -> int:
 def auto_workers(cores: int | None = None, available_memory: int | None = None, cuda: bool | None = None) -> int:
     """The ``auto`` layout: one single-thread worker per usable core on CPU, as many as memory
     holds at :data:`WORKER_MEMORY` each; 1 on CUDA or when ``PITUNE_SHARD`` is set."""
-    if os.environ.get("PITUNE_SHARD"):
+    from pitune_core.study.transfer import shard_from_env
+
+    if shard_from_env() is not None:
         return 1
     if cuda is None:
         import torch
@@ -81,9 +83,12 @@ def resolve(value: str | int | None) -> int:
         raise ValueError(f"--workers {value!r}: expected a whole number >= 1 or 'auto'") from None
     if n < 1:
         raise ValueError(f"--workers {n}: expected a whole number >= 1 or 'auto'")
-    if n > 1 and os.environ.get("PITUNE_SHARD"):
-        raise ValueError(f"--workers {n} with PITUNE_SHARD={os.environ['PITUNE_SHARD']} set: shard by hand or "
-                         "with --workers, not both")
+    if n > 1:
+        from pitune_core.study.transfer import SHARD_ENV, shard_from_env
+
+        if shard_from_env() is not None:
+            raise ValueError(f"--workers {n} with {SHARD_ENV}={os.environ[SHARD_ENV]} set: shard by hand or "
+                             "with --workers, not both")
     return n
 
 
@@ -94,8 +99,10 @@ def threads_per_worker(n: int, cores: int | None = None) -> int:
 
 def worker_env(i: int, n: int, base: dict | None = None) -> dict:
     """The environment of worker ``i`` of ``n``: its shard, its threads, slow progress bars."""
+    from pitune_core.study.transfer import SHARD_ENV
+
     t = str(threads_per_worker(n))
-    return {**(os.environ if base is None else base), "PITUNE_SHARD": f"{i}/{n}", "PITUNE_NUM_THREADS": t,
+    return {**(os.environ if base is None else base), SHARD_ENV: f"{i}/{n}", "PITUNE_NUM_THREADS": t,
             "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "TQDM_MININTERVAL": str(BAR_SECONDS), ENV: "1"}
 
 

@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # the module stays importable without torch (the CLI reads it
     from pitune_core.study.transfer import TransferPlan
 
 STAGES = ("pairs", "predictors", "quality", "stability")
+#: the stages whose jobs ``PITUNE_SHARD`` splits between processes (``stability`` is skipped by a shard,
+#: ``quality`` reads every shard's rows); ``pitune transfer-study --workers`` runs these in workers
+SHARDABLE = ("pairs", "predictors")
 #: the sample sizes N of the stability stage (two disjoint sets of N examples per task)
 STABILITY_SIZES = (8, 16, 32, 64)
 

@@ -69,15 +69,19 @@ def few_shot_score(target: str, method: str, backbone: UnifiedBackbone, budget: 
     return float(res.meta["metrics"]["test"][spec.metric])
 
 
+#: the environment variable that shards a stage between processes (read by :func:`shard_from_env`)
+SHARD_ENV = "PITUNE_SHARD"
+
+
 def shard_from_env() -> tuple[int, int] | None:
     """``PITUNE_SHARD=i/n``: this process takes every n-th job starting at i, so several processes
     can share one long stage (the stage is only recorded as finished by an unsharded run)."""
-    v = os.environ.get("PITUNE_SHARD")
+    v = os.environ.get(SHARD_ENV)
     if not v:
         return None
     i, n = (int(x) for x in v.split("/"))
     if not 0 <= i < n:
-        raise ValueError(f"PITUNE_SHARD={v!r}: expected i/n with 0 <= i < n")
+        raise ValueError(f"{SHARD_ENV}={v!r}: expected i/n with 0 <= i < n")
     return i, n
 
 
