@@ -4,13 +4,15 @@ Run as ``python bench/bench_dashboard.py [--study DIR ...] [--search DIR]`` (def
 ``precomputed/`` study). For every study a fresh ``streamlit run dashboard/app.py`` serves it on
 127.0.0.1 and Debian's Chromium (``apt-get install -y chromium``; playwright drives it, no
 ``playwright install``) opens the page ``--loads`` times, each in a new browser page (a new
-Streamlit session). Timed from ``page.goto`` until the Graph tab's figure has data and is drawn
-(SVG traces or the WebGL canvas) *and* its top-k list is filled in. The first load of a server also
-opens and verifies the study (checksums), later loads find it in Streamlit's cache: both are
-reported (``cold`` = the first, ``warm`` = the median of the others). The first row is the floor:
-a trivial Streamlit page with one small plotly figure, timed the same way in the same run, i.e.
-what Streamlit and Chromium alone cost on this machine at this moment; ``--floors`` adds the same
-page without a chart and with a Vega-Lite chart instead, which shows what plotly alone costs.
+Streamlit session). Timed from ``page.goto`` until the Graph tab's figure is drawn (the Vega-Lite
+graph's marks in its SVG or canvas; a plotly figure's traces for an older app given with
+``--baseline-app``) *and* its top-k list is filled in. The first load of a server also opens and
+verifies the study (checksums), later loads find it in Streamlit's cache: both are reported
+(``cold`` = the first, ``warm`` = the median of the others). The first row is the floor: a trivial
+Streamlit page with one small Vega-Lite chart (the kind the Graph tab draws), timed the same way in
+the same run, i.e. what Streamlit and Chromium alone cost on this machine at this moment;
+``--floors`` adds the same page without a chart and with one small plotly figure instead (what
+plotly alone costs: the reason the graph is not a plotly figure).
 
 ``--search DIR`` (e.g. a 10,000-task hub from ``pitune hub synth``) then checks that the page is
 usable at that size: type part of a task name in the search box, pick the match, make it the target,
@@ -38,7 +40,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-quic", "--no-first-run
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
                  "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 
+#: the Graph tab's figure is drawn: a Vega-Lite chart (today's dashboard) whose canvas or SVG holds
+#: marks, or a plotly figure with data and traces (the floor, and older dashboards via --baseline-app)
 DRAWN_JS = """() => {
+  const vg = document.querySelector('.st-key-graph_chart [data-testid="stVegaLiteChart"], .st-key-graph_chart');
+  if (vg) {
+    const c = vg.querySelector('canvas');
+    if (c && c.width > 0 && c.height > 0) return true;
+    if (vg.querySelector('svg .mark-symbol path, svg .mark-rule line')) return true;
+  }
   const gd = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
   if (!gd || !gd._fullData || gd._fullData.length === 0) return false;
   return !!gd.querySelector('.scatterlayer .trace, canvas.gl-canvas-context, canvas');
@@ -52,8 +62,8 @@ def _free_port() -> int:
 
 
 #: the floors: trivial Streamlit pages, nothing of pitune, each with the one-line list the dashboard
-#: bench waits for; the first holds one small plotly figure (what the dashboard's Graph tab draws with),
-#: the others show what Streamlit costs without a chart and with a chart of its built-in Vega-Lite kind
+#: bench waits for: one small plotly figure (what the Graph tab drew with before), no chart, and one
+#: chart of Streamlit's built-in Vega-Lite kind (what the Graph tab draws with: :data:`FLOOR`)
 FLOORS = {
     "streamlit + one plotly figure": ("""
 import plotly.graph_objects as go
@@ -75,7 +85,7 @@ st.container(key="topk-graph").markdown("1. a source")
 """, "() => !!document.querySelector('[data-testid=\"stVegaLiteChart\"] canvas, "
      "[data-testid=\"stVegaLiteChart\"] svg')"),
 }
-FLOOR = "streamlit + one plotly figure"
+FLOOR = "streamlit + one Vega-Lite chart"
 
 
 class Server:
@@ -200,7 +210,7 @@ def main() -> None:
     ap.add_argument("--no-floor", action="store_true", help="skip the floor (a trivial Streamlit page)")
     ap.add_argument("--floors", action="store_true",
                     help="time every floor of FLOORS (no chart, one plotly figure, one Vega-Lite chart), not "
-                         "only the plotly one: what the chart library alone costs here")
+                         "only the Vega-Lite one: what each chart library alone costs here")
     ap.add_argument("--screenshots", default=None, help="directory for screenshots (default: none)")
     ap.add_argument("--baseline-app", default=None,
                     help="another dashboard/app.py (e.g. `git worktree add /tmp/old REV`, then "

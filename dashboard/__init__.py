@@ -1,4 +1,5 @@
-"""The Streamlit dashboard: ``app.py`` renders, ``figures.py`` builds the plotly figures.
+"""The Streamlit dashboard: ``app.py`` renders, ``figures.py`` builds the figures (plotly, and
+the task graph as a Vega-Lite spec).
 
 Nothing here imports torch: the pages read the study through :mod:`pitune_core.study.reader`
 and launch runs through :mod:`pitune_core.runs`.

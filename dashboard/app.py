@@ -11,7 +11,7 @@ scheduler executes them; nothing here trains or blocks).
 
 from __future__ import annotations
 
-import html
+from collections.abc import Mapping
 import sys
 from pathlib import Path
 
@@ -169,42 +169,58 @@ def render_missing(root: Path, problems: list[str]) -> None:
 
 # ----------------------------------------------------------------------------- sidebar
 
-def render_sidebar(study: Study, root: Path, db: Path) -> dict:
+def selection(study: Study) -> dict | None:
+    """What the sidebar selects (expert type, embedding, target, k), from the session state and kept
+    valid for this study, before the sidebar is drawn (it is drawn last: see :func:`main`); ``None``
+    when the stored expert type has no predictions (the sidebar then says so)."""
+    methods = study.methods()
+    _choice("method", methods, "lora")
+    method = st.session_state["method"]
+    embs = study.embeddings(method)
+    if not embs:
+        return None
+    default, why = study.default_embedding(method)
+    _choice("embedding", embs, default)
+    embedding = st.session_state["embedding"]
+    names = study.prediction_names(method, embedding)  # not the whole matrix: a hub has 10,000 tasks
+    compare_targets = [t for t in study.compare_targets() if t in names]
+    _choice("target", names, compare_targets[0] if compare_targets else names[0])
+    kmax = max(1, min(10, len(names) - 1))
+    _clamp("k", 1, kmax, min(3, kmax))
+    return {"method": method, "embedding": embedding, "target": st.session_state["target"],
+            "k": int(st.session_state["k"]),
+            "_sidebar": {"methods": methods, "embeddings": embs, "default": default, "why": why, "names": names,
+                         "kmax": kmax}}
+
+
+def render_sidebar(study: Study, root: Path, db: Path, sel: dict | None) -> None:
+    """The sidebar's widgets, on the values :func:`selection` made valid."""
     sb = st.sidebar
     sb.title("π-Tuning")
     man = study.manifest()
     sb.caption(f"Study `{root.name}` · {len(study.tasks())} tasks · finished {str(man.get('finished', '?'))[:16]}")
     methods = study.methods()
-    _choice("method", methods, "lora")
-    method = sb.selectbox("Expert type", methods, key="method", format_func=lambda m: METHOD_LABELS.get(m, m),
-                          help="Parameter-efficient experts trained per task on the frozen backbone.")
-    embs = study.embeddings(method)
-    if not embs:
-        sb.error(f"no predictions for {method} experts in this study")
+    sb.selectbox("Expert type", methods, key="method", format_func=lambda m: METHOD_LABELS.get(m, m),
+                 help="Parameter-efficient experts trained per task on the frozen backbone.")
+    if sel is None:
+        sb.error(f"no predictions for {st.session_state['method']} experts in this study")
         st.stop()
-    default, why = study.default_embedding(method)
-    _choice("embedding", embs, default)
-    embedding = sb.selectbox("Task embedding / predictor", embs, key="embedding",
-                             format_func=lambda e: EMBEDDING_LABELS.get(e, e),
-                             help="How sources are ranked for a target: the Fisher information of the experts "
-                                  "(π-Tuning), the expert weights, the data alone, or any predictor of the ground "
-                                  "truth (drawn from its full-data rows; a few-shot run recomputes the target's row "
-                                  "from its own shots). The default follows the evidence: " + why + ".")
+    o = sel["_sidebar"]
+    default, why = o["default"], o["why"]
+    sb.selectbox("Task embedding / predictor", o["embeddings"], key="embedding",
+                 format_func=lambda e: EMBEDDING_LABELS.get(e, e),
+                 help="How sources are ranked for a target: the Fisher information of the experts "
+                      "(π-Tuning), the expert weights, the data alone, or any predictor of the ground "
+                      "truth (drawn from its full-data rows; a few-shot run recomputes the target's row "
+                      "from its own shots). The default follows the evidence: " + why + ".")
     sb.caption(f"Default: {_md(EMBEDDING_LABELS.get(default, default))} ({_md(why)}).")
-    names = study.prediction_names(method, embedding)  # not the whole matrix: a hub has 10,000 tasks
-    compare_targets = [t for t in study.compare_targets() if t in names]
-    _choice("target", names, compare_targets[0] if compare_targets else names[0])
-    target = sb.selectbox("Target task", names, key="target",
-                          format_func=lambda t: f"{t} ({study.modality(t) or '?'})",
-                          help="The task to transfer to. Click a node in the graph to pick it there.")
-    kmax = max(1, min(10, len(names) - 1))
-    _clamp("k", 1, kmax, min(3, kmax))
-    k = sb.slider("k: sources to interpolate", 1, kmax, key="k",
-                  help="How many of the most similar experts the target borrows from.")
+    sb.selectbox("Target task", o["names"], key="target", format_func=lambda t: f"{t} ({study.modality(t) or '?'})",
+                 help="The task to transfer to. Click a node in the graph to pick it there.")
+    sb.slider("k: sources to interpolate", 1, o["kmax"], key="k",
+              help="How many of the most similar experts the target borrows from.")
     sb.divider()
     sb.caption(f"Study: `{root}`")
     sb.caption(f"Runs: `{db}`")
-    return {"method": method, "embedding": embedding, "target": target, "k": k}
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -232,15 +248,17 @@ def topk_list(study: Study, sel: dict, key: str) -> list:
 
 
 def _pick_target_from_graph() -> None:
+    """A click on a node of the graph (its Vega-Lite point selection) makes that task the target."""
     event = st.session_state.get("graph_chart")
     try:
-        points = event["selection"]["points"]
+        picked = event["selection"][F.PICK]
     except (KeyError, TypeError):
         return
-    for p in points:
-        name = p.get("customdata")
-        if isinstance(name, list):
-            name = name[0] if name else None
+    if isinstance(picked, Mapping):  # {"name": [...]} or {"name": "..."}
+        picked = [{"name": v} for v in (picked.get("name") if isinstance(picked.get("name"), list)
+                                         else [picked.get("name")])]
+    for p in picked if isinstance(picked, list) else []:
+        name = p.get("name") if isinstance(p, Mapping) else None
         if isinstance(name, str) and name in st.session_state.get("_task_names", ()):
             st.session_state["target"] = name
             return
@@ -258,6 +276,18 @@ def _set_target(name: str) -> None:
 MAX_MATCHES = 25
 
 
+def _matches(names: list[str], key: str) -> list[str]:
+    """The task names the search box ``key`` matches (any part of a name, case-insensitive), at most
+    :data:`MAX_MATCHES`; read from the session state, so a figure can use them before the box is drawn."""
+    _init(key, "")
+    q = str(st.session_state[key] or "").strip().lower()
+    return _find(names, q)[:MAX_MATCHES] if q else []
+
+
+def _find(names: list[str], q: str) -> list[str]:
+    return [n for n in names if q in n.lower()]
+
+
 def _search(names: list[str], key: str) -> list[str]:
     """A search box (any part of a task name, case-insensitive); picking a match makes it the target."""
     _init(key, "")
@@ -266,7 +296,7 @@ def _search(names: list[str], key: str) -> list[str]:
                       help="Matches are labelled on the figure; pick one to make it the target.").strip().lower()
     if not q:
         return []
-    found = [n for n in names if q in n.lower()]
+    found = _find(names, q)
     if not found:
         c2.caption(f"no task name contains “{_md(q)}”")
         return []
@@ -279,6 +309,9 @@ def _search(names: list[str], key: str) -> list[str]:
 
 
 def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
+    """The task graph. Its chart is sent to the browser before the controls above it (their values
+    are read from the session state first): the chart's scripts then load while the controls are
+    drawn, which is the first page's critical path (``bench/bench_dashboard.py``)."""
     import numpy as np
 
     names = study.prediction_names(sel["method"], sel["embedding"])
@@ -286,14 +319,18 @@ def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
     dense = study.has_matrix(sel["method"], sel["embedding"])
     table_k = study.neighbours(sel["method"], sel["embedding"])[1].shape[1] \
         if study.has_neighbours(sel["method"], sel["embedding"]) else None
-    matches = _search(list(names), "graph_search")
-    c1, c2, c3, c4 = st.columns([1.3, 1.3, 1.3, 1])
+    # the search box and the controls are drawn after the chart and shown above it; on a hub the
+    # search box goes first, since there the chart is megabytes of data and a search must answer at once
+    search_first = len(names) > F.LARGE_N
+    if search_first:
+        matches = _search(list(names), "graph_search")
+    else:
+        search_box, matches = st.container(), _matches(list(names), "graph_search")
+    controls = st.container()
     _init("graph_mode", "knn")
     modes = ["knn", "threshold"] if dense else ["knn"]
     _choice("graph_mode", modes, "knn")
-    mode = c1.radio("Link tasks by", modes, key="graph_mode", horizontal=True,
-                    format_func=lambda m: {"knn": "k nearest neighbours", "threshold": "similarity threshold"}[m],
-                    help=None if dense else "This hub stores each task's top-k neighbours only (no full matrix).")
+    mode = st.session_state["graph_mode"]
     kmax = max(1, len(names) - 1) if table_k is None else table_k
     _clamp("graph_k", 1, kmax, min(3, kmax))
     if dense and (mode == "threshold" or len(names) <= F.LARGE_N):  # the slider's range needs the matrix
@@ -305,51 +342,58 @@ def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
         lo, hi, default = 0.0, 1.0, 0.5
     hi = max(hi, lo + 0.01)
     _clamp("graph_threshold", lo, hi, default)
-    if mode == "knn":
-        gk = c2.slider("Neighbours per task (kNN k)", 1, kmax, key="graph_k")
-        thr = float(st.session_state["graph_threshold"])
-    else:
-        thr = c2.slider("Similarity threshold", lo, hi, key="graph_threshold", step=0.01)
-        gk = int(st.session_state["graph_k"])
+    gk, thr = int(st.session_state["graph_k"]), float(st.session_state["graph_threshold"])
     _init("comm_method", "louvain")
-    comm = c3.radio("Communities", ["louvain", "greedy"], key="comm_method", horizontal=True,
-                    help="networkx community detection on the similarity-weighted graph.")
-    G, summary, pos = load_graph(str(root), stamp, sel["method"], sel["embedding"], mode, int(gk), float(thr), comm)
-    c4.metric("Edges", G.number_of_edges(), help="Links in the graph with the current settings.")
+    _choice("comm_method", ["louvain", "greedy"], "louvain")
+    comm = st.session_state["comm_method"]
+    G, summary, pos = load_graph(str(root), stamp, sel["method"], sel["embedding"], mode, gk, thr, comm)
     large = G.number_of_nodes() > F.LARGE_N
+    # the graph first: its chart's scripts then load while the list beside it is drawn
+    top = study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])
     left, right = st.columns([4, 1.1])
-    with right:
-        top = topk_list(study, sel, "topk-graph")
-        st.markdown(f"**Communities** ({len(summary)}; " + ("bubbles on the graph)" if large else "node outline colour)"))
-        shown = summary[:20] if large else summary
-        for c in shown:
-            color = F.community_color(c["community"])
-            badge = " · **cross-modal**" if c["cross_modal"] else ""
-            esc = html.escape  # every value interpolated into this HTML is escaped
-            members = list(map(str, c["members"]))
-            listed = ", ".join(members[:12]) + (f", … ({len(members) - 12} more)" if len(members) > 12 else "")
-            st.markdown(f"<span style='color:{esc(str(color))}'>●</span> **{esc(str(c['community']))}** — "
-                        f"{int(c['size'])} tasks, {esc(', '.join(map(str, c['modalities'])))}{badge}<br>"
-                        f"<small>{esc(listed)}</small>", unsafe_allow_html=True)
-        if len(shown) < len(summary):
-            st.caption(f"… and {len(summary) - len(shown)} smaller communities")
     with left:
         users = [n for n in G if G.nodes[n].get("user_task")]  # the user's own tasks: labelled and ringed
-        fig = F.graph_figure(G, pos, target=sel["target"], sources=[s.name for s in top],
-                             highlight=[*users, *matches], height=680 if large else 620)
-        NT.highlight(fig, users, pos)
-        st.plotly_chart(fig, key="graph_chart", on_select=_pick_target_from_graph, selection_mode="points",
-                        config={"displaylogo": False})
+        spec = F.graph_figure(G, pos, target=sel["target"], sources=[s.name for s in top],
+                              highlight=[*users, *matches], height=680 if large else 620, rings=users)
+        st.vega_lite_chart(spec=spec, key="graph_chart", on_select=_pick_target_from_graph,
+                           selection_mode=[F.PICK], theme=None, width="stretch")
         st.caption(f"{METHOD_LABELS.get(sel['method'])} experts, {EMBEDDING_LABELS.get(sel['embedding'])} "
                    "similarity. Fill = modality, " + (
-                       f"{len(names):,} tasks drawn with WebGL; each bubble is a community (its size grows with "
+                       f"{len(names):,} tasks drawn on one canvas; each bubble is a community (its size grows with "
                        "its members); edges are the kNN links around the target when there are too many to draw. "
                        if large else "size = expert accuracy, outline = community, edge width = similarity. ")
                    + "The target is the red star, dashed lines lead to its top-k sources; only the target, its "
                      "sources and search matches are labelled (hover for any other task). Click a node to make "
-                     "it the target.")
+                     "it the target; drag to pan, scroll to zoom, double-click to reset the view.")
         _placed_elsewhere(study, sel, set(G))
         _cross_modal_note(study)
+    with right:
+        topk_list(study, sel, "topk-graph")
+        st.markdown(f"**Communities** ({len(summary)}; " + ("bubbles on the graph)" if large else "node outline colour)"))
+        shown = summary[:20] if large else summary
+        for c in shown:  # plain markdown: no HTML on the first view (its renderer is one more script to load)
+            badge = " · **cross-modal**" if c["cross_modal"] else ""
+            members = list(map(str, c["members"]))
+            listed = ", ".join(members[:12]) + (f", … ({len(members) - 12} more)" if len(members) > 12 else "")
+            st.markdown(f"**{_md(str(c['community']))}** — {int(c['size'])} tasks, "
+                        f"{_md(', '.join(map(str, c['modalities'])))}{badge}  \n:small[{_md(listed)}]")
+        if len(shown) < len(summary):
+            st.caption(f"… and {len(summary) - len(shown)} smaller communities")
+    if not search_first:
+        with search_box:
+            _search(list(names), "graph_search")
+    c1, c2, c3, c4 = controls.columns([1.3, 1.3, 1.3, 1])
+    c1.radio("Link tasks by", modes, key="graph_mode", horizontal=True,
+             format_func=lambda m: {"knn": "k nearest neighbours", "threshold": "similarity threshold"}[m],
+             help=None if dense else "This hub stores each task's top-k neighbours only (no full matrix).")
+    if mode == "knn":
+        c2.slider("Neighbours per task (kNN k)", 1, kmax, key="graph_k")
+    else:
+        c2.slider("Similarity threshold", lo, hi, key="graph_threshold", step=0.01)
+    c3.radio("Communities", ["louvain", "greedy"], key="comm_method", horizontal=True,
+             help="networkx community detection on the similarity-weighted graph.")
+    # plain markdown, not st.metric: one widget kind less to load on the first view
+    c4.markdown(f"**Edges**  \n{G.number_of_edges()}", help="Links in the graph with the current settings.")
 
 
 def _placed_elsewhere(study: Study, sel: dict, drawn: set) -> None:
@@ -1004,7 +1048,10 @@ def main() -> None:
         render_missing(root, e.problems)
         return
     NT.apply_pending_switch()
-    sel = render_sidebar(study, root, db)
+    sel = selection(study)
+    if sel is None:
+        render_sidebar(study, root, db, sel)
+        return
     st.title("π-Tuning dashboard")
     tabs = st.tabs(TABS, key="view", bind="query-params")
     renderers = {
@@ -1016,16 +1063,19 @@ def main() -> None:
         "Study": lambda: tab_study(study),
         "New task": lambda: NT.render(study, root, db, get_registry),
     }
-    for name, tab in zip(TABS, tabs):
-        if tab.open is False:
-            continue
-        with tab:
-            try:
-                renderers[name]()
-            except OSError as e:  # a full disk, a read-only or vanished file: one line, no traceback
-                where = f": {e.filename}" if getattr(e, "filename", None) else ""
-                st.error(_md(f"{name}: {e.strerror or e}{where}. Check that the path exists and is readable "
-                             "and writable, and that the disk has space, then reload the page."))
+    try:
+        for name, tab in zip(TABS, tabs):
+            if tab.open is False:
+                continue
+            with tab:
+                try:
+                    renderers[name]()
+                except OSError as e:  # a full disk, a read-only or vanished file: one line, no traceback
+                    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+                    st.error(_md(f"{name}: {e.strerror or e}{where}. Check that the path exists and is readable "
+                                 "and writable, and that the disk has space, then reload the page."))
+    finally:  # the sidebar last, so the first view's chart is on its way to the browser before it
+        render_sidebar(study, root, db, sel)
 
 
 main()

@@ -1,4 +1,7 @@
-"""Plotly figures for the dashboard: pure functions, data in, ``plotly.graph_objects.Figure`` out.
+"""Figures for the dashboard: pure functions, data in, a ``plotly.graph_objects.Figure`` out, except
+the task graph (:func:`graph_figure`), a Vega-Lite spec: it is the first view of every page open,
+and in the browser plotly alone costs about 1.5 s of that on a 2-core machine while Streamlit's
+built-in Vega-Lite costs about 0.4 s (``python bench/bench_dashboard.py --floors``).
 
 Nothing here reads files or touches Streamlit, so every figure can be tested (and reused in a
 notebook) on its own. Colours: modality fixes a node's fill, community its outline.
@@ -23,6 +26,8 @@ __all__ = [
     "community_color",
     "graph_positions",
     "graph_figure",
+    "PICK",
+    "USER_COLOR",
     "layout_figure",
     "order_tasks",
     "heatmap_figure",
@@ -46,6 +51,8 @@ OTHER_COLOR = "#7f7f7f"
 COMMUNITY_COLORS = ["#E15F99", "#FB8500", "#1CA71C", "#222A2A", "#B68100", "#750D86", "#EB663B", "#511CFB",
                     "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16", "#A777F1"]
 TARGET_COLOR = "#d62728"
+#: the ring around the user's own (uploaded) tasks on the graph and the map
+USER_COLOR = "#d946ef"
 
 
 def community_color(c: int | None) -> str:
@@ -95,8 +102,8 @@ def _hover(name: str, d: Mapping[str, Any], extra: str = "") -> str:
     return "<br>".join(lines)
 
 
-#: above this many tasks the figures switch to WebGL traces (go.Scattergl), small markers, no
-#: per-edge hover points, and communities drawn as a level of detail
+#: above this many tasks the figures switch to a canvas (the graph) or WebGL traces (go.Scattergl, the
+#: map), small markers, no per-edge hover, and communities drawn as a level of detail
 LARGE_N = 300
 #: the heatmap draws at most this many tasks (a 10,000 x 10,000 matrix is 10^8 cells)
 HEATMAP_MAX = 150
@@ -187,131 +194,254 @@ def label_positions(pos: Mapping[str, Sequence[float]], labelled: Sequence[str])
     return out
 
 
+#: where a label sits beside its node, as Vega-Lite text-mark properties (from :func:`label_positions`'
+#: plotly-style names); the offset is added to the node's radius
+_LABEL_MARKS = {
+    "top center": {"align": "center", "baseline": "bottom"},
+    "bottom center": {"align": "center", "baseline": "top"},
+    "middle left": {"align": "right", "baseline": "middle"},
+    "middle right": {"align": "left", "baseline": "middle"},
+}
+
+
+def _label_layers(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Text layers for a few labels (each row: x, y, label, side, radius, color, size); one layer per
+    (side, radius, colour), since Vega-Lite's align/baseline/dx/dy are mark properties."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["side"], round(float(r["radius"])), r["color"], r["size"], r.get("weight", "normal"))
+        groups.setdefault(key, []).append({"x": r["x"], "y": r["y"], "label": r["label"]})
+    layers = []
+    for (side, radius, color, size, weight), values in groups.items():
+        gap = radius + 2
+        dx = {"middle left": -gap - 1, "middle right": gap + 1}.get(side, 0)
+        dy = {"top center": -gap, "bottom center": gap}.get(side, 0)
+        layers.append({
+            "data": {"values": values},
+            "mark": {"type": "text", **_LABEL_MARKS.get(side, _LABEL_MARKS["top center"]), "dx": dx, "dy": dy,
+                     "fontSize": size, "fontWeight": weight, "color": color},
+            "encoding": {"text": {"field": "label", "type": "nominal"}},
+        })
+    return layers
+
+
+def _tooltip_row(name: str, d: Mapping[str, Any], degree: int, role: str) -> dict[str, Any]:
+    """A node's tooltip fields (plain text: Vega's tooltip handler escapes every value)."""
+    desc = str(d.get("description") or "")
+    return {
+        "name": name,
+        "modality": d.get("modality") or "other",
+        "description": desc if len(desc) <= 90 else desc[:87] + "…",
+        "classes": "–" if d.get("num_classes") is None else f"{d['num_classes']} (train examples: {d.get('num_train', '?')})",
+        "expert": f"{d.get('metric') or 'accuracy'} {_fmt(d.get('accuracy'))} (zero-shot {_fmt(d.get('zero_shot'))})",
+        "community": "–" if d.get("community") is None else str(d["community"]),
+        "degree": int(degree),
+        "role": role,
+    }
+
+
+_NODE_TOOLTIP = [{"field": "name", "title": "task"}, {"field": "role", "title": "role"},
+                 {"field": "modality", "title": "modality"}, {"field": "description", "title": "description"},
+                 {"field": "classes", "title": "classes"}, {"field": "expert", "title": "expert"},
+                 {"field": "community", "title": "community"}, {"field": "degree", "title": "degree"}]
+#: a five-pointed star as an SVG path in Vega's unit square (Vega's symbols have no star)
+STAR = ("M0,-1L0.2245,-0.309L0.9511,-0.309L0.3633,0.118L0.5878,0.809L0,0.382L-0.5878,0.809L-0.3633,0.118"
+        "L-0.9511,-0.309L-0.2245,-0.309Z")
+#: the task graph's point selection (a click on a node): its Vega-Lite parameter name and field
+PICK = "pick"
+
+
 def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, target: str | None = None,
                  sources: Sequence[str] = (), title: str | None = None, height: int = 620,
-                 highlight: Sequence[str] = (), all_edges: bool | None = None) -> go.Figure:
-    """The task graph as an interactive network.
+                 highlight: Sequence[str] = (), all_edges: bool | None = None,
+                 rings: Sequence[str] = ()) -> dict[str, Any]:
+    """The task graph as an interactive network: a Vega-Lite spec (a JSON-able dict for
+    ``st.vega_lite_chart``), not a plotly figure, because it is the dashboard's first view and
+    plotly alone costs about 1.5 s of every page open in the browser (``bench/bench_dashboard.py
+    --floors``); Vega-Lite is built into Streamlit.
 
-    Nodes: fill = modality, size = expert accuracy, outline = community (legend lists each
+    Nodes: fill = modality, size = expert accuracy, outline = community (the legend lists each
     community and the modalities it spans). Edges: width and opacity grow with similarity;
-    hovering an edge's midpoint shows its similarity. ``target`` is drawn as a star *under* its
-    ``sources`` (e.g. the top-k predicted experts), which are joined to it by dashed red lines.
-    Labels only for the target, its sources and ``highlight`` (e.g. search matches); every other
-    name shows on hover, so labels never pile up in the dense middle.
+    hovering an edge shows its similarity. ``target`` is drawn as a star *under* its ``sources``
+    (e.g. the top-k predicted experts), which are joined to it by dashed red lines. Labels only for
+    the target, its sources and ``highlight`` (e.g. search matches); every other name shows on
+    hover, so labels never pile up in the dense middle. ``rings`` (the user's own tasks) are ringed.
+    Clicking a node selects it in the point parameter :data:`PICK` (field ``name``); dragging pans
+    and the mouse wheel zooms.
 
-    With more than :data:`LARGE_N` nodes: WebGL traces, small fixed-size markers coloured by
-    modality, no per-edge hover points, edges drawn only around the target (its sources' edges)
-    unless ``all_edges`` (default: all edges up to 20,000), and each community drawn as one
-    labelled bubble (the level of detail that stays readable with thousands of tasks).
+    With more than :data:`LARGE_N` nodes: small fixed-size markers coloured by modality, no edge
+    hover, edges drawn only around the target (its sources' edges) unless ``all_edges`` (default:
+    all edges up to 20,000), and each community drawn as one labelled bubble (the level of detail
+    that stays readable with thousands of tasks), drawn on one canvas, so 10,000 nodes stay cheap.
     """
     pos = dict(pos) if pos is not None else graph_positions(G)
-    n_nodes = G.number_of_nodes()
-    large = n_nodes > LARGE_N
-    Scatter = go.Scattergl if large else go.Scatter
-    focus = [x for x in [target, *sources, *highlight] if x is not None and x in pos]
-    fig = go.Figure()
+    large = G.number_of_nodes() > LARGE_N
+    focus = [x for x in dict.fromkeys([target, *sources, *highlight]) if x is not None and x in pos]
     weights = [float(w) for _, _, w in G.edges(data="weight", default=0.0)]
     lo, hi = (min(weights), max(weights)) if weights else (0.0, 1.0)
     span = (hi - lo) or 1.0
     if all_edges is None:
         all_edges = G.number_of_edges() <= 20_000
-    near = set(focus)
     edges = G.edges(data="weight", default=0.0) if (all_edges or not large) else \
-        [(u, v, w) for u, v, w in G.edges(near, data="weight", default=0.0)]
-    # edges, binned by strength (a scatter trace has one line width)
-    bins: dict[int, tuple[list, list]] = {}
-    mid_x, mid_y, mid_text = [], [], []
+        G.edges(focus, data="weight", default=0.0)
+    # coordinates rounded to 1e-5 of the layout's span (far below a pixel): the spec is JSON sent to
+    # the browser, a megabyte per 1,000 tasks with full float reprs
+    xs = [float(p[0]) for p in pos.values()]
+    ys = [float(p[1]) for p in pos.values()]
+    nd = max(0, 5 - math.floor(math.log10(max(np.ptp(xs), np.ptp(ys), 1e-12)))) if xs else 5
+    pos = {n: (round(float(p[0]), nd), round(float(p[1]), nd)) for n, p in pos.items()}
+    edge_rows = []
     for u, v, w in edges:
-        b = min(3, int(4 * (float(w) - lo) / span)) if span else 3
-        xs, ys = bins.setdefault(b, ([], []))
-        xs += [pos[u][0], pos[v][0], None]
-        ys += [pos[u][1], pos[v][1], None]
+        b = min(3, int(4 * (float(w) - lo) / span))
+        row = {"x": pos[u][0], "y": pos[u][1], "x2": pos[v][0], "y2": pos[v][1],
+               "width": round((0.8 + 1.6 * b) if not large else (0.5 + 0.4 * b), 2),
+               "alpha": round((0.25 + 0.18 * b) if not large else (0.10 + 0.08 * b), 2)}
+        if not large:  # hovered on small graphs only
+            row.update(pair=f"{u} — {v}", similarity=round(float(w), 3))
+        edge_rows.append(row)
+    layers: list[dict] = []
+    if edge_rows:
+        enc = {"x2": {"field": "x2"}, "y2": {"field": "y2"},
+               "strokeWidth": {"field": "width", "type": "quantitative", "scale": None},
+               "opacity": {"field": "alpha", "type": "quantitative", "scale": None}}
         if not large:
-            mid_x.append((pos[u][0] + pos[v][0]) / 2)
-            mid_y.append((pos[u][1] + pos[v][1]) / 2)
-            mid_text.append(f"{u} — {v}<br>similarity {float(w):.3f}")
-    for b in sorted(bins):
-        xs, ys = bins[b]
-        width = (0.8 + 1.6 * b) if not large else (0.5 + 0.4 * b)
-        alpha = (0.25 + 0.18 * b) if not large else (0.10 + 0.08 * b)
-        fig.add_trace(Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                              line=dict(width=width, color=f"rgba(90,90,90,{alpha:.2f})"), name=f"edges {b}"))
-    if mid_x:
-        fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", marker=dict(size=8, opacity=0),
-                                 hovertext=mid_text, hoverinfo="text", showlegend=False, name="edge info"))
+            enc["tooltip"] = [{"field": "pair", "title": "edge"}, {"field": "similarity", "title": "similarity"}]
+        layers.append({"name": "edges", "data": {"values": edge_rows},
+                       "mark": {"type": "rule", "color": "#5a5a5a"}, "encoding": enc})
     if target is not None and target in pos:
-        xs, ys = [], []
-        for s in sources:
-            if s in pos and s != target:
-                xs += [pos[target][0], pos[s][0], None]
-                ys += [pos[target][1], pos[s][1], None]
-        if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", name="target → top-k sources",
-                                     line=dict(width=2.5, color=TARGET_COLOR, dash="dash")))
+        dashed = [{"x": float(pos[target][0]), "y": float(pos[target][1]), "x2": float(pos[s][0]),
+                   "y2": float(pos[s][1])} for s in dict.fromkeys(sources) if s in pos and s != target]
+        if dashed:
+            layers.append({"name": "target → top-k sources", "data": {"values": dashed},
+                           "mark": {"type": "rule", "color": TARGET_COLOR, "strokeWidth": 2.5, "strokeDash": [6, 4]},
+                           "encoding": {"x2": {"field": "x2"}, "y2": {"field": "y2"}}})
     if large:
-        _community_lod(fig, pos, dict(G.nodes(data="community")), dict(G.nodes(data="modality")))
+        layers += _community_bubbles(pos, dict(G.nodes(data="community")), dict(G.nodes(data="modality")))
     # the target first, so its sources (drawn next) stay visible on top of the star
-    sides = label_positions(pos, focus) if not large else {}
+    sides = label_positions(pos, focus)  # few labels, so cheap at any size
+    labels: list[dict] = []
     if target is not None and target in G:
         d = G.nodes[target]
-        fig.add_trace(go.Scatter(
-            x=[pos[target][0]], y=[pos[target][1]], mode="markers+text", name=f"target: {target}",
-            text=[target], textposition=sides.get(target, "bottom center"), textfont=dict(size=12, color=TARGET_COLOR),
-            hovertext=[_hover(target, d, f"degree {G.degree(target)} · the target")], hoverinfo="text",
-            customdata=[target],
-            marker=dict(size=(_node_size(d.get("accuracy")) + 2) if not large else 16,
-                        color=_modality_color(d.get("modality")), opacity=0.85,
-                        symbol="star", line=dict(width=2, color=TARGET_COLOR))))
-    # nodes, one trace per modality (legend), outline by community
-    mods = sorted({d.get("modality") or "other" for _, d in G.nodes(data=True)},
-                  key=lambda m: (list(MODALITY_COLORS).index(m) if m in MODALITY_COLORS else 9, m))
-    labelled = set(focus) - {target}
-    for m in mods:
-        nodes = [n for n, d in G.nodes(data=True) if (d.get("modality") or "other") == m and n != target]
-        if not nodes:
-            continue
-        data = [G.nodes[n] for n in nodes]
-        hover = [_hover(n, d, f"degree {G.degree(n)}") for n, d in zip(nodes, data)]
-        if large:
-            fig.add_trace(go.Scattergl(
-                x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers", name=m,
-                hovertext=hover, hoverinfo="text", customdata=nodes,
-                marker=dict(size=5, color=_modality_color(m), opacity=0.75)))
-        else:
-            fig.add_trace(go.Scatter(
-                x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text", name=m,
-                text=[n if n in labelled else "" for n in nodes],
-                textposition=[sides.get(n, "top center") for n in nodes],
-                textfont=dict(size=12, color="#111"), hovertext=hover, hoverinfo="text", customdata=nodes,
-                marker=dict(size=[_node_size(d.get("accuracy")) for d in data], color=_modality_color(m),
-                            line=dict(width=3, color=[community_color(d.get("community")) for d in data]),
-                            opacity=0.92)))
-    if large:
-        _focus_labels(fig, pos, [x for x in focus if x != target])
-    # legend entries for communities (outline colour + members' modalities)
+        diameter = (_node_size(d.get("accuracy")) + 2) if not large else 16
+        row = {"x": float(pos[target][0]), "y": float(pos[target][1]),
+               **_tooltip_row(target, d, G.degree(target), "the target"), "fill": _modality_color(d.get("modality"))}
+        layers.append({"name": "target", "data": {"values": [row]},
+                       "mark": {"type": "point", "shape": STAR, "filled": True, "size": diameter ** 2 * 1.6,
+                                "opacity": 0.85, "stroke": TARGET_COLOR, "strokeWidth": 2},
+                       "encoding": {"fill": {"field": "fill", "type": "nominal", "scale": None},
+                                    "tooltip": _NODE_TOOLTIP}})
+        labels.append({"x": row["x"], "y": row["y"], "label": target, "side": sides.get(target, "bottom center"),
+                       "radius": diameter / 2, "color": TARGET_COLOR, "size": 13, "weight": "bold"})
     comms: dict[int, list[str]] = {}
     for n, c in G.nodes(data="community"):
         if c is not None:
             comms.setdefault(int(c), []).append(n)
-    if not large:
-        for c in sorted(comms):
-            members = comms[c]
-            modalities = sorted({G.nodes[n].get("modality") or "?" for n in members})
-            label = f"community {c}: {len(members)} tasks ({', '.join(modalities)})"
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label, legendgroup="communities",
-                                     legendgrouptitle=dict(text="communities (outline)") if c == min(comms) else None,
-                                     marker=dict(size=12, color="white", line=dict(width=3, color=community_color(c)))))
-    xs_all = [p[0] for p in pos.values()]
-    ys_all = [p[1] for p in pos.values()]
-    fig.update_layout(
-        title=dict(text=title) if title else None, height=height, hovermode="closest",
-        margin=dict(l=10, r=10, t=40 if title else 10, b=10), plot_bgcolor="white",
-        legend=dict(itemsizing="constant", orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
-        # no scaleanchor: the graph fills the page width instead of a square in its middle
-        xaxis=dict(visible=False, range=_pad_range(xs_all, 0.04)),
-        yaxis=dict(visible=False, range=_pad_range(ys_all, 0.06)),
-    )
-    return fig
+    comm_label = {c: f"community {c}: {len(m)} tasks ("
+                     f"{', '.join(sorted({G.nodes[n].get('modality') or '?' for n in m}))})" for c, m in comms.items()}
+    rows = []
+    for n, d in G.nodes(data=True):
+        if n == target:
+            continue
+        c = d.get("community")
+        rows.append({"x": float(pos[n][0]), "y": float(pos[n][1]), **_tooltip_row(n, d, G.degree(n), "task"),
+                     "size": (_node_size(d.get("accuracy")) if not large else 5.0) ** 2})
+        if not large:  # the outline's legend entry (large graphs draw communities as bubbles instead)
+            rows[-1]["outline"] = comm_label[int(c)] if c is not None else "no community"
+        if n in focus:
+            labels.append({"x": rows[-1]["x"], "y": rows[-1]["y"], "label": n, "side": sides.get(n, "top center"),
+                           "radius": (rows[-1]["size"] ** 0.5) / 2, "color": "#111", "size": 12})
+    mods = sorted({r["modality"] for r in rows} | ({G.nodes[target].get("modality") or "other"}
+                                                   if target in G else set()),
+                  key=lambda m: (list(MODALITY_COLORS).index(m) if m in MODALITY_COLORS else 9, m))
+    order = sorted(comms)
+    node_enc: dict[str, Any] = {
+        "fill": {"field": "modality", "type": "nominal", "title": "modality (fill)",
+                 "scale": {"domain": mods, "range": [_modality_color(m) for m in mods]}},
+        "size": {"field": "size", "type": "quantitative", "scale": None},
+        "tooltip": _NODE_TOOLTIP,
+    }
+    if not large and comms:
+        none = ["no community"] if any(r["outline"] == "no community" for r in rows) else []
+        node_enc["stroke"] = {"field": "outline", "type": "nominal", "title": "communities (outline)",
+                              "scale": {"domain": [comm_label[c] for c in order] + none,
+                                        "range": [community_color(c) for c in order] + [OTHER_COLOR] * len(none)},
+                              "legend": {"orient": "bottom", "columns": 2, "labelLimit": 420}}
+    layers.append({"name": "tasks", "data": {"values": rows},
+                   "params": [{"name": PICK, "select": {"type": "point", "fields": ["name"], "on": "click",
+                                                        "toggle": False}},
+                              {"name": "zoom", "select": {"type": "interval", "encodings": ["x", "y"]},
+                               "bind": "scales"}],
+                   "mark": {"type": "point", "shape": "circle", "filled": True,
+                            "opacity": 0.92 if not large else 0.75, "strokeWidth": 3 if not large else 0,
+                            "cursor": "pointer"},
+                   "encoding": node_enc})
+    rings = [n for n in dict.fromkeys(rings) if n in pos]
+    if rings:
+        kind = "your task" + ("s" if len(rings) > 1 else "")
+        layers.append({"name": "your tasks", "data": {"values": [
+            {"x": float(pos[n][0]), "y": float(pos[n][1]), "name": f"your task: {n}", "kind": kind} for n in rings]},
+            "mark": {"type": "point", "shape": "circle", "filled": False, "size": 34 ** 2, "strokeWidth": 4},
+            "encoding": {"stroke": {"field": "kind", "type": "nominal", "title": None,  # a legend entry
+                                    "scale": {"domain": [kind], "range": [USER_COLOR]},
+                                    "legend": {"orient": "top"}},
+                         "tooltip": [{"field": "name", "title": "task"}]}})
+    layers += _label_layers(labels)
+    spec: dict[str, Any] = {
+        "width": "container", "height": height,
+        # x and y are shared by every layer (the layers add their own channels)
+        "encoding": {"x": {"field": "x", "type": "quantitative", "axis": None,
+                           "scale": {"domain": _pad_range(xs, 0.04), "zero": False, "nice": False}},
+                     "y": {"field": "y", "type": "quantitative", "axis": None,
+                           "scale": {"domain": _pad_range(ys, 0.06), "zero": False, "nice": False}}},
+        "layer": layers,
+        # the rings' legend entry is not one of the communities' outlines
+        "resolve": {"scale": {"stroke": "independent"}, "legend": {"stroke": "independent"}},
+        "config": {"view": {"stroke": None}, "legend": {"orient": "bottom", "direction": "horizontal",
+                                                        "labelFontSize": 12, "titleFontSize": 12}},
+    }
+    if large:  # one canvas instead of an SVG element per node (Streamlit's default renderer is SVG)
+        spec["usermeta"] = {"embedOptions": {"renderer": "canvas"}}
+    if title:
+        spec["title"] = title
+    return spec
+
+
+def _community_bubbles(xy: Mapping[str, Sequence[float]], communities: Mapping[str, Any],
+                       modality: Mapping[str, Any]) -> list[dict]:
+    """Vega-Lite layers of :func:`_community_lod`'s level of detail: one semi-transparent bubble per
+    community at its members' centroid (area ~ members), the largest :data:`MAX_COMMUNITY_LABELS`
+    labelled."""
+    members: dict[int, list[str]] = {}
+    for n, c in communities.items():
+        if c is not None and n in xy:
+            members.setdefault(int(c), []).append(n)
+    if not members:
+        return []
+    order = sorted(members, key=lambda c: (-len(members[c]), c))
+    biggest = max(len(m) for m in members.values())
+    rows = []
+    for rank, c in enumerate(order):
+        m = members[c]
+        pts = np.array([xy[n][:2] for n in m], dtype=float)
+        rows.append({"x": float(pts[:, 0].mean()), "y": float(pts[:, 1].mean()),
+                     "size": (14 + 46 * math.sqrt(len(m) / biggest)) ** 2, "color": community_color(c),
+                     "community": f"community {c}: {len(m)} tasks",
+                     "modalities": ", ".join(sorted({modality.get(n) or "?" for n in m})),
+                     "examples": ", ".join(sorted(m)[:5]),
+                     "label": f"C{c} · {len(m)}" if rank < MAX_COMMUNITY_LABELS else ""})
+    color = {"field": "color", "type": "nominal", "scale": None}
+    return [
+        {"name": "communities", "data": {"values": rows},
+         "mark": {"type": "circle", "opacity": 0.22, "strokeOpacity": 0.9, "strokeWidth": 1.5},
+         "encoding": {"size": {"field": "size", "type": "quantitative", "scale": None}, "fill": color,
+                      "stroke": color,
+                      "tooltip": [{"field": "community", "title": "community"},
+                                  {"field": "modalities", "title": "modalities"},
+                                  {"field": "examples", "title": "e.g."}]}},
+        {"name": "community labels", "data": {"values": [r for r in rows if r["label"]]},
+         "mark": {"type": "text", "fontSize": 10, "color": "#111"},
+         "encoding": {"text": {"field": "label", "type": "nominal"}}},
+    ]
 
 
 def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, Mapping[str, Any]],
@@ -321,7 +451,7 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
     """The 2-D map of the task embeddings (UMAP or its fallback): colour = modality, outline =
     community; the target, if given, is a star under its ``sources``. Labels only for the target,
     its sources and ``highlight``; the axes get a margin so no label is clipped at the edge. Above
-    :data:`LARGE_N` tasks: WebGL markers and community bubbles (as in :func:`graph_figure`)."""
+    :data:`LARGE_N` tasks: WebGL markers and community bubbles (as :func:`graph_figure` draws them)."""
     coords = np.asarray(coords, dtype=float)
     names = list(names)
     communities = dict(communities or {})

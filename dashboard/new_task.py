@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 import streamlit as st
 
+from dashboard.figures import USER_COLOR
 from dashboard.text import md as _md
 from pitune_core.data import user_tasks as U
 from pitune_core.study.place import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
@@ -27,9 +28,9 @@ KINDS = {"text": "Texts with labels (CSV / JSONL)", "images": "Images in class f
          "pairs": "Image-text pairs (zip with one .jsonl + images)"}
 TYPES = {"text": ["csv", "tsv", "jsonl", "json", "txt"], "images": ["zip"], "pairs": ["zip"]}
 SHOTS = [1, 2, 4, 8, 16, 32, 64]
-USER_COLOR = "#d946ef"
 def highlight(fig, names: Sequence[str], xy: Mapping[str, Sequence[float]]) -> None:
-    """Ring the user's own tasks on a plotly figure (graph or map), named in the legend."""
+    """Ring the user's own tasks on the map (a plotly figure), named in the legend; the graph rings
+    them itself (:func:`dashboard.figures.graph_figure`'s ``rings``)."""
     import plotly.graph_objects as go
 
     names = [n for n in names if n in xy]

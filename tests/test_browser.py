@@ -20,6 +20,9 @@ from pitune_core.cli.dashboard import DashboardServer
 
 pytestmark = pytest.mark.browser
 
+#: the task graph's nodes, drawn (Vega-Lite's SVG symbols; each names its task in its aria-label)
+GRAPH_NODES = ".st-key-graph_chart g.mark-symbol path"
+
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("PITUNE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -95,8 +98,8 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
             page.on("pageerror", lambda e: errors.append(str(e)))
             t0 = time.perf_counter()
             page.goto(url, wait_until="domcontentloaded")
-            # first full render: the graph drawn (plotly's node traces) and the top-k list filled in
-            page.wait_for_selector('[data-testid="stPlotlyChart"] .scatterlayer .trace', timeout=90_000)
+            # first full render: the graph drawn (its nodes) and the top-k list filled in
+            page.wait_for_selector(GRAPH_NODES, timeout=90_000)
             page.wait_for_selector(".st-key-topk-graph li", timeout=90_000)
             first_render = time.perf_counter() - t0
             print(f"\ntime to first full render: {first_render:.2f} s")
@@ -136,7 +139,16 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
                     break
                 assert time.time() < deadline, f"top-k list did not follow the new target {new_name}: {items}"
                 time.sleep(0.2)
-            assert page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace').count() > 0
+            assert page.locator(GRAPH_NODES).count() > 0
+
+            # a click on a node of the graph makes that task the target (the chart's point selection)
+            source = items[0].split(" (")[0].strip()
+            page.locator(f'{GRAPH_NODES}[aria-label*="task: {source};"]').first.click()
+            page.wait_for_function(
+                "name => Array.from(document.querySelectorAll('.st-key-topk-graph code'))"
+                ".some(e => e.textContent.trim() === name)", arg=source, timeout=20_000)
+            box = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Target task")
+            assert box.locator("input").input_value().split(" (")[0] == source  # the sidebar follows the click
 
             # the Target tab: similarity / measured-gain bars next to the list
             page.get_by_role("tab", name="Target").click()
@@ -148,7 +160,7 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
 
             page.get_by_role("tab", name="Graph").click()
             page.wait_for_selector(".st-key-topk-graph li", timeout=30_000)
-            page.wait_for_selector('[data-testid="stPlotlyChart"] .scatterlayer .trace', timeout=30_000)
+            page.wait_for_selector(GRAPH_NODES, timeout=30_000)
             time.sleep(0.5)
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -201,7 +213,7 @@ def test_upload_a_csv_and_see_the_new_node(byo_server, sync_playwright, tmp_path
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_selector('[data-testid="stPlotlyChart"] .scatterlayer .trace', timeout=90_000)
+            page.wait_for_selector(GRAPH_NODES, timeout=90_000)
             page.get_by_role("tab", name="New task").click()
             page.wait_for_selector(".st-key-nt_name input", timeout=30_000)
             assert page.get_by_text("Limits:").count() > 0  # the size limits are stated on the page
@@ -218,7 +230,7 @@ def test_upload_a_csv_and_see_the_new_node(byo_server, sync_playwright, tmp_path
             assert not page.locator('[data-testid="stException"]').count()
             page.get_by_role("tab", name="Graph").click()
             page.wait_for_function(
-                "() => Array.from(document.querySelectorAll('[data-testid=\"stPlotlyChart\"] text'))"
+                "() => Array.from(document.querySelectorAll('.st-key-graph_chart text'))"
                 ".some(e => e.textContent.trim() === 'my_weather')", timeout=60_000)
             assert page.get_by_text("your task").count() > 0  # the highlight's legend entry
             assert not errors, f"JavaScript errors: {errors}"

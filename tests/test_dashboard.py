@@ -17,6 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the synthetic study lives in test_study.py
+import graphspec as GS  # noqa: E402
 from test_study import COMPARE_TARGET, IA3_TASKS, NAMES, make_synthetic_study  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +78,7 @@ def _spec(at: AppTest, key: str) -> dict:
 
 
 def _graph_nodes(spec: dict) -> list[str]:
-    return [n for t in spec["data"] if t.get("mode") == "markers+text" for n in t["customdata"]]
+    return GS.nodes(spec)
 
 
 def _table(at: AppTest, column: str):
@@ -89,7 +90,8 @@ def _table(at: AppTest, column: str):
 
 
 def _edges(at: AppTest) -> int:
-    return int(next(m for m in at.metric if m.label == "Edges").value)
+    """The graph's edge count, as the Graph tab writes it ("**Edges**" and the number)."""
+    return int(next(m.value for m in at.markdown if m.value.startswith("**Edges**")).split()[-1])
 
 
 # ----------------------------------------------------------------------------- every tab renders
@@ -133,8 +135,7 @@ def test_k_changes_the_listed_sources(env):
     assert len(_topk(at, "topk-graph")) == 5
     assert _topk(at, "topk-graph")[:3] == first  # the best three stay first
     # the dashed target → source lines follow k
-    dashed = next(t for t in _spec(at, "graph_chart")["data"] if t.get("name") == "target → top-k sources")
-    assert len(dashed["x"]) == 3 * 5
+    assert len(GS.rows(_spec(at, "graph_chart"), "target → top-k sources")) == 5
     at.session_state["view"] = "Target"
     at.run()
     _ok(at)
@@ -165,16 +166,14 @@ def test_graph_controls(env):
     at = _app()
     spec = _spec(at, "graph_chart")
     assert sorted(_graph_nodes(spec)) == sorted(NAMES)
-    star = [t for t in spec["data"] if t.get("name", "").startswith("target: ")]
-    assert star and star[0]["customdata"] == [COMPARE_TARGET]
+    assert [r["name"] for r in GS.rows(spec, "target")] == [COMPARE_TARGET]
     e3 = _edges(at)
     at.slider(key="graph_k").set_value(1).run()
     e1 = _edges(at)
     at.slider(key="graph_k").set_value(5).run()
     e5 = _edges(at)
     assert e1 < e3 < e5
-    edge_info = next(t for t in _spec(at, "graph_chart")["data"] if t.get("name") == "edge info")
-    assert len(edge_info["x"]) == e5
+    assert len(GS.rows(_spec(at, "graph_chart"), "edges")) == e5
     # threshold mode: a higher threshold keeps fewer edges
     at.radio(key="graph_mode").set_value("threshold").run()
     _ok(at)
@@ -183,7 +182,7 @@ def test_graph_controls(env):
     at.slider(key="graph_threshold").set_value(0.7).run()
     assert _edges(at) < low
     # communities are listed with the modalities they span
-    comms = [m.value for m in at.markdown if "tasks," in m.value and "●" in m.value]
+    comms = [m.value for m in at.markdown if " tasks, " in m.value and ":small[" in m.value]
     assert comms and all(any(mod in c for mod in ("language", "vision")) for c in comms)
     # the settings survive a visit to another tab (tabs render lazily)
     at.session_state["view"] = "Map"

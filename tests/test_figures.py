@@ -1,4 +1,4 @@
-"""dashboard.figures: pure plotly figure builders."""
+"""dashboard.figures: pure figure builders (plotly figures, and the task graph's Vega-Lite spec)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
+import graphspec as GS
 from dashboard import figures as F
 from pitune_core.predict.graph import annotate_communities, build_graph, detect_communities
 
@@ -37,43 +38,53 @@ def graph() -> nx.Graph:
     return G
 
 
-def _node_traces(fig: go.Figure) -> list:
-    return [t for t in fig.data if t.mode == "markers+text"]
-
-
 def test_graph_figure(graph):
-    fig = F.graph_figure(graph, target="c_vis", sources=["d_vis", "b_lang"])
-    nodes = _node_traces(fig)
-    shown = [n for t in nodes for n in t.customdata]
-    assert sorted(shown) == sorted(NAMES)  # every task once
-    target = [t for t in nodes if t.name == "target: c_vis"]
-    assert len(target) == 1 and target[0].marker.symbol == "star"
-    assert {t.name for t in nodes} - {"target: c_vis"} == {"language", "vision", "vision-language"}
-    for t in nodes:  # fill colour = modality
-        if not t.name.startswith("target"):
-            assert t.marker.color == F.MODALITY_COLORS[t.name]
-    # dashed target → source lines: one segment (3 points incl. the gap) per source
-    dashed = [t for t in fig.data if t.name == "target → top-k sources"]
-    assert len(dashed) == 1 and len(dashed[0].x) == 3 * 2 and dashed[0].line.dash == "dash"
-    # edge hover points: one per edge, showing the similarity
-    info = next(t for t in fig.data if t.name == "edge info")
-    assert len(info.x) == graph.number_of_edges()
-    assert any("similarity 0.800" in h for h in info.hovertext)
-    # one legend entry per community, naming the modalities it spans
-    comm = [t for t in fig.data if t.legendgroup == "communities"]
+    spec = F.graph_figure(graph, target="c_vis", sources=["d_vis", "b_lang"])
+    assert sorted(GS.nodes(spec)) == sorted(NAMES)  # every task once
+    star = GS.rows(spec, "target")
+    assert [r["name"] for r in star] == ["c_vis"] and GS.layer(spec, "target")["mark"]["shape"] == F.STAR
+    assert "c_vis" not in [r["name"] for r in GS.rows(spec, "tasks")]
+    # fill colour = modality, through one scale whose legend names the modalities
+    fill = GS.layer(spec, "tasks")["encoding"]["fill"]
+    assert dict(zip(fill["scale"]["domain"], fill["scale"]["range"])) == F.MODALITY_COLORS
+    assert star[0]["fill"] == F.MODALITY_COLORS["vision"]
+    # dashed target → source lines: one per source, from the target
+    dashed = GS.layer(spec, "target → top-k sources")
+    assert dashed["mark"]["strokeDash"] and len(dashed["data"]["values"]) == 2
+    assert {(r["x"], r["y"]) for r in dashed["data"]["values"]} == {(star[0]["x"], star[0]["y"])}
+    # every edge drawn once, its similarity on hover
+    edges = GS.rows(spec, "edges")
+    assert len(edges) == graph.number_of_edges()
+    assert any(e["similarity"] == 0.8 for e in edges)
+    assert [t["field"] for t in GS.layer(spec, "edges")["encoding"]["tooltip"]] == ["pair", "similarity"]
+    # one outline colour per community, named with the modalities it spans
+    stroke = GS.layer(spec, "tasks")["encoding"]["stroke"]["scale"]
     n_comm = len({c for _, c in graph.nodes(data="community")})
-    assert len(comm) == n_comm
-    assert all("tasks (" in t.name for t in comm)
-    json.loads(fig.to_json())
+    assert len(stroke["domain"]) == n_comm and all("tasks (" in d for d in stroke["domain"])
+    # a click on a node selects its name; labels only for the target and its sources
+    pick = next(p for p in GS.layer(spec, "tasks")["params"] if p["name"] == F.PICK)
+    assert pick["select"]["fields"] == ["name"]
+    assert sorted(lb["label"] for lb in GS.labels(spec)) == ["b_lang", "c_vis", "d_vis"]
+    json.loads(json.dumps(spec))  # JSON as it is
 
 
 def test_graph_figure_sizes_follow_accuracy(graph):
-    fig = F.graph_figure(graph)
-    sizes = {n: s for t in _node_traces(fig) for n, s in zip(t.customdata, t.marker.size)}
+    spec = F.graph_figure(graph)
+    sizes = {r["name"]: r["size"] for r in GS.rows(spec, "tasks")}
     acc = {n: graph.nodes[n]["accuracy"] for n in NAMES}
     ordered = sorted(NAMES, key=acc.get)
     assert [sizes[n] for n in ordered] == sorted(sizes.values())
+    assert sizes[ordered[-1]] == F._node_size(acc[ordered[-1]]) ** 2  # Vega's size is an area
     assert F._node_size(None) == 14.0 and F._node_size(1.0) == 40.0
+
+
+def test_graph_figure_rings_the_users_tasks(graph):
+    spec = F.graph_figure(graph, target="c_vis", rings=["a_lang", "not_drawn"])
+    ring = GS.layer(spec, "your tasks")
+    assert [r["name"] for r in ring["data"]["values"]] == ["your task: a_lang"]
+    assert ring["encoding"]["stroke"]["scale"] == {"domain": ["your task"], "range": [F.USER_COLOR]}
+    assert ring["mark"]["filled"] is False
+    assert not GS.has(F.graph_figure(graph), "your tasks")
 
 
 def test_graph_positions_deterministic(graph):
@@ -197,16 +208,36 @@ def test_close_labels_are_drawn_apart():
 def test_graph_and_map_place_the_target_label_away_from_its_sources(graph):
     pos = {n: (float(i), 0.0) for i, n in enumerate(NAMES)}
     pos["d_vis"] = (2.0, 0.3)  # right above the target c_vis
-    fig = F.graph_figure(graph, pos=pos, target="c_vis", sources=["d_vis"])
-    target = next(t for t in fig.data if t.name == "target: c_vis")
-    assert target.textposition == "bottom center"
-    vis = next(t for t in fig.data if t.name == "vision")
-    assert dict(zip(vis.customdata, vis.textposition))["d_vis"] == "top center"
+    spec = F.graph_figure(graph, pos=pos, target="c_vis", sources=["d_vis"])
+    assert GS.side(spec, "c_vis") == "bottom center"
+    assert GS.side(spec, "d_vis") == "top center"
     alone = F.graph_figure(graph, pos=pos, target="c_vis")  # no sources: the star's label below it
-    assert next(t for t in alone.data if t.name == "target: c_vis").textposition == "bottom center"
+    assert GS.side(alone, "c_vis") == "bottom center"
     coords = np.array([pos[n] for n in NAMES])
     attrs = {n: {"modality": MODS[n]} for n in NAMES}
     fig = F.layout_figure(NAMES, coords, attrs, target="c_vis", sources=["d_vis"])
     assert next(t for t in fig.data if t.name == "target: c_vis").textposition == "bottom center"
     vis = next(t for t in fig.data if t.name == "vision")
     assert dict(zip(vis.customdata, vis.textposition))["d_vis"] == "top center"
+
+
+def test_graph_figure_is_valid_vega_lite(graph):
+    """Small and large graphs, with a target, sources, matches and rings, against the Vega-Lite JSON
+    schema (the one altair ships; Streamlit draws the spec with Vega-Lite 6)."""
+    alt = pytest.importorskip("altair")
+    from altair.utils.schemapi import validate_jsonschema
+    from jsonschema import ValidationError
+
+    schema = alt.vegalite.v6.schema.core.load_schema()
+    validate_jsonschema(F.graph_figure(graph, target="c_vis", sources=["d_vis"], highlight=["a_lang"],
+                                       rings=["e_vl"]), schema)
+    big = nx.Graph()
+    for i in range(F.LARGE_N + 20):
+        big.add_node(f"t{i}", modality="vision", community=i % 5)
+        if i:
+            big.add_edge(f"t{i}", f"t{i - 1}", weight=0.5 + (i % 7) / 20)
+    spec = F.graph_figure(big, target="t0", sources=["t1", "t2"], rings=["t3"])
+    validate_jsonschema(spec, schema)
+    assert spec["usermeta"]["embedOptions"]["renderer"] == "canvas"
+    with pytest.raises(ValidationError):  # the check can fail
+        validate_jsonschema({**spec, "layer": [{**spec["layer"][0], "mark": {"type": "no such mark"}}]}, schema)

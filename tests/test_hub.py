@@ -234,41 +234,35 @@ def _big_graph(n: int):
     return G, pos
 
 
-def test_graph_figure_large_uses_webgl_and_few_labels():
-    import plotly.graph_objects as go
-
+def test_graph_figure_large_has_small_nodes_bubbles_and_few_labels():
+    import graphspec as GS
     from dashboard import figures as F
 
     G, pos = _big_graph(2000)
     sources = ["t00001", "t00002", "t00003"]
-    fig = F.graph_figure(G, pos, target="t00000", sources=sources, highlight=["t01999"])
-    gl = [t for t in fig.data if isinstance(t, go.Scattergl)]
-    assert gl, "large graphs are drawn with WebGL"
-    nodes = [n for t in gl if t.mode == "markers" for n in t.customdata]
-    assert sorted(nodes) == sorted(set(G) - {"t00000"})  # every task but the target once, in WebGL
-    labels = [x for t in fig.data if t.mode and "text" in t.mode for x in (t.text or ()) if x]
-    assert set(labels) <= {"t00000", *sources, "t01999"} | {x for x in labels if x.startswith("C")}
-    assert {"t00000", *sources, "t01999"} <= set(labels)
-    assert not any(t.name == "edge info" for t in fig.data)  # no per-edge hover points
-    bubbles = next(t for t in fig.data if t.name == "communities")
-    assert len(bubbles.x) == 7  # communities as a level of detail
-    json.loads(fig.to_json())
+    spec = F.graph_figure(G, pos, target="t00000", sources=sources, highlight=["t01999"])
+    assert sorted(GS.nodes(spec)) == sorted(G)  # every task once (the target as the star)
+    assert {r["size"] for r in GS.rows(spec, "tasks")} == {25.0}  # small fixed-size markers (5 px)
+    assert "stroke" not in GS.layer(spec, "tasks")["encoding"]  # no community outlines: bubbles instead
+    assert sorted(lb["label"] for lb in GS.labels(spec)) == sorted(["t00000", *sources, "t01999"])
+    assert "tooltip" not in GS.layer(spec, "edges")["encoding"]  # no edge hover
+    assert len(GS.rows(spec, "communities")) == 7  # communities as a level of detail
+    assert len(GS.rows(spec, "community labels")) == 7
+    json.loads(json.dumps(spec))
     # many edges: only those around the target and its sources are drawn
-    edge_pts = sum(len(t.x) for t in fig.data if t.mode == "lines" and t.name.startswith("edges"))
-    assert edge_pts == 3 * G.number_of_edges()
+    assert len(GS.rows(spec, "edges")) == G.number_of_edges()
     few = F.graph_figure(G, pos, target="t00000", sources=sources, all_edges=False)
-    near = len(G.edges(["t00000", *sources]))
-    assert sum(len(t.x) for t in few.data if t.mode == "lines" and t.name.startswith("edges")) == 3 * near
+    assert len(GS.rows(few, "edges")) == len(G.edges(["t00000", *sources]))
 
 
 def test_small_graph_labels_only_target_and_sources():
+    import graphspec as GS
     from dashboard import figures as F
 
     G, pos = _big_graph(20)
-    fig = F.graph_figure(G, pos, target="t00000", sources=["t00005"])
-    texts = {x for t in fig.data if t.mode == "markers+text" for x in t.text if x}
-    assert texts == {"t00000", "t00005"}
-    assert fig.layout.yaxis.scaleanchor is None  # fills the width
+    spec = F.graph_figure(G, pos, target="t00000", sources=["t00005"])
+    assert {lb["label"] for lb in GS.labels(spec)} == {"t00000", "t00005"}
+    assert spec["width"] == "container"  # fills the width
 
 
 def test_layout_figure_large_and_padded():

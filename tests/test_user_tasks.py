@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import graphspec as GS
 from pitune_core.cli.main import main
 from pitune_core.data import user_tasks as U
 
@@ -322,9 +323,8 @@ def test_dashboard_upload_flow(store, tmp_path, monkeypatch):
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     spec = json.loads(at.get_by_key("graph_chart").proto.spec)
-    nodes = [n for t in spec["data"] if t.get("mode") == "markers+text" for n in (t.get("customdata") or [])]
-    assert "my_weather" in nodes
-    assert any(t.get("name") == "your task" for t in spec["data"])
+    assert "my_weather" in GS.nodes(spec)
+    assert [r["name"] for r in GS.rows(spec, "your tasks")] == ["your task: my_weather"]
     assert "my_weather (language)" in at.sidebar.selectbox(key="target").options
     at.sidebar.selectbox(key="embedding").set_value("data").run()  # a graph the task is not placed on: said so
     assert not at.exception, [e.value for e in at.exception]
