@@ -11,8 +11,9 @@ verifies the study (checksums), later loads find it in Streamlit's cache: both a
 (``cold`` = the first, ``warm`` = the median of the others). The first row is the floor: a trivial
 Streamlit page with one small Vega-Lite chart (the kind the Graph tab draws), timed the same way in
 the same run, i.e. what Streamlit and Chromium alone cost on this machine at this moment;
-``--floors`` adds the same page without a chart and with one small plotly figure instead (what
-plotly alone costs: the reason the graph is not a plotly figure).
+``--floors`` adds the same page without a chart, with one small plotly figure instead (what plotly
+alone costs: the reason the graph is not a plotly figure), and with one widget of each kind the
+dashboard's first view has (what each kind costs to load).
 
 ``--search DIR`` (e.g. a 10,000-task hub from ``pitune hub synth``) then checks that the page is
 usable at that size: type part of a task name in the search box, pick the match, make it the target,
@@ -77,15 +78,22 @@ import streamlit as st
 st.set_page_config(layout="wide")
 st.container(key="topk-graph").markdown("1. a source")
 """, None),
-    "streamlit + one Vega-Lite chart": ("""
+}
+_VEGA_FLOOR = """
 import streamlit as st
 st.set_page_config(layout="wide")
 st.scatter_chart({"x": [0, 1, 2], "y": [0, 1, 0]}, x="x", y="y")
 st.container(key="topk-graph").markdown("1. a source")
-""", "() => !!document.querySelector('[data-testid=\"stVegaLiteChart\"] canvas, "
-     "[data-testid=\"stVegaLiteChart\"] svg')"),
-}
+"""
+_VEGA_DRAWN = ("() => !!document.querySelector('[data-testid=\"stVegaLiteChart\"] canvas, "
+               "[data-testid=\"stVegaLiteChart\"] svg.marks')")
 FLOOR = "streamlit + one Vega-Lite chart"
+FLOORS[FLOOR] = (_VEGA_FLOOR, _VEGA_DRAWN)
+#: the Vega-Lite floor plus one widget of each kind the dashboard's first view has: what each kind
+#: costs to load in the browser (``--floors``)
+for _what, _line in {"a select box": 'st.selectbox("a", ["x", "y"])', "a slider": 'st.slider("a", 1, 9, 3)',
+                     "a radio": 'st.radio("a", ["x", "y"], horizontal=True)', "a text box": 'st.text_input("a")'}.items():
+    FLOORS[f"{FLOOR} + {_what}"] = (_VEGA_FLOOR + _line + "\n", _VEGA_DRAWN)
 
 
 class Server:
@@ -209,8 +217,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for a page")
     ap.add_argument("--no-floor", action="store_true", help="skip the floor (a trivial Streamlit page)")
     ap.add_argument("--floors", action="store_true",
-                    help="time every floor of FLOORS (no chart, one plotly figure, one Vega-Lite chart), not "
-                         "only the Vega-Lite one: what each chart library alone costs here")
+                    help="time every floor of FLOORS (no chart, one plotly figure, one Vega-Lite chart, and that "
+                         "chart plus one widget of each kind), not only the Vega-Lite one: what each chart "
+                         "library and each kind of widget alone costs here")
     ap.add_argument("--screenshots", default=None, help="directory for screenshots (default: none)")
     ap.add_argument("--baseline-app", default=None,
                     help="another dashboard/app.py (e.g. `git worktree add /tmp/old REV`, then "
@@ -226,19 +235,19 @@ def main() -> None:
     ms = int(args.timeout * 1000)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"dashboard in headless Chromium ({CHROMIUM}), {os.cpu_count()} CPUs, load average {load:.1f}")
-    print(f"{'study':<40} {'tasks':>6} {'cold_s':>7} {'warm_s':>7}  all loads (s)")
+    print(f"{'study':<58} {'tasks':>6} {'cold_s':>7} {'warm_s':>7}  all loads (s)")
     with sync_playwright() as p:
         for floor in (FLOORS if args.floors else [] if args.no_floor else [FLOOR]):
             r = bench_open(p, None, args.loads, ms, shots, floor=floor)
-            print(f"{'(floor: ' + floor + ')':<40} {'-':>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
+            print(f"{'(floor: ' + floor + ')':<58} {'-':>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
                   + " ".join(f"{t:.2f}" for t in r["all"]), flush=True)
         for s in args.study:
             if args.baseline_app:
                 r = bench_open(p, Path(s).resolve(), args.loads, ms, None, app=Path(args.baseline_app).resolve())
-                print(f"{Path(s).name + ' (baseline app)':<40} {r['n']:>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
+                print(f"{Path(s).name + ' (baseline app)':<58} {r['n']:>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
                       + " ".join(f"{t:.2f}" for t in r["all"]), flush=True)
             r = bench_open(p, Path(s).resolve(), args.loads, ms, shots)
-            print(f"{Path(s).name:<40} {r['n']:>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
+            print(f"{Path(s).name:<58} {r['n']:>6} {r['cold']:>7.2f} {r['warm']:>7.2f}  "
                   + " ".join(f"{t:.2f}" for t in r["all"]), flush=True)
         for s in args.search:
             r = bench_search(p, Path(s).resolve(), ms, shots)
