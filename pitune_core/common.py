@@ -18,6 +18,26 @@ EXPERT_TYPE_LABELS = {"lora": "LoRA", "prompt": "prompt tuning", "ia3": "IA³"}
 MODALITIES = ("language", "vision", "vision-language")
 
 
+#: the environment variable that sets the torch threads of a pitune process (``--workers`` sets it
+#: per worker; the run registry's workers and ``model.device.configure_threads`` read it)
+NUM_THREADS_ENV = "PITUNE_NUM_THREADS"
+
+
+def num_threads_from_env(environ: Any = None) -> int | None:
+    """``$PITUNE_NUM_THREADS`` as a thread count, ``None`` when unset or empty; anything but a whole
+    number >= 1 is refused with one line (ValueError)."""
+    raw = str((os.environ if environ is None else environ).get(NUM_THREADS_ENV) or "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{NUM_THREADS_ENV} must be a whole number >= 1 (threads per process), not {raw!r}")
+    return n
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()

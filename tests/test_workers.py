@@ -116,3 +116,24 @@ def test_a_protocol_plan_in_two_workers_runs_every_planned_row_once_and_writes_t
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(plan.jobs()) and {r["status"] for r in rows} == {"done"}
+
+
+def test_num_threads_has_one_parser_that_refuses_nonsense_in_one_line(monkeypatch, capsys, tmp_path):
+    """``PITUNE_NUM_THREADS``: one owner (pitune_core.common) for the name and its parsing, used by the
+    CLI's torch threads, the run registry's workers and ``--workers``' environments."""
+    from pitune_core.cli.main import main
+    from pitune_core.common import NUM_THREADS_ENV, num_threads_from_env
+    from pitune_core.runs.worker import _threads_for
+
+    assert num_threads_from_env({}) is None and num_threads_from_env({NUM_THREADS_ENV: " "}) is None
+    assert num_threads_from_env({NUM_THREADS_ENV: "3"}) == 3
+    for bad in ("abc", "0", "-2", "1.5"):
+        with pytest.raises(ValueError, match="PITUNE_NUM_THREADS must be a whole number >= 1"):
+            num_threads_from_env({NUM_THREADS_ENV: bad})
+    assert workers.worker_env(0, 2, base={})[NUM_THREADS_ENV] == str(workers.threads_per_worker(2))
+    monkeypatch.setenv(NUM_THREADS_ENV, "2")
+    assert _threads_for({"num_cpus": 4}, None) == 2 and _threads_for({}, 5) == 5
+    monkeypatch.setenv(NUM_THREADS_ENV, "two")
+    code = main(["transfer-study", "plans/quick/transfer.json", "--study", str(tmp_path / "s"), "--stage", "pairs"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "PITUNE_NUM_THREADS must be a whole number >= 1" in err, err

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import threading
 
+from pitune_core.common import NUM_THREADS_ENV
+
 #: the environment variable that gives ``--workers`` its default (``auto`` when unset)
 ENV = "PITUNE_WORKERS"
 #: peak resident memory budgeted per worker: the backbone, one expert, one task's data and the
@@ -102,7 +104,7 @@ def worker_env(i: int, n: int, base: dict | None = None) -> dict:
     from pitune_core.study.transfer import SHARD_ENV
 
     t = str(threads_per_worker(n))
-    return {**(os.environ if base is None else base), SHARD_ENV: f"{i}/{n}", "PITUNE_NUM_THREADS": t,
+    return {**(os.environ if base is None else base), SHARD_ENV: f"{i}/{n}", NUM_THREADS_ENV: t,
             "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "TQDM_MININTERVAL": str(BAR_SECONDS), ENV: "1"}
 
 

@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from pitune_core.common import num_threads_from_env
+
 
 def default_device(prefer: str | None = None) -> torch.device:
     """Return the device to compute on.
@@ -35,9 +37,9 @@ def describe_device(device: torch.device) -> str:
 
 def configure_threads() -> int:
     """Apply ``PITUNE_NUM_THREADS`` (if set) to torch; returns the thread count in use."""
-    n = os.environ.get("PITUNE_NUM_THREADS")
-    if n:
-        torch.set_num_threads(max(1, int(n)))
+    n = num_threads_from_env()
+    if n is not None:
+        torch.set_num_threads(n)
     return torch.get_num_threads()
 
 

@@ -20,13 +20,14 @@ This module must stay light: standard library only at import time (the dashboard
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+
+from pitune_core.common import NUM_THREADS_ENV, num_threads_from_env
 
 if TYPE_CHECKING:
     from .registry import RunRecord, RunRegistry
@@ -52,7 +53,7 @@ __all__ = [
 
 #: Environment variables that cap the threads of torch / BLAS / OpenMP in a process.
 THREAD_ENV_VARS = (
-    "PITUNE_NUM_THREADS",
+    NUM_THREADS_ENV,
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -265,7 +266,7 @@ class RunContext:
         self.kind: str = record.kind
         self.attempt: int = record.attempt
         self.resources: dict = dict(record.resources)
-        self.num_threads: int = int(num_threads or os.environ.get("PITUNE_NUM_THREADS") or 1)
+        self.num_threads: int = int(num_threads or num_threads_from_env() or 1)
         self.progress_interval = float(progress_interval)
         self.cancel_poll_interval = float(cancel_poll_interval)
         self.started = time.time()

@@ -28,6 +28,8 @@ import traceback
 from collections.abc import Mapping
 from typing import Iterable, Iterator
 
+from pitune_core.common import num_threads_from_env
+
 from .jobs import (
     DEFAULT_JOB_MODULES,
     THREAD_ENV_VARS,
@@ -71,8 +73,9 @@ def apply_thread_limits(num_threads: int) -> int:
 def _threads_for(record_resources: dict, num_threads: int | None) -> int:
     if num_threads:
         return int(num_threads)
-    if os.environ.get("PITUNE_NUM_THREADS"):
-        return int(os.environ["PITUNE_NUM_THREADS"])
+    env = num_threads_from_env()
+    if env is not None:
+        return env
     cpus = record_resources.get("num_cpus")
     if cpus:
         return max(1, int(cpus))
