@@ -120,12 +120,12 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
 
             # pick another target in the sidebar's selectbox; the list follows it
             target_box = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Target task")
-            current = target_box.inner_text()
+            current = target_box.locator("input").input_value()  # the value is the input's, not its text
             target_box.locator("input").click()
             options = page.locator('[role="option"]')
             options.first.wait_for(timeout=10_000)
             names = options.all_inner_texts()
-            new = next(o for o in names if o.split(" (")[0] not in current)
+            new = next(o for o in names if o.split(" (")[0] != current.split(" (")[0])
             options.filter(has_text=new).first.click()
             new_name = new.split(" (")[0]
             page.wait_for_function(  # the list's heading names the target in a code span
@@ -147,8 +147,11 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
             page.wait_for_function(
                 "name => Array.from(document.querySelectorAll('.st-key-topk-graph code'))"
                 ".some(e => e.textContent.trim() === name)", arg=source, timeout=20_000)
-            box = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Target task")
-            assert box.locator("input").input_value().split(" (")[0] == source  # the sidebar follows the click
+            box = target_box.locator("input")  # the sidebar follows the click (it is drawn after the graph)
+            deadline = time.time() + 20
+            while box.input_value().split(" (")[0] != source:
+                assert time.time() < deadline, f"the sidebar's target is {box.input_value()!r}, not {source!r}"
+                time.sleep(0.2)
 
             # the Target tab: similarity / measured-gain bars next to the list
             page.get_by_role("tab", name="Target").click()
