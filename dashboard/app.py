@@ -11,8 +11,8 @@ scheduler executes them; nothing here trains or blocks).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import streamlit as st
@@ -254,10 +254,7 @@ def _pick_target_from_graph() -> None:
         picked = event["selection"][F.PICK]
     except (KeyError, TypeError):
         return
-    if isinstance(picked, Mapping):  # {"name": [...]} or {"name": "..."}
-        picked = [{"name": v} for v in (picked.get("name") if isinstance(picked.get("name"), list)
-                                         else [picked.get("name")])]
-    for p in picked if isinstance(picked, list) else []:
+    for p in picked if isinstance(picked, list) else []:  # Streamlit gives a list of {field: value}
         name = p.get("name") if isinstance(p, Mapping) else None
         if isinstance(name, str) and name in st.session_state.get("_task_names", ()):
             st.session_state["target"] = name

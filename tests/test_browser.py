@@ -245,3 +245,40 @@ def test_upload_a_csv_and_see_the_new_node(byo_server, sync_playwright, tmp_path
                 pass
         finally:
             browser.close()
+
+
+def test_graph_tooltips_show_markup_as_text(sync_playwright, tmp_path):
+    """A task's description (an uploaded task's is the user's text) reaches the graph's hover as text:
+    Vega's tooltip handler escapes it, so markup is neither rendered nor run."""
+    import json
+
+    import networkx as nx
+
+    from dashboard import figures as F
+
+    G = nx.Graph()
+    G.add_node("a", modality="language", accuracy=0.9,
+               description="<img src=x onerror=window.__pwned=1><b>bold</b>")
+    G.add_node("b", modality="vision", accuracy=0.5)
+    G.add_edge("a", "b", weight=0.5)
+    (tmp_path / "spec.json").write_text(json.dumps(F.graph_figure(G, pos={"a": (0.0, 0.0), "b": (1.0, 1.0)})))
+    app = tmp_path / "app.py"
+    app.write_text("import json, streamlit as st\n"
+                   f"spec = json.load(open({str(tmp_path / 'spec.json')!r}))\n"
+                   "st.vega_lite_chart(spec=spec, key='graph_chart', theme=None, on_select='rerun', "
+                   "selection_mode=['pick'])\n")
+    env = dict(os.environ, PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
+    with DashboardServer(env, _free_port(), tmp_path / "streamlit.log", app=app, timeout=60) as url, \
+            sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(url, wait_until="domcontentloaded")
+            page.locator(f'{GRAPH_NODES}[aria-label*="task: a;"]').first.hover(timeout=60_000)
+            tip = page.locator("#vg-tooltip-element")
+            tip.wait_for(state="visible", timeout=20_000)
+            assert "<img src=x onerror=window.__pwned=1><b>bold</b>" in tip.inner_text()  # shown as text
+            assert tip.locator("img, b").count() == 0
+            assert page.evaluate("() => window.__pwned") is None
+        finally:
+            browser.close()
