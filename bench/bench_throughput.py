@@ -68,7 +68,7 @@ def _child(which: str, jobs: list, barrier, queue) -> None:
     from pitune_core.model.device import configure_threads
     from pitune_core.paths import StudyPaths
     from pitune_core.study.sources import load_sources
-    from pitune_core.study.transfer import take_shard
+    from pitune_core.study.transfer import SHARD_ENV, take_shard
 
     configure_threads()  # PITUNE_NUM_THREADS of a worker, as `pitune ... --workers` applies it
     bb = UnifiedBackbone.load(StudyPaths(bt.STUDY).backbone)
@@ -85,7 +85,7 @@ def _child(which: str, jobs: list, barrier, queue) -> None:
             score = bt.run_job(name, bb, sources, seed)
         rows.append({"job": name, "seed": seed, "score": score, "steps": clock.steps, "train_s": clock.train_s,
                      "job_s": time.perf_counter() - t0})
-    queue.put({"rows": rows, "threads": torch.get_num_threads(), "shard": os.environ.get("PITUNE_SHARD"),
+    queue.put({"rows": rows, "threads": torch.get_num_threads(), "shard": os.environ.get(SHARD_ENV),
                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2})
 
 

@@ -189,7 +189,7 @@ def selection(study: Study) -> dict | None:
     _clamp("k", 1, kmax, min(3, kmax))
     return {"method": method, "embedding": embedding, "target": st.session_state["target"],
             "k": int(st.session_state["k"]),
-            "_sidebar": {"methods": methods, "embeddings": embs, "default": default, "why": why, "names": names,
+            "_sidebar": {"embeddings": embs, "default": default, "why": why, "names": names,
                          "kmax": kmax}}
 
 
@@ -225,8 +225,10 @@ def render_sidebar(study: Study, root: Path, db: Path, sel: dict | None) -> None
 
 # ----------------------------------------------------------------------------- pieces
 
-def topk_list(study: Study, sel: dict, key: str) -> list:
-    top = study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])
+def topk_list(study: Study, sel: dict, key: str, top: list | None = None) -> list:
+    """The target's top-k predicted sources as a numbered list (``top``: already ranked by the caller)."""
+    if top is None:
+        top = study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])
     users = {t["name"] for t in study.tasks() if t.get("user_task")}  # placed user tasks are never sources
     names = [n for n in study.prediction_names(sel["method"], sel["embedding"]) if n not in users]
     with st.container(key=key):
@@ -365,7 +367,7 @@ def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
         _placed_elsewhere(study, sel, set(G))
         _cross_modal_note(study)
     with right:
-        topk_list(study, sel, "topk-graph")
+        topk_list(study, sel, "topk-graph", top)
         st.markdown(f"**Communities** ({len(summary)}; " + ("bubbles on the graph)" if large else "node outline colour)"))
         shown = summary[:20] if large else summary
         for c in shown:  # plain markdown: no HTML on the first view (its renderer is one more script to load)

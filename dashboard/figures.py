@@ -132,34 +132,46 @@ def _focus_labels(fig: go.Figure, xy: Mapping[str, Sequence[float]], names: Sequ
                              customdata=names, hoverinfo="skip", showlegend=False, name=name))
 
 
-def _community_lod(fig: go.Figure, xy: Mapping[str, Sequence[float]], communities: Mapping[str, Any],
-                   modality: Mapping[str, Any]) -> None:
-    """Communities as a level of detail: one labelled, semi-transparent bubble per community at its
-    members' centroid (area ~ members); the largest :data:`MAX_COMMUNITY_LABELS` are labelled."""
+def _community_summary(xy: Mapping[str, Sequence[float]], communities: Mapping[str, Any],
+                       modality: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Communities as a level of detail, the one rule the map (plotly) and the graph (Vega-Lite) draw:
+    per community, largest first, its members' centroid, a bubble diameter (area ~ members), the
+    modalities it spans, a few example members, and a label for the largest
+    :data:`MAX_COMMUNITY_LABELS` ("" for the rest)."""
     members: dict[int, list[str]] = {}
     for n, c in communities.items():
         if c is not None and n in xy:
             members.setdefault(int(c), []).append(n)
     if not members:
-        return
+        return []
     order = sorted(members, key=lambda c: (-len(members[c]), c))
-    cx, cy, size, text, hover, names = [], [], [], [], [], []
     biggest = max(len(m) for m in members.values())
+    out = []
     for rank, c in enumerate(order):
         m = members[c]
-        pts = np.array([xy[n] for n in m], dtype=float)
-        cx.append(float(pts[:, 0].mean()))
-        cy.append(float(pts[:, 1].mean()))
-        size.append(14 + 46 * math.sqrt(len(m) / biggest))
-        mods = sorted({modality.get(n) or "?" for n in m})
-        text.append(f"C{c} · {len(m)}" if rank < MAX_COMMUNITY_LABELS else "")
-        hover.append(f"community {c}: {len(m)} tasks<br>{', '.join(mods)}<br>e.g. {', '.join(sorted(m)[:5])}")
-        names.append(f"community {c}")
-    fig.add_trace(go.Scatter(x=cx, y=cy, mode="markers+text", text=text, textposition="middle center",
-                             textfont=dict(size=10, color="#111"), hovertext=hover, hoverinfo="text",
-                             customdata=[None] * len(cx), name="communities", legendgroup="communities",
-                             marker=dict(size=size, color=[community_color(c) for c in order], opacity=0.22,
-                                         line=dict(width=1.5, color=[community_color(c) for c in order]))))
+        pts = np.array([xy[n][:2] for n in m], dtype=float)
+        out.append({"community": c, "size": len(m), "x": float(pts[:, 0].mean()), "y": float(pts[:, 1].mean()),
+                    "diameter": 14 + 46 * math.sqrt(len(m) / biggest), "color": community_color(c),
+                    "modalities": ", ".join(sorted({modality.get(n) or "?" for n in m})),
+                    "examples": ", ".join(sorted(m)[:5]),
+                    "label": f"C{c} · {len(m)}" if rank < MAX_COMMUNITY_LABELS else ""})
+    return out
+
+
+def _community_lod(fig: go.Figure, xy: Mapping[str, Sequence[float]], communities: Mapping[str, Any],
+                   modality: Mapping[str, Any]) -> None:
+    """:func:`_community_summary`'s bubbles as one plotly trace (the map above :data:`LARGE_N` tasks)."""
+    rows = _community_summary(xy, communities, modality)
+    if not rows:
+        return
+    fig.add_trace(go.Scatter(x=[r["x"] for r in rows], y=[r["y"] for r in rows], mode="markers+text",
+                             text=[r["label"] for r in rows], textposition="middle center",
+                             textfont=dict(size=10, color="#111"),
+                             hovertext=[f"community {r['community']}: {r['size']} tasks<br>{r['modalities']}<br>"
+                                        f"e.g. {r['examples']}" for r in rows], hoverinfo="text",
+                             customdata=[None] * len(rows), name="communities", legendgroup="communities",
+                             marker=dict(size=[r["diameter"] for r in rows], color=[r["color"] for r in rows],
+                                         opacity=0.22, line=dict(width=1.5, color=[r["color"] for r in rows]))))
 
 
 def label_positions(pos: Mapping[str, Sequence[float]], labelled: Sequence[str]) -> dict[str, str]:
@@ -408,27 +420,13 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
 
 def _community_bubbles(xy: Mapping[str, Sequence[float]], communities: Mapping[str, Any],
                        modality: Mapping[str, Any]) -> list[dict]:
-    """Vega-Lite layers of :func:`_community_lod`'s level of detail: one semi-transparent bubble per
-    community at its members' centroid (area ~ members), the largest :data:`MAX_COMMUNITY_LABELS`
-    labelled."""
-    members: dict[int, list[str]] = {}
-    for n, c in communities.items():
-        if c is not None and n in xy:
-            members.setdefault(int(c), []).append(n)
-    if not members:
+    """:func:`_community_summary`'s bubbles as Vega-Lite layers (the graph above :data:`LARGE_N` tasks)."""
+    rows = [{"x": r["x"], "y": r["y"], "size": r["diameter"] ** 2, "color": r["color"],
+             "community": f"community {r['community']}: {r['size']} tasks", "modalities": r["modalities"],
+             "examples": r["examples"], "label": r["label"]}
+            for r in _community_summary(xy, communities, modality)]
+    if not rows:
         return []
-    order = sorted(members, key=lambda c: (-len(members[c]), c))
-    biggest = max(len(m) for m in members.values())
-    rows = []
-    for rank, c in enumerate(order):
-        m = members[c]
-        pts = np.array([xy[n][:2] for n in m], dtype=float)
-        rows.append({"x": float(pts[:, 0].mean()), "y": float(pts[:, 1].mean()),
-                     "size": (14 + 46 * math.sqrt(len(m) / biggest)) ** 2, "color": community_color(c),
-                     "community": f"community {c}: {len(m)} tasks",
-                     "modalities": ", ".join(sorted({modality.get(n) or "?" for n in m})),
-                     "examples": ", ".join(sorted(m)[:5]),
-                     "label": f"C{c} · {len(m)}" if rank < MAX_COMMUNITY_LABELS else ""})
     color = {"field": "color", "type": "nominal", "scale": None}
     return [
         {"name": "communities", "data": {"values": rows},

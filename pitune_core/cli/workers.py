@@ -33,8 +33,6 @@ import subprocess
 import sys
 import threading
 
-from pitune_core.common import NUM_THREADS_ENV
-
 #: the environment variable that gives ``--workers`` its default (``auto`` when unset)
 ENV = "PITUNE_WORKERS"
 #: peak resident memory budgeted per worker: the backbone, one expert, one task's data and the
@@ -100,12 +98,13 @@ def threads_per_worker(n: int, cores: int | None = None) -> int:
 
 
 def worker_env(i: int, n: int, base: dict | None = None) -> dict:
-    """The environment of worker ``i`` of ``n``: its shard, its threads, slow progress bars."""
+    """The environment of worker ``i`` of ``n``: its shard, its threads (every variable the run
+    registry's workers cap too, :func:`pitune_core.runs.jobs.thread_env`), slow progress bars."""
+    from pitune_core.runs.jobs import thread_env
     from pitune_core.study.transfer import SHARD_ENV
 
-    t = str(threads_per_worker(n))
-    return {**(os.environ if base is None else base), SHARD_ENV: f"{i}/{n}", NUM_THREADS_ENV: t,
-            "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "TQDM_MININTERVAL": str(BAR_SECONDS), ENV: "1"}
+    return {**(os.environ if base is None else base), SHARD_ENV: f"{i}/{n}", **thread_env(threads_per_worker(n)),
+            "TQDM_MININTERVAL": str(BAR_SECONDS), ENV: "1"}
 
 
 def with_option(argv: list[str], name: str, value: str | None) -> list[str]:
