@@ -207,34 +207,112 @@ def label_positions(pos: Mapping[str, Sequence[float]], labelled: Sequence[str])
 
 
 #: where a label sits beside its node, as Vega-Lite text-mark properties (from :func:`label_positions`'
-#: plotly-style names); the offset is added to the node's radius
+#: plotly-style names)
 _LABEL_MARKS = {
     "top center": {"align": "center", "baseline": "bottom"},
     "bottom center": {"align": "center", "baseline": "top"},
     "middle left": {"align": "right", "baseline": "middle"},
     "middle right": {"align": "left", "baseline": "middle"},
 }
+#: the plot width (pixels) :func:`place_labels` assumes. The graph is drawn at its column's width, which
+#: the server does not know; this is about that column in a 1,280-pixel-wide window, and on a wider one
+#: nodes only move further apart, while a label's text keeps its size
+LABEL_WIDTH_PX = 700
+#: how many places out from its node :func:`place_labels` tries for a label (one line further each)
+LABEL_LEVELS = 6
+
+
+def _label_offset(side: str, radius: float, level: int, line: float) -> tuple[float, float]:
+    """(dx, dy) in pixels of a label on ``side`` of a node of ``radius``, pushed ``level`` lines out:
+    above / below it moves further up / down; beside it, alternately up and down."""
+    gap = radius + 2
+    if side in ("top center", "bottom center"):
+        return 0.0, (-1 if side == "top center" else 1) * (gap + level * line)
+    shift = ((level + 1) // 2) * line * (-1 if level % 2 else 1)
+    return (-gap - 1 if side == "middle left" else gap + 1), shift
+
+
+def place_labels(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], ydomain: Sequence[float],
+                 height: float, width: float = LABEL_WIDTH_PX, avoid: Sequence[Mapping[str, Any]] = ()) -> list[dict]:
+    """Where each label goes so that no two labels overlap, as far as it can: greedily, in the rows'
+    order (the most important first), each takes the first free place among its preferred ``side``
+    (:func:`label_positions`: away from its nearest labelled neighbour), the three other sides, then
+    the same four pushed one to :data:`LABEL_LEVELS` - 1 lines further out. A place is free when the label's box
+    (estimated from its length and font size) stays inside the plot and overlaps no label placed
+    before it, no labelled node's marker and no text of ``avoid`` (rows of x, y, label, size: text
+    centred there, e.g. the community bubbles' labels). With no free place it takes the place that
+    overlaps the least.
+
+    ``rows``: x, y (data units), label, side, radius (pixels), size (font pixels), optional weight;
+    ``xdomain`` / ``ydomain``: the axes' domains; ``height`` / ``width``: the plot in pixels
+    (:data:`LABEL_WIDTH_PX`). Returns the rows with ``side``, ``dx`` and ``dy`` (pixels) set.
+    """
+    (x0, x1), (y0, y1) = xdomain, ydomain
+    sx, sy = width / ((x1 - x0) or 1.0), height / ((y1 - y0) or 1.0)
+    anchors = [((float(r["x"]) - x0) * sx, (y1 - float(r["y"])) * sy) for r in rows]
+    nodes = [(ax - r["radius"], ay - r["radius"], ax + r["radius"], ay + r["radius"])
+             for (ax, ay), r in zip(anchors, rows)]
+    placed: list[tuple[float, float, float, float]] = []
+    for a in avoid:
+        ax, ay = (float(a["x"]) - x0) * sx, (y1 - float(a["y"])) * sy
+        w, h = _text_size(a)
+        placed.append((ax - w / 2, ay - h / 2, ax + w / 2, ay + h / 2))
+    out = []
+    for i, ((ax, ay), r) in enumerate(zip(anchors, rows)):
+        size = float(r["size"])
+        (w, h), line = _text_size(r), size * 1.25
+        first = r["side"] if r["side"] in _LABEL_MARKS else "top center"
+        sides = [first, *(s for s in _LABEL_MARKS if s != first)]
+        best, least = None, float("inf")
+        others = placed + [n for j, n in enumerate(nodes) if j != i]
+        for level in range(LABEL_LEVELS):
+            for side in sides:
+                dx, dy = _label_offset(side, float(r["radius"]), level, line)
+                mark = _LABEL_MARKS[side]
+                left = ax + dx - {"left": 0.0, "center": w / 2, "right": w}[mark["align"]]
+                top = ay + dy - {"top": 0.0, "middle": h / 2, "bottom": h}[mark["baseline"]]
+                box = (left, top, left + w, top + h)
+                # overlap with what is there, plus what runs off the plot
+                cost = sum(_overlap_area(box, o) for o in others) \
+                    + max(0.0, w * h - _overlap_area(box, (0, 0, width, height), pad=0.0))
+                if cost < least:
+                    best, least = (side, dx, dy, box), cost
+                if cost < 1e-6:  # free (up to float rounding)
+                    break
+            else:
+                continue
+            break
+        side, dx, dy, box = best
+        placed.append(box)
+        out.append({**r, "side": side, "dx": round(dx, 1), "dy": round(dy, 1)})
+    return out
+
+
+def _text_size(r: Mapping[str, Any]) -> tuple[float, float]:
+    """A label's estimated box (pixels): an average character of the sans-serif font is ~0.58 of its size."""
+    size = float(r["size"])
+    return len(str(r["label"])) * size * (0.64 if r.get("weight") == "bold" else 0.58), size * 1.15
+
+
+def _overlap_area(a: Sequence[float], b: Sequence[float], pad: float = 1.0) -> float:
+    """The area two boxes (left, top, right, bottom) share once each edge is moved ``pad`` pixels out
+    (so boxes closer than that count as touching)."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + pad) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + pad)
 
 
 def _label_layers(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """Text layers for a few labels (each row: x, y, label, side, radius, color, size); one layer per
-    (side, radius, colour), since Vega-Lite's align/baseline/dx/dy are mark properties."""
+    """Text layers for a few labels (each row: x, y, label, side, dx, dy, color, size, as
+    :func:`place_labels` returns them); one layer per distinct mark, since Vega-Lite's
+    align/baseline/dx/dy are mark properties."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        key = (r["side"], round(float(r["radius"])), r["color"], r["size"], r.get("weight", "normal"))
+        key = (r["side"], r["dx"], r["dy"], r["color"], r["size"], r.get("weight", "normal"))
         groups.setdefault(key, []).append({"x": r["x"], "y": r["y"], "label": r["label"]})
-    layers = []
-    for (side, radius, color, size, weight), values in groups.items():
-        gap = radius + 2
-        dx = {"middle left": -gap - 1, "middle right": gap + 1}.get(side, 0)
-        dy = {"top center": -gap, "bottom center": gap}.get(side, 0)
-        layers.append({
-            "data": {"values": values},
-            "mark": {"type": "text", **_LABEL_MARKS.get(side, _LABEL_MARKS["top center"]), "dx": dx, "dy": dy,
-                     "fontSize": size, "fontWeight": weight, "color": color},
-            "encoding": {"text": {"field": "label", "type": "nominal"}},
-        })
-    return layers
+    return [{"data": {"values": values},
+             "mark": {"type": "text", **_LABEL_MARKS[side], "dx": dx, "dy": dy,
+                      "fontSize": size, "fontWeight": weight, "color": color},
+             "encoding": {"text": {"field": "label", "type": "nominal"}}}
+            for (side, dx, dy, color, size, weight), values in groups.items()]
 
 
 def _tooltip_row(name: str, d: Mapping[str, Any], degree: int, role: str) -> dict[str, Any]:
@@ -342,8 +420,9 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
                                 "opacity": 0.85, "stroke": TARGET_COLOR, "strokeWidth": 2},
                        "encoding": {"fill": {"field": "fill", "type": "nominal", "scale": None},
                                     "tooltip": _NODE_TOOLTIP}})
+        # the star's half-width: its area is size (px^2), plus the outline
         labels.append({"x": row["x"], "y": row["y"], "label": target, "side": sides.get(target, "bottom center"),
-                       "radius": diameter / 2, "color": TARGET_COLOR, "size": 13, "weight": "bold"})
+                       "radius": diameter * 1.6 ** 0.5 / 2 + 1, "color": TARGET_COLOR, "size": 13, "weight": "bold"})
     comms: dict[int, list[str]] = {}
     for n, c in G.nodes(data="community"):
         if c is not None:
@@ -397,14 +476,19 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
                                     "scale": {"domain": [kind], "range": [USER_COLOR]},
                                     "legend": {"orient": "top"}},
                          "tooltip": [{"field": "name", "title": "task"}]}})
-    layers += _label_layers(labels)
+    xdom, ydom = _pad_range(xs, 0.04), _pad_range(ys, 0.06)
+    rank = {n: i for i, n in enumerate(focus)}  # the target, then its sources, then the rest
+    bubble_text = [{**r, "size": ly["mark"]["fontSize"]} for ly in layers if ly.get("name") == "community labels"
+                   for r in ly["data"]["values"]]
+    layers += _label_layers(place_labels(sorted(labels, key=lambda r: rank.get(r["label"], len(rank))),
+                                         xdom, ydom, height, avoid=bubble_text))
     spec: dict[str, Any] = {
         "width": "container", "height": height,
         # x and y are shared by every layer (the layers add their own channels)
         "encoding": {"x": {"field": "x", "type": "quantitative", "axis": None,
-                           "scale": {"domain": _pad_range(xs, 0.04), "zero": False, "nice": False}},
+                           "scale": {"domain": xdom, "zero": False, "nice": False}},
                      "y": {"field": "y", "type": "quantitative", "axis": None,
-                           "scale": {"domain": _pad_range(ys, 0.06), "zero": False, "nice": False}}},
+                           "scale": {"domain": ydom, "zero": False, "nice": False}}},
         "layer": layers,
         # the rings' legend entry is not one of the communities' outlines
         "resolve": {"scale": {"stroke": "independent"}, "legend": {"stroke": "independent"}},

@@ -41,3 +41,22 @@ def side(spec: dict, name: str) -> str:
     ly = next(lb for lb in labels(spec) if lb["label"] == name)
     return {("center", "bottom"): "top center", ("center", "top"): "bottom center",
             ("right", "middle"): "middle left", ("left", "middle"): "middle right"}[(ly["align"], ly["baseline"])]
+
+
+def tight_cluster(n: int, seed: int = 0):
+    """A graph of ``n`` tasks with long names spread over [-1, 1]^2, six of them (the returned
+    ``cluster``) within ~1 % of the layout, as a target, its sources and a search match sit on a hub.
+    Returns (graph, positions, cluster)."""
+    import networkx as nx
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names = [f"task_{i:04d}_long_name" for i in range(n)]
+    G = nx.Graph()
+    for i, name in enumerate(names):
+        G.add_node(name, modality="language" if i % 2 else "vision", accuracy=0.8, community=i % 3)
+    pos = {name: tuple(rng.uniform(-1, 1, 2)) for name in names}
+    cluster = names[:6]
+    for j, name in enumerate(cluster):
+        pos[name] = (0.3 + 0.004 * (j % 3), -0.2 + 0.005 * (j // 3))
+    return G, pos, cluster

@@ -7,6 +7,7 @@ is no study to show (``precomputed/manifest.json``, or ``$PITUNE_TEST_STUDY``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -247,10 +248,33 @@ def test_upload_a_csv_and_see_the_new_node(byo_server, sync_playwright, tmp_path
             browser.close()
 
 
+@contextlib.contextmanager
+def _chart_page(sync_playwright, tmp_path: Path, spec: dict, width: int):
+    """A Chromium page (``width`` pixels wide) on a one-chart Streamlit app that draws ``spec`` as the
+    dashboard draws its graph (key ``graph_chart``, point selection ``pick``)."""
+    import json
+
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    app = tmp_path / "app.py"
+    app.write_text("import json, streamlit as st\n"
+                   f"spec = json.load(open({str(tmp_path / 'spec.json')!r}))\n"
+                   "st.vega_lite_chart(spec=spec, key='graph_chart', theme=None, width='stretch', on_select='rerun', "
+                   "selection_mode=['pick'])\n")
+    env = dict(os.environ, PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
+    with DashboardServer(env, _free_port(), tmp_path / "streamlit.log", app=app, timeout=60) as url, \
+            sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(url, wait_until="domcontentloaded")
+            yield page
+        finally:
+            browser.close()
+
+
 def test_graph_tooltips_show_markup_as_text(sync_playwright, tmp_path):
     """A task's description (an uploaded task's is the user's text) reaches the graph's hover as text:
     Vega's tooltip handler escapes it, so markup is neither rendered nor run."""
-    import json
 
     import networkx as nx
 
@@ -261,24 +285,34 @@ def test_graph_tooltips_show_markup_as_text(sync_playwright, tmp_path):
                description="<img src=x onerror=window.__pwned=1><b>bold</b>")
     G.add_node("b", modality="vision", accuracy=0.5)
     G.add_edge("a", "b", weight=0.5)
-    (tmp_path / "spec.json").write_text(json.dumps(F.graph_figure(G, pos={"a": (0.0, 0.0), "b": (1.0, 1.0)})))
-    app = tmp_path / "app.py"
-    app.write_text("import json, streamlit as st\n"
-                   f"spec = json.load(open({str(tmp_path / 'spec.json')!r}))\n"
-                   "st.vega_lite_chart(spec=spec, key='graph_chart', theme=None, on_select='rerun', "
-                   "selection_mode=['pick'])\n")
-    env = dict(os.environ, PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
-    with DashboardServer(env, _free_port(), tmp_path / "streamlit.log", app=app, timeout=60) as url, \
-            sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(url, wait_until="domcontentloaded")
-            page.locator(f'{GRAPH_NODES}[aria-label*="task: a;"]').first.hover(timeout=60_000)
-            tip = page.locator("#vg-tooltip-element")
-            tip.wait_for(state="visible", timeout=20_000)
-            assert "<img src=x onerror=window.__pwned=1><b>bold</b>" in tip.inner_text()  # shown as text
-            assert tip.locator("img, b").count() == 0
-            assert page.evaluate("() => window.__pwned") is None
-        finally:
-            browser.close()
+    with _chart_page(sync_playwright, tmp_path, F.graph_figure(G, pos={"a": (0.0, 0.0), "b": (1.0, 1.0)}),
+                     1200) as page:
+        page.locator(f'{GRAPH_NODES}[aria-label*="task: a;"]').first.hover(timeout=60_000)
+        tip = page.locator("#vg-tooltip-element")
+        tip.wait_for(state="visible", timeout=20_000)
+        assert "<img src=x onerror=window.__pwned=1><b>bold</b>" in tip.inner_text()  # shown as text
+        assert tip.locator("img, b").count() == 0
+        assert page.evaluate("() => window.__pwned") is None
+
+
+@pytest.mark.parametrize("viewport_width", [760, 1400])
+def test_graph_labels_in_a_tight_cluster_do_not_overlap_in_chromium(sync_playwright, tmp_path, viewport_width):
+    """The boxes :func:`dashboard.figures.place_labels` estimates hold in a real browser: six labelled
+    nodes within ~1 % of the layout (a target, its sources and a search match, as on a hub) are
+    drawn with no two labels' rendered boxes intersecting, in a narrow and a wide window."""
+
+    import graphspec as GS
+    from dashboard import figures as F
+
+    G, pos, cluster = GS.tight_cluster(40)
+    spec = F.graph_figure(G, pos=pos, target=cluster[0], sources=cluster[1:5], highlight=cluster[5:])
+    with _chart_page(sync_playwright, tmp_path, spec, viewport_width) as page:
+        page.wait_for_selector(GRAPH_NODES, timeout=60_000)
+        boxes = page.evaluate("""() => Array.from(document.querySelectorAll(
+            '.st-key-graph_chart g.mark-text.role-mark text')).map(e => {
+              const r = e.getBoundingClientRect();
+              return [e.textContent, r.left, r.top, r.right, r.bottom]; })""")
+    assert sorted(b[0] for b in boxes) == sorted(cluster), boxes
+    for i, (a, *p) in enumerate(boxes):
+        for b, *q in boxes[i + 1:]:
+            assert not (p[0] < q[2] and q[0] < p[2] and p[1] < q[3] and q[1] < p[3]), (a, p, b, q)

@@ -205,9 +205,66 @@ def test_close_labels_are_drawn_apart():
     assert F.label_positions(tall, ["t", "n"])["t"] == "middle left"
 
 
+def _label_boxes(spec: dict, width: float = F.LABEL_WIDTH_PX) -> dict[str, tuple]:
+    """Each label's box in plot pixels, from the spec alone (its anchor, align / baseline, dx / dy,
+    font size and text), with the text size :func:`dashboard.figures.place_labels` assumes."""
+    (x0, x1), (y0, y1) = (spec["encoding"][a]["scale"]["domain"] for a in ("x", "y"))
+    out = {}
+    for ly in spec["layer"]:
+        m = ly["mark"]
+        if m["type"] != "text" or ly.get("name") == "community labels":
+            continue
+        for r in ly["data"]["values"]:
+            w, h = F._text_size({"label": r["label"], "size": m["fontSize"], "weight": m["fontWeight"]})
+            ax = (r["x"] - x0) / (x1 - x0) * width + m["dx"]
+            ay = (y1 - r["y"]) / (y1 - y0) * spec["height"] + m["dy"]
+            left = ax - {"left": 0, "center": w / 2, "right": w}[m["align"]]
+            top = ay - {"top": 0, "middle": h / 2, "bottom": h}[m["baseline"]]
+            out[r["label"]] = (left, top, left + w, top + h)
+    return out
+
+
+@pytest.mark.parametrize("n", [40, 1200])
+def test_labels_in_a_tight_cluster_do_not_overlap(n):
+    """The target and its sources sit close together (they are similar, so the layout puts them
+    together): on a hub, several are within a few pixels. Their labels are placed so that no two
+    boxes overlap and each stays inside the plot, where before each label only faced away from its
+    one nearest labelled neighbour and a cluster of three piled them up."""
+    G, pos, cluster = GS.tight_cluster(n)  # the target, four sources and a search match, within ~1 % of the span
+    spec = F.graph_figure(G, pos=pos, target=cluster[0], sources=cluster[1:5], highlight=cluster[5:])
+    boxes = _label_boxes(spec)
+    assert set(boxes) == set(cluster)
+    for a in cluster:
+        x0, y0, x1, y1 = boxes[a]
+        assert 0 <= x0 and x1 <= F.LABEL_WIDTH_PX and 0 <= y0 and y1 <= spec["height"], (a, boxes[a])
+        for b in cluster:
+            if a < b:
+                p, q = boxes[a], boxes[b]
+                assert not (p[0] < q[2] and q[0] < p[2] and p[1] < q[3] and q[1] < p[3]), (a, b, p, q)
+    if GS.has(spec, "community labels"):  # on a hub, nor over a community bubble's label
+        ly = GS.layer(spec, "community labels")
+        (x0, x1), (y0, y1) = (spec["encoding"][ax]["scale"]["domain"] for ax in ("x", "y"))
+        for r in ly["data"]["values"]:
+            w, h = F._text_size({"label": r["label"], "size": ly["mark"]["fontSize"]})
+            cx, cy = (r["x"] - x0) / (x1 - x0) * F.LABEL_WIDTH_PX, (y1 - r["y"]) / (y1 - y0) * spec["height"]
+            for a, p in boxes.items():
+                assert not (p[0] < cx + w / 2 and cx - w / 2 < p[2] and p[1] < cy + h / 2 and cy - h / 2 < p[3]), \
+                    (a, r["label"])
+    # and the check can fail: each label on the side facing away from its nearest labelled neighbour,
+    # the placement before, piles them up
+    sides = F.label_positions(pos, cluster)
+    old = {**spec, "layer": F._label_layers([
+        {"x": round(pos[c][0], 5), "y": round(pos[c][1], 5), "label": c, "side": sides[c], "color": "#111",
+         "size": 12, **dict(zip(("dx", "dy"), F._label_offset(sides[c], 3.0, 0, 15.0)))} for c in cluster])}
+    before = _label_boxes(old)
+    assert any(p[0] < q[2] and q[0] < p[2] and p[1] < q[3] and q[1] < p[3]
+               for a, p in before.items() for b, q in before.items() if a < b)
+
+
 def test_graph_and_map_place_the_target_label_away_from_its_sources(graph):
     pos = {n: (float(i), 0.0) for i, n in enumerate(NAMES)}
     pos["d_vis"] = (2.0, 0.3)  # right above the target c_vis
+    pos["a_lang"] = (0.0, -1.0)  # the layout has some height, so the star is not at the plot's bottom edge
     spec = F.graph_figure(graph, pos=pos, target="c_vis", sources=["d_vis"])
     assert GS.side(spec, "c_vis") == "bottom center"
     assert GS.side(spec, "d_vis") == "top center"

@@ -137,3 +137,23 @@ def test_num_threads_has_one_parser_that_refuses_nonsense_in_one_line(monkeypatc
     code = main(["transfer-study", "plans/quick/transfer.json", "--study", str(tmp_path / "s"), "--stage", "pairs"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "PITUNE_NUM_THREADS must be a whole number >= 1" in err, err
+
+
+def test_shard_has_one_parser_that_refuses_nonsense_in_one_line(monkeypatch, capsys, tmp_path):
+    """``PITUNE_SHARD=i/n``: a value that is not two whole numbers with 0 <= i < n is refused with
+    one line naming the variable (it was Python's bare ``int()`` error for ``abc/2``)."""
+    from pitune_core.cli.main import main
+    from pitune_core.study.transfer import SHARD_ENV, shard_from_env, take_shard
+
+    monkeypatch.delenv(SHARD_ENV, raising=False)
+    assert shard_from_env() is None and take_shard([1, 2, 3]) == [1, 2, 3]
+    monkeypatch.setenv(SHARD_ENV, "1/2")
+    assert shard_from_env() == (1, 2) and take_shard([0, 1, 2, 3]) == [1, 3]
+    for bad in ("abc/2", "2/2", "-1/2", "1", "1/2/3", "0/0", "1.0/2", "/"):
+        monkeypatch.setenv(SHARD_ENV, bad)
+        with pytest.raises(ValueError, match="PITUNE_SHARD=.*expected i/n, whole numbers with 0 <= i < n"):
+            shard_from_env()
+    monkeypatch.setenv(SHARD_ENV, "abc/2")
+    code = main(["transfer-study", "plans/quick/transfer.json", "--study", str(tmp_path / "s"), "--stage", "pairs"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "PITUNE_SHARD='abc/2': expected i/n" in err, err

@@ -73,7 +73,11 @@ def auto_workers(cores: int | None = None, available_memory: int | None = None, 
 
 def resolve(value: str | int | None) -> int:
     """``--workers`` (or ``$PITUNE_WORKERS``, else ``auto``) as a number >= 1; a one-line
-    ``ValueError`` for anything else, or for N > 1 while ``PITUNE_SHARD`` is set."""
+    ``ValueError`` for anything else, or for N > 1 while ``PITUNE_SHARD`` is set (also checked here:
+    a malformed ``PITUNE_SHARD`` is refused before any work starts)."""
+    from pitune_core.study.transfer import SHARD_ENV, shard_from_env
+
+    shard = shard_from_env()
     value = os.environ.get(ENV, "auto") if value is None else value
     if str(value).strip().lower() == "auto":
         return auto_workers()
@@ -83,12 +87,9 @@ def resolve(value: str | int | None) -> int:
         raise ValueError(f"--workers {value!r}: expected a whole number >= 1 or 'auto'") from None
     if n < 1:
         raise ValueError(f"--workers {n}: expected a whole number >= 1 or 'auto'")
-    if n > 1:
-        from pitune_core.study.transfer import SHARD_ENV, shard_from_env
-
-        if shard_from_env() is not None:
-            raise ValueError(f"--workers {n} with {SHARD_ENV}={os.environ[SHARD_ENV]} set: shard by hand or "
-                             "with --workers, not both")
+    if n > 1 and shard is not None:
+        raise ValueError(f"--workers {n} with {SHARD_ENV}={os.environ[SHARD_ENV]} set: shard by hand or "
+                         "with --workers, not both")
     return n
 
 

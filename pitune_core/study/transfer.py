@@ -77,12 +77,12 @@ def shard_from_env() -> tuple[int, int] | None:
     """``PITUNE_SHARD=i/n``: this process takes every n-th job starting at i, so several processes
     can share one long stage (the stage is only recorded as finished by an unsharded run)."""
     v = os.environ.get(SHARD_ENV)
-    if not v:
+    if not v or not v.strip():
         return None
-    i, n = (int(x) for x in v.split("/"))
-    if not 0 <= i < n:
-        raise ValueError(f"{SHARD_ENV}={v!r}: expected i/n with 0 <= i < n")
-    return i, n
+    parts = v.strip().split("/")
+    if len(parts) != 2 or not all(x.strip().isdigit() for x in parts) or not 0 <= int(parts[0]) < int(parts[1]):
+        raise ValueError(f"{SHARD_ENV}={v!r}: expected i/n, whole numbers with 0 <= i < n (e.g. 0/2)")
+    return int(parts[0]), int(parts[1])
 
 
 def take_shard(jobs: list) -> list:
