@@ -121,17 +121,6 @@ def _pad_range(values: Sequence[float], frac: float = 0.08) -> list[float]:
     return [lo - pad, hi + pad]
 
 
-def _focus_labels(fig: go.Figure, xy: Mapping[str, Sequence[float]], names: Sequence[str],
-                  name: str = "labels", color: str = "#222", size: int = 11) -> None:
-    """A text-only SVG trace labelling ``names`` (few points: the target, its sources, matches)."""
-    names = [n for n in dict.fromkeys(names) if n in xy]
-    if not names:
-        return
-    fig.add_trace(go.Scatter(x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="text", text=names,
-                             textposition="top center", textfont=dict(size=size, color=color),
-                             customdata=names, hoverinfo="skip", showlegend=False, name=name))
-
-
 def _community_summary(xy: Mapping[str, Sequence[float]], communities: Mapping[str, Any],
                        modality: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Communities as a level of detail, the one rule the map (plotly) and the graph (Vega-Lite) draw:
@@ -532,7 +521,8 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
                   highlight: Sequence[str] = ()) -> go.Figure:
     """The 2-D map of the task embeddings (UMAP or its fallback): colour = modality, outline =
     community; the target, if given, is a star under its ``sources``. Labels only for the target,
-    its sources and ``highlight``; the axes get a margin so no label is clipped at the edge. Above
+    its sources and ``highlight``, as annotations placed apart by :func:`place_labels` (as on the
+    graph); the axes get a margin so no label is clipped at the edge. Above
     :data:`LARGE_N` tasks: WebGL markers and community bubbles (as :func:`graph_figure` draws them)."""
     coords = np.asarray(coords, dtype=float)
     names = list(names)
@@ -543,14 +533,12 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
     fig = go.Figure()
     if large:
         _community_lod(fig, xy, communities, {n: attrs.get(n, {}).get("modality") for n in names})
-    sides = label_positions(xy, [x for x in [target, *focus] if x is not None]) if not large else {}
+    sides = label_positions(xy, [x for x in [target, *focus] if x is not None])
     if target is not None and target in xy:
         i = names.index(target)
         a = attrs.get(target, {})
         fig.add_trace(go.Scatter(
-            x=[coords[i, 0]], y=[coords[i, 1]], mode="markers+text", name=f"target: {target}", text=[target],
-            textposition=sides.get(target, "bottom center"), textfont=dict(size=12, color=TARGET_COLOR),
-            customdata=[target],
+            x=[coords[i, 0]], y=[coords[i, 1]], mode="markers", name=f"target: {target}", customdata=[target],
             hovertext=[_hover(target, {**a, "community": communities.get(target)})], hoverinfo="text",
             marker=dict(size=(_node_size(a.get("accuracy")) + 2) if not large else 16, opacity=0.85,
                         color=_modality_color(a.get("modality")), symbol="star", line=dict(width=2, color=TARGET_COLOR))))
@@ -569,20 +557,43 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
                                        marker=dict(size=5, color=_modality_color(m), opacity=0.75)))
         else:
             fig.add_trace(go.Scatter(
-                x=coords[idx, 0], y=coords[idx, 1], mode="markers+text", name=m,
-                text=[n if n in focus else "" for n in ns], textposition=[sides.get(n, "top center") for n in ns],
-                textfont=dict(size=12, color="#111"), customdata=ns, hovertext=hover, hoverinfo="text",
+                x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=m, customdata=ns, hovertext=hover,
+                hoverinfo="text",
                 marker=dict(size=[_node_size(attrs.get(n, {}).get("accuracy")) for n in ns], color=_modality_color(m),
                             line=dict(width=3, color=[community_color(communities.get(n)) for n in ns]))))
+    xrange = _pad_range(coords[:, 0] if len(names) else [])
+    yrange = _pad_range(coords[:, 1] if len(names) else [], 0.1)
+    # labels as annotations placed by place_labels (a trace's text can only sit on one of 9 fixed sides);
+    # the plot area is the figure less its margins, axis titles and the legend below (~110 px)
+    rows = []
+    for n in dict.fromkeys([target, *focus]):
+        if n is None or n not in xy:
+            continue
+        a = attrs.get(n, {})
+        if large:
+            diameter = 16 if n == target else 5
+        else:
+            diameter = _node_size(a.get("accuracy")) + (2 if n == target else 0)
+        rows.append({"x": float(xy[n][0]), "y": float(xy[n][1]), "label": n, "side": sides.get(n, "top center"),
+                     "radius": diameter / 2 + (2 if n == target or not large else 0), "size": 12,
+                     "color": TARGET_COLOR if n == target else "#111"})
     if large:
-        _focus_labels(fig, xy, focus)
+        bubbles = [{"x": float(x), "y": float(y), "label": t, "size": 10} for tr in fig.data if tr.name == "communities"
+                   for x, y, t in zip(tr.x, tr.y, tr.text or ()) if t]
+    else:
+        bubbles = []
+    for r in place_labels(rows, xrange, yrange, max(100, height - 110), avoid=bubbles):
+        mark = _LABEL_MARKS[r["side"]]
+        fig.add_annotation(x=r["x"], y=r["y"], text=r["label"], showarrow=False, xshift=r["dx"], yshift=-r["dy"],
+                           xanchor=mark["align"], yanchor=mark["baseline"], font=dict(size=r["size"], color=r["color"]),
+                           name=f"label: {r['label']}")
     fig.update_layout(title=dict(text=title) if title else None, height=height, plot_bgcolor="white",
                       margin=dict(l=10, r=10, t=40 if title else 10, b=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0),
                       xaxis=dict(title=dict(text="dimension 1"), zeroline=False, showgrid=True, gridcolor="#eee",
-                                 range=_pad_range(coords[:, 0] if len(names) else [])),
+                                 range=xrange),
                       yaxis=dict(title=dict(text="dimension 2"), zeroline=False, showgrid=True, gridcolor="#eee",
-                                 range=_pad_range(coords[:, 1] if len(names) else [], 0.1)))
+                                 range=yrange))
     return fig
 
 

@@ -261,6 +261,22 @@ def test_labels_in_a_tight_cluster_do_not_overlap(n):
                for a, p in before.items() for b, q in before.items() if a < b)
 
 
+@pytest.mark.parametrize("n", [40, 1200])
+def test_map_labels_in_a_tight_cluster_are_placed_apart(n):
+    """The map (plotly) places its labels with the graph's place_labels: in a tight cluster they go
+    to different places, pushed out where needed, instead of all on one side of their nodes."""
+    G, pos, cluster = GS.tight_cluster(n)
+    names = list(pos)
+    coords = np.array([pos[x] for x in names])
+    attrs = {x: {"modality": G.nodes[x]["modality"], "accuracy": 0.8} for x in names}
+    fig = F.layout_figure(names, coords, attrs, {x: G.nodes[x]["community"] for x in names}, target=cluster[0],
+                          sources=cluster[1:5], highlight=cluster[5:])
+    notes = {a.text: a for a in fig.layout.annotations}
+    assert set(notes) == set(cluster)
+    places = {(a.xanchor, a.yanchor, a.xshift, a.yshift) for a in notes.values()}
+    assert len(places) == len(cluster)  # six labels, six different places
+
+
 def test_graph_and_map_place_the_target_label_away_from_its_sources(graph):
     pos = {n: (float(i), 0.0) for i, n in enumerate(NAMES)}
     pos["d_vis"] = (2.0, 0.3)  # right above the target c_vis
@@ -273,9 +289,11 @@ def test_graph_and_map_place_the_target_label_away_from_its_sources(graph):
     coords = np.array([pos[n] for n in NAMES])
     attrs = {n: {"modality": MODS[n]} for n in NAMES}
     fig = F.layout_figure(NAMES, coords, attrs, target="c_vis", sources=["d_vis"])
-    assert next(t for t in fig.data if t.name == "target: c_vis").textposition == "bottom center"
-    vis = next(t for t in fig.data if t.name == "vision")
-    assert dict(zip(vis.customdata, vis.textposition))["d_vis"] == "top center"
+    notes = {a.text: a for a in fig.layout.annotations}
+    assert set(notes) == {"c_vis", "d_vis"}  # the map's labels: the target and its sources only
+    assert (notes["c_vis"].xanchor, notes["c_vis"].yanchor) == ("center", "top")  # below the star
+    assert (notes["d_vis"].xanchor, notes["d_vis"].yanchor) == ("center", "bottom")  # above its node
+    assert notes["c_vis"].yshift < 0 < notes["d_vis"].yshift and notes["c_vis"].showarrow is False
 
 
 def test_graph_figure_is_valid_vega_lite(graph):
