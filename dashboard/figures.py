@@ -9,6 +9,7 @@ notebook) on its own. Colours: modality fixes a node's fill, community its outli
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -147,15 +148,22 @@ def _community_summary(xy: Mapping[str, Sequence[float]], communities: Mapping[s
     return out
 
 
-def _community_lod(fig: go.Figure, xy: Mapping[str, Sequence[float]], communities: Mapping[str, Any],
-                   modality: Mapping[str, Any]) -> None:
+#: the font size (pixels) of a community bubble's label, on the graph and on the map
+BUBBLE_FONT = 10
+
+
+def _bubble_texts(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The bubbles' labels as texts for :func:`place_labels` to keep clear of."""
+    return [{"x": r["x"], "y": r["y"], "label": r["label"], "size": BUBBLE_FONT} for r in rows if r["label"]]
+
+
+def _community_lod(fig: go.Figure, rows: Sequence[Mapping[str, Any]]) -> None:
     """:func:`_community_summary`'s bubbles as one plotly trace (the map above :data:`LARGE_N` tasks)."""
-    rows = _community_summary(xy, communities, modality)
     if not rows:
         return
     fig.add_trace(go.Scatter(x=[r["x"] for r in rows], y=[r["y"] for r in rows], mode="markers+text",
                              text=[r["label"] for r in rows], textposition="middle center",
-                             textfont=dict(size=10, color="#111"),
+                             textfont=dict(size=BUBBLE_FONT, color="#111"),
                              hovertext=[f"community {r['community']}: {r['size']} tasks<br>{r['modalities']}<br>"
                                         f"e.g. {r['examples']}" for r in rows], hoverinfo="text",
                              customdata=[None] * len(rows), name="communities", legendgroup="communities",
@@ -164,7 +172,8 @@ def _community_lod(fig: go.Figure, xy: Mapping[str, Sequence[float]], communitie
 
 
 def label_positions(pos: Mapping[str, Sequence[float]], labelled: Sequence[str]) -> dict[str, str]:
-    """A plotly ``textposition`` per labelled node: each label goes on the side facing away from
+    """Each labelled node's preferred label side (plotly ``textposition`` names; :func:`place_labels`
+    tries it first, on the graph and on the map): the side facing away from
     its nearest labelled neighbour (distances in axis-normalised units, since the two axes of a
     layout have different spans), so two close labels are drawn apart instead of on top of each
     other; a sideways label that would run off the plot's edge (outer quarter) goes above or below
@@ -248,29 +257,24 @@ def place_labels(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], yd
         placed.append((ax - w / 2, ay - h / 2, ax + w / 2, ay + h / 2))
     out = []
     for i, ((ax, ay), r) in enumerate(zip(anchors, rows)):
-        size = float(r["size"])
-        (w, h), line = _text_size(r), size * 1.25
+        (w, h), line = _text_size(r), float(r["size"]) * 1.25
         first = r["side"] if r["side"] in _LABEL_MARKS else "top center"
         sides = [first, *(s for s in _LABEL_MARKS if s != first)]
         best, least = None, float("inf")
         others = placed + [n for j, n in enumerate(nodes) if j != i]
-        for level in range(LABEL_LEVELS):
-            for side in sides:
-                dx, dy = _label_offset(side, float(r["radius"]), level, line)
-                mark = _LABEL_MARKS[side]
-                left = ax + dx - {"left": 0.0, "center": w / 2, "right": w}[mark["align"]]
-                top = ay + dy - {"top": 0.0, "middle": h / 2, "bottom": h}[mark["baseline"]]
-                box = (left, top, left + w, top + h)
-                # overlap with what is there, plus what runs off the plot
-                cost = sum(_overlap_area(box, o) for o in others) \
-                    + max(0.0, w * h - _overlap_area(box, (0, 0, width, height), pad=0.0))
-                if cost < least:
-                    best, least = (side, dx, dy, box), cost
-                if cost < 1e-6:  # free (up to float rounding)
-                    break
-            else:
-                continue
-            break
+        for level, side in itertools.product(range(LABEL_LEVELS), sides):  # nearest places first
+            dx, dy = _label_offset(side, float(r["radius"]), level, line)
+            mark = _LABEL_MARKS[side]
+            left = ax + dx - {"left": 0.0, "center": w / 2, "right": w}[mark["align"]]
+            top = ay + dy - {"top": 0.0, "middle": h / 2, "bottom": h}[mark["baseline"]]
+            box = (left, top, left + w, top + h)
+            # overlap with what is there, plus what runs off the plot
+            cost = sum(_overlap_area(box, o) for o in others) \
+                + max(0.0, w * h - _overlap_area(box, (0, 0, width, height), pad=0.0))
+            if cost < least:
+                best, least = (side, dx, dy, box), cost
+            if cost < 1e-6:  # free (up to float rounding)
+                break
         side, dx, dy, box = best
         placed.append(box)
         out.append({**r, "side": side, "dx": round(dx, 1), "dy": round(dy, 1)})
@@ -394,8 +398,9 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
             layers.append({"name": "target → top-k sources", "data": {"values": dashed},
                            "mark": {"type": "rule", "color": TARGET_COLOR, "strokeWidth": 2.5, "strokeDash": [6, 4]},
                            "encoding": {"x2": {"field": "x2"}, "y2": {"field": "y2"}}})
-    if large:
-        layers += _community_bubbles(pos, dict(G.nodes(data="community")), dict(G.nodes(data="modality")))
+    bubbles = _community_summary(pos, dict(G.nodes(data="community")), dict(G.nodes(data="modality"))) \
+        if large else []
+    layers += _community_bubbles(bubbles)
     # the target first, so its sources (drawn next) stay visible on top of the star
     sides = label_positions(pos, focus)  # few labels, so cheap at any size
     labels: list[dict] = []
@@ -467,10 +472,8 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
                          "tooltip": [{"field": "name", "title": "task"}]}})
     xdom, ydom = _pad_range(xs, 0.04), _pad_range(ys, 0.06)
     rank = {n: i for i, n in enumerate(focus)}  # the target, then its sources, then the rest
-    bubble_text = [{**r, "size": ly["mark"]["fontSize"]} for ly in layers if ly.get("name") == "community labels"
-                   for r in ly["data"]["values"]]
     layers += _label_layers(place_labels(sorted(labels, key=lambda r: rank.get(r["label"], len(rank))),
-                                         xdom, ydom, height, avoid=bubble_text))
+                                         xdom, ydom, height, avoid=_bubble_texts(bubbles)))
     spec: dict[str, Any] = {
         "width": "container", "height": height,
         # x and y are shared by every layer (the layers add their own channels)
@@ -491,13 +494,12 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
     return spec
 
 
-def _community_bubbles(xy: Mapping[str, Sequence[float]], communities: Mapping[str, Any],
-                       modality: Mapping[str, Any]) -> list[dict]:
+def _community_bubbles(summary: Sequence[Mapping[str, Any]]) -> list[dict]:
     """:func:`_community_summary`'s bubbles as Vega-Lite layers (the graph above :data:`LARGE_N` tasks)."""
     rows = [{"x": r["x"], "y": r["y"], "size": r["diameter"] ** 2, "color": r["color"],
              "community": f"community {r['community']}: {r['size']} tasks", "modalities": r["modalities"],
              "examples": r["examples"], "label": r["label"]}
-            for r in _community_summary(xy, communities, modality)]
+            for r in summary]
     if not rows:
         return []
     color = {"field": "color", "type": "nominal", "scale": None}
@@ -510,7 +512,7 @@ def _community_bubbles(xy: Mapping[str, Sequence[float]], communities: Mapping[s
                                   {"field": "modalities", "title": "modalities"},
                                   {"field": "examples", "title": "e.g."}]}},
         {"name": "community labels", "data": {"values": [r for r in rows if r["label"]]},
-         "mark": {"type": "text", "fontSize": 10, "color": "#111"},
+         "mark": {"type": "text", "fontSize": BUBBLE_FONT, "color": "#111"},
          "encoding": {"text": {"field": "label", "type": "nominal"}}},
     ]
 
@@ -531,8 +533,9 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
     xy = {n: (coords[i, 0], coords[i, 1]) for i, n in enumerate(names)}
     focus = [x for x in [*sources, *highlight] if x in xy and x != target]
     fig = go.Figure()
-    if large:
-        _community_lod(fig, xy, communities, {n: attrs.get(n, {}).get("modality") for n in names})
+    bubbles = _community_summary(xy, communities, {n: attrs.get(n, {}).get("modality") for n in names}) \
+        if large else []
+    _community_lod(fig, bubbles)
     sides = label_positions(xy, [x for x in [target, *focus] if x is not None])
     if target is not None and target in xy:
         i = names.index(target)
@@ -577,12 +580,7 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
         rows.append({"x": float(xy[n][0]), "y": float(xy[n][1]), "label": n, "side": sides.get(n, "top center"),
                      "radius": diameter / 2 + (2 if n == target or not large else 0), "size": 12,
                      "color": TARGET_COLOR if n == target else "#111"})
-    if large:
-        bubbles = [{"x": float(x), "y": float(y), "label": t, "size": 10} for tr in fig.data if tr.name == "communities"
-                   for x, y, t in zip(tr.x, tr.y, tr.text or ()) if t]
-    else:
-        bubbles = []
-    for r in place_labels(rows, xrange, yrange, max(100, height - 110), avoid=bubbles):
+    for r in place_labels(rows, xrange, yrange, max(100, height - 110), avoid=_bubble_texts(bubbles)):
         mark = _LABEL_MARKS[r["side"]]
         fig.add_annotation(x=r["x"], y=r["y"], text=r["label"], showarrow=False, xshift=r["dx"], yshift=-r["dy"],
                            xanchor=mark["align"], yanchor=mark["baseline"], font=dict(size=r["size"], color=r["color"]),
