@@ -8,6 +8,7 @@ everywhere. No torch here.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,6 +16,10 @@ from typing import Any, Iterable
 #: the expert types pitune trains (peft methods); order = display order
 EXPERT_TYPES = ("lora", "prompt", "ia3")
 EXPERT_TYPE_LABELS = {"lora": "LoRA", "prompt": "prompt tuning", "ia3": "IA³"}
+#: the image projector's name inside the trunk (a submodule, so an expert's peft adapter may adapt it:
+#: ``pitune_projector.fc1.lora_A.weight``); its two linear layers as peft target modules
+PROJECTOR_MODULE = "pitune_projector"
+PROJECTOR_LAYERS = (f"{PROJECTOR_MODULE}.fc1", f"{PROJECTOR_MODULE}.fc2")
 MODALITIES = ("language", "vision", "vision-language")
 
 
@@ -247,3 +252,43 @@ def as_arg_type(parse, name: str):
 
 #: ``--shots`` for argparse: ``full`` or a whole number >= 1, with parse_shots's message
 shots_arg = as_arg_type(parse_shots, "shots")
+
+
+# ----------------------------------------------------------------------------- the expert library's gate
+
+#: an expert is offered as a source only if its own validation score beats max(zero-shot, majority)
+#: on that split by this much (a fraction: 0.05 = 5 points); issue 27
+ADMISSION_MARGIN = 0.05
+
+
+def admission(meta: dict, margin: float = ADMISSION_MARGIN) -> tuple[bool, str]:
+    """Whether an expert (its ``pitune_expert.json``) is offered as a source, and why in one line.
+
+    The expert must beat the better of the backbone's zero-shot score and the majority class on its own
+    validation split, in its task's headline metric, by ``margin``: an expert that learned nothing is no
+    source (it would otherwise become a hub of the task graph while transferring nothing). Experts
+    written before validation baselines were recorded are judged on their test-split baselines, and
+    the reason says so. Pure: reads only the dict.
+    """
+    metrics = meta.get("metrics") if isinstance(meta, dict) else None
+    metric = meta.get("headline_metric", "accuracy") if isinstance(meta, dict) else "accuracy"
+
+    def get(split: str) -> float | None:
+        v = (metrics or {}).get(split)
+        v = v.get(metric) if isinstance(v, dict) else None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    val = get("val")
+    if val is None:
+        return False, "its metadata records no validation score, so it cannot be checked"
+    zs, maj, where = get("zero_shot_val"), get("majority_val"), "val"
+    if zs is None or maj is None:
+        zs, maj, where = get("zero_shot_test"), get("majority_test"), "test (the expert predates val baselines)"
+    if zs is None or maj is None:
+        return False, "its metadata records no zero-shot or majority baseline, so it cannot be checked"
+    bar = max(zs, maj) + margin
+    detail = (f"{metric} on val {100 * val:.1f} vs max(zero-shot {100 * zs:.1f}, majority {100 * maj:.1f}) "
+              f"+ {100 * margin:.0f} = {100 * bar:.1f} (baselines from {where})")
+    if val >= bar:
+        return True, f"admitted: {detail}"
+    return False, f"not offered as a source: it did not learn its task ({detail})"

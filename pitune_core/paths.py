@@ -141,6 +141,10 @@ class StudyPaths:
     def blank_images(self) -> Path:
         return self.ablation / "blank_images.csv"
 
+    @property
+    def linear_probe(self) -> Path:
+        return self.ablation / "linear_probe.csv"
+
     # predict
     @property
     def predict(self) -> Path:

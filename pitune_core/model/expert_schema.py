@@ -33,7 +33,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from pitune_core.common import check_task_name
+from pitune_core.common import PROJECTOR_LAYERS, PROJECTOR_MODULE, check_task_name
 
 MAX_JSON_BYTES = 1 << 20  # 1 MiB (the shipped ones are ~2 KB)
 MAX_ADAPTER_BYTES = 64 << 20  # 64 MiB (a rank-8 LoRA is 0.3 MB; a merged rank-80 one ~3 MB)
@@ -42,8 +42,9 @@ MAX_HEADER_BYTES = 1 << 20
 FREE_FIELDS = {"base_model_name_or_path": (str, type(None)), "peft_version": (str, type(None)),
                "inference_mode": (bool,)}
 SET_FIELDS = ("target_modules", "feedforward_modules")
-#: modules of the BERT-like trunk an expert may adapt
-ALLOWED_MODULES = frozenset({"query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"})
+#: modules of the BERT-like trunk an expert may adapt (and the image projector it holds)
+ALLOWED_MODULES = frozenset({"query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense",
+                             *PROJECTOR_LAYERS})
 DTYPES = {"F32": 4}
 
 #: the stable name recorded as ``base_model_name_or_path`` in experts pitune writes (the trunk's
@@ -248,10 +249,13 @@ def _expected(method: str, mc_json: str) -> tuple[dict, dict]:
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoModel
 
+    from pitune_core.model.backbone import Projector
+
     cfg = _trunk_config()
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trunk = AutoModel.from_config(cfg)
+        trunk.add_module(PROJECTOR_MODULE, Projector(cfg.hidden_size))  # as UnifiedBackbone's trunk holds it
         pm = get_peft_model(trunk, _method(method, mc_json).peft_config())
     pcfg = pm.peft_config["default"]
     if method == "prompt":

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pitune_core import __version__
-from pitune_core.common import EXPERT_TYPES, replace_dir
+from pitune_core.common import EXPERT_TYPES, PROJECTOR_LAYERS, replace_dir
 from pitune_core.data.tasks import TaskData, TaskSpec, get_task
 from pitune_core.model.backbone import (
     Inputs,
@@ -61,12 +61,16 @@ class ExpertError(ValueError):
 
 @dataclass
 class LoraMethod:
-    """LoRA on the attention query/value projections (the default expert)."""
+    """LoRA on the attention query/value projections and on the image projector's two layers (the
+    default expert). Adapting the projector is what lets an image expert keep the image: with
+    query/value alone a full-data MNIST expert reached 78 % against a linear probe's 95 % on the same
+    frozen features; with the projector too, 91 % (issue 27, 600 steps). Text inputs never reach the
+    projector, so a text expert's projector LoRA stays at its zero initialisation."""
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("query", "value")
+    target_modules: tuple[str, ...] = ("query", "value", *PROJECTOR_LAYERS)
     lr: float = 1e-3
     name: str = field(default="lora", init=False)
 
@@ -138,11 +142,11 @@ class TrainConfig:
     """How long and how fast to train. ``epochs`` counts passes over the training set; the step
     count is clamped to [min_steps, max_steps] so that few-shot and full data get a sane budget."""
 
-    epochs: float = 3.0
+    epochs: float = 10.0  # image experts need it: 188 steps left a MNIST expert 6 points under 600 (issue 27)
     batch_size: int = 16
     lr: float | None = None  # None: the method's default
     min_steps: int = 30
-    max_steps: int = 400
+    max_steps: int = 600
     seed: int = 0
     eval_batch_size: int = 64
 
@@ -405,8 +409,12 @@ def train_expert(task: str | TaskSpec, method: str = "lora", backbone: UnifiedBa
     metrics = {**({"val": evaluate(backbone, model, tensors["val"], spec)} if evaluate_val else {}),
                "test": evaluate(backbone, model, tensors["test"], spec),
                "majority_test": majority_baseline(data.train.labels, tensors["test"].labels.numpy(), spec.num_classes)}
+    if evaluate_val:  # the library's gate compares the expert with these on its own val split
+        metrics["majority_val"] = majority_baseline(data.train.labels, tensors["val"].labels.numpy(), spec.num_classes)
     if evaluate_zero_shot:
         metrics["zero_shot_test"] = evaluate(backbone, None, tensors["test"], spec)
+        if evaluate_val:
+            metrics["zero_shot_val"] = evaluate(backbone, None, tensors["val"], spec)
     meta = {"format": EXPERT_FORMAT, "task": spec.name, "modality": spec.modality, "method": m.name,
             "method_config": asdict(m), "train_config": asdict(cfg), "seed": seed, "shots": shots,
             "num_train": len(train_t), "num_val": len(tensors["val"]), "num_test": len(tensors["test"]),
@@ -418,6 +426,32 @@ def train_expert(task: str | TaskSpec, method: str = "lora", backbone: UnifiedBa
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path = save_expert(model, out, meta) if out is not None else None
     return ExpertResult(path, meta, model)
+
+
+def linear_probe(spec: TaskSpec, backbone: UnifiedBackbone, cs: tuple[float, ...] = (0.01, 0.1, 1.0),
+                 max_iter: int = 3000) -> dict[str, float]:
+    """The reference an image expert is held to: scikit-learn's logistic regression on the frozen image
+    features the expert reads (every visual token, concatenated, standardised), fitted on the training
+    split, its regularisation ``C`` chosen on val, scored on val and test in the task's headline metric.
+    What the features alone allow a linear read-out: an expert far below it loses the image on its way
+    through the projector and the trunk."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data, tensors = prepare_task(spec, backbone)
+    if tensors["train"].visual is None:
+        raise ValueError(f"{spec.name} has no images: a linear probe on image features needs an image task")
+    x = {s: t.visual.float().flatten(1).numpy() for s, t in tensors.items()}
+    best = None
+    for c in cs:
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter)).fit(x["train"], data.train.labels)
+        val = score(data.val.labels, clf.predict(x["val"]), spec.num_classes)[spec.metric]
+        if best is None or val > best[0]:
+            best = (val, c, clf)
+    val, c, clf = best
+    return {"probe_val": val, "probe_test": score(data.test.labels, clf.predict(x["test"]), spec.num_classes)[spec.metric],
+            "probe_c": c}
 
 
 def evaluate_expert(path: str | Path, backbone: UnifiedBackbone | None = None, split: str = "test",

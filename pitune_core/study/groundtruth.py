@@ -16,6 +16,7 @@ all shards are done) and ``stability`` (Fisher top-k stability from disjoint sam
 from __future__ import annotations
 
 import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,8 +68,14 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
 
         bb = UnifiedBackbone.load(projector)
     if "pairs" in stages:
+        from pitune_core.study.sources import admitted_experts
+
+        admitted, gated = admitted_experts(dirs)
+        for name, why in sorted(gated.items()):
+            print(f"pitune: {name} is a target only, never a source: {why}", file=sys.stderr)
         with _ticker(study, out, "transfer pairs", "pair", lambda j: f"{j[0]} <- {j[1]} (seed {j[2]})") as tick:
-            run_plan_pairs(plan, dirs, bb, out, on_pair=tick, targets=targets)
+            run_plan_pairs(plan, dirs, bb, out, on_pair=tick, targets=targets,
+                           sources=None if not gated else sorted(admitted))
     if "predictors" in stages and plan.predictors:
         from pitune_core.paths import cache_dir
         from pitune_core.predict.predictors import PredictorContext

@@ -29,6 +29,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _write_expert_summary(root: Path, methods: dict[str, list[str]]) -> None:
+    from pitune_core.common import admission
     from pitune_core.model.experts import read_expert_meta
 
     rows = []
@@ -42,7 +43,8 @@ def _write_expert_summary(root: Path, methods: dict[str, list[str]]) -> None:
                          "majority": round(meta["metrics"]["majority_test"][mt], 4),
                          "expert_accuracy": round(meta["metrics"]["test"]["accuracy"], 4),
                          "num_train": meta["num_train"], "num_test": meta["num_test"], "steps": meta["steps"],
-                         "train_time_s": meta["train_time_s"], "peak_memory_mb": meta["peak_memory_mb"]})
+                         "train_time_s": meta["train_time_s"], "peak_memory_mb": meta["peak_memory_mb"],
+                         "admitted": int(admission(meta)[0]), "gate": admission(meta)[1]})
     _write_csv(StudyPaths(root).expert_summary, rows)
 
 

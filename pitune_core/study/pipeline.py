@@ -142,19 +142,26 @@ def stage_experts(run: StudyRun) -> None:
 
 
 def stage_ablation(run: StudyRun) -> None:
-    """Vision-language experts re-scored with every image blanked."""
+    """The image pathway's checks: vision-language experts re-scored with every image blanked, and the
+    reference for vision experts: a linear probe on the frozen image features each expert reads."""
     from pitune_core.data.tasks import get_task
-    from pitune_core.model.experts import evaluate_expert
+    from pitune_core.model.experts import evaluate_expert, linear_probe
 
-    rows = []
+    rows, probes = [], []
     for t in run.plan.tasks:
-        if get_task(t).modality != "vision-language":
+        spec = get_task(t)
+        if spec.modality == "vision":
+            probes.append({"task": t, "metric": spec.metric, **linear_probe(spec, run.bb)})
+        if spec.modality != "vision-language":
             continue
         d = expert_dir(run.root, "lora", t)
         full = evaluate_expert(d, run.bb)
         blank = evaluate_expert(d, run.bb, blank_images=True)
-        rows.append({"task": t, "accuracy": full["accuracy"], "accuracy_images_blanked": blank["accuracy"]})
+        rows.append({"task": t, "accuracy": full["accuracy"], "accuracy_images_blanked": blank["accuracy"],
+                     "metric": spec.metric, "score": full[spec.metric], "score_images_blanked": blank[spec.metric]})
     _write_csv(run.paths.blank_images, rows)
+    if probes:
+        _write_csv(run.paths.linear_probe, probes)
 
 
 def stage_embeddings(run: StudyRun) -> None:

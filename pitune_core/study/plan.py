@@ -26,7 +26,7 @@ class StudyPlan:
     extra_methods: dict[str, list[str]]
     align_pairs_per_task: int = 400
     align_epochs: int = 6
-    expert_max_steps: int = 400
+    expert_max_steps: int = 600
     fisher_n: int = 64
     groundtruth_plan: str | None = None
     stability_sizes: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
@@ -37,16 +37,15 @@ class StudyPlan:
 def full_plan() -> StudyPlan:
     from pitune_core.data.tasks import list_tasks
 
-    subset = ["movie_sentiment", "bbc_topic", "election_tweets", "mnist", "fashion_mnist", "emoji_group",
-              "tux_caption_match", "emoji_caption_match", "emoji_group_question"]
+    subset = ["movie_sentiment", "bbc_topic", "mnist", "fashion_mnist", "mnist_digit_question", "emoji_mood_match"]
     return StudyPlan(tasks=[t.name for t in list_tasks()], extra_methods={"prompt": subset, "ia3": subset},
                      groundtruth_plan=GROUNDTRUTH_PLAN, protocol_plan=PROTOCOL_PLAN)
 
 
 def quick_plan() -> StudyPlan:
     """A small real study for CI and smoke tests (minutes on 2 cores), with its own small plan files."""
-    tasks = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "lfw_faces", "flag_country_match",
-             "tux_category_question"]
+    tasks = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "textures", "tux_caption_match",
+             "emoji_mood_match"]
     return StudyPlan(tasks=tasks, extra_methods={"ia3": tasks[:3]}, align_pairs_per_task=64, align_epochs=1,
                      expert_max_steps=20, fisher_n=8, groundtruth_plan="plans/quick/transfer.json",
                      stability_sizes=(4,), protocol_plan="plans/quick/few-shot.json")

@@ -343,6 +343,13 @@ class Study:
         self._check_method(method)
         return {r["task"]: r for r in self.expert_summary() if r.get("method") == method}
 
+    def gated(self, method: str) -> dict[str, str]:
+        """``{task: reason}`` of the experts that are not offered as sources (the library's gate,
+        :func:`pitune_core.common.admission`, recorded in ``experts/summary.csv`` by ``pitune
+        precompute``). A study written before the gate records none."""
+        return {t: str(r.get("gate") or "not offered as a source") for t, r in self.experts_of(method).items()
+                if str(r.get("admitted", "1")).strip() == "0"}
+
     def node_attrs(self, method: str) -> dict[str, dict]:
         """Per task: modality, accuracy (the expert's), zero-shot, description, classes, sizes."""
         experts = self.experts_of(method)
@@ -360,6 +367,8 @@ class Study:
                 "num_train": t.get("num_train"),
                 "source": t.get("source", ""),
                 "user_task": bool(t.get("user_task")),
+                "family": t.get("family"),
+                "gated": self.gated(method).get(t["name"]),
             }
         return out
 
@@ -507,13 +516,15 @@ class Study:
         if self.has_neighbours(method, embedding):  # a hub: its stored top-k (exact similarities)
             names, index, sim = self.neighbours(method, embedding)
             i = names.index(target)
-            gains = self.measured_gains(target)
+            gains, gated = self.measured_gains(target), self.gated(method)
+            row = [(j, s) for j, s in zip(index[i].tolist(), sim[i].tolist()) if names[j] not in gated]
             return [TopSource(names[j], float(s), self.modality(names[j]), gains.get(names[j]))
-                    for j, s in zip(index[i, :max(1, int(k))].tolist(), sim[i, :max(1, int(k))].tolist())]
+                    for j, s in row[:max(1, int(k))]]
         names, S = self.similarity(method, embedding)
         if target not in names:
             raise ValueError(f"{target} has no {method} {embedding} embedding in this study")
         users = {t["name"] for t in self.tasks() if t.get("user_task")} - {target}
+        users |= set(self.gated(method)) - {target}  # gated experts are never offered as sources
         if users:  # user tasks have no expert: never a source
             keep = [i for i, n in enumerate(names) if n not in users]
             names, S = [names[i] for i in keep], S[keep][:, keep]

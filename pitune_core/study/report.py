@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pitune_core.common import EXPERT_TYPES
+from pitune_core.common import ADMISSION_MARGIN, EXPERT_TYPES
 from pitune_core.paths import StudyPaths
 from pitune_core.study.results import read_matrix_csv, read_results
 
@@ -60,12 +60,24 @@ def experts_section(root: Path) -> list[str]:
         out += [f"LoRA training time per expert: median {np.median(t):.0f} s, max {max(t):.0f} s; "
                 f"peak process memory up to {max(mem):.0f} MB.", ""]
     abl = _rows(StudyPaths(root).blank_images)
-    if abl:
+    if abl and "score" not in abl[0]:  # a study written before the image-pathway checks
         out += ["### Vision-language experts with images blanked (accuracy, %)", "",
                 "| task | with images | images blanked |", "|---|---|---|"]
         out += [f"| {r['task']} | {100 * float(r['accuracy']):.1f} | {100 * float(r['accuracy_images_blanked']):.1f} |"
                 for r in abl]
         out.append("")
+    out += image_pathway_section(root, lora)
+    gated = [r for r in rows if str(r.get("admitted", "1")) == "0"]
+    if "admitted" in (rows[0] if rows else {}):
+        out += ["### The library's gate", "",
+                f"An expert is offered as a source only if it beats max(zero-shot, majority) on its own "
+                f"validation split by {100 * ADMISSION_MARGIN:.0f} points (`pitune_core.common.admission`). "
+                f"{len(rows) - len(gated)} of {len(rows)} experts are admitted"
+                + (":" if not gated else "; not offered:"), ""]
+        if gated:
+            out += ["| task | expert type | why |", "|---|---|---|"]
+            out += [f"| {r['task']} | {r['method']} | {r['gate']} |" for r in gated]
+            out.append("")
     proj = StudyPaths(root).projector_meta
     if proj.exists():
         meta = json.loads(proj.read_text())
@@ -74,6 +86,53 @@ def experts_section(root: Path) -> list[str]:
         out += ["### Projector alignment: zero-shot on validation splits (%)", "",
                 "| task | aligned on its train split | zero-shot |", "|---|---|---|"]
         out += [f"| {t} | {'no (held out)' if t in held else 'yes'} | {100 * v:.1f} |" for t, v in zs.items()]
+        out.append("")
+    return out
+
+
+#: the image pathway's bars (issue 27): a vision expert within this many points of its linear probe;
+#: a vision-language expert this many points above max(zero-shot, majority), and losing at least as
+#: many points when its images are blanked
+PROBE_GAP_POINTS = 5.0
+VL_MARGIN_POINTS = 15.0
+
+
+def image_pathway_section(root: Path, lora: list[dict]) -> list[str]:
+    """Vision experts against their linear probe; vision-language experts against zero-shot, majority
+    and themselves with the images blanked (test split, the task's headline metric, points)."""
+    by_task = {r["task"]: r for r in lora}
+    probe = _rows(StudyPaths(root).linear_probe)
+    abl = [r for r in _rows(StudyPaths(root).blank_images) if "score" in r]
+    out = []
+    if probe:
+        out += ["### Image pathway: vision experts vs a linear probe on their frozen image features (test, points)",
+                "", f"Bar: the LoRA expert within {PROBE_GAP_POINTS:.0f} points of the probe (logistic regression "
+                "on every visual token, C chosen on val).", "",
+                "| task | metric | LoRA expert | linear probe | expert − probe | meets the bar |", "|---|---|---|---|---|---|"]
+        for r in probe:
+            e = by_task.get(r["task"])
+            if e is None:
+                continue
+            gap = 100 * (float(e["expert"]) - float(r["probe_test"]))
+            out.append(f"| {r['task']} | {r['metric']} | {100 * float(e['expert']):.1f} | {100 * float(r['probe_test']):.1f} "
+                       f"| {gap:+.1f} | {'yes' if gap >= -PROBE_GAP_POINTS else '**no**'} |")
+        out.append("")
+    if abl:
+        out += ["### Image pathway: vision-language experts (test, points)", "",
+                f"Bar: the LoRA expert ≥ max(zero-shot, majority) + {VL_MARGIN_POINTS:.0f}, and its score drops by "
+                f"≥ {VL_MARGIN_POINTS:.0f} when every image is blanked.", "",
+                "| task | LoRA expert | zero-shot | majority | images blanked | drop | meets the bar |",
+                "|---|---|---|---|---|---|---|"]
+        for r in abl:
+            e = by_task.get(r["task"])
+            if e is None:
+                continue
+            exp, zs, maj = (100 * float(e[k]) for k in ("expert", "zero_shot", "majority"))
+            blank = 100 * float(r["score_images_blanked"])
+            drop = 100 * float(r["score"]) - blank
+            ok = exp >= max(zs, maj) + VL_MARGIN_POINTS and drop >= VL_MARGIN_POINTS
+            out.append(f"| {r['task']} | {exp:.1f} | {zs:.1f} | {maj:.1f} | {blank:.1f} | {drop:+.1f} | "
+                       f"{'yes' if ok else '**no**'} |")
         out.append("")
     return out
 

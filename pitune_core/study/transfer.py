@@ -122,24 +122,26 @@ def _start_log(out: Path, method: str, tasks: list[str], budget: TransferBudget)
     return log
 
 
-def pair_jobs(tasks: list[str], seeds: tuple[int, ...], targets: list[str] | None = None) -> list[tuple[str, str, int]]:
-    """Every (target, source-or-'scratch', seed) the study needs (``targets``: only these rows)."""
+def pair_jobs(tasks: list[str], seeds: tuple[int, ...], targets: list[str] | None = None,
+              sources: list[str] | None = None) -> list[tuple[str, str, int]]:
+    """Every (target, source-or-'scratch', seed) the study needs (``targets``: only these rows;
+    ``sources``: only these columns, e.g. the library's admitted experts; default every task)."""
     return [(t, s, seed) for seed in seeds for t in tasks if targets is None or t in targets
-            for s in ["scratch", *[x for x in tasks if x != t]]]
+            for s in ["scratch", *[x for x in tasks if x != t and (sources is None or x in sources)]]]
 
 
 def run_pairs(tasks: list[str], expert_dirs: dict[str, str | Path], method: str, backbone: UnifiedBackbone,
               budget: TransferBudget, out: str | Path, on_pair: Callable[[int, int, tuple], None] | None = None,
-              targets: list[str] | None = None) -> Path:
+              targets: list[str] | None = None, sources: list[str] | None = None) -> Path:
     """Run (or resume) the pairwise study; results accumulate in ``out/pairs.jsonl``
-    (``targets``: only these targets' rows, every task still a source; a pilot)."""
+    (``targets``: only these targets' rows; ``sources``: only these sources, default every task)."""
     missing = [t for t in tasks if t not in expert_dirs]
     if missing:
         raise ValueError(f"no {method} expert for {', '.join(missing)}; train them first")
     log = _start_log(Path(out), method, tasks, budget)
     key = budget.key(method)
     done = _read_done(log, key)
-    jobs = take_shard(pair_jobs(tasks, budget.seeds, targets))
+    jobs = take_shard(pair_jobs(tasks, budget.seeds, targets, sources))
     where = describe_device(backbone.device)
     for i, (t, s, seed) in enumerate(jobs):
         if (t, s, seed) not in done and (t, s, seed) not in (done := _read_done(log, key)):
@@ -353,10 +355,11 @@ def load_plan(path: str | Path) -> TransferPlan:
 
 
 def run_plan_pairs(plan: TransferPlan, expert_dirs: dict[str, str | Path], backbone: UnifiedBackbone, out: str | Path,
-                   on_pair=None, targets: list[str] | None = None) -> Path:
-    """The plan's ground truth: every (target, source | scratch, seed), resumable and shardable."""
+                   on_pair=None, targets: list[str] | None = None, sources: list[str] | None = None) -> Path:
+    """The plan's ground truth: every (target, source | scratch, seed), resumable and shardable
+    (``sources``: the experts offered as sources; a gated expert is a target only)."""
     return run_pairs(plan.tasks, expert_dirs, plan.method, backbone, plan.budget, out, on_pair=on_pair,
-                     targets=targets if targets is not None else plan.targets)
+                     targets=targets if targets is not None else plan.targets, sources=sources)
 
 
 def gain_tensor(pairs_path: str | Path, tasks: list[str], seeds, key: str | None = None) -> np.ndarray:

@@ -94,6 +94,9 @@ class Sources:
     names: list[str]
     sim: np.ndarray  # (n, n) predicted similarity (Fisher by default) from the full-data study
     embeddings: object | None = None  # TaskEmbeddings of the source experts (Fisher), or None
+    #: experts of the study that are not offered as sources ({task: the gate's one-line reason},
+    #: :func:`pitune_core.common.admission`); never in ``expert_dirs``
+    gated: dict[str, str] = field(default_factory=dict)
 
     def ranked(self, target: str) -> list[tuple[str, float]]:
         """Other tasks with an expert, most similar first (ties by name); target excluded.
@@ -236,6 +239,9 @@ def target_side(target: str, sources: Sources, backbone: UnifiedBackbone, method
 
 def resolve_sources(target: str, sources: Sources, k: int | None, names: list[str] | None) -> list[tuple[str, float]]:
     if names:
+        refused = [f"{n}: {sources.gated[n]}" for n in names if n in sources.gated]
+        if refused:
+            raise InterpolationError("; ".join(refused))
         unknown = [n for n in names if n not in sources.expert_dirs]
         if unknown:
             raise InterpolationError(f"no expert for source(s) {', '.join(unknown)} in this study; "

@@ -1,0 +1,218 @@
+"""The task world of issue 27: families declared before anything is measured, evaluation splits big
+enough to see a point, no image of an evaluation split in another task's training data (by image
+alone), and a library that offers only experts that learned their task."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pitune_core.common import ADMISSION_MARGIN, admission
+from pitune_core.data import dedup
+from pitune_core.data.tasks import FAMILIES, MODALITIES, TASKS, Split, number_in_words
+
+
+# ----------------------------------------------------------------------------- families
+
+def test_the_suite_has_families_across_modalities_and_a_control():
+    assert len(TASKS) >= 30
+    sizes = Counter(t.family for t in TASKS.values())
+    assert set(sizes) == set(FAMILIES)
+    assert sum(n >= 3 for n in sizes.values()) >= 6, sizes
+    modalities = {f: {t.modality for t in TASKS.values() if t.family == f} for f in FAMILIES}
+    cross = [f for f, m in modalities.items() if len(m) >= 2 and f != "control"]
+    assert len(cross) >= 4, modalities
+    assert all(m <= set(MODALITIES) for m in modalities.values())
+    assert sizes["control"] >= 3
+    # tasks of a cross-modal family share label meaning: they declare the concepts they share
+    for f in cross:
+        assert all(t.concepts for t in TASKS.values() if t.family == f), f
+
+
+def test_task_info_carries_family_and_concepts():
+    info = TASKS["mnist_digit_question"].info()
+    assert info["family"] == "digits" and info["modality"] == "vision-language"
+    assert info["concepts"] == [str(i) for i in range(10)]
+
+
+def test_evaluation_splits_are_big_enough_to_see_a_point():
+    """From the committed duplicate table (sizes of the raw splits minus what dedup removes): every
+    test split keeps >= 150 examples, and >= 300 where the source has that many."""
+    committed = json.loads(dedup.TABLE_PATH.read_text())
+    assert set(committed["tasks"]) == set(TASKS)
+    small = {}
+    for name, row in committed["tasks"].items():
+        test = row["sizes"]["test"] - row["removed_count"]["test"]
+        if test < 150:
+            small[name] = test
+    assert not small, small
+    assert sum(row["sizes"]["test"] - row["removed_count"]["test"] >= 300
+               for row in committed["tasks"].values()) >= 20
+
+
+def test_number_words():
+    assert number_in_words(0) == "zero"
+    assert number_in_words(17) == "seventeen"
+    assert number_in_words(427) == "four hundred and twenty-seven"
+    assert number_in_words(90_005) == "ninety thousand and five"
+    assert number_in_words(312_640) == "three hundred and twelve thousand six hundred and forty"
+    with pytest.raises(ValueError):
+        number_in_words(1_000_000)
+
+
+# ----------------------------------------------------------------------------- dedup by image alone
+
+def _img(seed: int, size: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def test_a_near_duplicate_image_shares_its_near_key_and_a_different_one_does_not():
+    from PIL import Image
+
+    a = np.kron(_img(1, 8), np.ones((4, 4, 1), dtype=np.uint8))  # 32x32, blocky
+    resized = np.asarray(Image.fromarray(a).resize((48, 48), Image.NEAREST))
+    brighter = np.clip(a.astype(int) + 6, 0, 255).astype(np.uint8)
+    assert dedup.image_hash(a) != dedup.image_hash(resized)
+    assert dedup.near_image_hash(a) == dedup.near_image_hash(resized) == dedup.near_image_hash(brighter)
+    assert dedup.near_image_hash(a) != dedup.near_image_hash(np.kron(_img(2, 8), np.ones((4, 4, 1), np.uint8)))
+
+
+class _Spec:
+    def __init__(self, name, modality):
+        self.name, self.modality = name, modality
+
+
+def _keys(split: Split):
+    return dedup.example_keys(split), dedup.component_keys(split)
+
+
+def test_an_image_in_another_tasks_training_split_is_removed_whatever_text_comes_with_it():
+    shared, other = _img(3), _img(4)
+    sp = lambda texts, images: Split(labels=np.zeros(len(images), np.int64), texts=texts, images=np.stack(images))
+    splits = {
+        # a vision-language task whose test pairs the shared image with a new caption
+        "vl_a": {"train": sp(["Is this a cat?"], [_img(5)]), "val": sp(["Is this a dog?"], [other]),
+                 "test": sp(["A brand new caption.", "Is this a cat?"], [shared, _img(6)])},
+        # a vision task that trained on the shared image; a second VL task with the same question template
+        "vis_b": {"train": Split(np.zeros(1, np.int64), None, np.stack([shared])),
+                  "val": Split(np.zeros(1, np.int64), None, np.stack([_img(7)])),
+                  "test": Split(np.zeros(1, np.int64), None, np.stack([_img(8)]))},
+        "vl_c": {"train": sp(["Is this a cat?"], [_img(9)]), "val": sp(["x"], [_img(10)]),
+                 "test": sp(["y"], [_img(11)])},
+        # a language task trained on a sentence that vl_a's val has with an image
+        "lang_d": {"train": Split(np.zeros(1, np.int64), ["Is this a dog?"], None),
+                   "val": Split(np.zeros(1, np.int64), ["z"], None), "test": Split(np.zeros(1, np.int64), ["w"], None)},
+    }
+    specs = [_Spec("vl_a", "vision-language"), _Spec("vis_b", "vision"), _Spec("vl_c", "vision-language"),
+             _Spec("lang_d", "language")]
+    table = dedup.compute_table(specs, lambda s: {k: _keys(v) for k, v in splits[s.name].items()})
+    row = table["tasks"]["vl_a"]
+    assert row["removed_count"] == {"val": 1, "test": 1}
+    # the shared image is removed although its text is new; the question template shared with vl_c
+    # alone removes nothing (test's second example stays); the sentence lang_d trained on is removed
+    assert row["removed"]["test"] == [dedup.example_keys(splits["vl_a"]["test"])[0]]
+    assert row["by_kind"]["test"] == {"image": 1, "near_image": 0, "text": 0}
+    assert row["by_kind"]["val"] == {"image": 0, "near_image": 0, "text": 1}
+    assert row["by_source"] == {"vis_b": {"val": 0, "test": 1}, "lang_d": {"val": 1, "test": 0}}
+    assert table == dedup.compute_table(specs[::-1], lambda s: {k: _keys(v) for k, v in splits[s.name].items()})
+
+
+def test_loaded_image_splits_share_no_image_with_another_tasks_training_split():
+    """On the real suite: no val/test image of a digit task is (or nearly is) a training image of
+    another digit task (the family shares sources, each task its own pool)."""
+    names = ["mnist", "mnist_digit_question", "opencv_digits", "opencv_digit_question"]
+    from pitune_core.data.tasks import get_task, load_raw_task_data
+
+    train = {n: set(dedup.component_keys(load_raw_task_data(get_task(n)).train)["near_image"]) for n in names}
+    for n in names:
+        data = get_task(n).load()
+        for s in ("val", "test"):
+            near = set(dedup.component_keys(data.split(s))["near_image"])
+            for o in names:
+                if o != n:
+                    assert not near & train[o], (n, s, o)
+
+
+# ----------------------------------------------------------------------------- the library's gate
+
+def _meta(val, zs, maj, metric="accuracy", where="val"):
+    m = {"val": {metric: val}}
+    m[f"zero_shot_{where}"] = {metric: zs}
+    m[f"majority_{where}"] = {metric: maj}
+    return {"headline_metric": metric, "metrics": m}
+
+
+def test_admission_needs_a_margin_over_zero_shot_and_majority_on_val():
+    ok, why = admission(_meta(0.80, 0.60, 0.50))
+    assert ok and why.startswith("admitted")
+    ok, why = admission(_meta(0.503, 0.41, 0.503))  # = majority: an expert that learned nothing
+    assert not ok and "did not learn its task" in why and "majority 50.3" in why
+    ok, _ = admission(_meta(0.60 + ADMISSION_MARGIN - 1e-9, 0.60, 0.2))
+    assert not ok
+    ok, why = admission(_meta(0.9, 0.1, 0.1, where="test"))  # written before val baselines existed
+    assert ok and "predates val baselines" in why
+    for bad in ({}, {"metrics": {}}, {"metrics": {"val": {"accuracy": float("nan")}}}, None):
+        assert admission(bad)[0] is False
+    assert admission(_meta(0.9, 0.1, 0.1, metric="macro_f1"))[0]
+
+
+def test_a_degenerate_expert_is_offered_as_a_source_by_no_path(tmp_path, capsys):
+    """Plant an expert that learned nothing (val = majority) into a copy of the shipped study: it stays
+    visible, marked with its reason, and every path that picks sources passes it over."""
+    import csv
+    from pathlib import Path
+
+    from studycopy import copy_without_measurements
+
+    from pitune_core.cli.main import main
+    from pitune_core.study.manifest import register_files
+    from pitune_core.study.outputs import _write_expert_summary
+    from pitune_core.study.reader import Study
+    from pitune_core.study.sources import admitted_experts, load_sources
+    from pitune_core.study.transfer import pair_jobs
+    from pitune_core.tune.baselines import resolve_sources
+    from pitune_core.tune.interpolation import InterpolationError
+
+    study = copy_without_measurements(Path("precomputed"), tmp_path / "s")
+    before = load_sources(study, "lora")
+    target = sorted(before.expert_dirs)[0]
+    victim = before.top_k(target, 1)[0][0]
+    meta_p = Path(before.expert_dirs[victim]) / "pitune_expert.json"
+    meta = json.loads(meta_p.read_text())
+    metric = meta["headline_metric"]
+    meta["metrics"]["majority_val"] = {metric: meta["metrics"]["val"][metric]}
+    meta["metrics"]["zero_shot_val"] = {metric: 0.0}
+    meta_p.write_text(json.dumps(meta))
+    with open(study / "experts" / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    methods: dict[str, list[str]] = {}
+    for r in rows:
+        methods.setdefault(r["method"], []).append(r["task"])
+    _write_expert_summary(study, methods)
+    assert register_files(study, [meta_p, study / "experts" / "summary.csv"])
+
+    # runs, the protocol, placement, LoraHub / Arrow libraries: Sources
+    sources = load_sources(study, "lora")
+    assert victim not in sources.expert_dirs and "did not learn its task" in sources.gated[victim]
+    assert victim not in [n for n, _ in sources.top_k(target, 3)]
+    assert victim not in sources.library(target)
+    with pytest.raises(InterpolationError, match=f"{victim}: not offered as a source"):
+        resolve_sources(target, sources, None, [victim])
+    # the dashboard's graph top-k; the expert stays visible with its reason
+    view = Study(study)
+    assert victim not in [s.name for s in view.top_k(target, 3, "lora", "fisher")]
+    assert "did not learn its task" in view.node_attrs("lora")[victim]["gated"]
+    assert view.node_attrs("lora")[target]["gated"] is None
+    # `pitune top-k`
+    assert main(["top-k", target, "--study", str(study), "--k", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert victim not in out and f"{victim} not offered as a source" in err
+    # the transfer study's sources (a gated expert is a target only)
+    dirs = {n: Path(d) for n, d in before.expert_dirs.items()}
+    admitted, gated = admitted_experts(dirs)
+    assert set(gated) == {victim}
+    jobs = pair_jobs(sorted(dirs), (0,), sources=sorted(admitted))
+    assert all(s != victim for _, s, _ in jobs) and any(t == victim for t, _, _ in jobs)
