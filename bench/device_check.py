@@ -34,7 +34,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--text-task", default="movie_sentiment")
-    ap.add_argument("--image-task", default="lfw_faces")
+    ap.add_argument("--image-task", default="textures")
     args = ap.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if torch.cuda.is_available():

@@ -6,7 +6,7 @@ import pytest
 
 from pitune_core.study.transfer import TransferBudget, run_pairs, run_pairs_on
 
-TASKS = ["sklearn_digits", "lfw_faces"]
+TASKS = ["sklearn_digits", "textures"]
 BUDGET = TransferBudget(shots=2, steps=3, seeds=(0,), eval_limit=60)
 
 

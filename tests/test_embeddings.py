@@ -16,14 +16,14 @@ def _experts(study, method, tasks):
 
 
 def test_fisher_is_nonnegative_finite_and_per_group(quick_study, backbone_of_study):
-    fisher = fisher_embedding(quick_study / "experts/lora/lfw_faces", backbone_of_study, n_samples=6)
+    fisher = fisher_embedding(quick_study / "experts/lora/textures", backbone_of_study, n_samples=6)
     assert len(fisher) == 24  # LoRA A and B of query and value in 6 layers
     flat = np.concatenate(list(fisher.values()))
     assert np.isfinite(flat).all() and (flat >= 0).all() and flat.max() > 0
 
 
 def test_embeddings_round_trip_through_safetensors(quick_study, backbone_of_study, tmp_path):
-    emb = embed_experts(_experts(quick_study, "lora", ["lfw_faces", "sklearn_digits", "tweet_sentiment"]),
+    emb = embed_experts(_experts(quick_study, "lora", ["textures", "sklearn_digits", "tweet_sentiment"]),
                         "weights", backbone_of_study)
     path = save_embeddings(tmp_path / "e.safetensors", emb)
     back = load_embeddings(path)
@@ -33,13 +33,13 @@ def test_embeddings_round_trip_through_safetensors(quick_study, backbone_of_stud
     S = similarity_matrix(back.groups, back.names, kind="cosine")
     # the neighbours come from the round-tripped vectors: the same order as plain numpy cosine on them
     flat = back.flat() / np.linalg.norm(back.flat(), axis=1, keepdims=True)
-    i = back.names.index("lfw_faces")
+    i = back.names.index("textures")
     expected = [back.names[j] for j in np.argsort(-(flat @ flat[i])) if j != i][:2]
-    assert [n for n, _ in top_k(S, back.names, "lfw_faces", 2)] == expected
+    assert [n for n, _ in top_k(S, back.names, "textures", 2)] == expected
 
 
 def test_data_embedding_differs_across_modalities(quick_study, backbone_of_study):
-    emb = embed_experts(_experts(quick_study, "lora", ["movie_sentiment", "tweet_sentiment", "lfw_faces"]),
+    emb = embed_experts(_experts(quick_study, "lora", ["movie_sentiment", "tweet_sentiment", "textures"]),
                         "data", backbone_of_study, n_samples=32)
     S = similarity_matrix(emb.groups, emb.names, kind="cosine")
     # two sentiment text tasks are closer to each other than to face images
@@ -47,13 +47,13 @@ def test_data_embedding_differs_across_modalities(quick_study, backbone_of_study
 
 
 def test_nan_expert_is_reported_by_task(quick_study, backbone_of_study, tmp_path):
-    bad = shutil.copytree(quick_study / "experts/lora/lfw_faces", tmp_path / "lfw_faces")
+    bad = shutil.copytree(quick_study / "experts/lora/textures", tmp_path / "textures")
     state = load_file(str(bad / "adapter_model.safetensors"))
     k = next(iter(state))
     state[k][0, 0] = float("inf")
     save_file(state, str(bad / "adapter_model.safetensors"))
-    dirs = {"lfw_faces": bad, "sklearn_digits": quick_study / "experts/lora/sklearn_digits"}
-    with pytest.raises(EmbeddingError, match=r"^cannot embed lfw_faces: .*NaN/inf") as err:
+    dirs = {"textures": bad, "sklearn_digits": quick_study / "experts/lora/sklearn_digits"}
+    with pytest.raises(EmbeddingError, match=r"^cannot embed textures: .*NaN/inf") as err:
         embed_experts(dirs, "fisher", backbone_of_study, n_samples=2)
     assert "sklearn_digits" not in str(err.value)  # only the broken task is named
 

@@ -59,7 +59,7 @@ def test_unknown_method_and_too_many_shots_fail_before_training(backbone, tmp_pa
     with pytest.raises(ExpertError, match="unknown expert method 'bitfit'"):
         train_expert("movie_sentiment", "bitfit", backbone, out=tmp_path / "x")
     with pytest.raises(TaskDataError, match="larger than the data"):
-        train_expert("lfw_faces", "lora", backbone, shots=10_000, out=tmp_path / "y")
+        train_expert("textures", "lora", backbone, shots=10_000, out=tmp_path / "y")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

@@ -55,10 +55,10 @@ def test_verify_passes_then_reports_corruption(quick_study, tmp_path, capsys):
     assert main(["verify", str(study)]) == 0
     sim = study / "predict/lora/fisher/similarity.csv"
     sim.write_text(sim.read_text().replace("1.0", "0.9", 1))
-    (study / "experts/lora/lfw_faces/adapter_model.safetensors").unlink()
+    (study / "experts/lora/textures/adapter_model.safetensors").unlink()
     problems = verify_study(study, load_experts=False)
     assert "corrupt (sha256 mismatch): predict/lora/fisher/similarity.csv" in problems
-    assert "missing: experts/lora/lfw_faces/adapter_model.safetensors" in problems
+    assert "missing: experts/lora/textures/adapter_model.safetensors" in problems
     assert main(["verify", str(study)]) == 1
     assert "pitune precompute --out" in capsys.readouterr().out
 
@@ -84,7 +84,7 @@ def test_resume_skips_verified_stages_and_redoes_broken_ones(quick_study, tmp_pa
 
 
 def test_same_seeds_give_the_same_similarities_and_metrics(tmp_path):
-    plan = StudyPlan(tasks=["sklearn_digits", "lfw_faces", "tux_category_question"], extra_methods={},
+    plan = StudyPlan(tasks=["sklearn_digits", "textures", "tux_caption_match"], extra_methods={},
                      expert_max_steps=8, fisher_n=4)
     stages = ["backbone", "experts", "embeddings", "predict"]
     a = tmp_path / "a"

@@ -132,8 +132,8 @@ def test_logme_is_the_maximum_of_the_closed_form_evidence():
 def ctx(quick_study, backbone_of_study, tmp_path_factory):
     from pitune_core.predict.predictors import PredictorContext
 
-    tasks = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "lfw_faces", "flag_country_match",
-             "tux_category_question"]
+    tasks = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "textures", "tux_caption_match",
+             "emoji_mood_match"]
     return PredictorContext(backbone_of_study, {t: quick_study / "experts/lora" / t for t in tasks}, steps=2,
                             fisher_n=8, data_n=8, cache_dir=tmp_path_factory.mktemp("cache"))
 
@@ -209,7 +209,7 @@ def test_fisher_stability_uses_disjoint_samples(ctx):
         source_tensors,
     )
 
-    experts = {t: ctx.experts[t] for t in ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "lfw_faces"]}
+    experts = {t: ctx.experts[t] for t in ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "textures"]}
     res = fisher_stability(experts, ctx.backbone, sizes=(2, 10**6), k=2)
     two = res["sizes"]["2"]
     assert 0 <= two["mean_topk_overlap"] <= 1 and set(two["per_task"]) == set(experts)
@@ -234,7 +234,7 @@ def test_fisher_stability_uses_disjoint_samples(ctx):
 def _plan(tmp_path, **kw):
     import json
 
-    plan = {"name": "tiny", "tasks": ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "lfw_faces"], "shots": 2,
+    plan = {"name": "tiny", "tasks": ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "textures"], "shots": 2,
             "steps": 2,
             "eval_limit": 20, "seeds": [0, 1], "predictors": ["same_modality", "random", "expert_loglik"],
             "target_shots": [2], "predictor_seeds": [0], "fisher_n": 4, "k": 1, **kw}

@@ -216,3 +216,33 @@ def test_a_degenerate_expert_is_offered_as_a_source_by_no_path(tmp_path, capsys)
     assert set(gated) == {victim}
     jobs = pair_jobs(sorted(dirs), (0,), sources=sorted(admitted))
     assert all(s != victim for _, s, _ in jobs) and any(t == victim for t, _, _ in jobs)
+
+
+def test_the_relatedness_pilot_compares_same_family_with_other_families():
+    from pitune_core.study.relatedness import pair_kind, relatedness
+
+    info = {"a1": {"family": "a", "modality": "vision"}, "a2": {"family": "a", "modality": "language"},
+            "b1": {"family": "b", "modality": "vision"}, "b2": {"family": "b", "modality": "language"},
+            "c1": {"family": "c", "modality": "vision"}}
+    assert pair_kind(info["a1"], info["a2"]) == "same_family"
+    assert pair_kind(info["a1"], info["b1"]) == "same_modality_other_family"
+    assert pair_kind(info["a1"], info["b2"]) == "cross_modality_other_family"
+    tasks = list(info)
+    rng = np.random.default_rng(0)
+    G = np.full((3, 5, 5), np.nan)
+    for i, t in enumerate(tasks):
+        for j, s in enumerate(tasks):
+            if s != t:
+                G[:, i, j] = (6.0 if info[t]["family"] == info[s]["family"] else -1.0) + rng.normal(0, 0.5, 3)
+    G[:, 4, :] = np.nan  # c1 was not a target
+    res = relatedness(G, tasks, info)
+    assert set(res["per_target"]) == {"a1", "a2", "b1", "b2"}
+    assert res["kinds"]["same_family"]["pairs"] == 4 and res["kinds"]["same_family"]["mean"] > 5
+    assert res["kinds"]["cross_modality_other_family"]["mean"] < 0
+    d = res["difference"]
+    assert d["targets"] == 4 and d["mean"] == pytest.approx(
+        np.mean([res["per_target"][t]["same_family"] - res["per_target"][t]["other_family"] for t in res["per_target"]]))
+    assert d["ci"][0] > 0 and res["verdict"].startswith("related tasks carry more transfer")
+    # no family effect: the verdict says it is not shown
+    flat = np.where(np.isfinite(G), rng.normal(0, 1, G.shape), np.nan)
+    assert relatedness(flat, tasks, info)["verdict"].startswith("not shown")

@@ -71,7 +71,12 @@ def cmd_transfer_study(args) -> int:
 
             print(f"predictor graphs (full-data rows) -> {StudyPaths(study).predict_of(plan.method)}/"
                   f"{PREDICTOR_PREFIX}{{{','.join(res['drawn'])}}}", file=sys.stderr)
-    if "quality" not in stages and not args.quiet:
+    if res["relatedness"] is not None:
+        from pitune_core.study.relatedness import RESULT_FILE, markdown
+
+        print("\n".join(markdown(res["relatedness"])))
+        print(f"relatedness -> {out / RESULT_FILE}", file=sys.stderr)
+    if "quality" not in stages and res["relatedness"] is None and not args.quiet:
         print(json.dumps({"out": str(out), "stages": list(stages), "key": plan.key()}))
     return 0
 

@@ -27,7 +27,8 @@ from pitune_core.paths import StudyPaths
 if TYPE_CHECKING:  # the module stays importable without torch (the CLI reads its stage names)
     from pitune_core.study.transfer import TransferPlan
 
-STAGES = ("pairs", "predictors", "quality", "stability")
+#: ``relatedness``: does a task world carry transfer within its families? (issue 27's pilot; reads pairs only)
+STAGES = ("pairs", "predictors", "quality", "stability", "relatedness")
 #: the stages whose jobs ``PITUNE_SHARD`` splits between processes (``stability`` is skipped by a shard,
 #: ``quality`` reads every shard's rows); ``pitune transfer-study --workers`` runs these in workers
 SHARDABLE = ("pairs", "predictors")
@@ -61,7 +62,7 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
     projector = Path(projector or sp.backbone)
     if {"pairs", "predictors", "stability"} & set(stages):
         _bind_context(out, dirs, projector)
-    res = {"out": out, "quality": None, "stability": None, "drawn": []}
+    res = {"out": out, "quality": None, "stability": None, "drawn": [], "relatedness": None}
     bb = backbone
     if bb is None and {"pairs", "predictors", "stability"} & set(stages):
         from pitune_core.model.backbone import UnifiedBackbone
@@ -98,6 +99,10 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
             res["drawn"] = write_predictor_graphs(plan, out, study)
             drawn_dirs = [sp.embedding_dir(plan.method, PREDICTOR_PREFIX + p) for p in res["drawn"]]
             register_files(study, [f for d in drawn_dirs for f in sorted(d.iterdir()) if f.is_file()])
+    if "relatedness" in stages:
+        from pitune_core.study.relatedness import run_relatedness
+
+        res["relatedness"] = run_relatedness(plan, out)
     _register(study, out)
     return res
 

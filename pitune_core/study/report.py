@@ -218,9 +218,14 @@ def groundtruth_section(root: Path) -> list[str]:
     """The transfer ground truth's reliability (the noise ceiling) and each predictor's quality at
     each target data size (``groundtruth/<plan>/quality.json``, written by ``pitune transfer-study
     --stage quality``)."""
+    from pitune_core.study.relatedness import RESULT_FILE, markdown
+
     base = StudyPaths(root).groundtruth("x").parent
     out = []
     for d in sorted(base.iterdir()) if base.is_dir() else []:
+        rel_f = d / RESULT_FILE
+        if rel_f.is_file() and not rel_f.is_symlink():
+            out += [f"## Does the task world carry transfer? Ground truth `{d.name}`", "", *markdown(json.loads(rel_f.read_text()))]
         f = d / "quality.json"
         if not f.is_file() or f.is_symlink():
             continue
