@@ -314,6 +314,8 @@ def _tooltip_row(name: str, d: Mapping[str, Any], degree: int, role: str) -> dic
     return {
         "name": name,
         "modality": d.get("modality") or "other",
+        "family": d.get("family") or ("user" if d.get("user_task") else "–"),
+        "source": str(d["gated"])[:140] if d.get("gated") else "offered",  # the gate's reason
         "description": desc if len(desc) <= 90 else desc[:87] + "…",
         "classes": "–" if d.get("num_classes") is None else f"{d['num_classes']} (train examples: {d.get('num_train', '?')})",
         "expert": f"{d.get('metric') or 'accuracy'} {_fmt(d.get('accuracy'))} (zero-shot {_fmt(d.get('zero_shot'))})",
@@ -324,9 +326,13 @@ def _tooltip_row(name: str, d: Mapping[str, Any], degree: int, role: str) -> dic
 
 
 _NODE_TOOLTIP = [{"field": "name", "title": "task"}, {"field": "role", "title": "role"},
-                 {"field": "modality", "title": "modality"}, {"field": "description", "title": "description"},
+                 {"field": "modality", "title": "modality"}, {"field": "family", "title": "family"},
+                 {"field": "source", "title": "as a source"}, {"field": "description", "title": "description"},
                  {"field": "classes", "title": "classes"}, {"field": "expert", "title": "expert"},
                  {"field": "community", "title": "community"}, {"field": "degree", "title": "degree"}]
+#: marker shapes of the task families in the graph's legend (Vega's symbols, in family order)
+FAMILY_SHAPES = ("circle", "square", "diamond", "triangle-up", "triangle-down", "cross", "triangle-right",
+                 "triangle-left")
 #: a five-pointed star as an SVG path in Vega's unit square (Vega's symbols have no star)
 STAR = ("M0,-1L0.2245,-0.309L0.9511,-0.309L0.3633,0.118L0.5878,0.809L0,0.382L-0.5878,0.809L-0.3633,0.118"
         "L-0.9511,-0.309L-0.2245,-0.309Z")
@@ -445,6 +451,11 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
         "size": {"field": "size", "type": "quantitative", "scale": None},
         "tooltip": _NODE_TOOLTIP,
     }
+    families = sorted({r["family"] for r in rows} - {"–"})
+    if families and not large:  # the task families (declared with the suite): one marker shape each
+        node_enc["shape"] = {"field": "family", "type": "nominal", "title": "family (shape)",
+                             "scale": {"domain": families, "range": [FAMILY_SHAPES[i % len(FAMILY_SHAPES)]
+                                                                     for i in range(len(families))]}}
     if not large and comms:
         none = ["no community"] if any(r["outline"] == "no community" for r in rows) else []
         node_enc["stroke"] = {"field": "outline", "type": "nominal", "title": "communities (outline)",

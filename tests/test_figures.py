@@ -316,3 +316,22 @@ def test_graph_figure_is_valid_vega_lite(graph):
     assert spec["usermeta"]["embedOptions"]["renderer"] == "canvas"
     with pytest.raises(ValidationError):  # the check can fail
         validate_jsonschema({**spec, "layer": [{**spec["layer"][0], "mark": {"type": "no such mark"}}]}, schema)
+
+
+def test_graph_legend_shows_task_families_and_the_tooltip_says_who_is_not_offered(graph):
+    from graphspec import layer
+
+    G = graph.copy()
+    for i, n in enumerate(G.nodes):
+        G.nodes[n]["family"] = ("digits", "sentiment")[i % 2]
+    gated = next(iter(G.nodes))
+    G.nodes[gated]["gated"] = "not offered as a source: it did not learn its task (accuracy on val 50.3 ...)"
+    spec = F.graph_figure(G)
+    enc = layer(spec, "tasks")["encoding"]
+    assert enc["shape"]["field"] == "family" and enc["shape"]["scale"]["domain"] == ["digits", "sentiment"]
+    assert {"field": "family", "title": "family"} in enc["tooltip"]
+    by_name = {r["name"]: r for r in layer(spec, "tasks")["data"]["values"]}
+    assert by_name[gated]["source"].startswith("not offered as a source: it did not learn")
+    assert all(r["source"] == "offered" for n, r in by_name.items() if n != gated)
+    # a graph without families (an older study) draws no family legend
+    assert "shape" not in layer(F.graph_figure(graph), "tasks")["encoding"]

@@ -246,3 +246,19 @@ def test_the_relatedness_pilot_compares_same_family_with_other_families():
     # no family effect: the verdict says it is not shown
     flat = np.where(np.isfinite(G), rng.normal(0, 1, G.shape), np.nan)
     assert relatedness(flat, tasks, info)["verdict"].startswith("not shown")
+
+
+def test_the_target_rule_drops_tasks_at_chance_and_at_ceiling():
+    from pitune_core.study.targets import CEILING, target_rule
+
+    rows = [{"task": "ok", "method": "lora", "expert": "0.85", "zero_shot": "0.5", "admitted": "1"},
+            {"task": "chance", "method": "lora", "expert": "0.50", "zero_shot": "0.5", "admitted": "0",
+             "gate": "not offered as a source: it did not learn its task (...)"},
+            {"task": "ceiling", "method": "lora", "expert": str(CEILING), "zero_shot": "0.3", "admitted": "1"},
+            {"task": "zs_ceiling", "method": "lora", "expert": "0.9", "zero_shot": "0.99", "admitted": "1"},
+            {"task": "ok", "method": "ia3", "expert": "0.99", "zero_shot": "0.5", "admitted": "1"}]
+    kept, dropped = target_rule(rows)
+    assert kept == ["ok"]
+    assert dropped["chance"].startswith("at chance: not offered")
+    assert dropped["ceiling"].startswith("at ceiling: its full-data expert scores 97.0")
+    assert dropped["zs_ceiling"].startswith("at ceiling: zero-shot scores 99.0")

