@@ -126,7 +126,8 @@ def test_weights_are_per_layer_and_adapter_position(backbone, lora_experts):
     """The paper's recipe: one softmax over the k experts per adapted module (uniform start)."""
     interp = InterpolatedExperts(backbone, lora_experts)
     assert interp.granularity == "position"
-    assert len(interp.positions) == 6 * 2  # 6 layers x (query, value)
+    assert len(interp.positions) == 6 * 2 + 2  # 6 layers x (query, value), and the projector's two layers
+    assert {"base_model.model.pitune_projector.fc1", "base_model.model.pitune_projector.fc2"} <= set(interp.positions)
     np.testing.assert_allclose(interp.position_weights().detach().cpu().numpy(), 1 / 3, rtol=1e-6)
     rng = np.random.default_rng(0)
     with torch.no_grad():

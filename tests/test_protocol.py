@@ -53,8 +53,12 @@ def _fake_specs():
 
     class S:
         def __init__(self, name):
-            self.name = name
-    return [S(n) for n in keys], lambda s: keys[s.name]
+            self.name, self.modality = name, "language"
+
+    def keys_of(s):  # text examples: the example key is the text key
+        return {split: (k, {"text": k, "image": [None] * len(k), "near_image": [None] * len(k)})
+                for split, k in keys[s.name].items()}
+    return [S(n) for n in keys], keys_of
 
 
 def test_dedup_rule_is_order_independent_and_never_touches_train():

@@ -379,8 +379,12 @@ class UnifiedBackbone(nn.Module):
         t = self.trunk
         return t.get_base_model() if hasattr(t, "get_base_model") else t
 
-    def projector_of(self, trunk: nn.Module) -> nn.Module:
-        """The projector as ``trunk`` holds it (an expert's adapted copy), else the frozen one."""
+    def projector_of(self, trunk: nn.Module):
+        """The projector as ``trunk`` holds it (an expert's adapted copy; a trunk that computes its
+        parameters, as an interpolation does, gives its own ``project``), else the frozen one."""
+        project = getattr(trunk, "project", None)
+        if callable(project):
+            return project
         base = trunk.get_base_model() if hasattr(trunk, "get_base_model") else trunk
         held = getattr(base, PROJECTOR_MODULE, None)
         return self.projector if held is None else held

@@ -67,6 +67,16 @@ def experts_section(root: Path) -> list[str]:
                 for r in abl]
         out.append("")
     out += image_pathway_section(root, lora)
+    if lora and "admitted" in lora[0]:
+        from pitune_core.study.targets import CEILING, target_rule
+
+        kept, dropped = target_rule(lora)
+        out += [f"### Targets by the rule (`pitune_core/study/targets.py`, committed before these experts were trained)",
+                "", f"A task is a target only if its LoRA expert is admitted (not at chance) and neither it nor "
+                f"zero-shot scores ≥ {100 * CEILING:.0f} on test (not at ceiling): {len(kept)} of {len(lora)} tasks.",
+                ""]
+        if dropped:
+            out += ["| dropped | why |", "|---|---|"] + [f"| {t} | {why} |" for t, why in dropped.items()] + [""]
     gated = [r for r in rows if str(r.get("admitted", "1")) == "0"]
     if "admitted" in (rows[0] if rows else {}):
         out += ["### The library's gate", "",

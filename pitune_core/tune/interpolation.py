@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from pitune_core.common import PROJECTOR_MODULE
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.experts import EXPERT_FORMAT, _versions, read_expert_meta, save_expert
 # the one weight parser (torch-free, shared with the CLI, the reader and the dashboard)
@@ -127,10 +128,14 @@ class InterpolatedExperts(nn.Module):
         """The mixing weights averaged over positions, (k,) (exact for ``granularity="global"``)."""
         return self.position_weights().mean(0)
 
-    def combined_state(self) -> dict[str, torch.Tensor]:
+    def combined_state(self, only: str | None = None) -> dict[str, torch.Tensor]:
+        """The combined adapter's parameters by their names in the peft model (``only``: those whose
+        name starts with it)."""
         W = self.position_weights()
         out = {}
         for name, stacked, pos in zip(self.param_names, self.sources, self._pos_of):
+            if only is not None and not name.startswith(only):
+                continue
             w = W[pos]
             if self.method == "lora" and ".lora_A." in name:  # (k, r, in) → (k·r, in)
                 out[name] = stacked.reshape(-1, stacked.shape[-1])
@@ -185,3 +190,10 @@ class InterpolatedTrunk(nn.Module):
 
     def forward(self, **kwargs):
         return functional_call(self.interp.model, self.interp.combined_state(), args=(), kwargs=kwargs, strict=False)
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """The image projector with the combined parameters (the backbone calls it before the trunk:
+        :meth:`pitune_core.model.backbone.UnifiedBackbone.projector_of`)."""
+        prefix = f"base_model.model.{PROJECTOR_MODULE}."
+        state = {n[len(prefix):]: t for n, t in self.interp.combined_state(only=prefix).items()}
+        return functional_call(getattr(self.get_base_model(), PROJECTOR_MODULE), state, args=(feats,), strict=False)
