@@ -75,7 +75,8 @@ def register(sub, add) -> None:
     sp.add_argument("--groundtruth-plan", metavar="FILE", help="the transfer plan of the groundtruth stage "
                     f"(default: {GROUNDTRUTH_PLAN}; --quick: its own small plan; 'none' skips the stage)")
     sp.add_argument("--protocol-plan", metavar="FILE", help="the few-shot plan of the protocol stage "
-                    f"(default: {PROTOCOL_PLAN}; --quick: its own small plan; 'none' skips the stage)")
+                    f"(default: {PROTOCOL_PLAN or 'none yet on this task suite'}; --quick: its own small plan; "
+                         f"'none' skips the stage)")
     sp = add("verify", cmd_verify, "check a study directory against its manifest; load every expert")
     add_study(sp, positional=True)
     sp.add_argument("--no-load", action="store_true", help="checksums only")

@@ -201,7 +201,8 @@ def stage_groundtruth(run: StudyRun) -> None:
         _say("groundtruth: no plan file in the study plan, nothing to measure")
         return
     plan = load_plan(plan_path(run.plan.groundtruth_plan))
-    stages = ("pairs", "predictors") + (("quality", "stability") if shard_from_env() is None else ())
+    unsharded = ((("quality", "stability") if plan.predictors else ()) + ("relatedness",)) if shard_from_env() is None else ()
+    stages = ("pairs", "predictors") + unsharded
     run_groundtruth(plan, run.root, stages, projector=run.paths.backbone, stability_sizes=run.plan.stability_sizes,
                     backbone=run.bb)
 

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 STAGES = ("backbone", "experts", "ablation", "embeddings", "predict", "groundtruth", "protocol")
 EMBEDDINGS = ("fisher", "weights", "data")
 
-#: the committed plan files the full study runs (``plans/``): the transfer ground truth with every
-#: predictor's quality (issue 12), and the pre-registered few-shot comparison (issue 11)
-GROUNDTRUTH_PLAN = "plans/transfer-v2.json"
-PROTOCOL_PLAN = "plans/few-shot-v2.json"
+#: the committed plan files the full study runs (``plans/``) on the family suite (DATA_VERSION 3): the
+#: relatedness pilot of issue 27 (``--stage relatedness`` reads it); the pre-registered ground truth and
+#: few-shot comparison of this suite are the next issue's (``None``: not yet planned). The previous
+#: suite's plans (``plans/transfer-v2.json``, ``plans/few-shot-v2.json``) belong to ``studies/v2``.
+GROUNDTRUTH_PLAN = "plans/relatedness-pilot.json"
+PROTOCOL_PLAN: str | None = None
 
 
 @dataclass
