@@ -149,12 +149,12 @@ def test_k_changes_the_listed_sources(env):
 
 def test_target_changes_what_is_shown(env):
     at = _app("Target")
-    at.sidebar.selectbox(key="target").set_value("lfw_faces").run()
+    at.sidebar.selectbox(key="target").set_value("textures").run()
     _ok(at)
-    assert at.subheader[0].value == "lfw_faces"
+    assert at.subheader[0].value == "textures"
     lines = _topk(at, "topk-list")
-    assert len(lines) == 3 and not any(ln.split(" ")[1].strip("*") == "lfw_faces" for ln in lines)
-    gains = _table(at, "measured gain (pts)")  # lfw_faces is in the measured transfer matrix
+    assert len(lines) == 3 and not any(ln.split(" ")[1].strip("*") == "textures" for ln in lines)
+    gains = _table(at, "measured gain (pts)")  # textures is in the measured transfer matrix
     assert sorted(gains["source"]) == ["movie_sentiment", "sklearn_digits", "tweet_sentiment"]
     assert any("Best measured source" in m.value for m in at.markdown)
     at.sidebar.selectbox(key="target").set_value("bbc_topic").run()
@@ -281,23 +281,23 @@ def test_hand_weights_are_normalised_and_chosen_sources_used(env, no_scheduler):
 
     at = _app("Tune & launch")
     at.radio(key="src_mode").set_value("hand").run()
-    at.multiselect(key="src_pick").set_value(["mnist", "lfw_faces"]).run()
+    at.multiselect(key="src_pick").set_value(["mnist", "textures"]).run()
     at.radio(key="weights_mode").set_value("hand").run()
     at.slider(key="hw_mnist").set_value(0.75)
-    at.slider(key="hw_lfw_faces").set_value(0.25).run()
+    at.slider(key="hw_textures").set_value(0.25).run()
     _ok(at)
     shown = _spec(at, "init_weights_chart")["data"][0]
-    assert shown["y"] == ["mnist", "lfw_faces"] and shown["x"] == pytest.approx([0.75, 0.25])
-    at.slider(key="hw_lfw_faces").set_value(0.75).run()
+    assert shown["y"] == ["mnist", "textures"] and shown["x"] == pytest.approx([0.75, 0.25])
+    at.slider(key="hw_textures").set_value(0.75).run()
     assert _spec(at, "init_weights_chart")["data"][0]["x"] == pytest.approx([0.5, 0.5])
     at.button(key="launch").click().run()
     _ok(at)
     cfg = RunRegistry(env["db"]).get(at.session_state["launched"]).config
-    assert cfg["sources"] == ["mnist", "lfw_faces"] and cfg["weights"] == pytest.approx([0.5, 0.5])
+    assert cfg["sources"] == ["mnist", "textures"] and cfg["weights"] == pytest.approx([0.5, 0.5])
     assert cfg["k"] == 2
     # all weights zero: the launch button is disabled and the problem is said
     at.slider(key="hw_mnist").set_value(0.0)
-    at.slider(key="hw_lfw_faces").set_value(0.0).run()
+    at.slider(key="hw_textures").set_value(0.0).run()
     assert at.button(key="launch").disabled
     assert any("zero" in w.value for w in at.warning)
 
@@ -309,7 +309,7 @@ def _finished_run(db: Path, study: Path, status: str = "succeeded") -> str:
 
     reg = RunRegistry(db)
     cfg = {"target": COMPARE_TARGET, "k": 2, "method": "lora", "embedding": "fisher", "shots": 4,
-           "weights": "uniform", "sources": ["mnist", "lfw_faces"], "seed": 0, "study": str(study),
+           "weights": "uniform", "sources": ["mnist", "textures"], "seed": 0, "study": str(study),
            "weights_only": False}
     run_id = reg.submit("transfer", cfg, name="test run")
     reg.claim(run_id)

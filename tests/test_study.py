@@ -34,12 +34,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 TASKS = [
     ("movie_sentiment", "language", 2), ("tweet_sentiment", "language", 2), ("bbc_topic", "language", 5),
-    ("sklearn_digits", "vision", 10), ("mnist", "vision", 10), ("lfw_faces", "vision", 4),
-    ("flag_country_match", "vision-language", 2), ("tux_category_question", "vision-language", 2),
+    ("sklearn_digits", "vision", 10), ("mnist", "vision", 10), ("textures", "vision", 4),
+    ("mnist_digit_question", "vision-language", 2), ("tux_caption_match", "vision-language", 2),
 ]
 NAMES = [t[0] for t in TASKS]
 IA3_TASKS = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "mnist"]
-TRANSFER_TASKS = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "lfw_faces"]
+TRANSFER_TASKS = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "textures"]
 COMPARE_TARGET = "sklearn_digits"
 
 
@@ -97,7 +97,7 @@ def make_synthetic_study(root: Path) -> Path:
         w.writerows(rows)
     (root / "ablation").mkdir()
     (root / "ablation" / "blank_images.csv").write_text(
-        "task,accuracy,accuracy_images_blanked\nflag_country_match,0.6,0.5\ntux_category_question,0.7,0.55\n")
+        "task,accuracy,accuracy_images_blanked\nmnist_digit_question,0.6,0.5\ntux_caption_match,0.7,0.55\n")
     for seed, emb in enumerate(("fisher", "weights", "data")):
         _write_sim(root / "predict" / "lora" / emb / "similarity.csv", NAMES, _similarity(NAMES, seed))
     _write_sim(root / "predict" / "ia3" / "fisher" / "similarity.csv", IA3_TASKS, _similarity(IA3_TASKS, 7))
@@ -132,7 +132,7 @@ def make_synthetic_study(root: Path) -> Path:
                 for seed in ((0, 1) if shots != "full" else (0,)):
                     acc = base + 0.01 * seed + (0.1 if shots == "full" else 0.0)
                     w.writerow([COMPARE_TARGET, approach, shots, seed, acc, acc, "accuracy",
-                                "" if approach == "target-only" else "mnist|lfw_faces"])
+                                "" if approach == "target-only" else "mnist|textures"])
     files = {str(p.relative_to(root)): _sha(p) for p in sorted(root.rglob("*")) if p.is_file()}
     manifest = {"format": "pitune-study/1", "command": "synthetic (tests)", "plan": {}, "seeds": {"study": 0},
                 "backbone": {"id": "synthetic"}, "versions": {}, "started": "2026-01-01T00:00:00+00:00",
@@ -240,12 +240,12 @@ def test_other_files(study):
     q = {r["embedding"]: r for r in study.quality_table()}
     assert set(q) == {"fisher", "weights", "data"}
     assert q["weights"]["top_k"] == "3" and q["weights"]["hit_mean"] == pytest.approx(0.6)
-    assert study.target_quality("fisher", "lfw_faces")[0]["best_source"] == "movie_sentiment"
+    assert study.target_quality("fisher", "textures")[0]["best_source"] == "movie_sentiment"
     rows = study.compare_results(COMPARE_TARGET)
     assert {r["shots"] for r in rows} == {4, 16, "full"}
     assert study.compare_results("mnist") == []
     assert study.compare_targets() == [COMPARE_TARGET]
-    assert [a["task"] for a in study.ablation()] == ["flag_country_match", "tux_category_question"]
+    assert [a["task"] for a in study.ablation()] == ["mnist_digit_question", "tux_caption_match"]
     assert study.fisher_stability()["k"] == 3
     assert study.experts_of("ia3").keys() == set(IA3_TASKS)
 
@@ -268,19 +268,19 @@ def test_names_never_become_paths(study):
 # ----------------------------------------------------------------------------- run configs
 
 def test_transfer_config(study):
-    cfg = study.transfer_config("sklearn_digits", ["mnist", "lfw_faces"], weights=[3, 1], shots="full", seed=2)
+    cfg = study.transfer_config("sklearn_digits", ["mnist", "textures"], weights=[3, 1], shots="full", seed=2)
     assert cfg == {"target": "sklearn_digits", "k": 2, "method": "lora", "embedding": "fisher", "shots": None,
-                   "weights": [0.75, 0.25], "sources": ["mnist", "lfw_faces"], "seed": 2,
+                   "weights": [0.75, 0.25], "sources": ["mnist", "textures"], "seed": 2,
                    "study": str(study.root), "weights_only": False}
     cfg = study.transfer_config("sklearn_digits", ["mnist"], weights="auto", shots=4, weights_only=True)
     assert cfg["weights"] == "auto" and cfg["shots"] == 4 and cfg["weights_only"] is True
     # hand-set weights are fixed: "weights only" would train nothing, so it is dropped
-    assert study.transfer_config("mnist", ["lfw_faces"], weights=[1], weights_only=True)["weights_only"] is False
+    assert study.transfer_config("mnist", ["textures"], weights=[1], weights_only=True)["weights_only"] is False
     bad = [
         (("sklearn_digits", []), {}, "at least one source"),
         (("sklearn_digits", ["sklearn_digits"]), {}, "cannot be one of its own sources"),
         (("sklearn_digits", ["bbc_topic"]), {"method": "ia3"}, "no ia3 expert"),
-        (("sklearn_digits", ["mnist", "lfw_faces"]), {"weights": [1]}, "got 1 weights for 2 sources"),
+        (("sklearn_digits", ["mnist", "textures"]), {"weights": [1]}, "got 1 weights for 2 sources"),
         (("sklearn_digits", ["mnist"]), {"weights": [-1]}, "non-negative"),
         (("sklearn_digits", ["mnist"]), {"weights": [0]}, "not all be zero"),
         (("sklearn_digits", ["mnist"]), {"weights": "magic"}, "weights must be"),
