@@ -30,7 +30,7 @@ APP = str(REPO / "dashboard" / "app.py")
 #: the "first measurement"; the reader still opens such studies (precomputed/ now has its own ground truth)
 SHIPPED = REPO / "studies" / "v1"
 TASKS = ["movie_sentiment", "amazon_sentiment", "rt_polarity", "mnist", "sklearn_digits", "opencv_digits",
-         "tux_caption_match", "emoji_caption_match"]
+         "tux_caption_match", "emoji_group_question"]
 PREDS = ["fisher", "same_modality", "random"]
 SEEDS = (0, 1, 2, 3)
 
