@@ -262,3 +262,30 @@ def test_the_target_rule_drops_tasks_at_chance_and_at_ceiling():
     assert dropped["chance"].startswith("at chance: not offered")
     assert dropped["ceiling"].startswith("at ceiling: its full-data expert scores 97.0")
     assert dropped["zs_ceiling"].startswith("at ceiling: zero-shot scores 99.0")
+
+
+def test_the_report_holds_each_image_expert_to_its_bar(tmp_path):
+    from pitune_core.paths import StudyPaths
+    from pitune_core.study.report import experts_section
+
+    sp = StudyPaths(tmp_path)
+    sp.blank_images.parent.mkdir(parents=True)
+    sp.expert_summary.parent.mkdir(parents=True, exist_ok=True)
+    head = "task,modality,method,metric,expert,zero_shot,majority,expert_accuracy,num_train,num_test,steps,train_time_s,peak_memory_mb,admitted,gate\n"
+    sp.expert_summary.write_text(head + "\n".join([
+        "digits_a,vision,lora,accuracy,0.91,0.1,0.1,0.91,1000,500,600,100,1000,1,admitted: ...",
+        "digits_b,vision,lora,accuracy,0.88,0.1,0.1,0.88,1000,500,600,100,1000,1,admitted: ...",
+        "vl_a,vision-language,lora,accuracy,0.80,0.5,0.5,0.80,1000,500,600,100,1000,1,admitted: ...",
+        "vl_b,vision-language,lora,accuracy,0.60,0.5,0.5,0.60,1000,500,600,100,1000,0,not offered as a source: it did not learn its task (x)",
+    ]) + "\n")
+    sp.linear_probe.write_text("task,metric,probe_val,probe_test,probe_c\ndigits_a,accuracy,0.95,0.95,0.1\n"
+                               "digits_b,accuracy,0.95,0.94,0.1\n")
+    sp.blank_images.write_text("task,accuracy,accuracy_images_blanked,metric,score,score_images_blanked\n"
+                               "vl_a,0.8,0.5,accuracy,0.8,0.5\nvl_b,0.6,0.55,accuracy,0.6,0.55\n")
+    text = "\n".join(experts_section(tmp_path))
+    assert "| digits_a | accuracy | 91.0 | 95.0 | -4.0 | yes |" in text
+    assert "| digits_b | accuracy | 88.0 | 94.0 | -6.0 | **no** |" in text
+    assert "| vl_a | 80.0 | 50.0 | 50.0 | 50.0 | +30.0 | yes |" in text
+    assert "| vl_b | 60.0 | 50.0 | 50.0 | 55.0 | +5.0 | **no** |" in text
+    assert "3 of 4 experts are admitted; not offered:" in text and "| vl_b | lora | not offered as a source" in text
+    assert "3 of 4 tasks" in text and "| vl_b | at chance: not offered" in text
