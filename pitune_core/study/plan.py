@@ -39,7 +39,7 @@ class StudyPlan:
 def full_plan() -> StudyPlan:
     from pitune_core.data.tasks import list_tasks
 
-    subset = ["movie_sentiment", "bbc_topic", "mnist", "fashion_mnist", "mnist_digit_question", "emoji_mood_match"]
+    subset = ["movie_sentiment", "mnist"]  # one language and one vision task: the other expert types' check
     return StudyPlan(tasks=[t.name for t in list_tasks()], extra_methods={"prompt": subset, "ia3": subset},
                      groundtruth_plan=GROUNDTRUTH_PLAN, protocol_plan=PROTOCOL_PLAN)
 

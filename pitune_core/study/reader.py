@@ -352,7 +352,7 @@ class Study:
 
     def node_attrs(self, method: str) -> dict[str, dict]:
         """Per task: modality, accuracy (the expert's), zero-shot, description, classes, sizes."""
-        experts = self.experts_of(method)
+        experts, gated = self.experts_of(method), self.gated(method)
         out = {}
         for t in self.tasks():
             e = experts.get(t["name"], {})
@@ -368,7 +368,7 @@ class Study:
                 "source": t.get("source", ""),
                 "user_task": bool(t.get("user_task")),
                 "family": t.get("family"),
-                "gated": self.gated(method).get(t["name"]),
+                "gated": gated.get(t["name"]),
             }
         return out
 
