@@ -17,9 +17,11 @@ def _experts(study, method, tasks):
 
 def test_fisher_is_nonnegative_finite_and_per_group(quick_study, backbone_of_study):
     fisher = fisher_embedding(quick_study / "experts/lora/textures", backbone_of_study, n_samples=6)
-    assert len(fisher) == 24  # LoRA A and B of query and value in 6 layers
+    assert len(fisher) == 24 + 4  # LoRA A and B of query and value in 6 layers, and of the projector's 2 layers
     flat = np.concatenate(list(fisher.values()))
     assert np.isfinite(flat).all() and (flat >= 0).all() and flat.max() > 0
+    # an image task's expert: the projector's LoRA is measured too
+    assert any(fisher[k].max() > 0 for k in fisher if "pitune_projector" in k)
 
 
 def test_embeddings_round_trip_through_safetensors(quick_study, backbone_of_study, tmp_path):

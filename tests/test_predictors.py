@@ -243,41 +243,37 @@ def _plan(tmp_path, **kw):
     return p
 
 
-def test_committed_plan_is_valid():
-    from pitune_core.common import MODALITIES
-    from pitune_core.data.tasks import get_task
+def test_the_committed_pilot_follows_its_rule():
+    """plans/relatedness-pilot.json: its targets are the first task of each non-control family in the
+    registry's order plus number_words, and each target has same-family, same-modality-other-family
+    and other-modality-other-family sources among the plan's tasks."""
+    from pitune_core.data.tasks import TASKS
+    from pitune_core.paths import REPO_ROOT
+    from pitune_core.study.relatedness import pair_kind
+    from pitune_core.study.transfer import load_plan
+
+    plan = load_plan(REPO_ROOT / "plans" / "relatedness-pilot.json")
+    firsts = []
+    for t in TASKS.values():
+        if t.family != "control" and t.family not in {TASKS[f].family for f in firsts}:
+            firsts.append(t.name)
+    assert plan.targets == firsts[:1] + ["number_words"] + firsts[1:]
+    assert plan.seeds == (0, 1) and plan.eval_limit is None and not plan.predictors
+    info = {t: {"family": TASKS[t].family, "modality": TASKS[t].modality} for t in plan.tasks}
+    for t in plan.targets:
+        kinds = {pair_kind(info[t], info[s]) for s in plan.tasks if s != t}
+        assert kinds == {"same_family", "same_modality_other_family", "cross_modality_other_family"}, t
+
+
+@pytest.mark.parametrize("name", ["transfer-v2.json", "transfer-v2-confirm.json"])
+def test_the_previous_suites_plans_are_refused_in_one_line(name):
+    """The 24-task suite's ground-truth plans name tasks DATA_VERSION 3 retired: refused, naming them."""
     from pitune_core.paths import REPO_ROOT
     from pitune_core.study.transfer import load_plan
 
-    plan = load_plan(REPO_ROOT / "plans" / "transfer-v2.json")
-    assert len(plan.tasks) >= 16 and len(plan.seeds) >= 4 and plan.eval_limit is None
-    for m in MODALITIES:
-        assert sum(get_task(t).modality == m for t in plan.tasks) >= 4, m
-    assert {4, 16, None} <= set(plan.target_shots)
-
-
-def test_the_confirmation_plan_follows_its_rule():
-    """plans/transfer-v2-confirm.json (written when the study was at studies/v2, now precomputed/): its
-    targets are exactly the study's LoRA tasks outside transfer-v2
-    with >= 16 training examples in every class; every task with an expert is a source."""
-    import numpy as np
-
-    from pitune_core.data.tasks import get_task
-    from pitune_core.paths import REPO_ROOT, StudyPaths
-    from pitune_core.study.transfer import load_plan
-
-    v2 = load_plan(REPO_ROOT / "plans" / "transfer-v2.json")
-    confirm = load_plan(REPO_ROOT / "plans" / "transfer-v2-confirm.json")
-    experts = sorted(d.name for d in StudyPaths(REPO_ROOT / "precomputed").experts_of("lora").iterdir()
-                     if (d / "pitune_expert.json").is_file())
-    assert sorted(confirm.tasks) == experts
-    assert confirm.key() == v2.key()  # the same pair budget: comparable gains
-
-    def enough(t):
-        spec = get_task(t)
-        return int(np.bincount(spec.load().train.labels, minlength=spec.num_classes).min()) >= 16
-
-    assert sorted(confirm.targets) == sorted(t for t in experts if t not in v2.tasks and enough(t))
+    with pytest.raises(ValueError, match="unknown task") as err:
+        load_plan(REPO_ROOT / "plans" / name)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("bad, msg", [({"colour": 1}, "unknown field"), ({"predictors": ["fischer"]}, "unknown predictor"),

@@ -210,7 +210,9 @@ def test_lorahub_weights_stay_in_bounds(backbone, protocol_sources, tiny_budget)
     from pitune_core.tune.baselines import LORAHUB_BOUND, lorahub
 
     res = lorahub("textures", protocol_sources, backbone, shots=2, seed=0, evals=4)
-    assert len(res["weights"]) == len(protocol_sources.library("textures")) == 23
+    library = protocol_sources.library("textures")  # every admitted expert but the target's own
+    assert len(res["weights"]) == len(library) == len(set(protocol_sources.expert_dirs) - {"textures"}) >= 12
+    assert not set(library) & set(protocol_sources.gated)
     assert all(-LORAHUB_BOUND <= w <= LORAHUB_BOUND for w in res["weights"])
     assert 0.0 <= res["test"]["accuracy"] <= 1.0 and res["search_evals"] == 4
 

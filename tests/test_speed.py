@@ -136,12 +136,16 @@ def test_batched_fisher_equals_the_loop(bb, tasks, method, task):
     verbal = list(spec.verbalizers)
 
     def max_rel(a, b):
-        return max(float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a)
+        return max(float(np.abs(a[k] - b[k]).max() / np.abs(a[k]).max()) for k in a if k not in idle)
 
     loop32 = fisher_information(model, bb, data, verbal, batched=False)
     batched32 = fisher_information(model, bb, data, verbal, batched=True, chunk_size=4)
     assert set(loop32) == set(batched32) == set(adapter_parameters(model))
-    assert all(np.abs(v).max() > 0 for v in loop32.values())
+    # a text input never reaches the image projector: its LoRA has no gradient, in both ways alike
+    idle = {k for k in loop32 if "pitune_projector" in k and data.visual is None}
+    assert all(not np.any(loop32[k]) and not np.any(batched32[k]) for k in idle)
+    assert all(np.abs(v).max() > 0 for k, v in loop32.items() if k not in idle)
+    assert method != "lora" or any("pitune_projector" in k for k in loop32)  # the projector's LoRA is measured
     assert max_rel(loop32, batched32) < 1e-4
     model.double()
     bb.double()
@@ -187,7 +191,9 @@ def test_a_few_shot_runs_fisher_is_the_batched_one(bb, tasks, monkeypatch):
     loop = fisher_on(model, bb, spec, train, 12, seed=3, batched=False)
     assert calls == [True, False]
     assert set(fast) == set(loop) == set(adapter_parameters(model))
-    assert max(float(np.abs(fast[k] - loop[k]).max() / np.abs(loop[k]).max()) for k in loop) < 1e-4
+    idle = {k for k in loop if "pitune_projector" in k}  # a text task never reaches the image projector
+    assert idle and all(not np.any(loop[k]) and not np.any(fast[k]) for k in idle)
+    assert max(float(np.abs(fast[k] - loop[k]).max() / np.abs(loop[k]).max()) for k in loop if k not in idle) < 1e-4
     other = fisher_on(model, bb, spec, train, 12, seed=4)  # another seed: another sample of the data
     assert any(not np.allclose(other[k], fast[k]) for k in fast)
 

@@ -85,7 +85,7 @@ def test_study_run_refuses_workers_with_limit_or_sample(capsys, tmp_path, monkey
 
     monkeypatch.delenv("PITUNE_SHARD", raising=False)
     for extra in (["--limit", "1"], ["--sample"]):
-        code = main(["study", "run", "--plan", "plans/few-shot-v2.json", "--study", "precomputed", "--out",
+        code = main(["study", "run", "--plan", "plans/quick/few-shot.json", "--study", "precomputed", "--out",
                      str(tmp_path / "o"), "--workers", "2", *extra])
         assert code == 2 and "count the runs of one process: drop --workers" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from pitune_core.common import PROJECTOR_MODULE
 from pitune_core.model.backbone import Inputs, TaskTensors, UnifiedBackbone
 from pitune_core.model.device import seed_everything
 from pitune_core.model.experts import ExpertError, load_expert, prepare_task, read_expert_meta
@@ -108,13 +109,29 @@ def per_sample_grads(model: torch.nn.Module, backbone: UnifiedBackbone, data: Ta
 
     with torch.no_grad():
         lab_emb, lab_mask = backbone._embed(Inputs(list(verbalizers), None, len(verbalizers)), model)
+    # an expert may adapt the image projector (its LoRA sits in ``params``): images are projected inside
+    # the per-example loss, so those parameters get their gradient as in the one-example loop
+    proj_prefix = f"base_model.model.{PROJECTOR_MODULE}."
+    proj_params = {n: n[len(proj_prefix):] for n in params if n.startswith(proj_prefix)}
+    projector = backbone.projector_of(model)
 
-    def one_loss(p, emb, mask, y):
+    def project(p, vis):  # (T, 1280) -> (T, hidden)
+        if proj_params:
+            return functional_call(projector, {short_n: p[n] for n, short_n in proj_params.items()}, args=(vis,),
+                                   strict=False)
+        return projector(vis)
+
+    def one_loss(p, emb, mask, y, vis=None):
         labels = encode(p, lab_emb, lab_mask.bool())
+        if vis is not None:  # [CLS] visual tokens, then the rest, as the backbone's _embed places them
+            v = project(p, vis).to(emb.dtype)
+            emb = torch.cat([emb[:1], v, emb[1:]], dim=0)
+            mask = torch.cat([mask[:1], torch.ones(v.shape[0], dtype=torch.bool, device=mask.device), mask[1:]])
         x = encode(p, emb.unsqueeze(0), mask.unsqueeze(0))
         return F.cross_entropy(backbone.logit_scale * x @ labels.T, y.unsqueeze(0))
 
     per_example = vmap(grad(one_loss), in_dims=(None, 0, 0, 0))
+    per_example_visual = vmap(grad(one_loss), in_dims=(None, 0, 0, 0, 0))
     n = len(data)
     lengths = np.array([len(t) for t in backbone.token_ids(data.texts)] if data.texts is not None else [2] * n)
     order = np.argsort(lengths, kind="stable")
@@ -134,8 +151,12 @@ def per_sample_grads(model: torch.nn.Module, backbone: UnifiedBackbone, data: Ta
         for idx in chunks:
             inputs, y = data.batch(idx)
             with torch.no_grad():
-                emb, mask = backbone._embed(inputs, model)
-            grads = per_example(params, emb, mask.bool(), y.to(backbone.device))
+                emb, mask = backbone._embed(Inputs(inputs.texts, None, inputs.size), model)
+            if inputs.visual is None:
+                grads = per_example(params, emb, mask.bool(), y.to(backbone.device))
+            else:
+                grads = per_example_visual(params, emb, mask.bool(), y.to(backbone.device),
+                                           inputs.visual.to(backbone.device))
             rows = torch.as_tensor(idx, device=backbone.device)
             for k, full in short.items():
                 out[k][rows] = grads[full]

@@ -97,6 +97,13 @@ class Sources:
     #: experts of the study that are not offered as sources ({task: the gate's one-line reason},
     #: :func:`pitune_core.common.admission`); never in ``expert_dirs``
     gated: dict[str, str] = field(default_factory=dict)
+    #: the library's adapter configuration (its experts' ``method_config``, without name and lr): a run's
+    #: own expert and target-only are trained with it, so the own expert has the sources' parameters
+    #: (interpolation and Fisher ranking compare them group by group); None: the method's defaults
+    method_config: dict | None = None
+
+    def method_overrides(self) -> dict:
+        return dict(self.method_config or {})
 
     def ranked(self, target: str) -> list[tuple[str, float]]:
         """Other tasks with an expert, most similar first (ties by name); target excluded.
@@ -205,10 +212,11 @@ def rank_by_embedding(target: str, own: dict[str, np.ndarray], sources: Sources)
 
 
 def train_own_expert(target: str, method: str, backbone: UnifiedBackbone, train_t, seed: int, steps: int,
-                     out: str | Path, shots: int | None) -> tuple[object, int]:
-    """The target's own expert, trained for ``steps`` on the run's data and saved (peft format)."""
+                     out: str | Path, shots: int | None, method_overrides: dict | None = None) -> tuple[object, int]:
+    """The target's own expert, trained for ``steps`` on the run's data and saved (peft format), with the
+    library's adapter configuration (``method_overrides``: :meth:`Sources.method_overrides`)."""
     spec = get_task(target)
-    m = get_method(method)
+    m = get_method(method, **(method_overrides or {}))
     seed_everything(seed)
     model = attach(backbone.fresh_trunk(), m).to(backbone.device)
     model.eval()
@@ -228,7 +236,8 @@ def target_side(target: str, sources: Sources, backbone: UnifiedBackbone, method
                 seed: int, own_steps: int, workdir: str | Path, recipe: Recipe = Recipe()) -> TargetSide:
     """Own expert + Fisher + source ranking, from the run's training data only."""
     spec, _, train_t = run_data(target, backbone, shots, seed)
-    model, steps = train_own_expert(target, method, backbone, train_t, seed, own_steps, Path(workdir) / "own", shots)
+    model, steps = train_own_expert(target, method, backbone, train_t, seed, own_steps, Path(workdir) / "own", shots,
+                                    sources.method_overrides())
     if sources.embeddings is not None:
         own = fisher_on(model, backbone, spec, train_t, recipe.fisher_max, seed)
         ranking, selection = rank_by_embedding(target, own, sources), "shots"
@@ -494,7 +503,8 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
             info["sources"] = [top[0][0]]
         elif name == "target-only":
             res = train_expert(spec, method, backbone, shots=shots, seed=seed,
-                               train_config=fixed_steps(budget_for(shots, seed), total), evaluate_zero_shot=False)
+                               train_config=fixed_steps(budget_for(shots, seed), total), evaluate_zero_shot=False,
+                               method_overrides=sources.method_overrides())
             metrics = res.meta["metrics"]
             info["sources"] = []
         elif name == "full-finetune":
