@@ -891,17 +891,34 @@ def _run_sources(r) -> str:
     return f"{picked} (ranked from its examples)"
 
 
+def _run_score(rec, metric: str) -> float | None:
+    """A finished run's test score in the task's ``metric`` (what the study's numbers are), or None
+    when the run did not record it (a macro-F1 task is never compared by accuracy)."""
+    m = rec.metrics or {}
+    test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
+    v = test.get(metric, m.get("accuracy") if metric == "accuracy" else None)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
+
+
+def _study_cell(a: dict) -> str:
+    sd = "–" if a["std"] != a["std"] else f"{100 * a['std']:.1f}"
+    return f"{100 * a['mean']:.1f} ± {sd} ({len(a['scores'])} seed{'s' * (len(a['scores']) != 1)})"
+
+
 def tab_compare(study: Study, sel: dict, db: Path) -> None:
+    from pitune_core.study.evidence import references, regime_of, run_flags
+
     target = sel["target"]
     reg = get_registry(str(db))
     all_runs = filter_runs_for(reg.list_runs(kind="transfer", limit=500)) if reg is not None else []
     runs = [r for r in all_runs if r.config.get("target") == target]
-    base = study.compare_results(target)
     protocol = protocol_section(study)
     if protocol:
         st.divider()
     st.subheader(f"Runs and baselines for `{target}`")
-    if base and not any(r.get("selection") for r in base):
+    ev = study.target_evidence(target, sel["method"])
+    measured, metric, zero = ev["regimes"], ev["metric"], ev["zero_shot"]
+    if ev["provisional"]:
         st.warning(
             "Provisional evidence. These baselines were made before the leakage-free protocol "
             "(README, *Protocol*): approaches that pick sources ranked them with the target's full-data "
@@ -909,16 +926,41 @@ def tab_compare(study: Study, sel: dict, db: Path) -> None:
             "(e.g. 40 of rt_polarity's 480 test sentences are in movie_sentiment's), the projector was aligned "
             "on three of these targets, and there are 2 seeds. Do not read a π-Tuning advantage from them; "
             "the pre-registered study (`plans/few-shot-v2.json`) replaces them.")
-    run_rows = [{"label": f"run {r.id[-6:]} ({r.config.get('shots') or 'full'}-shot)",
-                 "shots": r.config.get("shots") or "full",
-                 "accuracy": (r.metrics or {}).get("accuracy")} for r in runs if r.status == "succeeded"]
-    if (base and not protocol) or run_rows:  # with protocol results, the provisional bars stay a table
-        st.plotly_chart(F.compare_figure([] if protocol else base, run_rows), key="compare_chart",
-                        config={"displaylogo": False})
-    if not base:
+    scored = [(r, regime_of(r.config.get("shots")), _run_score(r, metric)) for r in runs if r.status == "succeeded"]
+    flags = {r.id: run_flags(s, g, measured, zero) for r, g, s in scored}
+    options = sorted({*measured, *(g for _, g, _ in scored)},
+                     key=lambda g: (g == "full", int(g.split("-")[0]) if g != "full" else 0))
+    if options:
+        newest = scored[0][1] if scored else None  # the registry lists the newest run first
+        if st.session_state.get("_cmp_for") != (target, newest):  # a new target or a new run: show its regime
+            st.session_state["_cmp_for"] = (target, newest)
+            st.session_state["cmp_regime"] = newest or options[0]
+        _choice("cmp_regime", options, newest or options[0])
+        regime = st.radio("Regime", options, key="cmp_regime", horizontal=True,
+                          format_func=lambda g: "full data" if g == "full" else g.replace("-shot", " shots"),
+                          help="The study's approaches on this target with the same training data as the run.")
+        refs = references(measured, regime, zero)
+        run_rows = [{"label": f"your run {r.id[-6:]}", "score": s, "flagged": bool(flags[r.id])}
+                    for r, g, s in scored if g == regime]
+        st.plotly_chart(F.target_evidence_figure(measured.get(regime, []), run_rows, refs, metric),
+                        key="compare_chart", config={"displaylogo": False})
+        said = []
+        if measured.get(regime):
+            said.append(f"The study's approaches on `{target}` at {_md(regime)}: every seed (dots) and the mean ± std "
+                        f"(ddof=1), from {_md(ev['source'])}")
+        elif measured:
+            said.append(f"The study measured `{target}` at {_md(', '.join(measured))}, not at {_md(regime)}: there the "
+                        "only reference is zero-shot")
+        if zero is not None:
+            said.append(f"zero-shot from {_md(ev['zero_shot_source'])}")
+        st.caption("; ".join(said) + f". Scores are the task's metric ({_md(metric)}) on its test split.")
+    if not measured:
         others = study.compare_targets()
-        st.info(f"No precomputed baselines for `{target}`"
-                + (f" (targets with baselines: {', '.join(others)})." if others else " in this study."))
+        st.info(f"The study measured no approach on `{target}`"
+                + (f" (its compared targets: {', '.join(others)})." if others else " (it holds no comparison)."))
+    for r, g, s in scored:
+        if flags[r.id]:
+            st.warning(f"Run `{r.id}` ({_md(g)}) is " + _md("; ".join(flags[r.id])) + ".")
     left, right = st.columns(2)
     with left:
         st.markdown("**Your runs**")
@@ -927,26 +969,32 @@ def tab_compare(study: Study, sel: dict, db: Path) -> None:
                            "k": r.config.get("k"), "sources": _run_sources(r),
                            "weights": r.config.get("weights") if isinstance(r.config.get("weights"), str)
                            else "hand", "seed": r.config.get("seed"),
-                           "accuracy": (r.metrics or {}).get("accuracy")} for r in runs],
-                         hide_index=True, key="runs_table")
+                           "accuracy": (r.metrics or {}).get("accuracy"),
+                           "vs the study": "; ".join(flags.get(r.id) or []) or ("–" if r.id not in flags else "ok")}
+                          for r in runs], hide_index=True, key="runs_table")
         else:
             st.caption("No runs for this target yet — launch one under **Tune & launch**.")
     with right:
-        st.markdown("**Precomputed baselines** (`compare/results.csv`)")
-        if base:
-            st.dataframe([{"approach": b["approach"], "shots": str(b["shots"]), "seed": b["seed"],
-                           "accuracy": b["accuracy"], "sources": ", ".join(b["sources"])} for b in base],
-                         hide_index=True, key="baselines_table")
+        if measured:
+            st.markdown(f"**The study's measurements** (`{_md(ev['source'])}`, test {_md(metric)}, %: mean ± std)")
+            names = list(dict.fromkeys(a["label"] for rows in measured.values() for a in rows))
+            by = {(g, a["label"]): a for g, rows in measured.items() for a in rows}
+            st.dataframe([{"approach": n, **{g: _study_cell(by[(g, n)]) if (g, n) in by else "" for g in measured}}
+                          for n in names], hide_index=True, key="baselines_table")
     st.divider()
-    st.markdown("#### Open a run")
-    if not all_runs:
-        st.caption("No runs in the registry yet.")
+    st.markdown(f"#### Open a run of `{target}`")
+    if not runs:
+        st.caption(f"No runs of `{target}` in the registry yet"
+                   + (f" ({len(all_runs)} of other targets: choose one of those targets in the sidebar)."
+                      if all_runs else "."))
         return
-    ids = [r.id for r in runs] + [r.id for r in all_runs if r.config.get("target") != target]
-    by_id = {r.id: r for r in all_runs}
-    _choice("open_run", ids, ids[0])
+    ids = [r.id for r in runs]
+    by_id = {r.id: r for r in runs}
+    _choice("open_run", ids, ids[0])  # the newest run of this target when the target changes
     run_id = st.selectbox("Run", ids, key="open_run",
-                          format_func=lambda i: f"{i} · {by_id[i].config.get('target')} · {by_id[i].status}")
+                          format_func=lambda i: f"{i} · {by_id[i].config.get('shots') or 'full'}-shot · {by_id[i].status}")
+    for msg in flags.get(run_id) or []:
+        st.warning(f"This run is {_md(msg)}.")
     render_run(reg, by_id[run_id])
 
 
@@ -996,10 +1044,15 @@ def render_run(reg, rec) -> None:
 
 def tab_study(study: Study) -> None:
     man = study.manifest()
-    a, b, c = st.columns(3)
+    logs = study.measurement_logs()
+    a, b, c, d, e = st.columns(5)
     a.metric("Tasks", len(study.tasks()))
     b.metric("Experts", len(study.expert_summary()))
-    c.metric("Files (checksummed)", len(man.get("files", {})))
+    c.metric("Ground-truth pairs", f"{sum(r['runs'] for r in logs if r['path'].startswith('groundtruth/')):,}",
+             help="Measured transfer runs (target, source, seed) in groundtruth/<plan>/pairs.jsonl.")
+    d.metric("Protocol runs", f"{sum(r['runs'] for r in logs if r['path'].startswith('protocol/')):,}",
+             help="Done runs of the pre-registered comparison in protocol/<plan>/runs.jsonl.")
+    e.metric("Files (checksummed)", len(man.get("files", {})))
     st.markdown(f"Built with {_md(man.get('command', '?'))} · backbone {_md((man.get('backbone') or {}).get('id', '?'))}"
                 f" · {_md(str(man.get('started', '?'))[:19])} → {_md(str(man.get('finished', '?'))[:19])}")
     times = study.recorded_times()

@@ -38,7 +38,7 @@ __all__ = [
     "topk_figure",
     "weights_bar_figure",
     "weights_history_figure",
-    "compare_figure",
+    "target_evidence_figure",
     "paired_diff_figure",
     "metric_title",
     "metric_cell",
@@ -742,52 +742,50 @@ def weights_history_figure(history: Sequence[Mapping[str, Any]], sources: Sequen
     return fig
 
 
-def _shots_key(s: Any) -> tuple:
-    return (1, 0) if s in (None, "full") else (0, int(s))
+#: the reference lines of :func:`target_evidence_figure`: (colour, dash)
+REFERENCE_STYLE = {"zero-shot": ("#7f7f7f", "dash"), "target-only": ("#d62728", "dot")}
 
 
-def compare_figure(baselines: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]] = (),
-                   title: str | None = None) -> go.Figure:
-    """Accuracy per approach, grouped by shots: precomputed baselines (mean ± std over seeds,
-    every seed as a dot) and the dashboard's own runs (diamonds, one per run).
+def target_evidence_figure(approaches: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]],
+                           refs: Mapping[str, float], metric: str = "accuracy", title: str | None = None) -> go.Figure:
+    """One target at one regime: the study's approaches (each seed a small dot, the mean ± std a
+    diamond with a bar; best first), the user's runs (stars, red when flagged) beside them, and the
+    reference lines (zero-shot, target-only's mean) across the whole plot. Scores 0..1 (the task's
+    metric), shown as percentages.
 
-    ``baselines`` rows: approach, shots, accuracy; ``runs`` rows: label, shots, accuracy.
-    """
+    ``approaches``: rows of :func:`pitune_core.study.evidence.target_measurements` (label, scores,
+    mean, std); ``runs``: label, score, flagged; ``refs``: {name: score}."""
     fig = go.Figure()
-    shots_all = sorted({r.get("shots") if r.get("shots") is not None else "full" for r in [*baselines, *runs]},
-                       key=_shots_key)
-    approaches = list(dict.fromkeys(r["approach"] for r in baselines))
-    palette = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2"]
-    for i, shots in enumerate(shots_all):
-        rows = [r for r in baselines if (r.get("shots") if r.get("shots") is not None else "full") == shots
-                and r.get("accuracy") is not None]
-        if not rows:
-            continue
-        xs, means, stds = [], [], []
-        for a in approaches:
-            vals = [float(r["accuracy"]) for r in rows if r["approach"] == a]
-            if vals:
-                xs.append(a)
-                means.append(float(np.mean(vals)))
-                stds.append(float(np.std(vals)) if len(vals) > 1 else 0.0)
-        name = f"{shots}-shot" if shots != "full" else "full data"
-        color = palette[i % len(palette)]
-        fig.add_trace(go.Bar(x=xs, y=means, name=name, legendgroup=name, marker=dict(color=color),
-                             error_y=dict(type="data", array=stds, visible=True),
-                             hovertemplate="%{x}<br>mean %{y:.3f}<extra>" + name + "</extra>"))
-    for r in runs:
-        if r.get("accuracy") is None:
-            continue
-        shots = r.get("shots") if r.get("shots") is not None else "full"
-        name = f"{shots}-shot" if shots != "full" else "full data"
-        fig.add_trace(go.Scatter(x=[r["label"]], y=[float(r["accuracy"])], mode="markers", name=r["label"],
-                                 legendgroup="runs", legendgrouptitle=dict(text="your runs"),
-                                 marker=dict(symbol="diamond", size=13, line=dict(width=1, color="black")),
-                                 hovertemplate=f"{r['label']} ({name})<br>accuracy %{{y:.3f}}<extra></extra>"))
-    fig.update_layout(title=dict(text=title) if title else None, barmode="group", height=420, showlegend=True,
-                      margin=dict(l=10, r=10, t=40 if title else 10, b=10), plot_bgcolor="white",
-                      yaxis=dict(title=dict(text="test accuracy"), rangemode="tozero", gridcolor="#eee"),
-                      xaxis=dict(title=dict(text="approach")))
+    labels = [_safe_label(a["label"]) for a in approaches]
+    for a, lab in zip(approaches, labels):
+        fig.add_trace(go.Scatter(x=[lab] * len(a["scores"]), y=[float(s) for s in a["scores"]], mode="markers",
+                                 marker=dict(size=6, color="#9ecae1"), showlegend=False,
+                                 hovertemplate=f"{lab}: seed %{{y:.1%}}<extra></extra>"))
+    if approaches:
+        fig.add_trace(go.Scatter(
+            x=labels, y=[float(a["mean"]) for a in approaches], mode="markers", name="study: mean ± std over seeds",
+            marker=dict(symbol="diamond", size=11, color="#1f77b4"),
+            error_y=dict(type="data", array=[0.0 if a["std"] != a["std"] else float(a["std"]) for a in approaches]),
+            hovertemplate="%{x}: mean %{y:.1%}<extra></extra>"))
+    shown = [r for r in runs if r.get("score") is not None]
+    if shown:
+        fig.add_trace(go.Scatter(
+            x=[_safe_label(r["label"]) for r in shown], y=[float(r["score"]) for r in shown], mode="markers",
+            name="your runs (red: below a reference line)",
+            marker=dict(symbol="star", size=15, line=dict(width=1, color="black"),
+                        color=["#d62728" if r.get("flagged") else "#2ca02c" for r in shown]),
+            hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
+    for name, value in refs.items():
+        color, dash = REFERENCE_STYLE.get(name, ("#555555", "dash"))
+        fig.add_hline(y=float(value), line=dict(color=color, dash=dash, width=1.5),
+                      annotation=dict(text=f"{_safe_label(name)} {100 * float(value):.1f}", font=dict(color=color)),
+                      annotation_position="top left")
+    fig.update_layout(title=dict(text=title) if title else None, height=420, showlegend=True,
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0),
+                      margin=dict(l=10, r=10, t=40 if title else 20, b=10), plot_bgcolor="white",
+                      yaxis=dict(title=dict(text=f"test {metric.replace('_', '-')}"), tickformat=".0%",
+                                 gridcolor="#eee"),
+                      xaxis=dict(title=None, tickangle=-30))
     return fig
 
 

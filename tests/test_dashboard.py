@@ -332,11 +332,14 @@ def test_runs_and_compare_with_a_succeeded_run(env):
     run_id = _finished_run(env["db"], env["study"])
     at = _app("Runs & compare")
     _ok(at)
-    fig = _spec(at, "compare_chart")
-    bars = [t for t in fig["data"] if t["type"] == "bar"]
-    assert [b["name"] for b in bars] == ["4-shot", "16-shot", "full data"]
-    runs = [t for t in fig["data"] if t["type"] == "scatter"]
-    assert len(runs) == 1 and runs[0]["y"] == [0.8123] and run_id[-6:] in runs[0]["name"]
+    fig = _spec(at, "compare_chart")  # the run's regime (4 shots) beside the study's approaches there
+    assert at.radio(key="cmp_regime").value == "4-shot"
+    means = next(t for t in fig["data"] if t.get("name", "").startswith("study: mean"))
+    assert means["x"] == ["π-Tuning", "target-only", "uniform-avg"]  # compare/results.csv: 0.605, 0.505, 0.305
+    assert means["y"] == pytest.approx([0.605, 0.505, 0.305])
+    runs = next(t for t in fig["data"] if t.get("name", "").startswith("your runs"))
+    assert runs["y"] == [0.8123] and run_id[-6:] in runs["x"][0]
+    assert sorted(s["y0"] for s in fig["layout"]["shapes"]) == pytest.approx([0.3, 0.505])  # zero-shot, target-only
     assert at.selectbox(key="open_run").value == run_id
     assert "81.2%" in [m.value for m in at.metric]
     hist = {t["name"]: t for t in _spec(at, "run_weights_chart")["data"]}

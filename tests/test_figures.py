@@ -162,19 +162,17 @@ def test_weights_figures():
     assert list(lines["training loss"].y) == [1.0, 0.5]
 
 
-def test_compare_figure():
-    base = [{"approach": a, "shots": s, "accuracy": acc}
-            for a, accs in (("pi-tuning", (0.6, 0.7)), ("target-only", (0.5, 0.5)))
-            for s in (4, "full") for acc in accs]
-    runs = [{"label": "run abc", "shots": 4, "accuracy": 0.66}, {"label": "run def", "shots": 4, "accuracy": None}]
-    fig = F.compare_figure(base, runs)
-    bars = [t for t in fig.data if isinstance(t, go.Bar)]
-    assert [b.name for b in bars] == ["4-shot", "full data"]
-    assert list(bars[0].x) == ["pi-tuning", "target-only"]
-    assert list(bars[0].y) == pytest.approx([0.65, 0.5])
-    assert list(bars[0].error_y.array) == pytest.approx([0.05, 0.0])
-    marks = [t for t in fig.data if isinstance(t, go.Scatter)]
-    assert [m.name for m in marks] == ["run abc"]  # runs without accuracy are left out
+def test_target_evidence_figure():
+    approaches = [{"label": "π-Tuning", "scores": [0.6, 0.7], "mean": 0.65, "std": 0.0707},
+                  {"label": "target-only", "scores": [0.5], "mean": 0.5, "std": float("nan")}]
+    runs = [{"label": "run abc", "score": 0.45, "flagged": True}, {"label": "run def", "score": None}]
+    fig = F.target_evidence_figure(approaches, runs, {"zero-shot": 0.4, "target-only": 0.5})
+    means = next(t for t in fig.data if t.name and t.name.startswith("study: mean"))
+    assert list(means.x) == ["π-Tuning", "target-only"] and list(means.y) == pytest.approx([0.65, 0.5])
+    assert list(means.error_y.array) == pytest.approx([0.0707, 0.0])  # one seed: no spread drawn
+    mine = next(t for t in fig.data if t.name and t.name.startswith("your runs"))
+    assert list(mine.x) == ["run abc"]  # runs without a score are left out
+    assert sorted(s.y0 for s in fig.layout.shapes) == pytest.approx([0.4, 0.5])
     json.loads(fig.to_json())
 
 
