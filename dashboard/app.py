@@ -484,11 +484,17 @@ def tab_target(study: Study, sel: dict) -> None:
     e = experts.get(t["name"], {})
     st.subheader(t["name"])  # task names are validated identifiers (reader)
     st.caption(f"{_md(t.get('modality'))} · {_md(t.get('num_classes'))} classes · {_md(t.get('description', ''))}")
+    metric = (e.get("metric") or t.get("metric") or "accuracy").replace("_", "-")
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Own expert accuracy", _pct(e.get("expert")))
+    m1.metric(f"Own expert ({metric})", _pct(e.get("expert")))
     m2.metric("Zero-shot", _pct(e.get("zero_shot")))
     m3.metric("Majority class", _pct(e.get("majority")))
     m4.metric("Training examples", t.get("num_train", "–"))
+    if t.get("user_task"):
+        st.caption("Test scores of your task from its placement (placement.json): its own expert trained on the "
+                   "placement's examples, the backbone without an expert (zero-shot), always the majority class."
+                   + ("" if e.get("source") else " This placement did not record them: place the task again "
+                                                 "(New task tab or `pitune task place`) to see them."))
     left, right = st.columns([1.2, 1])
     with left:
         top = study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])

@@ -210,6 +210,7 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
 
     from pitune_core.model.backbone import UnifiedBackbone
     from pitune_core.model.experts import evaluate, load_expert
+    from pitune_core.model.metrics import majority_baseline
     from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings
     from pitune_core.study.sources import load_sources
     from pitune_core.tune.baselines import Recipe, budget_for, fisher_on, run_data, split_budget, target_side
@@ -246,6 +247,8 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
         say({"stage": "evaluate"})
         model, _ = load_expert(side.own_dir, bb, trainable=True)
         test_metrics = evaluate(bb, model, tensors["test"], spec)
+        zero_shot = evaluate(bb, None, tensors["test"], spec)  # the bare backbone, as the study's summary has it
+        majority = majority_baseline(data.train.labels, tensors["test"].labels.numpy(), spec.num_classes)
         row = fisher_on(model, bb, spec, train_t, recipe.fisher_max, cfg.seed)  # what the ranking used
         sims_of = dict(side.ranking)
         names = [n for n in emb.names if n in sims_of]
@@ -279,7 +282,8 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
                   "neighbours": neighbours, "layout": note,
                   "also_placed_on": {r["embedding"]: [[n, x] for n, x in r["top_k"]] for r in also},
                   "not_placed_on": also_failed,
-                  "expert": {"test": test_metrics, "steps": side.own_steps},
+                  "expert": {"test": test_metrics, "steps": side.own_steps, "zero_shot": zero_shot,
+                             "majority": majority, "metric": spec.metric},
                   "num_train": len(data.train), "num_test": len(data.test),
                   "max_shots": int(np.bincount(data.train.labels, minlength=spec.num_classes).min()),
                   "timings_s": {"embed": round(t2 - t1, 1), "total": round(time.time() - t0, 1)},
@@ -465,13 +469,31 @@ def placed_task_infos(study, method: str | None = None) -> list[dict]:
             continue
         try:
             spec = find_user_task(task)
-            rec = json.loads(recs[0].read_text(encoding="utf-8"))
+            loaded = [json.loads(p.read_text(encoding="utf-8")) for p in recs]
         except (UserTaskError, OSError, ValueError):
             continue
         if spec is None:
             continue
+        loaded = [r for r in loaded if isinstance(r, dict)]
+        rec = next((r for r in loaded if isinstance(r.get("expert"), dict)), loaded[0] if loaded else {})
         info = spec.info()
         info.update(num_train=rec.get("num_train"), num_test=rec.get("num_test"), user_task=True,
-                    max_shots=rec.get("max_shots"))
+                    max_shots=rec.get("max_shots"),
+                    placed_scores={r.get("method"): placed_scores(r, spec.metric) for r in loaded
+                                   if isinstance(r.get("expert"), dict) and r.get("method")})
         out.append(info)
     return out
+
+
+def placed_scores(rec: dict, metric: str) -> dict:
+    """A placement's measured test scores in the task's ``metric`` (0..1, None where the record has
+    none: placements before these were recorded, or a malformed file): its own expert, the bare
+    backbone (zero-shot) and the majority class, as the study's expert summary has them."""
+    def pick(d):
+        v = d.get(metric) if isinstance(d, dict) else None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+            and 0.0 <= v <= 1.0 else None
+
+    e = rec.get("expert") or {}
+    return {"expert": pick(e.get("test")), "zero_shot": pick(e.get("zero_shot")), "majority": pick(e.get("majority")),
+            "metric": metric, "steps": e.get("steps") if isinstance(e.get("steps"), int) else None}

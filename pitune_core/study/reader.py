@@ -340,8 +340,17 @@ class Study:
         return self._memo(("summary",), load)
 
     def experts_of(self, method: str) -> dict[str, dict]:
+        """Per task, its ``method`` expert's row of ``experts/summary.csv`` (expert, zero_shot, majority,
+        metric, ...); a user task placed on this study with ``method`` gets the same numbers from
+        its placement record (``source``: "placement.json"; None where the record has none)."""
         self._check_method(method)
-        return {r["task"]: r for r in self.expert_summary() if r.get("method") == method}
+        out = {r["task"]: r for r in self.expert_summary() if r.get("method") == method}
+        for t in self.tasks():
+            scores = (t.get("placed_scores") or {}).get(method) if t.get("user_task") else None
+            if scores and t["name"] not in out:
+                out[t["name"]] = {"task": t["name"], "method": method, "modality": t.get("modality"),
+                                  "source": "placement.json", **scores}
+        return out
 
     def node_attrs(self, method: str) -> dict[str, dict]:
         """Per task: modality, accuracy (the expert's), zero-shot, description, classes, sizes."""
@@ -780,10 +789,8 @@ class Study:
                 out.update(source="compare/results.csv", provisional=True, regimes=measured)
         e = self.experts_of(method).get(target) if method in METHODS else None
         if e and e.get("zero_shot") is not None:
-            out.update(zero_shot=e["zero_shot"], zero_shot_source="experts/summary.csv",
+            out.update(zero_shot=e["zero_shot"], zero_shot_source=e.get("source") or "experts/summary.csv",
                        metric=e.get("metric") or out["metric"])
-        elif self.task(target).get("user_task") and self.task(target).get("zero_shot") is not None:
-            out.update(zero_shot=self.task(target)["zero_shot"], zero_shot_source="its placement (placement.json)")
         return out
 
     def measurement_logs(self) -> list[dict]:
