@@ -43,7 +43,7 @@ def highlight(fig, names: Sequence[str], xy: Mapping[str, Sequence[float]]) -> N
 
 
 def _limit_for(kind: str) -> int:
-    return U.LIMITS.max_text_bytes if kind == "text" else U.LIMITS.max_upload_bytes
+    return U.LIMITS.upload_bytes(kind)
 
 
 def _draft(kind: str, name: str, data: bytes, filename: str, text_col: str, label_col: str) -> U.Draft:
@@ -81,7 +81,8 @@ def render(study, root: Path, db: Path, get_registry: Callable) -> None:
     st.caption(f"Limits: {U.LIMITS.describe()}. The task is stored in `{U.task_store()}` "
                "(environment variable `PITUNE_TASKS`).")
     kind = st.radio("What do you have?", list(KINDS), format_func=KINDS.get, key="nt_kind", horizontal=True)
-    up = st.file_uploader(f"Upload ({', '.join(TYPES[kind])})", type=TYPES[kind], key=f"nt_file_{kind}")
+    up = st.file_uploader(f"Upload ({', '.join(TYPES[kind])})", type=TYPES[kind], key=f"nt_file_{kind}",
+                          max_upload_size=U.LIMITS.upload_mb(kind))  # the browser refuses a larger file
     c1, c2, c3 = st.columns(3)
     name = c1.text_input("Task name", key="nt_name", placeholder="e.g. my_reviews",
                          help="Lower-case letters, digits and underscores; not the name of a built-in task.")

@@ -415,7 +415,7 @@ def test_dashboard_command(monkeypatch, tmp_path, capsys):
     assert argv[4] == str(REPO / "dashboard" / "app.py")
     opts = dict(zip(argv[5::2], argv[6::2]))
     assert opts == {"--server.address": "127.0.0.1", "--server.port": "8765", "--server.headless": "true",
-                    "--browser.gatherUsageStats": "false"}
+                    "--browser.gatherUsageStats": "false", "--server.maxUploadSize": "100"}
     assert env["PITUNE_STUDY"] == str((tmp_path / "s").resolve())
     assert env["PITUNE_RUNS_DB"] == str((tmp_path / "r.sqlite").resolve())
     err = capsys.readouterr().err
@@ -432,3 +432,24 @@ def test_streamlit_config_is_local_and_private():
     cfg = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1" and cfg["server"]["headless"] is True
     assert cfg["browser"]["gatherUsageStats"] is False
+
+
+def test_upload_limits_have_one_owner():
+    """The server's upload cap and each upload widget's are the user task store's limits (the page
+    states them), not Streamlit's default 200 MB (issue 32, point 9)."""
+    import tomllib
+
+    from pitune_core.cli.dashboard import streamlit_command
+    from pitune_core.data.user_tasks import LIMITS
+
+    cfg = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["maxUploadSize"] == LIMITS.upload_mb() == 100
+    argv = streamlit_command()
+    assert argv[argv.index("--server.maxUploadSize") + 1] == str(LIMITS.upload_mb())
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.session_state["view"] = "New task"
+    at.run()
+    up = at.get_by_key("nt_file_text").proto
+    assert up.max_upload_size_mb == LIMITS.upload_mb("text") == 20
+    at.radio(key="nt_kind").set_value("images").run()
+    assert at.get_by_key("nt_file_images").proto.max_upload_size_mb == LIMITS.upload_mb("images") == 100

@@ -179,21 +179,15 @@ def cmd_place(args) -> int:
         ensure_scheduler(db)
         print(run_id)
         return 0
-    from pitune_core.common import progress
+    from pitune_core.common import StageBars
     from pitune_core.model.device import configure_threads
 
     configure_threads()
-    bar = progress(desc=f"placing {args.name}", unit="step")
-
-    def on_progress(p):
-        if p.get("stage") == "train" and p.get("total"):
-            bar.total = p["total"]
-            bar.update(1)
-        elif p.get("stage"):
-            bar.set_postfix_str(p["stage"])
-
-    rec = place_task(args.name, study, cfg, on_progress=on_progress)
-    bar.close()
+    bar = StageBars(f"placing {args.name}")
+    try:
+        rec = place_task(args.name, study, cfg, on_progress=bar)
+    finally:
+        bar.close()
     print(f"{args.name} placed on {study} ({cfg.method} experts, {cfg.embedding}; own expert trained on "
           f"{rec['examples_used']} examples, test accuracy {rec['expert']['test']['accuracy']:.3f}; "
           f"{rec['timings_s']['total']:.0f} s)")

@@ -84,6 +84,17 @@ class Limits:
     max_images: int = 4_000                 # images in one task (decoded to IMAGE_SIZE² RGB)
     max_text_chars: int = 20_000            # one text
 
+    def upload_bytes(self, kind: str | None = None) -> int:
+        """The largest file one upload of ``kind`` may be: a text file (``"text"``) or a zip (anything
+        else); without ``kind`` the larger of the two (what the dashboard's server accepts at all)."""
+        if kind is None:
+            return max(self.max_text_bytes, self.max_upload_bytes)
+        return self.max_text_bytes if kind == "text" else self.max_upload_bytes
+
+    def upload_mb(self, kind: str | None = None) -> int:
+        """:meth:`upload_bytes` in whole MB, rounded up (Streamlit's unit for upload sizes)."""
+        return -(-self.upload_bytes(kind) // 2**20)
+
     def describe(self) -> str:
         mb = lambda b: f"{b / 2**20:.0f} MB"  # noqa: E731
         return (f"CSV/JSONL up to {mb(self.max_text_bytes)}; zip up to {mb(self.max_upload_bytes)} "

@@ -256,8 +256,10 @@ class RunContext:
         progress_interval: float = 0.5,
         cancel_poll_interval: float = 0.25,
         num_threads: int | None = None,
+        listener: Callable[[dict], None] | None = None,
     ) -> None:
         self.registry = registry
+        self.listener = listener  # hears every progress report as it is made (a foreground CLI's bars)
         self.record = record
         self.run_id: str = record.id
         self.run_dir: Path = Path(record.run_dir)
@@ -292,6 +294,8 @@ class RunContext:
         data["elapsed"] = round(time.time() - self.started, 3)
         for key, value in extra.items():
             data[key] = value
+        if self.listener is not None:
+            self.listener(dict(data))
         now = time.time()
         urgent = stage != self._last_stage or (step is not None and total is not None and step >= total)
         with self._lock:

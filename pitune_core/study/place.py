@@ -213,13 +213,14 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
     from pitune_core.model.metrics import majority_baseline
     from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings
     from pitune_core.study.sources import load_sources
-    from pitune_core.tune.baselines import Recipe, budget_for, fisher_on, run_data, split_budget, target_side
+    from pitune_core.tune.baselines import (DATA_STAGE, Recipe, budget_for, fisher_on, run_data, split_budget,
+                                            target_side)
 
     cfg = cfg or PlaceConfig()
     t0 = time.time()
     say = on_progress or (lambda p: None)
     say({"stage": "check"})
-    spec, data, emb = check_place(task, study, cfg)
+    spec, data, emb = check_place(task, study, cfg)  # loads the task's data
     study = Path(study).expanduser().resolve()
     sp = StudyPaths(study)
     say({"stage": "load backbone"})
@@ -229,6 +230,7 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
                              f"loaded one is {bb.backbone_id}; use the study's backbone/")
     recipe = Recipe() if cfg.n_samples is None else Recipe(fisher_max=int(cfg.n_samples))
     src = dataclasses.replace(load_sources(study, cfg.method, cfg.embedding), embeddings=emb)
+    say({"stage": DATA_STAGE})
     _, tensors, train_t = run_data(task, bb, cfg.shots, cfg.seed)
     own_steps, _ = split_budget(budget_for(cfg.shots, cfg.seed).steps_for(len(train_t)), recipe)  # as a run's
     if cfg.max_steps is not None:
@@ -238,9 +240,8 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        say({"stage": "train", "step": 0, "total": own_steps})
         t1 = time.time()
-        side = target_side(task, src, bb, cfg.method, cfg.shots, cfg.seed, own_steps, tmp, recipe)
+        side = target_side(task, src, bb, cfg.method, cfg.shots, cfg.seed, own_steps, tmp, recipe, on_step=say)
         t2 = time.time()
         if side.selection != "shots":
             raise PlacementError("the study has no source embeddings to compare the task with")

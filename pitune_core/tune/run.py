@@ -105,9 +105,7 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
         tune_steps, own_dir = None, None
         rank = cfg["shots"] is not None and not config.get("sources")  # protocol: rank from the shots alone
         if rank or cfg["own_expert"]:
-            if on_step:
-                on_step({"stage": "own expert: trained on the run's data"})
-            cfg, tune_steps, own_dir = _target_side(cfg, sources, bb, run_dir, rank)
+            cfg, tune_steps, own_dir = _target_side(cfg, sources, bb, run_dir, rank, on_step)
             (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         interp, metrics, history = interpolate_and_tune(
             cfg["target"], list(zip(cfg["sources"], cfg["similarities"])), sources, bb,
@@ -137,7 +135,7 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
         raise
 
 
-def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool) -> tuple[dict, int, str]:
+def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool, on_step=None) -> tuple[dict, int, str]:
     """The target's side of a run, from the run's data alone (the protocol, see
     :func:`pitune_core.tune.baselines.target_side`): its own expert trained on that data (kept in
     ``run_dir/own``; its steps come out of the run's budget, as in the study) and, when ``rank``, the
@@ -148,16 +146,18 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool) -> tuple[dic
 
     from pitune_core.paths import StudyPaths
     from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.tune.baselines import Recipe, budget_for, run_data, split_budget, target_side
+    from pitune_core.tune.baselines import DATA_STAGE, Recipe, budget_for, run_data, split_budget, target_side
 
     shots = None if cfg["shots"] is None else int(cfg["shots"])
     seed = int(cfg["seed"])
     emb = StudyPaths(cfg["study"]).embeddings_file(cfg["method"], "fisher")
     use_emb = rank and cfg.get("embedding", "fisher") == "fisher" and emb.exists()
     src = dataclasses.replace(sources, embeddings=load_embeddings(emb) if use_emb else None)
+    if on_step:
+        on_step({"stage": DATA_STAGE})
     _, _, train_t = run_data(cfg["target"], bb, shots, seed)
     own_steps, tune_steps = split_budget(budget_for(shots, seed).steps_for(len(train_t)), Recipe())
-    side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, run_dir)
+    side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, run_dir, on_step=on_step)
     cfg["steps_select"] = side.own_steps
     if rank:
         from pitune_core.predict.quality import predictor_of
@@ -167,6 +167,8 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool) -> tuple[dic
             top = side.ranking[: cfg["k"]]
             cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection="shots")
         elif predictor:
+            if on_step:
+                on_step({"stage": f"rank the sources by {predictor} on the run's data"})
             top = _predictor_ranking(predictor, cfg, sources, bb)[: cfg["k"]]
             cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection=f"shots ({predictor})")
         else:
