@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 from dashboard import figures as F  # noqa: E402
 from dashboard.text import md as _md  # noqa: E402
 from dashboard import new_task as NT  # noqa: E402
-from pitune_core.predict.quality import fullest_plan  # noqa: E402
+from pitune_core.predict.quality import fullest_plan, predictor_of  # noqa: E402
 from pitune_core.paths import default_runs_db, default_study  # noqa: E402
 from pitune_core.study.reader import (  # noqa: E402
     EMBEDDING_LABELS,
@@ -198,7 +198,12 @@ def render_sidebar(study: Study, root: Path, db: Path, sel: dict | None) -> None
     sb = st.sidebar
     sb.title("π-Tuning")
     man = study.manifest()
-    sb.caption(f"Study `{root.name}` · {len(study.tasks())} tasks · finished {str(man.get('finished', '?'))[:16]}")
+    n_all = len(study.tasks())
+    drawn = len(sel["_sidebar"]["names"]) if sel is not None else n_all
+    graph = EMBEDDING_LABELS.get(sel["embedding"], sel["embedding"]) if sel is not None else ""
+    sb.caption(f"Study `{root.name}` · {n_all} tasks"
+               + (f", {drawn} on the {_md(graph)} graph (the targets offered below)" if drawn != n_all else "")
+               + f" · finished {str(man.get('finished', '?'))[:16]}")
     methods = study.methods()
     sb.selectbox("Expert type", methods, key="method", format_func=lambda m: METHOD_LABELS.get(m, m),
                  help="Parameter-efficient experts trained per task on the frozen backbone.")
@@ -599,9 +604,11 @@ def _groundtruth_panel(study: Study, sel: dict) -> bool:
         st.markdown(f"Best at {_md(size)} by Spearman: **{_md(best)}** "
                     f"({_md(F.metric_cell(s, 'spearman'))}, {b['n_targets']} target{'s' * (b['n_targets'] != 1)})"
                     f"{verdict}.")
-    here = "" if sel["embedding"] in q["table"][size] else \
+    chosen = predictor_of(sel["embedding"]) or sel["embedding"]  # "predictor-fisher" is the row "fisher"
+    here = "" if chosen in q["table"][size] else \
         f" (the sidebar's {_md(EMBEDDING_LABELS.get(sel['embedding'], sel['embedding']))} is not a predictor here)"
-    st.dataframe(F.predictor_quality_rows(q, size, selected=sel["embedding"], target=sel["target"]),
+    st.dataframe(F.predictor_quality_rows(q, size, selected=chosen, target=sel["target"],
+                                          ceiling_targets=len((rel or {}).get("per_target") or {}) or None),
                  hide_index=True, key="gt_quality_table")
     st.caption(f"groundtruth/{_md(plan)}/quality.json: each metric's mean over targets with its bootstrap 95% CI, "
                "then as a fraction of the noise ceiling (regret: the excess over the split-half oracle's regret); "
@@ -610,7 +617,7 @@ def _groundtruth_panel(study: Study, sel: dict) -> bool:
                f"(exploratory; same-modality is 0 there by construction); ◀ marks the sidebar's embedding{here}.")
     with st.expander("Chart"):
         metric = st.radio("Metric", q["metrics"], key="gt_metric", horizontal=True, format_func=F.metric_title)
-        st.plotly_chart(F.predictor_quality_figure(q, size, metric, selected=sel["embedding"]),
+        st.plotly_chart(F.predictor_quality_figure(q, size, metric, selected=chosen),
                         key="gt_quality_chart", config={"displaylogo": False})
     return True
 

@@ -735,10 +735,14 @@ def weights_history_figure(history: Sequence[Mapping[str, Any]], sources: Sequen
         fig.add_trace(go.Scatter(x=[p[0] for p in loss_pts], y=[p[1] for p in loss_pts], mode="lines",
                                  name="training loss", line=dict(dash="dot", color="#888")), secondary_y=True)
     fig.update_yaxes(title=dict(text="weight"), rangemode="tozero", secondary_y=False)
-    fig.update_yaxes(title=dict(text="loss"), secondary_y=True, showgrid=False)
+    # plain numbers (".3~g": 0.7, 2.74e-6), never an SI prefix: a loss of 2.7µ reads as micro-units
+    fig.update_yaxes(title=dict(text="loss"), secondary_y=True, showgrid=False, tickformat=".3~g",
+                     rangemode="tozero")
     fig.update_xaxes(title=dict(text="step"))
-    fig.update_layout(title=dict(text=title) if title else None, height=380, plot_bgcolor="white",
-                      margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    # the legend below the plot, clear of both axes' top ticks
+    fig.update_layout(title=dict(text=title) if title else None, height=400, plot_bgcolor="white",
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
+                      margin=dict(l=10, r=10, t=40 if title else 16, b=10))
     return fig
 
 
@@ -915,7 +919,7 @@ WITHIN_COL = "beyond modality (Spearman within it)"
 
 
 def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str | None = None,
-                           target: str | None = None) -> list[dict]:
+                           target: str | None = None, ceiling_targets: int | None = None) -> list[dict]:
     """The Target tab's table at one target data size: a "noise ceiling" row (the split-half
     ceiling of every metric), then one row per predictor, best Spearman first: every metric as
     :func:`metric_cell`, cost per target (s), the paired Spearman difference to same-modality with
@@ -923,13 +927,15 @@ def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str 
     modality; "–" where undefined), the predictor's Spearman on ``target`` and a mark on the
     ``selected`` embedding.
 
-    ``quality`` is :meth:`pitune_core.study.reader.Study.groundtruth_quality` (validated)."""
+    ``quality`` is :meth:`pitune_core.study.reader.Study.groundtruth_quality` (validated);
+    ``ceiling_targets``: how many targets the ceiling is taken over (reliability.json), if known. The
+    ``targets`` column is text ("–" where not known), never a blank "None"."""
     metrics = list(quality.get("metrics") or [])
     preds = (quality.get("table") or {}).get(size) or {}
     ceil = (quality.get("reliability") or {}).get("mean") or {}
     tcol = f"Spearman on {target}" if target else None
     rows = []
-    head = {"predictor": "noise ceiling", "targets": None}
+    head = {"predictor": "noise ceiling", "targets": "–" if ceiling_targets is None else str(int(ceiling_targets))}
     for m in metrics:
         c = ceil.get("ceiling_spearman" if m == "spearman" else f"oracle_{m}")
         head[metric_title(m)] = _num3(c, 3 if m == "spearman" else 2)
@@ -944,7 +950,8 @@ def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str 
         return (-(m if isinstance(m, (int, float)) and math.isfinite(m) else -math.inf), item[0])
 
     for p, v in sorted(preds.items(), key=key):
-        row: dict[str, Any] = {"predictor": p, "targets": v.get("n_targets")}
+        n = v.get("n_targets")
+        row: dict[str, Any] = {"predictor": p, "targets": "–" if n is None else str(int(n))}
         for m in metrics:
             row[metric_title(m)] = metric_cell((v.get("summary") or {}).get(m), m)
         secs = v.get("seconds_per_target")

@@ -160,6 +160,9 @@ def test_weights_figures():
     lines = {t.name: t for t in fig.data}
     assert list(lines["a"].y) == [0.5, 0.6, 0.7] and list(lines["b"].x) == [0, 5, 10]
     assert list(lines["training loss"].y) == [1.0, 0.5]
+    # issue 32 point 10: no SI prefix on the loss axis (a tiny loss read "2.737µ"), legend below the plot
+    assert fig.layout.yaxis2.tickformat == ".3~g" and fig.layout.yaxis2.exponentformat in (None, "e", "power", "none")
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0
 
 
 def test_target_evidence_figure():

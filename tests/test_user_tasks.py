@@ -450,3 +450,11 @@ def test_the_switch_after_placing_survives_a_stale_click():
     assert SWITCH_KEY not in at.session_state
     at.selectbox[0].set_value("predictor-same_modality").run()  # the user's own choice afterwards stays
     assert at.selectbox[0].value == "predictor-same_modality"
+
+
+def test_image_preview_shows_every_class(store, tmp_path):
+    """A folder sorted by class kept only its first class's images for the preview (issue 32, point 10)."""
+    d = U.draft_image_task("shapes", shape_folder(tmp_path / "shapes", per_class=30))
+    labels = [lab for lab, _ in d.thumbnails]
+    assert set(labels) == {"circle", "square"}
+    assert labels.count("circle") == labels.count("square") == U.THUMBS_PER_CLASS
