@@ -44,7 +44,7 @@ import numpy as np
 
 from pitune_core.data.user_tasks import (PLACED_DIR, UserTaskError, find_user_task, task_dir, user_task_names)
 from pitune_core.common import replace_dir
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import SOURCE_SIDE_DIR, StudyPaths
 from pitune_core.predict.quality import PREDICTOR_PREFIX
 
 PLACEMENT_FORMAT = "pitune-placement/1"
@@ -98,7 +98,8 @@ def study_id(study: str | os.PathLike) -> str:
                 raise ValueError("no files")
             h = hashlib.sha256()
             for path, digest in sorted(files.items()):
-                if isinstance(path, str) and path.startswith(PLACEMENT_INPUTS) and "/predictor-" not in path:
+                if isinstance(path, str) and path.startswith(PLACEMENT_INPUTS) and "/predictor-" not in path \
+                        and f"/{SOURCE_SIDE_DIR}/" not in path:  # rows a growing ground truth adds: derived
                     h.update(f"{path}\0{digest}\n".encode())
             _ID_CACHE[key] = h.hexdigest()[:16]
     except (OSError, ValueError, AttributeError):
@@ -262,7 +263,7 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
             say({"stage": f"rank by {graph}"})
             try:
                 also.append(_place_on_predictor(task, study, graph, cfg, bb, src.expert_dirs, side.own_dir,
-                                                tmp / graph))
+                                                tmp / graph, say))
             except (PlacementError, ValueError, RuntimeError) as e:  # the Fisher placement stands; say why not
                 also_failed[graph] = " ".join(str(e).split())[:300]
                 shutil.rmtree(tmp / graph, ignore_errors=True)
@@ -336,14 +337,14 @@ def _predictor_graphs(study: Path, cfg: PlaceConfig) -> list[str]:
 
 
 def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb, expert_dirs: dict,
-                        own_dir: Path, out: Path) -> dict:
+                        own_dir: Path, out: Path, say: Callable[[dict], None] | None = None) -> dict:
     """A placement record on a predictor graph (:mod:`pitune_core.study.predictor_graphs`): the
     predictor's row for the task computed from the same examples the Fisher placement used (its own
     expert stands in for a full-data one), as percentiles over the graph's tasks (1 = ranked first).
     The study's graph is symmetrised over both directions; a user task is no one's source, so its
     entries are its own direction only. Its map position is transformed as for Fisher."""
     from pitune_core.paths import cache_dir
-    from pitune_core.predict.predictors import PredictorContext, available_examples, predict_row
+    from pitune_core.predict.predictors import available_examples, predict_row, study_context
     from pitune_core.predict.quality import predictor_of
     from pitune_core.predict.similarity import read_similarity_csv
     from pitune_core.study.predictor_graphs import percentiles
@@ -355,7 +356,7 @@ def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb
     if missing:
         raise PlacementError(f"{graph} draws {', '.join(missing[:3])} but the study has no {cfg.method} expert for it")
     experts[task] = Path(own_dir)  # the task's own expert, trained on the examples below
-    ctx = PredictorContext(bb, experts, method=cfg.method, cache_dir=cache_dir() / "predictors")
+    ctx = study_context(study, bb, experts, cfg.method, cache_dir=cache_dir() / "predictors", on_progress=say)
     row = predict_row(predictor_of(graph), available_examples(task, bb, cfg.shots, cfg.seed), ctx)
     pct = dict(zip(ctx.sources_for(task), percentiles(row).tolist()))
     sims = {n: pct[n] for n in names}

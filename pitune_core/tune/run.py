@@ -169,22 +169,25 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool, on_step=None
         elif predictor:
             if on_step:
                 on_step({"stage": f"rank the sources by {predictor} on the run's data"})
-            top = _predictor_ranking(predictor, cfg, sources, bb)[: cfg["k"]]
+            top = _predictor_ranking(predictor, cfg, sources, bb, on_step)[: cfg["k"]]
             cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection=f"shots ({predictor})")
         else:
             cfg["selection"] = "study (ranked with the target's full-data expert)"
     return cfg, tune_steps, side.own_dir
 
 
-def _predictor_ranking(predictor: str, cfg: dict, sources, bb) -> list[tuple[str, float]]:
+def _predictor_ranking(predictor: str, cfg: dict, sources, bb, on_step=None) -> list[tuple[str, float]]:
     """The study's sources ranked by ``predictor`` computed from the run's own training examples
     (the same ``shots`` sample the run trains on, :func:`available_examples`): a few-shot run never
-    uses the predictor's full-data row of the study graph. Best first, ties by name."""
+    uses the predictor's full-data row of the study graph. Best first, ties by name. The sources'
+    side comes from the study (:func:`~pitune_core.predict.predictors.study_context`); a row it does
+    not ship is computed once, as a named stage with a count."""
     from pitune_core.paths import cache_dir
-    from pitune_core.predict.predictors import PredictorContext, available_examples, predict_row
+    from pitune_core.predict.predictors import available_examples, predict_row, study_context
 
     experts = {n: Path(d) for n, d in sorted(sources.expert_dirs.items()) if n != cfg["target"]}
-    ctx = PredictorContext(bb, experts, method=cfg["method"], cache_dir=cache_dir() / "predictors")
+    ctx = study_context(cfg["study"], bb, experts, cfg["method"], cache_dir=cache_dir() / "predictors",
+                        on_progress=on_step)
     shots = None if cfg["shots"] is None else int(cfg["shots"])
     row = predict_row(predictor, available_examples(cfg["target"], bb, shots, int(cfg["seed"])), ctx)
     return sorted(zip(ctx.sources_for(cfg["target"]), (float(x) for x in row)), key=lambda x: (-x[1], x[0]))
