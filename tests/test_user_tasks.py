@@ -369,6 +369,9 @@ def test_dashboard_bad_uploads_show_one_line(store, tmp_path, monkeypatch):
 
     monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
     monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
+    # tiny limits from the start: the upload widget's own limit follows them (a widget whose limit
+    # changes is a new widget, so they are not changed under it)
+    monkeypatch.setattr(U, "LIMITS", U.Limits(max_text_bytes=100, max_upload_bytes=100))
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120).run()
     at.session_state["view"] = "New task"
     at.run()
@@ -376,7 +379,6 @@ def test_dashboard_bad_uploads_show_one_line(store, tmp_path, monkeypatch):
     at.file_uploader(key="nt_file_text").set_value(("w.csv", "text,label\ncaf\u00e9,a\n".encode("latin-1"), "text/csv"))
     at.run()
     assert not at.exception and any("is not UTF-8 text" in _plain(e.value) for e in at.error), [e.value for e in at.error]
-    monkeypatch.setattr(U, "LIMITS", U.Limits(max_text_bytes=100, max_upload_bytes=100))
     at.file_uploader(key="nt_file_text").set_value(("w.csv", b"text,label\n" + b"hello,a\n" * 40, "text/csv"))
     at.run()
     assert any("over the 0 MB limit for this kind of upload" in _plain(e.value) for e in at.error), [e.value for e in at.error]
