@@ -89,7 +89,7 @@ def _flow(name: str, add_args: list[str], store: Path, tmp_path: Path, capsys) -
     assert (store / name / "task.json").is_file()
     rc, out, err = run_cli(["task", "place", name, "--shots", "2", "--k", "2", "--study", str(STUDY)], capsys)
     assert rc == 0, err
-    assert "top-2 sources:" in out and "transformed into the existing layout" in out
+    assert "top-2 sources by fisher (cosine similarity):" in out and "transformed into the existing layout" in out
     rec = json.loads(next((store / name / "placed").glob("*/lora-fisher/placement.json")).read_text())
     names = json.loads((STUDY / "tasks.json").read_text())
     assert set(rec["similarities"]) == {t["name"] for t in names}

@@ -191,12 +191,16 @@ def cmd_place(args) -> int:
     print(f"{args.name} placed on {study} ({cfg.method} experts, {cfg.embedding}; own expert trained on "
           f"{rec['examples_used']} examples, test accuracy {rec['expert']['test']['accuracy']:.3f}; "
           f"{rec['timings_s']['total']:.0f} s)")
-    print(f"top-{len(rec['top_k'])} sources: " + ", ".join(f"{n} ({s:.3f})" for n, s in rec["top_k"]))
+    print(f"top-{len(rec['top_k'])} sources by {rec['embedding']} (cosine similarity): "
+          + ", ".join(f"{n} ({s:.3f})" for n, s in rec["top_k"]))
     if rec["position"]:
         print(f"map position ({rec['position'][0]:.2f}, {rec['position'][1]:.2f}): {rec['layout']}")
     for graph, top in (rec.get("also_placed_on") or {}).items():
         print(f"also placed on {graph} (the study's default ranking): top-{len(top)} "
-              + ", ".join(f"{n} ({x:.2f})" for n, x in top))
+              + ", ".join(f"{n} ({x:.2f})" for n, x in top)
+              + (" (percentiles of that predictor's scores: the dashboard's default graph shows this list; "
+                 f"`pitune transfer --embedding {rec['embedding']}` ranks by the first)"
+                 if [n for n, _ in top] != [n for n, _ in rec["top_k"]][:len(top)] else ""))
     for graph, why in (rec.get("not_placed_on") or {}).items():
         print(f"not placed on {graph}: {why}", file=sys.stderr)
     print(f"next: pitune transfer {args.name} --study {study} --shots {args.shots or 'full'}", file=sys.stderr)
