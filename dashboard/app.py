@@ -366,15 +366,17 @@ def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
                        f"{len(names):,} tasks drawn on one canvas; each bubble is a community (its size grows with "
                        "its members); edges are the kNN links around the target when there are too many to draw. "
                        if large else "size = expert accuracy, outline = community, edge width = similarity. ")
-                   + "The target is the red star, dashed lines lead to its top-k sources; only the target, its "
-                     "sources and search matches are labelled (hover for any other task). Click a node to make "
-                     "it the target; drag to pan, scroll to zoom, double-click to reset the view.")
+                   + "The target is the red star, dashed lines lead to its top-k sources; "
+                   + ("every task is named (the target, its sources and search matches in bold type). "
+                      if G.number_of_nodes() <= F.NAME_ALL_N else
+                      "only the target, its sources and search matches are named (hover for any other task). ")
+                   + "Click a node to make it the target; drag to pan, scroll to zoom, double-click to reset the view.")
         _placed_elsewhere(study, sel, set(G))
         _cross_modal_note(study)
     with right:
         topk_list(study, sel, "topk-graph", top)
         st.markdown(f"**Communities** ({len(summary)}; " + ("bubbles on the graph)" if large else "node outline colour)"))
-        shown = summary[:20] if large else summary
+        shown = sorted(summary, key=lambda c: -int(c["size"]))[:20] if large else summary  # the largest, on a hub
         for c in shown:  # plain markdown: no HTML on the first view (its renderer is one more script to load)
             badge = " · **cross-modal**" if c["cross_modal"] else ""
             members = list(map(str, c["members"]))

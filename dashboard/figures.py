@@ -106,6 +106,11 @@ def _hover(name: str, d: Mapping[str, Any], extra: str = "") -> str:
 #: above this many tasks the figures switch to a canvas (the graph) or WebGL traces (go.Scattergl, the
 #: map), small markers, no per-edge hover, and communities drawn as a level of detail
 LARGE_N = 300
+#: up to this many tasks every node of the graph carries its name (the others smaller and grey,
+#: placed after the target's, its sources' and the search matches'); above it only those do
+NAME_ALL_N = 60
+#: the font size (pixels) and colour of the names of nodes outside the focus
+OTHER_LABEL_SIZE, OTHER_LABEL_COLOR = 9, "#555555"
 #: the heatmap draws at most this many tasks (a 10,000 x 10,000 matrix is 10^8 cells)
 HEATMAP_MAX = 150
 #: at most this many community labels (the largest communities) on a large graph
@@ -235,7 +240,8 @@ def place_labels(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], yd
     """Where each label goes so that no two labels overlap, as far as it can: greedily, in the rows'
     order (the most important first), each takes the first free place among its preferred ``side``
     (:func:`label_positions`: away from its nearest labelled neighbour), the three other sides, then
-    the same four pushed one to :data:`LABEL_LEVELS` - 1 lines further out. A place is free when the label's box
+    the same four pushed one to :data:`LABEL_LEVELS` - 1 lines further out, each also slid half the
+    label along its side. A place is free when the label's box
     (estimated from its length and font size) stays inside the plot and overlaps no label placed
     before it, no labelled node's marker and no text of ``avoid`` (rows of x, y, label, size: text
     centred there, e.g. the community bubbles' labels). With no free place it takes the place that
@@ -262,8 +268,14 @@ def place_labels(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], yd
         sides = [first, *(s for s in _LABEL_MARKS if s != first)]
         best, least = None, float("inf")
         others = placed + [n for j, n in enumerate(nodes) if j != i]
-        for level, side in itertools.product(range(LABEL_LEVELS), sides):  # nearest places first
+        # nearest places first; at each, the label also slid half its length along its side (a label
+        # above a node moved left or right, one beside it up or down) before going a line further out
+        for level, side, slide in itertools.product(range(LABEL_LEVELS), sides, (0, -1, 1)):
             dx, dy = _label_offset(side, float(r["radius"]), level, line)
+            if side in ("top center", "bottom center"):
+                dx += slide * w / 2
+            else:
+                dy += slide * h
             mark = _LABEL_MARKS[side]
             left = ax + dx - {"left": 0.0, "center": w / 2, "right": w}[mark["align"]]
             top = ay + dy - {"top": 0.0, "middle": h / 2, "bottom": h}[mark["baseline"]]
@@ -278,6 +290,21 @@ def place_labels(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], yd
         side, dx, dy, box = best
         placed.append(box)
         out.append({**r, "side": side, "dx": round(dx, 1), "dy": round(dy, 1)})
+    return out
+
+
+def _crowding(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], ydomain: Sequence[float],
+              height: float, width: float = LABEL_WIDTH_PX) -> dict[str, int]:
+    """Per label, how many other labelled nodes lie within one label's box of it (pixels): the
+    crowded ones are placed first, while the places around them are still free."""
+    (x0, x1), (y0, y1) = xdomain, ydomain
+    sx, sy = width / ((x1 - x0) or 1.0), height / ((y1 - y0) or 1.0)
+    xy = np.array([[(float(r["x"]) - x0) * sx, (y1 - float(r["y"])) * sy] for r in rows]).reshape(-1, 2)
+    size = np.array([_text_size(r) for r in rows]).reshape(-1, 2)
+    out = {}
+    for i, r in enumerate(rows):
+        near = (np.abs(xy[:, 0] - xy[i, 0]) < size[i, 0]) & (np.abs(xy[:, 1] - xy[i, 1]) < 3 * size[i, 1])
+        out[r["label"]] = int(near.sum()) - 1
     return out
 
 
@@ -346,9 +373,10 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
     Nodes: fill = modality, size = expert accuracy, outline = community (the legend lists each
     community and the modalities it spans). Edges: width and opacity grow with similarity;
     hovering an edge shows its similarity. ``target`` is drawn as a star *under* its ``sources``
-    (e.g. the top-k predicted experts), which are joined to it by dashed red lines. Labels only for
-    the target, its sources and ``highlight`` (e.g. search matches); every other name shows on
-    hover, so labels never pile up in the dense middle. ``rings`` (the user's own tasks) are ringed.
+    (e.g. the top-k predicted experts), which are joined to it by dashed red lines. The target, its
+    sources and ``highlight`` (e.g. search matches) are labelled first; on a graph of at most
+    :data:`NAME_ALL_N` tasks every other node is named too, in smaller grey type, each label placed
+    by :func:`place_labels` clear of the others; above that every other name shows on hover. ``rings`` (the user's own tasks) are ringed.
     Clicking a node selects it in the point parameter :data:`PICK` (field ``name``); dragging pans
     and the mouse wheel zooms.
 
@@ -360,6 +388,7 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
     pos = dict(pos) if pos is not None else graph_positions(G)
     large = G.number_of_nodes() > LARGE_N
     focus = [x for x in dict.fromkeys([target, *sources, *highlight]) if x is not None and x in pos]
+    named = focus + [n for n in G if n in pos and n not in focus] if G.number_of_nodes() <= NAME_ALL_N else focus
     weights = [float(w) for _, _, w in G.edges(data="weight", default=0.0)]
     lo, hi = (min(weights), max(weights)) if weights else (0.0, 1.0)
     span = (hi - lo) or 1.0
@@ -402,7 +431,10 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
         if large else []
     layers += _community_bubbles(bubbles)
     # the target first, so its sources (drawn next) stay visible on top of the star
-    sides = label_positions(pos, focus)  # few labels, so cheap at any size
+    # the focus labels face away from each other (as without the other names); the others away from
+    # their nearest named neighbour; at most NAME_ALL_N names, or the few focus labels: cheap at any size
+    sides = label_positions(pos, focus)
+    other_sides = label_positions(pos, named) if len(named) > len(focus) else {}
     labels: list[dict] = []
     if target is not None and target in G:
         d = G.nodes[target]
@@ -435,6 +467,10 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
         if n in focus:
             labels.append({"x": rows[-1]["x"], "y": rows[-1]["y"], "label": n, "side": sides.get(n, "top center"),
                            "radius": (rows[-1]["size"] ** 0.5) / 2, "color": "#111", "size": 12})
+        elif n in named:  # a small study: every task named, in a quieter type
+            labels.append({"x": rows[-1]["x"], "y": rows[-1]["y"], "label": n, "side": other_sides.get(n, "top center"),
+                           "radius": (rows[-1]["size"] ** 0.5) / 2, "color": OTHER_LABEL_COLOR,
+                           "size": OTHER_LABEL_SIZE})
     mods = sorted({r["modality"] for r in rows} | ({G.nodes[target].get("modality") or "other"}
                                                    if target in G else set()),
                   key=lambda m: (list(MODALITY_COLORS).index(m) if m in MODALITY_COLORS else 9, m))
@@ -472,7 +508,9 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
                          "tooltip": [{"field": "name", "title": "task"}]}})
     xdom, ydom = _pad_range(xs, 0.04), _pad_range(ys, 0.06)
     rank = {n: i for i, n in enumerate(focus)}  # the target, then its sources, then the rest
-    layers += _label_layers(place_labels(sorted(labels, key=lambda r: rank.get(r["label"], len(rank))),
+    crowd = _crowding(labels, xdom, ydom, height)  # the rest: the most crowded first, while places are free
+    layers += _label_layers(place_labels(sorted(labels, key=lambda r: (rank.get(r["label"], len(rank)),
+                                                                       -crowd[r["label"]], r["label"])),
                                          xdom, ydom, height, avoid=_bubble_texts(bubbles)))
     spec: dict[str, Any] = {
         "width": "container", "height": height,
