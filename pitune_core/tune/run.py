@@ -107,10 +107,15 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
         if rank or cfg["own_expert"]:
             cfg, tune_steps, own_dir = _target_side(cfg, sources, bb, run_dir, rank, on_step)
             (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+        tune_cb = on_step
+        if on_step is not None and own_dir is not None:  # the data stage is over: not reported a second time
+            from pitune_core.tune.baselines import DATA_STAGE
+
+            tune_cb = lambda p: None if p.get("stage") == DATA_STAGE else on_step(p)  # noqa: E731
         interp, metrics, history = interpolate_and_tune(
             cfg["target"], list(zip(cfg["sources"], cfg["similarities"])), sources, bb,
             None if cfg["shots"] is None else int(cfg["shots"]), int(cfg["seed"]), weights=cfg["weights"],
-            train_weights=not fixed, train_experts=not cfg["weights_only"], on_step=on_step, steps=tune_steps,
+            train_weights=not fixed, train_experts=not cfg["weights_only"], on_step=tune_cb, steps=tune_steps,
             own_dir=own_dir if cfg["own_expert"] else None)
         labels = cfg["sources"] + ([f"{cfg['target']} (own)"] if cfg["own_expert"] else [])
         (run_dir / "weights.json").write_text(json.dumps({"sources": labels, "history": history}, indent=1))
