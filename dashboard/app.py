@@ -775,6 +775,21 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
     live_runs(str(db))
 
 
+def _clock(secs: float) -> str:
+    secs = int(round(secs))
+    return f"{secs // 60}:{secs % 60:02d}" if secs < 3600 else f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+
+
+def stage_progress_text(p: Mapping) -> str:
+    """A run's stage as its bar says it: its count, and the time left at the stage's own rate so far
+    (``stage_elapsed`` over the steps done; none before the first step)."""
+    step, total, spent = p.get("step"), p.get("total"), p.get("stage_elapsed")
+    text = f"{_md(p.get('stage') or 'train')}: {step}/{total}"
+    if isinstance(spent, (int, float)) and isinstance(step, (int, float)) and step > 0 and total and step < total:
+        text += f" · about {_clock(spent / step * (total - step))} left"
+    return text
+
+
 @st.fragment(run_every=2.0)
 def live_runs(db: str) -> None:
     """Live progress of the dashboard's runs (re-renders on its own every 2 s)."""
@@ -807,7 +822,7 @@ def live_runs(db: str) -> None:
         cols[1].caption(f"stage: {_md(p.get('stage', '–'))}")
         step, total = p.get("step"), p.get("total")
         if step is not None and total:
-            cols[2].progress(min(1.0, float(step) / float(total)), text=f"step {step}/{total}")
+            cols[2].progress(min(1.0, float(step) / float(total)), text=stage_progress_text(p))
         else:
             cols[2].progress(0.0, text="waiting" if r.status == "queued" else (
                 _md(p["stage"]) if p.get("stage") else

@@ -109,3 +109,24 @@ def test_transfer_opts_out_of_the_registry(flag, tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["accuracy"] == 0.625
     where = seen["out"].resolve()
     assert where.parent == tmp_path / "runs" / "transfer" if flag == ["--no-record"] else where == tmp_path / "out"
+
+
+@needs_study
+@pytest.mark.slow
+def test_a_placement_reports_its_own_experts_steps(tmp_path, monkeypatch):
+    """place_task reports the own expert's every step with its total (the CLI's bar sat at 1/15
+    through every stage: one report before training, none during it), then the own Fisher with its
+    count. The predictor graphs' extra placement is left out here (its source side is point 1's)."""
+    from pitune_core.data import user_tasks as U
+    from pitune_core.study import place
+    from pitune_core.tune.baselines import OWN_EXPERT_STAGE, OWN_FISHER_STAGE
+
+    monkeypatch.setenv("PITUNE_TASKS", str(tmp_path / "tasks"))
+    monkeypatch.setattr(place, "_predictor_graphs", lambda study, cfg: [])
+    csv = "text,label\n" + "".join(f"sunny day number {i},sunny\nrainy day number {i},rainy\n" for i in range(12))
+    U.save_task(U.draft_text_task("my_weather", csv.encode(), "w.csv"))
+    seen: list[dict] = []
+    place.place_task("my_weather", STUDY, place.PlaceConfig(shots=4, max_steps=3), on_progress=seen.append)
+    own = [(p["step"], p["total"]) for p in seen if p.get("stage") == OWN_EXPERT_STAGE]
+    assert own == [(1, 3), (2, 3), (3, 3)]
+    assert [(p["step"], p["total"]) for p in seen if p.get("stage") == OWN_FISHER_STAGE] == [(0, 8), (8, 8)]

@@ -186,3 +186,32 @@ def test_study_tab_counts_the_measurements(tmp_path, monkeypatch):
     assert rows["protocol (pre-registered runs)"] == ("0.7 min", 4)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Ground-truth pairs"] == "6" and metrics["Protocol runs"] == "4"
+
+
+def test_a_running_stage_shows_its_count_and_time_left(tmp_path, monkeypatch):
+    """Issue 32, points 1 and 7: the live run shows its stage with the stage's own count and an ETA
+    (before: "stage: own expert ...", an empty bar and "loss –" for the whole first-use work)."""
+    from pitune_core.runs.jobs import RunContext
+    from pitune_core.runs.registry import RunRegistry
+    from pitune_core.predict.predictors import SOURCE_STAGE
+
+    root, db = _study(tmp_path), tmp_path / "runs" / "registry.sqlite"
+    reg = RunRegistry(db)
+    cfg = {"target": TARGET, "k": 2, "method": "lora", "embedding": "fisher", "shots": 4, "weights": "uniform",
+           "sources": None, "seed": 0, "study": str(root), "weights_only": False}
+    run_id = reg.submit("transfer", cfg, name="live")
+    rec = reg.claim(run_id)
+    ctx = RunContext(reg, rec)
+    clock = iter([100.0, 100.0, 130.0])  # the stage starts at 100 s; 3 of 12 rows done at 130 s
+    monkeypatch.setattr("pitune_core.runs.jobs.time.time", lambda: next(clock, 130.0))
+    ctx.progress(f"{SOURCE_STAGE} (fisher-empirical)", step=0, total=12)
+    ctx.progress(f"{SOURCE_STAGE} (fisher-empirical)", step=3, total=12)
+    ctx.flush()
+    monkeypatch.undo()
+    monkeypatch.setenv("PITUNE_STUDY", str(root))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(db))
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.session_state["view"] = "Tune & launch"
+    at.run()
+    bars = [b.proto.text for b in at.get("progress")]
+    assert any("3/12" in t and "about 1:30 left" in t and "source-side rows not shipped" in t for t in bars), bars
