@@ -826,7 +826,7 @@ def live_runs(db: str) -> None:
         else:
             cols[2].progress(0.0, text="waiting" if r.status == "queued" else (
                 _md(p["stage"]) if p.get("stage") else
-                "preparing: on a task's first use its archive is downloaded and features are extracted (about a minute)"))
+                "starting: the run names each stage here, with its count, as it reaches it"))
         cols[3].caption("loss")
         cols[3].markdown(f"**{p['loss']:.3f}**" if isinstance(p.get("loss"), (int, float)) else "–")
         cols[4].caption("elapsed")
