@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 from dashboard import figures as F  # noqa: E402
 from dashboard.text import md as _md  # noqa: E402
 from dashboard import new_task as NT  # noqa: E402
-from pitune_core.predict.quality import fullest_plan  # noqa: E402
+from pitune_core.predict.quality import fullest_plan, predictor_of  # noqa: E402
 from pitune_core.paths import default_runs_db, default_study  # noqa: E402
 from pitune_core.study.reader import (  # noqa: E402
     EMBEDDING_LABELS,
@@ -198,7 +198,12 @@ def render_sidebar(study: Study, root: Path, db: Path, sel: dict | None) -> None
     sb = st.sidebar
     sb.title("π-Tuning")
     man = study.manifest()
-    sb.caption(f"Study `{root.name}` · {len(study.tasks())} tasks · finished {str(man.get('finished', '?'))[:16]}")
+    n_all = len(study.tasks())
+    drawn = len(sel["_sidebar"]["names"]) if sel is not None else n_all
+    graph = EMBEDDING_LABELS.get(sel["embedding"], sel["embedding"]) if sel is not None else ""
+    sb.caption(f"Study `{root.name}` · {n_all} tasks"
+               + (f", {drawn} on the {_md(graph)} graph (the targets offered below)" if drawn != n_all else "")
+               + f" · finished {str(man.get('finished', '?'))[:16]}")
     methods = study.methods()
     sb.selectbox("Expert type", methods, key="method", format_func=lambda m: METHOD_LABELS.get(m, m),
                  help="Parameter-efficient experts trained per task on the frozen backbone.")
@@ -361,15 +366,17 @@ def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
                        f"{len(names):,} tasks drawn on one canvas; each bubble is a community (its size grows with "
                        "its members); edges are the kNN links around the target when there are too many to draw. "
                        if large else "size = expert accuracy, outline = community, edge width = similarity. ")
-                   + "The target is the red star, dashed lines lead to its top-k sources; only the target, its "
-                     "sources and search matches are labelled (hover for any other task). Click a node to make "
-                     "it the target; drag to pan, scroll to zoom, double-click to reset the view.")
+                   + "The target is the red star, dashed lines lead to its top-k sources; "
+                   + ("every task is named (the target, its sources and search matches in bold type). "
+                      if G.number_of_nodes() <= F.NAME_ALL_N else
+                      "only the target, its sources and search matches are named (hover for any other task). ")
+                   + "Click a node to make it the target; drag to pan, scroll to zoom, double-click to reset the view.")
         _placed_elsewhere(study, sel, set(G))
         _cross_modal_note(study)
     with right:
         topk_list(study, sel, "topk-graph", top)
         st.markdown(f"**Communities** ({len(summary)}; " + ("bubbles on the graph)" if large else "node outline colour)"))
-        shown = summary[:20] if large else summary
+        shown = sorted(summary, key=lambda c: -int(c["size"]))[:20] if large else summary  # the largest, on a hub
         for c in shown:  # plain markdown: no HTML on the first view (its renderer is one more script to load)
             badge = " · **cross-modal**" if c["cross_modal"] else ""
             members = list(map(str, c["members"]))
@@ -484,11 +491,17 @@ def tab_target(study: Study, sel: dict) -> None:
     e = experts.get(t["name"], {})
     st.subheader(t["name"])  # task names are validated identifiers (reader)
     st.caption(f"{_md(t.get('modality'))} · {_md(t.get('num_classes'))} classes · {_md(t.get('description', ''))}")
+    metric = (e.get("metric") or t.get("metric") or "accuracy").replace("_", "-")
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Own expert accuracy", _pct(e.get("expert")))
+    m1.metric(f"Own expert ({metric})", _pct(e.get("expert")))
     m2.metric("Zero-shot", _pct(e.get("zero_shot")))
     m3.metric("Majority class", _pct(e.get("majority")))
     m4.metric("Training examples", t.get("num_train", "–"))
+    if t.get("user_task"):
+        st.caption("Test scores of your task from its placement (placement.json): its own expert trained on the "
+                   "placement's examples, the backbone without an expert (zero-shot), always the majority class."
+                   + ("" if e.get("source") else " This placement did not record them: place the task again "
+                                                 "(New task tab or `pitune task place`) to see them."))
     left, right = st.columns([1.2, 1])
     with left:
         top = study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])
@@ -593,9 +606,11 @@ def _groundtruth_panel(study: Study, sel: dict) -> bool:
         st.markdown(f"Best at {_md(size)} by Spearman: **{_md(best)}** "
                     f"({_md(F.metric_cell(s, 'spearman'))}, {b['n_targets']} target{'s' * (b['n_targets'] != 1)})"
                     f"{verdict}.")
-    here = "" if sel["embedding"] in q["table"][size] else \
+    chosen = predictor_of(sel["embedding"]) or sel["embedding"]  # "predictor-fisher" is the row "fisher"
+    here = "" if chosen in q["table"][size] else \
         f" (the sidebar's {_md(EMBEDDING_LABELS.get(sel['embedding'], sel['embedding']))} is not a predictor here)"
-    st.dataframe(F.predictor_quality_rows(q, size, selected=sel["embedding"], target=sel["target"]),
+    st.dataframe(F.predictor_quality_rows(q, size, selected=chosen, target=sel["target"],
+                                          ceiling_targets=len((rel or {}).get("per_target") or {}) or None),
                  hide_index=True, key="gt_quality_table")
     st.caption(f"groundtruth/{_md(plan)}/quality.json: each metric's mean over targets with its bootstrap 95% CI, "
                "then as a fraction of the noise ceiling (regret: the excess over the split-half oracle's regret); "
@@ -604,7 +619,7 @@ def _groundtruth_panel(study: Study, sel: dict) -> bool:
                f"(exploratory; same-modality is 0 there by construction); ◀ marks the sidebar's embedding{here}.")
     with st.expander("Chart"):
         metric = st.radio("Metric", q["metrics"], key="gt_metric", horizontal=True, format_func=F.metric_title)
-        st.plotly_chart(F.predictor_quality_figure(q, size, metric, selected=sel["embedding"]),
+        st.plotly_chart(F.predictor_quality_figure(q, size, metric, selected=chosen),
                         key="gt_quality_chart", config={"displaylogo": False})
     return True
 
@@ -760,6 +775,21 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
     live_runs(str(db))
 
 
+def _clock(secs: float) -> str:
+    secs = int(round(secs))
+    return f"{secs // 60}:{secs % 60:02d}" if secs < 3600 else f"{secs // 3600}h{(secs % 3600) // 60:02d}m"
+
+
+def stage_progress_text(p: Mapping) -> str:
+    """A run's stage as its bar says it: its count, and the time left at the stage's own rate so far
+    (``stage_elapsed`` over the steps done; none before the first step)."""
+    step, total, spent = p.get("step"), p.get("total"), p.get("stage_elapsed")
+    text = f"{_md(p.get('stage') or 'train')}: {step}/{total}"
+    if isinstance(spent, (int, float)) and isinstance(step, (int, float)) and step > 0 and total and step < total:
+        text += f" · about {_clock(spent / step * (total - step))} left"
+    return text
+
+
 @st.fragment(run_every=2.0)
 def live_runs(db: str) -> None:
     """Live progress of the dashboard's runs (re-renders on its own every 2 s)."""
@@ -792,11 +822,11 @@ def live_runs(db: str) -> None:
         cols[1].caption(f"stage: {_md(p.get('stage', '–'))}")
         step, total = p.get("step"), p.get("total")
         if step is not None and total:
-            cols[2].progress(min(1.0, float(step) / float(total)), text=f"step {step}/{total}")
+            cols[2].progress(min(1.0, float(step) / float(total)), text=stage_progress_text(p))
         else:
             cols[2].progress(0.0, text="waiting" if r.status == "queued" else (
                 _md(p["stage"]) if p.get("stage") else
-                "preparing: on a task's first use its archive is downloaded and features are extracted (about a minute)"))
+                "starting: the run names each stage here, with its count, as it reaches it"))
         cols[3].caption("loss")
         cols[3].markdown(f"**{p['loss']:.3f}**" if isinstance(p.get("loss"), (int, float)) else "–")
         cols[4].caption("elapsed")
@@ -891,17 +921,34 @@ def _run_sources(r) -> str:
     return f"{picked} (ranked from its examples)"
 
 
+def _run_score(rec, metric: str) -> float | None:
+    """A finished run's test score in the task's ``metric`` (what the study's numbers are), or None
+    when the run did not record it (a macro-F1 task is never compared by accuracy)."""
+    m = rec.metrics or {}
+    test = m.get("test") if isinstance(m.get("test"), Mapping) else {}
+    v = test.get(metric, m.get("accuracy") if metric == "accuracy" else None)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
+
+
+def _study_cell(a: dict) -> str:
+    sd = "–" if a["std"] != a["std"] else f"{100 * a['std']:.1f}"
+    return f"{100 * a['mean']:.1f} ± {sd} ({len(a['scores'])} seed{'s' * (len(a['scores']) != 1)})"
+
+
 def tab_compare(study: Study, sel: dict, db: Path) -> None:
+    from pitune_core.study.evidence import references, regime_of, run_flags
+
     target = sel["target"]
     reg = get_registry(str(db))
     all_runs = filter_runs_for(reg.list_runs(kind="transfer", limit=500)) if reg is not None else []
     runs = [r for r in all_runs if r.config.get("target") == target]
-    base = study.compare_results(target)
     protocol = protocol_section(study)
     if protocol:
         st.divider()
     st.subheader(f"Runs and baselines for `{target}`")
-    if base and not any(r.get("selection") for r in base):
+    ev = study.target_evidence(target, sel["method"])
+    measured, metric, zero = ev["regimes"], ev["metric"], ev["zero_shot"]
+    if ev["provisional"]:
         st.warning(
             "Provisional evidence. These baselines were made before the leakage-free protocol "
             "(README, *Protocol*): approaches that pick sources ranked them with the target's full-data "
@@ -909,16 +956,41 @@ def tab_compare(study: Study, sel: dict, db: Path) -> None:
             "(e.g. 40 of rt_polarity's 480 test sentences are in movie_sentiment's), the projector was aligned "
             "on three of these targets, and there are 2 seeds. Do not read a π-Tuning advantage from them; "
             "the pre-registered study (`plans/few-shot-v2.json`) replaces them.")
-    run_rows = [{"label": f"run {r.id[-6:]} ({r.config.get('shots') or 'full'}-shot)",
-                 "shots": r.config.get("shots") or "full",
-                 "accuracy": (r.metrics or {}).get("accuracy")} for r in runs if r.status == "succeeded"]
-    if (base and not protocol) or run_rows:  # with protocol results, the provisional bars stay a table
-        st.plotly_chart(F.compare_figure([] if protocol else base, run_rows), key="compare_chart",
-                        config={"displaylogo": False})
-    if not base:
+    scored = [(r, regime_of(r.config.get("shots")), _run_score(r, metric)) for r in runs if r.status == "succeeded"]
+    flags = {r.id: run_flags(s, g, measured, zero) for r, g, s in scored}
+    options = sorted({*measured, *(g for _, g, _ in scored)},
+                     key=lambda g: (g == "full", int(g.split("-")[0]) if g != "full" else 0))
+    if options:
+        newest = scored[0][1] if scored else None  # the registry lists the newest run first
+        if st.session_state.get("_cmp_for") != (target, newest):  # a new target or a new run: show its regime
+            st.session_state["_cmp_for"] = (target, newest)
+            st.session_state["cmp_regime"] = newest or options[0]
+        _choice("cmp_regime", options, newest or options[0])
+        regime = st.radio("Regime", options, key="cmp_regime", horizontal=True,
+                          format_func=lambda g: "full data" if g == "full" else g.replace("-shot", " shots"),
+                          help="The study's approaches on this target with the same training data as the run.")
+        refs = references(measured, regime, zero)
+        run_rows = [{"label": f"your run {r.id[-6:]}", "score": s, "flagged": bool(flags[r.id])}
+                    for r, g, s in scored if g == regime]
+        st.plotly_chart(F.target_evidence_figure(measured.get(regime, []), run_rows, refs, metric),
+                        key="compare_chart", config={"displaylogo": False})
+        said = []
+        if measured.get(regime):
+            said.append(f"The study's approaches on `{target}` at {_md(regime)}: every seed (dots) and the mean ± std "
+                        f"(ddof=1), from {_md(ev['source'])}")
+        elif measured:
+            said.append(f"The study measured `{target}` at {_md(', '.join(measured))}, not at {_md(regime)}: there the "
+                        "only reference is zero-shot")
+        if zero is not None:
+            said.append(f"zero-shot from {_md(ev['zero_shot_source'])}")
+        st.caption("; ".join(said) + f". Scores are the task's metric ({_md(metric)}) on its test split.")
+    if not measured:
         others = study.compare_targets()
-        st.info(f"No precomputed baselines for `{target}`"
-                + (f" (targets with baselines: {', '.join(others)})." if others else " in this study."))
+        st.info(f"The study measured no approach on `{target}`"
+                + (f" (its compared targets: {', '.join(others)})." if others else " (it holds no comparison)."))
+    for r, g, s in scored:
+        if flags[r.id]:
+            st.warning(f"Run `{r.id}` ({_md(g)}) is " + _md("; ".join(flags[r.id])) + ".")
     left, right = st.columns(2)
     with left:
         st.markdown("**Your runs**")
@@ -927,26 +999,32 @@ def tab_compare(study: Study, sel: dict, db: Path) -> None:
                            "k": r.config.get("k"), "sources": _run_sources(r),
                            "weights": r.config.get("weights") if isinstance(r.config.get("weights"), str)
                            else "hand", "seed": r.config.get("seed"),
-                           "accuracy": (r.metrics or {}).get("accuracy")} for r in runs],
-                         hide_index=True, key="runs_table")
+                           "accuracy": (r.metrics or {}).get("accuracy"),
+                           "vs the study": "; ".join(flags.get(r.id) or []) or ("–" if r.id not in flags else "ok")}
+                          for r in runs], hide_index=True, key="runs_table")
         else:
             st.caption("No runs for this target yet — launch one under **Tune & launch**.")
     with right:
-        st.markdown("**Precomputed baselines** (`compare/results.csv`)")
-        if base:
-            st.dataframe([{"approach": b["approach"], "shots": str(b["shots"]), "seed": b["seed"],
-                           "accuracy": b["accuracy"], "sources": ", ".join(b["sources"])} for b in base],
-                         hide_index=True, key="baselines_table")
+        if measured:
+            st.markdown(f"**The study's measurements** (`{_md(ev['source'])}`, test {_md(metric)}, %: mean ± std)")
+            names = list(dict.fromkeys(a["label"] for rows in measured.values() for a in rows))
+            by = {(g, a["label"]): a for g, rows in measured.items() for a in rows}
+            st.dataframe([{"approach": n, **{g: _study_cell(by[(g, n)]) if (g, n) in by else "" for g in measured}}
+                          for n in names], hide_index=True, key="baselines_table")
     st.divider()
-    st.markdown("#### Open a run")
-    if not all_runs:
-        st.caption("No runs in the registry yet.")
+    st.markdown(f"#### Open a run of `{target}`")
+    if not runs:
+        st.caption(f"No runs of `{target}` in the registry yet"
+                   + (f" ({len(all_runs)} of other targets: choose one of those targets in the sidebar)."
+                      if all_runs else "."))
         return
-    ids = [r.id for r in runs] + [r.id for r in all_runs if r.config.get("target") != target]
-    by_id = {r.id: r for r in all_runs}
-    _choice("open_run", ids, ids[0])
+    ids = [r.id for r in runs]
+    by_id = {r.id: r for r in runs}
+    _choice("open_run", ids, ids[0])  # the newest run of this target when the target changes
     run_id = st.selectbox("Run", ids, key="open_run",
-                          format_func=lambda i: f"{i} · {by_id[i].config.get('target')} · {by_id[i].status}")
+                          format_func=lambda i: f"{i} · {by_id[i].config.get('shots') or 'full'}-shot · {by_id[i].status}")
+    for msg in flags.get(run_id) or []:
+        st.warning(f"This run is {_md(msg)}.")
     render_run(reg, by_id[run_id])
 
 
@@ -996,10 +1074,15 @@ def render_run(reg, rec) -> None:
 
 def tab_study(study: Study) -> None:
     man = study.manifest()
-    a, b, c = st.columns(3)
+    logs = study.measurement_logs()
+    a, b, c, d, e = st.columns(5)
     a.metric("Tasks", len(study.tasks()))
     b.metric("Experts", len(study.expert_summary()))
-    c.metric("Files (checksummed)", len(man.get("files", {})))
+    c.metric("Ground-truth pairs", f"{sum(r['runs'] for r in logs if r['path'].startswith('groundtruth/')):,}",
+             help="Measured transfer runs (target, source, seed) in groundtruth/<plan>/pairs.jsonl.")
+    d.metric("Protocol runs", f"{sum(r['runs'] for r in logs if r['path'].startswith('protocol/')):,}",
+             help="Done runs of the pre-registered comparison in protocol/<plan>/runs.jsonl.")
+    e.metric("Files (checksummed)", len(man.get("files", {})))
     st.markdown(f"Built with {_md(man.get('command', '?'))} · backbone {_md((man.get('backbone') or {}).get('id', '?'))}"
                 f" · {_md(str(man.get('started', '?'))[:19])} → {_md(str(man.get('finished', '?'))[:19])}")
     times = study.recorded_times()

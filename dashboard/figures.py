@@ -38,7 +38,7 @@ __all__ = [
     "topk_figure",
     "weights_bar_figure",
     "weights_history_figure",
-    "compare_figure",
+    "target_evidence_figure",
     "paired_diff_figure",
     "metric_title",
     "metric_cell",
@@ -106,6 +106,11 @@ def _hover(name: str, d: Mapping[str, Any], extra: str = "") -> str:
 #: above this many tasks the figures switch to a canvas (the graph) or WebGL traces (go.Scattergl, the
 #: map), small markers, no per-edge hover, and communities drawn as a level of detail
 LARGE_N = 300
+#: up to this many tasks every node of the graph carries its name (the others smaller and grey,
+#: placed after the target's, its sources' and the search matches'); above it only those do
+NAME_ALL_N = 60
+#: the font size (pixels) and colour of the names of nodes outside the focus
+OTHER_LABEL_SIZE, OTHER_LABEL_COLOR = 9, "#555555"
 #: the heatmap draws at most this many tasks (a 10,000 x 10,000 matrix is 10^8 cells)
 HEATMAP_MAX = 150
 #: at most this many community labels (the largest communities) on a large graph
@@ -235,7 +240,8 @@ def place_labels(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], yd
     """Where each label goes so that no two labels overlap, as far as it can: greedily, in the rows'
     order (the most important first), each takes the first free place among its preferred ``side``
     (:func:`label_positions`: away from its nearest labelled neighbour), the three other sides, then
-    the same four pushed one to :data:`LABEL_LEVELS` - 1 lines further out. A place is free when the label's box
+    the same four pushed one to :data:`LABEL_LEVELS` - 1 lines further out, each also slid half the
+    label along its side. A place is free when the label's box
     (estimated from its length and font size) stays inside the plot and overlaps no label placed
     before it, no labelled node's marker and no text of ``avoid`` (rows of x, y, label, size: text
     centred there, e.g. the community bubbles' labels). With no free place it takes the place that
@@ -262,8 +268,14 @@ def place_labels(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], yd
         sides = [first, *(s for s in _LABEL_MARKS if s != first)]
         best, least = None, float("inf")
         others = placed + [n for j, n in enumerate(nodes) if j != i]
-        for level, side in itertools.product(range(LABEL_LEVELS), sides):  # nearest places first
+        # nearest places first; at each, the label also slid half its length along its side (a label
+        # above a node moved left or right, one beside it up or down) before going a line further out
+        for level, side, slide in itertools.product(range(LABEL_LEVELS), sides, (0, -1, 1)):
             dx, dy = _label_offset(side, float(r["radius"]), level, line)
+            if side in ("top center", "bottom center"):
+                dx += slide * w / 2
+            else:
+                dy += slide * h
             mark = _LABEL_MARKS[side]
             left = ax + dx - {"left": 0.0, "center": w / 2, "right": w}[mark["align"]]
             top = ay + dy - {"top": 0.0, "middle": h / 2, "bottom": h}[mark["baseline"]]
@@ -278,6 +290,21 @@ def place_labels(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], yd
         side, dx, dy, box = best
         placed.append(box)
         out.append({**r, "side": side, "dx": round(dx, 1), "dy": round(dy, 1)})
+    return out
+
+
+def _crowding(rows: Sequence[Mapping[str, Any]], xdomain: Sequence[float], ydomain: Sequence[float],
+              height: float, width: float = LABEL_WIDTH_PX) -> dict[str, int]:
+    """Per label, how many other labelled nodes lie within one label's box of it (pixels): the
+    crowded ones are placed first, while the places around them are still free."""
+    (x0, x1), (y0, y1) = xdomain, ydomain
+    sx, sy = width / ((x1 - x0) or 1.0), height / ((y1 - y0) or 1.0)
+    xy = np.array([[(float(r["x"]) - x0) * sx, (y1 - float(r["y"])) * sy] for r in rows]).reshape(-1, 2)
+    size = np.array([_text_size(r) for r in rows]).reshape(-1, 2)
+    out = {}
+    for i, r in enumerate(rows):
+        near = (np.abs(xy[:, 0] - xy[i, 0]) < size[i, 0]) & (np.abs(xy[:, 1] - xy[i, 1]) < 3 * size[i, 1])
+        out[r["label"]] = int(near.sum()) - 1
     return out
 
 
@@ -352,9 +379,10 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
     Nodes: fill = modality, size = expert accuracy, outline = community (the legend lists each
     community and the modalities it spans). Edges: width and opacity grow with similarity;
     hovering an edge shows its similarity. ``target`` is drawn as a star *under* its ``sources``
-    (e.g. the top-k predicted experts), which are joined to it by dashed red lines. Labels only for
-    the target, its sources and ``highlight`` (e.g. search matches); every other name shows on
-    hover, so labels never pile up in the dense middle. ``rings`` (the user's own tasks) are ringed.
+    (e.g. the top-k predicted experts), which are joined to it by dashed red lines. The target, its
+    sources and ``highlight`` (e.g. search matches) are labelled first; on a graph of at most
+    :data:`NAME_ALL_N` tasks every other node is named too, in smaller grey type, each label placed
+    by :func:`place_labels` clear of the others; above that every other name shows on hover. ``rings`` (the user's own tasks) are ringed.
     Clicking a node selects it in the point parameter :data:`PICK` (field ``name``); dragging pans
     and the mouse wheel zooms.
 
@@ -366,6 +394,7 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
     pos = dict(pos) if pos is not None else graph_positions(G)
     large = G.number_of_nodes() > LARGE_N
     focus = [x for x in dict.fromkeys([target, *sources, *highlight]) if x is not None and x in pos]
+    named = focus + [n for n in G if n in pos and n not in focus] if G.number_of_nodes() <= NAME_ALL_N else focus
     weights = [float(w) for _, _, w in G.edges(data="weight", default=0.0)]
     lo, hi = (min(weights), max(weights)) if weights else (0.0, 1.0)
     span = (hi - lo) or 1.0
@@ -408,7 +437,10 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
         if large else []
     layers += _community_bubbles(bubbles)
     # the target first, so its sources (drawn next) stay visible on top of the star
-    sides = label_positions(pos, focus)  # few labels, so cheap at any size
+    # the focus labels face away from each other (as without the other names); the others away from
+    # their nearest named neighbour; at most NAME_ALL_N names, or the few focus labels: cheap at any size
+    sides = label_positions(pos, focus)
+    other_sides = label_positions(pos, named) if len(named) > len(focus) else {}
     labels: list[dict] = []
     if target is not None and target in G:
         d = G.nodes[target]
@@ -441,6 +473,10 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
         if n in focus:
             labels.append({"x": rows[-1]["x"], "y": rows[-1]["y"], "label": n, "side": sides.get(n, "top center"),
                            "radius": (rows[-1]["size"] ** 0.5) / 2, "color": "#111", "size": 12})
+        elif n in named:  # a small study: every task named, in a quieter type
+            labels.append({"x": rows[-1]["x"], "y": rows[-1]["y"], "label": n, "side": other_sides.get(n, "top center"),
+                           "radius": (rows[-1]["size"] ** 0.5) / 2, "color": OTHER_LABEL_COLOR,
+                           "size": OTHER_LABEL_SIZE})
     mods = sorted({r["modality"] for r in rows} | ({G.nodes[target].get("modality") or "other"}
                                                    if target in G else set()),
                   key=lambda m: (list(MODALITY_COLORS).index(m) if m in MODALITY_COLORS else 9, m))
@@ -483,7 +519,9 @@ def graph_figure(G: nx.Graph, pos: Mapping[str, Sequence[float]] | None = None, 
                          "tooltip": [{"field": "name", "title": "task"}]}})
     xdom, ydom = _pad_range(xs, 0.04), _pad_range(ys, 0.06)
     rank = {n: i for i, n in enumerate(focus)}  # the target, then its sources, then the rest
-    layers += _label_layers(place_labels(sorted(labels, key=lambda r: rank.get(r["label"], len(rank))),
+    crowd = _crowding(labels, xdom, ydom, height)  # the rest: the most crowded first, while places are free
+    layers += _label_layers(place_labels(sorted(labels, key=lambda r: (rank.get(r["label"], len(rank)),
+                                                                       -crowd[r["label"]], r["label"])),
                                          xdom, ydom, height, avoid=_bubble_texts(bubbles)))
     spec: dict[str, Any] = {
         "width": "container", "height": height,
@@ -746,59 +784,61 @@ def weights_history_figure(history: Sequence[Mapping[str, Any]], sources: Sequen
         fig.add_trace(go.Scatter(x=[p[0] for p in loss_pts], y=[p[1] for p in loss_pts], mode="lines",
                                  name="training loss", line=dict(dash="dot", color="#888")), secondary_y=True)
     fig.update_yaxes(title=dict(text="weight"), rangemode="tozero", secondary_y=False)
-    fig.update_yaxes(title=dict(text="loss"), secondary_y=True, showgrid=False)
+    # plain numbers (".3~g": 0.7, 2.74e-6), never an SI prefix: a loss of 2.7µ reads as micro-units
+    fig.update_yaxes(title=dict(text="loss"), secondary_y=True, showgrid=False, tickformat=".3~g",
+                     rangemode="tozero")
     fig.update_xaxes(title=dict(text="step"))
-    fig.update_layout(title=dict(text=title) if title else None, height=380, plot_bgcolor="white",
-                      margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    # the legend below the plot, clear of both axes' top ticks
+    fig.update_layout(title=dict(text=title) if title else None, height=400, plot_bgcolor="white",
+                      legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
+                      margin=dict(l=10, r=10, t=40 if title else 16, b=10))
     return fig
 
 
-def _shots_key(s: Any) -> tuple:
-    return (1, 0) if s in (None, "full") else (0, int(s))
+#: the reference lines of :func:`target_evidence_figure`: (colour, dash)
+REFERENCE_STYLE = {"zero-shot": ("#7f7f7f", "dash"), "target-only": ("#d62728", "dot")}
 
 
-def compare_figure(baselines: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]] = (),
-                   title: str | None = None) -> go.Figure:
-    """Accuracy per approach, grouped by shots: precomputed baselines (mean ± std over seeds,
-    every seed as a dot) and the dashboard's own runs (diamonds, one per run).
+def target_evidence_figure(approaches: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]],
+                           refs: Mapping[str, float], metric: str = "accuracy", title: str | None = None) -> go.Figure:
+    """One target at one regime: the study's approaches (each seed a small dot, the mean ± std a
+    diamond with a bar; best first), the user's runs (stars, red when flagged) beside them, and the
+    reference lines (zero-shot, target-only's mean) across the whole plot. Scores 0..1 (the task's
+    metric), shown as percentages.
 
-    ``baselines`` rows: approach, shots, accuracy; ``runs`` rows: label, shots, accuracy.
-    """
+    ``approaches``: rows of :func:`pitune_core.study.evidence.target_measurements` (label, scores,
+    mean, std); ``runs``: label, score, flagged; ``refs``: {name: score}."""
     fig = go.Figure()
-    shots_all = sorted({r.get("shots") if r.get("shots") is not None else "full" for r in [*baselines, *runs]},
-                       key=_shots_key)
-    approaches = list(dict.fromkeys(r["approach"] for r in baselines))
-    palette = ["#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2"]
-    for i, shots in enumerate(shots_all):
-        rows = [r for r in baselines if (r.get("shots") if r.get("shots") is not None else "full") == shots
-                and r.get("accuracy") is not None]
-        if not rows:
-            continue
-        xs, means, stds = [], [], []
-        for a in approaches:
-            vals = [float(r["accuracy"]) for r in rows if r["approach"] == a]
-            if vals:
-                xs.append(a)
-                means.append(float(np.mean(vals)))
-                stds.append(float(np.std(vals)) if len(vals) > 1 else 0.0)
-        name = f"{shots}-shot" if shots != "full" else "full data"
-        color = palette[i % len(palette)]
-        fig.add_trace(go.Bar(x=xs, y=means, name=name, legendgroup=name, marker=dict(color=color),
-                             error_y=dict(type="data", array=stds, visible=True),
-                             hovertemplate="%{x}<br>mean %{y:.3f}<extra>" + name + "</extra>"))
-    for r in runs:
-        if r.get("accuracy") is None:
-            continue
-        shots = r.get("shots") if r.get("shots") is not None else "full"
-        name = f"{shots}-shot" if shots != "full" else "full data"
-        fig.add_trace(go.Scatter(x=[r["label"]], y=[float(r["accuracy"])], mode="markers", name=r["label"],
-                                 legendgroup="runs", legendgrouptitle=dict(text="your runs"),
-                                 marker=dict(symbol="diamond", size=13, line=dict(width=1, color="black")),
-                                 hovertemplate=f"{r['label']} ({name})<br>accuracy %{{y:.3f}}<extra></extra>"))
-    fig.update_layout(title=dict(text=title) if title else None, barmode="group", height=420, showlegend=True,
-                      margin=dict(l=10, r=10, t=40 if title else 10, b=10), plot_bgcolor="white",
-                      yaxis=dict(title=dict(text="test accuracy"), rangemode="tozero", gridcolor="#eee"),
-                      xaxis=dict(title=dict(text="approach")))
+    labels = [_safe_label(a["label"]) for a in approaches]
+    for a, lab in zip(approaches, labels):
+        fig.add_trace(go.Scatter(x=[lab] * len(a["scores"]), y=[float(s) for s in a["scores"]], mode="markers",
+                                 marker=dict(size=6, color="#9ecae1"), showlegend=False,
+                                 hovertemplate=f"{lab}: seed %{{y:.1%}}<extra></extra>"))
+    if approaches:
+        fig.add_trace(go.Scatter(
+            x=labels, y=[float(a["mean"]) for a in approaches], mode="markers", name="study: mean ± std over seeds",
+            marker=dict(symbol="diamond", size=11, color="#1f77b4"),
+            error_y=dict(type="data", array=[0.0 if a["std"] != a["std"] else float(a["std"]) for a in approaches]),
+            hovertemplate="%{x}: mean %{y:.1%}<extra></extra>"))
+    shown = [r for r in runs if r.get("score") is not None]
+    if shown:
+        fig.add_trace(go.Scatter(
+            x=[_safe_label(r["label"]) for r in shown], y=[float(r["score"]) for r in shown], mode="markers",
+            name="your runs (red: below a reference line)",
+            marker=dict(symbol="star", size=15, line=dict(width=1, color="black"),
+                        color=["#d62728" if r.get("flagged") else "#2ca02c" for r in shown]),
+            hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
+    for name, value in refs.items():
+        color, dash = REFERENCE_STYLE.get(name, ("#555555", "dash"))
+        fig.add_hline(y=float(value), line=dict(color=color, dash=dash, width=1.5),
+                      annotation=dict(text=f"{_safe_label(name)} {100 * float(value):.1f}", font=dict(color=color)),
+                      annotation_position="top left")
+    fig.update_layout(title=dict(text=title) if title else None, height=420, showlegend=True,
+                      legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0),
+                      margin=dict(l=10, r=10, t=40 if title else 20, b=10), plot_bgcolor="white",
+                      yaxis=dict(title=dict(text=f"test {metric.replace('_', '-')}"), tickformat=".0%",
+                                 gridcolor="#eee"),
+                      xaxis=dict(title=None, tickangle=-30))
     return fig
 
 
@@ -928,7 +968,7 @@ WITHIN_COL = "beyond modality (Spearman within it)"
 
 
 def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str | None = None,
-                           target: str | None = None) -> list[dict]:
+                           target: str | None = None, ceiling_targets: int | None = None) -> list[dict]:
     """The Target tab's table at one target data size: a "noise ceiling" row (the split-half
     ceiling of every metric), then one row per predictor, best Spearman first: every metric as
     :func:`metric_cell`, cost per target (s), the paired Spearman difference to same-modality with
@@ -936,13 +976,15 @@ def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str 
     modality; "–" where undefined), the predictor's Spearman on ``target`` and a mark on the
     ``selected`` embedding.
 
-    ``quality`` is :meth:`pitune_core.study.reader.Study.groundtruth_quality` (validated)."""
+    ``quality`` is :meth:`pitune_core.study.reader.Study.groundtruth_quality` (validated);
+    ``ceiling_targets``: how many targets the ceiling is taken over (reliability.json), if known. The
+    ``targets`` column is text ("–" where not known), never a blank "None"."""
     metrics = list(quality.get("metrics") or [])
     preds = (quality.get("table") or {}).get(size) or {}
     ceil = (quality.get("reliability") or {}).get("mean") or {}
     tcol = f"Spearman on {target}" if target else None
     rows = []
-    head = {"predictor": "noise ceiling", "targets": None}
+    head = {"predictor": "noise ceiling", "targets": "–" if ceiling_targets is None else str(int(ceiling_targets))}
     for m in metrics:
         c = ceil.get("ceiling_spearman" if m == "spearman" else f"oracle_{m}")
         head[metric_title(m)] = _num3(c, 3 if m == "spearman" else 2)
@@ -957,7 +999,8 @@ def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str 
         return (-(m if isinstance(m, (int, float)) and math.isfinite(m) else -math.inf), item[0])
 
     for p, v in sorted(preds.items(), key=key):
-        row: dict[str, Any] = {"predictor": p, "targets": v.get("n_targets")}
+        n = v.get("n_targets")
+        row: dict[str, Any] = {"predictor": p, "targets": "–" if n is None else str(int(n))}
         for m in metrics:
             row[metric_title(m)] = metric_cell((v.get("summary") or {}).get(m), m)
         secs = v.get("seconds_per_target")

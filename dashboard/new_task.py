@@ -43,7 +43,7 @@ def highlight(fig, names: Sequence[str], xy: Mapping[str, Sequence[float]]) -> N
 
 
 def _limit_for(kind: str) -> int:
-    return U.LIMITS.max_text_bytes if kind == "text" else U.LIMITS.max_upload_bytes
+    return U.LIMITS.upload_bytes(kind)
 
 
 def _draft(kind: str, name: str, data: bytes, filename: str, text_col: str, label_col: str) -> U.Draft:
@@ -81,7 +81,8 @@ def render(study, root: Path, db: Path, get_registry: Callable) -> None:
     st.caption(f"Limits: {U.LIMITS.describe()}. The task is stored in `{U.task_store()}` "
                "(environment variable `PITUNE_TASKS`).")
     kind = st.radio("What do you have?", list(KINDS), format_func=KINDS.get, key="nt_kind", horizontal=True)
-    up = st.file_uploader(f"Upload ({', '.join(TYPES[kind])})", type=TYPES[kind], key=f"nt_file_{kind}")
+    up = st.file_uploader(f"Upload ({', '.join(TYPES[kind])})", type=TYPES[kind], key=f"nt_file_{kind}",
+                          max_upload_size=U.LIMITS.upload_mb(kind))  # the browser refuses a larger file
     c1, c2, c3 = st.columns(3)
     name = c1.text_input("Task name", key="nt_name", placeholder="e.g. my_reviews",
                          help="Lower-case letters, digits and underscores; not the name of a built-in task.")
@@ -96,6 +97,7 @@ def render(study, root: Path, db: Path, get_registry: Callable) -> None:
                    "paths relative to the zip's top level.")
     if up is None or not name:
         st.info("Choose a file and a task name to see a preview.")
+        _follow(root, db, get_registry)  # a placement under way stays in view when the upload is cleared
         _your_tasks(study, root)
         return
     try:
@@ -130,7 +132,7 @@ def render(study, root: Path, db: Path, get_registry: Callable) -> None:
                               f"per class; the smallest class has {max_shots}.")
     if s2.button("Add and place on the graph", type="primary", key="nt_place", icon=":material/add_circle:"):
         _add_and_place(draft, verbal, None if shots == "all" else int(shots), study, root, db, get_registry)
-    _follow(db, get_registry)
+    _follow(root, db, get_registry)
     _your_tasks(study, root)
 
 
@@ -169,7 +171,7 @@ def _add_and_place(draft: U.Draft, verbal: dict, shots: int | None, study, root:
 
 
 @st.fragment(run_every=2.0)
-def _follow(db: Path, get_registry: Callable) -> None:
+def _follow(root: Path, db: Path, get_registry: Callable) -> None:
     run_id = st.session_state.get("nt_run")
     if not run_id:
         return
@@ -186,14 +188,23 @@ def _follow(db: Path, get_registry: Callable) -> None:
                     + (f", step {step}/{total}" if step and total else ""))
     elif rec.status == "succeeded":
         m = rec.metrics or {}
-        top = ", ".join(f"{n} ({s:.3f})" for n, s in m.get("top_k", []))
+        lists = source_lists(m)
         shown = st.session_state.get("embedding")
-        switch = shown is not None and shown not in PLACEABLE  # e.g. a predictor's graph: it has no placed tasks
+        method = rec.config.get("method") or st.session_state.get("method", "lora")
+        on = placed_on(root, task, method) if task else []
+        # the sidebar's graph stays unless the task is not drawn on it (e.g. a predictor's graph it was not
+        # placed on); the study's default graph is one it is placed on (pitune_core.study.place)
+        switch = shown is not None and shown not in on and PLACEABLE[0] in on
         with st.container(key="nt_placed"):
-            st.success(f"`{task}` is placed on the graph ({m.get('time_s', '?')} s). Top sources: {top}. "
-                       "It is highlighted on the Graph and Map tabs and selectable as the target."
-                       + (f" Placed tasks are drawn on the {PLACEABLE[0]} graph only, so the sidebar switches "
-                          f"from {shown} to {PLACEABLE[0]}." if switch else ""))
+            st.success(f"`{task}` is placed on the graph ({m.get('time_s', '?')} s). Top sources: "
+                       + "; ".join(f"by {_md(g)}: {_md(top)}" for g, top in lists)
+                       + (". The lists differ because each graph ranks by its own measure (Fisher: cosine "
+                          "similarity; a predictor's graph: percentiles of that predictor's scores); the "
+                          "Graph and Target tabs show the list of the graph chosen in the sidebar. "
+                          if len({t for _, t in lists}) > 1 else ". ")
+                       + "It is highlighted on the Graph and Map tabs and selectable as the target."
+                       + (f" It is drawn on {', '.join(on)}, not on {shown}, so the sidebar switches to "
+                          f"{PLACEABLE[0]}." if switch else ""))
         if st.button("Make it the target", key="nt_make_target"):
             st.session_state["target"] = task
             st.rerun()
@@ -207,6 +218,23 @@ def _follow(db: Path, get_registry: Callable) -> None:
     else:
         lines = (rec.error or "").strip().splitlines()
         st.error(f"Placing `{task}` {rec.status}: {_md(lines[-1] if lines else 'no message')}"[:400], icon="🚫")
+
+
+def source_lists(metrics: Mapping) -> list[tuple[str, str]]:
+    """``[(graph label, "a (0.912), b (0.871)")]``: a placement's top sources on every graph it was
+    placed on (Fisher first, then the predictor graphs), from its run's metrics."""
+    from pitune_core.study.reader import EMBEDDING_LABELS
+
+    def fmt(top) -> str:
+        return ", ".join(f"{n} ({float(s):.3f})" for n, s in top or [] if isinstance(n, str)
+                         and isinstance(s, (int, float)))
+
+    emb = metrics.get("embedding") or PLACEABLE[0]
+    out = [(EMBEDDING_LABELS.get(emb, emb), fmt(metrics.get("top_k")))]
+    also = metrics.get("also_placed_on")
+    for g, top in (also.items() if isinstance(also, Mapping) else []):
+        out.append((EMBEDDING_LABELS.get(g, str(g)), fmt(top)))
+    return out
 
 
 #: session key of an embedding switch requested by a placement, applied at the start of the next full run

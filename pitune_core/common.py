@@ -115,21 +115,45 @@ def progress(iterable: Iterable | None = None, **kw: Any):
     return tqdm(iterable, **kw)
 
 
-class StepBar:
-    """A progress bar fed by training callbacks (``on_step({"stage": "train", "total", "loss"})``)."""
+class StageBars:
+    """Progress of a job that goes through named stages (``on_step({"stage", "step", "total", "loss"})``,
+    the callback every trainer and job here takes): one bar per stage, each with that stage's own
+    counts, so a bar never sits at another stage's step and its rate and ETA are the stage's own. A
+    stage that reports no counts shows its elapsed time; a new stage closes the previous bar. The
+    stage ``"train"`` is shown as ``train_label``."""
 
-    def __init__(self, desc: str):
-        self.bar = progress(desc=desc, unit="step")
+    def __init__(self, desc: str, train_label: str = "tune", file: Any = None):
+        self.desc, self.train_label, self.file = desc, train_label, file
+        self.bar = None
+        self.stage: str | None = None
+        self.stages: list[str] = []  # in the order they came, for the caller (and tests)
 
     def __call__(self, p: dict) -> None:
-        if p.get("stage") == "train":
-            self.bar.total = p["total"]
-            self.bar.update(1)
-            if p.get("loss") is not None:
-                self.bar.set_postfix(loss=f"{p['loss']:.3f}")
+        stage = p.get("stage")
+        if not stage:
+            return
+        total = p.get("total") if isinstance(p.get("total"), int) and p["total"] > 0 else None
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.stages.append(stage)
+            name = self.train_label if stage == "train" else stage
+            self.bar = progress(desc=f"{self.desc}: {name}", total=total, unit="step" if total else "it",
+                                file=self.file, leave=True,
+                                bar_format=None if total else "{desc} [{elapsed}]")
+        elif total is not None and self.bar.total != total:
+            self.bar.total = total
+        step = p.get("step")
+        if isinstance(step, int) and step > self.bar.n:
+            self.bar.update(step - self.bar.n)
+        if isinstance(p.get("loss"), (int, float)):
+            self.bar.set_postfix(loss=f"{p['loss']:.3f}", refresh=False)
+        self.bar.refresh()
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def parse_shots(value: Any) -> int | None:

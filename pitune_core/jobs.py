@@ -86,7 +86,8 @@ def place_task_job(config: dict, ctx) -> dict:
                       method=config.get("method", "lora"), embedding=config.get("embedding", "fisher"),
                       max_steps=config.get("max_steps"))
     rec = place_task(config["task"], config["study"], cfg, on_progress=on_step)
-    return {"task": rec["task"], "top_k": rec["top_k"], "position": rec["position"],
+    return {"task": rec["task"], "top_k": rec["top_k"], "embedding": rec["embedding"], "position": rec["position"],
+            "also_placed_on": rec.get("also_placed_on") or {},
             "expert_accuracy": rec["expert"]["test"]["accuracy"], "time_s": rec["timings_s"]["total"]}
 
 

@@ -35,6 +35,8 @@ EMBEDDINGS_FILE = "embeddings.safetensors"
 SIMILARITY_FILE = "similarity.csv"
 SIMILARITY_COSINE_FILE = "similarity_cosine.csv"
 GRAPH_FILE = "graph.json"
+#: the folder of the predictors' shipped source-side rows inside ``predict/EXPERT_TYPE/``
+SOURCE_SIDE_DIR = "source-side"
 LAYOUT_FILE = "layout.csv"
 LAYOUT_NOTE_FILE = "layout_note.txt"
 #: file names of a comparison (``compare/`` in a study, or ``pitune compare --out DIR``)
@@ -158,6 +160,12 @@ class StudyPaths:
 
     def similarity_csv(self, expert_type: str, embedding: str) -> Path:
         return self.embedding_dir(expert_type, embedding) / SIMILARITY_FILE
+
+    def source_side(self, expert_type: str) -> Path:
+        """The predictors' source-side rows the study ships (``{kind}-{source}-{key}.npz`` and the
+        ``context.json`` of the settings they were made with): made by the ground truth's predictors
+        stage, read at run time so that nothing source-side is recomputed on a user's machine."""
+        return self.predict / expert_type / SOURCE_SIDE_DIR
 
     def embeddings_file(self, expert_type: str, embedding: str) -> Path:
         return self.embedding_dir(expert_type, embedding) / EMBEDDINGS_FILE

@@ -332,11 +332,14 @@ def test_runs_and_compare_with_a_succeeded_run(env):
     run_id = _finished_run(env["db"], env["study"])
     at = _app("Runs & compare")
     _ok(at)
-    fig = _spec(at, "compare_chart")
-    bars = [t for t in fig["data"] if t["type"] == "bar"]
-    assert [b["name"] for b in bars] == ["4-shot", "16-shot", "full data"]
-    runs = [t for t in fig["data"] if t["type"] == "scatter"]
-    assert len(runs) == 1 and runs[0]["y"] == [0.8123] and run_id[-6:] in runs[0]["name"]
+    fig = _spec(at, "compare_chart")  # the run's regime (4 shots) beside the study's approaches there
+    assert at.radio(key="cmp_regime").value == "4-shot"
+    means = next(t for t in fig["data"] if t.get("name", "").startswith("study: mean"))
+    assert means["x"] == ["π-Tuning", "target-only", "uniform-avg"]  # compare/results.csv: 0.605, 0.505, 0.305
+    assert means["y"] == pytest.approx([0.605, 0.505, 0.305])
+    runs = next(t for t in fig["data"] if t.get("name", "").startswith("your runs"))
+    assert runs["y"] == [0.8123] and run_id[-6:] in runs["x"][0]
+    assert sorted(s["y0"] for s in fig["layout"]["shapes"]) == pytest.approx([0.3, 0.505])  # zero-shot, target-only
     assert at.selectbox(key="open_run").value == run_id
     assert "81.2%" in [m.value for m in at.metric]
     hist = {t["name"]: t for t in _spec(at, "run_weights_chart")["data"]}
@@ -412,7 +415,7 @@ def test_dashboard_command(monkeypatch, tmp_path, capsys):
     assert argv[4] == str(REPO / "dashboard" / "app.py")
     opts = dict(zip(argv[5::2], argv[6::2]))
     assert opts == {"--server.address": "127.0.0.1", "--server.port": "8765", "--server.headless": "true",
-                    "--browser.gatherUsageStats": "false"}
+                    "--browser.gatherUsageStats": "false", "--server.maxUploadSize": "100"}
     assert env["PITUNE_STUDY"] == str((tmp_path / "s").resolve())
     assert env["PITUNE_RUNS_DB"] == str((tmp_path / "r.sqlite").resolve())
     err = capsys.readouterr().err
@@ -429,3 +432,24 @@ def test_streamlit_config_is_local_and_private():
     cfg = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1" and cfg["server"]["headless"] is True
     assert cfg["browser"]["gatherUsageStats"] is False
+
+
+def test_upload_limits_have_one_owner():
+    """The server's upload cap and each upload widget's are the user task store's limits (the page
+    states them), not Streamlit's default 200 MB (issue 32, point 9)."""
+    import tomllib
+
+    from pitune_core.cli.dashboard import streamlit_command
+    from pitune_core.data.user_tasks import LIMITS
+
+    cfg = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["maxUploadSize"] == LIMITS.upload_mb() == 100
+    argv = streamlit_command()
+    assert argv[argv.index("--server.maxUploadSize") + 1] == str(LIMITS.upload_mb())
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.session_state["view"] = "New task"
+    at.run()
+    up = at.get_by_key("nt_file_text").proto
+    assert up.max_upload_size_mb == LIMITS.upload_mb("text") == 20
+    at.radio(key="nt_kind").set_value("images").run()
+    assert at.get_by_key("nt_file_images").proto.max_upload_size_mb == LIMITS.upload_mb("images") == 100

@@ -607,8 +607,29 @@ def test_sidebar_defaults_to_the_best_predictor_and_draws_it(drawn_study, tmp_pa
     assert drawn < experts
     assert any(f"ranked over the {drawn} other tasks this graph draws (the study has {experts} other experts"
                in c.value for c in at.caption), [c.value for c in at.caption]
+    # the sidebar's task count says how many of the study's tasks this graph offers (issue 32, point 10)
+    n_all = len(study.tasks())
+    assert any(c.value.startswith(f"Study `study` · {n_all} tasks, {drawn + 1} on the {label} graph")
+               for c in at.sidebar.caption), [c.value for c in at.sidebar.caption]
+    assert len(at.sidebar.selectbox(key="target").options) == drawn + 1
     box.set_value("predictor-random").run()
     assert not at.exception and at.sidebar.selectbox(key="embedding").value == "predictor-random"
+
+
+def test_target_tab_marks_the_sidebars_predictor_graph_and_names_the_ceilings_targets(drawn_study, tmp_path,
+                                                                                       monkeypatch):
+    """With the sidebar on a predictor's graph (predictor-fisher), the table's fisher row is the one
+    marked, the caption does not call it "not a predictor here", and the noise ceiling's targets cell
+    is a count, not "None" (issue 32, point 10)."""
+    at = _app(drawn_study["root"], tmp_path, monkeypatch, "Target")
+    at.sidebar.selectbox(key="embedding").set_value("predictor-fisher").run()
+    assert not at.exception
+    df = _table(at, "vs same-modality (Spearman diff)")
+    assert df[df["predictor"] == "fisher"].iloc[0]["sidebar"] == "◀ selected"
+    assert not any("is not a predictor here" in c.value for c in at.caption)
+    rel = Study(drawn_study["root"]).groundtruth_reliability("gt-test")
+    assert df[df["predictor"] == "noise ceiling"].iloc[0]["targets"] == str(len(rel["per_target"]))
+    assert "None" not in set(df["targets"].astype(str))
 
 
 def test_transfer_configs_accept_drawn_predictors_only():

@@ -61,10 +61,14 @@ def test_graph_figure(graph):
     stroke = GS.layer(spec, "tasks")["encoding"]["stroke"]["scale"]
     n_comm = len({c for _, c in graph.nodes(data="community")})
     assert len(stroke["domain"]) == n_comm and all("tasks (" in d for d in stroke["domain"])
-    # a click on a node selects its name; labels only for the target and its sources
+    # a click on a node selects its name; a small graph names every task, the target and its sources
+    # in the focus type, the others smaller and grey
     pick = next(p for p in GS.layer(spec, "tasks")["params"] if p["name"] == F.PICK)
     assert pick["select"]["fields"] == ["name"]
-    assert sorted(lb["label"] for lb in GS.labels(spec)) == ["b_lang", "c_vis", "d_vis"]
+    assert sorted(lb["label"] for lb in GS.labels(spec)) == sorted(NAMES)
+    quiet = {r["label"] for ly in spec["layer"] if ly["mark"]["type"] == "text"
+             and ly["mark"]["fontSize"] == F.OTHER_LABEL_SIZE for r in ly["data"]["values"]}
+    assert quiet == set(NAMES) - {"b_lang", "c_vis", "d_vis"}
     json.loads(json.dumps(spec))  # JSON as it is
 
 
@@ -160,21 +164,22 @@ def test_weights_figures():
     lines = {t.name: t for t in fig.data}
     assert list(lines["a"].y) == [0.5, 0.6, 0.7] and list(lines["b"].x) == [0, 5, 10]
     assert list(lines["training loss"].y) == [1.0, 0.5]
+    # issue 32 point 10: no SI prefix on the loss axis (a tiny loss read "2.737µ"), legend below the plot
+    assert fig.layout.yaxis2.tickformat == ".3~g" and fig.layout.yaxis2.exponentformat in (None, "e", "power", "none")
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0
 
 
-def test_compare_figure():
-    base = [{"approach": a, "shots": s, "accuracy": acc}
-            for a, accs in (("pi-tuning", (0.6, 0.7)), ("target-only", (0.5, 0.5)))
-            for s in (4, "full") for acc in accs]
-    runs = [{"label": "run abc", "shots": 4, "accuracy": 0.66}, {"label": "run def", "shots": 4, "accuracy": None}]
-    fig = F.compare_figure(base, runs)
-    bars = [t for t in fig.data if isinstance(t, go.Bar)]
-    assert [b.name for b in bars] == ["4-shot", "full data"]
-    assert list(bars[0].x) == ["pi-tuning", "target-only"]
-    assert list(bars[0].y) == pytest.approx([0.65, 0.5])
-    assert list(bars[0].error_y.array) == pytest.approx([0.05, 0.0])
-    marks = [t for t in fig.data if isinstance(t, go.Scatter)]
-    assert [m.name for m in marks] == ["run abc"]  # runs without accuracy are left out
+def test_target_evidence_figure():
+    approaches = [{"label": "π-Tuning", "scores": [0.6, 0.7], "mean": 0.65, "std": 0.0707},
+                  {"label": "target-only", "scores": [0.5], "mean": 0.5, "std": float("nan")}]
+    runs = [{"label": "run abc", "score": 0.45, "flagged": True}, {"label": "run def", "score": None}]
+    fig = F.target_evidence_figure(approaches, runs, {"zero-shot": 0.4, "target-only": 0.5})
+    means = next(t for t in fig.data if t.name and t.name.startswith("study: mean"))
+    assert list(means.x) == ["π-Tuning", "target-only"] and list(means.y) == pytest.approx([0.65, 0.5])
+    assert list(means.error_y.array) == pytest.approx([0.0707, 0.0])  # one seed: no spread drawn
+    mine = next(t for t in fig.data if t.name and t.name.startswith("your runs"))
+    assert list(mine.x) == ["run abc"]  # runs without a score are left out
+    assert sorted(s.y0 for s in fig.layout.shapes) == pytest.approx([0.4, 0.5])
     json.loads(fig.to_json())
 
 
@@ -233,7 +238,7 @@ def test_labels_in_a_tight_cluster_do_not_overlap(n):
     G, pos, cluster = GS.tight_cluster(n)  # the target, four sources and a search match, within ~1 % of the span
     spec = F.graph_figure(G, pos=pos, target=cluster[0], sources=cluster[1:5], highlight=cluster[5:])
     boxes = _label_boxes(spec)
-    assert set(boxes) == set(cluster)
+    assert set(boxes) == (set(G) if n <= F.NAME_ALL_N else set(cluster))  # a small graph names every task
     for a in cluster:
         x0, y0, x1, y1 = boxes[a]
         assert 0 <= x0 and x1 <= F.LABEL_WIDTH_PX and 0 <= y0 and y1 <= spec["height"], (a, boxes[a])
@@ -335,3 +340,36 @@ def test_graph_legend_shows_task_families_and_the_tooltip_says_who_is_not_offere
     assert all(r["source"] == "offered" for n, r in by_name.items() if n != gated)
     # a graph without families (an older study) draws no family legend
     assert "shape" not in layer(F.graph_figure(graph), "tasks")["encoding"]
+
+
+def _overlaps(boxes: dict) -> list[tuple]:
+    items = sorted(boxes.items())
+    return [(a, b) for i, (a, p) in enumerate(items) for b, q in items[i + 1:]
+            if p[0] < q[2] and q[0] < p[2] and p[1] < q[3] and q[1] < p[3]]
+
+
+@pytest.mark.parametrize("n", [16, 24, 60])
+def test_a_small_studys_graph_names_every_task_without_overlap(n):
+    """Issue 32, point 11: on a study of up to NAME_ALL_N tasks every node carries its name (before:
+    only the target and its sources, 4 of 16), each label placed clear of every other label; above
+    that, only the focus is named."""
+    rng = np.random.default_rng(n)
+    names = [f"{w}_{i:02d}" for i, w in zip(range(n), rng.choice(["movie_sentiment", "tux_caption_match",
+                                                                   "mnist", "emoji_group_question", "bbc_topic"], n))]
+    S = rng.uniform(0.1, 0.9, (n, n))
+    S = (S + S.T) / 2
+    np.fill_diagonal(S, 1.0)
+    attrs = {t: {"modality": ["language", "vision", "vision-language"][i % 3], "accuracy": 0.7} for i, t in enumerate(names)}
+    G = build_graph(names, S, attrs, mode="knn", k=3)
+    annotate_communities(G, detect_communities(G, method="greedy"))
+    spec = F.graph_figure(G, target=names[0], sources=names[1:4])
+    boxes = _label_boxes(spec)
+    assert set(boxes) == set(names)
+    assert _overlaps(boxes) == []
+    big = [f"t{i:03d}" for i in range(F.NAME_ALL_N + 1)]
+    S = rng.uniform(0.1, 0.9, (len(big), len(big)))
+    S = (S + S.T) / 2
+    np.fill_diagonal(S, 1.0)
+    G = build_graph(big, S, {t: {"modality": "language", "accuracy": 0.7} for t in big}, mode="knn", k=3)
+    annotate_communities(G, detect_communities(G, method="greedy"))
+    assert set(_label_boxes(F.graph_figure(G, target=big[0], sources=big[1:4]))) == set(big[:4])

@@ -72,7 +72,7 @@ def test_communities_recover_the_two_families(two_families, method):
     sim, attrs = two_families
     G = build_graph(NAMES, sim, attrs, mode="knn", k=2)
     communities = detect_communities(G, method=method, seed=0)
-    assert communities == [{"sst2", "mnli", "qnli", "vqa"}, {"cifar", "svhn", "coco"}]
+    assert communities == [{"cifar", "svhn", "coco"}, {"sst2", "mnli", "qnli", "vqa"}]  # by smallest name
     assert detect_communities(G, method=method, seed=0) == communities  # reproducible
 
 
@@ -94,18 +94,18 @@ def test_community_summary_flags_cross_modal_communities(two_families):
     sim, attrs = two_families
     G = build_graph(NAMES, sim, attrs, k=2)
     annotate_communities(G, detect_communities(G))
-    assert G.nodes["vqa"]["community"] == G.nodes["sst2"]["community"] == 0
-    assert G.nodes["coco"]["community"] == 1
+    assert G.nodes["vqa"]["community"] == G.nodes["sst2"]["community"] == 1
+    assert G.nodes["coco"]["community"] == 0
     summary = community_summary(G)
-    assert summary[0] == {
-        "community": 0,
+    assert summary[1] == {
+        "community": 1,
         "size": 4,
         "members": ["mnli", "qnli", "sst2", "vqa"],
         "modalities": ["text", "vision-language"],
         "modality_counts": {"text": 3, "vision-language": 1},
         "cross_modal": True,
     }
-    assert summary[1]["modalities"] == ["vision"] and summary[1]["cross_modal"] is False
+    assert summary[0]["modalities"] == ["vision"] and summary[0]["cross_modal"] is False
 
 
 def test_annotate_communities_requires_a_partition(two_families):
@@ -132,7 +132,7 @@ def test_graph_json_round_trip_without_warnings(tmp_path, two_families):
         assert graph_from_json(graph_to_json(G)).graph == G.graph
     assert "edges" in json.loads(path.read_text())
     assert list(H.nodes) == NAMES
-    assert dict(H.nodes(data=True))["sst2"] == {"modality": "text", "accuracy": 0.75, "community": 0}
+    assert dict(H.nodes(data=True))["sst2"] == {"modality": "text", "accuracy": 0.75, "community": 1}
     assert {frozenset(e) for e in H.edges} == {frozenset(e) for e in G.edges}
     assert all(H[u][v]["weight"] == w for u, v, w in G.edges(data="weight"))
     assert H.graph == {"mode": "knn", "k": 2}
@@ -152,3 +152,24 @@ def test_read_graph_json_reports_corruption(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(CorruptFileError, match=message):
         read_graph_json(path)
+
+
+
+def test_communities_keep_their_numbers_when_a_user_task_is_placed():
+    """Issue 32, point 11: a community's number (hence its outline colour) stays when a user task is
+    placed into it. Two cliques, m* (4 tasks) and a* (3): placing a user task among the a* made the
+    two the same size, and the size-first order renumbered (recoloured) both."""
+    def cliques(extra: bool) -> nx.Graph:
+        G = nx.Graph()
+        groups = [["m1", "m2", "m3", "m4"], ["a1", "a2", "a3"] + (["zz_mine"] if extra else [])]
+        for g in groups:
+            for n in g:
+                G.add_node(n, user_task=n == "zz_mine")
+            G.add_weighted_edges_from((u, v, 0.9) for i, u in enumerate(g) for v in g[i + 1:])
+        G.add_edge("m1", "a1", weight=0.05)
+        return G
+
+    before = detect_communities(cliques(False), method="greedy")
+    after = detect_communities(cliques(True), method="greedy")
+    assert [sorted(c - {"zz_mine"}) for c in after] == [sorted(c) for c in before]
+    assert [sorted(c) for c in before] == [["a1", "a2", "a3"], ["m1", "m2", "m3", "m4"]]  # by smallest name

@@ -255,14 +255,17 @@ def test_graph_figure_large_has_small_nodes_bubbles_and_few_labels():
     assert len(GS.rows(few, "edges")) == len(G.edges(["t00000", *sources]))
 
 
-def test_small_graph_labels_only_target_and_sources():
+def test_small_graph_names_every_task_a_larger_one_its_focus():
     import graphspec as GS
     from dashboard import figures as F
 
-    G, pos = _big_graph(20)
+    G, pos = _big_graph(20)  # up to NAME_ALL_N tasks: every node named (issue 32, point 11)
+    spec = F.graph_figure(G, pos, target="t00000", sources=["t00005"])
+    assert {lb["label"] for lb in GS.labels(spec)} == set(G)
+    assert spec["width"] == "container"  # fills the width
+    G, pos = _big_graph(F.NAME_ALL_N + 20)  # more: the target and its sources only (hover for the rest)
     spec = F.graph_figure(G, pos, target="t00000", sources=["t00005"])
     assert {lb["label"] for lb in GS.labels(spec)} == {"t00000", "t00005"}
-    assert spec["width"] == "container"  # fills the width
 
 
 def test_layout_figure_large_and_padded():

@@ -109,13 +109,13 @@ def test_cli_out_over_a_finished_run_interrupted_for_real(quick_study, tmp_path,
             pass
 
         def __call__(self, p):
-            if p.get("step") == 2:
+            if p.get("stage") == "train" and p.get("step") == 2:  # tuning, after the own expert
                 raise KeyboardInterrupt
 
         def close(self):
             pass
 
-    monkeypatch.setattr(cli_transfer, "StepBar", CtrlC)
+    monkeypatch.setattr(cli_transfer, "StageBars", CtrlC)
     assert main(argv) == 130
     names = sorted(p.name for p in out.iterdir())
     # no FAILED, no old metrics beside it; the own expert (trained on the shots before tuning began) is complete

@@ -89,7 +89,7 @@ def _flow(name: str, add_args: list[str], store: Path, tmp_path: Path, capsys) -
     assert (store / name / "task.json").is_file()
     rc, out, err = run_cli(["task", "place", name, "--shots", "2", "--k", "2", "--study", str(STUDY)], capsys)
     assert rc == 0, err
-    assert "top-2 sources:" in out and "transformed into the existing layout" in out
+    assert "top-2 sources by fisher (cosine similarity):" in out and "transformed into the existing layout" in out
     rec = json.loads(next((store / name / "placed").glob("*/lora-fisher/placement.json")).read_text())
     names = json.loads((STUDY / "tasks.json").read_text())
     assert set(rec["similarities"]) == {t["name"] for t in names}
@@ -369,6 +369,9 @@ def test_dashboard_bad_uploads_show_one_line(store, tmp_path, monkeypatch):
 
     monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
     monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
+    # tiny limits from the start: the upload widget's own limit follows them (a widget whose limit
+    # changes is a new widget, so they are not changed under it)
+    monkeypatch.setattr(U, "LIMITS", U.Limits(max_text_bytes=100, max_upload_bytes=100))
     at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120).run()
     at.session_state["view"] = "New task"
     at.run()
@@ -376,7 +379,6 @@ def test_dashboard_bad_uploads_show_one_line(store, tmp_path, monkeypatch):
     at.file_uploader(key="nt_file_text").set_value(("w.csv", "text,label\ncaf\u00e9,a\n".encode("latin-1"), "text/csv"))
     at.run()
     assert not at.exception and any("is not UTF-8 text" in _plain(e.value) for e in at.error), [e.value for e in at.error]
-    monkeypatch.setattr(U, "LIMITS", U.Limits(max_text_bytes=100, max_upload_bytes=100))
     at.file_uploader(key="nt_file_text").set_value(("w.csv", b"text,label\n" + b"hello,a\n" * 40, "text/csv"))
     at.run()
     assert any("over the 0 MB limit for this kind of upload" in _plain(e.value) for e in at.error), [e.value for e in at.error]
@@ -450,3 +452,11 @@ def test_the_switch_after_placing_survives_a_stale_click():
     assert SWITCH_KEY not in at.session_state
     at.selectbox[0].set_value("predictor-same_modality").run()  # the user's own choice afterwards stays
     assert at.selectbox[0].value == "predictor-same_modality"
+
+
+def test_image_preview_shows_every_class(store, tmp_path):
+    """A folder sorted by class kept only its first class's images for the preview (issue 32, point 10)."""
+    d = U.draft_image_task("shapes", shape_folder(tmp_path / "shapes", per_class=30))
+    labels = [lab for lab, _ in d.thumbnails]
+    assert set(labels) == {"circle", "square"}
+    assert labels.count("circle") == labels.count("square") == U.THUMBS_PER_CLASS

@@ -19,10 +19,14 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def streamlit_command(host: str = "127.0.0.1", port: int = 8501) -> list[str]:
-    """The argv that starts the dashboard (``python -m streamlit run …``)."""
+    """The argv that starts the dashboard (``python -m streamlit run …``); the server accepts no
+    upload larger than the user task store does (:data:`pitune_core.data.user_tasks.LIMITS`)."""
+    from pitune_core.data.user_tasks import LIMITS
+
     return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.address", host, "--server.port", str(int(port)),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.maxUploadSize", str(LIMITS.upload_mb())]
 
 
 def dashboard_env(study: str | os.PathLike, db: str | os.PathLike, base: dict | None = None) -> dict[str, str]:

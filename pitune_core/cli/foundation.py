@@ -95,9 +95,9 @@ def cmd_train_expert(args) -> int:
     bb = _backbone(args)
     cfg = TrainConfig(epochs=args.epochs or TrainConfig.epochs, seed=args.seed, batch_size=args.batch_size,
                       max_steps=args.max_steps or TrainConfig.max_steps, lr=args.lr)
-    from pitune_core.common import StepBar
+    from pitune_core.common import StageBars
 
-    bar = StepBar(f"train {args.expert_type} on {spec.name}")
+    bar = StageBars(f"{args.expert_type} expert of {spec.name}", train_label="train")
     res = train_expert(spec, args.expert_type, bb, shots=args.shots, seed=args.seed, out=out, train_config=cfg,
                        on_step=bar)
     bar.close()

@@ -179,30 +179,28 @@ def cmd_place(args) -> int:
         ensure_scheduler(db)
         print(run_id)
         return 0
-    from pitune_core.common import progress
+    from pitune_core.common import StageBars
     from pitune_core.model.device import configure_threads
 
     configure_threads()
-    bar = progress(desc=f"placing {args.name}", unit="step")
-
-    def on_progress(p):
-        if p.get("stage") == "train" and p.get("total"):
-            bar.total = p["total"]
-            bar.update(1)
-        elif p.get("stage"):
-            bar.set_postfix_str(p["stage"])
-
-    rec = place_task(args.name, study, cfg, on_progress=on_progress)
-    bar.close()
+    bar = StageBars(f"placing {args.name}")
+    try:
+        rec = place_task(args.name, study, cfg, on_progress=bar)
+    finally:
+        bar.close()
     print(f"{args.name} placed on {study} ({cfg.method} experts, {cfg.embedding}; own expert trained on "
           f"{rec['examples_used']} examples, test accuracy {rec['expert']['test']['accuracy']:.3f}; "
           f"{rec['timings_s']['total']:.0f} s)")
-    print(f"top-{len(rec['top_k'])} sources: " + ", ".join(f"{n} ({s:.3f})" for n, s in rec["top_k"]))
+    print(f"top-{len(rec['top_k'])} sources by {rec['embedding']} (cosine similarity): "
+          + ", ".join(f"{n} ({s:.3f})" for n, s in rec["top_k"]))
     if rec["position"]:
         print(f"map position ({rec['position'][0]:.2f}, {rec['position'][1]:.2f}): {rec['layout']}")
     for graph, top in (rec.get("also_placed_on") or {}).items():
         print(f"also placed on {graph} (the study's default ranking): top-{len(top)} "
-              + ", ".join(f"{n} ({x:.2f})" for n, x in top))
+              + ", ".join(f"{n} ({x:.2f})" for n, x in top)
+              + (" (percentiles of that predictor's scores: the dashboard's default graph shows this list; "
+                 f"`pitune transfer --embedding {rec['embedding']}` ranks by the first)"
+                 if [n for n, _ in top] != [n for n, _ in rec["top_k"]][:len(top)] else ""))
     for graph, why in (rec.get("not_placed_on") or {}).items():
         print(f"not placed on {graph}: {why}", file=sys.stderr)
     print(f"next: pitune transfer {args.name} --study {study} --shots {args.shots or 'full'}", file=sys.stderr)

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import (StepBar, check_task_name, parse_int_list, parse_shots, parse_shots_list,
+from pitune_core.common import (StageBars, check_task_name, parse_int_list, parse_shots, parse_shots_list,
                                  parse_sources, progress)
 from pitune_core.study.verify import require_verified
 from pitune_core.tune.weights import parse_weights
@@ -42,13 +42,55 @@ def cmd_transfer(args) -> int:
         ensure_scheduler(db)
         print(run_id)
         return 0
+    if named or cfg["shots"] is None:
+        print(f"sources: {', '.join(f'{n} ({s:.3f})' for n, s in zip(cfg['sources'], cfg['similarities']))}",
+              file=sys.stderr)
+    else:
+        print(f"sources: the top {cfg['k']} of the study's experts, ranked by {args.embedding} on the run's own "
+              f"{cfg['shots']}-shot examples (in the result below)", file=sys.stderr)
+    if args.out is None and not args.no_record:
+        return _run_recorded(args, config, study)
     out = _fresh_run_dir(args.out, args.target)
-    print(f"sources: {', '.join(f'{n} ({s:.3f})' for n, s in zip(cfg['sources'], cfg['similarities']))}", file=sys.stderr)
-    bar = StepBar(f"π-tuning {args.target}")
-    res = run_transfer(config, sources, out, on_step=bar)
-    bar.close()
-    print(f"run written to {out}", file=sys.stderr)
+    bar = StageBars(f"π-tuning {args.target}")
+    try:
+        res = run_transfer(config, sources, out, on_step=bar)
+    finally:
+        bar.close()
+    print(f"run written to {out} (not recorded in the run registry: "
+          f"{'--out' if args.out else '--no-record'} was given)", file=sys.stderr)
     print(json.dumps(res, indent=2))
+    return 0
+
+
+def _run_recorded(args, config: dict, study) -> int:
+    """Run in the foreground as a run of the registry (``--db``): it is listed by ``pitune runs``
+    and on the dashboard's Runs & compare tab like a run launched there, its files in the
+    registry's run folder. A scheduler that claims it first runs it instead (then followed here)."""
+    from pitune_core.model.device import configure_threads
+    from pitune_core.runs.registry import SUCCEEDED, RunRegistry
+    from pitune_core.runs.worker import execute_run
+
+    db = db_of(args)
+    reg = RunRegistry(db)
+    run_id = reg.submit("transfer", {**config, "study": str(Path(study).resolve())},
+                        name=f"transfer {args.target} k={config['k']} (command line)")
+    print(f"run {run_id} recorded in {db} (the dashboard shows it; --no-record runs without the registry)",
+          file=sys.stderr)
+    bar = StageBars(f"π-tuning {args.target}")
+    try:
+        status = execute_run(db, run_id, claim=True, num_threads=configure_threads(), on_progress=bar)
+    finally:
+        bar.close()
+    rec = reg.get(run_id)
+    if status in ("queued", "running"):  # a scheduler claimed it between submit and claim
+        print(f"run {run_id} is being run by the registry's scheduler; follow it with `pitune runs logs {run_id} "
+              f"--db {db}`", file=sys.stderr)
+        return 0
+    print(f"run written to {rec.run_dir}", file=sys.stderr)
+    if status != SUCCEEDED:
+        print(f"error: run {run_id} {status}: {rec.error or ''}".rstrip(), file=sys.stderr)
+        return 130 if status == "interrupted" else 1
+    print(json.dumps(rec.metrics, indent=2))
     return 0
 
 
@@ -143,9 +185,13 @@ def register(sub, add) -> None:
     sp.add_argument("--no-own-expert", action="store_true",
                     help="leave the target's own expert (trained on the run's data, the paper's recipe) out of the "
                          "interpolation; fixed --weights w1,w2,... leave it out too")
-    sp.add_argument("--out", help="run directory (default: runs/transfer/TARGET-TIME)")
+    sp.add_argument("--out", help="run directory of your choice; such a run is not recorded in the run registry "
+                                  "(default: recorded there, its files in the registry's run folder)")
     sp.add_argument("--submit", action="store_true", help="queue in the run registry and return at once")
-    add_db(sp, "run registry (with --submit)")
+    sp.add_argument("--no-record", action="store_true",
+                    help="run without the run registry (into runs/transfer/TARGET-TIME; the dashboard does not "
+                         "list it)")
+    add_db(sp, "run registry: a run is recorded there unless --out or --no-record is given")
 
     sp = add("compare", cmd_compare, "run π-Tuning and the baselines on a target; write results.csv")
     sp.add_argument("target")

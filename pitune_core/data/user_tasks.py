@@ -84,6 +84,17 @@ class Limits:
     max_images: int = 4_000                 # images in one task (decoded to IMAGE_SIZE² RGB)
     max_text_chars: int = 20_000            # one text
 
+    def upload_bytes(self, kind: str | None = None) -> int:
+        """The largest file one upload of ``kind`` may be: a text file (``"text"``) or a zip (anything
+        else); without ``kind`` the larger of the two (what the dashboard's server accepts at all)."""
+        if kind is None:
+            return max(self.max_text_bytes, self.max_upload_bytes)
+        return self.max_text_bytes if kind == "text" else self.max_upload_bytes
+
+    def upload_mb(self, kind: str | None = None) -> int:
+        """:meth:`upload_bytes` in whole MB, rounded up (Streamlit's unit for upload sizes)."""
+        return -(-self.upload_bytes(kind) // 2**20)
+
     def describe(self) -> str:
         mb = lambda b: f"{b / 2**20:.0f} MB"  # noqa: E731
         return (f"CSV/JSONL up to {mb(self.max_text_bytes)}; zip up to {mb(self.max_upload_bytes)} "
@@ -562,6 +573,17 @@ def draft_text_task(name: str, data: bytes, filename: str, test: tuple[bytes, st
     return _finish_draft(name, "language", examples, sources, test is not None, verbalizers, seed, limits)
 
 
+#: the preview keeps this many thumbnails of each class, and at most this many in all: a folder
+#: sorted by class must not fill the preview with its first class
+THUMBS_PER_CLASS = 6
+MAX_THUMBS = 60
+
+
+def _keep_thumb(thumbs: list, label: str, arr) -> None:
+    if len(thumbs) < MAX_THUMBS and sum(lab == label for lab, _ in thumbs) < THUMBS_PER_CLASS:
+        thumbs.append((label, arr))
+
+
 def _image_examples(entries: list[tuple[str, str, bytes]], split: str, where: str, limits: Limits,
                     thumbs: list) -> list[Example]:
     out = []
@@ -569,8 +591,7 @@ def _image_examples(entries: list[tuple[str, str, bytes]], split: str, where: st
         raise UserTaskError(f"{where} has {len(entries)} images, over the limit of {limits.max_images} per task")
     for label, rel, blob in entries:
         ext, arr = decode_image(blob, f"{where}: {rel}", limits)
-        if len(thumbs) < 24:
-            thumbs.append((label, arr))
+        _keep_thumb(thumbs, label, arr)
         out.append(Example(label, split, image=blob, image_ext=ext, where=rel))
     return out
 
@@ -620,8 +641,7 @@ def _pairs_examples(data: bytes, filename: str, get: Callable[[str], bytes], spl
         except KeyError:
             raise UserTaskError(f"{filename}, line {n}: image {rel!r} is not there") from None
         ext, arr = decode_image(blob, f"{filename}, line {n}: {rel}", limits)
-        if len(thumbs) < 24:
-            thumbs.append((r["label"], arr))
+        _keep_thumb(thumbs, r["label"], arr)
         out.append(Example(r["label"], split, text=r["text"], image=blob, image_ext=ext, where=rel))
         if len(out) > limits.max_images:
             raise UserTaskError(f"{filename} has more than {limits.max_images} images, the limit per task")

@@ -64,10 +64,18 @@ def build_graph(
     return G
 
 
-def _ordered(communities: Iterable[Iterable[str]]) -> list[set[str]]:
-    """Largest community first, then by smallest member name: stable across runs."""
+def _ordered(communities: Iterable[Iterable[str]], added: Iterable[str] = ()) -> list[set[str]]:
+    """By each community's anchor, its smallest member name not among ``added`` (the user's own
+    tasks placed on the study): stable across runs, and a community keeps its number, hence its
+    colour, when a task is placed into it (ordering by size renumbered them)."""
     sets = [set(c) for c in communities]
-    return sorted(sets, key=lambda c: (-len(c), min(map(str, c)) if c else ""))
+    added = set(added)
+
+    def anchor(c):
+        names = sorted(map(str, c))
+        kept = [n for n in names if n not in added]
+        return (0, kept[0]) if kept else (1, names[0] if names else "")
+    return sorted(sets, key=anchor)
 
 
 def detect_communities(
@@ -76,8 +84,9 @@ def detect_communities(
     """Partition the tasks into communities with networkx (weighted by ``weight``).
 
     ``method`` is ``"louvain"`` (``louvain_communities``, randomised, hence ``seed``) or
-    ``"greedy"`` (``greedy_modularity_communities``, deterministic). Returned largest first,
-    ties by smallest task name, so the numbering does not depend on the algorithm's order.
+    ``"greedy"`` (``greedy_modularity_communities``, deterministic). Returned in the order of their
+    smallest task name, nodes marked ``user_task`` aside (:func:`_ordered`), so the numbering does not
+    depend on the algorithm's order, nor change when a user task is placed into a community.
     """
     negative = [(u, v) for u, v, w in G.edges(data="weight", default=1.0) if w < 0]
     if negative:
@@ -95,7 +104,7 @@ def detect_communities(
         found = nx.community.greedy_modularity_communities(G, weight="weight", resolution=resolution)
     else:
         raise ValueError(f"method must be 'louvain' or 'greedy', got {method!r}")
-    return _ordered(found)
+    return _ordered(found, [n for n, u in G.nodes(data="user_task") if u])
 
 
 def annotate_communities(G: nx.Graph, communities: Sequence[Iterable[str]]) -> None:

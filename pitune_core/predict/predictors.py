@@ -111,6 +111,14 @@ class PredictorContext:
     probe_seed: int = 0
     probe_std: float = 0.02
     cache_dir: Path | None = None
+    #: a study's shipped source-side rows (read-only; :meth:`pitune_core.paths.StudyPaths.source_side`),
+    #: looked up before ``cache_dir``
+    shipped: Path | None = None
+    #: hears each source-side row computed here (one the study does not ship): ``{"stage", "step", "total"}``
+    on_progress: Callable[[dict], None] | None = field(default=None, repr=False)
+    #: write every row handed out (found in memory or ``shipped`` too) into ``cache_dir``
+    keep: bool = False
+    _computed: int = field(default=0, repr=False)
     _mem: dict = field(default_factory=dict, repr=False)
     _target_model: tuple = field(default=(None, None), repr=False)
     _probe: object = field(default=None, repr=False)
@@ -127,9 +135,18 @@ class PredictorContext:
         blob = json.dumps({"kind": kind, "source": source, "expert": h, "backbone": self.backbone.backbone_id,
                            **params}, sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:24]
+        name = f"{kind}-{source}-{key}.npz"
+        path = self.cache_dir / name if self.cache_dir else None
         if key in self._mem:
-            return self._mem[key]
-        path = self.cache_dir / f"{kind}-{source}-{key}.npz" if self.cache_dir else None
+            return self._keep(path, self._mem[key])
+        if self.shipped is not None and (self.shipped / name).is_file():
+            try:  # the study's copy (its manifest checks it); never written to
+                with np.load(self.shipped / name, allow_pickle=False) as z:
+                    out = {k: z[k] for k in z.files}
+                self._mem[key] = out
+                return self._keep(path, out)
+            except (OSError, ValueError):
+                pass  # unreadable: compute it here instead
         if path is not None and path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
@@ -138,20 +155,78 @@ class PredictorContext:
                 return out
             except (OSError, ValueError):
                 path.unlink(missing_ok=True)  # a torn write: recompute
+        self._computed += 1
+        if self.on_progress is not None:
+            self.on_progress({"stage": f"{SOURCE_STAGE} ({kind})", "step": self._computed - 1,
+                              "total": max(self._computed, len(self.experts) - 1)})
         out = compute()
-        if path is not None:
+        if self.on_progress is not None:
+            self.on_progress({"stage": f"{SOURCE_STAGE} ({kind})", "step": self._computed,
+                              "total": max(self._computed, len(self.experts) - 1)})
+        self._mem[key] = out
+        return self._keep(path, out, always=True)
+
+    def _keep(self, path: Path | None, out: dict, always: bool = False) -> dict:
+        """Write ``out`` to ``path`` (the disk cache) when it was computed here (``always``), or when
+        this context ``keep``s every row it hands out (a study's shipped folder being filled)."""
+        if path is not None and (always or self.keep) and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()  # shards compute the same source rows at once: write under a private name
             np.savez(buf, **out)
             write_atomic(path, buf.getvalue())
-        self._mem[key] = out
         return out
+
+    def settings(self) -> dict:
+        """What a source-side row depends on besides its expert and the backbone (the keys of
+        :meth:`cached`); written beside shipped rows so that a run builds its context alike."""
+        return {"method": self.method, "steps": self.steps, "batch_size": self.batch_size, "fisher_n": self.fisher_n,
+                "fisher_batch": self.fisher_batch, "data_n": self.data_n, "seed": self.seed,
+                "probe_seed": self.probe_seed, "probe_std": self.probe_std}
 
     def clear(self) -> None:
         """Forget every cached result (memory only), e.g. to time a predictor from cold."""
         self._mem.clear()
         self._target_model = (None, None)
         self._probe = None
+
+
+#: the named stage of source-side rows computed on this machine (a study ships them; an older one does not)
+SOURCE_STAGE = "source-side rows not shipped with the study: computed once, then cached"
+SETTINGS_FILE = "context.json"
+_SETTING_TYPES = {"method": str, "steps": int, "batch_size": int, "fisher_n": int, "fisher_batch": int, "data_n": int,
+                  "seed": int, "probe_seed": int, "probe_std": float}
+
+
+def write_shipped_settings(ctx: PredictorContext, folder: Path) -> Path:
+    """Record ``ctx``'s settings beside the source-side rows it writes into a study (``folder``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / SETTINGS_FILE, json.dumps(ctx.settings(), indent=1, sort_keys=True))
+    return folder / SETTINGS_FILE
+
+
+def study_context(study: str | Path, backbone: UnifiedBackbone, experts: dict[str, Path], method: str,
+                  cache_dir: Path | None = None, on_progress: Callable[[dict], None] | None = None) -> PredictorContext:
+    """The predictor context of a run or a placement on ``study``: the settings the study's ground
+    truth made its predictor rows with (``predict/<method>/source-side/context.json``, so a run ranks
+    as the study's graph was measured) and its shipped source-side rows, then ``cache_dir`` for any
+    row it does not ship. A study without shipped rows gets the defaults and computes them (the
+    stage :data:`SOURCE_STAGE`, reported to ``on_progress``)."""
+    from pitune_core.paths import StudyPaths
+
+    folder = StudyPaths(study).source_side(method)
+    kw: dict = {}
+    f = folder / SETTINGS_FILE
+    if f.is_file() and not f.is_symlink() and f.stat().st_size < 65536:
+        try:
+            raw = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raw = {}
+        if isinstance(raw, dict) and raw.get("method") == method:
+            kw = {k: t(raw[k]) for k, t in _SETTING_TYPES.items() if k != "method" and isinstance(raw.get(k), (int, float))
+                  and not isinstance(raw.get(k), bool)}
+    return PredictorContext(backbone, experts, method=method, cache_dir=cache_dir,
+                            shipped=folder if folder.is_dir() and not folder.is_symlink() else None,
+                            on_progress=on_progress, **kw)
 
 
 def source_tensors(task: str, backbone: UnifiedBackbone) -> TaskTensors:
@@ -311,14 +386,17 @@ def fisher_probe(target: TargetData, ctx: PredictorContext) -> np.ndarray:
     target's on its available examples, each source's on ``fisher_n`` of its training examples;
     per-group pair-normalised cosine. Needs no target expert."""
     model = probe_model(ctx)
+    srcs = [_source_probe(s, ctx) for s in ctx.sources_for(target.task)]
+    return fisher_row(fisher_information(model, ctx.backbone, target.tensors, list(get_task(target.task).verbalizers),
+                                         "empirical", ctx.fisher_n, ctx.seed), srcs, per_group=True)
 
-    def one(task, tensors, n):
-        return fisher_information(model, ctx.backbone, tensors, list(get_task(task).verbalizers), "empirical", n, ctx.seed)
 
+def _source_probe(source: str, ctx: PredictorContext) -> dict[str, np.ndarray]:
+    def compute():
+        return fisher_information(probe_model(ctx), ctx.backbone, source_tensors(source, ctx.backbone),
+                                  list(get_task(source).verbalizers), "empirical", ctx.fisher_n, ctx.seed)
     params = {"n": ctx.fisher_n, "seed": ctx.seed, "probe_seed": ctx.probe_seed, "probe_std": ctx.probe_std}
-    srcs = [ctx.cached("fisher-probe", s, params, lambda s=s: one(s, source_tensors(s, ctx.backbone), ctx.fisher_n))
-            for s in ctx.sources_for(target.task)]
-    return fisher_row(one(target.task, target.tensors, ctx.fisher_n), srcs, per_group=True)
+    return ctx.cached("fisher-probe", source, params, compute)
 
 
 # ----------------------------------------------------------------------------- the baselines
@@ -341,7 +419,7 @@ def weights(target: TargetData, ctx: PredictorContext) -> np.ndarray:
     keys = sorted(t)
     src = []
     for s in ctx.sources_for(target.task):
-        w = ctx.cached("weights", s, {}, lambda s=s: weight_embedding(ctx.experts[s]))
+        w = _source_weights(s, ctx)
         if sorted(w) != keys:
             raise EmbeddingError(f"{s}'s adapter has other tensors than the target's expert")
         src.append(np.concatenate([w[k] for k in keys]))
@@ -349,16 +427,23 @@ def weights(target: TargetData, ctx: PredictorContext) -> np.ndarray:
 
 
 @torch.no_grad()
+def _source_weights(source: str, ctx: PredictorContext) -> dict[str, np.ndarray]:
+    return ctx.cached("weights", source, {}, lambda: weight_embedding(ctx.experts[source]))
+
+
 def data(target: TargetData, ctx: PredictorContext) -> np.ndarray:
     """Data only (as today): mean pooled backbone features of the target's available examples
     against each source's mean over ``data_n`` of its training examples, cosine."""
     t = target.tensors
     feats = torch.cat([ctx.backbone.encode(t.batch(range(i, min(i + 64, len(t))))[0]) for i in range(0, len(t), 64)])
     tv = feats.mean(0).double().cpu().numpy()
-    src = [ctx.cached("data", s, {"n": ctx.data_n, "seed": ctx.seed},
-                      lambda s=s: data_embedding(s, ctx.backbone, ctx.data_n, ctx.seed))["pooled"]
-           for s in ctx.sources_for(target.task)]
+    src = [_source_data(s, ctx)["pooled"] for s in ctx.sources_for(target.task)]
     return _cos(tv, np.stack(src))
+
+
+def _source_data(source: str, ctx: PredictorContext) -> dict[str, np.ndarray]:
+    return ctx.cached("data", source, {"n": ctx.data_n, "seed": ctx.seed},
+                      lambda: data_embedding(source, ctx.backbone, ctx.data_n, ctx.seed))
 
 
 def same_modality(target: TargetData, ctx: PredictorContext) -> np.ndarray:
@@ -476,6 +561,40 @@ PREDICTORS: dict[str, Predictor] = {
 }
 if tuple(PREDICTORS) != PREDICTOR_NAMES:  # the torch-free list the dashboard validates files against
     raise RuntimeError(f"quality.PREDICTOR_NAMES {PREDICTOR_NAMES} differs from PREDICTORS {tuple(PREDICTORS)}")
+
+
+#: each predictor's source side (what :meth:`PredictorContext.cached` keeps per source); the others
+#: (same_modality, random, expert_accuracy, expert_loglik, logme) have none to ship: they apply the
+#: source experts to the target's own examples, or use no data at all
+SOURCE_SIDE = {
+    "fisher": lambda s, ctx: _source_fisher(s, "empirical", ctx),
+    "fisher_flat": lambda s, ctx: _source_fisher(s, "empirical", ctx),
+    "fisher_batch": lambda s, ctx: _source_fisher(s, "batch", ctx),
+    "fisher_sampled": lambda s, ctx: _source_fisher(s, "sampled", ctx),
+    "fisher_probe": _source_probe,
+    "data": _source_data,
+    "weights": _source_weights,
+}
+
+
+def ship_source_side(predictors, ctx: PredictorContext, folder: Path,
+                     on_source: Callable[[int, int, str], None] | None = None) -> list[Path]:
+    """Write every source's source-side rows of ``predictors`` into ``folder`` (a study's
+    :meth:`~pitune_core.paths.StudyPaths.source_side`) with ``ctx``'s settings beside them: rows
+    ``ctx`` already holds (in memory, or in its ``cache_dir``) are copied, the rest computed.
+    Returns the files of ``folder``, the settings first."""
+    folder = Path(folder)
+    writer = PredictorContext(ctx.backbone, ctx.experts, **ctx.settings(), cache_dir=folder,
+                              shipped=ctx.cache_dir, on_progress=ctx.on_progress, keep=True)
+    writer._mem = ctx._mem  # rows already computed in this process are not computed again
+    writer._probe = ctx._probe
+    files = [write_shipped_settings(writer, folder)]
+    jobs = [(p, s) for p in dict.fromkeys(predictors) if p in SOURCE_SIDE for s in ctx.experts]
+    for i, (p, s) in enumerate(jobs, 1):
+        SOURCE_SIDE[p](s, writer)
+        if on_source is not None:
+            on_source(i, len(jobs), s)
+    return files + sorted(folder.glob("*.npz"))
 
 
 def describe() -> dict[str, str]:

@@ -256,8 +256,10 @@ class RunContext:
         progress_interval: float = 0.5,
         cancel_poll_interval: float = 0.25,
         num_threads: int | None = None,
+        listener: Callable[[dict], None] | None = None,
     ) -> None:
         self.registry = registry
+        self.listener = listener  # hears every progress report as it is made (a foreground CLI's bars)
         self.record = record
         self.run_id: str = record.id
         self.run_dir: Path = Path(record.run_dir)
@@ -272,6 +274,7 @@ class RunContext:
         self.started = time.time()
         self._last_write = 0.0
         self._last_stage: str | None = None
+        self._stage: tuple[str | None, float] = (None, self.started)  # the stage being reported, since when
         self._pending: dict | None = None
         self._cancelled = False
         self._last_cancel_poll = 0.0
@@ -289,9 +292,15 @@ class RunContext:
         **extra: Any,
     ) -> None:
         data: dict[str, Any] = {"stage": str(stage), "step": _num(step), "total": _num(total), "loss": _num(loss)}
-        data["elapsed"] = round(time.time() - self.started, 3)
+        now = time.time()
+        data["elapsed"] = round(now - self.started, 3)
+        if stage != self._stage[0]:
+            self._stage = (stage, now)
+        data["stage_elapsed"] = round(now - self._stage[1], 3)  # for the stage's own rate and ETA
         for key, value in extra.items():
             data[key] = value
+        if self.listener is not None:
+            self.listener(dict(data))
         now = time.time()
         urgent = stage != self._last_stage or (step is not None and total is not None and step >= total)
         with self._lock:

@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Iterable, Iterator
 
 from pitune_core.common import num_threads_from_env
@@ -133,6 +133,7 @@ def execute_run(
     heartbeat_interval: float | None = None,
     progress_interval: float = 0.5,
     job_modules: Iterable[str] = (),
+    on_progress: Callable[[dict], None] | None = None,
 ) -> str:
     """Run ``run_id`` in this process and record its outcome; returns the final status.
 
@@ -144,6 +145,8 @@ def execute_run(
     ``job_modules`` name the trusted modules that register job kinds (given by the
     process that started this worker); :data:`DEFAULT_JOB_MODULES` are always
     imported.  A kind none of them registered fails the run, importing nothing.
+    ``on_progress`` hears each progress report of the job as it is made (a run executed in the
+    foreground shows them itself).
     """
     validate_run_id(run_id)
     registry = RunRegistry(db_path)
@@ -162,7 +165,8 @@ def execute_run(
             return registry.get(run_id).status
 
         threads = apply_thread_limits(_threads_for(record.resources, num_threads))
-        ctx = RunContext(registry, record, num_threads=threads, progress_interval=progress_interval)
+        ctx = RunContext(registry, record, num_threads=threads, progress_interval=progress_interval,
+                         listener=on_progress)
         ctx.log(
             f"==== run {run_id} kind={record.kind} attempt={record.attempt} "
             f"pid={os.getpid()} host={HOSTNAME} threads={threads} ===="

@@ -295,3 +295,61 @@ def summarise(rows: Sequence[dict], seed: int = 0) -> dict:
         reg["recommendation"] = recommend(reg, means)
         out["regimes"].append(reg)
     return out
+
+
+# ----------------------------------------------------------------------------- one target, one run
+
+#: the references a user's run is held against: the bare backbone, and the target's own expert
+#: trained on the same data (the protocol's baseline)
+ZERO_SHOT = "zero-shot"
+
+
+def target_measurements(rows: Sequence[dict], target: str) -> dict[str, list[dict]]:
+    """What a study measured on one target, per regime (``"4-shot"``, ``"16-shot"``, ``"full"``, in
+    that order): one row per approach with its done runs' scores by seed, their mean and std (ddof=1;
+    NaN for one seed), best mean first. ``rows`` are parsed results rows (:func:`read_protocol_csv`,
+    or a legacy ``compare/results.csv`` read alike); rows that are not done, or have no score, are
+    left out (so every number is a measured one)."""
+    out: dict[str, list[dict]] = {}
+    mine = [r for r in rows if r.get("target") == target and r.get("status", "done") == "done"
+            and _finite(r.get("score"))]
+    for shots in sorted({r["shots"] for r in mine}, key=_regime_key):
+        g = regime_of(shots)
+        table = []
+        for a in dict.fromkeys(r["approach"] for r in mine if r["shots"] == shots):
+            by_seed = {r["seed"]: float(r["score"]) for r in mine if r["shots"] == shots and r["approach"] == a}
+            scores = [by_seed[s] for s in sorted(by_seed, key=str)]
+            m, sd = stats.mean_std(scores)
+            table.append({"approach": a, "label": label(a), "kind": _kind(a), "shots": shots,
+                          "seeds": sorted(by_seed, key=str), "scores": scores, "mean": m, "std": sd})
+        table.sort(key=lambda t: (-t["mean"], t["approach"]))
+        out[g] = table
+    return out
+
+
+def references(measured: dict[str, list[dict]], regime: str, zero_shot: float | None) -> dict[str, float]:
+    """The reference lines for a run in ``regime``: the zero-shot score (any regime: no training) and
+    target-only's mean at that regime, where the study measured it. Scores in 0..1."""
+    refs = {}
+    if _finite(zero_shot):
+        refs[ZERO_SHOT] = float(zero_shot)
+    base = next((a for a in measured.get(regime, []) if a["approach"] == BASELINE), None)
+    if base is not None and _finite(base["mean"]):
+        refs[BASELINE] = float(base["mean"])
+    return refs
+
+
+def run_flags(score: float | None, regime: str, measured: dict[str, list[dict]], zero_shot: float | None) -> list[str]:
+    """What a user's run scoring ``score`` (0..1, the task's metric) in ``regime`` falls below, in
+    words: zero-shot, and target-only at the same regime (the mean of its seeds); [] when it is at
+    or above both, or has no score. A regime the study did not measure has no target-only line."""
+    if not _finite(score):
+        return []
+    flags = []
+    for name, ref in references(measured, regime, zero_shot).items():
+        if score < ref:
+            what = ("zero-shot (the backbone without any expert)" if name == ZERO_SHOT else
+                    f"target-only at {regime} (the target's own expert alone, mean of "
+                    f"{len(next(a for a in measured[regime] if a['approach'] == BASELINE)['scores'])} seeds)")
+            flags.append(f"below {what}: {100 * score:.1f} vs {100 * ref:.1f}")
+    return flags

@@ -87,6 +87,8 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
         with _ticker(study, out, "predictor rows", "target",
                      lambda j: f"{j[0]} at {j[1] or 'full'} shots (seed {j[2]})") as tick:
             run_predictors(plan, ctx, out, on_row=tick, targets=targets)
+        if shard_from_env() is None and out.resolve().is_relative_to(study.resolve()):
+            _ship_source_side(plan, ctx, study)
     if "stability" in stages and shard_from_env() is None:
         res["stability"] = _stability(plan, dirs, bb, out, tuple(stability_sizes))
     if "quality" in stages:
@@ -105,6 +107,33 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
         res["relatedness"] = run_relatedness(plan, out)
     _register(study, out)
     return res
+
+
+def _ship_source_side(plan: TransferPlan, ctx, study: Path) -> list[Path]:
+    """Ship the predictors' source-side rows with the study (``predict/<method>/source-side/``, listed
+    in its manifest) for every expert of the study, not only the plan's tasks: a run or a placement
+    ranks all of them, and none of their source side is then recomputed on a user's machine."""
+    from pitune_core.predict.predictors import ship_source_side
+    from pitune_core.study.manifest import register_files
+
+    sp = StudyPaths(study)
+    root = sp.experts_of(plan.method)
+    everyone = {d.name: d for d in sorted(root.iterdir()) if (d / "pitune_expert.json").is_file()}
+    ctx.experts = {**everyone, **ctx.experts}
+    folder = sp.source_side(plan.method)
+    bar = progress(desc="source-side rows shipped with the study", unit="row")
+
+    def tick(i, n, source):
+        bar.total = n
+        bar.update(1)
+        bar.set_postfix_str(source)
+
+    try:
+        files = ship_source_side(plan.predictors, ctx, folder, on_source=tick)
+    finally:
+        bar.close()
+    register_files(study, files)
+    return files
 
 
 @contextmanager

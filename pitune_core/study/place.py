@@ -44,7 +44,7 @@ import numpy as np
 
 from pitune_core.data.user_tasks import (PLACED_DIR, UserTaskError, find_user_task, task_dir, user_task_names)
 from pitune_core.common import replace_dir
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import SOURCE_SIDE_DIR, StudyPaths
 from pitune_core.predict.quality import PREDICTOR_PREFIX
 
 PLACEMENT_FORMAT = "pitune-placement/1"
@@ -98,7 +98,8 @@ def study_id(study: str | os.PathLike) -> str:
                 raise ValueError("no files")
             h = hashlib.sha256()
             for path, digest in sorted(files.items()):
-                if isinstance(path, str) and path.startswith(PLACEMENT_INPUTS) and "/predictor-" not in path:
+                if isinstance(path, str) and path.startswith(PLACEMENT_INPUTS) and "/predictor-" not in path \
+                        and f"/{SOURCE_SIDE_DIR}/" not in path:  # rows a growing ground truth adds: derived
                     h.update(f"{path}\0{digest}\n".encode())
             _ID_CACHE[key] = h.hexdigest()[:16]
     except (OSError, ValueError, AttributeError):
@@ -210,15 +211,17 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
 
     from pitune_core.model.backbone import UnifiedBackbone
     from pitune_core.model.experts import evaluate, load_expert
+    from pitune_core.model.metrics import majority_baseline
     from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings
     from pitune_core.study.sources import load_sources
-    from pitune_core.tune.baselines import Recipe, budget_for, fisher_on, run_data, split_budget, target_side
+    from pitune_core.tune.baselines import (DATA_STAGE, Recipe, budget_for, fisher_on, run_data, split_budget,
+                                            target_side)
 
     cfg = cfg or PlaceConfig()
     t0 = time.time()
     say = on_progress or (lambda p: None)
     say({"stage": "check"})
-    spec, data, emb = check_place(task, study, cfg)
+    spec, data, emb = check_place(task, study, cfg)  # loads the task's data
     study = Path(study).expanduser().resolve()
     sp = StudyPaths(study)
     say({"stage": "load backbone"})
@@ -228,6 +231,7 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
                              f"loaded one is {bb.backbone_id}; use the study's backbone/")
     recipe = Recipe() if cfg.n_samples is None else Recipe(fisher_max=int(cfg.n_samples))
     src = dataclasses.replace(load_sources(study, cfg.method, cfg.embedding), embeddings=emb)
+    say({"stage": DATA_STAGE})
     _, tensors, train_t = run_data(task, bb, cfg.shots, cfg.seed)
     own_steps, _ = split_budget(budget_for(cfg.shots, cfg.seed).steps_for(len(train_t)), recipe)  # as a run's
     if cfg.max_steps is not None:
@@ -237,15 +241,16 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        say({"stage": "train", "step": 0, "total": own_steps})
         t1 = time.time()
-        side = target_side(task, src, bb, cfg.method, cfg.shots, cfg.seed, own_steps, tmp, recipe)
+        side = target_side(task, src, bb, cfg.method, cfg.shots, cfg.seed, own_steps, tmp, recipe, on_step=say)
         t2 = time.time()
         if side.selection != "shots":
             raise PlacementError("the study has no source embeddings to compare the task with")
         say({"stage": "evaluate"})
         model, _ = load_expert(side.own_dir, bb, trainable=True)
         test_metrics = evaluate(bb, model, tensors["test"], spec)
+        zero_shot = evaluate(bb, None, tensors["test"], spec)  # the bare backbone, as the study's summary has it
+        majority = majority_baseline(data.train.labels, tensors["test"].labels.numpy(), spec.num_classes)
         row = fisher_on(model, bb, spec, train_t, recipe.fisher_max, cfg.seed)  # what the ranking used
         sims_of = dict(side.ranking)
         names = [n for n in emb.names if n in sims_of]
@@ -258,7 +263,7 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
             say({"stage": f"rank by {graph}"})
             try:
                 also.append(_place_on_predictor(task, study, graph, cfg, bb, src.expert_dirs, side.own_dir,
-                                                tmp / graph))
+                                                tmp / graph, say))
             except (PlacementError, ValueError, RuntimeError) as e:  # the Fisher placement stands; say why not
                 also_failed[graph] = " ".join(str(e).split())[:300]
                 shutil.rmtree(tmp / graph, ignore_errors=True)
@@ -279,7 +284,8 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
                   "neighbours": neighbours, "layout": note,
                   "also_placed_on": {r["embedding"]: [[n, x] for n, x in r["top_k"]] for r in also},
                   "not_placed_on": also_failed,
-                  "expert": {"test": test_metrics, "steps": side.own_steps},
+                  "expert": {"test": test_metrics, "steps": side.own_steps, "zero_shot": zero_shot,
+                             "majority": majority, "metric": spec.metric},
                   "num_train": len(data.train), "num_test": len(data.test),
                   "max_shots": int(np.bincount(data.train.labels, minlength=spec.num_classes).min()),
                   "timings_s": {"embed": round(t2 - t1, 1), "total": round(time.time() - t0, 1)},
@@ -331,14 +337,14 @@ def _predictor_graphs(study: Path, cfg: PlaceConfig) -> list[str]:
 
 
 def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb, expert_dirs: dict,
-                        own_dir: Path, out: Path) -> dict:
+                        own_dir: Path, out: Path, say: Callable[[dict], None] | None = None) -> dict:
     """A placement record on a predictor graph (:mod:`pitune_core.study.predictor_graphs`): the
     predictor's row for the task computed from the same examples the Fisher placement used (its own
     expert stands in for a full-data one), as percentiles over the graph's tasks (1 = ranked first).
     The study's graph is symmetrised over both directions; a user task is no one's source, so its
     entries are its own direction only. Its map position is transformed as for Fisher."""
     from pitune_core.paths import cache_dir
-    from pitune_core.predict.predictors import PredictorContext, available_examples, predict_row
+    from pitune_core.predict.predictors import available_examples, predict_row, study_context
     from pitune_core.predict.quality import predictor_of
     from pitune_core.predict.similarity import read_similarity_csv
     from pitune_core.study.predictor_graphs import percentiles
@@ -350,7 +356,7 @@ def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb
     if missing:
         raise PlacementError(f"{graph} draws {', '.join(missing[:3])} but the study has no {cfg.method} expert for it")
     experts[task] = Path(own_dir)  # the task's own expert, trained on the examples below
-    ctx = PredictorContext(bb, experts, method=cfg.method, cache_dir=cache_dir() / "predictors")
+    ctx = study_context(study, bb, experts, cfg.method, cache_dir=cache_dir() / "predictors", on_progress=say)
     row = predict_row(predictor_of(graph), available_examples(task, bb, cfg.shots, cfg.seed), ctx)
     pct = dict(zip(ctx.sources_for(task), percentiles(row).tolist()))
     sims = {n: pct[n] for n in names}
@@ -465,13 +471,31 @@ def placed_task_infos(study, method: str | None = None) -> list[dict]:
             continue
         try:
             spec = find_user_task(task)
-            rec = json.loads(recs[0].read_text(encoding="utf-8"))
+            loaded = [json.loads(p.read_text(encoding="utf-8")) for p in recs]
         except (UserTaskError, OSError, ValueError):
             continue
         if spec is None:
             continue
+        loaded = [r for r in loaded if isinstance(r, dict)]
+        rec = next((r for r in loaded if isinstance(r.get("expert"), dict)), loaded[0] if loaded else {})
         info = spec.info()
         info.update(num_train=rec.get("num_train"), num_test=rec.get("num_test"), user_task=True,
-                    max_shots=rec.get("max_shots"))
+                    max_shots=rec.get("max_shots"),
+                    placed_scores={r.get("method"): placed_scores(r, spec.metric) for r in loaded
+                                   if isinstance(r.get("expert"), dict) and r.get("method")})
         out.append(info)
     return out
+
+
+def placed_scores(rec: dict, metric: str) -> dict:
+    """A placement's measured test scores in the task's ``metric`` (0..1, None where the record has
+    none: placements before these were recorded, or a malformed file): its own expert, the bare
+    backbone (zero-shot) and the majority class, as the study's expert summary has them."""
+    def pick(d):
+        v = d.get(metric) if isinstance(d, dict) else None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+            and 0.0 <= v <= 1.0 else None
+
+    e = rec.get("expert") or {}
+    return {"expert": pick(e.get("test")), "zero_shot": pick(e.get("zero_shot")), "majority": pick(e.get("majority")),
+            "metric": metric, "steps": e.get("steps") if isinstance(e.get("steps"), int) else None}

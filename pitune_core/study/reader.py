@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from pitune_core.common import EXPERT_TYPE_LABELS, EXPERT_TYPES, MODALITIES, check_task_name, parse_shots, parse_sources
-from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_FILE, StudyPaths
+from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, RUNS_LOG_FILE, SIMILARITY_FILE, StudyPaths
 from pitune_core.study.results import parse_float as _float
 from pitune_core.study.results import read_matrix_csv, read_results
 from pitune_core.paths import default_study as default_study_path
@@ -340,8 +340,17 @@ class Study:
         return self._memo(("summary",), load)
 
     def experts_of(self, method: str) -> dict[str, dict]:
+        """Per task, its ``method`` expert's row of ``experts/summary.csv`` (expert, zero_shot, majority,
+        metric, ...); a user task placed on this study with ``method`` gets the same numbers from
+        its placement record (``source``: "placement.json"; None where the record has none)."""
         self._check_method(method)
-        return {r["task"]: r for r in self.expert_summary() if r.get("method") == method}
+        out = {r["task"]: r for r in self.expert_summary() if r.get("method") == method}
+        for t in self.tasks():
+            scores = (t.get("placed_scores") or {}).get(method) if t.get("user_task") else None
+            if scores and t["name"] not in out:
+                out[t["name"]] = {"task": t["name"], "method": method, "modality": t.get("modality"),
+                                  "source": "placement.json", **scores}
+        return out
 
     def gated(self, method: str) -> dict[str, str]:
         """``{task: reason}`` of the experts that are not offered as sources (the library's gate,
@@ -699,7 +708,9 @@ class Study:
         return [r for r in rows if target is None or r["target"] == target]
 
     def compare_targets(self) -> list[str]:
-        seen: list[str] = []
+        """Targets the study compared approaches on: the pre-registered comparison's, then those of a
+        pre-protocol ``compare/results.csv``."""
+        seen: list[str] = self.protocol_targets()
         for r in self.compare_results():
             if r["target"] not in seen:
                 seen.append(r["target"])
@@ -741,11 +752,114 @@ class Study:
         out = self._memo(("protocol_summary", name, st.st_mtime_ns, st.st_size), lambda: summarise(rows))
         return {"plan": name, "problem": None, **out}
 
+    def protocol_targets(self) -> list[str]:
+        """Targets of the study's pre-registered comparison(s), in the order of their results (plans
+        in name order); a plan whose results cannot be read adds none."""
+        seen: dict[str, None] = {}
+        for name in self.protocol_plans():
+            try:
+                for r in self.protocol_results(name):
+                    seen.setdefault(r["target"], None)
+            except (OSError, ValueError):
+                continue
+        return list(seen)
+
+    def target_evidence(self, target: str, method: str = "lora", plan: str | None = None) -> dict:
+        """What the study measured on ``target``, for the page that draws a user's run beside it:
+
+        ``{"target", "source" (the file read, or None), "provisional" (a pre-protocol comparison),
+        "plan", "metric", "regimes" ({regime: approach rows}, :func:`~pitune_core.study.evidence.target_measurements`),
+        "zero_shot", "zero_shot_source", "problem" (one line, or None)}``. Read from the protocol's
+        results (``protocol/<plan>/results.csv``: the plan that holds the target, ``plan`` if given),
+        else from a pre-protocol ``compare/results.csv`` (marked provisional); zero-shot from the
+        expert summary, or a placed user task's placement record. Scores are the task's metric, 0..1."""
+        from pitune_core.study.evidence import target_measurements
+
+        self._check_task(target)
+        out: dict[str, Any] = {"target": target, "source": None, "provisional": False, "plan": None,
+                               "metric": self.task(target).get("metric") or "accuracy", "regimes": {},
+                               "zero_shot": None, "zero_shot_source": None, "problem": None}
+        plans = [plan] if plan else list(reversed(self.protocol_plans()))
+        for name in plans:
+            try:
+                rows = self.protocol_results(name)
+            except (OSError, ValueError) as e:
+                out["problem"] = str(e)
+                continue
+            measured = target_measurements(rows, target)
+            if measured:
+                metrics = {r["metric"] for r in rows if r["target"] == target and r["metric"]}
+                out.update(source=f"protocol/{name}/results.csv", plan=name, regimes=measured,
+                           metric=next(iter(metrics)) if len(metrics) == 1 else out["metric"])
+                break
+        if not out["regimes"]:
+            legacy = [{**r, "status": "done", "score": r["score"] if r["score"] is not None else r["accuracy"]}
+                      for r in self.compare_results(target)]
+            measured = target_measurements(legacy, target)
+            if measured:
+                out.update(source="compare/results.csv", provisional=True, regimes=measured)
+        e = self.experts_of(method).get(target) if method in METHODS else None
+        if e and e.get("zero_shot") is not None:
+            out.update(zero_shot=e["zero_shot"], zero_shot_source=e.get("source") or "experts/summary.csv",
+                       metric=e.get("metric") or out["metric"])
+        return out
+
+    def measurement_logs(self) -> list[dict]:
+        """The study's measurement logs, counted: every ground-truth plan's ``pairs.jsonl`` (one record
+        per target, source and seed) and every protocol plan's ``runs.jsonl`` (one record per planned
+        run, its last status), ``[{stage, path, runs, failed, seconds, timed}]``; ``seconds`` sums the
+        records' ``time_s`` (None when none records it). Lines that are not JSON objects are skipped;
+        a log over its size limit is reported with ``problem``."""
+        out = []
+        gt = [("ground truth (transfer pairs)", f"groundtruth/{n}/pairs.jsonl") for n in self.groundtruth_plans()]
+        pr = [("protocol (pre-registered runs)", f"protocol/{n}/{RUNS_LOG_FILE}")
+              for n in _plan_folders(StudyPaths(self.root).protocol("x").parent,
+                                     lambda d: (d / RUNS_LOG_FILE).is_file())]
+        legacy = [(stage, p.relative_to(self.root).as_posix()) for stage, p in
+                  (("transfer (pairs)", StudyPaths(self.root).transfer_pairs),
+                   ("compare (runs)", StudyPaths(self.root).compare_runs)) if p.is_file()]
+        for stage, rel in [*gt, *pr, *legacy]:
+            path = self.root / rel
+            row: dict[str, Any] = {"stage": stage, "path": rel, "runs": 0, "failed": 0, "seconds": None,
+                                   "timed": 0, "problem": None}
+            if not path.is_file():
+                continue
+            try:
+                _gt_file(path, self.root, GT_MAX_PAIRS_BYTES)
+            except GroundTruthError as e:
+                row["problem"] = str(e)
+                out.append(row)
+                continue
+            last: dict[Any, dict] = {}
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for i, line in enumerate(fh):
+                    try:
+                        rec = json.loads(line)
+                    except (ValueError, RecursionError):
+                        continue
+                    if not isinstance(rec, dict):
+                        continue
+                    # a protocol run is keyed by its configuration (a retry replaces it), a pair by
+                    # (target, source, seed, budget key); a record of neither shape counts once
+                    ident = rec.get("key") if "job" in rec else \
+                        (rec.get("target"), rec.get("source"), rec.get("seed"), rec.get("key")) if "source" in rec else i
+                    last[json.dumps(ident, sort_keys=True, default=str)] = rec
+            secs = 0.0
+            for rec in last.values():
+                status = rec.get("status", "done")
+                row["runs"] += status == "done"
+                row["failed"] += status == "failed"
+                t = _float(rec.get("time_s")) if isinstance(rec.get("time_s"), (int, float, str)) else None
+                if t is not None and status == "done":
+                    secs, row["timed"] = secs + t, row["timed"] + 1
+            row["seconds"] = secs if row["timed"] else None
+            out.append(row)
+        return out
+
     def recorded_times(self) -> list[dict]:
         """Compute time per stage, summed from what each run recorded (not the manifest's wall time
         of the last, possibly resumed, invocation): ``[{stage, seconds, runs, source}]``;
         ``seconds`` is None where the study's files record no run times."""
-        sp = StudyPaths(self.root)
         out = []
         secs, n = 0.0, 0
         for row in self.expert_summary():
@@ -754,25 +868,11 @@ class Study:
                 secs, n = secs + t, n + 1
         out.append({"stage": "experts (training)", "seconds": secs if n else None, "runs": n,
                     "source": "experts/summary.csv: train_time_s"})
-        for stage, path, field in (("transfer (pairs)", sp.transfer_pairs, "time_s"),
-                                   ("compare (runs)", sp.compare_runs, "time_s")):
-            secs, n, timed = 0.0, 0, 0
-            if path.is_file():
-                with open(path, encoding="utf-8", errors="replace") as fh:
-                    for line in fh:
-                        try:
-                            rec = json.loads(line)
-                        except ValueError:
-                            continue
-                        if not isinstance(rec, dict):
-                            continue
-                        n += 1
-                        t = _float(rec.get(field))
-                        if t is not None:
-                            secs, timed = secs + t, timed + 1
-            out.append({"stage": stage, "seconds": secs if timed else None, "runs": n,
-                        "source": f"{path.relative_to(self.root).as_posix()}: {field}"
-                                  + ("" if timed or not n else " (not recorded by this study's runs)")})
+        for log in self.measurement_logs():
+            out.append({"stage": log["stage"], "seconds": log["seconds"], "runs": log["runs"],
+                        "source": f"{log['path']}: time_s" + (
+                            f" ({log['problem']})" if log["problem"] else
+                            "" if log["timed"] or not log["runs"] else " (not recorded by this study's runs)")})
         return out
 
     # ---------------------------------------------------------------- runs

@@ -211,10 +211,18 @@ def rank_by_embedding(target: str, own: dict[str, np.ndarray], sources: Sources)
     return sorted(zip(cands, (float(s) for s in sim)), key=lambda x: (-x[1], x[0]))
 
 
+#: the named stages of a run's (or a placement's) target side, as progress callbacks report them
+OWN_EXPERT_STAGE = "own expert: trained on the run's data"
+OWN_FISHER_STAGE = "own Fisher: on the run's data"
+DATA_STAGE = "data: loaded (a task's first use downloads its archive and extracts its features)"
+
+
 def train_own_expert(target: str, method: str, backbone: UnifiedBackbone, train_t, seed: int, steps: int,
-                     out: str | Path, shots: int | None, method_overrides: dict | None = None) -> tuple[object, int]:
+                     out: str | Path, shots: int | None, method_overrides: dict | None = None,
+                     on_step: Callable[[dict], None] | None = None) -> tuple[object, int]:
     """The target's own expert, trained for ``steps`` on the run's data and saved (peft format), with the
-    library's adapter configuration (``method_overrides``: :meth:`Sources.method_overrides`)."""
+    library's adapter configuration (``method_overrides``: :meth:`Sources.method_overrides`); ``on_step``
+    hears each step as the stage :data:`OWN_EXPERT_STAGE`."""
     spec = get_task(target)
     m = get_method(method, **(method_overrides or {}))
     seed_everything(seed)
@@ -222,7 +230,8 @@ def train_own_expert(target: str, method: str, backbone: UnifiedBackbone, train_
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     cfg = fixed_steps(TrainConfig(seed=seed), steps)
-    losses = train_loop(backbone, model, train_t, list(spec.verbalizers), params, m.lr, cfg)
+    cb = (lambda p: on_step({**p, "stage": OWN_EXPERT_STAGE})) if on_step else None
+    losses = train_loop(backbone, model, train_t, list(spec.verbalizers), params, m.lr, cfg, cb)
     meta = {"format": EXPERT_FORMAT, "task": spec.name, "modality": spec.modality, "method": m.name,
             "method_config": asdict(m), "train_config": asdict(cfg), "seed": seed, "shots": shots,
             "num_train": len(train_t), "backbone_id": backbone.backbone_id, "steps": len(losses),
@@ -233,13 +242,21 @@ def train_own_expert(target: str, method: str, backbone: UnifiedBackbone, train_
 
 
 def target_side(target: str, sources: Sources, backbone: UnifiedBackbone, method: str, shots: int | None,
-                seed: int, own_steps: int, workdir: str | Path, recipe: Recipe = Recipe()) -> TargetSide:
-    """Own expert + Fisher + source ranking, from the run's training data only."""
+                seed: int, own_steps: int, workdir: str | Path, recipe: Recipe = Recipe(),
+                on_step: Callable[[dict], None] | None = None) -> TargetSide:
+    """Own expert + Fisher + source ranking, from the run's training data only; ``on_step`` hears
+    the stages :data:`OWN_EXPERT_STAGE` (with its steps) and :data:`OWN_FISHER_STAGE` (with the
+    number of examples it is taken on)."""
     spec, _, train_t = run_data(target, backbone, shots, seed)
     model, steps = train_own_expert(target, method, backbone, train_t, seed, own_steps, Path(workdir) / "own", shots,
-                                    sources.method_overrides())
+                                    sources.method_overrides(), on_step=on_step)
     if sources.embeddings is not None:
+        n = min(recipe.fisher_max, len(train_t))
+        if on_step:
+            on_step({"stage": OWN_FISHER_STAGE, "step": 0, "total": n})
         own = fisher_on(model, backbone, spec, train_t, recipe.fisher_max, seed)
+        if on_step:
+            on_step({"stage": OWN_FISHER_STAGE, "step": n, "total": n})
         ranking, selection = rank_by_embedding(target, own, sources), "shots"
     else:
         ranking, selection = sources.ranked(target), "study"
@@ -277,7 +294,7 @@ def interpolate_and_tune(target: str, source_list: list[tuple[str, float]], sour
     sources; ``steps`` fixes the number of tuning steps (default: the regime's budget).
     """
     if on_step:  # a task's first use downloads its archive and extracts image features (~1 min)
-        on_step({"stage": "data: download and feature extraction on first use"})
+        on_step({"stage": DATA_STAGE})
     spec, tensors, train_t = run_data(target, backbone, shots, seed)
     seed_everything(seed)
     dirs = [sources.expert_dirs[n] for n, _ in source_list]

@@ -105,14 +105,17 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
         tune_steps, own_dir = None, None
         rank = cfg["shots"] is not None and not config.get("sources")  # protocol: rank from the shots alone
         if rank or cfg["own_expert"]:
-            if on_step:
-                on_step({"stage": "own expert: trained on the run's data"})
-            cfg, tune_steps, own_dir = _target_side(cfg, sources, bb, run_dir, rank)
+            cfg, tune_steps, own_dir = _target_side(cfg, sources, bb, run_dir, rank, on_step)
             (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+        tune_cb = on_step
+        if on_step is not None and own_dir is not None:  # the data stage is over: not reported a second time
+            from pitune_core.tune.baselines import DATA_STAGE
+
+            tune_cb = lambda p: None if p.get("stage") == DATA_STAGE else on_step(p)  # noqa: E731
         interp, metrics, history = interpolate_and_tune(
             cfg["target"], list(zip(cfg["sources"], cfg["similarities"])), sources, bb,
             None if cfg["shots"] is None else int(cfg["shots"]), int(cfg["seed"]), weights=cfg["weights"],
-            train_weights=not fixed, train_experts=not cfg["weights_only"], on_step=on_step, steps=tune_steps,
+            train_weights=not fixed, train_experts=not cfg["weights_only"], on_step=tune_cb, steps=tune_steps,
             own_dir=own_dir if cfg["own_expert"] else None)
         labels = cfg["sources"] + ([f"{cfg['target']} (own)"] if cfg["own_expert"] else [])
         (run_dir / "weights.json").write_text(json.dumps({"sources": labels, "history": history}, indent=1))
@@ -137,7 +140,7 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
         raise
 
 
-def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool) -> tuple[dict, int, str]:
+def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool, on_step=None) -> tuple[dict, int, str]:
     """The target's side of a run, from the run's data alone (the protocol, see
     :func:`pitune_core.tune.baselines.target_side`): its own expert trained on that data (kept in
     ``run_dir/own``; its steps come out of the run's budget, as in the study) and, when ``rank``, the
@@ -148,16 +151,18 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool) -> tuple[dic
 
     from pitune_core.paths import StudyPaths
     from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.tune.baselines import Recipe, budget_for, run_data, split_budget, target_side
+    from pitune_core.tune.baselines import DATA_STAGE, Recipe, budget_for, run_data, split_budget, target_side
 
     shots = None if cfg["shots"] is None else int(cfg["shots"])
     seed = int(cfg["seed"])
     emb = StudyPaths(cfg["study"]).embeddings_file(cfg["method"], "fisher")
     use_emb = rank and cfg.get("embedding", "fisher") == "fisher" and emb.exists()
     src = dataclasses.replace(sources, embeddings=load_embeddings(emb) if use_emb else None)
+    if on_step:
+        on_step({"stage": DATA_STAGE})
     _, _, train_t = run_data(cfg["target"], bb, shots, seed)
     own_steps, tune_steps = split_budget(budget_for(shots, seed).steps_for(len(train_t)), Recipe())
-    side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, run_dir)
+    side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, run_dir, on_step=on_step)
     cfg["steps_select"] = side.own_steps
     if rank:
         from pitune_core.predict.quality import predictor_of
@@ -167,22 +172,27 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool) -> tuple[dic
             top = side.ranking[: cfg["k"]]
             cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection="shots")
         elif predictor:
-            top = _predictor_ranking(predictor, cfg, sources, bb)[: cfg["k"]]
+            if on_step:
+                on_step({"stage": f"rank the sources by {predictor} on the run's data"})
+            top = _predictor_ranking(predictor, cfg, sources, bb, on_step)[: cfg["k"]]
             cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection=f"shots ({predictor})")
         else:
             cfg["selection"] = "study (ranked with the target's full-data expert)"
     return cfg, tune_steps, side.own_dir
 
 
-def _predictor_ranking(predictor: str, cfg: dict, sources, bb) -> list[tuple[str, float]]:
+def _predictor_ranking(predictor: str, cfg: dict, sources, bb, on_step=None) -> list[tuple[str, float]]:
     """The study's sources ranked by ``predictor`` computed from the run's own training examples
     (the same ``shots`` sample the run trains on, :func:`available_examples`): a few-shot run never
-    uses the predictor's full-data row of the study graph. Best first, ties by name."""
+    uses the predictor's full-data row of the study graph. Best first, ties by name. The sources'
+    side comes from the study (:func:`~pitune_core.predict.predictors.study_context`); a row it does
+    not ship is computed once, as a named stage with a count."""
     from pitune_core.paths import cache_dir
-    from pitune_core.predict.predictors import PredictorContext, available_examples, predict_row
+    from pitune_core.predict.predictors import available_examples, predict_row, study_context
 
     experts = {n: Path(d) for n, d in sorted(sources.expert_dirs.items()) if n != cfg["target"]}
-    ctx = PredictorContext(bb, experts, method=cfg["method"], cache_dir=cache_dir() / "predictors")
+    ctx = study_context(cfg["study"], bb, experts, cfg["method"], cache_dir=cache_dir() / "predictors",
+                        on_progress=on_step)
     shots = None if cfg["shots"] is None else int(cfg["shots"])
     row = predict_row(predictor, available_examples(cfg["target"], bb, shots, int(cfg["seed"])), ctx)
     return sorted(zip(ctx.sources_for(cfg["target"]), (float(x) for x in row)), key=lambda x: (-x[1], x[0]))
