@@ -570,3 +570,55 @@ def test_write_atomic_never_shows_a_torn_file_to_readers(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["budget.json"]
     write_atomic(path, b"\x00bytes")
     assert path.read_bytes() == b"\x00bytes"
+
+
+# ----------------------------------------------------------------------------- issue 29: bounds at the edge
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "tasks"
+    monkeypatch.setenv("PITUNE_TASKS", str(root))
+    return root
+
+
+def _nothing_in(store: Path) -> bool:
+    return not store.exists() or not any(store.iterdir())
+
+
+def many_classes_csv(path: Path, classes: int = 5000, per_class: int = 3) -> Path:
+    """The 383 KB CSV of issue 29: 5,000 classes of 3 rows each."""
+    rows = ["text,label"] + [f"sample {i} of class {c},c{c}" for c in range(classes) for i in range(per_class)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_task_with_5000_classes_is_refused_at_task_add(store, tmp_path, capsys):
+    """Every training step encodes every class label: 5,000 classes grew a placement to 22.5 GB. The
+    class limit is checked at ``task add`` (one line, exit 2), before anything is written."""
+    from pitune_core.data.user_tasks import LIMITS
+
+    f = many_classes_csv(tmp_path / "t_5000.csv")
+    with deadline(30):
+        assert main(["task", "add", "t_5000", "--text", str(f)]) == 2
+    err = _one_line_error(capsys)
+    assert "5000 classes" in err and f"limit of {LIMITS.max_classes}" in err
+    assert _nothing_in(store)
+    # the limit is the limit: exactly max_classes is accepted
+    f = many_classes_csv(tmp_path / "t_max.csv", classes=LIMITS.max_classes)
+    assert main(["task", "add", "t_max", "--text", str(f)]) == 0
+
+
+def test_a_stored_task_over_the_class_limit_is_refused_before_placing(store, tmp_path, capsys):
+    """A task written by an older pitune (or by hand) with 5,000 classes is refused when read, so
+    ``task place`` stops in one line instead of training."""
+    f = many_classes_csv(tmp_path / "t.csv", classes=3)
+    assert main(["task", "add", "t_many", "--text", str(f)]) == 0
+    spec_f = store / "t_many" / "task.json"
+    spec = json.loads(spec_f.read_text())
+    spec["labels"] = [f"c{i}" for i in range(5000)]
+    spec["verbalizers"] = list(spec["labels"])
+    spec_f.write_text(json.dumps(spec))
+    capsys.readouterr()
+    with deadline(30):
+        assert main(["task", "place", "t_many", "--expert-type", "ia3", "--shots", "1", "--max-steps", "1"]) == 2
+    assert "5000 classes" in _one_line_error(capsys)

@@ -83,13 +83,22 @@ class Limits:
     max_examples: int = 20_000              # examples in one task
     max_images: int = 4_000                 # images in one task (decoded to IMAGE_SIZE² RGB)
     max_text_chars: int = 20_000            # one text
+    #: classes in one task: every training step encodes every class's verbalisation with gradients
+    #: (about 4.5 MB of activations per class), so memory grows with the class count; 100 classes
+    #: keep a placement or run well under 2 GB (a 5,000-class CSV needed 22 GB and was killed)
+    max_classes: int = 100
+    #: all images of one upload together, from their headers before any is decoded (pixel floods:
+    #: 100 images of 40 megapixels took 31 s to decode, about 8 ms per megapixel)
+    max_total_pixels: int = 2_000_000_000
+    max_decoded_bytes: int = 6 * 2**30      # the same images decoded (pixels x bands x bytes per band)
 
     def describe(self) -> str:
         mb = lambda b: f"{b / 2**20:.0f} MB"  # noqa: E731
         return (f"CSV/JSONL up to {mb(self.max_text_bytes)}; zip up to {mb(self.max_upload_bytes)} "
                 f"({mb(self.max_unzipped_bytes)} unpacked, {self.max_members} files); images up to "
                 f"{mb(self.max_image_bytes)} and {self.max_image_pixels / 1e6:.0f} megapixels each, at most "
-                f"{self.max_images} per task; at most {self.max_examples} examples per task")
+                f"{self.max_images} per task and {self.max_total_pixels / 1e9:.0f} gigapixels per upload; at most "
+                f"{self.max_examples} examples and {self.max_classes} classes per task")
 
 
 LIMITS = Limits()
@@ -531,6 +540,9 @@ def _finish_draft(name: str, modality: str, examples: list[Example], sources: li
     if len(train_labels) < 2:
         only = f" ({train_labels[0]!r})" if train_labels else ""
         raise UserTaskError(f"{sources[0]} has a single class{only}; a classification task needs at least two labels")
+    if len(train_labels) > limits.max_classes:
+        raise UserTaskError(f"{sources[0]} has {len(train_labels)} classes, over the limit of {limits.max_classes} "
+                            f"per task (every training step encodes every class); merge classes or split the task")
     if test_given:
         unknown = sorted({e.label for e in examples if e.split == "test"} - set(train_labels))
         if unknown:
@@ -777,6 +789,9 @@ def read_spec(name: str) -> dict:
             or spec.get("modality") not in ("language", "vision", "vision-language")
             or spec.get("examples") not in (TEXT_EXAMPLES, JSONL_EXAMPLES)):
         raise UserTaskError(f"{f} is malformed (labels, verbalizers, modality or examples); add the task again")
+    if len(labels) > LIMITS.max_classes:
+        raise UserTaskError(f"{f} has {len(labels)} classes, over the limit of {LIMITS.max_classes} per task "
+                            f"(added by an older pitune?); remove the task and add it with fewer classes")
     return spec
 
 
