@@ -82,6 +82,67 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
+class NotRegularFileError(ValueError):
+    """A path that should be a plain file is a FIFO, device, socket, folder or (when refused) a link,
+    or is over its size limit (the message is one line naming it)."""
+
+
+def _kind_of(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a *regular* file of at most ``max_bytes``, read with bounded time and memory.
+
+    The one rule for every file pitune reads from a user or a study: it is opened without blocking
+    (a FIFO never hangs the open), the opened descriptor must be a regular file (no FIFO, device,
+    socket or folder: ``/dev/zero`` behind a symlink is refused too), its size is checked before
+    reading, and at most ``max_bytes + 1`` bytes are read (a file that grows while read is refused).
+    ``follow_symlinks=False`` refuses a symbolic link itself. Raises :class:`NotRegularFileError`
+    (or ``OSError`` when it cannot be opened).
+    """
+    import stat
+
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    if not follow_symlinks and path.is_symlink():
+        raise NotRegularFileError(f"{path} is a symbolic link (refused)")
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(f"{path} is {_kind_of(st.st_mode)}, not a regular file (refused)")
+        if st.st_size > max_bytes:
+            raise NotRegularFileError(f"{path} is {st.st_size / 2**20:.1f} MB, over the "
+                                      f"{max_bytes / 2**20:.0f} MB limit for this file")
+        chunks, left = [], max_bytes + 1
+        while left > 0 and (block := os.read(fd, min(1 << 20, left))):
+            chunks.append(block)
+            left -= len(block)
+        if left <= 0:
+            raise NotRegularFileError(f"{path} grew past the {max_bytes / 2**20:.0f} MB limit while being read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def check_regular(path: str | os.PathLike) -> os.stat_result:
+    """``os.stat`` of ``path`` (following links) if it is a regular file, else :class:`NotRegularFileError`;
+    never opens it (for listings that read the file later with :func:`read_regular`)."""
+    import stat
+
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(f"{path} is {_kind_of(st.st_mode)}, not a regular file (refused)")
+    return st
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records of an append-only JSONL log; a line cut by a crash is skipped (its job is redone)."""
     import json

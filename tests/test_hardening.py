@@ -622,3 +622,57 @@ def test_a_stored_task_over_the_class_limit_is_refused_before_placing(store, tmp
     with deadline(30):
         assert main(["task", "place", "t_many", "--expert-type", "ia3", "--shots", "1", "--max-steps", "1"]) == 2
     assert "5000 classes" in _one_line_error(capsys)
+
+
+def small_csv(path: Path) -> Path:
+    rows = ["text,label"] + [f"sample {i} of class {c},c{c}" for c in range(2) for i in range(6)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _special_file(path: Path, kind: str) -> None:
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_fifo_or_device_as_manifest_is_refused_in_under_2_s(kind, store, tmp_path, capsys):
+    """``mkfifo S/manifest.json`` hung `task place` (killed at 90 s) and the dashboard; a symlink to
+    /dev/zero ran out of memory: place.study_id read the manifest whole before any check."""
+    import time
+
+    from pitune_core.study.place import study_id
+
+    assert main(["task", "add", "t_small", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    root = hostile.mini_study(tmp_path / "S")
+    _special_file(root / "manifest.json", kind)
+    capsys.readouterr()
+    with deadline(20):
+        t0 = time.monotonic()
+        assert study_id(root).startswith("path-")
+        rc = main(["task", "place", "t_small", "--study", str(root), "--expert-type", "ia3", "--shots", "1",
+                   "--max-steps", "1"])
+        took = time.monotonic() - t0
+    assert rc == 2 and took < 2.0, took
+    err = _one_line_error(capsys)
+    assert "manifest.json" in err and ("FIFO" in err or "symbolic link" in err)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_the_dashboard_reports_a_fifo_or_device_manifest(kind, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    root = hostile.mini_study(tmp_path / "S")
+    _special_file(root / "manifest.json", kind)
+    monkeypatch.setenv("PITUNE_STUDY", str(root))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
+    monkeypatch.setenv("PITUNE_TASKS", str(tmp_path / "tasks"))
+    with deadline(60):
+        at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=50).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "cannot be used" in " ".join(str(e.value) for e in at.error)
+    shown = " ".join(str(e.value) for e in [*at.error, *at.markdown, *at.code, *at.caption])
+    assert "manifest.json" in shown and ("FIFO" in shown or "symbolic link" in shown), shown

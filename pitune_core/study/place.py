@@ -87,15 +87,15 @@ def study_id(study: str | os.PathLike) -> str:
     depends on (:data:`PLACEMENT_INPUTS`, predictor graphs excluded), so a rebuilt study is a new one
     while a study whose protocol runs are still being appended is not; the path's hash without a
     readable manifest."""
+    from pitune_core.study.verify import read_manifest
+
     root = Path(study).expanduser().resolve()
     man = StudyPaths(root).manifest
     try:
         st = man.stat()
         key = (str(man), st.st_mtime_ns, st.st_size)
         if key not in _ID_CACHE:
-            files = json.loads(man.read_text(encoding="utf-8")).get("files")
-            if not isinstance(files, dict):
-                raise ValueError("no files")
+            files = read_manifest(root)["files"]  # bounded, regular files only: a FIFO or /dev/zero is refused
             h = hashlib.sha256()
             for path, digest in sorted(files.items()):
                 if isinstance(path, str) and path.startswith(PLACEMENT_INPUTS) and "/predictor-" not in path:
@@ -188,6 +188,9 @@ def check_place(task: str, study: str | os.PathLike, cfg: PlaceConfig):
     study = Path(study).expanduser().resolve()
     if not study.is_dir():
         raise PlacementError(f"study {study} does not exist")
+    from pitune_core.study.verify import require_verified
+
+    require_verified(study, "task place")  # as `pitune transfer` does: the manifest first, bounded
     emb = _study_embeddings(study, cfg.method, cfg.embedding)
     if cfg.k < 1 or cfg.k > len(emb.names):
         raise PlacementError(f"k={cfg.k} is out of range: the study has {len(emb.names)} {cfg.method} experts")
