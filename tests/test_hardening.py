@@ -676,3 +676,78 @@ def test_the_dashboard_reports_a_fifo_or_device_manifest(kind, tmp_path, monkeyp
     assert "cannot be used" in " ".join(str(e.value) for e in at.error)
     shown = " ".join(str(e.value) for e in [*at.error, *at.markdown, *at.code, *at.caption])
     assert "manifest.json" in shown and ("FIFO" in shown or "symbolic link" in shown), shown
+
+
+def _shapes(root: Path, per_class: int = 4) -> Path:
+    from PIL import Image
+
+    for cls, color in (("cats", "red"), ("dogs", "blue")):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), color).save(root / cls / f"{i}.png")
+    return root
+
+
+def _fifo_or_device(path: Path, kind: str) -> None:
+    import stat
+
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    try:
+        os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's device numbers
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero_device"])
+@pytest.mark.parametrize("where", ["images", "text", "pairs", "test"])
+def test_task_add_refuses_fifos_and_devices_in_under_2_s(kind, where, store, tmp_path, capsys):
+    """A FIFO named x.png hung `task add --images` (killed at 200 s); a character device zero.png
+    ran out of memory (2.3 GB). Every file `task add` reads must be a regular file."""
+    import time
+
+    if where == "images":
+        src = _shapes(tmp_path / "imgs")
+        _fifo_or_device(src / "cats" / "x.png", kind)
+        argv = ["--images", str(src)]
+    elif where == "text":
+        _fifo_or_device(tmp_path / "t.csv", kind)
+        argv = ["--text", str(tmp_path / "t.csv")]
+    elif where == "pairs":
+        _fifo_or_device(tmp_path / "p.jsonl", kind)
+        argv = ["--pairs", str(tmp_path / "p.jsonl")]
+    else:
+        _fifo_or_device(tmp_path / "test.csv", kind)
+        argv = ["--text", str(small_csv(tmp_path / "t.csv")), "--test", str(tmp_path / "test.csv")]
+    with deadline(20):
+        t0 = time.monotonic()
+        rc = main(["task", "add", "t_special", *argv])
+        took = time.monotonic() - t0
+    assert rc == 2 and took < 2.0, took
+    err = _one_line_error(capsys)
+    assert ("FIFO" in err or "character device" in err) and "not a regular file" in err, err
+    assert _nothing_in(store)
+
+
+@pytest.mark.parametrize("with_a_run", [False, True])
+def test_transfer_out_never_moves_files_pitune_did_not_write(with_a_run, tmp_path, capsys):
+    """`transfer --out DIR` moved a user's notes.txt and src/ into DIR/attempt-1/ "as an earlier run".
+    Only a directory marked as pitune's, holding only what a run writes, is set aside; anything else
+    is refused in one line before the study is read, and nothing moves."""
+    from pitune_core.tune.run import RUN_MARKER
+
+    d = tmp_path / "out"
+    (d / "src").mkdir(parents=True)
+    (d / "src" / "main.py").write_text("print('mine')\n")
+    (d / "notes.txt").write_text("my notes\n")
+    if with_a_run:
+        (d / RUN_MARKER).write_text("{}")
+        (d / "metrics.json").write_text("{}")
+    before = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    rc = main(["transfer", "rt_polarity", "--sources", "movie_sentiment,amazon_sentiment", "--weights", "1,1",
+               "--out", str(d)])
+    assert rc == 2
+    err = _one_line_error(capsys)
+    assert "pitune did not write" in err and "notes.txt" in err and "src" in err
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == before  # nothing moved

@@ -15,15 +15,9 @@ from pitune_core.common import parse_shots
 
 
 def _read(path: str, limit: int) -> bytes:
-    from pitune_core.data.user_tasks import UserTaskError
+    from pitune_core.data.user_tasks import read_file
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserTaskError(f"{p} does not exist or is not a file")
-    size = p.stat().st_size
-    if size > limit:
-        raise UserTaskError(f"{p} is {size / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB limit for one file")
-    return p.read_bytes()
+    return read_file(path, limit)
 
 
 def _counts_table(spec: dict) -> str:

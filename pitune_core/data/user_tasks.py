@@ -102,6 +102,7 @@ class Limits:
 
 
 LIMITS = Limits()
+MAX_SPEC_BYTES = 4 * 2**20  # task.json (labels, verbalisations, counts)
 IMAGE_SIZE = 128  # images are letterboxed to this square, the vision encoder's input size
 MIN_PER_CLASS = 3  # without a test set: 1 for test, at least 2 for training (and validation)
 
@@ -132,6 +133,19 @@ def check_name(name: str) -> str:
     if name in builtin_names():
         raise UserTaskError(f"task name {name!r} is a built-in task; choose another name (e.g. my_{name})")
     return name
+
+
+def read_file(path: str | os.PathLike, limit: int) -> bytes:
+    """A user's (or the store's) file, read by the one bounded reader (:func:`common.read_regular`):
+    a FIFO, device, socket or folder is refused at once instead of hanging or filling memory."""
+    from pitune_core.common import NotRegularFileError, read_regular
+
+    try:
+        return read_regular(path, limit)
+    except NotRegularFileError as e:
+        raise UserTaskError(str(e)) from None
+    except FileNotFoundError:
+        raise UserTaskError(f"{path} does not exist") from None
 
 
 def task_dir(name: str) -> Path:
@@ -390,15 +404,14 @@ def read_folder(root: Path, limits: Limits = LIMITS) -> dict[str, bytes]:
             real = p.resolve()
             if not real.is_relative_to(base):
                 raise UserTaskError(f"{p} points outside {root}; copy the file in instead of linking it")
-            size = real.stat().st_size
-            if size > limits.max_image_bytes:
-                raise UserTaskError(f"{p} is {size / 2**20:.1f} MB, over the "
-                                    f"{limits.max_image_bytes / 2**20:.0f} MB limit for one image")
-            total += size
-            if len(out) >= limits.max_members or total > limits.max_unzipped_bytes:
-                raise UserTaskError(f"{root} holds more than {limits.max_members} files or "
-                                    f"{limits.max_unzipped_bytes / 2**20:.0f} MB; use a smaller set")
-            out[rel] = real.read_bytes()
+            if len(out) >= limits.max_members:
+                raise UserTaskError(f"{root} holds more than {limits.max_members} files; use a smaller set")
+            blob = read_file(real, limits.max_image_bytes)  # regular files only: no FIFO or device
+            total += len(blob)
+            if total > limits.max_unzipped_bytes:
+                raise UserTaskError(f"{root} holds more than {limits.max_unzipped_bytes / 2**20:.0f} MB; "
+                                    f"use a smaller set")
+            out[rel] = blob
     return out
 
 
@@ -591,11 +604,8 @@ def _files_of(source: Path | tuple[bytes, str], limits: Limits) -> tuple[dict[st
     if isinstance(source, tuple):
         return read_zip(source[0], source[1], limits), source[1]
     p = Path(source)
-    if p.is_file() and p.suffix.lower() == ".zip":
-        size = p.stat().st_size
-        if size > limits.max_upload_bytes:
-            raise UserTaskError(f"{p} is {size / 2**20:.1f} MB, over the {limits.max_upload_bytes / 2**20:.0f} MB limit")
-        return read_zip(p.read_bytes(), str(p), limits), str(p)
+    if p.suffix.lower() == ".zip" and not p.is_dir():
+        return read_zip(read_file(p, limits.max_upload_bytes), str(p), limits), str(p)
     if not p.exists():
         raise UserTaskError(f"{p} does not exist")
     return read_folder(p, limits), str(p)
@@ -653,22 +663,17 @@ def _pairs_source(source: Path | tuple[bytes, str], limits: Limits):
             raise UserTaskError(f"{where} must hold exactly one .jsonl file at its top level (found {len(jsonls)})")
         return files[jsonls[0]], f"{Path(where).name}:{jsonls[0]}", files.__getitem__
     p = Path(source)
-    if not p.is_file():
-        raise UserTaskError(f"{p} does not exist")
-    if p.stat().st_size > limits.max_text_bytes:
-        raise UserTaskError(f"{p} is over the {limits.max_text_bytes / 2**20:.0f} MB limit for one file")
+    data = read_file(p, limits.max_text_bytes)
     base = p.parent.resolve()
 
     def get(rel: str) -> bytes:
         f = (base / rel).resolve()
         if not f.is_relative_to(base):
             raise UserTaskError(f"image {rel!r} leaves the folder of {p}")
-        if not f.is_file():
+        if not f.exists():
             raise KeyError(rel)
-        if f.stat().st_size > limits.max_image_bytes:
-            raise UserTaskError(f"{f} is over the {limits.max_image_bytes / 2**20:.0f} MB limit for one image")
-        return f.read_bytes()
-    return p.read_bytes(), str(p), get
+        return read_file(f, limits.max_image_bytes)
+    return data, str(p), get
 
 
 def draft_pairs_task(name: str, source: Path | tuple[bytes, str], test: Path | tuple[bytes, str] | None = None,
@@ -779,8 +784,8 @@ def read_spec(name: str) -> dict:
     if not f.is_file():
         raise UserTaskError(f"no user task named {name!r} in {task_store()}; add it with `pitune task add {name} ...`")
     try:
-        spec = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        spec = json.loads(read_file(f, MAX_SPEC_BYTES).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
         raise UserTaskError(f"{f} is not readable JSON ({e}); remove the task and add it again") from None
     if not isinstance(spec, dict) or spec.get("format") != TASK_FORMAT or spec.get("name") != name:
         raise UserTaskError(f"{f} is not a {TASK_FORMAT} spec for {name!r}; remove the task and add it again")
@@ -857,7 +862,8 @@ class UserTaskSpec(TaskSpec):
 
     def _build(self) -> TaskData:
         root = Path(self.root)
-        blob = (root / (TEXT_EXAMPLES if self.modality == "language" else JSONL_EXAMPLES)).read_bytes()
+        blob = read_file(root / (TEXT_EXAMPLES if self.modality == "language" else JSONL_EXAMPLES),
+                         LIMITS.max_text_bytes + LIMITS.max_examples * 200)  # as written, plus the split column
         if _sha256(blob) != self.data_sha256:
             raise UserTaskError(f"{root}: the examples file changed since the task was added; "
                                 f"remove the task and add it again")
@@ -879,7 +885,7 @@ class UserTaskSpec(TaskSpec):
                     if not _IMAGE_NAME_RE.fullmatch(str(r.get("image", ""))):
                         raise UserTaskError(f"{root}: bad image entry {r.get('image')!r} in {JSONL_EXAMPLES}")
                     f = root / r["image"]
-                    b = f.read_bytes()
+                    b = read_file(f, LIMITS.max_image_bytes)
                     if _sha256(b) != f.stem:
                         raise UserTaskError(f"{f} does not match its content hash; add the task again")
                     ims.append(decode_image(b, str(f))[1])
