@@ -751,3 +751,48 @@ def test_transfer_out_never_moves_files_pitune_did_not_write(with_a_run, tmp_pat
     err = _one_line_error(capsys)
     assert "pitune did not write" in err and "notes.txt" in err and "src" in err
     assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == before  # nothing moved
+
+
+def _broken_study(tmp_path: Path) -> Path:
+    root = hostile.mini_study(tmp_path / "broken")
+    (root / "manifest.json").write_text("{not json")
+    return root
+
+
+@pytest.mark.parametrize("kind, config", [
+    ("transfer", {"target": "rt_polarity", "k": 2, "shots": 2}),
+    ("place-task", {"task": "my_task", "shots": 2}),
+])
+def test_a_run_on_a_study_failing_its_manifest_is_refused_at_submit(kind, config, tmp_path, capsys):
+    """`pitune runs submit transfer --config '{... "study": <broken>}'` ran and succeeded while
+    `pitune transfer` refused the same study: the registry path now runs the same manifest check."""
+    study = _broken_study(tmp_path)
+    db = tmp_path / "runs" / "registry.sqlite"
+    cfg = json.dumps({**config, "study": str(study)})
+    assert main(["runs", "submit", kind, "--config", cfg, "--db", str(db), "--no-scheduler"]) == 1  # runs: refused
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "\n" not in err and err.startswith("error:"), err
+    assert "refuses study" in err and "not valid JSON" in err
+
+
+def test_the_worker_revalidates_a_queued_row(tmp_path, monkeypatch):
+    """A row that skipped submit's checks (queued before the study broke, or written by hand) is
+    refused by the worker before the job function runs (local and Ray workers share execute_run)."""
+    import pitune_core.jobs as J
+    from pitune_core.runs import jobs as runs_jobs
+    from pitune_core.runs.registry import FAILED, RunRegistry
+    from pitune_core.runs.worker import execute_run
+
+    good = hostile.mini_study(tmp_path / "good")
+    db = tmp_path / "runs" / "registry.sqlite"
+    ran = []
+    kind = runs_jobs.get_job("transfer")
+    monkeypatch.setitem(runs_jobs._JOBS, "transfer", runs_jobs.JobKind("transfer", lambda c, ctx: ran.append(c) or {},
+                                                                        kind.validate))
+    reg = RunRegistry(db)
+    run_id = reg.submit("transfer", {"target": "rt_polarity", "k": 2, "shots": 2, "study": str(good)})
+    (good / "manifest.json").write_text("{not json")  # the study breaks while the run waits
+    assert execute_run(db, run_id, claim=True) == FAILED
+    rec = reg.get(run_id)
+    assert not ran and "refused before the job started" in rec.error and "not valid JSON" in rec.error
+    assert J.validate_transfer is kind.validate

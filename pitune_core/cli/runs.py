@@ -163,13 +163,15 @@ def _load_config(text: str) -> dict:
     where = "--config"
     if text.startswith("@"):
         where = text[1:]
+        from pitune_core.common import read_regular
+
         try:
-            text = Path(where).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = read_regular(where, 1 << 20).decode("utf-8")  # a regular file of at most 1 MB: no FIFO
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"cannot read the config file {where}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"{where} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise ValueError(f"{where} must be a JSON object, e.g. '{{\"target\": \"rt_polarity\"}}'")
