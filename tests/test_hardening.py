@@ -796,3 +796,37 @@ def test_the_worker_revalidates_a_queued_row(tmp_path, monkeypatch):
     rec = reg.get(run_id)
     assert not ran and "refused before the job started" in rec.error and "not valid JSON" in rec.error
     assert J.validate_transfer is kind.validate
+
+
+PWNED = '<span style="font-size:40px;color:red">PWNED</span> <a href="https://evil.example">x</a>'
+
+
+def _drawn_strings(fig) -> list[str]:
+    """Every string plotly renders as pseudo-HTML in a figure: hovers, texts, names, annotations."""
+    out = []
+    for tr in fig.data:
+        for key in ("hovertext", "text", "name", "hovertemplate"):
+            v = getattr(tr, key, None)
+            out += [str(x) for x in (v if isinstance(v, (list, tuple)) else [v]) if x is not None]
+        x = getattr(tr, "x", None)
+        out += [str(v) for v in (x if x is not None else ())]
+    out += [str(a.text) for a in fig.layout.annotations]
+    return out
+
+
+def test_figures_escape_descriptions_and_run_labels():
+    """A file named `<span style=...>PWNED….csv` became the description of a user task, drawn as big
+    red text in the Map tab's hover; a run's name from the registry likewise in the compare figure."""
+    import numpy as np
+
+    import dashboard.figures as F
+
+    names = ["my_task", "rt_polarity", "bbc_topic"]
+    attrs = {n: {"modality": "language", "description": f"user task from {PWNED}.csv", "accuracy": 0.8}
+             for n in names}
+    figs = [F.layout_figure(names, np.array([[0.0, 0.0], [1.0, 0.5], [0.3, 1.0]]), attrs, {n: 0 for n in names},
+                            target="my_task", sources=["rt_polarity"]),
+            F.compare_figure([], [{"label": PWNED, "accuracy": 0.7, "shots": 4}])]
+    drawn = [s for fig in figs for s in _drawn_strings(fig)]
+    assert any("PWNED" in s for s in drawn)
+    assert not any("<span" in s or "<a " in s for s in drawn), [s for s in drawn if "<span" in s or "<a " in s]
