@@ -67,6 +67,9 @@ def _cached_draft(kind, name, up, text_col, label_col) -> U.Draft:
             cache[key] = _draft(kind, name, data, up.name, text_col, label_col)
         except U.UserTaskError as e:
             cache[key] = e
+        except Exception as e:  # noqa: BLE001 - a bug met by an upload: one line, no traceback or server path
+            cache[key] = U.UserTaskError(f"{up.name} could not be read (unexpected {type(e).__name__}); "
+                                         f"please report it with the file")
     out = cache[key]
     if isinstance(out, Exception):
         raise out

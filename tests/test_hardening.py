@@ -830,3 +830,67 @@ def test_figures_escape_descriptions_and_run_labels():
     drawn = [s for fig in figs for s in _drawn_strings(fig)]
     assert any("PWNED" in s for s in drawn)
     assert not any("<span" in s or "<a " in s for s in drawn), [s for s in drawn if "<span" in s or "<a " in s]
+
+
+def _fuzzed_tiffs() -> list[bytes]:
+    """TIFFs with 3-4 bytes changed that made Pillow raise TypeError inside decode_image (found by a
+    seeded mutation fuzzer over an 8x8 TIFF; the CLI said "unexpected TypeError ... report it")."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "TIFF")
+    out = []
+    for edits in ([(72, 12), (194, 69), (293, 106)], [(72, 2), (143, 195), (158, 15), (287, 106)]):
+        b = bytearray(buf.getvalue())
+        for i, v in edits:
+            b[i] = v
+        out.append(bytes(b))
+    return out
+
+
+def test_fuzzed_tiffs_and_deep_jsonl_are_one_line_errors(store, tmp_path, capsys):
+    from pitune_core.data import user_tasks as U
+
+    for i, blob in enumerate(_fuzzed_tiffs()):
+        with pytest.raises(U.UserTaskError, match="truncated or corrupt"):
+            U.decode_image(blob, f"fuzz{i}.tif")
+        src = _shapes(tmp_path / f"imgs{i}")
+        (src / "cats" / "fuzz.tif").write_bytes(blob)
+        assert main(["task", "add", "t_fuzz", "--images", str(src)]) == 2
+        assert "fuzz.tif is truncated or corrupt" in _one_line_error(capsys)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": "a", "label": "x"}\n' + "[" * 100_000 + "\n")
+    assert main(["task", "add", "t_deep", "--text", str(deep)]) == 2
+    assert "deep.jsonl, line 2: JSON nested too deeply" in _one_line_error(capsys)
+    assert _nothing_in(store)
+
+
+def test_new_task_tab_shows_deep_jsonl_and_fuzzed_tiffs_as_one_line(store, tmp_path, monkeypatch):
+    """The New task tab showed a traceback with server paths (RecursionError, TypeError)."""
+    import zipfile
+
+    from streamlit.testing.v1 import AppTest
+    from test_study import make_synthetic_study
+
+    monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
+    at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=120).run()
+    at.session_state["view"] = "New task"
+    at.run()
+    at.text_input(key="nt_name").set_value("my_task")
+    at.file_uploader(key="nt_file_text").set_value(("deep.jsonl", b"[" * 100_000 + b"\n", "application/json"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("nested too deeply" in str(e.value) for e in at.error), [e.value for e in at.error]
+    buf = io.BytesIO()
+    src = _shapes(tmp_path / "imgs")
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted(src.rglob("*.png")):
+            z.write(p, p.relative_to(src).as_posix())
+        z.writestr("cats/fuzz.tif", _fuzzed_tiffs()[0])
+    at.radio(key="nt_kind").set_value("images").run()
+    at.file_uploader(key="nt_file_images").set_value(("x.zip", buf.getvalue(), "application/zip"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("corrupt" in str(e.value) for e in at.error), [e.value for e in at.error]
+    assert _nothing_in(store)

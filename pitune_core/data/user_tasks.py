@@ -206,6 +206,9 @@ def read_records(data: bytes, filename: str, columns: Mapping[str, tuple[str, st
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserTaskError(f"{where}, line {n}: not valid JSON ({e.msg})") from None
+            except RecursionError:  # [[[[... 100,000 deep
+                raise UserTaskError(f"{where}, line {n}: JSON nested too deeply to read; each line must be one "
+                                    f"flat object") from None
             if not isinstance(obj, dict):
                 raise UserTaskError(f"{where}, line {n}: expected a JSON object like "
                                     f"{{\"{columns.get('text', ('text',))[0]}\": ..., \"label\": ...}}")
@@ -306,8 +309,9 @@ def decode_image(data: bytes, where: str, limits: Limits = LIMITS, size: int = I
                             f"the limit is {limits.max_image_pixels / 1e6:.0f} megapixels") from None
     except UnidentifiedImageError:
         raise UserTaskError(f"{where} is not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF)") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise UserTaskError(f"{where} is truncated or corrupt ({e})") from None
+    except Exception as e:  # noqa: BLE001 - fuzzed files raise TypeError, OverflowError, struct.error, ... in Pillow
+        why = " ".join(str(e).split())[:120] or type(e).__name__
+        raise UserTaskError(f"{where} is truncated or corrupt ({why})") from None
     return FORMAT_EXT[fmt], arr
 
 
