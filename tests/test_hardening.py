@@ -894,3 +894,38 @@ def test_new_task_tab_shows_deep_jsonl_and_fuzzed_tiffs_as_one_line(store, tmp_p
     assert not at.exception, [e.value for e in at.exception]
     assert any("corrupt" in str(e.value) for e in at.error), [e.value for e in at.error]
     assert _nothing_in(store)
+
+
+def test_a_pixel_flood_is_refused_from_the_headers_before_decoding(store, tmp_path):
+    """100 images of 40 megapixels (each under the per-image limit) in a small zip took 31 s to add
+    (about 21 minutes at the 4,000-image limit). The upload's total pixels are summed from the
+    headers and refused before any image is decoded."""
+    import time
+    import zipfile
+
+    from PIL import Image
+
+    from pitune_core.data import user_tasks as U
+
+    buf = io.BytesIO()
+    Image.new("L", (8000, 5000), 255).save(buf, "PNG")  # 40 megapixels, ~40 KB
+    big = buf.getvalue()
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(100):
+            z.writestr(f"{('a', 'b')[i % 2]}/{i}.png", big)
+    decoded = []
+    real = U.decode_image
+    U.decode_image = lambda *a, **k: decoded.append(1) or real(*a, **k)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(U.UserTaskError, match="megapixels .* per upload"):
+            U.draft_image_task("t_flood", (zbuf.getvalue(), "flood.zip"))
+        took = time.monotonic() - t0
+    finally:
+        U.decode_image = real
+    assert not decoded and took < 5.0, (len(decoded), took)
+    # an ordinary upload is within the budget, and the budget counts decoded bytes too
+    assert U.check_pixel_budget([("x", big)]) == (40_000_000, 40_000_000)
+    with pytest.raises(U.UserTaskError, match="GB decoded"):
+        U.check_pixel_budget([("x", big)], U.Limits(max_decoded_bytes=10 * 2**20))

@@ -448,6 +448,7 @@ class Example:
     image: bytes | None = None
     image_ext: str | None = None
     where: str = ""
+    shown: str = ""  # how messages name it (file and line, or archive and member)
 
 
 @dataclass
@@ -597,11 +598,57 @@ def _image_examples(entries: list[tuple[str, str, bytes]], split: str, where: st
     if len(entries) > limits.max_images:
         raise UserTaskError(f"{where} has {len(entries)} images, over the limit of {limits.max_images} per task")
     for label, rel, blob in entries:
-        ext, arr = decode_image(blob, f"{where}: {rel}", limits)
-        if len(thumbs) < 24:
-            thumbs.append((label, arr))
-        out.append(Example(label, split, image=blob, image_ext=ext, where=rel))
+        out.append(Example(label, split, image=blob, where=rel, shown=f"{where}: {rel}"))
     return out
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    from PIL import ImageMode
+
+    try:
+        m = ImageMode.getmode(mode)
+        return max(1, len(m.bands) * int(m.typestr[-1]))
+    except (KeyError, ValueError, TypeError):
+        return 16  # an unknown mode: assume the widest
+
+
+def check_pixel_budget(blobs: Iterable[tuple[str, bytes]], limits: Limits = LIMITS) -> tuple[int, int]:
+    """``(pixels, decoded bytes)`` of all images of one upload, read from their headers only (Pillow
+    opens lazily), refused past :attr:`Limits.max_total_pixels` / :attr:`Limits.max_decoded_bytes`
+    before any image is decoded (pixel floods); a header Pillow cannot read is left to decode_image."""
+    from PIL import Image
+
+    pixels = decoded = 0
+    for shown, blob in blobs:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(blob)) as im:
+                    w, h = im.size
+                    pixels += w * h
+                    decoded += w * h * _bytes_per_pixel(im.mode)
+        except Exception:  # noqa: BLE001 - reported, with its name, when decoded
+            continue
+        if pixels > limits.max_total_pixels or decoded > limits.max_decoded_bytes:
+            raise UserTaskError(f"the images up to {shown} hold {pixels / 1e6:.0f} megapixels "
+                                f"({decoded / 2**30:.1f} GB decoded), over the limit of "
+                                f"{limits.max_total_pixels / 1e6:.0f} megapixels "
+                                f"({limits.max_decoded_bytes / 2**30:.0f} GB) per upload; shrink the images first")
+    return pixels, decoded
+
+
+def _decode_images(examples: list[Example], limits: Limits) -> list:
+    """Check the upload's pixel budget from the headers, then decode every image (each must decode
+    completely); fills ``image_ext`` and returns the first thumbnails."""
+    check_pixel_budget(((e.shown, e.image) for e in examples if e.image is not None), limits)
+    thumbs = []
+    for e in examples:
+        if e.image is None:
+            continue
+        e.image_ext, arr = decode_image(e.image, e.shown, limits)
+        if len(thumbs) < 24:
+            thumbs.append((e.label, arr))
+    return thumbs
 
 
 def _files_of(source: Path | tuple[bytes, str], limits: Limits) -> tuple[dict[str, bytes], str]:
@@ -629,6 +676,7 @@ def draft_image_task(name: str, source: Path | tuple[bytes, str], test: Path | t
         sources.append(Path(twhere).name)
     if sum(e.image is not None for e in examples) > limits.max_images:
         raise UserTaskError(f"more than {limits.max_images} images in one task")
+    thumbs += _decode_images(examples, limits)
     d = _finish_draft(name, "vision", examples, sources, test is not None, verbalizers, seed, limits)
     d.thumbnails = thumbs
     return d
@@ -645,10 +693,8 @@ def _pairs_examples(data: bytes, filename: str, get: Callable[[str], bytes], spl
             blob = get(str(p))
         except KeyError:
             raise UserTaskError(f"{filename}, line {n}: image {rel!r} is not there") from None
-        ext, arr = decode_image(blob, f"{filename}, line {n}: {rel}", limits)
-        if len(thumbs) < 24:
-            thumbs.append((r["label"], arr))
-        out.append(Example(r["label"], split, text=r["text"], image=blob, image_ext=ext, where=rel))
+        out.append(Example(r["label"], split, text=r["text"], image=blob, where=rel,
+                           shown=f"{filename}, line {n}: {rel}"))
         if len(out) > limits.max_images:
             raise UserTaskError(f"{filename} has more than {limits.max_images} images, the limit per task")
     return out
@@ -696,6 +742,7 @@ def draft_pairs_task(name: str, source: Path | tuple[bytes, str], test: Path | t
         tdata, twhere, tget = _pairs_source(test, limits)
         examples += _pairs_examples(tdata, twhere, tget, "test", cols, limits, thumbs)
         sources.append(Path(twhere).name)
+    thumbs += _decode_images(examples, limits)
     d = _finish_draft(name, "vision-language", examples, sources, test is not None, verbalizers, seed, limits)
     d.thumbnails = thumbs
     return d
