@@ -143,6 +143,21 @@ def check_regular(path: str | os.PathLike) -> os.stat_result:
     return st
 
 
+def os_error_of(exc: BaseException, path: str | os.PathLike | None = None) -> OSError | None:
+    """The ``OSError`` a library's own exception wraps, or None: safetensors raises ``SafetensorError('Error
+    while serializing: I/O error: No space left on device (os error 28)')`` for a full disk, which must
+    reach the user as the full-disk message (what, where, what to do), not as an unexpected error."""
+    import re
+
+    if isinstance(exc, OSError):
+        return exc
+    m = re.search(r"\(os error (\d+)\)", str(exc))
+    if not m:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code), *([str(path)] if path is not None else []))
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records of an append-only JSONL log; a line cut by a crash is skipped (its job is redone)."""
     import json

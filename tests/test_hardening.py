@@ -929,3 +929,26 @@ def test_a_pixel_flood_is_refused_from_the_headers_before_decoding(store, tmp_pa
     assert U.check_pixel_budget([("x", big)]) == (40_000_000, 40_000_000)
     with pytest.raises(U.UserTaskError, match="GB decoded"):
         U.check_pixel_budget([("x", big)], U.Limits(max_decoded_bytes=10 * 2**20))
+
+
+def test_a_full_disk_during_a_cache_write_is_the_full_disk_message(store, tmp_path, monkeypatch, capsys):
+    """safetensors wraps a full disk as SafetensorError('... No space left on device (os error 28)');
+    the CLI said "unexpected SafetensorError ... report it" (exit 1). It is the full-disk line (exit 2)
+    naming the file, and no *.tmp is left. (The message is the one safetensors gives on a full tmpfs.)"""
+    from safetensors import SafetensorError
+
+    from pitune_core.data import tasks
+
+    assert main(["task", "add", "t_small", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("PITUNE_CACHE", str(tmp_path / "cache"))
+
+    def full_disk(arrays, path):
+        Path(path).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(tasks, "save_file", full_disk)
+    assert main(["task", "place", "t_small", "--expert-type", "ia3", "--shots", "1", "--max-steps", "1"]) == 2
+    err = _one_line_error(capsys)
+    assert "No space left on device" in err and "free some space" in err.lower() and "arrays.safetensors" in err
+    assert not list((tmp_path / "cache").rglob("*.tmp"))

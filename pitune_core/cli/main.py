@@ -63,8 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pitune: error: {msg}", file=sys.stderr)
         return code
 
+    from pitune_core.common import os_error_of
+
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except Exception as e:  # a library's error that wraps an OSError (safetensors' full disk) is that OSError
+            os_err = os_error_of(e)
+            if os_err is None or os_err is e or debug:
+                raise
+            raise os_err from e
     except KeyboardInterrupt:
         print("pitune: interrupted", file=sys.stderr)
         return 130
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
                 errno.EISDIR: "it is a folder where a file was expected: check the path"}
         hint = todo.get(e.errno, "check the path and try again")
-        return fail(f"{e.strerror}:{where}. {hint[0].upper()}{hint[1:]}.")
+        return fail(f"{e.strerror}{':' + where if where else ''}. {hint[0].upper()}{hint[1:]}.")
     except json.JSONDecodeError as e:  # a malformed JSON file that a reader did not name
         if debug:
             raise
