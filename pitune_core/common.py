@@ -158,6 +158,21 @@ def os_error_of(exc: BaseException, path: str | os.PathLike | None = None) -> OS
     return OSError(code, os.strerror(code), *([str(path)] if path is not None else []))
 
 
+#: control characters (C0, DEL, C1): a terminal obeys them (ESC [2J clears the screen, ESC ] 8 makes
+#: a link), so no string from a user or a study is printed with them
+_CONTROL = __import__("re").compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control(value: str) -> bool:
+    return bool(_CONTROL.search(value))
+
+
+def printable(value: Any) -> str:
+    """``value`` as one printable line: whitespace runs (newlines, tabs) become one space and every
+    other control character is dropped. Everything pitune prints from a user or a study goes through it."""
+    return _CONTROL.sub("", " ".join(str(value).split()))
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Records of an append-only JSONL log; a line cut by a crash is skipped (its job is redone)."""
     import json

@@ -952,3 +952,70 @@ def test_a_full_disk_during_a_cache_write_is_the_full_disk_message(store, tmp_pa
     err = _one_line_error(capsys)
     assert "No space left on device" in err and "free some space" in err.lower() and "arrays.safetensors" in err
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_labels_with_terminal_escapes_are_refused_and_never_printed(store, tmp_path, capsys):
+    """ESC [2J (clear screen), OSC-8 links and colours in labels were stored and printed raw by
+    task add / task show. They are refused at add; a store written before (or by hand) prints clean."""
+    esc = tmp_path / "esc.csv"
+    esc.write_text("text,label\n" + "".join(f"a{i},\"\x1b[2Jred\"\nb{i},blue\n" for i in range(4)))
+    assert main(["task", "add", "t_esc", "--text", str(esc)]) == 2
+    err = capsys.readouterr().err
+    assert "contains a control character ('\\x1b')" in err and "\x1b" not in err
+    folder = _shapes(tmp_path / "imgs")
+    os.rename(folder / "cats", folder / "cats\x1b]8;;evil\x07")
+    assert main(["task", "add", "t_esc", "--images", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "control character" in err and "\x1b" not in err and "\x07" not in err
+    assert main(["task", "add", "t_esc", "--text", str(small_csv(tmp_path / "t.csv")),
+                 "--verbalizer", "c0=\x1b[31mred"]) == 2
+    assert "\x1b" not in capsys.readouterr().err
+    assert _nothing_in(store)
+    # a spec written by an older pitune: printed without its escapes
+    assert main(["task", "add", "t_old", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    spec_f = store / "t_old" / "task.json"
+    spec = json.loads(spec_f.read_text())
+    spec["verbalizers"] = ["\x1b[2J\x1b]8;;https://evil\x07click\x1b]8;;\x07", "plain"]
+    spec["sources"] = ["x\x1b[31m.csv"]
+    spec_f.write_text(json.dumps(spec))
+    capsys.readouterr()
+    assert main(["task", "show", "t_old"]) == 0
+    assert main(["task", "list"]) == 0
+    out = capsys.readouterr()
+    assert not any(c in out.out + out.err for c in "\x1b\x07"), repr(out.out)
+    assert "click" in out.out
+
+
+def test_markdown_escaping_leaves_no_web_address_or_email_to_link():
+    import re
+
+    from dashboard.text import md
+
+    for s in ("see https://evil.example/x", "WWW.evil.example", "mail a@evil.example", "x\x1b]8;;https://e\x07y"):
+        out = md(s)
+        assert not re.search(r"(?<!\\):|(?<!\\)@|www\.", out.replace("WWW", "www")), out
+        assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in out), repr(out)
+
+
+def test_new_task_tab_shows_class_names_as_plain_text(store, tmp_path, monkeypatch):
+    """A web address as a label became a link in the New task tab (a widget label is markdown), and
+    escaping it there left a visible backslash: the classes are shown with st.text (plain)."""
+    from streamlit.testing.v1 import AppTest
+    from test_study import make_synthetic_study
+
+    monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
+    at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=120).run()
+    at.session_state["view"] = "New task"
+    at.run()
+    at.text_input(key="nt_name").set_value("my_task")
+    rows = "".join(f"text {i} {lab},{lab}\n" for lab in ("https://evil.example/a", "www.evil.example") for i in range(4))
+    at.file_uploader(key="nt_file_text").set_value(("links.csv", ("text,label\n" + rows).encode(), "text/csv"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = [t.value for t in at.text]
+    assert any(t.startswith("https://evil.example/a · ") for t in texts), texts
+    assert any(t.startswith("www.evil.example · ") for t in texts), texts
+    drawn = [str(e.value) for e in [*at.markdown, *at.caption, *at.error, *at.info]] + \
+            [str(w.label) for w in at.text_input]
+    assert not [d for d in drawn if "https://evil" in d or "www.evil" in d], drawn

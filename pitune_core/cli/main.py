@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # what ``--workers`` re-runs in each worker (pitune_core/cli/workers.py)
 
     def fail(msg: str, code: int = 2) -> int:
-        print(f"pitune: error: {msg}", file=sys.stderr)
+        from pitune_core.common import printable
+
+        print(f"pitune: error: {printable(msg)}", file=sys.stderr)  # one line, no terminal escapes
         return code
 
     from pitune_core.common import os_error_of

@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from pitune_core.common import has_control, printable
 from pitune_core.data.tasks import DATA_VERSION, SPLITS, Split, TaskData, TaskSpec, load_cached
 from pitune_core.paths import REPO_ROOT, cache_dir, user_tasks_dir
 
@@ -146,6 +147,10 @@ def read_file(path: str | os.PathLike, limit: int) -> bytes:
         raise UserTaskError(str(e)) from None
     except FileNotFoundError:
         raise UserTaskError(f"{path} does not exist") from None
+
+
+def _first_control(value: str) -> str:
+    return next(c for c in value if has_control(c))
 
 
 def task_dir(name: str) -> Path:
@@ -251,6 +256,9 @@ def read_records(data: bytes, filename: str, columns: Mapping[str, tuple[str, st
             if not v:
                 what = "label is empty (after stripping spaces)" if role == "label" else f"{role} is empty"
                 raise UserTaskError(f"{where}, line {n}: the {what}; every row needs a {role}")
+            if role != "text" and has_control(v):  # ESC [2J, OSC-8 links, BEL: never stored, never printed
+                raise UserTaskError(f"{where}, line {n}: the {role} {printable(v)[:60]!r} contains a control "
+                                    f"character ({ascii(_first_control(v))}); remove it")
             if role == "text" and len(v) > limits.max_text_chars:
                 raise UserTaskError(f"{where}, line {n}: the text has {len(v)} characters, over the "
                                     f"{limits.max_text_chars} limit")
@@ -430,6 +438,9 @@ def class_folder_images(files: Mapping[str, bytes], where: str) -> list[tuple[st
             raise UserTaskError(f"{where}: {rel!r} is not in a class folder; put the images of each class in "
                                 f"a sub-folder named after the class (e.g. cats/1.png, dogs/2.png)")
         label = p.parts[0].strip()
+        if has_control(label):
+            raise UserTaskError(f"{where}: the class folder {printable(label)[:60]!r} has a control character "
+                                f"({ascii(_first_control(label))}) in its name; rename it")
         if not label:
             raise UserTaskError(f"{where}: {rel!r} sits in a folder whose name is empty after stripping spaces")
         out.append((label, rel, files[rel]))
@@ -511,6 +522,9 @@ def _verbalizers(labels: list[str], given: Mapping[str, str]) -> list[str]:
     out = []
     for lab in labels:
         v = str(given.get(lab, lab)).strip()
+        if has_control(v):
+            raise UserTaskError(f"the verbalisation of class {printable(lab)!r} contains a control character "
+                                f"({ascii(_first_control(v))}); remove it")
         if not v:
             raise UserTaskError(f"the verbalisation of class {lab!r} is empty; give it a few words")
         if len(v) > 200:
