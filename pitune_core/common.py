@@ -62,6 +62,61 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
         os.replace(tmp, final)
 
 
+#: how long a temporary folder without a writer's pid may sit before the next run removes it
+STALE_TMP_S = 24 * 3600
+
+
+def tmp_prefix(name: str) -> str:
+    """The prefix of a temporary folder this process writes beside ``name`` (``tempfile.mkdtemp(prefix=)``):
+    it carries the pid, so that :func:`clean_stale_tmp` knows when its writer is gone."""
+    return f".{name}.tmp-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders and files in ``folder`` that a killed run left behind: hidden
+    ``.NAME.tmp-PID-…`` / ``.NAME.removed-PID`` / ``.NAME.old-PID`` entries whose process is gone (or,
+    without a pid, older than :data:`STALE_TMP_S`). Called at the start of the next run that writes there."""
+    import re
+    import shutil
+    import time
+
+    folder, removed = Path(folder), []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = re.fullmatch(r"\..+?\.(tmp|removed|old)-(.+)", p.name)
+        if not m:
+            continue
+        kind, tail = m.groups()
+        pid = re.match(r"([0-9]+)-", tail) if kind == "tmp" else re.fullmatch(r"([0-9]+)", tail)
+        try:
+            if pid is not None:
+                if _pid_alive(int(pid.group(1))):
+                    continue
+            elif time.time() - p.lstat().st_mtime < STALE_TMP_S:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write a file so that readers see the old content or the new, never a torn one, even when
     several processes (``PITUNE_SHARD`` shards) write the same file at once: each writer has its
@@ -171,6 +226,25 @@ def printable(value: Any) -> str:
     """``value`` as one printable line: whitespace runs (newlines, tabs) become one space and every
     other control character is dropped. Everything pitune prints from a user or a study goes through it."""
     return _CONTROL.sub("", " ".join(str(value).split()))
+
+
+#: the exit status of a command whose reader went away (``pitune ... | head``): 128 + SIGPIPE
+BROKEN_PIPE_EXIT = 141
+
+
+def stdout_closed() -> int:
+    """After a ``BrokenPipeError`` on stdout (``| head`` read what it wanted): point stdout at
+    /dev/null so that nothing more is written or reported (not even at exit), and return
+    :data:`BROKEN_PIPE_EXIT`. Nothing is printed: the reader chose to stop."""
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return BROKEN_PIPE_EXIT
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

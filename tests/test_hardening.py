@@ -1019,3 +1019,62 @@ def test_new_task_tab_shows_class_names_as_plain_text(store, tmp_path, monkeypat
     drawn = [str(e.value) for e in [*at.markdown, *at.caption, *at.error, *at.info]] + \
             [str(w.label) for w in at.text_input]
     assert not [d for d in drawn if "https://evil" in d or "www.evil" in d], drawn
+
+
+# ----------------------------------------------------------------------------- issue 29 #11: the smaller ones
+
+def test_stale_temporary_folders_are_cleaned_on_the_next_run(store, tmp_path):
+    """A killed `task place` / `task add` left `.NAME.tmp-…` folders forever; the next run that
+    writes there removes those whose writer is gone, and keeps a live writer's."""
+    import subprocess
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store.mkdir(parents=True)
+    killed = store / f".t_a.tmp-{dead.pid}-x1y2z3"        # a killed task add (its pid is gone)
+    old = store / ".t_b.tmp-ab12cd34"                       # the old pid-less name, two days old
+    trash = store / f".t_c.removed-{dead.pid}"              # a killed task remove
+    live = store / f".t_d.tmp-{os.getpid()}-q9"             # this process: still writing
+    fresh = store / ".t_e.tmp-zz99yy88"                     # pid-less but new: may be in use
+    for d in (killed, old, trash, live, fresh):
+        (d / "images").mkdir(parents=True)
+        (d / "images" / "x.png").write_bytes(b"x" * 1000)
+    two_days = time.time() - 2 * 86400
+    os.utime(old, (two_days, two_days))
+    assert main(["task", "add", "t_new", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    left = sorted(p.name for p in store.iterdir())
+    assert left == sorted([live.name, fresh.name, "t_new"]), left
+    # placements: the same rule in TASK/placed/<study>/
+    from pitune_core.common import clean_stale_tmp
+
+    placed = store / "t_new" / "placed" / "s"
+    (placed / f".lora-fisher.tmp-{dead.pid}-abc" / "expert").mkdir(parents=True)
+    assert [p.name for p in clean_stale_tmp(placed)] == [f".lora-fisher.tmp-{dead.pid}-abc"]
+
+
+def test_an_unterminated_csv_quote_is_named_as_such(store, tmp_path, capsys):
+    """It was reported as "the label must be a string, got None"."""
+    f = tmp_path / "q.csv"
+    f.write_text("text,label\nhello,a\n\"an open quote,b\nmore,c\nlast,c\n")
+    assert main(["task", "add", "t_q", "--text", str(f)]) == 2
+    err = _one_line_error(capsys)
+    assert "line 3: a quoted value that opens on this line is never closed" in err and "None" not in err
+
+
+def test_output_into_a_closed_pipe_is_no_error(store, tmp_path):
+    """`pitune ... | head` printed "pitune: error: Broken pipe. Check the path and try again." (exit 2)."""
+    import subprocess
+
+    assert main(["task", "add", "t_pipe", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    env = dict(os.environ, PITUNE_TASKS=str(store))
+    for argv in (["task", "show", "t_pipe", "--json"], ["runs", "list", "--db", str(tmp_path / "r.sqlite")]):
+        if argv[0] == "runs":
+            from pitune_core.runs.registry import RunRegistry
+
+            RunRegistry(tmp_path / "r.sqlite")
+        p = subprocess.Popen([sys.executable, "-m", "pitune_core", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT)
+        p.stdout.close()  # the reader is gone before pitune writes a byte
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=60) == 141 and err == "", (argv, err)

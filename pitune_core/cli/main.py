@@ -78,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pitune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pitune ... | head`: the reader stopped reading; no error to report
+        if debug:
+            raise
+        from pitune_core.common import stdout_closed
+
+        return stdout_closed()
     except OSError as e:  # read-only, no space, missing, permission: what, where, what to do
         if debug:
             raise

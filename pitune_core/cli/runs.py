@@ -262,6 +262,8 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
                 print(f"{rec.id}: interrupted ({_clean(rec.error)})", file=out)
             print(f"{len(recovered)} run(s) marked interrupted", file=out)
             return 0
+    except BrokenPipeError:  # `pitune runs list | head`: the caller (cli.main or main below) stops quietly
+        raise
     except RunNotFoundError as exc:
         print(f"error: {exc}", file=err)
         return 1
@@ -289,7 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pitune_core.cli.runs", description=__doc__.splitlines()[0])
     configure_parser(parser)
     args = parser.parse_args(argv)
-    return handle(args)
+    try:
+        return handle(args)
+    except BrokenPipeError:
+        from pitune_core.common import stdout_closed
+
+        return stdout_closed()
 
 
 if __name__ == "__main__":

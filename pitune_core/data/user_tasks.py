@@ -49,7 +49,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from pitune_core.common import has_control, printable
+from pitune_core.common import clean_stale_tmp, has_control, printable, tmp_prefix
 from pitune_core.data.tasks import DATA_VERSION, SPLITS, Split, TaskData, TaskSpec, load_cached
 from pitune_core.paths import REPO_ROOT, cache_dir, user_tasks_dir
 
@@ -229,8 +229,14 @@ def read_records(data: bytes, filename: str, columns: Mapping[str, tuple[str, st
         try:
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
+            start = 2
             for row in reader:
+                if None in row.values() and any("\n" in str(v) for v in row.values() if v is not None):
+                    # the csv module reads an unclosed quote to the end of the file as one value
+                    raise UserTaskError(f"{where}, line {start}: a quoted value that opens on this line is never "
+                                        f"closed (a missing '\"'?), so the rest of the file reads as one value")
                 rows.append((reader.line_num, row))
+                start = reader.line_num + 1
                 if len(rows) > limits.max_examples:
                     raise UserTaskError(f"{where} has more than {limits.max_examples} examples, "
                                         f"the limit for one task")
@@ -809,7 +815,8 @@ def save_task(draft: Draft) -> Path:
     if final.exists():
         raise UserTaskError(f"a user task named {draft.name!r} already exists; remove it first with "
                             f"`pitune task remove {draft.name}` or choose another name")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{draft.name}.tmp-", dir=store))
+    clean_stale_tmp(store)  # what a killed `task add` / `task remove` left behind
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(draft.name), dir=store))
     try:
         for e in draft.examples:
             if e.image is not None:

@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from pitune_core.data.user_tasks import (PLACED_DIR, UserTaskError, find_user_task, task_dir, user_task_names)
-from pitune_core.common import replace_dir
+from pitune_core.common import clean_stale_tmp, replace_dir, tmp_prefix
 from pitune_core.paths import StudyPaths
 from pitune_core.predict.quality import PREDICTOR_PREFIX
 
@@ -238,7 +238,8 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
 
     final = placement_dir(task, study, cfg.method, cfg.embedding)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    clean_stale_tmp(final.parent)  # what a killed placement left behind
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(final.name), dir=final.parent))
     try:
         say({"stage": "train", "step": 0, "total": own_steps})
         t1 = time.time()
