@@ -1078,3 +1078,55 @@ def test_output_into_a_closed_pipe_is_no_error(store, tmp_path):
         p.stdout.close()  # the reader is gone before pitune writes a byte
         err = p.stderr.read().decode()
         assert p.wait(timeout=60) == 141 and err == "", (argv, err)
+
+
+@contextmanager
+def read_only_folder(path: Path):
+    """``path`` made read-only for real: a remounted tmpfs as root (root ignores permissions), else
+    ``chmod``; skipped when neither is possible."""
+    import subprocess
+
+    path.mkdir(parents=True)
+    mounted = False
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs to make a read-only file system")
+        mounted = True
+    state = {"ro": False}
+
+    def make_ro():
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        else:
+            for p in [path, *path.rglob("*")]:
+                p.chmod(0o555 if p.is_dir() else 0o444)
+        state["ro"] = True
+    try:
+        yield make_ro
+    finally:
+        if mounted and subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)  # a connection still open: detach it
+        elif state["ro"]:
+            for p in [path, *path.rglob("*")]:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_runs_list_reads_a_registry_on_read_only_media(tmp_path, capsys):
+    """`runs list` said "cannot open the run registry: read-only file system": reading needs no write."""
+    from pitune_core.runs.registry import RunRegistry
+
+    with read_only_folder(tmp_path / "media") as make_ro:
+        db = tmp_path / "media" / "registry.sqlite"
+        reg = RunRegistry(db)
+        run_id = reg.submit("transfer", {"target": "rt_polarity", "k": 2, "shots": 2}, name="on media")
+        reg.close()  # a mount with a file open for writing cannot become read-only
+        make_ro()
+        capsys.readouterr()
+        assert main(["runs", "list", "--db", str(db)]) == 0
+        out = capsys.readouterr()
+        assert run_id in out.out and "on media" in out.out and out.err == ""
+        assert main(["runs", "show", run_id, "--db", str(db)]) == 0
+        assert run_id in capsys.readouterr().out
+        assert main(["runs", "cancel", run_id, "--db", str(db)]) == 2  # writing still says why not
+        assert "read-only" in capsys.readouterr().err

@@ -198,7 +198,12 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
         print(f"error: no run registry at {db}", file=err)
         return 1
     try:
-        registry = RunRegistry(db)
+        try:
+            registry = RunRegistry(db)
+        except RegistryUnavailableError:
+            if cmd not in ("list", "show", "logs"):
+                raise
+            registry = RunRegistry(db, read_only=True)  # read-only media: reading needs no write
         if cmd == "list":
             records = registry.list_runs(status=args.status, kind=args.kind, limit=args.limit or None)
             if args.json:
