@@ -1130,3 +1130,25 @@ def test_runs_list_reads_a_registry_on_read_only_media(tmp_path, capsys):
         assert run_id in capsys.readouterr().out
         assert main(["runs", "cancel", run_id, "--db", str(db)]) == 2  # writing still says why not
         assert "read-only" in capsys.readouterr().err
+
+
+def test_a_sigkilled_workers_run_is_not_shown_running(tmp_path, capsys):
+    """A run whose worker was SIGKILLed (and no scheduler left to notice) showed "running" until
+    someone ran `runs recover`; reading the registry now marks it interrupted first."""
+    import signal as _signal
+    import subprocess
+
+    from pitune_core.runs.registry import RunRegistry
+
+    db = tmp_path / "registry.sqlite"
+    reg = RunRegistry(db)
+    run_id = reg.submit("transfer", {"target": "rt_polarity", "k": 2, "shots": 2})
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert reg.claim(run_id, pid=worker.pid) is not None and reg.get(run_id).status == "running"
+    worker.send_signal(_signal.SIGKILL)
+    worker.wait()
+    capsys.readouterr()
+    assert main(["runs", "list", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert run_id in out and "running" not in out and "interrupted" in out, out
+    assert "is gone" in reg.get(run_id).error

@@ -204,6 +204,8 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
             if cmd not in ("list", "show", "logs"):
                 raise
             registry = RunRegistry(db, read_only=True)  # read-only media: reading needs no write
+        if cmd in ("list", "show") and not registry.read_only:
+            registry.recover_interrupted()  # a SIGKILLed worker's run is interrupted, not "running" forever
         if cmd == "list":
             records = registry.list_runs(status=args.status, kind=args.kind, limit=args.limit or None)
             if args.json:
