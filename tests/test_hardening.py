@@ -81,7 +81,8 @@ def test_hostile_study_is_reported_not_followed(case, tmp_path, monkeypatch):
         require_verified(root, "top-k")
 
 
-@pytest.mark.parametrize("case", ["dotdot_dev_zero", "manifest_is_list", "files_is_list", "digest_not_string"])
+@pytest.mark.parametrize("case", ["dotdot_dev_zero", "manifest_is_list", "files_is_list", "digest_not_string",
+                                  "manifest_fifo", "manifest_dev_zero"])
 def test_pitune_verify_on_hostile_study_is_one_report_no_traceback(case, tmp_path, capsys):
     root = HOSTILE_STUDIES[case][0](tmp_path / case)
     with deadline(30):

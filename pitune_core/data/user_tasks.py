@@ -84,9 +84,10 @@ class Limits:
     max_examples: int = 20_000              # examples in one task
     max_images: int = 4_000                 # images in one task (decoded to IMAGE_SIZE² RGB)
     max_text_chars: int = 20_000            # one text
-    #: classes in one task: every training step encodes every class's verbalisation with gradients
-    #: (about 4.5 MB of activations per class), so memory grows with the class count; 100 classes
-    #: keep a placement or run well under 2 GB (a 5,000-class CSV needed 22 GB and was killed)
+    #: classes in one task: every training step (and every example's Fisher gradient) encodes every
+    #: class's verbalisation with gradients, so memory grows with the class count (a 5,000-class CSV
+    #: grew a placement to 22 GB and was killed); measured at this limit: a 100-class ia3 placement
+    #: peaks at 1.75 GB (the Fisher chunks are bounded by label tokens, predict.embeddings.fisher_chunks)
     max_classes: int = 100
     #: all images of one upload together, from their headers before any is decoded (pixel floods:
     #: 100 images of 40 megapixels took 31 s to decode, about 8 ms per megapixel)
