@@ -1153,3 +1153,24 @@ def test_a_sigkilled_workers_run_is_not_shown_running(tmp_path, capsys):
     out = capsys.readouterr().out
     assert run_id in out and "running" not in out and "interrupted" in out, out
     assert "is gone" in reg.get(run_id).error
+
+
+def test_a_fifo_in_the_task_store_is_skipped_not_waited_on(store, tmp_path, capsys):
+    """placement.json records are read by task show / task list and the readers the dashboard uses:
+    a FIFO (or device) there is skipped at once."""
+    import time
+
+    from pitune_core.study import place
+
+    assert main(["task", "add", "t_store", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    study = hostile.mini_study(tmp_path / "S")
+    d = store / "t_store" / "placed" / place.study_id(study) / "lora-fisher"
+    d.mkdir(parents=True)
+    os.mkfifo(d / "placement.json")
+    with deadline(20):
+        t0 = time.monotonic()
+        assert main(["task", "show", "t_store"]) == 0
+        assert main(["task", "list"]) == 0
+        assert place.placed_task_infos(study) == []
+        took = time.monotonic() - t0
+    assert took < 2.0, took

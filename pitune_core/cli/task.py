@@ -93,12 +93,12 @@ def cmd_list(args) -> int:
 
 def _placed(name: str) -> list[str]:
     from pitune_core.data.user_tasks import PLACED_DIR, task_dir
-    from pitune_core.study.place import PLACEMENT_FILE
+    from pitune_core.study.place import PLACEMENT_FILE, read_placement
 
     out = []
     for f in sorted((task_dir(name) / PLACED_DIR).glob(f"*/*/{PLACEMENT_FILE}")):
         try:
-            rec = json.loads(f.read_text(encoding="utf-8"))
+            rec = read_placement(f)
             out.append(printable(f"{Path(rec['study']).name} ({rec['method']}/{rec['embedding']})"))
         except (OSError, ValueError, KeyError):
             continue
@@ -108,13 +108,13 @@ def _placed(name: str) -> list[str]:
 def cmd_show(args) -> int:
     from pitune_core.data import user_tasks as U
     from pitune_core.data.user_tasks import PLACED_DIR, task_dir
-    from pitune_core.study.place import PLACEMENT_FILE
+    from pitune_core.study.place import PLACEMENT_FILE, read_placement
 
     spec = U.read_spec(args.name)
     placements = []
     for f in sorted((task_dir(args.name) / PLACED_DIR).glob(f"*/*/{PLACEMENT_FILE}")):
         try:
-            placements.append(json.loads(f.read_text(encoding="utf-8")))
+            placements.append(read_placement(f))
         except (OSError, ValueError):
             continue
     if args.json:

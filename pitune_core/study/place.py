@@ -106,6 +106,24 @@ def study_id(study: str | os.PathLike) -> str:
     return _ID_CACHE[key]
 
 
+#: largest placement.json read (one similarity per study task: ~100 KB on a 1,000-task hub)
+MAX_PLACEMENT_BYTES = 16 << 20
+
+
+def read_placement(f: str | os.PathLike) -> dict:
+    """A placement record, read bounded from a regular file (a FIFO or device in the store is refused,
+    never waited on); ``ValueError`` / ``OSError`` when it is not a readable JSON object."""
+    from pitune_core.common import read_regular
+
+    try:
+        rec = json.loads(read_regular(f, MAX_PLACEMENT_BYTES).decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{f} is nested too deeply") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{f} is not a JSON object")
+    return rec
+
+
 def placement_dir(task: str, study: str | os.PathLike, method: str, embedding: str) -> Path:
     return task_dir(task) / PLACED_DIR / study_id(study) / f"{method}-{embedding}"
 
@@ -400,7 +418,7 @@ def placements(study: str | os.PathLike, method: str, embedding: str, names: lis
         if not f.is_file():
             continue
         try:
-            rec = json.loads(f.read_text(encoding="utf-8"))
+            rec = read_placement(f)
         except (OSError, ValueError):
             continue
         if rec.get("task") != task or (names is not None and not _valid(rec, names)):
@@ -469,7 +487,7 @@ def placed_task_infos(study, method: str | None = None) -> list[dict]:
             continue
         try:
             spec = find_user_task(task)
-            rec = json.loads(recs[0].read_text(encoding="utf-8"))
+            rec = read_placement(recs[0])
         except (UserTaskError, OSError, ValueError):
             continue
         if spec is None:
