@@ -519,11 +519,21 @@ class RunRegistry:
     # ------------------------------------------------------------ connections
 
     def _connect(self) -> sqlite3.Connection:
-        if self.read_only:  # immutable: SQLite neither locks nor writes (no -wal / -shm on read-only media)
+        if self.read_only:
             from urllib.parse import quote
 
-            conn = sqlite3.connect(f"file:{quote(str(self.db_path))}?mode=ro&immutable=1", uri=True,
-                                   isolation_level=None, check_same_thread=False)
+            # read-only (sees a writer's changes); where even that needs a write (a WAL registry on
+            # read-only media cannot create its -shm file), immutable: SQLite neither locks nor writes
+            for mode in ("mode=ro", "mode=ro&immutable=1"):
+                conn = sqlite3.connect(f"file:{quote(str(self.db_path))}?{mode}", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+                try:
+                    conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                    break
+                except sqlite3.Error:
+                    conn.close()
+                    if "immutable" in mode:
+                        raise
             conn.row_factory = sqlite3.Row
             return conn
         conn = sqlite3.connect(
