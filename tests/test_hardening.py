@@ -735,7 +735,7 @@ def test_task_add_refuses_fifos_and_devices_in_under_2_s(kind, where, store, tmp
 def test_transfer_out_never_moves_files_pitune_did_not_write(with_a_run, tmp_path, capsys):
     """`transfer --out DIR` moved a user's notes.txt and src/ into DIR/attempt-1/ "as an earlier run".
     Only a directory marked as pitune's, holding only what a run writes, is set aside; anything else
-    is refused in one line before the study is read, and nothing moves."""
+    is refused in one line before anything trains, and nothing moves."""
     from pitune_core.tune.run import RUN_MARKER
 
     d = tmp_path / "out"
