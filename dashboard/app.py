@@ -798,6 +798,10 @@ def live_runs(db: str) -> None:
     reg = get_registry(db)
     if reg is None:
         return
+    try:
+        reg.recover_interrupted()  # a run whose worker was killed shows as interrupted, not running
+    except Exception:  # noqa: BLE001 - a read-only registry is still shown
+        pass
     runs = filter_runs_for(reg.list_runs(kind="transfer", limit=50))
     active = [r for r in runs if r.status in ACTIVE]
     head, sched = st.columns([3, 1])

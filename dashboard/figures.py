@@ -88,18 +88,21 @@ def graph_positions(G: nx.Graph, seed: int = 0) -> dict[str, tuple[float, float]
 
 
 def _hover(name: str, d: Mapping[str, Any], extra: str = "") -> str:
-    lines = [f"<b>{name}</b>", f"modality: {d.get('modality', '?')}"]
+    """A node's plotly tooltip: plotly renders its pseudo-HTML (``<span style>``, ``<a href>``), so every
+    value from the study or a user (a task's description carries an upload's file name) is escaped."""
+    e = _safe_label
+    lines = [f"<b>{e(name)}</b>", f"modality: {e(d.get('modality', '?'))}"]
     if d.get("description"):
-        desc = str(d["description"])
-        lines.append(desc if len(desc) <= 90 else desc[:87] + "…")
+        desc = " ".join(str(d["description"]).split())
+        lines.append(e(desc if len(desc) <= 90 else desc[:87] + "…"))
     if d.get("num_classes") is not None:
-        lines.append(f"classes: {d['num_classes']}, train examples: {d.get('num_train', '?')}")
-    lines.append(f"expert {d.get('metric') or 'accuracy'}: {_fmt(d.get('accuracy'))} "
+        lines.append(f"classes: {e(d['num_classes'])}, train examples: {e(d.get('num_train', '?'))}")
+    lines.append(f"expert {e(d.get('metric') or 'accuracy')}: {_fmt(d.get('accuracy'))} "
                  f"(zero-shot {_fmt(d.get('zero_shot'))})")
     if d.get("community") is not None:
-        lines.append(f"community {d['community']}")
+        lines.append(f"community {e(d['community'])}")
     if extra:
-        lines.append(extra)
+        lines.append(e(extra))
     return "<br>".join(lines)
 
 
@@ -167,10 +170,11 @@ def _community_lod(fig: go.Figure, rows: Sequence[Mapping[str, Any]]) -> None:
     if not rows:
         return
     fig.add_trace(go.Scatter(x=[r["x"] for r in rows], y=[r["y"] for r in rows], mode="markers+text",
-                             text=[r["label"] for r in rows], textposition="middle center",
+                             text=[_safe_label(r["label"]) for r in rows], textposition="middle center",
                              textfont=dict(size=BUBBLE_FONT, color="#111"),
-                             hovertext=[f"community {r['community']}: {r['size']} tasks<br>{r['modalities']}<br>"
-                                        f"e.g. {r['examples']}" for r in rows], hoverinfo="text",
+                             hovertext=[f"community {_safe_label(r['community'])}: {r['size']} tasks<br>"
+                                        f"{_safe_label(r['modalities'])}<br>e.g. {_safe_label(r['examples'])}"
+                                        for r in rows], hoverinfo="text",
                              customdata=[None] * len(rows), name="communities", legendgroup="communities",
                              marker=dict(size=[r["diameter"] for r in rows], color=[r["color"] for r in rows],
                                          opacity=0.22, line=dict(width=1.5, color=[r["color"] for r in rows]))))
@@ -631,7 +635,8 @@ def layout_figure(names: Sequence[str], coords: np.ndarray, attrs: Mapping[str, 
                      "color": TARGET_COLOR if n == target else "#111"})
     for r in place_labels(rows, xrange, yrange, max(100, height - 110), avoid=_bubble_texts(bubbles)):
         mark = _LABEL_MARKS[r["side"]]
-        fig.add_annotation(x=r["x"], y=r["y"], text=r["label"], showarrow=False, xshift=r["dx"], yshift=-r["dy"],
+        fig.add_annotation(x=r["x"], y=r["y"], text=_safe_label(r["label"]), showarrow=False, xshift=r["dx"],
+                           yshift=-r["dy"],
                            xanchor=mark["align"], yanchor=mark["baseline"], font=dict(size=r["size"], color=r["color"]),
                            name=f"label: {r['label']}")
     fig.update_layout(title=dict(text=title) if title else None, height=height, plot_bgcolor="white",

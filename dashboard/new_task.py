@@ -21,6 +21,7 @@ import streamlit as st
 
 from dashboard.figures import USER_COLOR
 from dashboard.text import md as _md
+from pitune_core.common import printable
 from pitune_core.data import user_tasks as U
 from pitune_core.study.place import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
 
@@ -67,6 +68,9 @@ def _cached_draft(kind, name, up, text_col, label_col) -> U.Draft:
             cache[key] = _draft(kind, name, data, up.name, text_col, label_col)
         except U.UserTaskError as e:
             cache[key] = e
+        except Exception as e:  # noqa: BLE001 - a bug met by an upload: one line, no traceback or server path
+            cache[key] = U.UserTaskError(f"{up.name} could not be read (unexpected {type(e).__name__}); "
+                                         f"please report it with the file")
     out = cache[key]
     if isinstance(out, Exception):
         raise out
@@ -117,13 +121,16 @@ def render(study, root: Path, db: Path, get_registry: Callable) -> None:
             for lab, arr in draft.thumbnails:
                 by.setdefault(lab, []).append(arr)
             thumbs = [(lab, by[lab][i]) for i in range(12) for lab in by if i < len(by[lab])][:12]  # classes in turn
-            st.image([a for _, a in thumbs], caption=[lab for lab, _ in thumbs], width=72)
+            st.image([a for _, a in thumbs], caption=[printable(lab) for lab, _ in thumbs], width=72)
     with right:
         st.markdown("**Classes and how they are said** (edit the verbalisations)")
         verbal = {}
-        for lab, v in zip(draft.labels, draft.verbalizers):
-            verbal[lab] = st.text_input(f"{_md(lab)} · {counts['train'][lab]} train / {counts['val'][lab]} val / "
-                                        f"{counts['test'][lab]} test", value=v, key=f"nt_verbal_{draft.name}_{lab}")
+        for i, (lab, v) in enumerate(zip(draft.labels, draft.verbalizers)):
+            # the class as plain text (st.text: no markdown, so a web address is no link and no escape shows)
+            st.text(f"{printable(lab)} · {counts['train'][lab]} train / {counts['val'][lab]} val / "
+                    f"{counts['test'][lab]} test")
+            verbal[lab] = st.text_input(f"verbalisation of class {i + 1}", value=v, label_visibility="collapsed",
+                                        key=f"nt_verbal_{draft.name}_{lab}")
     max_shots = draft.max_shots()
     options = ["all"] + [s for s in SHOTS if s <= max_shots]
     s1, s2 = st.columns([1, 2])

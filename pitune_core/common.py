@@ -67,6 +67,61 @@ def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
         os.replace(tmp, final)
 
 
+#: how long a temporary folder without a writer's pid may sit before the next run removes it
+STALE_TMP_S = 24 * 3600
+
+
+def tmp_prefix(name: str) -> str:
+    """The prefix of a temporary folder this process writes beside ``name`` (``tempfile.mkdtemp(prefix=)``):
+    it carries the pid, so that :func:`clean_stale_tmp` knows when its writer is gone."""
+    return f".{name}.tmp-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders and files in ``folder`` that a killed run left behind: hidden
+    ``.NAME.tmp-PID-…`` / ``.NAME.removed-PID`` / ``.NAME.old-PID`` entries whose process is gone (or,
+    without a pid, older than :data:`STALE_TMP_S`). Called at the start of the next run that writes there."""
+    import re
+    import shutil
+    import time
+
+    folder, removed = Path(folder), []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = re.fullmatch(r"\..+?\.(tmp|removed|old)-(.+)", p.name)
+        if not m:
+            continue
+        kind, tail = m.groups()
+        pid = re.match(r"([0-9]+)-", tail) if kind == "tmp" else re.fullmatch(r"([0-9]+)", tail)
+        try:
+            if pid is not None:
+                if _pid_alive(int(pid.group(1))):
+                    continue
+            elif time.time() - p.lstat().st_mtime < STALE_TMP_S:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+        except OSError:
+            continue
+    return removed
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write a file so that readers see the old content or the new, never a torn one, even when
     several processes (``PITUNE_SHARD`` shards) write the same file at once: each writer has its
@@ -85,6 +140,116 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+class NotRegularFileError(ValueError):
+    """A path that should be a plain file is a FIFO, device, socket, folder or (when refused) a link,
+    or is over its size limit (the message is one line naming it)."""
+
+
+def _kind_of(mode: int) -> str:
+    import stat
+
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular(path: str | os.PathLike, max_bytes: int, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a *regular* file of at most ``max_bytes``, read with bounded time and memory.
+
+    The one rule for every file pitune reads from a user or a study: it is opened without blocking
+    (a FIFO never hangs the open), the opened descriptor must be a regular file (no FIFO, device,
+    socket or folder: ``/dev/zero`` behind a symlink is refused too), its size is checked before
+    reading, and at most ``max_bytes + 1`` bytes are read (a file that grows while read is refused).
+    ``follow_symlinks=False`` refuses a symbolic link itself. Raises :class:`NotRegularFileError`
+    (or ``OSError`` when it cannot be opened).
+    """
+    import stat
+
+    path = Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+    if not follow_symlinks and path.is_symlink():
+        raise NotRegularFileError(f"{path} is a symbolic link (refused)")
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(f"{path} is {_kind_of(st.st_mode)}, not a regular file (refused)")
+        if st.st_size > max_bytes:
+            raise NotRegularFileError(f"{path} is {st.st_size / 2**20:.1f} MB, over the "
+                                      f"{max_bytes / 2**20:.0f} MB limit for this file")
+        chunks, left = [], max_bytes + 1
+        while left > 0 and (block := os.read(fd, min(1 << 20, left))):
+            chunks.append(block)
+            left -= len(block)
+        if left <= 0:
+            raise NotRegularFileError(f"{path} grew past the {max_bytes / 2**20:.0f} MB limit while being read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def check_regular(path: str | os.PathLike) -> os.stat_result:
+    """``os.stat`` of ``path`` (following links) if it is a regular file, else :class:`NotRegularFileError`;
+    never opens it (for listings that read the file later with :func:`read_regular`)."""
+    import stat
+
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(f"{path} is {_kind_of(st.st_mode)}, not a regular file (refused)")
+    return st
+
+
+def os_error_of(exc: BaseException, path: str | os.PathLike | None = None) -> OSError | None:
+    """The ``OSError`` a library's own exception wraps, or None: safetensors raises ``SafetensorError('Error
+    while serializing: I/O error: No space left on device (os error 28)')`` for a full disk, which must
+    reach the user as the full-disk message (what, where, what to do), not as an unexpected error."""
+    import re
+
+    if isinstance(exc, OSError):
+        return exc
+    m = re.search(r"\(os error (\d+)\)", str(exc))
+    if not m:
+        return None
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code), *([str(path)] if path is not None else []))
+
+
+#: control characters (C0, DEL, C1): a terminal obeys them (ESC [2J clears the screen, ESC ] 8 makes
+#: a link), so no string from a user or a study is printed with them
+_CONTROL = __import__("re").compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control(value: str) -> bool:
+    return bool(_CONTROL.search(value))
+
+
+def printable(value: Any) -> str:
+    """``value`` as one printable line: whitespace runs (newlines, tabs) become one space and every
+    other control character is dropped. Everything pitune prints from a user or a study goes through it."""
+    return _CONTROL.sub("", " ".join(str(value).split()))
+
+
+#: the exit status of a command whose reader went away (``pitune ... | head``): 128 + SIGPIPE
+BROKEN_PIPE_EXIT = 141
+
+
+def stdout_closed() -> int:
+    """After a ``BrokenPipeError`` on stdout (``| head`` read what it wanted): point stdout at
+    /dev/null so that nothing more is written or reported (not even at exit), and return
+    :data:`BROKEN_PIPE_EXIT`. Nothing is printed: the reader chose to stop."""
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return BROKEN_PIPE_EXIT
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -93,7 +93,8 @@ def place_task_job(config: dict, ctx) -> dict:
 
 # ----------------------------------------------------------------------------- validators
 # Called by RunRegistry.submit in the submitting process (the CLI, the dashboard): cheap checks only,
-# no torch, so that a run that would be refused is never queued. The worker re-validates everything.
+# no torch, so that a run that would be refused is never queued; and again by the worker
+# (runs.worker.execute_run, local or Ray) before the job starts, so a row never skips them.
 
 
 def _int(config: dict, key: str, default=None, minimum: int | None = None, required: bool = False):
@@ -113,6 +114,14 @@ def _known_task(name, what: str) -> str:
 
     get_task(check_task_name(name, what))
     return name
+
+
+def _verified_study(study: str, command: str) -> None:
+    """The study's manifest check, as ``pitune transfer`` / ``task place`` run it (no torch, bounded
+    reads): a run on a study that fails it is refused at submit and again in the worker."""
+    from pitune_core.study.verify import require_verified
+
+    require_verified(study, command)
 
 
 def _expert_type(config: dict) -> None:
@@ -145,6 +154,7 @@ def validate_transfer(config: dict) -> None:
     study = config.get("study")
     if study is not None and (not isinstance(study, str) or not Path(study).is_dir()):
         raise ValueError(f"study {study!r} is not a directory")
+    _verified_study(study or str(default_study()), "transfer")
     for flag in ("weights_only", "own_expert"):
         if not isinstance(config.get(flag, False), bool):
             raise ValueError(f"{flag} must be true or false, got {config.get(flag)!r}")
@@ -182,6 +192,7 @@ def validate_place_task(config: dict) -> None:
 
     if not isinstance(config.get("study"), str) or not config["study"]:
         raise ValueError("a place-task run needs the study directory (study)")
+    _verified_study(config["study"], "task place")
     check_name(config.get("task"))
     _expert_type(config)
     parse_shots(config.get("shots"))

@@ -127,7 +127,25 @@ def corrupt_file(root: Path) -> Path:
     return root
 
 
+def manifest_fifo(root: Path) -> Path:
+    """issue 29: `mkfifo S/manifest.json` hung every reader that opened it to read it whole."""
+    mini_study(root)
+    (root / "manifest.json").unlink()
+    os.mkfifo(root / "manifest.json")
+    return root
+
+
+def manifest_dev_zero(root: Path) -> Path:
+    """issue 29: `ln -s /dev/zero S/manifest.json` ran a reader out of memory."""
+    mini_study(root)
+    (root / "manifest.json").unlink()
+    os.symlink("/dev/zero", root / "manifest.json")
+    return root
+
+
 HOSTILE_STUDIES = {
+    "manifest_fifo": (manifest_fifo, "FIFO"),
+    "manifest_dev_zero": (manifest_dev_zero, "symbolic link"),
     "dotdot_dev_zero": (dotdot_dev_zero, "points outside the study"),
     "absolute_etc_passwd": (absolute_etc_passwd, "points outside the study"),
     "symlink_out": (symlink_out, "symbolic link"),

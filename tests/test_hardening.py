@@ -81,7 +81,8 @@ def test_hostile_study_is_reported_not_followed(case, tmp_path, monkeypatch):
         require_verified(root, "top-k")
 
 
-@pytest.mark.parametrize("case", ["dotdot_dev_zero", "manifest_is_list", "files_is_list", "digest_not_string"])
+@pytest.mark.parametrize("case", ["dotdot_dev_zero", "manifest_is_list", "files_is_list", "digest_not_string",
+                                  "manifest_fifo", "manifest_dev_zero"])
 def test_pitune_verify_on_hostile_study_is_one_report_no_traceback(case, tmp_path, capsys):
     root = HOSTILE_STUDIES[case][0](tmp_path / case)
     with deadline(30):
@@ -570,3 +571,606 @@ def test_write_atomic_never_shows_a_torn_file_to_readers(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["budget.json"]
     write_atomic(path, b"\x00bytes")
     assert path.read_bytes() == b"\x00bytes"
+
+
+# ----------------------------------------------------------------------------- issue 29: bounds at the edge
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "tasks"
+    monkeypatch.setenv("PITUNE_TASKS", str(root))
+    return root
+
+
+def _nothing_in(store: Path) -> bool:
+    return not store.exists() or not any(store.iterdir())
+
+
+def many_classes_csv(path: Path, classes: int = 5000, per_class: int = 3) -> Path:
+    """The 383 KB CSV of issue 29: 5,000 classes of 3 rows each."""
+    rows = ["text,label"] + [f"sample {i} of class {c},c{c}" for c in range(classes) for i in range(per_class)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_task_with_5000_classes_is_refused_at_task_add(store, tmp_path, capsys):
+    """Every training step encodes every class label: 5,000 classes grew a placement to 22.5 GB. The
+    class limit is checked at ``task add`` (one line, exit 2), before anything is written."""
+    from pitune_core.data.user_tasks import LIMITS
+
+    f = many_classes_csv(tmp_path / "t_5000.csv")
+    with deadline(30):
+        assert main(["task", "add", "t_5000", "--text", str(f)]) == 2
+    err = _one_line_error(capsys)
+    assert "5000 classes" in err and f"limit of {LIMITS.max_classes}" in err
+    assert _nothing_in(store)
+    # the limit is the limit: exactly max_classes is accepted
+    f = many_classes_csv(tmp_path / "t_max.csv", classes=LIMITS.max_classes)
+    assert main(["task", "add", "t_max", "--text", str(f)]) == 0
+
+
+def test_a_stored_task_over_the_class_limit_is_refused_before_placing(store, tmp_path, capsys):
+    """A task written by an older pitune (or by hand) with 5,000 classes is refused when read, so
+    ``task place`` stops in one line instead of training."""
+    f = many_classes_csv(tmp_path / "t.csv", classes=3)
+    assert main(["task", "add", "t_many", "--text", str(f)]) == 0
+    spec_f = store / "t_many" / "task.json"
+    spec = json.loads(spec_f.read_text())
+    spec["labels"] = [f"c{i}" for i in range(5000)]
+    spec["verbalizers"] = list(spec["labels"])
+    spec_f.write_text(json.dumps(spec))
+    capsys.readouterr()
+    with deadline(30):
+        assert main(["task", "place", "t_many", "--expert-type", "ia3", "--shots", "1", "--max-steps", "1"]) == 2
+    assert "5000 classes" in _one_line_error(capsys)
+
+
+def small_csv(path: Path) -> Path:
+    rows = ["text,label"] + [f"sample {i} of class {c},c{c}" for c in range(2) for i in range(6)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _special_file(path: Path, kind: str) -> None:
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_fifo_or_device_as_manifest_is_refused_in_under_2_s(kind, store, tmp_path, capsys):
+    """``mkfifo S/manifest.json`` hung `task place` (killed at 90 s) and the dashboard; a symlink to
+    /dev/zero ran out of memory: place.study_id read the manifest whole before any check."""
+    import time
+
+    from pitune_core.study.place import study_id
+
+    assert main(["task", "add", "t_small", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    root = hostile.mini_study(tmp_path / "S")
+    _special_file(root / "manifest.json", kind)
+    capsys.readouterr()
+    with deadline(20):
+        t0 = time.monotonic()
+        assert study_id(root).startswith("path-")
+        rc = main(["task", "place", "t_small", "--study", str(root), "--expert-type", "ia3", "--shots", "1",
+                   "--max-steps", "1"])
+        took = time.monotonic() - t0
+    assert rc == 2 and took < 2.0, took
+    err = _one_line_error(capsys)
+    assert "manifest.json" in err and ("FIFO" in err or "symbolic link" in err)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_the_dashboard_reports_a_fifo_or_device_manifest(kind, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    root = hostile.mini_study(tmp_path / "S")
+    _special_file(root / "manifest.json", kind)
+    monkeypatch.setenv("PITUNE_STUDY", str(root))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
+    monkeypatch.setenv("PITUNE_TASKS", str(tmp_path / "tasks"))
+    with deadline(60):
+        at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=50).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "cannot be used" in " ".join(str(e.value) for e in at.error)
+    shown = " ".join(str(e.value) for e in [*at.error, *at.markdown, *at.code, *at.caption])
+    assert "manifest.json" in shown and ("FIFO" in shown or "symbolic link" in shown), shown
+
+
+def _shapes(root: Path, per_class: int = 4) -> Path:
+    from PIL import Image
+
+    for cls, color in (("cats", "red"), ("dogs", "blue")):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (16, 16), color).save(root / cls / f"{i}.png")
+    return root
+
+
+def _fifo_or_device(path: Path, kind: str) -> None:
+    import stat
+
+    if kind == "fifo":
+        os.mkfifo(path)
+        return
+    try:
+        os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's device numbers
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero_device"])
+@pytest.mark.parametrize("where", ["images", "text", "pairs", "test"])
+def test_task_add_refuses_fifos_and_devices_in_under_2_s(kind, where, store, tmp_path, capsys):
+    """A FIFO named x.png hung `task add --images` (killed at 200 s); a character device zero.png
+    ran out of memory (2.3 GB). Every file `task add` reads must be a regular file."""
+    import time
+
+    if where == "images":
+        src = _shapes(tmp_path / "imgs")
+        _fifo_or_device(src / "cats" / "x.png", kind)
+        argv = ["--images", str(src)]
+    elif where == "text":
+        _fifo_or_device(tmp_path / "t.csv", kind)
+        argv = ["--text", str(tmp_path / "t.csv")]
+    elif where == "pairs":
+        _fifo_or_device(tmp_path / "p.jsonl", kind)
+        argv = ["--pairs", str(tmp_path / "p.jsonl")]
+    else:
+        _fifo_or_device(tmp_path / "test.csv", kind)
+        argv = ["--text", str(small_csv(tmp_path / "t.csv")), "--test", str(tmp_path / "test.csv")]
+    with deadline(20):
+        t0 = time.monotonic()
+        rc = main(["task", "add", "t_special", *argv])
+        took = time.monotonic() - t0
+    assert rc == 2 and took < 2.0, took
+    err = _one_line_error(capsys)
+    assert ("FIFO" in err or "character device" in err) and "not a regular file" in err, err
+    assert _nothing_in(store)
+
+
+@pytest.mark.parametrize("with_a_run", [False, True])
+def test_transfer_out_never_moves_files_pitune_did_not_write(with_a_run, tmp_path, capsys):
+    """`transfer --out DIR` moved a user's notes.txt and src/ into DIR/attempt-1/ "as an earlier run".
+    Only a directory marked as pitune's, holding only what a run writes, is set aside; anything else
+    is refused in one line before anything trains, and nothing moves."""
+    from pitune_core.tune.run import RUN_MARKER
+
+    d = tmp_path / "out"
+    (d / "src").mkdir(parents=True)
+    (d / "src" / "main.py").write_text("print('mine')\n")
+    (d / "notes.txt").write_text("my notes\n")
+    if with_a_run:
+        (d / RUN_MARKER).write_text("{}")
+        (d / "metrics.json").write_text("{}")
+    before = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    rc = main(["transfer", "rt_polarity", "--sources", "movie_sentiment,amazon_sentiment", "--weights", "1,1",
+               "--out", str(d)])
+    assert rc == 2
+    err = _one_line_error(capsys)
+    assert "pitune did not write" in err and "notes.txt" in err and "src" in err
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == before  # nothing moved
+
+
+def _broken_study(tmp_path: Path) -> Path:
+    root = hostile.mini_study(tmp_path / "broken")
+    (root / "manifest.json").write_text("{not json")
+    return root
+
+
+@pytest.mark.parametrize("kind, config", [
+    ("transfer", {"target": "rt_polarity", "k": 2, "shots": 2}),
+    ("place-task", {"task": "my_task", "shots": 2}),
+])
+def test_a_run_on_a_study_failing_its_manifest_is_refused_at_submit(kind, config, tmp_path, capsys):
+    """`pitune runs submit transfer --config '{... "study": <broken>}'` ran and succeeded while
+    `pitune transfer` refused the same study: the registry path now runs the same manifest check."""
+    study = _broken_study(tmp_path)
+    db = tmp_path / "runs" / "registry.sqlite"
+    cfg = json.dumps({**config, "study": str(study)})
+    assert main(["runs", "submit", kind, "--config", cfg, "--db", str(db), "--no-scheduler"]) == 1  # runs: refused
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "\n" not in err and err.startswith("error:"), err
+    assert "refuses study" in err and "not valid JSON" in err
+
+
+def test_the_worker_revalidates_a_queued_row(tmp_path, monkeypatch):
+    """A row that skipped submit's checks (queued before the study broke, or written by hand) is
+    refused by the worker before the job function runs (local and Ray workers share execute_run)."""
+    import pitune_core.jobs as J
+    from pitune_core.runs import jobs as runs_jobs
+    from pitune_core.runs.registry import FAILED, RunRegistry
+    from pitune_core.runs.worker import execute_run
+
+    good = hostile.mini_study(tmp_path / "good")
+    db = tmp_path / "runs" / "registry.sqlite"
+    ran = []
+    kind = runs_jobs.get_job("transfer")
+    monkeypatch.setitem(runs_jobs._JOBS, "transfer", runs_jobs.JobKind("transfer", lambda c, ctx: ran.append(c) or {},
+                                                                        kind.validate))
+    reg = RunRegistry(db)
+    run_id = reg.submit("transfer", {"target": "rt_polarity", "k": 2, "shots": 2, "study": str(good)})
+    (good / "manifest.json").write_text("{not json")  # the study breaks while the run waits
+    assert execute_run(db, run_id, claim=True) == FAILED
+    rec = reg.get(run_id)
+    assert not ran and "refused before the job started" in rec.error and "not valid JSON" in rec.error
+    assert J.validate_transfer is kind.validate
+
+
+PWNED = '<span style="font-size:40px;color:red">PWNED</span> <a href="https://evil.example">x</a>'
+
+
+def _drawn_strings(fig) -> list[str]:
+    """Every string plotly renders as pseudo-HTML in a figure: hovers, texts, names, annotations."""
+    out = []
+    for tr in fig.data:
+        for key in ("hovertext", "text", "name", "hovertemplate"):
+            v = getattr(tr, key, None)
+            out += [str(x) for x in (v if isinstance(v, (list, tuple)) else [v]) if x is not None]
+        x = getattr(tr, "x", None)
+        out += [str(v) for v in (x if x is not None else ())]
+    out += [str(a.text) for a in fig.layout.annotations]
+    return out
+
+
+def test_figures_escape_descriptions_and_run_labels():
+    """A file named `<span style=...>PWNED….csv` became the description of a user task, drawn as big
+    red text in the Map tab's hover; a run's name from the registry likewise in the compare figure."""
+    import numpy as np
+
+    import dashboard.figures as F
+
+    names = ["my_task", "rt_polarity", "bbc_topic"]
+    attrs = {n: {"modality": "language", "description": f"user task from {PWNED}.csv", "accuracy": 0.8}
+             for n in names}
+    figs = [F.layout_figure(names, np.array([[0.0, 0.0], [1.0, 0.5], [0.3, 1.0]]), attrs, {n: 0 for n in names},
+                            target="my_task", sources=["rt_polarity"]),
+            F.compare_figure([], [{"label": PWNED, "accuracy": 0.7, "shots": 4}])]
+    drawn = [s for fig in figs for s in _drawn_strings(fig)]
+    assert any("PWNED" in s for s in drawn)
+    assert not any("<span" in s or "<a " in s for s in drawn), [s for s in drawn if "<span" in s or "<a " in s]
+
+
+def _fuzzed_tiffs() -> list[bytes]:
+    """TIFFs with 3-4 bytes changed that made Pillow raise TypeError inside decode_image (found by a
+    seeded mutation fuzzer over an 8x8 TIFF; the CLI said "unexpected TypeError ... report it")."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "TIFF")
+    out = []
+    for edits in ([(72, 12), (194, 69), (293, 106)], [(72, 2), (143, 195), (158, 15), (287, 106)]):
+        b = bytearray(buf.getvalue())
+        for i, v in edits:
+            b[i] = v
+        out.append(bytes(b))
+    return out
+
+
+def test_fuzzed_tiffs_and_deep_jsonl_are_one_line_errors(store, tmp_path, capsys):
+    from pitune_core.data import user_tasks as U
+
+    for i, blob in enumerate(_fuzzed_tiffs()):
+        with pytest.raises(U.UserTaskError, match="truncated or corrupt"):
+            U.decode_image(blob, f"fuzz{i}.tif")
+        src = _shapes(tmp_path / f"imgs{i}")
+        (src / "cats" / "fuzz.tif").write_bytes(blob)
+        assert main(["task", "add", "t_fuzz", "--images", str(src)]) == 2
+        assert "fuzz.tif is truncated or corrupt" in _one_line_error(capsys)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"text": "a", "label": "x"}\n' + "[" * 100_000 + "\n")
+    assert main(["task", "add", "t_deep", "--text", str(deep)]) == 2
+    assert "deep.jsonl, line 2: JSON nested too deeply" in _one_line_error(capsys)
+    assert _nothing_in(store)
+
+
+def test_new_task_tab_shows_deep_jsonl_and_fuzzed_tiffs_as_one_line(store, tmp_path, monkeypatch):
+    """The New task tab showed a traceback with server paths (RecursionError, TypeError)."""
+    import zipfile
+
+    from streamlit.testing.v1 import AppTest
+    from test_study import make_synthetic_study
+
+    monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
+    at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=120).run()
+    at.session_state["view"] = "New task"
+    at.run()
+    at.text_input(key="nt_name").set_value("my_task")
+    at.file_uploader(key="nt_file_text").set_value(("deep.jsonl", b"[" * 100_000 + b"\n", "application/json"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("nested too deeply" in str(e.value) for e in at.error), [e.value for e in at.error]
+    buf = io.BytesIO()
+    src = _shapes(tmp_path / "imgs")
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted(src.rglob("*.png")):
+            z.write(p, p.relative_to(src).as_posix())
+        z.writestr("cats/fuzz.tif", _fuzzed_tiffs()[0])
+    at.radio(key="nt_kind").set_value("images").run()
+    at.file_uploader(key="nt_file_images").set_value(("x.zip", buf.getvalue(), "application/zip"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("corrupt" in str(e.value) for e in at.error), [e.value for e in at.error]
+    assert _nothing_in(store)
+
+
+def test_a_pixel_flood_is_refused_from_the_headers_before_decoding(store, tmp_path):
+    """100 images of 40 megapixels (each under the per-image limit) in a small zip took 31 s to add
+    (about 21 minutes at the 4,000-image limit). The upload's total pixels are summed from the
+    headers and refused before any image is decoded."""
+    import time
+    import zipfile
+
+    from PIL import Image
+
+    from pitune_core.data import user_tasks as U
+
+    buf = io.BytesIO()
+    Image.new("L", (8000, 5000), 255).save(buf, "PNG")  # 40 megapixels, ~40 KB
+    big = buf.getvalue()
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(100):
+            z.writestr(f"{('a', 'b')[i % 2]}/{i}.png", big)
+    decoded = []
+    real = U.decode_image
+    U.decode_image = lambda *a, **k: decoded.append(1) or real(*a, **k)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(U.UserTaskError, match="megapixels .* per upload"):
+            U.draft_image_task("t_flood", (zbuf.getvalue(), "flood.zip"))
+        took = time.monotonic() - t0
+    finally:
+        U.decode_image = real
+    assert not decoded and took < 5.0, (len(decoded), took)
+    # an ordinary upload is within the budget, and the budget counts decoded bytes too
+    assert U.check_pixel_budget([("x", big)]) == (40_000_000, 40_000_000)
+    with pytest.raises(U.UserTaskError, match="GB decoded"):
+        U.check_pixel_budget([("x", big)], U.Limits(max_decoded_bytes=10 * 2**20))
+
+
+def test_a_full_disk_during_a_cache_write_is_the_full_disk_message(store, tmp_path, monkeypatch, capsys):
+    """safetensors wraps a full disk as SafetensorError('... No space left on device (os error 28)');
+    the CLI said "unexpected SafetensorError ... report it" (exit 1). It is the full-disk line (exit 2)
+    naming the file, and no *.tmp is left. (The message is the one safetensors gives on a full tmpfs.)"""
+    from safetensors import SafetensorError
+
+    from pitune_core.data import tasks
+
+    assert main(["task", "add", "t_small", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("PITUNE_CACHE", str(tmp_path / "cache"))
+
+    def full_disk(arrays, path):
+        Path(path).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(tasks, "save_file", full_disk)
+    assert main(["task", "place", "t_small", "--expert-type", "ia3", "--shots", "1", "--max-steps", "1"]) == 2
+    err = _one_line_error(capsys)
+    assert "No space left on device" in err and "free some space" in err.lower() and "arrays.safetensors" in err
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_labels_with_terminal_escapes_are_refused_and_never_printed(store, tmp_path, capsys):
+    """ESC [2J (clear screen), OSC-8 links and colours in labels were stored and printed raw by
+    task add / task show. They are refused at add; a store written before (or by hand) prints clean."""
+    esc = tmp_path / "esc.csv"
+    esc.write_text("text,label\n" + "".join(f"a{i},\"\x1b[2Jred\"\nb{i},blue\n" for i in range(4)))
+    assert main(["task", "add", "t_esc", "--text", str(esc)]) == 2
+    err = capsys.readouterr().err
+    assert "contains a control character ('\\x1b')" in err and "\x1b" not in err
+    folder = _shapes(tmp_path / "imgs")
+    os.rename(folder / "cats", folder / "cats\x1b]8;;evil\x07")
+    assert main(["task", "add", "t_esc", "--images", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "control character" in err and "\x1b" not in err and "\x07" not in err
+    assert main(["task", "add", "t_esc", "--text", str(small_csv(tmp_path / "t.csv")),
+                 "--verbalizer", "c0=\x1b[31mred"]) == 2
+    assert "\x1b" not in capsys.readouterr().err
+    assert _nothing_in(store)
+    # a spec written by an older pitune: printed without its escapes
+    assert main(["task", "add", "t_old", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    spec_f = store / "t_old" / "task.json"
+    spec = json.loads(spec_f.read_text())
+    spec["verbalizers"] = ["\x1b[2J\x1b]8;;https://evil\x07click\x1b]8;;\x07", "plain"]
+    spec["sources"] = ["x\x1b[31m.csv"]
+    spec_f.write_text(json.dumps(spec))
+    capsys.readouterr()
+    assert main(["task", "show", "t_old"]) == 0
+    assert main(["task", "list"]) == 0
+    out = capsys.readouterr()
+    assert not any(c in out.out + out.err for c in "\x1b\x07"), repr(out.out)
+    assert "click" in out.out
+
+
+def test_markdown_escaping_leaves_no_web_address_or_email_to_link():
+    import re
+
+    from dashboard.text import md
+
+    for s in ("see https://evil.example/x", "WWW.evil.example", "mail a@evil.example", "x\x1b]8;;https://e\x07y"):
+        out = md(s)
+        assert not re.search(r"(?<!\\):|(?<!\\)@|www\.", out.replace("WWW", "www")), out
+        assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in out), repr(out)
+
+
+def test_new_task_tab_shows_class_names_as_plain_text(store, tmp_path, monkeypatch):
+    """A web address as a label became a link in the New task tab (a widget label is markdown), and
+    escaping it there left a visible backslash: the classes are shown with st.text (plain)."""
+    from streamlit.testing.v1 import AppTest
+    from test_study import make_synthetic_study
+
+    monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
+    at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=120).run()
+    at.session_state["view"] = "New task"
+    at.run()
+    at.text_input(key="nt_name").set_value("my_task")
+    rows = "".join(f"text {i} {lab},{lab}\n" for lab in ("https://evil.example/a", "www.evil.example") for i in range(4))
+    at.file_uploader(key="nt_file_text").set_value(("links.csv", ("text,label\n" + rows).encode(), "text/csv"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = [t.value for t in at.text]
+    assert any(t.startswith("https://evil.example/a · ") for t in texts), texts
+    assert any(t.startswith("www.evil.example · ") for t in texts), texts
+    drawn = [str(e.value) for e in [*at.markdown, *at.caption, *at.error, *at.info]] + \
+            [str(w.label) for w in at.text_input]
+    assert not [d for d in drawn if "https://evil" in d or "www.evil" in d], drawn
+
+
+# ----------------------------------------------------------------------------- issue 29 #11: the smaller ones
+
+def test_stale_temporary_folders_are_cleaned_on_the_next_run(store, tmp_path):
+    """A killed `task place` / `task add` left `.NAME.tmp-…` folders forever; the next run that
+    writes there removes those whose writer is gone, and keeps a live writer's."""
+    import subprocess
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store.mkdir(parents=True)
+    killed = store / f".t_a.tmp-{dead.pid}-x1y2z3"        # a killed task add (its pid is gone)
+    old = store / ".t_b.tmp-ab12cd34"                       # the old pid-less name, two days old
+    trash = store / f".t_c.removed-{dead.pid}"              # a killed task remove
+    live = store / f".t_d.tmp-{os.getpid()}-q9"             # this process: still writing
+    fresh = store / ".t_e.tmp-zz99yy88"                     # pid-less but new: may be in use
+    for d in (killed, old, trash, live, fresh):
+        (d / "images").mkdir(parents=True)
+        (d / "images" / "x.png").write_bytes(b"x" * 1000)
+    two_days = time.time() - 2 * 86400
+    os.utime(old, (two_days, two_days))
+    assert main(["task", "add", "t_new", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    left = sorted(p.name for p in store.iterdir())
+    assert left == sorted([live.name, fresh.name, "t_new"]), left
+    # placements: the same rule in TASK/placed/<study>/
+    from pitune_core.common import clean_stale_tmp
+
+    placed = store / "t_new" / "placed" / "s"
+    (placed / f".lora-fisher.tmp-{dead.pid}-abc" / "expert").mkdir(parents=True)
+    assert [p.name for p in clean_stale_tmp(placed)] == [f".lora-fisher.tmp-{dead.pid}-abc"]
+
+
+def test_an_unterminated_csv_quote_is_named_as_such(store, tmp_path, capsys):
+    """It was reported as "the label must be a string, got None"."""
+    f = tmp_path / "q.csv"
+    f.write_text("text,label\nhello,a\n\"an open quote,b\nmore,c\nlast,c\n")
+    assert main(["task", "add", "t_q", "--text", str(f)]) == 2
+    err = _one_line_error(capsys)
+    assert "line 3: a quoted value that opens on this line is never closed" in err and "None" not in err
+
+
+def test_output_into_a_closed_pipe_is_no_error(store, tmp_path):
+    """`pitune ... | head` printed "pitune: error: Broken pipe. Check the path and try again." (exit 2)."""
+    import subprocess
+
+    assert main(["task", "add", "t_pipe", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    env = dict(os.environ, PITUNE_TASKS=str(store))
+    for argv in (["task", "show", "t_pipe", "--json"], ["runs", "list", "--db", str(tmp_path / "r.sqlite")]):
+        if argv[0] == "runs":
+            from pitune_core.runs.registry import RunRegistry
+
+            RunRegistry(tmp_path / "r.sqlite")
+        p = subprocess.Popen([sys.executable, "-m", "pitune_core", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT)
+        p.stdout.close()  # the reader is gone before pitune writes a byte
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=60) == 141 and err == "", (argv, err)
+
+
+@contextmanager
+def read_only_folder(path: Path):
+    """``path`` made read-only for real: a remounted tmpfs as root (root ignores permissions), else
+    ``chmod``; skipped when neither is possible."""
+    import subprocess
+
+    path.mkdir(parents=True)
+    mounted = False
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(path)],
+                          capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs to make a read-only file system")
+        mounted = True
+    state = {"ro": False}
+
+    def make_ro():
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+        else:
+            for p in [path, *path.rglob("*")]:
+                p.chmod(0o555 if p.is_dir() else 0o444)
+        state["ro"] = True
+    try:
+        yield make_ro
+    finally:
+        if mounted and subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)  # a connection still open: detach it
+        elif state["ro"]:
+            for p in [path, *path.rglob("*")]:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_runs_list_reads_a_registry_on_read_only_media(tmp_path, capsys):
+    """`runs list` said "cannot open the run registry: read-only file system": reading needs no write."""
+    from pitune_core.runs.registry import RunRegistry
+
+    with read_only_folder(tmp_path / "media") as make_ro:
+        db = tmp_path / "media" / "registry.sqlite"
+        reg = RunRegistry(db)
+        run_id = reg.submit("transfer", {"target": "rt_polarity", "k": 2, "shots": 2}, name="on media")
+        reg.close()  # a mount with a file open for writing cannot become read-only
+        make_ro()
+        capsys.readouterr()
+        assert main(["runs", "list", "--db", str(db)]) == 0
+        out = capsys.readouterr()
+        assert run_id in out.out and "on media" in out.out and out.err == ""
+        assert main(["runs", "show", run_id, "--db", str(db)]) == 0
+        assert run_id in capsys.readouterr().out
+        assert main(["runs", "cancel", run_id, "--db", str(db)]) == 2  # writing still says why not
+        assert "read-only" in capsys.readouterr().err
+
+
+def test_a_sigkilled_workers_run_is_not_shown_running(tmp_path, capsys):
+    """A run whose worker was SIGKILLed (and no scheduler left to notice) showed "running" until
+    someone ran `runs recover`; reading the registry now marks it interrupted first."""
+    import signal as _signal
+    import subprocess
+
+    from pitune_core.runs.registry import RunRegistry
+
+    db = tmp_path / "registry.sqlite"
+    reg = RunRegistry(db)
+    run_id = reg.submit("transfer", {"target": "rt_polarity", "k": 2, "shots": 2})
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert reg.claim(run_id, pid=worker.pid) is not None and reg.get(run_id).status == "running"
+    worker.send_signal(_signal.SIGKILL)
+    worker.wait()
+    capsys.readouterr()
+    assert main(["runs", "list", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert run_id in out and "running" not in out and "interrupted" in out, out
+    assert "is gone" in reg.get(run_id).error
+
+
+def test_a_fifo_in_the_task_store_is_skipped_not_waited_on(store, tmp_path, capsys):
+    """placement.json records are read by task show / task list and the readers the dashboard uses:
+    a FIFO (or device) there is skipped at once."""
+    import time
+
+    from pitune_core.study import place
+
+    assert main(["task", "add", "t_store", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
+    study = hostile.mini_study(tmp_path / "S")
+    d = store / "t_store" / "placed" / place.study_id(study) / "lora-fisher"
+    d.mkdir(parents=True)
+    os.mkfifo(d / "placement.json")
+    with deadline(20):
+        t0 = time.monotonic()
+        assert main(["task", "show", "t_store"]) == 0
+        assert main(["task", "list"]) == 0
+        assert place.placed_task_infos(study) == []
+        took = time.monotonic() - t0
+    assert took < 2.0, took

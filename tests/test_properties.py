@@ -225,3 +225,88 @@ def test_any_manifest_is_read_or_refused_in_one_line(tmp_path_factory, manifest)
     problems = verify_study(r, load_experts=False)  # never raises, never hangs
     assume(problems)
     assert all(isinstance(p, str) for p in problems)
+
+
+# ----------------------------------------------------------------------------- issue 29: uploads and what is drawn
+
+def _tiny_image(fmt: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 5), (200, 10, 10)).save(buf, fmt)
+    return buf.getvalue()
+
+
+IMAGE_FORMATS = ["PNG", "TIFF", "GIF", "BMP", "JPEG", "WEBP"]
+
+
+@SETTINGS
+@given(st.sampled_from(IMAGE_FORMATS), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+       st.integers(0, 10**6))
+def test_any_mutated_image_decodes_or_is_one_user_error(fmt, edits, cut):
+    """Fuzzed files (bytes changed, then cut) decode or give one UserTaskError line: Pillow's own
+    TypeError / OverflowError / struct.error never leak (issue 29 #7)."""
+    from pitune_core.data import user_tasks as U
+
+    blob = bytearray(_tiny_image(fmt))
+    for pos, value in edits:
+        blob[pos % len(blob)] = value
+    blob = bytes(blob[: max(1, cut % (len(blob) + 1))])
+    try:
+        ext, arr = U.decode_image(blob, "x")
+        assert arr.shape == (U.IMAGE_SIZE, U.IMAGE_SIZE, 3) and ext in U.FORMAT_EXT.values()
+    except U.UserTaskError as e:
+        assert "\n" not in str(e)
+
+
+@SETTINGS
+@given(st.text(max_size=200))
+def test_any_text_reads_as_records_or_one_user_error(text):
+    """CSV / JSONL of any text (unclosed quotes, deep nesting, control characters): records with
+    string labels free of control characters, or one UserTaskError line (issue 29 #7, #10, #11)."""
+    from pitune_core.common import has_control
+    from pitune_core.data import user_tasks as U
+
+    cols = {"text": ("text", "--text-column"), "label": ("label", "--label-column")}
+    for name in ("x.csv", "x.jsonl"):
+        try:
+            rows = U.read_records(("text,label\n" if name == "x.csv" else "") .encode() + text.encode(), name, cols)
+        except U.UserTaskError as e:
+            assert "\n" not in str(e)
+            continue
+        for _, r in rows:
+            assert isinstance(r["label"], str) and r["label"] and not has_control(r["label"])
+
+
+@SETTINGS
+@given(st.text(max_size=120))
+def test_printed_and_drawn_strings_carry_no_control_characters_or_links(text):
+    """Whatever a label holds: printable() has no control character and is one line; md() makes no
+    link (every ':' and '@' escaped), no markup (issue 29 #10)."""
+    from dashboard.text import md
+    from pitune_core.common import printable
+
+    p = printable(text)
+    assert "\n" not in p and not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in p)
+    m = md(text)
+    assert not re.search(r"(?<!\\)(?:\\\\)*[:@<>\[\]]", m.replace("\\\\", "")), m
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 200), max_size=300), st.integers(1, 5000), st.integers(1, 64))
+def test_fisher_chunks_cover_every_example_once_within_the_budgets(lengths, label_tokens, chunk_size):
+    """Per-example gradients in chunks: every example once, at most chunk_size examples, and at most
+    4096 label tokens per chunk unless one example alone holds more (a 100-class task used to put
+    ~40 examples x 800 label tokens in one chunk: 5 GB)."""
+    import numpy as np
+
+    from pitune_core.predict.embeddings import fisher_chunks
+
+    chunks = fisher_chunks(np.array(lengths, dtype=int), label_tokens, chunk_size=chunk_size)
+    flat = sorted(int(i) for c in chunks for i in c)
+    assert flat == list(range(len(lengths)))
+    for c in chunks:
+        assert 1 <= len(c) <= chunk_size
+        assert len(c) == 1 or len(c) * label_tokens <= 4096

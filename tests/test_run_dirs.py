@@ -22,6 +22,7 @@ def _old_run(d):
     d.mkdir(parents=True, exist_ok=True)
     for name, text in OLD.items():
         (d / name).write_text(text)
+    (d / tune_run.RUN_MARKER).write_text("{}")  # what run_transfer writes first
     (d / "expert").mkdir()
     (d / "expert" / "adapter_model.safetensors").write_bytes(b"weights")
 
@@ -60,7 +61,8 @@ def test_interrupting_out_over_a_finished_run(tmp_path, monkeypatch, stop):
     assert out == d
     with pytest.raises(type(stop)):
         tune_run.run_transfer({"target": "rt_polarity"}, None, out)
-    assert _tree(d) == ["INTERRUPTED", "attempt-1", "attempt-1/config.json", "attempt-1/expert",
+    assert _tree(d) == [".pitune-run", "INTERRUPTED", "attempt-1", "attempt-1/.pitune-run", "attempt-1/config.json",
+                        "attempt-1/expert",
                         "attempt-1/expert/adapter_model.safetensors", "attempt-1/metrics.json",
                         "attempt-1/weights.json"]
     assert json.loads((d / "attempt-1" / "metrics.json").read_text()) == {"accuracy": 0.9}  # nothing lost
@@ -119,7 +121,7 @@ def test_cli_out_over_a_finished_run_interrupted_for_real(quick_study, tmp_path,
     assert main(argv) == 130
     names = sorted(p.name for p in out.iterdir())
     # no FAILED, no old metrics beside it; the own expert (trained on the shots before tuning began) is complete
-    assert names == ["INTERRUPTED", "attempt-1", "config.json", "own"], names
+    assert names == [".pitune-run", "INTERRUPTED", "attempt-1", "config.json", "own"], names
     assert (out / "own" / "adapter_model.safetensors").exists() and (out / "attempt-1" / "own").is_dir()
     assert json.loads((out / "attempt-1" / "metrics.json").read_text()) == first
     assert (out / "attempt-1" / "expert" / "adapter_model.safetensors").exists()

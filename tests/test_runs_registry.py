@@ -500,8 +500,13 @@ def test_every_runs_command_on_a_read_only_registry_says_one_line(tmp_path):
     run_id = reg.submit("sleep", {})
     reg.close()
     before = sorted(p.relative_to(ro) for p in ro.rglob("*"))
-    commands = [["list"], ["list", "--json"], ["show", run_id], ["logs", run_id], ["cancel", run_id],
-                ["resume", run_id], ["recover"], ["submit", "sleep", "--no-scheduler"],
+    # reading needs no write (issue 29): list, show and logs read a registry on read-only media
+    for argv in (["list"], ["list", "--json"], ["show", run_id], ["logs", run_id]):
+        res = _read_only(ro, [sys.executable, "-m", "pitune_core", "runs", "--db", str(ro / "registry.sqlite"),
+                              *argv])
+        assert res.returncode == 0 and res.stderr == "", (argv, res.stdout, res.stderr)
+        assert argv[0] == "logs" or run_id in res.stdout, (argv, res.stdout)
+    commands = [["cancel", run_id], ["resume", run_id], ["recover"], ["submit", "sleep", "--no-scheduler"],
                 ["submit", "transfer", "--config", '{"target": "rt_polarity"}', "--no-scheduler"]]
     for argv in commands:
         res = _read_only(ro, [sys.executable, "-m", "pitune_core", "runs", "--db", str(ro / "registry.sqlite"),

@@ -60,14 +60,30 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # what ``--workers`` re-runs in each worker (pitune_core/cli/workers.py)
 
     def fail(msg: str, code: int = 2) -> int:
-        print(f"pitune: error: {msg}", file=sys.stderr)
+        from pitune_core.common import printable
+
+        print(f"pitune: error: {printable(msg)}", file=sys.stderr)  # one line, no terminal escapes
         return code
 
+    from pitune_core.common import os_error_of
+
     try:
-        return int(args.func(args) or 0)
+        try:
+            return int(args.func(args) or 0)
+        except Exception as e:  # a library's error that wraps an OSError (safetensors' full disk) is that OSError
+            os_err = os_error_of(e)
+            if os_err is None or os_err is e or debug:
+                raise
+            raise os_err from e
     except KeyboardInterrupt:
         print("pitune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pitune ... | head`: the reader stopped reading; no error to report
+        if debug:
+            raise
+        from pitune_core.common import stdout_closed
+
+        return stdout_closed()
     except OSError as e:  # read-only, no space, missing, permission: what, where, what to do
         if debug:
             raise
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
                 errno.EISDIR: "it is a folder where a file was expected: check the path"}
         hint = todo.get(e.errno, "check the path and try again")
-        return fail(f"{e.strerror}:{where}. {hint[0].upper()}{hint[1:]}.")
+        return fail(f"{e.strerror}{':' + where if where else ''}. {hint[0].upper()}{hint[1:]}.")
     except json.JSONDecodeError as e:  # a malformed JSON file that a reader did not name
         if debug:
             raise

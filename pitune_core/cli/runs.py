@@ -163,13 +163,15 @@ def _load_config(text: str) -> dict:
     where = "--config"
     if text.startswith("@"):
         where = text[1:]
+        from pitune_core.common import read_regular
+
         try:
-            text = Path(where).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = read_regular(where, 1 << 20).decode("utf-8")  # a regular file of at most 1 MB: no FIFO
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"cannot read the config file {where}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ValueError(f"{where} is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise ValueError(f"{where} must be a JSON object, e.g. '{{\"target\": \"rt_polarity\"}}'")
@@ -196,7 +198,14 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
         print(f"error: no run registry at {db}", file=err)
         return 1
     try:
-        registry = RunRegistry(db)
+        try:
+            registry = RunRegistry(db)
+        except RegistryUnavailableError:
+            if cmd not in ("list", "show", "logs"):
+                raise
+            registry = RunRegistry(db, read_only=True)  # read-only media: reading needs no write
+        if cmd in ("list", "show") and not registry.read_only:
+            registry.recover_interrupted()  # a SIGKILLed worker's run is interrupted, not "running" forever
         if cmd == "list":
             records = registry.list_runs(status=args.status, kind=args.kind, limit=args.limit or None)
             if args.json:
@@ -260,6 +269,8 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
                 print(f"{rec.id}: interrupted ({_clean(rec.error)})", file=out)
             print(f"{len(recovered)} run(s) marked interrupted", file=out)
             return 0
+    except BrokenPipeError:  # `pitune runs list | head`: the caller (cli.main or main below) stops quietly
+        raise
     except RunNotFoundError as exc:
         print(f"error: {exc}", file=err)
         return 1
@@ -287,7 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pitune_core.cli.runs", description=__doc__.splitlines()[0])
     configure_parser(parser)
     args = parser.parse_args(argv)
-    return handle(args)
+    try:
+        return handle(args)
+    except BrokenPipeError:
+        from pitune_core.common import stdout_closed
+
+        return stdout_closed()
 
 
 if __name__ == "__main__":

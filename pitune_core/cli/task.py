@@ -11,28 +11,24 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import parse_shots
+from pitune_core.common import parse_shots, printable
 
 
 def _read(path: str, limit: int) -> bytes:
-    from pitune_core.data.user_tasks import UserTaskError
+    from pitune_core.data.user_tasks import read_file
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserTaskError(f"{p} does not exist or is not a file")
-    size = p.stat().st_size
-    if size > limit:
-        raise UserTaskError(f"{p} is {size / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB limit for one file")
-    return p.read_bytes()
+    return read_file(path, limit)
 
 
 def _counts_table(spec: dict) -> str:
+    """The classes as a table; labels and verbalisations are printed without control characters (a
+    store written by an older pitune, or by hand, may hold ESC sequences)."""
     counts = spec["counts"]
-    width = max(8, *(len(lab) for lab in spec["labels"]))
+    width = max(8, *(len(printable(lab)) for lab in spec["labels"]))
     lines = [f"  {'class':{width}s} {'train':>6s} {'val':>5s} {'test':>5s}  verbalisation"]
     for lab, verbal in zip(spec["labels"], spec["verbalizers"]):
-        lines.append(f"  {lab:{width}s} {counts['train'].get(lab, 0):6d} {counts['val'].get(lab, 0):5d} "
-                     f"{counts['test'].get(lab, 0):5d}  {verbal}")
+        lines.append(f"  {printable(lab):{width}s} {counts['train'].get(lab, 0):6d} {counts['val'].get(lab, 0):5d} "
+                     f"{counts['test'].get(lab, 0):5d}  {printable(verbal)}")
     return "\n".join(lines)
 
 
@@ -87,7 +83,7 @@ def cmd_list(args) -> int:
     print(f"{'task':24s} {'modality':16s} {'classes':>7s} {'examples':>8s}  placed on")
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:24s} (unreadable: {r['error']})")
+            print(f"{r['name']:24s} (unreadable: {printable(r['error'])})")
             continue
         print(f"{r['name']:24s} {r['modality']:16s} {r['classes']:7d} {r['examples']:8d}  "
               f"{', '.join(r['placed']) or '-'}")
@@ -97,13 +93,13 @@ def cmd_list(args) -> int:
 
 def _placed(name: str) -> list[str]:
     from pitune_core.data.user_tasks import PLACED_DIR, task_dir
-    from pitune_core.study.place import PLACEMENT_FILE
+    from pitune_core.study.place import PLACEMENT_FILE, read_placement
 
     out = []
     for f in sorted((task_dir(name) / PLACED_DIR).glob(f"*/*/{PLACEMENT_FILE}")):
         try:
-            rec = json.loads(f.read_text(encoding="utf-8"))
-            out.append(f"{Path(rec['study']).name} ({rec['method']}/{rec['embedding']})")
+            rec = read_placement(f)
+            out.append(printable(f"{Path(rec['study']).name} ({rec['method']}/{rec['embedding']})"))
         except (OSError, ValueError, KeyError):
             continue
     return out
@@ -112,13 +108,13 @@ def _placed(name: str) -> list[str]:
 def cmd_show(args) -> int:
     from pitune_core.data import user_tasks as U
     from pitune_core.data.user_tasks import PLACED_DIR, task_dir
-    from pitune_core.study.place import PLACEMENT_FILE
+    from pitune_core.study.place import PLACEMENT_FILE, read_placement
 
     spec = U.read_spec(args.name)
     placements = []
     for f in sorted((task_dir(args.name) / PLACED_DIR).glob(f"*/*/{PLACEMENT_FILE}")):
         try:
-            placements.append(json.loads(f.read_text(encoding="utf-8")))
+            placements.append(read_placement(f))
         except (OSError, ValueError):
             continue
     if args.json:
@@ -128,13 +124,13 @@ def cmd_show(args) -> int:
                                          for p in placements]}, indent=2))
         return 0
     print(f"{args.name}: {spec['modality']} user task, {len(spec['labels'])} classes, {spec['num_examples']} examples "
-          f"from {', '.join(spec.get('sources', []))}")
+          f"from {printable(', '.join(map(str, spec.get('sources', []))))}")
     print(_counts_table(spec))
     print(f"store: {task_dir(args.name)}")
     for p in placements:
         top = ", ".join(f"{n} ({s:.3f})" for n, s in p.get("top_k", []))
-        print(f"placed on {p.get('study')} [{p.get('method')}/{p.get('embedding')}, shots "
-              f"{(p.get('config') or {}).get('shots') or 'all'}]: top-k {top}")
+        print(printable(f"placed on {p.get('study')} [{p.get('method')}/{p.get('embedding')}, shots "
+                        f"{(p.get('config') or {}).get('shots') or 'all'}]: top-k {top}"))
     return 0
 
 

@@ -97,7 +97,9 @@ def _run_recorded(args, config: dict, study) -> int:
 def _fresh_run_dir(out: str | None, target: str) -> Path:
     """The directory this run writes, holding no earlier attempt: a default one is new (a suffix if the
     second is taken); an earlier run's files in ``--out`` are first moved into ``attempt-<n>/`` (said
-    on stderr), so a new config.json or FAILED never sits beside an old metrics.json or expert/."""
+    on stderr), so a new config.json or FAILED never sits beside an old metrics.json or expert/. Only
+    files pitune wrote are moved: a directory without a run's marker (``tune.run.RUN_MARKER``), or
+    holding anything a run does not write, is refused with one line and left as it is."""
     import re
 
     from pitune_core.runs.registry import set_aside
@@ -113,7 +115,16 @@ def _fresh_run_dir(out: str | None, target: str) -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path} is a file; give a directory")
     if path.is_dir():
+        from pitune_core.tune.run import RUN_FILES, RUN_MARKER
+
         taken = [int(m.group(1)) for p in path.iterdir() if (m := re.fullmatch(r"attempt-([0-9]+)", p.name))]
+        present = sorted(p.name for p in path.iterdir() if not re.fullmatch(r"attempt-[0-9]+(\.[0-9]+)?", p.name))
+        ours = (path / RUN_MARKER).is_file() and not (path / RUN_MARKER).is_symlink()
+        foreign = [n for n in present if not ours or n not in RUN_FILES]
+        if foreign:  # only what pitune wrote (its marker says so) is ever moved
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ValueError(f"--out {path} holds files pitune did not write ({shown}); give a new or empty "
+                             f"directory (only an earlier pitune run there is moved aside, into attempt-N/)")
         try:
             moved = set_aside(path, f"attempt-{max(taken, default=0) + 1}")
         except OSError as e:

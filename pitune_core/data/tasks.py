@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from pitune_core.common import os_error_of
+
 from pitune_core.paths import cache_dir
 from pitune_core.data.sources import SOURCES, fetch, iter_members, read_member, read_members
 
@@ -215,9 +217,11 @@ def _save(data: TaskData, path: Path) -> None:
     try:
         save_file(arrays, str(tmp))
         (path / "texts.json.tmp").write_text(json.dumps(texts))
-    except BaseException:  # e.g. the cache disk filled mid-write: leave no *.tmp behind
+    except BaseException as e:  # e.g. the cache disk filled mid-write: leave no *.tmp behind
         for t in (tmp, path / "texts.json.tmp"):
             t.unlink(missing_ok=True)
+        if (os_err := os_error_of(e, tmp)) is not None and os_err is not e:  # safetensors' wrapped OSError
+            raise os_err from e
         raise
     os.replace(tmp, path / "arrays.safetensors")
     os.replace(path / "texts.json.tmp", path / "texts.json")

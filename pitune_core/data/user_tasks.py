@@ -49,6 +49,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from pitune_core.common import clean_stale_tmp, has_control, printable, tmp_prefix
 from pitune_core.data.tasks import DATA_VERSION, SPLITS, Split, TaskData, TaskSpec, load_cached
 from pitune_core.paths import REPO_ROOT, cache_dir, user_tasks_dir
 
@@ -83,6 +84,15 @@ class Limits:
     max_examples: int = 20_000              # examples in one task
     max_images: int = 4_000                 # images in one task (decoded to IMAGE_SIZE² RGB)
     max_text_chars: int = 20_000            # one text
+    #: classes in one task: every training step (and every example's Fisher gradient) encodes every
+    #: class's verbalisation with gradients, so memory grows with the class count (a 5,000-class CSV
+    #: grew a placement to 22 GB and was killed); measured at this limit: a 100-class ia3 placement
+    #: peaks at 1.75 GB (the Fisher chunks are bounded by label tokens, predict.embeddings.fisher_chunks)
+    max_classes: int = 100
+    #: all images of one upload together, from their headers before any is decoded (pixel floods:
+    #: 100 images of 40 megapixels took 31 s to decode, about 8 ms per megapixel)
+    max_total_pixels: int = 2_000_000_000
+    max_decoded_bytes: int = 6 * 2**30      # the same images decoded (pixels x bands x bytes per band)
 
     def upload_bytes(self, kind: str | None = None) -> int:
         """The largest file one upload of ``kind`` may be: a text file (``"text"``) or a zip (anything
@@ -100,10 +110,12 @@ class Limits:
         return (f"CSV/JSONL up to {mb(self.max_text_bytes)}; zip up to {mb(self.max_upload_bytes)} "
                 f"({mb(self.max_unzipped_bytes)} unpacked, {self.max_members} files); images up to "
                 f"{mb(self.max_image_bytes)} and {self.max_image_pixels / 1e6:.0f} megapixels each, at most "
-                f"{self.max_images} per task; at most {self.max_examples} examples per task")
+                f"{self.max_images} per task and {self.max_total_pixels / 1e9:.0f} gigapixels per upload; at most "
+                f"{self.max_examples} examples and {self.max_classes} classes per task")
 
 
 LIMITS = Limits()
+MAX_SPEC_BYTES = 4 * 2**20  # task.json (labels, verbalisations, counts)
 IMAGE_SIZE = 128  # images are letterboxed to this square, the vision encoder's input size
 MIN_PER_CLASS = 3  # without a test set: 1 for test, at least 2 for training (and validation)
 
@@ -134,6 +146,23 @@ def check_name(name: str) -> str:
     if name in builtin_names():
         raise UserTaskError(f"task name {name!r} is a built-in task; choose another name (e.g. my_{name})")
     return name
+
+
+def read_file(path: str | os.PathLike, limit: int) -> bytes:
+    """A user's (or the store's) file, read by the one bounded reader (:func:`common.read_regular`):
+    a FIFO, device, socket or folder is refused at once instead of hanging or filling memory."""
+    from pitune_core.common import NotRegularFileError, read_regular
+
+    try:
+        return read_regular(path, limit)
+    except NotRegularFileError as e:
+        raise UserTaskError(str(e)) from None
+    except FileNotFoundError:
+        raise UserTaskError(f"{path} does not exist") from None
+
+
+def _first_control(value: str) -> str:
+    return next(c for c in value if has_control(c))
 
 
 def task_dir(name: str) -> Path:
@@ -194,6 +223,9 @@ def read_records(data: bytes, filename: str, columns: Mapping[str, tuple[str, st
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserTaskError(f"{where}, line {n}: not valid JSON ({e.msg})") from None
+            except RecursionError:  # [[[[... 100,000 deep
+                raise UserTaskError(f"{where}, line {n}: JSON nested too deeply to read; each line must be one "
+                                    f"flat object") from None
             if not isinstance(obj, dict):
                 raise UserTaskError(f"{where}, line {n}: expected a JSON object like "
                                     f"{{\"{columns.get('text', ('text',))[0]}\": ..., \"label\": ...}}")
@@ -209,8 +241,14 @@ def read_records(data: bytes, filename: str, columns: Mapping[str, tuple[str, st
         try:
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
+            start = 2
             for row in reader:
+                if None in row.values() and any("\n" in str(v) for v in row.values() if v is not None):
+                    # the csv module reads an unclosed quote to the end of the file as one value
+                    raise UserTaskError(f"{where}, line {start}: a quoted value that opens on this line is never "
+                                        f"closed (a missing '\"'?), so the rest of the file reads as one value")
                 rows.append((reader.line_num, row))
+                start = reader.line_num + 1
                 if len(rows) > limits.max_examples:
                     raise UserTaskError(f"{where} has more than {limits.max_examples} examples, "
                                         f"the limit for one task")
@@ -236,6 +274,9 @@ def read_records(data: bytes, filename: str, columns: Mapping[str, tuple[str, st
             if not v:
                 what = "label is empty (after stripping spaces)" if role == "label" else f"{role} is empty"
                 raise UserTaskError(f"{where}, line {n}: the {what}; every row needs a {role}")
+            if role != "text" and has_control(v):  # ESC [2J, OSC-8 links, BEL: never stored, never printed
+                raise UserTaskError(f"{where}, line {n}: the {role} {printable(v)[:60]!r} contains a control "
+                                    f"character ({ascii(_first_control(v))}); remove it")
             if role == "text" and len(v) > limits.max_text_chars:
                 raise UserTaskError(f"{where}, line {n}: the text has {len(v)} characters, over the "
                                     f"{limits.max_text_chars} limit")
@@ -294,8 +335,9 @@ def decode_image(data: bytes, where: str, limits: Limits = LIMITS, size: int = I
                             f"the limit is {limits.max_image_pixels / 1e6:.0f} megapixels") from None
     except UnidentifiedImageError:
         raise UserTaskError(f"{where} is not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, TIFF)") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise UserTaskError(f"{where} is truncated or corrupt ({e})") from None
+    except Exception as e:  # noqa: BLE001 - fuzzed files raise TypeError, OverflowError, struct.error, ... in Pillow
+        why = " ".join(str(e).split())[:120] or type(e).__name__
+        raise UserTaskError(f"{where} is truncated or corrupt ({why})") from None
     return FORMAT_EXT[fmt], arr
 
 
@@ -392,15 +434,14 @@ def read_folder(root: Path, limits: Limits = LIMITS) -> dict[str, bytes]:
             real = p.resolve()
             if not real.is_relative_to(base):
                 raise UserTaskError(f"{p} points outside {root}; copy the file in instead of linking it")
-            size = real.stat().st_size
-            if size > limits.max_image_bytes:
-                raise UserTaskError(f"{p} is {size / 2**20:.1f} MB, over the "
-                                    f"{limits.max_image_bytes / 2**20:.0f} MB limit for one image")
-            total += size
-            if len(out) >= limits.max_members or total > limits.max_unzipped_bytes:
-                raise UserTaskError(f"{root} holds more than {limits.max_members} files or "
-                                    f"{limits.max_unzipped_bytes / 2**20:.0f} MB; use a smaller set")
-            out[rel] = real.read_bytes()
+            if len(out) >= limits.max_members:
+                raise UserTaskError(f"{root} holds more than {limits.max_members} files; use a smaller set")
+            blob = read_file(real, limits.max_image_bytes)  # regular files only: no FIFO or device
+            total += len(blob)
+            if total > limits.max_unzipped_bytes:
+                raise UserTaskError(f"{root} holds more than {limits.max_unzipped_bytes / 2**20:.0f} MB; "
+                                    f"use a smaller set")
+            out[rel] = blob
     return out
 
 
@@ -415,6 +456,9 @@ def class_folder_images(files: Mapping[str, bytes], where: str) -> list[tuple[st
             raise UserTaskError(f"{where}: {rel!r} is not in a class folder; put the images of each class in "
                                 f"a sub-folder named after the class (e.g. cats/1.png, dogs/2.png)")
         label = p.parts[0].strip()
+        if has_control(label):
+            raise UserTaskError(f"{where}: the class folder {printable(label)[:60]!r} has a control character "
+                                f"({ascii(_first_control(label))}) in its name; rename it")
         if not label:
             raise UserTaskError(f"{where}: {rel!r} sits in a folder whose name is empty after stripping spaces")
         out.append((label, rel, files[rel]))
@@ -433,6 +477,7 @@ class Example:
     image: bytes | None = None
     image_ext: str | None = None
     where: str = ""
+    shown: str = ""  # how messages name it (file and line, or archive and member)
 
 
 @dataclass
@@ -495,6 +540,9 @@ def _verbalizers(labels: list[str], given: Mapping[str, str]) -> list[str]:
     out = []
     for lab in labels:
         v = str(given.get(lab, lab)).strip()
+        if has_control(v):
+            raise UserTaskError(f"the verbalisation of class {printable(lab)!r} contains a control character "
+                                f"({ascii(_first_control(v))}); remove it")
         if not v:
             raise UserTaskError(f"the verbalisation of class {lab!r} is empty; give it a few words")
         if len(v) > 200:
@@ -542,6 +590,9 @@ def _finish_draft(name: str, modality: str, examples: list[Example], sources: li
     if len(train_labels) < 2:
         only = f" ({train_labels[0]!r})" if train_labels else ""
         raise UserTaskError(f"{sources[0]} has a single class{only}; a classification task needs at least two labels")
+    if len(train_labels) > limits.max_classes:
+        raise UserTaskError(f"{sources[0]} has {len(train_labels)} classes, over the limit of {limits.max_classes} "
+                            f"per task (every training step encodes every class); merge classes or split the task")
     if test_given:
         unknown = sorted({e.label for e in examples if e.split == "test"} - set(train_labels))
         if unknown:
@@ -584,27 +635,69 @@ def _keep_thumb(thumbs: list, label: str, arr) -> None:
         thumbs.append((label, arr))
 
 
-def _image_examples(entries: list[tuple[str, str, bytes]], split: str, where: str, limits: Limits,
-                    thumbs: list) -> list[Example]:
+def _image_examples(entries: list[tuple[str, str, bytes]], split: str, where: str, limits: Limits) -> list[Example]:
     out = []
     if len(entries) > limits.max_images:
         raise UserTaskError(f"{where} has {len(entries)} images, over the limit of {limits.max_images} per task")
     for label, rel, blob in entries:
-        ext, arr = decode_image(blob, f"{where}: {rel}", limits)
-        _keep_thumb(thumbs, label, arr)
-        out.append(Example(label, split, image=blob, image_ext=ext, where=rel))
+        out.append(Example(label, split, image=blob, where=rel, shown=f"{where}: {rel}"))
     return out
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    from PIL import ImageMode
+
+    try:
+        m = ImageMode.getmode(mode)
+        return max(1, len(m.bands) * int(m.typestr[-1]))
+    except (KeyError, ValueError, TypeError):
+        return 16  # an unknown mode: assume the widest
+
+
+def check_pixel_budget(blobs: Iterable[tuple[str, bytes]], limits: Limits = LIMITS) -> tuple[int, int]:
+    """``(pixels, decoded bytes)`` of all images of one upload, read from their headers only (Pillow
+    opens lazily), refused past :attr:`Limits.max_total_pixels` / :attr:`Limits.max_decoded_bytes`
+    before any image is decoded (pixel floods); a header Pillow cannot read is left to decode_image."""
+    from PIL import Image
+
+    pixels = decoded = 0
+    for shown, blob in blobs:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(blob)) as im:
+                    w, h = im.size
+                    pixels += w * h
+                    decoded += w * h * _bytes_per_pixel(im.mode)
+        except Exception:  # noqa: BLE001 - reported, with its name, when decoded
+            continue
+        if pixels > limits.max_total_pixels or decoded > limits.max_decoded_bytes:
+            raise UserTaskError(f"the images up to {shown} hold {pixels / 1e6:.0f} megapixels "
+                                f"({decoded / 2**30:.1f} GB decoded), over the limit of "
+                                f"{limits.max_total_pixels / 1e6:.0f} megapixels "
+                                f"({limits.max_decoded_bytes / 2**30:.0f} GB) per upload; shrink the images first")
+    return pixels, decoded
+
+
+def _decode_images(examples: list[Example], limits: Limits) -> list:
+    """Check the upload's pixel budget from the headers, then decode every image (each must decode
+    completely); fills ``image_ext`` and returns the first thumbnails."""
+    check_pixel_budget(((e.shown, e.image) for e in examples if e.image is not None), limits)
+    thumbs: list = []
+    for e in examples:
+        if e.image is None:
+            continue
+        e.image_ext, arr = decode_image(e.image, e.shown, limits)
+        _keep_thumb(thumbs, e.label, arr)  # a few of every class
+    return thumbs
 
 
 def _files_of(source: Path | tuple[bytes, str], limits: Limits) -> tuple[dict[str, bytes], str]:
     if isinstance(source, tuple):
         return read_zip(source[0], source[1], limits), source[1]
     p = Path(source)
-    if p.is_file() and p.suffix.lower() == ".zip":
-        size = p.stat().st_size
-        if size > limits.max_upload_bytes:
-            raise UserTaskError(f"{p} is {size / 2**20:.1f} MB, over the {limits.max_upload_bytes / 2**20:.0f} MB limit")
-        return read_zip(p.read_bytes(), str(p), limits), str(p)
+    if p.suffix.lower() == ".zip" and not p.is_dir():
+        return read_zip(read_file(p, limits.max_upload_bytes), str(p), limits), str(p)
     if not p.exists():
         raise UserTaskError(f"{p} does not exist")
     return read_folder(p, limits), str(p)
@@ -615,21 +708,21 @@ def draft_image_task(name: str, source: Path | tuple[bytes, str], test: Path | t
     """A vision task from a folder (or zip, given as a path or ``(bytes, filename)``) of class folders."""
     check_name(name)
     files, where = _files_of(source, limits)
-    thumbs: list = []
-    examples = _image_examples(class_folder_images(files, where), "train", where, limits, thumbs)
+    examples = _image_examples(class_folder_images(files, where), "train", where, limits)
     sources = [Path(where).name]
     if test is not None:
         tfiles, twhere = _files_of(test, limits)
-        examples += _image_examples(class_folder_images(tfiles, twhere), "test", twhere, limits, thumbs)
+        examples += _image_examples(class_folder_images(tfiles, twhere), "test", twhere, limits)
         sources.append(Path(twhere).name)
     if sum(e.image is not None for e in examples) > limits.max_images:
         raise UserTaskError(f"more than {limits.max_images} images in one task")
+    thumbs = _decode_images(examples, limits)
     d = _finish_draft(name, "vision", examples, sources, test is not None, verbalizers, seed, limits)
     d.thumbnails = thumbs
     return d
 
 
-def _pairs_examples(data: bytes, filename: str, get: Callable[[str], bytes], split: str, cols, limits, thumbs):
+def _pairs_examples(data: bytes, filename: str, get: Callable[[str], bytes], split: str, cols, limits):
     out = []
     for n, r in read_records(data, filename, cols, limits):
         rel = r["image"]
@@ -640,9 +733,8 @@ def _pairs_examples(data: bytes, filename: str, get: Callable[[str], bytes], spl
             blob = get(str(p))
         except KeyError:
             raise UserTaskError(f"{filename}, line {n}: image {rel!r} is not there") from None
-        ext, arr = decode_image(blob, f"{filename}, line {n}: {rel}", limits)
-        _keep_thumb(thumbs, r["label"], arr)
-        out.append(Example(r["label"], split, text=r["text"], image=blob, image_ext=ext, where=rel))
+        out.append(Example(r["label"], split, text=r["text"], image=blob, where=rel,
+                           shown=f"{filename}, line {n}: {rel}"))
         if len(out) > limits.max_images:
             raise UserTaskError(f"{filename} has more than {limits.max_images} images, the limit per task")
     return out
@@ -661,22 +753,17 @@ def _pairs_source(source: Path | tuple[bytes, str], limits: Limits):
             raise UserTaskError(f"{where} must hold exactly one .jsonl file at its top level (found {len(jsonls)})")
         return files[jsonls[0]], f"{Path(where).name}:{jsonls[0]}", files.__getitem__
     p = Path(source)
-    if not p.is_file():
-        raise UserTaskError(f"{p} does not exist")
-    if p.stat().st_size > limits.max_text_bytes:
-        raise UserTaskError(f"{p} is over the {limits.max_text_bytes / 2**20:.0f} MB limit for one file")
+    data = read_file(p, limits.max_text_bytes)
     base = p.parent.resolve()
 
     def get(rel: str) -> bytes:
         f = (base / rel).resolve()
         if not f.is_relative_to(base):
             raise UserTaskError(f"image {rel!r} leaves the folder of {p}")
-        if not f.is_file():
+        if not f.exists():
             raise KeyError(rel)
-        if f.stat().st_size > limits.max_image_bytes:
-            raise UserTaskError(f"{f} is over the {limits.max_image_bytes / 2**20:.0f} MB limit for one image")
-        return f.read_bytes()
-    return p.read_bytes(), str(p), get
+        return read_file(f, limits.max_image_bytes)
+    return data, str(p), get
 
 
 def draft_pairs_task(name: str, source: Path | tuple[bytes, str], test: Path | tuple[bytes, str] | None = None,
@@ -687,14 +774,14 @@ def draft_pairs_task(name: str, source: Path | tuple[bytes, str], test: Path | t
     check_name(name)
     cols = {"image": (image_column, "--image-column"), "text": (text_column, "--text-column"),
             "label": (label_column, "--label-column")}
-    thumbs: list = []
     data, where, get = _pairs_source(source, limits)
-    examples = _pairs_examples(data, where, get, "train", cols, limits, thumbs)
+    examples = _pairs_examples(data, where, get, "train", cols, limits)
     sources = [Path(where).name]
     if test is not None:
         tdata, twhere, tget = _pairs_source(test, limits)
-        examples += _pairs_examples(tdata, twhere, tget, "test", cols, limits, thumbs)
+        examples += _pairs_examples(tdata, twhere, tget, "test", cols, limits)
         sources.append(Path(twhere).name)
+    thumbs = _decode_images(examples, limits)
     d = _finish_draft(name, "vision-language", examples, sources, test is not None, verbalizers, seed, limits)
     d.thumbnails = thumbs
     return d
@@ -747,7 +834,8 @@ def save_task(draft: Draft) -> Path:
     if final.exists():
         raise UserTaskError(f"a user task named {draft.name!r} already exists; remove it first with "
                             f"`pitune task remove {draft.name}` or choose another name")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{draft.name}.tmp-", dir=store))
+    clean_stale_tmp(store)  # what a killed `task add` / `task remove` left behind
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(draft.name), dir=store))
     try:
         for e in draft.examples:
             if e.image is not None:
@@ -787,8 +875,8 @@ def read_spec(name: str) -> dict:
     if not f.is_file():
         raise UserTaskError(f"no user task named {name!r} in {task_store()}; add it with `pitune task add {name} ...`")
     try:
-        spec = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        spec = json.loads(read_file(f, MAX_SPEC_BYTES).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
         raise UserTaskError(f"{f} is not readable JSON ({e}); remove the task and add it again") from None
     if not isinstance(spec, dict) or spec.get("format") != TASK_FORMAT or spec.get("name") != name:
         raise UserTaskError(f"{f} is not a {TASK_FORMAT} spec for {name!r}; remove the task and add it again")
@@ -797,6 +885,9 @@ def read_spec(name: str) -> dict:
             or spec.get("modality") not in ("language", "vision", "vision-language")
             or spec.get("examples") not in (TEXT_EXAMPLES, JSONL_EXAMPLES)):
         raise UserTaskError(f"{f} is malformed (labels, verbalizers, modality or examples); add the task again")
+    if len(labels) > LIMITS.max_classes:
+        raise UserTaskError(f"{f} has {len(labels)} classes, over the limit of {LIMITS.max_classes} per task "
+                            f"(added by an older pitune?); remove the task and add it with fewer classes")
     return spec
 
 
@@ -862,7 +953,8 @@ class UserTaskSpec(TaskSpec):
 
     def _build(self) -> TaskData:
         root = Path(self.root)
-        blob = (root / (TEXT_EXAMPLES if self.modality == "language" else JSONL_EXAMPLES)).read_bytes()
+        blob = read_file(root / (TEXT_EXAMPLES if self.modality == "language" else JSONL_EXAMPLES),
+                         LIMITS.max_text_bytes + LIMITS.max_examples * 200)  # as written, plus the split column
         if _sha256(blob) != self.data_sha256:
             raise UserTaskError(f"{root}: the examples file changed since the task was added; "
                                 f"remove the task and add it again")
@@ -884,7 +976,7 @@ class UserTaskSpec(TaskSpec):
                     if not _IMAGE_NAME_RE.fullmatch(str(r.get("image", ""))):
                         raise UserTaskError(f"{root}: bad image entry {r.get('image')!r} in {JSONL_EXAMPLES}")
                     f = root / r["image"]
-                    b = f.read_bytes()
+                    b = read_file(f, LIMITS.max_image_bytes)
                     if _sha256(b) != f.stem:
                         raise UserTaskError(f"{f} does not match its content hash; add the task again")
                     ims.append(decode_image(b, str(f))[1])

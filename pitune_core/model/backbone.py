@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pitune_core.model.device import default_device
-from pitune_core.common import PROJECTOR_MODULE, progress
+from pitune_core.common import PROJECTOR_MODULE, os_error_of, progress
 from pitune_core.paths import StudyPaths, cache_dir, default_study
 from pitune_core.data.tasks import DATA_VERSION, SPLITS, TaskData
 
@@ -159,8 +159,10 @@ def task_features(data: TaskData, encoder: "VisionEncoder | None" = None,
     tmp = path.with_suffix(".tmp")
     try:
         save_file(feats, str(tmp), metadata={"images_sha256": digest})
-    except BaseException:  # e.g. the cache disk filled mid-write: leave no *.tmp behind
+    except BaseException as e:  # e.g. the cache disk filled mid-write: leave no *.tmp behind
         tmp.unlink(missing_ok=True)
+        if (os_err := os_error_of(e, tmp)) is not None and os_err is not e:  # safetensors' wrapped OSError
+            raise os_err from e
         raise
     os.replace(tmp, path)
     return feats

@@ -65,8 +65,28 @@ def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+def fisher_chunks(lengths: np.ndarray, label_tokens: int, chunk_size: int = 64, chunk_tokens: int = 512,
+                  chunk_label_tokens: int = 4096) -> list[np.ndarray]:
+    """The chunks of :func:`per_sample_grads`: example indices in order of length, each chunk at most
+    ``chunk_size`` examples, ``chunk_tokens`` padded input tokens and ``chunk_label_tokens`` label tokens
+    (every example back-propagates all ``label_tokens`` padded label tokens of the task)."""
+    n = len(lengths)
+    per_chunk = max(1, min(chunk_size, chunk_label_tokens // max(1, int(label_tokens))))
+    order = np.argsort(lengths, kind="stable")
+    chunks, start = [], 0
+    while start < n:  # greedy: grow a chunk while its padded size stays within budget
+        stop = start + 1
+        while (stop < n and stop - start < per_chunk
+               and (stop + 1 - start) * lengths[order[stop]] <= chunk_tokens):
+            stop += 1
+        chunks.append(order[start:stop])
+        start = stop
+    return chunks
+
+
 def per_sample_grads(model: torch.nn.Module, backbone: UnifiedBackbone, data: TaskTensors, verbalizers: list[str],
-                     chunk_size: int = 64, chunk_tokens: int = 512) -> dict[str, torch.Tensor]:
+                     chunk_size: int = 64, chunk_tokens: int = 512,
+                     chunk_label_tokens: int = 4096) -> dict[str, torch.Tensor]:
     """Gradient of every example's own loss w.r.t. the model's adapter parameters, batched.
 
     Returns ``{short name (as adapter_parameters): tensor (len(data), *parameter shape)}`` in the
@@ -75,7 +95,9 @@ def per_sample_grads(model: torch.nn.Module, backbone: UnifiedBackbone, data: Ta
     ``vmap`` over ``grad`` of a one-example loss, on chunks of examples of similar length (at most
     ``chunk_size`` examples and ``chunk_tokens`` padded tokens each, padded to the chunk's longest
     sequence: short image inputs go in large chunks, long texts in small ones); the label texts are encoded once per
-    chunk and back-propagated per example. Equal to the one-example-at-a-time loop
+    chunk and back-propagated per example, so a chunk also holds at most ``chunk_label_tokens`` padded label
+    tokens (examples x classes x label length, :func:`fisher_chunks`): memory stays bounded whatever the
+    class count (a 100-class task grew a placement to 5 GB with chunks sized by the examples alone). Equal to the one-example-at-a-time loop
     (:func:`fisher_information` with ``batched=False``) up to float rounding (``tests/test_speed.py``);
     ``bench/bench_fisher.py`` measures the speed-up. Works for LoRA, IA3 and prompt-tuning experts.
     """
@@ -134,15 +156,8 @@ def per_sample_grads(model: torch.nn.Module, backbone: UnifiedBackbone, data: Ta
     per_example_visual = vmap(grad(one_loss), in_dims=(None, 0, 0, 0, 0))
     n = len(data)
     lengths = np.array([len(t) for t in backbone.token_ids(data.texts)] if data.texts is not None else [2] * n)
-    order = np.argsort(lengths, kind="stable")
-    chunks, start = [], 0
-    while start < n:  # greedy: grow a chunk while its padded size stays within budget
-        stop = start + 1
-        while (stop < n and stop - start < chunk_size
-               and (stop + 1 - start) * lengths[order[stop]] <= chunk_tokens):
-            stop += 1
-        chunks.append(order[start:stop])
-        start = stop
+    chunks = fisher_chunks(lengths, int(lab_mask.shape[0] * lab_mask.shape[1]), chunk_size, chunk_tokens,
+                           chunk_label_tokens)
     out = {k: torch.empty((n, *params[full].shape), dtype=dtype, device=backbone.device) for k, full in short.items()}
     cfg = base.config
     saved = cfg._attn_implementation

@@ -37,6 +37,7 @@ before it is used in a query or joined into a path.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import re
@@ -476,7 +477,12 @@ class RunRegistry:
         *,
         journal_mode: str | None = None,
         busy_timeout: float = 30.0,
+        read_only: bool = False,
     ) -> None:
+        """``read_only=True`` opens an existing registry that nothing may write (read-only media, a
+        copy from elsewhere): SQLite's immutable mode, no directory created, no migration; only the
+        reading methods work."""
+        self.read_only = bool(read_only)
         self.db_path = Path(db_path if db_path is not None else default_db_path()).expanduser().resolve()
         self.runs_root = (
             Path(runs_root).expanduser().resolve() if runs_root is not None else self.db_path.parent / "runs"
@@ -487,6 +493,15 @@ class RunRegistry:
         self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
         try:
+            if self.read_only:
+                if not self.db_path.is_file():
+                    raise FileNotFoundError(errno.ENOENT, "no run registry", str(self.db_path))
+                row = self._conn().execute("SELECT MAX(version) FROM schema_version").fetchone()
+                self.schema_version = int(row[0] or 0)
+                if self.schema_version > SCHEMA_VERSION:
+                    raise RuntimeError(f"run registry schema version {self.schema_version} is newer than this "
+                                       f"pitune understands ({SCHEMA_VERSION}); upgrade pitune")
+                return
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self.runs_root.mkdir(parents=True, exist_ok=True)
             conn = self._conn()
@@ -504,6 +519,23 @@ class RunRegistry:
     # ------------------------------------------------------------ connections
 
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            from urllib.parse import quote
+
+            # read-only (sees a writer's changes); where even that needs a write (a WAL registry on
+            # read-only media cannot create its -shm file), immutable: SQLite neither locks nor writes
+            for mode in ("mode=ro", "mode=ro&immutable=1"):
+                conn = sqlite3.connect(f"file:{quote(str(self.db_path))}?{mode}", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+                try:
+                    conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                    break
+                except sqlite3.Error:
+                    conn.close()
+                    if "immutable" in mode:
+                        raise
+            conn.row_factory = sqlite3.Row
+            return conn
         conn = sqlite3.connect(
             str(self.db_path), timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )

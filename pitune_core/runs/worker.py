@@ -122,6 +122,10 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class _Refused(Exception):
+    """A run whose config its kind's validator refuses in the worker (one line, no traceback)."""
+
+
 def execute_run(
     db_path: str | os.PathLike[str],
     run_id: str,
@@ -183,14 +187,21 @@ def execute_run(
                     stack.enter_context(_capture_output(str(record.log_path)))
                 try:
                     import_job_modules(dict.fromkeys([*DEFAULT_JOB_MODULES, *job_modules]))
-                    fn = get_job(record.kind).fn
-                    result = fn(dict(record.config), ctx)
+                    job = get_job(record.kind)
+                    if job.validate is not None:  # the worker re-validates: a row may be stale or written by hand
+                        try:
+                            job.validate(dict(record.config))
+                        except ValueError as exc:
+                            raise _Refused(str(exc)) from None
+                    result = job.fn(dict(record.config), ctx)
                     if result is None:
                         result = {}
                     if not isinstance(result, Mapping):
                         raise TypeError(f"job returned {type(result).__name__}; a job must return a dict of metrics")
                     metrics = to_jsonable(dict(result))
                     status = SUCCEEDED
+                except _Refused as exc:
+                    status, error = FAILED, f"refused before the job started: {exc}"
                 except UnknownJobKindError as exc:
                     status = FAILED
                     error = f"{exc} (this worker runs only kinds registered in code; nothing was imported for it)"

@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from pitune_core.data.user_tasks import (PLACED_DIR, UserTaskError, find_user_task, task_dir, user_task_names)
-from pitune_core.common import replace_dir
+from pitune_core.common import clean_stale_tmp, replace_dir, tmp_prefix
 from pitune_core.paths import SOURCE_SIDE_DIR, StudyPaths
 from pitune_core.predict.quality import PREDICTOR_PREFIX
 
@@ -87,15 +87,15 @@ def study_id(study: str | os.PathLike) -> str:
     depends on (:data:`PLACEMENT_INPUTS`, predictor graphs excluded), so a rebuilt study is a new one
     while a study whose protocol runs are still being appended is not; the path's hash without a
     readable manifest."""
+    from pitune_core.study.verify import read_manifest
+
     root = Path(study).expanduser().resolve()
     man = StudyPaths(root).manifest
     try:
         st = man.stat()
         key = (str(man), st.st_mtime_ns, st.st_size)
         if key not in _ID_CACHE:
-            files = json.loads(man.read_text(encoding="utf-8")).get("files")
-            if not isinstance(files, dict):
-                raise ValueError("no files")
+            files = read_manifest(root)["files"]  # bounded, regular files only: a FIFO or /dev/zero is refused
             h = hashlib.sha256()
             for path, digest in sorted(files.items()):
                 if isinstance(path, str) and path.startswith(PLACEMENT_INPUTS) and "/predictor-" not in path \
@@ -105,6 +105,24 @@ def study_id(study: str | os.PathLike) -> str:
     except (OSError, ValueError, AttributeError):
         return "path-" + hashlib.sha256(str(root).encode()).hexdigest()[:16]
     return _ID_CACHE[key]
+
+
+#: largest placement.json read (one similarity per study task: ~100 KB on a 1,000-task hub)
+MAX_PLACEMENT_BYTES = 16 << 20
+
+
+def read_placement(f: str | os.PathLike) -> dict:
+    """A placement record, read bounded from a regular file (a FIFO or device in the store is refused,
+    never waited on); ``ValueError`` / ``OSError`` when it is not a readable JSON object."""
+    from pitune_core.common import read_regular
+
+    try:
+        rec = json.loads(read_regular(f, MAX_PLACEMENT_BYTES).decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{f} is nested too deeply") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{f} is not a JSON object")
+    return rec
 
 
 def placement_dir(task: str, study: str | os.PathLike, method: str, embedding: str) -> Path:
@@ -189,6 +207,9 @@ def check_place(task: str, study: str | os.PathLike, cfg: PlaceConfig):
     study = Path(study).expanduser().resolve()
     if not study.is_dir():
         raise PlacementError(f"study {study} does not exist")
+    from pitune_core.study.verify import require_verified
+
+    require_verified(study, "task place")  # as `pitune transfer` does: the manifest first, bounded
     emb = _study_embeddings(study, cfg.method, cfg.embedding)
     if cfg.k < 1 or cfg.k > len(emb.names):
         raise PlacementError(f"k={cfg.k} is out of range: the study has {len(emb.names)} {cfg.method} experts")
@@ -239,7 +260,8 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
 
     final = placement_dir(task, study, cfg.method, cfg.embedding)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    clean_stale_tmp(final.parent)  # what a killed placement left behind
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(final.name), dir=final.parent))
     try:
         t1 = time.time()
         side = target_side(task, src, bb, cfg.method, cfg.shots, cfg.seed, own_steps, tmp, recipe, on_step=say)
@@ -402,7 +424,7 @@ def placements(study: str | os.PathLike, method: str, embedding: str, names: lis
         if not f.is_file():
             continue
         try:
-            rec = json.loads(f.read_text(encoding="utf-8"))
+            rec = read_placement(f)
         except (OSError, ValueError):
             continue
         if rec.get("task") != task or (names is not None and not _valid(rec, names)):
@@ -471,7 +493,7 @@ def placed_task_infos(study, method: str | None = None) -> list[dict]:
             continue
         try:
             spec = find_user_task(task)
-            loaded = [json.loads(p.read_text(encoding="utf-8")) for p in recs]
+            loaded = [read_placement(p) for p in recs]  # bounded, regular files only
         except (UserTaskError, OSError, ValueError):
             continue
         if spec is None:

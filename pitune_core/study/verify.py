@@ -22,6 +22,7 @@ import re
 import stat
 from pathlib import Path, PurePosixPath
 
+from pitune_core.common import NotRegularFileError, read_regular
 from pitune_core.paths import StudyPaths
 
 #: largest manifest.json read (the shipped one is ~30 KB)
@@ -111,17 +112,10 @@ def read_manifest(root: str | os.PathLike) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: the study is incomplete. Rebuild it with {_rebuild(root)} "
                                 f"(resumes where it stopped).")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    fd = os.open(path, flags)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ManifestError(f"{path} is not a regular file")
-        if st.st_size > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"{path} is {st.st_size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
-        raw = os.read(fd, MAX_MANIFEST_BYTES + 1)
-    finally:
-        os.close(fd)
+        raw = read_regular(path, MAX_MANIFEST_BYTES, follow_symlinks=False)  # no FIFO, device or link
+    except NotRegularFileError as e:
+        raise ManifestError(str(e)) from None
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:

@@ -38,6 +38,12 @@ from pitune_core.tune.interpolation import InterpolationError, parse_weights
 #: what a run writes besides config.json; any of them present means the directory holds a run
 RUN_OUTPUTS = ("weights.json", "expert", "own", "metrics.json", "error.txt", "FAILED", "INTERRUPTED", "CANCELLED")
 
+#: written first into every run directory: how ``transfer --out`` recognises an earlier run that pitune
+#: wrote (and may move aside) from files it did not write (which it never moves)
+RUN_MARKER = ".pitune-run"
+#: every name a run writes at the top of its directory
+RUN_FILES = (RUN_MARKER, "config.json", *RUN_OUTPUTS)
+
 DEFAULTS = {"k": 3, "method": "lora", "shots": 16, "weights": "uniform", "sources": None, "seed": 0,
             "study": None, "weights_only": False, "embedding": "fisher", "own_expert": True}
 
@@ -93,6 +99,7 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
         raise ValueError(f"run directory {run_dir} already holds a run ({', '.join(earlier)}); "
                          f"give a new directory or move those files away")
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text('{"format": "pitune-run/1"}\n')
     t0 = time.time()
     try:
         cfg = prepare_transfer(config, sources)
