@@ -92,7 +92,10 @@ def _flow(name: str, add_args: list[str], store: Path, tmp_path: Path, capsys) -
     assert "top-2 sources by fisher (cosine similarity):" in out and "transformed into the existing layout" in out
     rec = json.loads(next((store / name / "placed").glob("*/lora-fisher/placement.json")).read_text())
     names = json.loads((STUDY / "tasks.json").read_text())
-    assert set(rec["similarities"]) == {t["name"] for t in names}
+    assert set(rec["similarities"]) == {t["name"] for t in names}  # beside every task, offered as a source or not
+    from pitune_core.study.reader import Study
+
+    assert not {n for n, _ in rec["top_k"]} & set(Study(STUDY).gated("lora"))  # sources: offered ones only
     assert all(0.0 <= s <= 1.0 for s in rec["similarities"].values())
     assert rec["examples_used"] == 4  # 2 shots x 2 classes: its embedding saw nothing else
     assert len(rec["position"]) == 2

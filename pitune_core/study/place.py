@@ -235,8 +235,8 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
     from pitune_core.model.metrics import majority_baseline
     from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings
     from pitune_core.study.sources import load_sources
-    from pitune_core.tune.baselines import (DATA_STAGE, Recipe, budget_for, fisher_on, run_data, split_budget,
-                                            target_side)
+    from pitune_core.tune.baselines import (DATA_STAGE, Recipe, budget_for, fisher_on, rank_by_embedding, run_data,
+                                            split_budget, target_side)
 
     cfg = cfg or PlaceConfig()
     t0 = time.time()
@@ -274,7 +274,7 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
         zero_shot = evaluate(bb, None, tensors["test"], spec)  # the bare backbone, as the study's summary has it
         majority = majority_baseline(data.train.labels, tensors["test"].labels.numpy(), spec.num_classes)
         row = fisher_on(model, bb, spec, train_t, recipe.fisher_max, cfg.seed)  # what the ranking used
-        sims_of = dict(side.ranking)
+        sims_of = dict(rank_by_embedding(task, row, src, include_gated=True))  # beside every task; sources: side.ranking
         names = [n for n in emb.names if n in sims_of]
         sims_a = np.array([sims_of[n] for n in names])
         top = [[n, s] for n, s in side.ranking[:cfg.k]]

@@ -354,10 +354,27 @@ class Study:
 
     def gated(self, method: str) -> dict[str, str]:
         """``{task: reason}`` of the experts that are not offered as sources (the library's gate,
-        :func:`pitune_core.common.admission`, recorded in ``experts/summary.csv`` by ``pitune
-        precompute``). A study written before the gate records none."""
-        return {t: str(r.get("gate") or "not offered as a source") for t, r in self.experts_of(method).items()
-                if str(r.get("admitted", "1")).strip() == "0"}
+        :func:`pitune_core.common.admission`), as ``experts/summary.csv`` records it (``pitune
+        precompute``); for a study written before the gate, judged from each expert's
+        ``pitune_expert.json`` as a run judges it (:func:`pitune_core.study.sources.admitted_experts`)."""
+        def load():
+            rows = self.experts_of(method)
+            if all("admitted" in r for r in rows.values()):
+                return {t: str(r.get("gate") or "not offered as a source") for t, r in rows.items()
+                        if str(r["admitted"]).strip() == "0"}
+            from pitune_core.common import admission, read_regular
+
+            out = {}
+            for t in rows:
+                try:
+                    meta = json.loads(read_regular(self.expert_dir(method, t) / "pitune_expert.json", 1 << 20))
+                    ok, why = admission(meta)
+                except (OSError, ValueError) as e:
+                    ok, why = False, f"not offered as a source: its metadata is unreadable ({e})"[:300]
+                if not ok:
+                    out[t] = why
+            return out
+        return self._memo(("gated", method), load)
 
     def node_attrs(self, method: str) -> dict[str, dict]:
         """Per task: modality, accuracy (the expert's), zero-shot, description, classes, sizes."""

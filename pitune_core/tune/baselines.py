@@ -192,14 +192,17 @@ def fisher_on(model, backbone: UnifiedBackbone, spec, train_t, n_max: int, seed:
     return fisher_information(model, backbone, train_t.subset(idx), list(spec.verbalizers), batched=batched)
 
 
-def rank_by_embedding(target: str, own: dict[str, np.ndarray], sources: Sources) -> list[tuple[str, float]]:
-    """Sources ranked by Fisher similarity of their stored embedding to ``own`` (ties by name).
+def rank_by_embedding(target: str, own: dict[str, np.ndarray], sources: Sources,
+                      include_gated: bool = False) -> list[tuple[str, float]]:
+    """Sources ranked by Fisher similarity of their stored embedding to ``own`` (ties by name);
+    ``include_gated``: the experts the gate does not offer too (a placement draws the task beside
+    every task of the study; only the offered ones are ever its sources).
 
     The stored row of the target itself (its full-data embedding) is never read."""
     from pitune_core.predict.similarity import fisher_similarity
 
     emb = sources.embeddings
-    cands = [n for n in emb.names if n != target and n in sources.expert_dirs]
+    cands = [n for n in emb.names if n != target and (n in sources.expert_dirs or (include_gated and n in sources.gated))]
     if not cands:
         raise InterpolationError(f"no source embeddings besides {target!r} in this study")
     if set(own) != set(emb.groups) or any(own[g].shape[0] != emb.groups[g].shape[1] for g in emb.groups):
