@@ -13,6 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PITUNE_WORKERS", "1")
 
 
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty user-task store (``PITUNE_TASKS``) in the test's tmp_path."""
+    root = tmp_path / "tasks"
+    monkeypatch.setenv("PITUNE_TASKS", str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def backbone():
     from pitune_core.model.backbone import UnifiedBackbone

@@ -575,11 +575,16 @@ def test_write_atomic_never_shows_a_torn_file_to_readers(tmp_path):
 
 # ----------------------------------------------------------------------------- issue 29: bounds at the edge
 
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "tasks"
-    monkeypatch.setenv("PITUNE_TASKS", str(root))
-    return root
+def _new_task_page(tmp_path, monkeypatch):
+    """The dashboard's New task tab on a synthetic study, with a registry in tmp_path."""
+    from streamlit.testing.v1 import AppTest
+    from test_study import make_synthetic_study
+
+    monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
+    at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=120).run()
+    at.session_state["view"] = "New task"
+    return at.run()
 
 
 def _nothing_in(store: Path) -> bool:
@@ -870,14 +875,7 @@ def test_new_task_tab_shows_deep_jsonl_and_fuzzed_tiffs_as_one_line(store, tmp_p
     """The New task tab showed a traceback with server paths (RecursionError, TypeError)."""
     import zipfile
 
-    from streamlit.testing.v1 import AppTest
-    from test_study import make_synthetic_study
-
-    monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
-    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
-    at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=120).run()
-    at.session_state["view"] = "New task"
-    at.run()
+    at = _new_task_page(tmp_path, monkeypatch)
     at.text_input(key="nt_name").set_value("my_task")
     at.file_uploader(key="nt_file_text").set_value(("deep.jsonl", b"[" * 100_000 + b"\n", "application/json"))
     at.run()
@@ -1001,14 +999,7 @@ def test_markdown_escaping_leaves_no_web_address_or_email_to_link():
 def test_new_task_tab_shows_class_names_as_plain_text(store, tmp_path, monkeypatch):
     """A web address as a label became a link in the New task tab (a widget label is markdown), and
     escaping it there left a visible backslash: the classes are shown with st.text (plain)."""
-    from streamlit.testing.v1 import AppTest
-    from test_study import make_synthetic_study
-
-    monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
-    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
-    at = AppTest.from_file(str(REPO_ROOT / "dashboard" / "app.py"), default_timeout=120).run()
-    at.session_state["view"] = "New task"
-    at.run()
+    at = _new_task_page(tmp_path, monkeypatch)
     at.text_input(key="nt_name").set_value("my_task")
     rows = "".join(f"text {i} {lab},{lab}\n" for lab in ("https://evil.example/a", "www.evil.example") for i in range(4))
     at.file_uploader(key="nt_file_text").set_value(("links.csv", ("text,label\n" + rows).encode(), "text/csv"))

@@ -37,13 +37,6 @@ WEATHER = {"sunny": ["bright sunshine all afternoon", "clear blue skies over the
                      "puddles everywhere after the storm", "rain lashing the windows"]}
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "tasks"
-    monkeypatch.setenv("PITUNE_TASKS", str(root))
-    return root
-
-
 def weather_csv(path: Path) -> Path:
     lines = ["text,label"] + [f"\"{t}\",{lab}" for lab, ts in WEATHER.items() for t in ts]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
