@@ -368,9 +368,12 @@ class Study:
             for t in rows:
                 try:
                     meta = json.loads(read_regular(self.expert_dir(method, t) / "pitune_expert.json", 1 << 20))
-                    ok, why = admission(meta)
                 except (OSError, ValueError) as e:
-                    ok, why = False, f"not offered as a source: its metadata is unreadable ({e})"[:300]
+                    out[t] = f"not offered as a source: its metadata is unreadable ({e})"[:300]
+                    continue
+                if not isinstance(meta, dict) or not isinstance((meta.get("metrics") or {}).get("val"), dict):
+                    continue  # a marker without scores (a synthetic hub's): nothing to judge, no run can use it
+                ok, why = admission(meta)
                 if not ok:
                     out[t] = why
             return out
