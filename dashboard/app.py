@@ -235,6 +235,7 @@ def topk_list(study: Study, sel: dict, key: str, top: list | None = None) -> lis
     if top is None:
         top = study.top_k(sel["target"], sel["k"], sel["method"], sel["embedding"])
     users = {t["name"] for t in study.tasks() if t.get("user_task")}  # placed user tasks are never sources
+    users |= set(study.gated(sel["method"])) - {sel["target"]}  # nor experts the library's gate does not offer
     names = [n for n in study.prediction_names(sel["method"], sel["embedding"]) if n not in users]
     with st.container(key=key):
         st.markdown(f"**Top-{len(top)} predicted sources for `{sel['target']}`**")
@@ -248,6 +249,8 @@ def topk_list(study: Study, sel: dict, key: str, top: list | None = None) -> lis
         over = (f"ranked over all {drawn} other experts of the study" if drawn >= experts else
                 f"ranked over the {drawn} other tasks this graph draws (the study has {experts} other experts; "
                 f"a run that ranks from its own examples ranks them all)")
+        if study.gated(sel["method"]):
+            over += f"; {len(study.gated(sel['method']))} experts are not offered as sources by the library's gate"
         st.caption(f"{_md(EMBEDDING_LABELS.get(sel['embedding'], sel['embedding']))} similarity of the "
                    f"{_md(METHOD_LABELS.get(sel['method'], sel['method']))} experts, {over} (predict/{_md(sel['method'])}/"
                    f"{_md(sel['embedding'])}/similarity.csv)")

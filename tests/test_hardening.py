@@ -822,7 +822,7 @@ def _drawn_strings(fig) -> list[str]:
 
 def test_figures_escape_descriptions_and_run_labels():
     """A file named `<span style=...>PWNED….csv` became the description of a user task, drawn as big
-    red text in the Map tab's hover; a run's name from the registry likewise in the compare figure."""
+    red text in the Map tab's hover; a run's name from the registry likewise in the Runs & compare figure."""
     import numpy as np
 
     import dashboard.figures as F
@@ -832,7 +832,8 @@ def test_figures_escape_descriptions_and_run_labels():
              for n in names}
     figs = [F.layout_figure(names, np.array([[0.0, 0.0], [1.0, 0.5], [0.3, 1.0]]), attrs, {n: 0 for n in names},
                             target="my_task", sources=["rt_polarity"]),
-            F.compare_figure([], [{"label": PWNED, "accuracy": 0.7, "shots": 4}])]
+            F.target_evidence_figure([{"label": PWNED, "scores": [0.6, 0.7], "mean": 0.65, "std": 0.07}],
+                                     [{"label": PWNED, "score": 0.7, "flagged": False}], {PWNED: 0.5})]
     drawn = [s for fig in figs for s in _drawn_strings(fig)]
     assert any("PWNED" in s for s in drawn)
     assert not any("<span" in s or "<a " in s for s in drawn), [s for s in drawn if "<span" in s or "<a " in s]

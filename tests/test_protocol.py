@@ -500,7 +500,7 @@ def test_a_predictor_ranks_a_few_shot_run_from_its_shots_alone(backbone, protoco
     from pitune_core.tune.run import _predictor_ranking
 
     target, shots, seed = "rt_polarity", 2, 0
-    cfg = {"target": target, "method": "lora", "shots": shots, "seed": seed}
+    cfg = {"target": target, "method": "lora", "shots": shots, "seed": seed, "study": "precomputed"}
     first = _predictor_ranking("expert_accuracy", cfg, protocol_sources, backbone)
     spec, real = get_task(target), get_task(target).load()
     seen = set(real.few_shot(shots, seed=seed).tolist())

@@ -42,15 +42,15 @@ def cmd_transfer(args) -> int:
         ensure_scheduler(db)
         print(run_id)
         return 0
+    out = None if args.out is None and not args.no_record else _fresh_run_dir(args.out, args.target)  # refused first
     if named or cfg["shots"] is None:
         print(f"sources: {', '.join(f'{n} ({s:.3f})' for n, s in zip(cfg['sources'], cfg['similarities']))}",
               file=sys.stderr)
     else:
         print(f"sources: the top {cfg['k']} of the study's experts, ranked by {args.embedding} on the run's own "
               f"{cfg['shots']}-shot examples (in the result below)", file=sys.stderr)
-    if args.out is None and not args.no_record:
+    if out is None:
         return _run_recorded(args, config, study)
-    out = _fresh_run_dir(args.out, args.target)
     bar = StageBars(f"π-tuning {args.target}")
     try:
         res = run_transfer(config, sources, out, on_step=bar)

@@ -46,6 +46,7 @@ from pitune_core.model.experts import (
     attach,
     get_method,
     load_expert,
+    read_expert_meta,
     train_loop,
 )
 from pitune_core.predict.embeddings import (
@@ -122,6 +123,19 @@ class PredictorContext:
     _mem: dict = field(default_factory=dict, repr=False)
     _target_model: tuple = field(default=(None, None), repr=False)
     _probe: object = field(default=None, repr=False)
+    _method: object = field(default=None, repr=False)
+
+    def adapter(self):
+        """The adapter a target or probe expert gets: the pool's own configuration (its experts'
+        ``method_config``), so that every row compares the same parameters as the pool's Fisher."""
+        if self._method is None:
+            mc = {}
+            for d in self.experts.values():
+                mc = {k: tuple(v) if isinstance(v, list) else v
+                      for k, v in read_expert_meta(d)["method_config"].items() if k not in ("name", "lr")}
+                break
+            self._method = get_method(self.method, **mc)
+        return self._method
 
     def sources_for(self, task: str) -> list[str]:
         return [t for t in self.experts if t != task]
@@ -312,7 +326,7 @@ def target_expert(target: TargetData, ctx: PredictorContext) -> torch.nn.Module:
         model, _ = load_expert(ctx.experts[target.task], ctx.backbone, trainable=True)
     else:
         spec = get_task(target.task)
-        m = get_method(ctx.method)
+        m = ctx.adapter()
         seed_everything(target.seed)
         model = attach(ctx.backbone.fresh_trunk(), m).to(ctx.backbone.device)
         model.eval()
@@ -369,7 +383,7 @@ def probe_model(ctx: PredictorContext) -> torch.nn.Module:
     Fixed for the whole study, independent of every task."""
     if ctx._probe is None:
         seed_everything(ctx.probe_seed)
-        model = attach(ctx.backbone.fresh_trunk(), get_method(ctx.method)).to(ctx.backbone.device)
+        model = attach(ctx.backbone.fresh_trunk(), ctx.adapter()).to(ctx.backbone.device)
         g = torch.Generator().manual_seed(ctx.probe_seed)
         with torch.no_grad():
             for n, p in model.named_parameters():

@@ -284,8 +284,9 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
         for graph in _predictor_graphs(study, cfg):  # the graphs the dashboard opens on, drawn with the task too
             say({"stage": f"rank by {graph}"})
             try:
-                also.append(_place_on_predictor(task, study, graph, cfg, bb, src.expert_dirs, side.own_dir,
-                                                tmp / graph, say))
+                drawn = {**src.expert_dirs, **{n: sp.expert(cfg.method, n) for n in src.gated}}  # every study task
+                also.append(_place_on_predictor(task, study, graph, cfg, bb, drawn, side.own_dir, tmp / graph, say,
+                                                frozenset(src.gated)))
             except (PlacementError, ValueError, RuntimeError) as e:  # the Fisher placement stands; say why not
                 also_failed[graph] = " ".join(str(e).split())[:300]
                 shutil.rmtree(tmp / graph, ignore_errors=True)
@@ -359,7 +360,8 @@ def _predictor_graphs(study: Path, cfg: PlaceConfig) -> list[str]:
 
 
 def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb, expert_dirs: dict,
-                        own_dir: Path, out: Path, say: Callable[[dict], None] | None = None) -> dict:
+                        own_dir: Path, out: Path, say: Callable[[dict], None] | None = None,
+                        gated: frozenset = frozenset()) -> dict:
     """A placement record on a predictor graph (:mod:`pitune_core.study.predictor_graphs`): the
     predictor's row for the task computed from the same examples the Fisher placement used (its own
     expert stands in for a full-data one), as percentiles over the graph's tasks (1 = ranked first).
@@ -384,7 +386,7 @@ def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb
     sims = {n: pct[n] for n in names}
     position, neighbours, note = _layout_position(sp.embedding_dir(cfg.method, graph), list(names),
                                                   np.array([sims[n] for n in names]))
-    ranked = sorted(sims.items(), key=lambda x: (-x[1], x[0]))
+    ranked = sorted(((n, v) for n, v in sims.items() if n not in gated), key=lambda x: (-x[1], x[0]))  # sources
     rec = {"format": PLACEMENT_FORMAT, "task": task, "study": str(study), "study_id": study_id(study),
            "method": cfg.method, "embedding": graph, "config": asdict(cfg),
            "selection": f"predictor {predictor_of(graph)} on the task's (few-shot) training data, as percentiles "
