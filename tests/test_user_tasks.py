@@ -139,7 +139,7 @@ def test_image_folder_task_add_place_transfer(store, tmp_path, capsys):
     assert len(images) == 12 and all(p.stem == U._sha256(p.read_bytes()) for p in images)
     from pitune_core.paths import cache_dir
 
-    feats = list((cache_dir() / "features").glob("*/user-my_shapes-*.safetensors"))
+    feats = list((cache_dir() / "features").glob("*/v*/user-my_shapes-*.safetensors"))  # per vision config, data version
     assert len(feats) == 1  # image features cached like a built-in task's, keyed by the images' hash
     rc, out, _ = run_cli(["task", "remove", "my_shapes"], capsys)
     assert rc == 0 and not (store / "my_shapes").exists()

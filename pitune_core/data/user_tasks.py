@@ -819,7 +819,7 @@ def _examples_bytes(draft: Draft) -> tuple[str, bytes]:
 def _drop_caches(name: str) -> None:
     """Forget cached data and image features of a task name (a re-added task must not reuse them)."""
     base = cache_dir(create=False)
-    for p in (base / "features").glob(f"*/user-{name}-*.safetensors"):
+    for p in (base / "features").rglob(f"user-{name}-*.safetensors"):  # every vision config and data version
         p.unlink(missing_ok=True)
     for p in (base / "tasks" / f"v{DATA_VERSION}" / "user").glob(f"{name}-*"):
         shutil.rmtree(p, ignore_errors=True)
