@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -220,7 +221,7 @@ def os_error_of(exc: BaseException, path: str | os.PathLike | None = None) -> OS
 
 #: control characters (C0, DEL, C1): a terminal obeys them (ESC [2J clears the screen, ESC ] 8 makes
 #: a link), so no string from a user or a study is printed with them
-_CONTROL = __import__("re").compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def has_control(value: str) -> bool:
