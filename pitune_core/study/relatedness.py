@@ -20,6 +20,7 @@ over targets: related tasks carry transfer where its CI lies above 0. Nothing he
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,9 @@ def relatedness(gains: np.ndarray, tasks: list[str], info: dict[str, dict], targ
     same family − other family, and every pair's seed-mean gain."""
     from pitune_core.study.stats import bootstrap_ci, paired
 
-    mean = np.nanmean(gains, axis=0) if np.isfinite(gains).any() else np.full(gains.shape[1:], np.nan)
+    with warnings.catch_warnings():  # a pair never measured (a gated source) is NaN on every seed: stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(gains, axis=0) if np.isfinite(gains).any() else np.full(gains.shape[1:], np.nan)
     n_seeds = np.sum(np.isfinite(gains), axis=0)
     pairs, per_target = [], {}
     for i, t in enumerate(tasks):
