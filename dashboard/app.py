@@ -651,7 +651,9 @@ def _v1_quality(study: Study, sel: dict, shown: bool) -> None:
                    "sources of each target; hit rate: how often the best measured source is in the "
                    "predicted top-k.")
     elif not shown:
-        st.info("This study has no transfer/predict_quality.json.")
+        st.info("Not measured in this study: no predictor ground truth (`groundtruth/<plan>/quality.json`) "
+                "and no first measurement (`transfer/predict_quality.json`), so how well each embedding "
+                "predicts transfer is unknown here. The similarities above are predictions only.")
 
 
 def tab_launch(study: Study, sel: dict, db: Path) -> None:

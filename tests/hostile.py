@@ -22,8 +22,8 @@ from pitune_core.common import sha256_file
 from pitune_core.paths import SHIPPED_STUDY
 
 SHIPPED_LORA = SHIPPED_STUDY / "experts" / "lora" / "amazon_sentiment"
-SHIPPED_PROMPT = SHIPPED_STUDY / "experts" / "prompt" / "bbc_topic"
-SHIPPED_IA3 = SHIPPED_STUDY / "experts" / "ia3" / "bbc_topic"
+SHIPPED_PROMPT = SHIPPED_STUDY / "experts" / "prompt" / "movie_sentiment"
+SHIPPED_IA3 = SHIPPED_STUDY / "experts" / "ia3" / "movie_sentiment"
 
 
 # ----------------------------------------------------------------------------- studies

@@ -454,3 +454,27 @@ def test_upload_limits_have_one_owner():
     assert up.max_upload_size_mb == LIMITS.upload_mb("text") == 20
     at.radio(key="nt_kind").set_value("images").run()
     assert at.get_by_key("nt_file_images").proto.max_upload_size_mb == LIMITS.upload_mb("images") == 100
+
+
+@pytest.mark.skipif(not (REPO / "precomputed" / "manifest.json").is_file(), reason="no shipped study")
+def test_a_study_without_measurements_says_so_on_every_tab_that_would_show_them(tmp_path, monkeypatch):
+    """Issue 27, point 5: until the measured studies are rebuilt on a new foundation, the dashboard
+    opens on it and says plainly what it does not hold: no predictor ground truth (Target tab; the
+    message named a file path of the first study's layout and nothing else) and no comparison (Runs &
+    compare), while the Study tab counts zero pairs and zero protocol runs."""
+    from studycopy import copy_without_measurements
+
+    root = copy_without_measurements(REPO / "precomputed", tmp_path / "study")
+    monkeypatch.setenv("PITUNE_STUDY", str(root))
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "registry.sqlite"))
+    at = _app("Target")
+    _ok(at)
+    assert any("Not measured in this study: no predictor ground truth" in i.value for i in at.info), \
+        [i.value for i in at.info]
+    at = _app("Runs & compare")
+    _ok(at)
+    assert any("it holds no comparison" in i.value for i in at.info), [i.value for i in at.info]
+    at = _app("Study")
+    _ok(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Ground-truth pairs"] == "0" and metrics["Protocol runs"] == "0", metrics

@@ -158,7 +158,7 @@ from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.experts import load_expert
 from pitune_core.tune.interpolation import InterpolatedExperts
 bb = UnifiedBackbone.load()
-for d in [{str(moved)!r}, {str(SHIPPED_STUDY / "experts" / "prompt" / "bbc_topic")!r},
+for d in [{str(moved)!r}, {str(SHIPPED_STUDY / "experts" / "prompt" / "movie_sentiment")!r},
           {str(SHIPPED_STUDY / "experts" / "ia3" / "mnist")!r}]:
     load_expert(d, bb)
 InterpolatedExperts(bb, [{str(moved)!r}, {str(SHIPPED_STUDY / "experts" / "lora" / "rt_polarity")!r}])
@@ -196,7 +196,7 @@ def test_initial_weights_are_what_interpolated_experts_start_from(mode, backbone
     from pitune_core.tune.interpolation import InterpolatedExperts
     from pitune_core.tune.weights import initial_weights
 
-    dirs = [SHIPPED_STUDY / "experts" / "prompt" / t for t in ("bbc_topic", "mnist", "emoji_group")]
+    dirs = [SHIPPED_STUDY / "experts" / "lora" / t for t in ("bbc_topic", "mnist", "emoji_group")]
     sims = [0.6, 0.3, 0.05]
     interp = InterpolatedExperts(backbone, dirs, weights=mode, similarities=sims)
     got = interp.weights().detach().double().tolist()
@@ -948,7 +948,8 @@ def test_a_full_disk_during_a_cache_write_is_the_full_disk_message(store, tmp_pa
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr(tasks, "save_file", full_disk)
-    assert main(["task", "place", "t_small", "--expert-type", "ia3", "--shots", "1", "--max-steps", "1"]) == 2
+    assert main(["task", "place", "t_small", "--expert-type", "ia3", "--k", "1", "--shots", "1",
+                 "--max-steps", "1"]) == 2
     err = _one_line_error(capsys)
     assert "No space left on device" in err and "free some space" in err.lower() and "arrays.safetensors" in err
     assert not list((tmp_path / "cache").rglob("*.tmp"))
