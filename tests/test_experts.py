@@ -124,3 +124,32 @@ def test_failed_training_leaves_no_expert_directory(backbone, tmp_path):
 def test_cli_evaluate_reports_missing_expert(capsys, tmp_path):
     assert main(["evaluate", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_configured_lora_dropout_is_applied_while_training_and_only_then(backbone):
+    """The trunk trains in eval mode (its own dropout off), which also switched off the adapter's
+    ``lora_dropout``: a LoRA expert with dropout 0.5 trained to the very same weights as one with 0
+    (seen on opencv_digits, issue 27). The adapter's dropout now acts while training, seeded, and is off
+    again for evaluation."""
+    import torch
+
+    from pitune_core.model.experts import TrainConfig, adapter_dropout
+
+    cfg = TrainConfig(min_steps=4, max_steps=4)
+
+    def lora_weights(dropout):
+        res = train_expert("sklearn_digits", "lora", backbone, out=None, train_config=cfg, shots=4,
+                           method_overrides={"dropout": dropout}, evaluate_zero_shot=False, evaluate_val=False)
+        return res.model, {n: p.detach().clone() for n, p in res.model.named_parameters() if "lora_" in n}
+
+    _, plain = lora_weights(0.0)
+    model, dropped = lora_weights(0.5)
+    _, again = lora_weights(0.5)
+    assert any(not torch.equal(plain[n], dropped[n]) for n in plain)  # the dropout changed training
+    assert all(torch.equal(dropped[n], again[n]) for n in dropped)  # and stays deterministic for a seed
+    drops = [m for n, m in model.named_modules() if n.endswith("lora_dropout.default")]
+    assert drops and not any(m.training for m in drops)  # off after training: evaluation is deterministic
+    with adapter_dropout(model) as active:
+        assert active and all(m.training for m in active)
+        assert not any(m.training for n, m in model.named_modules() if "lora_" not in n and n)
+    assert not any(m.training for m in model.modules())

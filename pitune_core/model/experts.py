@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import shutil
@@ -165,7 +166,9 @@ def train_loop(backbone: UnifiedBackbone, model: torch.nn.Module, train: TaskTen
 
     ``params`` is a list of parameters or of AdamW parameter groups (each with its own ``lr``).
 
-    The trunk stays in eval mode (no dropout) so runs are deterministic for a seed. Each step encodes
+    The trunk stays in eval mode (its own dropout off); only an adapter's dropout (``LoraConfig.lora_dropout``,
+    0 by default) is switched on while training (:func:`adapter_dropout`), seeded like the rest of the run:
+    before, a LoRA dropout a user configured was silently never applied. Each step encodes
     the batch and the label texts (which the adapted trunk changes every step) in ONE packed trunk
     call (:meth:`UnifiedBackbone.encode_many`); losses stay on the device and are read back only
     when a progress callback needs them, or at the end (``bench/bench_training.py`` measures it).
@@ -190,29 +193,44 @@ def train_loop(backbone: UnifiedBackbone, model: torch.nn.Module, train: TaskTen
             raise FloatingPointError(f"training diverged at step {first}: loss is {float(recent[bad[0, 0]])}; "
                                      f"lower the learning rate")
 
-    order = torch.randperm(len(train), generator=g)
-    pos = 0
-    for step in range(steps):
-        if pos + cfg.batch_size > len(order):
-            order, pos = torch.randperm(len(train), generator=g), 0
-        idx = order[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
-        inputs, labels = train.batch(idx)
-        x, label_emb = backbone.encode_many([inputs, labels_in], model)
-        loss = F.cross_entropy(backbone.logit_scale * x @ label_emb.T, labels.to(x.device))
-        if extra_loss is not None:
-            loss = loss + extra_loss()
-        losses.append(loss.detach())
-        if (step + 1) % check_every == 0:
-            check(step + 1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if on_step is not None:
-            on_step({"stage": "train", "step": step + 1, "total": steps, "loss": float(losses[-1])})
-    check(steps)
-    return torch.stack(losses).float().cpu().tolist()
+    with adapter_dropout(model):
+        order = torch.randperm(len(train), generator=g)
+        pos = 0
+        for step in range(steps):
+            if pos + cfg.batch_size > len(order):
+                order, pos = torch.randperm(len(train), generator=g), 0
+            idx = order[pos:pos + cfg.batch_size]
+            pos += cfg.batch_size
+            inputs, labels = train.batch(idx)
+            x, label_emb = backbone.encode_many([inputs, labels_in], model)
+            loss = F.cross_entropy(backbone.logit_scale * x @ label_emb.T, labels.to(x.device))
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            losses.append(loss.detach())
+            if (step + 1) % check_every == 0:
+                check(step + 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if on_step is not None:
+                on_step({"stage": "train", "step": step + 1, "total": steps, "loss": float(losses[-1])})
+        check(steps)
+        return torch.stack(losses).float().cpu().tolist()
+
+
+@contextlib.contextmanager
+def adapter_dropout(model: torch.nn.Module):
+    """Within the block, the adapter's own dropout modules (peft's ``lora_dropout``) are in training mode
+    and everything else stays as it was (the frozen trunk in eval mode); afterwards they are back in eval mode."""
+    drops = [m for n, m in model.named_modules() if n.split(".")[-1] == "lora_dropout" or ".lora_dropout." in n]
+    for m in drops:
+        m.train()
+    try:
+        yield drops
+    finally:
+        for m in drops:
+            m.eval()
 
 
 @torch.inference_mode()
