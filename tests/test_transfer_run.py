@@ -45,7 +45,7 @@ def test_transfer_run_writes_a_complete_run_directory(quick_study, tmp_path, cap
     ({"k": 0}, "k must be at least 1"),
     ({"k": 9}, r"k must be between 1 and \d"),  # the admitted candidates (the gate may pass over some)
     ({"sources": "nope,textures", "k": None}, "no expert for source"),
-    ({"sources": "sklearn_digits,textures", "k": None}, "cannot be its own source"),
+    ({"sources": "sklearn_digits,textures", "k": None}, "cannot be one of its own sources"),
     ({"weights": "0.5,-0.5"}, "non-negative"),
     ({"weights": "0.2,0.3,0.5"}, "3 weights for 2 sources"),
     ({"weights": "x,y"}, "comma-separated numbers"),

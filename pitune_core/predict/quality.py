@@ -30,23 +30,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 METRICS = ("spearman", "top1_hit", "top3_hit", "ndcg3", "regret")
-#: every predictor of :data:`pitune_core.predict.predictors.PREDICTORS`, by name, in its order (a
-#: torch-free copy: the dashboard's reader checks names read from files against it;
-#: predictors.py refuses to import if the two differ)
-PREDICTOR_NAMES = ("fisher", "fisher_flat", "fisher_batch", "fisher_sampled", "fisher_probe", "data", "weights",
-                   "same_modality", "random", "expert_accuracy", "expert_loglik", "logme")
+# every predictor's name (the torch-free list predictors.py checks itself against), the prefix of a
+# predictor's graph folder and the parser of an embedding's name are the spec's
+from pitune_core.spec.vocab import PREDICTOR_EMBEDDINGS, PREDICTOR_NAMES, PREDICTOR_PREFIX, predictor_of  # noqa: E402,F401
 #: lower is better for these (their "fraction of the ceiling" is reported as an excess instead)
 LOWER_IS_BETTER = ("regret",)
-#: a predictor drawn as a task graph lives in ``predict/<method>/predictor-<name>/`` and is offered
-#: wherever an embedding is (see :mod:`pitune_core.study.predictor_graphs`)
-PREDICTOR_PREFIX = "predictor-"
-PREDICTOR_EMBEDDINGS = tuple(PREDICTOR_PREFIX + p for p in PREDICTOR_NAMES)
-
-
-def predictor_of(embedding: str) -> str | None:
-    """``"predictor-logme"`` -> ``"logme"``; None for an embedding that is not a known predictor."""
-    name = embedding[len(PREDICTOR_PREFIX):] if embedding.startswith(PREDICTOR_PREFIX) else None
-    return name if name in PREDICTOR_NAMES else None
 
 
 def best_predictor(quality: Mapping, size: str, metric: str = "spearman") -> str | None:
