@@ -122,7 +122,7 @@ def cmd_evaluate(args) -> int:
 def register(sub, add) -> None:
     sp = add("tasks", cmd_tasks, "list the task suite")
     sp.add_argument("--json", action="store_true", help="print a JSON list")
-    sp.add_argument("--modality", choices=["language", "vision", "vision-language"])
+    sp.add_argument("--modality", choices=list(MODALITIES))
     sp.add_argument("--no-load", action="store_true", help="do not download/build data (sizes unknown)")
 
     sp = add("fetch", cmd_fetch, "download and cache task data and image features")

@@ -55,7 +55,7 @@ from pitune_core.predict.embeddings import (
     data_embedding,
     weight_embedding,
 )
-from pitune_core.spec.vocab import PREDICTOR_NAMES
+from pitune_core.spec.vocab import PREDICTOR_NAMES, QUALITY_K
 
 # ----------------------------------------------------------------------------- the target's data
 
@@ -632,7 +632,7 @@ def predict_row(predictor: str, target: TargetData, ctx: PredictorContext) -> np
 
 # ----------------------------------------------------------------------------- stability
 
-def fisher_stability(experts: dict[str, Path], backbone: UnifiedBackbone, sizes=(8, 16, 32, 64), k: int = 3,
+def fisher_stability(experts: dict[str, Path], backbone: UnifiedBackbone, sizes=(8, 16, 32, 64), k: int = QUALITY_K,
                      seed: int = 0, threshold: float = 0.9, mode: str = "empirical") -> dict:
     """How stable is the Fisher task graph, measured with *independent* samples?
 

@@ -62,6 +62,8 @@ K_MAX_SLIDER = 10
 PAIR_SHOTS = 8
 #: neighbours per task of a study's kNN task graph (``graph.json``)
 GRAPH_K = 3
+#: the k of a predictor's quality metrics (``top3_hit``, ``ndcg3``) and of the Fisher stability's top-k
+QUALITY_K = 3
 
 # ----------------------------------------------------------------------------- approaches
 

@@ -31,7 +31,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from pitune_core.common import read_jsonl, write_atomic  # read_jsonl: re-exported (callers import it from here)
-from pitune_core.spec.vocab import PAIR_SHOTS
+from pitune_core.spec.vocab import PAIR_SHOTS, QUALITY_K
 from pitune_core.spec.env import SHARD_ENV, shard_from_env  # noqa: F401  (re-exported: the stages' callers import them here)
 from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
@@ -221,7 +221,7 @@ def gain_matrices(pairs_path: str | Path, tasks: list[str], key: str | None = No
 
 
 def prediction_quality(sim: np.ndarray, sim_names: list[str], gains: np.ndarray, tasks: list[str],
-                       k: int = 3) -> dict:
+                       k: int = QUALITY_K) -> dict:
     """Spearman(similarity, gain) per target and top-k hit rate of the actual best source."""
     idx = [sim_names.index(t) for t in tasks]
     S = sim[np.ix_(idx, idx)]
@@ -243,7 +243,7 @@ def prediction_quality(sim: np.ndarray, sim_names: list[str], gains: np.ndarray,
             f"top{k}_hit_rate": float(np.mean(hits)) if hits else float("nan"), "per_target": per_target}
 
 
-def summarise_quality(per_seed: dict[str, dict[int, dict]], k: int = 3) -> dict:
+def summarise_quality(per_seed: dict[str, dict[int, dict]], k: int = QUALITY_K) -> dict:
     """Mean and spread over seeds, per embedding."""
     out = {}
     for emb, seeds in per_seed.items():
@@ -276,7 +276,7 @@ class TransferPlan:
     target_shots: list[int | None] = field(default_factory=lambda: [4, 16, None])
     predictor_seeds: tuple[int, ...] = (0, 1, 2, 3)
     fisher_n: int = 64
-    k: int = 3
+    k: int = QUALITY_K
     notes: str = ""
 
     @property
