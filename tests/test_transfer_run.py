@@ -57,6 +57,19 @@ def test_bad_input_is_refused_before_training(quick_study, change, message):
         prepare(cfg(quick_study, **change))
 
 
+def test_shots_none_is_full_data_and_a_missing_shots_the_default():
+    """``--shots full`` and the dashboard's "full" reach the run as ``"shots": None``: full data (it was
+    merged over DEFAULTS into 16 shots); a config without shots gets the spec's default. On the shipped
+    study (no training: prepare_transfer only resolves and validates)."""
+    from pitune_core.spec.vocab import DEFAULT_SHOTS
+
+    config = {"target": "textures", "k": 2, "study": "precomputed", "seed": 0}
+    assert prepare({**config, "shots": None})["shots"] is None
+    assert prepare({**config, "shots": "full"})["shots"] is None
+    assert prepare(config)["shots"] == DEFAULT_SHOTS
+    assert prepare({**config, "shots": 4})["shots"] == 4
+
+
 def test_cli_reports_errors_without_traceback(quick_study, tmp_path, capsys):
     from pitune_core.study.sources import load_sources
 
