@@ -99,4 +99,6 @@ def test_every_approach_runs_and_accounts_for_its_budget_and_sources(name, tiny,
     else:  # trains on the target alone
         assert chosen == [] and not rec.own_expert_first
     if rec.interpolates:
-        assert r["own_expert"] is (name not in ("pi-tuning-no-own", "uniform-avg", "uniform-avg-tuned"))
+        assert r["own_expert"] is rec.mixes_own
+    assert rec.mixes_own == (name in ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-global", "random-k",
+                                      "all-experts"))  # the paper's recipe keeps it; the ablation and averages not

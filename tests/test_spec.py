@@ -111,6 +111,10 @@ def test_approach_records_derive_every_list():
     assert set(vocab.BASELINES) < set(vocab.APPROACHES)
     assert set(vocab.SELECTING) <= {a.name for a in vocab.APPROACH_RECORDS if a.own_expert_first}
     assert all(a.role in ("pi-tuning", "ablation", "baseline") and a.help for a in vocab.APPROACH_RECORDS)
+    assert vocab.PEFT_MERGES == ("peft-linear", "peft-ties", "peft-dare")
+    assert {a.name for a in vocab.APPROACH_RECORDS if a.learns_weights} == {
+        "pi-tuning", "pi-tuning-weights-only", "pi-tuning-no-own", "pi-tuning-global", "random-k", "all-experts"}
+    assert all(a.interpolates for a in vocab.APPROACH_RECORDS if a.learns_weights or a.mixes_own)
     assert vocab.check_approach("arrow") == "arrow"
     with pytest.raises(ValueError, match="unknown approach 'x'"):
         vocab.check_approach("x")

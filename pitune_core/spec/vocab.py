@@ -89,26 +89,33 @@ class Approach:
     #: in the shipped study's plan (its baselines list)
     shipped: bool
     help: str
+    #: learns the mixing weights (an interpolating approach; the others keep them uniform)
+    learns_weights: bool = False
+    #: interpolates the target's own expert beside its sources (an interpolating approach)
+    mixes_own: bool = False
 
 
-def _a(name, role, ranks, own_first, interp, lora, shipped, help_, tunes=True):
-    return Approach(name, role, ranks, own_first, interp, lora, tunes, shipped, help_)
+def _a(name, role, ranks, own_first, interp, lora, shipped, help_, tunes=True, weights=False, own=False):
+    return Approach(name, role, ranks, own_first, interp, lora, tunes, shipped, help_, weights, own)
 
 
 #: every approach, in display order: the shipped plan's first, then the ablations and baselines added later
 APPROACH_RECORDS = (
     _a("pi-tuning", "pi-tuning", True, True, True, False, True,
        "the paper's recipe: the own expert + the top-k predicted experts, softmax weights per layer and adapter "
-       "position, weights and experts tuned jointly"),
-    _a("pi-tuning-weights-only", "ablation", True, True, True, False, True, "π-Tuning with the experts frozen"),
+       "position, weights and experts tuned jointly", weights=True, own=True),
+    _a("pi-tuning-weights-only", "ablation", True, True, True, False, True, "π-Tuning with the experts frozen",
+       weights=True, own=True),
     _a("uniform-avg", "baseline", True, True, True, False, True, "uniform average of the top-k experts, untuned",
        tunes=False),
     _a("uniform-avg-tuned", "baseline", True, True, True, False, True,
        "uniform average of the top-k experts, experts tuned"),
-    _a("random-k", "baseline", False, True, True, False, True, "π-Tuning over k random sources"),
+    _a("random-k", "baseline", False, True, True, False, True, "π-Tuning over k random sources",
+       weights=True, own=True),
     _a("best-single", "baseline", True, True, False, False, True,
        "the most similar source as initialisation, tuned"),
-    _a("all-experts", "baseline", False, True, True, False, True, "π-Tuning over every source"),
+    _a("all-experts", "baseline", False, True, True, False, True, "π-Tuning over every source",
+       weights=True, own=True),
     _a("target-only", "baseline", False, False, False, False, True, "a fresh expert on the target"),
     _a("full-finetune", "baseline", False, False, False, False, True, "the whole trunk tuned"),
     _a("peft-linear", "baseline", True, True, False, True, True,
@@ -116,8 +123,9 @@ APPROACH_RECORDS = (
     _a("peft-ties", "baseline", True, True, False, True, True, "peft's TIES merge of the top-k LoRAs, then tuned"),
     _a("peft-dare", "baseline", True, True, False, True, True, "peft's DARE merge of the top-k LoRAs, then tuned"),
     _a("pi-tuning-no-own", "ablation", True, True, True, False, False,
-       "π-Tuning with the own expert left out of the interpolation"),
-    _a("pi-tuning-global", "ablation", True, True, True, False, False, "π-Tuning with one weight vector"),
+       "π-Tuning with the own expert left out of the interpolation", weights=True),
+    _a("pi-tuning-global", "ablation", True, True, True, False, False, "π-Tuning with one weight vector",
+       weights=True, own=True),
     _a("lorahub", "baseline", False, False, False, True, False,
        "LoraHub: gradient-free weights for every source LoRA, used as found", tunes=False),
     _a("lorahub-tuned", "baseline", False, False, False, True, False, "LoraHub's merge, then tuned"),
@@ -133,6 +141,8 @@ PI_STYLE = tuple(a.name for a in APPROACH_RECORDS if a.interpolates)
 LORA_ONLY = tuple(a.name for a in APPROACH_RECORDS if a.lora_only)
 #: approaches that rank sources (and so train the target's own expert first)
 SELECTING = tuple(a.name for a in APPROACH_RECORDS if a.ranks_sources)
+#: peft's add_weighted_adapter merges of the top-k LoRAs
+PEFT_MERGES = tuple(a.name for a in APPROACH_RECORDS if a.lora_only and a.ranks_sources)
 
 
 def check_approach(name: object, among: tuple[str, ...] = APPROACHES) -> str:

@@ -56,7 +56,7 @@ from pitune_core.tune.interpolation import InterpolatedExperts, InterpolationErr
 from pitune_core.data.tasks import get_task
 from pitune_core.spec.parse import check_not_own_source
 from pitune_core.spec.vocab import (APPROACHES, APPROACHES_BY_NAME, BASELINES, DEFAULT_K, DEFAULT_SHOTS,  # noqa: F401
-                                    LORA_ONLY, PI_STYLE, SELECTING)
+                                    LORA_ONLY, PEFT_MERGES, PI_STYLE, SELECTING)
 
 # every approach :func:`run_method` knows, the shipped study's list (BASELINES) and the properties that
 # decide how each runs are the spec's records (:data:`pitune_core.spec.vocab.APPROACH_RECORDS`)
@@ -496,14 +496,13 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
                 src = [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
             elif name == "all-experts":
                 src = sorted(side.ranking)
-            own = recipe.own_expert and name not in ("pi-tuning-no-own", "uniform-avg", "uniform-avg-tuned")
+            own = recipe.own_expert and APPROACHES_BY_NAME[name].mixes_own
             tuned = APPROACHES_BY_NAME[name].tunes
             if not tuned:
                 steps["tune"] = 0
             _, metrics, hist = interpolate_and_tune(
                 target, src, sources, backbone, shots, seed, weights="uniform",
-                train_weights=name in ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-no-own", "pi-tuning-global",
-                                       "random-k", "all-experts"),
+                train_weights=APPROACHES_BY_NAME[name].learns_weights,
                 train_experts=recipe.train_experts and name != "pi-tuning-weights-only", tune=tuned,
                 own_dir=side.own_dir if own else None,
                 granularity="global" if name == "pi-tuning-global" else recipe.granularity, steps=steps["tune"])
@@ -523,7 +522,7 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
         elif name == "full-finetune":
             metrics = _full_finetune(target, backbone, shots, seed, total)
             info["sources"] = []
-        elif name in ("peft-linear", "peft-ties", "peft-dare"):
+        elif name in PEFT_MERGES:
             metrics = _peft_merge(target, top, sources, backbone, shots, seed, name.split("-")[1], tune_steps)
             info["sources"] = [n for n, _ in top]
         elif name in ("lorahub", "lorahub-tuned"):
