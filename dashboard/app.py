@@ -26,6 +26,8 @@ from dashboard.text import md as _md  # noqa: E402
 from dashboard import new_task as NT  # noqa: E402
 from pitune_core.predict.quality import fullest_plan, predictor_of  # noqa: E402
 from pitune_core.paths import default_runs_db, default_study  # noqa: E402
+from pitune_core.spec.configs import TransferConfig  # noqa: E402
+from pitune_core.spec.vocab import ACTIVE_STATUSES, DEFAULT_K, GRAPH_K  # noqa: E402
 from pitune_core.study.reader import (  # noqa: E402
     EMBEDDING_LABELS,
     METHOD_LABELS,
@@ -47,7 +49,7 @@ WEIGHT_MODES = {
     "learn-auto": "learnable (π-Tuning), start from the predicted similarities",
     "hand": "fixed, set by hand",
 }
-ACTIVE = ("queued", "running")
+ACTIVE = ACTIVE_STATUSES
 STATUS_COLOR = {"queued": "gray", "running": "blue", "succeeded": "green", "failed": "red", "cancelled": "orange",
                 "interrupted": "orange"}
 
@@ -185,8 +187,9 @@ def selection(study: Study) -> dict | None:
     names = study.prediction_names(method, embedding)  # not the whole matrix: a hub has 10,000 tasks
     compare_targets = [t for t in study.compare_targets() if t in names]
     _choice("target", names, compare_targets[0] if compare_targets else names[0])
-    kmax = max(1, min(10, len(names) - 1))
-    _clamp("k", 1, kmax, min(3, kmax))
+    k_lo, k_hi = TransferConfig.bounds("k")  # the slider's bounds are the run setting's
+    kmax = max(k_lo, min(k_hi, len(names) - 1))
+    _clamp("k", k_lo, kmax, min(DEFAULT_K, kmax))
     return {"method": method, "embedding": embedding, "target": st.session_state["target"],
             "k": int(st.session_state["k"]),
             "_sidebar": {"embeddings": embs, "default": default, "why": why, "names": names,
@@ -221,7 +224,7 @@ def render_sidebar(study: Study, root: Path, db: Path, sel: dict | None) -> None
     sb.caption(f"Default: {_md(EMBEDDING_LABELS.get(default, default))} ({_md(why)}).")
     sb.selectbox("Target task", o["names"], key="target", format_func=lambda t: f"{t} ({study.modality(t) or '?'})",
                  help="The task to transfer to. Click a node in the graph to pick it there.")
-    sb.slider("k: sources to interpolate", 1, o["kmax"], key="k",
+    sb.slider("k: sources to interpolate", TransferConfig.bounds("k")[0], o["kmax"], key="k",
               help="How many of the most similar experts the target borrows from.")
     sb.divider()
     sb.caption(f"Study: `{root}`")
@@ -339,7 +342,7 @@ def tab_graph(study: Study, root: Path, stamp: int, sel: dict) -> None:
     _choice("graph_mode", modes, "knn")
     mode = st.session_state["graph_mode"]
     kmax = max(1, len(names) - 1) if table_k is None else table_k
-    _clamp("graph_k", 1, kmax, min(3, kmax))
+    _clamp("graph_k", 1, kmax, min(GRAPH_K, kmax))
     if dense and (mode == "threshold" or len(names) <= F.LARGE_N):  # the slider's range needs the matrix
         _, S = study.similarity(sel["method"], sel["embedding"])
         off = S[~np.eye(len(S), dtype=bool)] if len(S) > 1 else np.array([0.0, 1.0])
@@ -444,7 +447,7 @@ def tab_map(study: Study, root: Path, stamp: int, sel: dict) -> None:
     kmax = study.neighbours(sel["method"], sel["embedding"])[1].shape[1] \
         if study.has_neighbours(sel["method"], sel["embedding"]) else max(1, len(names) - 1)
     G, summary, _ = load_graph(str(root), stamp, sel["method"], sel["embedding"], mode,
-                               min(kmax, int(st.session_state.get("graph_k", min(3, kmax)))),
+                               min(kmax, int(st.session_state.get("graph_k", min(GRAPH_K, kmax)))),
                                float(st.session_state.get("graph_threshold", 0.5)),
                                st.session_state.get("comm_method", "louvain"))
     communities = {n: G.nodes[n].get("community") for n in G}
@@ -694,11 +697,12 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
                 _init(f"hw_{s}", 1.0)
                 hand.append(st.slider(s, 0.0, 1.0, key=f"hw_{s}", step=0.05))
         s1, s2, s3 = st.columns(3)
-        _init("shots", 16)
+        _init("shots", TransferConfig.default_of("shots"))
         shots = s1.select_slider("Shots per class", SHOT_OPTIONS, key="shots",
                                  help="Training examples per class; 'full' uses all training data.")
         _init("seed", 0)
-        seed = s2.number_input("Seed", min_value=0, max_value=10_000, step=1, key="seed")
+        seed = s2.number_input("Seed", min_value=TransferConfig.bounds("seed")[0], max_value=10_000, step=1, key="seed",
+                               help=TransferConfig.help_of("seed"))
         _init("weights_only", False)
         weights_only = s3.checkbox("Tune weights only", key="weights_only", disabled=wmode == "hand",
                                    help="Learn the mixing weights but keep the experts frozen.")

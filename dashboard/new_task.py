@@ -23,6 +23,8 @@ from dashboard.figures import USER_COLOR
 from dashboard.text import md as _md
 from pitune_core.common import printable
 from pitune_core.data import user_tasks as U
+from pitune_core.spec.configs import PlaceConfig
+from pitune_core.spec.vocab import ACTIVE_STATUSES
 from pitune_core.study.place import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
 
 KINDS = {"text": "Texts with labels (CSV / JSONL)", "images": "Images in class folders (zip)",
@@ -161,7 +163,8 @@ def _add_and_place(draft: U.Draft, verbal: dict, shots: int | None, study, root:
     method = st.session_state.get("method", "lora")
     try:
         run_id = reg.submit("place-task", {"task": draft.name, "study": str(root), "method": method,
-                                           "embedding": "fisher", "shots": shots, "seed": 0, "k": 3,
+                                           "embedding": PlaceConfig.default_of("embedding"), "shots": shots,
+                                           "seed": PlaceConfig.default_of("seed"), "k": PlaceConfig.default_of("k"),
                                            "store": str(U.task_store())}, name=f"place {draft.name}")
     except ValueError as e:
         st.error(f"Cannot start placing: {_md(e)}", icon="🚫")
@@ -188,7 +191,7 @@ def _follow(root: Path, db: Path, get_registry: Callable) -> None:
     rec = reg.get(run_id)
     task = st.session_state.get("nt_task")
     p = rec.progress or {}
-    if rec.status in ("queued", "running"):
+    if rec.status in ACTIVE_STATUSES:
         step, total = p.get("step"), p.get("total")
         frac = min(1.0, float(step) / float(total)) if step and total else 0.0
         st.progress(frac, text=f"placing `{task}` on the graph: {rec.status}, stage {p.get('stage', 'starting')}"

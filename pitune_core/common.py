@@ -1,8 +1,8 @@
-"""Small helpers every layer shares: file hashing, progress bars, and the parsers of CLI values.
+"""Small helpers every layer shares: file hashing, atomic writes, bounded reads, progress bars.
 
-Each is the single owner of its rule: the shots parser is used by the CLI, the study reader, the
-dashboard and the run configs alike, so ``"full"``, ``16`` and ``"abc"`` mean (or fail) the same
-everywhere. No torch here.
+The vocabulary (expert types, modalities), the parsers of CLI values (shots, sources, task names) and
+the environment variables' parsers are owned by :mod:`pitune_core.spec` and re-exported here for the
+modules that import them from ``common``. No torch here.
 """
 
 from __future__ import annotations
@@ -14,34 +14,16 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-#: the expert types pitune trains (peft methods); order = display order
-EXPERT_TYPES = ("lora", "prompt", "ia3")
-EXPERT_TYPE_LABELS = {"lora": "LoRA", "prompt": "prompt tuning", "ia3": "IA³"}
+# the vocabulary and the parsers are owned by the spec; re-exported here for their many importers
+from pitune_core.spec.env import NUM_THREADS_ENV, num_threads_from_env, quiet  # noqa: F401
+from pitune_core.spec.parse import (TASK_NAME_PATTERN, as_arg_type, check_expert_type, check_task_name,  # noqa: F401
+                                    parse_int_list, parse_shots, parse_shots_list, parse_sources, shots_arg)
+from pitune_core.spec.vocab import EXPERT_TYPE_LABELS, EXPERT_TYPES, MODALITIES  # noqa: F401
+
 #: the image projector's name inside the trunk (a submodule, so an expert's peft adapter may adapt it:
 #: ``pitune_projector.fc1.lora_A.weight``); its two linear layers as peft target modules
 PROJECTOR_MODULE = "pitune_projector"
 PROJECTOR_LAYERS = (f"{PROJECTOR_MODULE}.fc1", f"{PROJECTOR_MODULE}.fc2")
-MODALITIES = ("language", "vision", "vision-language")
-
-
-#: the environment variable that sets the torch threads of a pitune process (``--workers`` sets it
-#: per worker; the run registry's workers and ``model.device.configure_threads`` read it)
-NUM_THREADS_ENV = "PITUNE_NUM_THREADS"
-
-
-def num_threads_from_env(environ: Any = None) -> int | None:
-    """``$PITUNE_NUM_THREADS`` as a thread count, ``None`` when unset or empty; anything but a whole
-    number >= 1 is refused with one line (ValueError)."""
-    raw = str((os.environ if environ is None else environ).get(NUM_THREADS_ENV) or "").strip()
-    if not raw:
-        return None
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"{NUM_THREADS_ENV} must be a whole number >= 1 (threads per process), not {raw!r}")
-    return n
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -268,11 +250,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def quiet() -> bool:
-    """``PITUNE_QUIET=1`` silences every progress bar."""
-    return os.environ.get("PITUNE_QUIET") == "1"
-
-
 def progress(iterable: Iterable | None = None, **kw: Any):
     """The one progress bar: tqdm on stderr, silenced by ``PITUNE_QUIET=1``."""
     from tqdm.auto import tqdm
@@ -322,59 +299,7 @@ class StageBars:
             self.bar = None
 
 
-def parse_shots(value: Any) -> int | None:
-    """Examples per class: ``"full"`` / ``None`` / ``""`` -> None (all training data), else an int >= 1.
-
-    Raises ``ValueError`` with a readable message (never the raw ``int()`` one).
-    """
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "full", "none", "all")):
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"shots must be a whole number of examples per class or 'full', got {value!r}")
-    try:
-        shots = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise ValueError(f"shots must be a whole number of examples per class or 'full', got {value!r}") from None
-    if shots < 1:
-        raise ValueError(f"shots must be at least 1 (or 'full'), got {value!r}")
-    return shots
-
-
-def parse_shots_list(text: str) -> list[int | None]:
-    """``"4,16,full"`` -> ``[4, 16, None]``."""
-    items = [s for s in (p.strip() for p in str(text).split(",")) if s]
-    if not items:
-        raise ValueError("give at least one shots value, e.g. 4,16,full")
-    return [parse_shots(s) for s in items]
-
-
-def parse_int_list(text: str, what: str = "seeds") -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]`` with a readable error for anything else."""
-    out = []
-    for part in (p.strip() for p in str(text).split(",")):
-        if not part:
-            continue
-        try:
-            out.append(int(part))
-        except ValueError:
-            raise ValueError(f"{what} must be comma-separated whole numbers, e.g. 0,1,2; got {part!r}") from None
-    if not out:
-        raise ValueError(f"give at least one of the {what}, e.g. 0,1,2")
-    return out
-
-
-def check_expert_type(name: str) -> str:
-    if name not in EXPERT_TYPES:
-        raise ValueError(f"unknown expert type {name!r}; choose one of {', '.join(EXPERT_TYPES)}")
-    return name
-
-
 # ----------------------------------------------------------------------------- names from outside
-
-#: a task name: lower-case letters, digits and underscores, starting with a letter (it becomes a
-#: directory name, a CSV cell and a dashboard label, so nothing else is allowed in)
-TASK_NAME_PATTERN = r"[a-z][a-z0-9_]{0,63}"
-
 
 PLAN_NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]{0,63}"
 
@@ -388,60 +313,6 @@ def check_plan_name(name: Any) -> str:
         raise ValueError(f"plan name {shown} is not valid: use 1-64 lower-case letters, digits, '_', '-' and '.', "
                          f"starting with a letter or digit")
     return name
-
-
-def check_task_name(name: Any, what: str = "task name") -> str:
-    """``name`` if it is a valid task identifier, else a readable ``ValueError``.
-
-    Every place a task name enters pitune (the CLI, ``tasks.json``, ``similarity.csv``, a run's
-    config, a manifest) goes through this, so a name can never be a path (``../x``), markup
-    (``<img>``) or a control character.
-    """
-    import re
-
-    if not isinstance(name, str) or not re.fullmatch(TASK_NAME_PATTERN, name):
-        shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else repr(name[:80] + "...")
-        raise ValueError(f"{what} {shown} is not a task identifier: use 1-64 lower-case letters, digits and "
-                         f"underscores, starting with a letter")
-    return name
-
-
-def parse_sources(value: Any, k: int | None = None) -> list[str] | None:
-    """``"a,b,c"`` (or a list) -> ``["a", "b", "c"]``: task identifiers, no duplicates.
-
-    ``None`` / ``""`` -> ``None`` (the sources are then the top-k predicted ones). With ``k``, the
-    number of names must be ``k``.
-    """
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
-    names = [check_task_name(p, "source") for p in parts if p != ""]
-    if not names:
-        return None
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"source(s) named more than once: {', '.join(dup)}; name each source once")
-    if k is not None and k != len(names):
-        raise ValueError(f"--k {k} but {len(names)} sources were named; leave out --k or name exactly {k}")
-    return names
-
-
-def as_arg_type(parse, name: str):
-    """An argparse ``type=`` from one of these parsers: its readable message, not "invalid value"."""
-    import argparse
-
-    def convert(value):
-        try:
-            return parse(value)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    convert.__name__ = name
-    return convert
-
-
-#: ``--shots`` for argparse: ``full`` or a whole number >= 1, with parse_shots's message
-shots_arg = as_arg_type(parse_shots, "shots")
 
 
 # ----------------------------------------------------------------------------- the expert library's gate

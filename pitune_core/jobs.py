@@ -11,13 +11,15 @@ from pathlib import Path
 
 from pitune_core.paths import default_study
 from pitune_core.runs.jobs import register_job
+from pitune_core.spec.configs import PlaceConfig, TrainExpertConfig, TransferConfig
+from pitune_core.spec.parse import check_expert_type, check_int, check_task_name, parse_shots
 
 
 def transfer_job(config: dict, ctx) -> dict:
     """Run-registry job: one interpolate-and-tune run, with live progress."""
     from pitune_core.model.device import configure_threads
     from pitune_core.study.sources import load_sources
-    from pitune_core.tune.run import DEFAULTS, run_transfer
+    from pitune_core.tune.run import run_transfer
 
     configure_threads()
 
@@ -26,8 +28,8 @@ def transfer_job(config: dict, ctx) -> dict:
         ctx.check_cancelled()
 
     ctx.progress("prepare")
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
-    sources = load_sources(cfg["study"] or default_study(), cfg["method"], cfg["embedding"])
+    cfg = TransferConfig.from_dict(config, strict=False)  # validated at submit and again by the worker
+    sources = load_sources(cfg.study or default_study(), cfg.method, cfg.embedding)
     return run_transfer(config, sources, ctx.run_dir, on_step=on_step)
 
 
@@ -44,9 +46,10 @@ def train_expert_job(config: dict, ctx) -> dict:
         ctx.progress(p.get("stage", "train"), step=p.get("step"), total=p.get("total"), loss=p.get("loss"))
         ctx.check_cancelled()
 
-    cfg = TrainConfig(seed=int(config.get("seed", 0)), max_steps=int(config.get("max_steps", TrainConfig.max_steps)))
-    res = train_expert(config["task"], config.get("method", "lora"), bb, shots=config.get("shots"),
-                       seed=cfg.seed, out=Path(ctx.run_dir) / "expert", train_config=cfg, on_step=on_step)
+    tc = TrainExpertConfig.from_dict(config, strict=False)
+    cfg = TrainConfig(seed=tc.seed, max_steps=tc.max_steps or TrainConfig.max_steps)
+    res = train_expert(tc.task, tc.method, bb, shots=tc.shots, seed=cfg.seed, out=Path(ctx.run_dir) / "expert",
+                       train_config=cfg, on_step=on_step)
     return {"task": config["task"], **res.meta["metrics"]["test"]}
 
 
@@ -58,7 +61,7 @@ def transfer_pair_job(config: dict, ctx) -> dict:
 
     configure_threads()
     bb = UnifiedBackbone.load(config.get("projector"))
-    budget = TransferBudget(shots=int(config["shots"]), steps=int(config["steps"]),
+    budget = TransferBudget(shots=parse_shots(config["shots"]), steps=int(config["steps"]),
                             eval_limit=config.get("eval_limit", TransferBudget.eval_limit))
     score = few_shot_score(config["target"], config.get("method", "lora"), bb, budget, int(config["seed"]),
                            config.get("source_dir"))
@@ -72,7 +75,7 @@ def place_task_job(config: dict, ctx) -> dict:
     import os
 
     from pitune_core.model.device import configure_threads
-    from pitune_core.study.place import PlaceConfig, place_task
+    from pitune_core.study.place import place_task
 
     if config.get("store"):  # the store the dashboard wrote the task to
         os.environ["PITUNE_TASKS"] = str(config["store"])
@@ -82,9 +85,7 @@ def place_task_job(config: dict, ctx) -> dict:
         ctx.progress(p.get("stage", "train"), step=p.get("step"), total=p.get("total"), loss=p.get("loss"))
         ctx.check_cancelled()
 
-    cfg = PlaceConfig(shots=config.get("shots"), seed=int(config.get("seed", 0)), k=int(config.get("k", 3)),
-                      method=config.get("method", "lora"), embedding=config.get("embedding", "fisher"),
-                      max_steps=config.get("max_steps"))
+    cfg = PlaceConfig.from_dict({n: config.get(n) for n in PlaceConfig.names()})
     rec = place_task(config["task"], config["study"], cfg, on_progress=on_step)
     return {"task": rec["task"], "top_k": rec["top_k"], "embedding": rec["embedding"], "position": rec["position"],
             "also_placed_on": rec.get("also_placed_on") or {},
@@ -101,15 +102,10 @@ def _int(config: dict, key: str, default=None, minimum: int | None = None, requi
     value = config.get(key, default)
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be a whole number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{key} must be at least {minimum}, got {value}")
-    return value
+    return check_int(value, key, minimum)
 
 
 def _known_task(name, what: str) -> str:
-    from pitune_core.common import check_task_name
     from pitune_core.data.tasks import get_task  # numpy only; raises "unknown task 'x'. Did you mean ...?"
 
     get_task(check_task_name(name, what))
@@ -125,50 +121,23 @@ def _verified_study(study: str, command: str) -> None:
 
 
 def _expert_type(config: dict) -> None:
-    from pitune_core.common import check_expert_type
-
-    check_expert_type(config.get("method", "lora"))
+    check_expert_type(config.get("method", TransferConfig.default_of("method")))
 
 
 def validate_transfer(config: dict) -> None:
-    """A ``transfer`` config: a known target, expert type, embedding, k, sources, weights, shots, seed."""
-    from pitune_core.common import parse_shots, parse_sources
-    from pitune_core.study.plan import EMBEDDINGS
-    from pitune_core.tune.weights import parse_weights
-
-    target = _known_task(config.get("target"), "target")
-    _expert_type(config)
-    from pitune_core.predict.quality import PREDICTOR_EMBEDDINGS, predictor_of
-
-    embedding = config.get("embedding", "fisher")
-    if not isinstance(embedding, str) or (embedding not in EMBEDDINGS and not predictor_of(embedding)):
-        raise ValueError(f"unknown embedding {str(embedding)[:60]!r}; choose one of "
-                         f"{', '.join((*EMBEDDINGS, *PREDICTOR_EMBEDDINGS))}")
-    k = _int(config, "k", minimum=1)
-    names = parse_sources(config.get("sources"), k)
-    if names and target in names:
-        raise ValueError(f"the target {target!r} cannot be one of its own sources")
-    parse_weights(config.get("weights", "uniform"), len(names) if names else (k or 3))
-    parse_shots(config.get("shots", 16))
-    _int(config, "seed", 0)
-    study = config.get("study")
-    if study is not None and (not isinstance(study, str) or not Path(study).is_dir()):
-        raise ValueError(f"study {study!r} is not a directory")
-    _verified_study(study or str(default_study()), "transfer")
-    for flag in ("weights_only", "own_expert"):
-        if not isinstance(config.get(flag, False), bool):
-            raise ValueError(f"{flag} must be true or false, got {config.get(flag)!r}")
+    """A ``transfer`` config: a known target, then the spec's :class:`TransferConfig` checks (expert type,
+    embedding, k, sources, weights, shots, seed, flags), then a verified study directory."""
+    _known_task(config.get("target"), "target")
+    cfg = TransferConfig.from_dict(config, strict=False)
+    if cfg.study is not None and not Path(cfg.study).is_dir():
+        raise ValueError(f"study {cfg.study!r} is not a directory")
+    _verified_study(cfg.study or str(default_study()), "transfer")
 
 
 def validate_train_expert(config: dict) -> None:
-    """A ``train-expert`` config: a known task, expert type, shots, seed, max_steps."""
-    from pitune_core.common import parse_shots
-
+    """A ``train-expert`` config: a known task, then the spec's :class:`TrainExpertConfig` checks."""
     _known_task(config.get("task"), "task")
-    _expert_type(config)
-    parse_shots(config.get("shots"))
-    _int(config, "seed", 0)
-    _int(config, "max_steps", minimum=1)
+    TrainExpertConfig.from_dict(config, strict=False)
 
 
 def validate_transfer_pair(config: dict) -> None:
@@ -179,7 +148,9 @@ def validate_transfer_pair(config: dict) -> None:
         if not isinstance(config.get("source_dir"), str):
             raise ValueError("a transfer pair with a source needs its expert directory (source_dir)")
     _expert_type(config)
-    _int(config, "shots", minimum=1, required=True)
+    if "shots" not in config:
+        raise ValueError("a transfer pair needs its shots (a whole number >= 1, or 'full')")
+    parse_shots(config["shots"])
     _int(config, "steps", minimum=1, required=True)
     _int(config, "seed", required=True)
     _int(config, "eval_limit", minimum=1)
@@ -187,18 +158,13 @@ def validate_transfer_pair(config: dict) -> None:
 
 def validate_place_task(config: dict) -> None:
     """A ``place-task`` config: an existing user task, a study, expert type, shots, seed, k."""
-    from pitune_core.common import parse_shots
     from pitune_core.data.user_tasks import check_name
 
     if not isinstance(config.get("study"), str) or not config["study"]:
         raise ValueError("a place-task run needs the study directory (study)")
     _verified_study(config["study"], "task place")
     check_name(config.get("task"))
-    _expert_type(config)
-    parse_shots(config.get("shots"))
-    _int(config, "seed", 0)
-    _int(config, "k", minimum=1)
-    _int(config, "max_steps", minimum=1)
+    PlaceConfig.from_dict({n: config.get(n) for n in PlaceConfig.names()})
 
 
 #: kind -> job function; the worker runs nothing else

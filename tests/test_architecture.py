@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_import_contracts_hold():
-    """`lint-imports` (contracts in .importlinter): layers data < model < predict < tune < study <
-    jobs < cli/dashboard; runs/ imports nothing of the ML side; dashboard/ imports no torch itself."""
+    """`lint-imports` (contracts in .importlinter): layers spec < common/paths < data < model < predict <
+    tune < study < jobs < cli/dashboard; spec/ imports nothing else of pitune, no torch and no numpy;
+    runs/ imports nothing of the ML side; dashboard/ imports no torch itself."""
     exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
     res = subprocess.run([exe, "--config", str(REPO / ".importlinter")], cwd=REPO, capture_output=True, text=True,
                          timeout=300)
@@ -57,3 +58,23 @@ def test_the_first_page_renders_without_torch():
                          timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "HEAVY=\n" in res.stdout or res.stdout.rstrip().endswith("HEAVY="), res.stdout[-500:]
+
+
+@pytest.mark.parametrize("line, arrow", [
+    ("import numpy  # the floor importing numpy\n", "pitune_core.spec.vocab -> numpy"),
+    ("import pitune_core.common  # the floor importing the layer above it\n",
+     "pitune_core.spec.vocab -> pitune_core.common"),
+])
+def test_the_spec_floor_contract_is_not_vacuous(tmp_path, line, arrow):
+    """A copy of the package whose spec imports numpy, or another part of pitune, breaks the contract."""
+    pkg = tmp_path / "src"
+    shutil.copytree(REPO / "pitune_core", pkg / "pitune_core", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "dashboard", pkg / "dashboard", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(pkg / "pitune_core" / "spec" / "vocab.py", "a") as f:
+        f.write("\n" + line)
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    env = {**os.environ, "PYTHONPATH": str(pkg)}
+    res = subprocess.run([exe, "--config", str(REPO / ".importlinter")], cwd=pkg, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode != 0
+    assert arrow in res.stdout and "spec/ is the torch-free floor" in res.stdout, res.stdout[-3000:]

@@ -24,6 +24,25 @@ pytestmark = pytest.mark.browser
 #: the task graph's nodes, drawn (Vega-Lite's SVG symbols; each names its task in its aria-label)
 GRAPH_NODES = ".st-key-graph_chart g.mark-symbol path"
 
+
+def _check_screenshot(shot: Path, page, width: int, min_height: int) -> None:
+    """The screenshot is a PNG of the whole page, and the graph chart in it is drawn: many colours
+    inside the chart's box (a blank or half-rendered chart is one or two), node marks among them."""
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        assert img.format == "PNG" and img.width == width and img.height >= min_height, (img.format, img.size)
+        box = page.locator(".st-key-graph_chart").bounding_box()
+        assert box and box["width"] > 100 and box["height"] > 100, box
+        scroll = page.evaluate("window.scrollY")
+        top = box["y"] + scroll
+        chart = img.convert("RGB").crop((int(box["x"]), int(top), int(box["x"] + box["width"]),
+                                         int(top + box["height"])))
+        colours = chart.getcolors(maxcolors=1 << 20) or []
+        assert len(colours) >= 20, f"the graph chart in the screenshot has {len(colours)} colours: not drawn"
+        background = max(colours)[0] / (chart.width * chart.height)
+        assert background < 0.995, f"{background:.1%} of the chart's box is one colour"
+
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("PITUNE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -168,7 +187,7 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
             time.sleep(0.5)
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
+            _check_screenshot(shot, page, width=1500, min_height=1000)
             if SCREENSHOT_COPY:
                 shutil.copyfile(shot, SCREENSHOT_COPY)
             print(f"screenshot: {shot}" + (f" (copied to {SCREENSHOT_COPY})" if SCREENSHOT_COPY else ""))

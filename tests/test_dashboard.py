@@ -97,12 +97,31 @@ def _edges(at: AppTest) -> int:
 
 # ----------------------------------------------------------------------------- every tab renders
 
+#: what only each tab draws: its heading (or the Graph tab's edge count), for the selected target
+TAB_MARKS = {
+    "Graph": lambda at: [m.value for m in at.markdown if m.value.startswith("**Edges**")],
+    "Map": lambda at: [h.value for h in at.subheader if h.value == "Task map"],
+    "Target": lambda at: [h.value for h in at.subheader if h.value == at.session_state["target"]],
+    "Tune & launch": lambda at: [h.value for h in at.subheader
+                                 if h.value == f"Interpolate and tune on `{at.session_state['target']}`"],
+    "Runs & compare": lambda at: [h.value for h in at.subheader
+                                  if h.value == f"Runs and baselines for `{at.session_state['target']}`"],
+    "Study": lambda at: [m.value for m in at.markdown if m.value == "**Experts**"],
+    "New task": lambda at: [h.value for h in at.subheader if h.value == "Bring your own task"],
+}
+
+
 @pytest.mark.parametrize("view", TABS)
 def test_every_tab_renders(env, view):
+    """Each tab draws its own content, once, and no other tab's (only the open tab is rendered)."""
     at = _app(view)
     _ok(at)
     assert at.title[0].value == "π-Tuning dashboard"
     assert [t.label for t in at.tabs] == TABS
+    assert set(TAB_MARKS) == set(TABS)
+    assert len(TAB_MARKS[view](at)) == 1, f"the {view} tab did not draw its heading"
+    drawn = [other for other in TABS if other != view and TAB_MARKS[other](at)]
+    assert drawn == [], f"the {view} view also drew the {drawn} tab(s)"
 
 
 def test_every_tab_renders_on_the_shipped_study(monkeypatch, tmp_path):

@@ -463,10 +463,28 @@ def test_a_bad_ground_truth_file_is_named_not_raised(gt_study, tmp_path, monkeyp
 
 
 def test_predictor_names_match_the_registry():
-    from pitune_core.predict.predictors import PREDICTORS
-    from pitune_core.predict.quality import PREDICTOR_NAMES
+    """The spec's torch-free names are the registry's, every name is a predictor the reader offers, and the
+    import-time guard that keeps the two lists equal really refuses a list that differs."""
+    import subprocess
+    import sys
 
-    assert tuple(PREDICTORS) == PREDICTOR_NAMES
+    from pitune_core.predict.predictors import PREDICTORS
+    from pitune_core.spec.vocab import PREDICTOR_NAMES, PREDICTOR_PREFIX, predictor_of
+
+    assert tuple(PREDICTORS) == PREDICTOR_NAMES and len(set(PREDICTOR_NAMES)) == len(PREDICTOR_NAMES)
+    assert all(callable(fn) for fn in PREDICTORS.values())
+    for name in PREDICTOR_NAMES:  # each is offered as an embedding, with a label, and read back by name
+        emb = PREDICTOR_PREFIX + name
+        assert emb in R.EMBEDDINGS and predictor_of(emb) == name and name in R.EMBEDDING_LABELS[emb]
+    assert predictor_of(PREDICTOR_PREFIX + "nope") is None and predictor_of("fisher") is None
+    shipped = Path(__file__).resolve().parent.parent / "precomputed" / "predict" / "lora"
+    drawn = sorted(p.name for p in shipped.glob(PREDICTOR_PREFIX + "*")) if shipped.is_dir() else []
+    assert all(predictor_of(d) for d in drawn), drawn  # every graph the study draws names a known predictor
+    code = ("import pitune_core.spec.vocab as v; v.PREDICTOR_NAMES = v.PREDICTOR_NAMES[:-1]\n"
+            "try:\n import pitune_core.predict.predictors\nexcept RuntimeError as e:\n print('REFUSED', e)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert "REFUSED" in res.stdout and "differs from PREDICTORS" in res.stdout, res.stdout + res.stderr[-2000:]
 
 
 def test_reading_the_ground_truth_imports_no_torch(gt_study):

@@ -107,7 +107,25 @@ def test_parse_shots_any_value(value):
         _one_line(e)
         assert "invalid literal" not in str(e)
         return
-    assert s is None or (isinstance(s, int) and s >= 1)
+    if s is None:  # only the spellings of "all the data" mean full data
+        assert value is None or (isinstance(value, str) and value.strip().lower() in ("", "full", "none", "all"))
+    else:  # a number is that number
+        assert isinstance(s, int) and not isinstance(s, bool) and s >= 1 and s == int(str(value).strip())
+
+
+@SETTINGS
+@given(st.integers(min_value=1, max_value=10**9), st.sampled_from(["{}", " {} ", "{}\n", "+{}"]))
+def test_parse_shots_reads_every_whole_number_back(n, spelling):
+    assert parse_shots(n) == n and parse_shots(spelling.format(n)) == n
+    assert parse_shots_list(f"{n},full,{n}") == [n, None, n]
+
+
+@SETTINGS
+@given(st.integers(max_value=0))
+def test_parse_shots_refuses_zero_and_negative_counts(n):
+    for value in (n, str(n)):
+        with pytest.raises(ValueError, match="shots must be at least 1"):
+            parse_shots(value)
 
 
 @SETTINGS

@@ -45,7 +45,7 @@ def test_transfer_run_writes_a_complete_run_directory(quick_study, tmp_path, cap
     ({"k": 0}, "k must be at least 1"),
     ({"k": 9}, r"k must be between 1 and \d"),  # the admitted candidates (the gate may pass over some)
     ({"sources": "nope,textures", "k": None}, "no expert for source"),
-    ({"sources": "sklearn_digits,textures", "k": None}, "cannot be its own source"),
+    ({"sources": "sklearn_digits,textures", "k": None}, "cannot be one of its own sources"),
     ({"weights": "0.5,-0.5"}, "non-negative"),
     ({"weights": "0.2,0.3,0.5"}, "3 weights for 2 sources"),
     ({"weights": "x,y"}, "comma-separated numbers"),
@@ -55,6 +55,19 @@ def test_transfer_run_writes_a_complete_run_directory(quick_study, tmp_path, cap
 def test_bad_input_is_refused_before_training(quick_study, change, message):
     with pytest.raises(ValueError, match=message):
         prepare(cfg(quick_study, **change))
+
+
+def test_shots_none_is_full_data_and_a_missing_shots_the_default():
+    """``--shots full`` and the dashboard's "full" reach the run as ``"shots": None``: full data (it was
+    merged over DEFAULTS into 16 shots); a config without shots gets the spec's default. On the shipped
+    study (no training: prepare_transfer only resolves and validates)."""
+    from pitune_core.spec.vocab import DEFAULT_SHOTS
+
+    config = {"target": "textures", "k": 2, "study": "precomputed", "seed": 0}
+    assert prepare({**config, "shots": None})["shots"] is None
+    assert prepare({**config, "shots": "full"})["shots"] is None
+    assert prepare(config)["shots"] == DEFAULT_SHOTS
+    assert prepare({**config, "shots": 4})["shots"] == 4
 
 
 def test_cli_reports_errors_without_traceback(quick_study, tmp_path, capsys):

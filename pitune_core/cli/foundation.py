@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pitune_core.cli.options import add_expert_type
 from pitune_core.common import shots_arg
+from pitune_core.spec.vocab import MODALITIES
 
 
 def _backbone(args):
@@ -52,7 +53,7 @@ def cmd_tasks(args) -> int:
     print("\ndups: val+test examples removed because another task's training split holds them; (img): of "
           "those, by their image alone (same or near-duplicate picture) (pitune_core/data/dedup.py)")
     print(f"\n{len(rows)} tasks: " + ", ".join(
-        f"{sum(r['modality'] == m for r in rows)} {m}" for m in ("language", "vision", "vision-language")))
+        f"{sum(r['modality'] == m for r in rows)} {m}" for m in MODALITIES))
     families = {f: sorted({r["modality"] for r in rows if r["family"] == f}) for f in FAMILIES}
     print(f"{len(FAMILIES)} families: " + "; ".join(
         f"{f} ({sum(r['family'] == f for r in rows)} tasks: {', '.join(m)})" for f, m in families.items()))
@@ -121,7 +122,7 @@ def cmd_evaluate(args) -> int:
 def register(sub, add) -> None:
     sp = add("tasks", cmd_tasks, "list the task suite")
     sp.add_argument("--json", action="store_true", help="print a JSON list")
-    sp.add_argument("--modality", choices=["language", "vision", "vision-language"])
+    sp.add_argument("--modality", choices=list(MODALITIES))
     sp.add_argument("--no-load", action="store_true", help="do not download/build data (sizes unknown)")
 
     sp = add("fetch", cmd_fetch, "download and cache task data and image features")

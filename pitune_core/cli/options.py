@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pitune_core.common import EXPERT_TYPES
+from pitune_core.spec.vocab import DEFAULT_EXPERT_TYPE, EMBEDDINGS, EXPERT_TYPES
 from pitune_core.paths import default_runs_db, default_study
 
 
@@ -53,6 +53,14 @@ def db_of(args):
 
 
 def add_expert_type(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--expert-type", default="lora", choices=EXPERT_TYPES,
-                    help="the experts' peft method (default: lora)")
+    sp.add_argument("--expert-type", default=DEFAULT_EXPERT_TYPE, choices=EXPERT_TYPES,
+                    help=f"the experts' peft method (default: {DEFAULT_EXPERT_TYPE})")
     renamed(sp, "--method", "--expert-type")
+
+
+def add_embedding(sp: argparse.ArgumentParser, help_: str = "task embedding") -> None:
+    """``--embedding`` (one of the study's embeddings; the spec's default)."""
+    from pitune_core.spec.vocab import DEFAULT_EMBEDDING
+
+    sp.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=list(EMBEDDINGS),
+                    help=f"{help_} (default: {DEFAULT_EMBEDDING})")

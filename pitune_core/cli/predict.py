@@ -10,9 +10,11 @@ import json
 import sys
 from pathlib import Path
 
-from pitune_core.cli.options import add_db, add_study, db_of, renamed, study_of
-from pitune_core.common import EXPERT_TYPES, parse_int_list, progress
+from pitune_core.cli.options import add_db, add_embedding, add_study, db_of, renamed, study_of
+from pitune_core.common import parse_int_list, progress
 from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, SIMILARITY_FILE, StudyPaths
+from pitune_core.spec.parse import shots_arg
+from pitune_core.spec.vocab import DEFAULT_EXPERT_TYPE, DEFAULT_K, EXPERT_META_FILE, EXPERT_TYPES, GRAPH_K, PAIR_SHOTS
 
 
 def _expert_dirs(study: Path, expert_type: str, tasks: list[str] | None) -> dict[str, Path]:
@@ -24,7 +26,7 @@ def _expert_dirs(study: Path, expert_type: str, tasks: list[str] | None) -> dict
             get_task(t)
         dirs = {t: root / t for t in tasks}
     else:
-        dirs = {p.name: p for p in sorted(root.glob("*")) if (p / "pitune_expert.json").exists()}
+        dirs = {p.name: p for p in sorted(root.glob("*")) if (p / EXPERT_META_FILE).exists()}
     if not dirs:
         raise ValueError(f"no {expert_type} experts under {root}; train them with `pitune train-expert` "
                          f"or `pitune precompute`")
@@ -136,7 +138,7 @@ def cmd_transfer_matrix(args) -> int:
         run_pairs_on(args.executor, tasks, dirs, "lora", budget, sp.transfer, sp.backbone, db_of(args),
                      address=args.address, max_parallel=args.max_parallel)
     bar.close()
-    summary = write_transfer_outputs(study, tasks, k=3)
+    summary = write_transfer_outputs(study, tasks, k=GRAPH_K)
     print(json.dumps({k: {kk: v for kk, v in s.items() if kk != "seeds"} for k, s in summary.items()}, indent=2))
     print(f"transfer matrix -> {sp.transfer_matrix}", file=sys.stderr)
     return 0
@@ -145,11 +147,10 @@ def cmd_transfer_matrix(args) -> int:
 def register(sub, add) -> None:
     def common(sp, method=True):
         add_study(sp)
-        sp.add_argument("--expert-type", default="lora", choices=EXPERT_TYPES,
-                        help="the experts' peft method (default: lora)")
+        sp.add_argument("--expert-type", default=DEFAULT_EXPERT_TYPE, choices=EXPERT_TYPES,
+                        help=f"the experts' peft method (default: {DEFAULT_EXPERT_TYPE})")
         if method:
-            sp.add_argument("--embedding", default="fisher", choices=["fisher", "weights", "data"],
-                            help="task embedding (default: fisher)")
+            add_embedding(sp)
             renamed(sp, "--method", "--embedding")
 
     sp = add("embed", cmd_embed, "embed tasks by the Fisher information of their experts (or a baseline)")
@@ -165,19 +166,20 @@ def register(sub, add) -> None:
 
     sp = add("graph", cmd_graph, "task graph (networkx node-link JSON) with communities")
     common(sp)
-    sp.add_argument("--k", type=int, default=3, help="neighbours per task (kNN graph)")
+    sp.add_argument("--k", type=int, default=GRAPH_K, help=f"neighbours per task (kNN graph; default {GRAPH_K})")
     sp.add_argument("--threshold", type=float, help="threshold graph instead of kNN")
     sp.add_argument("--out")
 
     sp = add("top-k", cmd_top_k, "the k most similar source tasks of a target")
     common(sp)
     sp.add_argument("target")
-    sp.add_argument("--k", type=int, default=3)
+    sp.add_argument("--k", type=int, default=DEFAULT_K, help=f"sources to list (default: {DEFAULT_K})")
 
     sp = add("transfer-matrix", cmd_transfer_matrix, "measure pairwise transfer and score the predictions (resumable)")
     add_study(sp)
     sp.add_argument("--tasks", nargs="*")
-    sp.add_argument("--shots", type=int, default=8)
+    sp.add_argument("--shots", type=shots_arg, default=PAIR_SHOTS,
+                    help=f"examples per class of every pair, or 'full' (default: {PAIR_SHOTS})")
     sp.add_argument("--steps", type=int, default=30)
     sp.add_argument("--seeds", default="0,1")
     sp.add_argument("--executor", default="inprocess", choices=["inprocess", "local", "ray"],

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import parse_shots, printable
+from pitune_core.common import printable
+from pitune_core.spec.configs import PlaceConfig
+from pitune_core.spec.parse import shots_arg
 
 
 def _read(path: str, limit: int) -> bytes:
@@ -154,7 +156,7 @@ def cmd_remove(args) -> int:
 
 
 def cmd_place(args) -> int:
-    from pitune_core.study.place import PlaceConfig, check_place, place_task
+    from pitune_core.study.place import check_place, place_task
 
     study = Path(study_of(args)).resolve()
     cfg = PlaceConfig(shots=args.shots, seed=args.seed, k=args.k, method=args.expert_type,
@@ -248,10 +250,9 @@ def register(sub, add) -> None:
     p = action("place", cmd_place, "put a user task on a study's graph: its own expert, Fisher embedding, "
                                    "similarities to every expert, top-k sources, map position")
     p.add_argument("name")
-    p.add_argument("--shots", type=parse_shots, default=None,
-                   help="training examples per class the task's own expert sees (default: all)")
-    p.add_argument("--k", type=int, default=3, help="top-k sources to report")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", type=shots_arg, **PlaceConfig.arg("shots"))
+    p.add_argument("--k", type=int, **PlaceConfig.arg("k"))
+    p.add_argument("--seed", type=int, **PlaceConfig.arg("seed"))
     p.add_argument("--max-steps", type=int, help="training steps of the task's own expert "
                                                  "(default: the few-shot budget, 30-100)")
     add_expert_type(p)

@@ -7,12 +7,13 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import (StageBars, check_task_name, parse_int_list, parse_shots, parse_shots_list,
-                                 parse_sources, progress)
+from pitune_core.cli.options import add_db, add_embedding, add_expert_type, add_study, db_of, study_of
+from pitune_core.common import StageBars, check_task_name, parse_int_list, parse_shots_list, progress
 from pitune_core.study.verify import require_verified
-from pitune_core.tune.weights import parse_weights
 from pitune_core.paths import RESULTS_FILE, StudyPaths, runs_root
+from pitune_core.spec.configs import TransferConfig
+from pitune_core.spec.parse import shots_arg
+from pitune_core.spec.vocab import ACTIVE_STATUSES, DEFAULT_K
 
 
 def cmd_transfer(args) -> int:
@@ -20,14 +21,14 @@ def cmd_transfer(args) -> int:
     from pitune_core.tune.run import prepare_transfer, run_transfer
 
     study = study_of(args)
-    check_task_name(args.target, "target")
-    named = parse_sources(args.sources, args.k)  # identifiers, no duplicates, k matches when given
-    k = args.k if args.k is not None else (len(named) if named else 3)  # --sources a,b means k=2
-    parse_weights(args.weights, k)  # readable error before the study is even opened
+    # the spec's settings: target, k, sources (no duplicates, k matches), weights, shots; readable errors
+    # before the study is even opened
+    tc = TransferConfig(target=args.target, k=args.k, method=args.expert_type, shots=args.shots,
+                        weights=args.weights, sources=args.sources, seed=args.seed, study=str(study),
+                        weights_only=args.weights_only, embedding=args.embedding, own_expert=not args.no_own_expert)
+    named = list(tc.sources) if tc.sources else None
     require_verified(study, "transfer")  # a study that fails its manifest check is refused
-    config = {"target": args.target, "k": k, "method": args.expert_type, "shots": parse_shots(args.shots),
-              "weights": args.weights, "sources": named, "seed": args.seed, "study": str(study),
-              "weights_only": args.weights_only, "embedding": args.embedding, "own_expert": not args.no_own_expert}
+    config = {**tc.to_dict(), "k": tc.resolved_k}  # --sources a,b means k=2
     sources = load_sources(study, args.expert_type, args.embedding)
     _check_listed(named, sources, args.expert_type, args.embedding)
     cfg = prepare_transfer(config, sources)  # every error surfaces here, before training or any directory
@@ -82,7 +83,7 @@ def _run_recorded(args, config: dict, study) -> int:
     finally:
         bar.close()
     rec = reg.get(run_id)
-    if status in ("queued", "running"):  # a scheduler claimed it between submit and claim
+    if status in ACTIVE_STATUSES:  # a scheduler claimed it between submit and claim
         print(f"run {run_id} is being run by the registry's scheduler; follow it with `pitune runs logs {run_id} "
               f"--db {db}`", file=sys.stderr)
         return 0
@@ -182,17 +183,15 @@ def cmd_compare(args) -> int:
 def register(sub, add) -> None:
     sp = add("transfer", cmd_transfer, "π-Tuning: interpolate the top-k experts and tune on a target")
     sp.add_argument("target")
-    sp.add_argument("--k", type=int, default=None,
-                    help="number of sources (default: the number named with --sources, else 3)")
+    sp.add_argument("--k", type=int, **TransferConfig.arg("k"))
     add_expert_type(sp)
-    sp.add_argument("--shots", default="16", help="examples per class, or 'full'")
-    sp.add_argument("--weights", default="uniform", help="uniform, auto (from similarities) or w1,w2,... (fixed)")
-    sp.add_argument("--sources", help="comma-separated source tasks (default: top-k predicted)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--shots", type=shots_arg, **TransferConfig.arg("shots"))
+    sp.add_argument("--weights", **TransferConfig.arg("weights"))
+    sp.add_argument("--sources", **TransferConfig.arg("sources"))
+    sp.add_argument("--seed", type=int, **TransferConfig.arg("seed"))
     add_study(sp)
-    sp.add_argument("--embedding", default="fisher", choices=["fisher", "weights", "data"],
-                    help="the task embedding that ranks the sources (default: fisher)")
-    sp.add_argument("--weights-only", action="store_true", help="freeze the experts, tune only the weights")
+    add_embedding(sp, "the task embedding that ranks the sources")
+    sp.add_argument("--weights-only", action="store_true", help=TransferConfig.help_of("weights_only"))
     sp.add_argument("--no-own-expert", action="store_true",
                     help="leave the target's own expert (trained on the run's data, the paper's recipe) out of the "
                          "interpolation; fixed --weights w1,w2,... leave it out too")
@@ -206,7 +205,7 @@ def register(sub, add) -> None:
 
     sp = add("compare", cmd_compare, "run π-Tuning and the baselines on a target; write results.csv")
     sp.add_argument("target")
-    sp.add_argument("--k", type=int, default=3)
+    sp.add_argument("--k", type=int, default=DEFAULT_K, help=f"sources per approach (default: {DEFAULT_K})")
     add_expert_type(sp)
     sp.add_argument("--shots", default="4,16", help="comma-separated shots per class ('full' for all data)")
     sp.add_argument("--seeds", default="0,1")

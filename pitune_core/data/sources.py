@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pitune_core.common import sha256_file
 from pitune_core.paths import cache_dir
+from pitune_core.spec.env import quiet as env_quiet
 
 
 class SourceUnavailableError(RuntimeError):
@@ -274,7 +275,7 @@ def _download(source: Source, dest: Path) -> Path:
         raise ValueError(f"unknown source kind {source.kind!r}")
     if shutil.which("apt-get") is None:
         return _download_deb_pool(source, dest, "this machine has no apt-get")
-    quiet = os.environ.get("PITUNE_QUIET") == "1"
+    quiet = env_quiet()
     cmd = ["apt-get", "download", f"{source.package}={source.version}"]
     try:
         proc = subprocess.run(cmd, cwd=dest, stdout=subprocess.PIPE if quiet else sys.stderr, check=False,

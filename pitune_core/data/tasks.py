@@ -35,7 +35,7 @@ from pitune_core.common import os_error_of
 from pitune_core.paths import cache_dir
 from pitune_core.data.sources import SOURCES, fetch, iter_members, read_member, read_members
 
-MODALITIES = ("language", "vision", "vision-language")
+from pitune_core.spec.vocab import MODALITIES  # noqa: E402,F401  (the spec owns the list)
 SPLITS = ("train", "val", "test")
 # bump when a builder or the split rule changes what it produces (2: cross-task dedup; 3: the family
 # suite of issue 27, disjoint image pools within a family, dedup by image alone too)

@@ -52,6 +52,7 @@ import numpy as np
 from pitune_core.common import clean_stale_tmp, has_control, printable, tmp_prefix
 from pitune_core.data.tasks import DATA_VERSION, SPLITS, Split, TaskData, TaskSpec, load_cached
 from pitune_core.paths import REPO_ROOT, cache_dir, user_tasks_dir
+from pitune_core.spec.vocab import MODALITIES
 
 TASK_FORMAT = "pitune-user-task/1"
 SPEC_FILE = "task.json"
@@ -882,7 +883,7 @@ def read_spec(name: str) -> dict:
         raise UserTaskError(f"{f} is not a {TASK_FORMAT} spec for {name!r}; remove the task and add it again")
     labels, verbal = spec.get("labels"), spec.get("verbalizers")
     if (not isinstance(labels, list) or not isinstance(verbal, list) or len(labels) != len(verbal) or len(labels) < 2
-            or spec.get("modality") not in ("language", "vision", "vision-language")
+            or spec.get("modality") not in MODALITIES
             or spec.get("examples") not in (TEXT_EXAMPLES, JSONL_EXAMPLES)):
         raise UserTaskError(f"{f} is malformed (labels, verbalizers, modality or examples); add the task again")
     if len(labels) > LIMITS.max_classes:

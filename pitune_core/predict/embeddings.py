@@ -26,8 +26,9 @@ from pitune_core.model.device import seed_everything
 from pitune_core.model.experts import ExpertError, load_expert, prepare_task, read_expert_meta
 from pitune_core.data.tasks import get_task
 from pitune_core.predict import embedding_file
+from pitune_core.spec.vocab import EMBEDDINGS
 
-KINDS = ("fisher", "weights", "data")
+KINDS = EMBEDDINGS  # the embeddings a study computes: the spec's list
 
 
 class EmbeddingError(ValueError):

@@ -17,6 +17,7 @@ import networkx as nx
 import numpy as np
 
 from pitune_core.predict.similarity import CorruptFileError, UnknownTaskError, check_k, check_similarity
+from pitune_core.spec.vocab import GRAPH_K
 
 
 def build_graph(
@@ -24,7 +25,7 @@ def build_graph(
     sim: np.ndarray,
     node_attrs: Mapping[str, dict] | None = None,
     mode: str = "knn",
-    k: int = 3,
+    k: int = GRAPH_K,
     threshold: float = 0.5,
 ) -> nx.Graph:
     """Undirected task graph with edge attribute ``weight`` = similarity.

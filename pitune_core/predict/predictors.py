@@ -55,7 +55,7 @@ from pitune_core.predict.embeddings import (
     data_embedding,
     weight_embedding,
 )
-from pitune_core.predict.quality import PREDICTOR_NAMES
+from pitune_core.spec.vocab import PREDICTOR_NAMES, QUALITY_K
 
 # ----------------------------------------------------------------------------- the target's data
 
@@ -574,7 +574,7 @@ PREDICTORS: dict[str, Predictor] = {
     "random": random, "expert_accuracy": expert_accuracy, "expert_loglik": expert_loglik, "logme": logme,
 }
 if tuple(PREDICTORS) != PREDICTOR_NAMES:  # the torch-free list the dashboard validates files against
-    raise RuntimeError(f"quality.PREDICTOR_NAMES {PREDICTOR_NAMES} differs from PREDICTORS {tuple(PREDICTORS)}")
+    raise RuntimeError(f"spec.vocab.PREDICTOR_NAMES {PREDICTOR_NAMES} differs from PREDICTORS {tuple(PREDICTORS)}")
 
 
 #: each predictor's source side (what :meth:`PredictorContext.cached` keeps per source); the others
@@ -632,7 +632,7 @@ def predict_row(predictor: str, target: TargetData, ctx: PredictorContext) -> np
 
 # ----------------------------------------------------------------------------- stability
 
-def fisher_stability(experts: dict[str, Path], backbone: UnifiedBackbone, sizes=(8, 16, 32, 64), k: int = 3,
+def fisher_stability(experts: dict[str, Path], backbone: UnifiedBackbone, sizes=(8, 16, 32, 64), k: int = QUALITY_K,
                      seed: int = 0, threshold: float = 0.9, mode: str = "empirical") -> dict:
     """How stable is the Fisher task graph, measured with *independent* samples?
 

@@ -29,24 +29,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+# every predictor's name (the torch-free list predictors.py checks itself against), the prefix of a
+# predictor's graph folder and the parser of an embedding's name are the spec's (re-exported here)
+from pitune_core.spec.vocab import (PREDICTOR_EMBEDDINGS, PREDICTOR_NAMES, PREDICTOR_PREFIX, QUALITY_K,  # noqa: F401
+                                    predictor_of)
+
 METRICS = ("spearman", "top1_hit", "top3_hit", "ndcg3", "regret")
-#: every predictor of :data:`pitune_core.predict.predictors.PREDICTORS`, by name, in its order (a
-#: torch-free copy: the dashboard's reader checks names read from files against it;
-#: predictors.py refuses to import if the two differ)
-PREDICTOR_NAMES = ("fisher", "fisher_flat", "fisher_batch", "fisher_sampled", "fisher_probe", "data", "weights",
-                   "same_modality", "random", "expert_accuracy", "expert_loglik", "logme")
 #: lower is better for these (their "fraction of the ceiling" is reported as an excess instead)
 LOWER_IS_BETTER = ("regret",)
-#: a predictor drawn as a task graph lives in ``predict/<method>/predictor-<name>/`` and is offered
-#: wherever an embedding is (see :mod:`pitune_core.study.predictor_graphs`)
-PREDICTOR_PREFIX = "predictor-"
-PREDICTOR_EMBEDDINGS = tuple(PREDICTOR_PREFIX + p for p in PREDICTOR_NAMES)
-
-
-def predictor_of(embedding: str) -> str | None:
-    """``"predictor-logme"`` -> ``"logme"``; None for an embedding that is not a known predictor."""
-    name = embedding[len(PREDICTOR_PREFIX):] if embedding.startswith(PREDICTOR_PREFIX) else None
-    return name if name in PREDICTOR_NAMES else None
 
 
 def best_predictor(quality: Mapping, size: str, metric: str = "spearman") -> str | None:
@@ -88,7 +78,7 @@ def rank_sources(pred: np.ndarray, names: Sequence[str]) -> list[int]:
     return sorted(range(len(pred)), key=lambda j: (-pred[j], names[j]))
 
 
-def ndcg_at_k(pred: np.ndarray, gain: np.ndarray, names: Sequence[str], k: int = 3) -> float:
+def ndcg_at_k(pred: np.ndarray, gain: np.ndarray, names: Sequence[str], k: int = QUALITY_K) -> float:
     """NDCG@k with relevance = gain minus the worst gain among the candidates (so relevance >= 0).
 
     NaN when every candidate has the same gain (nothing to rank)."""
@@ -103,7 +93,7 @@ def ndcg_at_k(pred: np.ndarray, gain: np.ndarray, names: Sequence[str], k: int =
     return float(np.sum(rel[top] * disc[: len(top)]) / idcg)
 
 
-def target_quality(pred: np.ndarray, gain: np.ndarray, names: Sequence[str], k: int = 3) -> dict:
+def target_quality(pred: np.ndarray, gain: np.ndarray, names: Sequence[str], k: int = QUALITY_K) -> dict:
     """Every metric of one predictor row against one target's gains (NaN gains are dropped).
 
     ``spearman``: rank correlation (0 when either side is constant); ``top1_hit`` / ``top{k}_hit``:
@@ -190,7 +180,7 @@ def spearman_brown(r: float | np.ndarray, factor: float = 2.0):
     return float(out) if out.ndim == 0 else out
 
 
-def seed_reliability(per_seed: np.ndarray, targets: Sequence[str], sources: Sequence[str], k: int = 3) -> dict:
+def seed_reliability(per_seed: np.ndarray, targets: Sequence[str], sources: Sequence[str], k: int = QUALITY_K) -> dict:
     """Split-half reliability of a gain tensor ``per_seed[s, i, j]`` (seed, target, source; NaN = missing).
 
     Per target: ``r_half`` (mean over splits of Spearman(half A mean, half B mean)), its
@@ -279,7 +269,7 @@ def paired_ci(num: Sequence[float], den: Sequence[float], stat: str = "ratio", s
 # ----------------------------------------------------------------------------- one predictor
 
 def predictor_quality(rows: Mapping[str, np.ndarray], per_seed: np.ndarray, targets: Sequence[str],
-                      sources: Sequence[str], k: int = 3, reliability: dict | None = None, seed: int = 0) -> dict:
+                      sources: Sequence[str], k: int = QUALITY_K, reliability: dict | None = None, seed: int = 0) -> dict:
     """Score one predictor: ``rows[target]`` is its prediction for every source (in ``sources``
     order; the target itself, if among the sources, is ignored), ``per_seed`` the gain tensor of
     :func:`seed_reliability`. Returns per-target metrics, their means with bootstrap CIs, and
@@ -303,7 +293,7 @@ def predictor_quality(rows: Mapping[str, np.ndarray], per_seed: np.ndarray, targ
     return {"n_targets": len(per_target), "summary": summarise(per_target, rel, k, seed), "per_target": per_target}
 
 
-def summarise(per_target: Mapping[str, Mapping[str, float]], reliability: dict, k: int = 3, seed: int = 0) -> dict:
+def summarise(per_target: Mapping[str, Mapping[str, float]], reliability: dict, k: int = QUALITY_K, seed: int = 0) -> dict:
     """Mean over targets of every metric with its bootstrap CI, the ceiling (:func:`seed_reliability`)
     and the mean as a fraction of the ceiling (regret: the excess over the oracle's regret)."""
     ts = [t for t in per_target if t in reliability["per_target"]]

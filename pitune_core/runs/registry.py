@@ -51,6 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from pitune_core.spec.vocab import (CANCELLED, FAILED, FINAL_STATUSES, INTERRUPTED, QUEUED,  # noqa: F401
+                                    RESUMABLE_STATUSES, RUN_STATUSES, RUNNING, SUCCEEDED, TERMINAL_STATUSES)
+
 __all__ = [
     "RunRegistry",
     "RunRecord",
@@ -72,20 +75,8 @@ __all__ = [
     "to_jsonable",
 ]
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
-)
-STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
-#: Statuses a run never leaves on its own (``resume`` can requeue failed ones).
-TERMINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED})
-#: Statuses in which nothing is executing the run any more.
-FINAL_STATUSES = frozenset({SUCCEEDED, FAILED, CANCELLED, INTERRUPTED})
-RESUMABLE_STATUSES = frozenset({INTERRUPTED, FAILED})
+# the statuses (and which are terminal, final, resumable) are the spec's
+STATUSES = RUN_STATUSES
 
 RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 #: one-line marker file per final status (besides metrics.json for succeeded)

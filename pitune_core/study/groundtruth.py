@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from pitune_core.common import progress, write_atomic
 from pitune_core.paths import StudyPaths
+from pitune_core.spec.vocab import EXPERT_META_FILE
 
 if TYPE_CHECKING:  # the module stays importable without torch (the CLI reads its stage names)
     from pitune_core.study.transfer import TransferPlan
@@ -56,7 +57,7 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
     out = Path(out) if out else sp.groundtruth(plan.name)
     root = sp.experts_of(plan.method)
     dirs = {t: root / t for t in plan.tasks}
-    missing = [t for t, d in dirs.items() if not (d / "pitune_expert.json").exists()]
+    missing = [t for t, d in dirs.items() if not (d / EXPERT_META_FILE).exists()]
     if missing:
         raise ValueError(f"no {plan.method} expert for {', '.join(missing)} in {root}; train them first")
     projector = Path(projector or sp.backbone)
@@ -118,7 +119,7 @@ def _ship_source_side(plan: TransferPlan, ctx, study: Path) -> list[Path]:
 
     sp = StudyPaths(study)
     root = sp.experts_of(plan.method)
-    everyone = {d.name: d for d in sorted(root.iterdir()) if (d / "pitune_expert.json").is_file()}
+    everyone = {d.name: d for d in sorted(root.iterdir()) if (d / EXPERT_META_FILE).is_file()}
     ctx.experts = {**everyone, **ctx.experts}
     folder = sp.source_side(plan.method)
     bar = progress(desc="source-side rows shipped with the study", unit="row")

@@ -36,11 +36,11 @@ from typing import Callable
 import numpy as np
 
 from pitune_core.paths import REPO_ROOT
+from pitune_core.spec.vocab import EXPERT_META_FILE, NEIGHBORS_FILE  # noqa: F401  (NEIGHBORS_FILE re-exported)
 
 __all__ = ["HubConfig", "load_real_fisher", "synth_fisher", "write_hub_study", "read_neighbors_csv",
            "write_neighbors_csv", "NEIGHBORS_FILE"]
 
-NEIGHBORS_FILE = "neighbors.csv"
 #: the real LoRA Fisher embeddings the hub is made from
 REAL_FISHER = REPO_ROOT / "precomputed" / "predict" / "lora" / "fisher" / "embeddings.safetensors"
 REAL_TASKS = REPO_ROOT / "precomputed" / "tasks.json"
@@ -269,7 +269,7 @@ def write_hub_study(out: str | os.PathLike, cfg: HubConfig, real: str | os.PathL
     for x in tasks:
         d = exp / "lora" / x["name"]
         d.mkdir()
-        (d / "pitune_expert.json").write_text(json.dumps(
+        (d / EXPERT_META_FILE).write_text(json.dumps(
             {"task": x["name"], "method": "lora", "synthetic": True,
              "note": "a synthetic hub task: it has a Fisher embedding but no trained expert"}), encoding="utf-8")
     files = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}

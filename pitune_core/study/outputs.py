@@ -11,6 +11,7 @@ import numpy as np
 from pitune_core.study.results import write_matrix_csv
 from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_COSINE_FILE, SIMILARITY_FILE, StudyPaths
 from pitune_core.study.plan import EMBEDDINGS
+from pitune_core.spec.vocab import QUALITY_K
 
 
 def expert_dir(root: Path, method: str, task: str) -> Path:
@@ -93,7 +94,7 @@ def _predict_outputs(root: Path, method: str, kind: str) -> None:
     write_graph_files(d, emb.names, S, node_attrs(root, method, emb.names))
 
 
-def fisher_stability(method_dir: Path, k: int = 3) -> dict:
+def fisher_stability(method_dir: Path, k: int = QUALITY_K) -> dict:
     """Overlap of each task's top-k Fisher neighbours computed with N and with 2N samples."""
     from pitune_core.predict.similarity import read_similarity_csv, top_k
 

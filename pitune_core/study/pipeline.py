@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from pitune_core.common import progress, sha256_file
 from pitune_core.paths import StudyPaths, plan_path
+from pitune_core.spec.env import shard_from_env, shard_label
 from pitune_core.study.manifest import write_manifest
 from pitune_core.study.outputs import (
     _predict_outputs,
@@ -195,7 +195,7 @@ def stage_predict(run: StudyRun) -> None:
 def stage_groundtruth(run: StudyRun) -> None:
     """The committed transfer plan: pairs, predictor rows, then (unsharded) quality and stability."""
     from pitune_core.study.groundtruth import run_groundtruth
-    from pitune_core.study.transfer import load_plan, shard_from_env
+    from pitune_core.study.transfer import load_plan
 
     if not run.plan.groundtruth_plan:
         _say("groundtruth: no plan file in the study plan, nothing to measure")
@@ -210,7 +210,6 @@ def stage_groundtruth(run: StudyRun) -> None:
 def stage_protocol(run: StudyRun) -> None:
     """The pre-registered few-shot comparison: every planned run, then (unsharded) its results."""
     from pitune_core.study.protocol import load_plan, run_plan, write_results_of
-    from pitune_core.study.transfer import shard_from_env
 
     if not run.plan.protocol_plan:
         _say("protocol: no plan file in the study plan, nothing to compare")
@@ -241,7 +240,6 @@ assert tuple(STAGE_FUNCTIONS) == STAGES
 
 
 def _run_stage(run: StudyRun, stages: Stages, name: str) -> None:
-    from pitune_core.study.transfer import shard_from_env
 
     subs, fn = STAGE_FUNCTIONS[name]
     h = run.stage_hash(name)
@@ -252,7 +250,7 @@ def _run_stage(run: StudyRun, stages: Stages, name: str) -> None:
     t0 = time.time()
     fn(run)
     if shard_from_env():
-        _say(f"{name}: shard {os.environ['PITUNE_SHARD']} done; run once without PITUNE_SHARD to finish the stage")
+        _say(f"{name}: shard {shard_label()} done; run once without PITUNE_SHARD to finish the stage")
         return
     stages.finish(name, h, subs, round(time.time() - t0, 1))
     _say(f"{name}: done in {time.time() - t0:.0f}s")

@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -45,7 +45,8 @@ import numpy as np
 from pitune_core.data.user_tasks import (PLACED_DIR, UserTaskError, find_user_task, task_dir, user_task_names)
 from pitune_core.common import clean_stale_tmp, replace_dir, tmp_prefix
 from pitune_core.paths import SOURCE_SIDE_DIR, StudyPaths
-from pitune_core.predict.quality import PREDICTOR_PREFIX
+from pitune_core.spec.configs import PlaceConfig  # noqa: F401  (re-exported: the placement's settings)
+from pitune_core.spec.vocab import EXPERT_TYPES, PREDICTOR_PREFIX
 
 PLACEMENT_FORMAT = "pitune-placement/1"
 PLACEMENT_FILE = "placement.json"
@@ -56,20 +57,6 @@ LAYOUT_NEIGHBOURS = 15  # the study's UMAP n_neighbors (predict/*/layout_note.tx
 
 class PlacementError(ValueError):
     """A task that cannot be placed on this study (the message says why and what to do)."""
-
-
-@dataclass
-class PlaceConfig:
-    """How to place a task. ``shots=None``: all its training examples; ``max_steps=None``: the budget
-    every few-shot approach gets (:func:`pitune_core.tune.baselines.budget_for`)."""
-
-    shots: int | None = None
-    seed: int = 0
-    k: int = 3
-    method: str = "lora"
-    embedding: str = "fisher"
-    max_steps: int | None = None
-    n_samples: int | None = None  # Fisher samples; None: what the study used
 
 
 # ----------------------------------------------------------------------------- where
@@ -198,8 +185,8 @@ def check_place(task: str, study: str | os.PathLike, cfg: PlaceConfig):
 
     if cfg.embedding not in PLACEABLE:
         raise PlacementError(f"a task is placed by its {', '.join(PLACEABLE)} embedding, not {cfg.embedding!r}")
-    if cfg.method not in ("lora", "prompt", "ia3"):
-        raise PlacementError(f"unknown expert type {cfg.method!r}; choose lora, prompt or ia3")
+    if cfg.method not in EXPERT_TYPES:
+        raise PlacementError(f"unknown expert type {cfg.method!r}; choose {', '.join(EXPERT_TYPES)}")
     spec = find_user_task(task)
     if spec is None:
         raise PlacementError(f"no user task named {task!r}; add it with `pitune task add {task} ...` "

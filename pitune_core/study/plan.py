@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 STAGES = ("backbone", "experts", "ablation", "embeddings", "predict", "groundtruth", "protocol")
-EMBEDDINGS = ("fisher", "weights", "data")
+from pitune_core.spec.vocab import EMBEDDINGS  # noqa: E402,F401  (re-exported: the study computes each)
 
 #: the committed plan files the full study runs (``plans/``) on the family suite (DATA_VERSION 3): the
 #: relatedness pilot of issue 27 (``--stage relatedness`` reads it); the pre-registered ground truth and

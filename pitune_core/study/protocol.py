@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from pitune_core.spec.vocab import DEFAULT_K, EXPERT_TYPES
 from pitune_core.common import check_plan_name
 from pitune_core.study.manifest import register_files
 
@@ -65,7 +66,7 @@ class ProtocolPlan:
     core: list[str] = field(default_factory=lambda: list(CORE))
     extra: list[str] = field(default_factory=lambda: list(ABLATIONS + OTHERS))
     extra_shots: list = field(default_factory=lambda: [16])
-    k: int = 3
+    k: int = DEFAULT_K
     method: str = "lora"
     budget: str = ("few-shot: 5 epochs of the shots clamped to [30, 100] steps; full data: 3 epochs, at most 400 "
                    "steps (the study experts' budget); selecting approaches spend recipe.select_fraction of it on "
@@ -136,9 +137,9 @@ def parse_plan(obj: dict) -> ProtocolPlan:
         v = obj.get(key, [])
         _check(isinstance(v, list) and all(a in APPROACHES for a in v),
                f"{key} must list known approaches ({', '.join(APPROACHES)})")
-    k = obj.get("k", 3)
+    k = obj.get("k", DEFAULT_K)
     _check(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= len(TASKS) - 1, "k out of range")
-    _check(obj.get("method", "lora") in ("lora", "prompt", "ia3"), "method must be lora, prompt or ia3")
+    _check(obj.get("method", "lora") in EXPERT_TYPES, f"method must be one of {', '.join(EXPERT_TYPES)}")
     recipe = obj.get("recipe", {})
     _check(isinstance(recipe, dict) and set(recipe) <= set(Recipe.__dataclass_fields__), "recipe has unknown fields")
     kw = {k: v for k, v in obj.items() if k != "format"}

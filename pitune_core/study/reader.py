@@ -26,11 +26,13 @@ from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, RUNS_LO
 from pitune_core.study.results import parse_float as _float
 from pitune_core.study.results import read_matrix_csv, read_results
 from pitune_core.paths import default_study as default_study_path
-from pitune_core.tune.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
+from pitune_core.spec.parse import check_not_own_source
+from pitune_core.spec.vocab import DEFAULT_SHOTS, EXPERT_META_FILE, GRAPH_K, NEIGHBORS_FILE, PREDICTOR_EMBEDDINGS, PREDICTOR_PREFIX, predictor_of
+from pitune_core.spec.vocab import EMBEDDINGS as STUDY_EMBEDDINGS
+from pitune_core.spec.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
 
-from pitune_core.predict.quality import PREDICTOR_EMBEDDINGS, PREDICTOR_PREFIX, fullest_plan, headline, predictor_of
+from pitune_core.predict.quality import fullest_plan, headline
 
-NEIGHBORS_FILE = "neighbors.csv"  # a hub's top-k table (pitune_core.study.hub); no torch, no matrix
 
 __all__ = [
     "Study",
@@ -56,7 +58,7 @@ METHOD_LABELS = EXPERT_TYPE_LABELS
 #: embeddings in display order; ``fisher_2n`` (Fisher with twice the samples) only exists for LoRA;
 #: then every ground-truth predictor drawn as a graph (``predictor-<name>``,
 #: :mod:`pitune_core.study.predictor_graphs`), where the study has one
-EMBEDDINGS = ("fisher", "weights", "data", "fisher_2n", *PREDICTOR_EMBEDDINGS)
+EMBEDDINGS = (*STUDY_EMBEDDINGS, "fisher_2n", *PREDICTOR_EMBEDDINGS)
 EMBEDDING_LABELS = {"fisher": "Fisher", "weights": "expert weights", "data": "data only",
                     "fisher_2n": "Fisher (2N samples)",
                     **{e: f"predictor: {predictor_of(e)}" for e in PREDICTOR_EMBEDDINGS}}
@@ -274,7 +276,7 @@ class Study:
             out = []
             for m in METHODS:
                 d = StudyPaths(self.root).experts_of(m)
-                if d.is_dir() and any((p / "pitune_expert.json").is_file() for p in d.iterdir()):
+                if d.is_dir() and any((p / EXPERT_META_FILE).is_file() for p in d.iterdir()):
                     out.append(m)
             return out
         return self._memo(("methods",), find)
@@ -284,7 +286,7 @@ class Study:
         self._check_method(method)
         d = StudyPaths(self.root).experts_of(method)
         return self._memo(("expert_tasks", method),
-                          lambda: [t for t in self.task_names() if (d / t / "pitune_expert.json").is_file()])
+                          lambda: [t for t in self.task_names() if (d / t / EXPERT_META_FILE).is_file()])
 
     def expert_dir(self, method: str, task: str) -> Path:
         self._check_method(method)
@@ -367,7 +369,7 @@ class Study:
             out = {}
             for t in rows:
                 try:
-                    meta = json.loads(read_regular(self.expert_dir(method, t) / "pitune_expert.json", 1 << 20))
+                    meta = json.loads(read_regular(self.expert_dir(method, t) / EXPERT_META_FILE, 1 << 20))
                 except (OSError, ValueError) as e:
                     out[t] = f"not offered as a source: its metadata is unreadable ({e})"[:300]
                     continue
@@ -500,7 +502,7 @@ class Study:
             return merge_layout(self.root, method, embedding, names, coords, note)
         return self._memo(("layout", method, embedding), load)
 
-    def task_graph(self, method: str, embedding: str, mode: str = "knn", k: int = 3, threshold: float = 0.5,
+    def task_graph(self, method: str, embedding: str, mode: str = "knn", k: int = GRAPH_K, threshold: float = 0.5,
                    community_method: str = "louvain", seed: int = 0):
         """The task graph rebuilt from ``similarity.csv`` with communities annotated.
 
@@ -898,7 +900,7 @@ class Study:
     # ---------------------------------------------------------------- runs
     def transfer_config(self, target: str, sources: Sequence[str], method: str = "lora",
                         embedding: str = "fisher", weights: str | Sequence[float] = "uniform",
-                        shots: Any = 16, seed: int = 0, weights_only: bool = False, k: int | None = None) -> dict:
+                        shots: Any = DEFAULT_SHOTS, seed: int = 0, weights_only: bool = False, k: int | None = None) -> dict:
         """A validated config for the run registry's ``transfer`` kind (cheap checks only; the
         worker re-validates everything with :func:`pitune_core.tune.run.prepare_transfer`).
 
@@ -917,9 +919,8 @@ class Study:
         if sources:
             have = set(self.expert_tasks(method))
             names, _ = self.similarity(method, embedding)
+            check_not_own_source(target, sources)
             for s in sources:
-                if s == target:
-                    raise ValueError(f"the target {target} cannot be one of its own sources")
                 if s not in have:
                     raise ValueError(f"no {method} expert for {s!r} in this study")
                 if s not in names:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from pitune_core.paths import StudyPaths
+from pitune_core.spec.vocab import EXPERT_META_FILE
 from pitune_core.tune.interpolation import InterpolationError
 
 
@@ -20,7 +21,7 @@ def load_sources(study: str | Path, method: str, embedding: str = "fisher"):
         raise InterpolationError(f"study {study} has no {method} experts (expected {root}); "
                                  f"run `pitune precompute` or train experts first")
     metas: dict[str, dict] = {}
-    dirs, gated = admitted_experts({p.name: p for p in sorted(root.iterdir()) if (p / "pitune_expert.json").exists()},
+    dirs, gated = admitted_experts({p.name: p for p in sorted(root.iterdir()) if (p / EXPERT_META_FILE).exists()},
                                    metas)
     sim_path = StudyPaths(study).similarity_csv(method, embedding)
     if not sim_path.exists():

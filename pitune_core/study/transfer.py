@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from pitune_core.common import read_jsonl, write_atomic  # read_jsonl: re-exported (callers import it from here)
+from pitune_core.spec.vocab import PAIR_SHOTS, QUALITY_K
+from pitune_core.spec.env import SHARD_ENV, shard_from_env  # noqa: F401  (re-exported: the stages' callers import them here)
 from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.device import describe_device
@@ -42,7 +43,7 @@ from pitune_core.model.experts import TrainConfig, train_expert
 class TransferBudget:
     """The few-shot budget every pair gets (same for transfer and from-scratch)."""
 
-    shots: int = 8
+    shots: int | None = PAIR_SHOTS  # examples per class (None: all the training data)
     steps: int = 30
     batch_size: int = 16
     seeds: tuple[int, ...] = (0, 1)
@@ -62,27 +63,11 @@ def few_shot_score(target: str, method: str, backbone: UnifiedBackbone, budget: 
                    init_from: str | Path | None = None) -> float:
     """Headline test metric of a few-shot expert on ``target`` (from scratch or from a source)."""
     spec = get_task(target)
-    shots = min(budget.shots, int(np.bincount(spec.load().train.labels).min()))
+    shots = None if budget.shots is None else min(budget.shots, int(np.bincount(spec.load().train.labels).min()))
     res = train_expert(spec, method, backbone, shots=shots, seed=seed, out=None,
                        train_config=budget.train_config(seed), init_from=init_from, evaluate_zero_shot=False,
                        eval_limit=budget.eval_limit, evaluate_val=False)  # the pair's score is the test metric
     return float(res.meta["metrics"]["test"][spec.metric])
-
-
-#: the environment variable that shards a stage between processes (read by :func:`shard_from_env`)
-SHARD_ENV = "PITUNE_SHARD"
-
-
-def shard_from_env() -> tuple[int, int] | None:
-    """``PITUNE_SHARD=i/n``: this process takes every n-th job starting at i, so several processes
-    can share one long stage (the stage is only recorded as finished by an unsharded run)."""
-    v = os.environ.get(SHARD_ENV)
-    if not v or not v.strip():
-        return None
-    parts = v.strip().split("/")
-    if len(parts) != 2 or not all(x.strip().isdigit() for x in parts) or not 0 <= int(parts[0]) < int(parts[1]):
-        raise ValueError(f"{SHARD_ENV}={v!r}: expected i/n, whole numbers with 0 <= i < n (e.g. 0/2)")
-    return int(parts[0]), int(parts[1])
 
 
 def take_shard(jobs: list) -> list:
@@ -236,7 +221,7 @@ def gain_matrices(pairs_path: str | Path, tasks: list[str], key: str | None = No
 
 
 def prediction_quality(sim: np.ndarray, sim_names: list[str], gains: np.ndarray, tasks: list[str],
-                       k: int = 3) -> dict:
+                       k: int = QUALITY_K) -> dict:
     """Spearman(similarity, gain) per target and top-k hit rate of the actual best source."""
     idx = [sim_names.index(t) for t in tasks]
     S = sim[np.ix_(idx, idx)]
@@ -258,7 +243,7 @@ def prediction_quality(sim: np.ndarray, sim_names: list[str], gains: np.ndarray,
             f"top{k}_hit_rate": float(np.mean(hits)) if hits else float("nan"), "per_target": per_target}
 
 
-def summarise_quality(per_seed: dict[str, dict[int, dict]], k: int = 3) -> dict:
+def summarise_quality(per_seed: dict[str, dict[int, dict]], k: int = QUALITY_K) -> dict:
     """Mean and spread over seeds, per embedding."""
     out = {}
     for emb, seeds in per_seed.items():
@@ -291,7 +276,7 @@ class TransferPlan:
     target_shots: list[int | None] = field(default_factory=lambda: [4, 16, None])
     predictor_seeds: tuple[int, ...] = (0, 1, 2, 3)
     fisher_n: int = 64
-    k: int = 3
+    k: int = QUALITY_K
     notes: str = ""
 
     @property

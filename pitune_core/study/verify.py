@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from pitune_core.common import NotRegularFileError, read_regular
 from pitune_core.paths import StudyPaths
+from pitune_core.spec.vocab import EXPERT_META_FILE
 
 #: largest manifest.json read (the shipped one is ~30 KB)
 MAX_MANIFEST_BYTES = 16 << 20
@@ -196,7 +197,7 @@ def verify_study(root: str | os.PathLike, load_experts: bool = True) -> list[str
             bb = UnifiedBackbone.load(StudyPaths(root).backbone)
         except Exception as e:  # noqa: BLE001 - report, don't crash
             return problems + [f"backbone does not load: {e}"]
-        for meta in sorted(StudyPaths(root).experts.rglob("pitune_expert.json")):
+        for meta in sorted(StudyPaths(root).experts.rglob(EXPERT_META_FILE)):
             try:
                 model, _ = load_expert(meta.parent, bb)
                 del model

@@ -54,18 +54,12 @@ from pitune_core.model.experts import (EXPERT_FORMAT, TrainConfig, attach, evalu
                                        save_expert, train_expert, train_loop)
 from pitune_core.tune.interpolation import InterpolatedExperts, InterpolationError, parse_weights
 from pitune_core.data.tasks import get_task
+from pitune_core.spec.parse import check_not_own_source
+from pitune_core.spec.vocab import (APPROACHES, APPROACHES_BY_NAME, BASELINES, DEFAULT_K, DEFAULT_SHOTS,  # noqa: F401
+                                    LORA_ONLY, PEFT_MERGES, PI_STYLE, SELECTING)
 
-#: the approaches of the shipped study (kept as its plan's list)
-BASELINES = ("pi-tuning", "pi-tuning-weights-only", "uniform-avg", "uniform-avg-tuned", "random-k", "best-single",
-             "all-experts", "target-only", "full-finetune", "peft-linear", "peft-ties", "peft-dare")
-#: every approach :func:`run_method` knows
-APPROACHES = BASELINES + ("pi-tuning-no-own", "pi-tuning-global", "lorahub", "lorahub-tuned", "arrow")
-PI_STYLE = ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-no-own", "pi-tuning-global", "uniform-avg",
-            "uniform-avg-tuned", "random-k", "all-experts")
-LORA_ONLY = ("peft-linear", "peft-ties", "peft-dare", "lorahub", "lorahub-tuned", "arrow")
-#: approaches that rank sources (and so train the target's own expert first)
-SELECTING = ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-no-own", "pi-tuning-global", "uniform-avg",
-             "uniform-avg-tuned", "best-single", "peft-linear", "peft-ties", "peft-dare")
+# every approach :func:`run_method` knows, the shipped study's list (BASELINES) and the properties that
+# decide how each runs are the spec's records (:data:`pitune_core.spec.vocab.APPROACH_RECORDS`)
 WEIGHT_LR = 5e-2  # mixing logits learn faster than adapter weights
 LORAHUB_BOUND = 1.5
 LORAHUB_L1 = 0.05
@@ -275,12 +269,11 @@ def resolve_sources(target: str, sources: Sources, k: int | None, names: list[st
         if unknown:
             raise InterpolationError(f"no expert for source(s) {', '.join(unknown)} in this study; "
                                      f"available: {', '.join(sorted(sources.expert_dirs))}")
-        if target in names:
-            raise InterpolationError(f"the target {target!r} cannot be its own source")
+        check_not_own_source(target, names, InterpolationError)
         if k is not None and k != len(names):
             raise InterpolationError(f"k={k} but {len(names)} sources were named")
         return [(n, sources.similarity(target, n)) for n in names]
-    return sources.top_k(target, k or 3)
+    return sources.top_k(target, DEFAULT_K if k is None else k)
 
 
 # ----------------------------------------------------------------------------- π-Tuning core
@@ -470,7 +463,7 @@ def arrow(target: str, sources: Sources, backbone: UnifiedBackbone, k: int, seed
 # ----------------------------------------------------------------------------- one approach
 
 def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbone, method: str = "lora",
-               k: int = 3, shots: int | None = 16, seed: int = 0, recipe: Recipe | None = None,
+               k: int = DEFAULT_K, shots: int | None = DEFAULT_SHOTS, seed: int = 0, recipe: Recipe | None = None,
                workdir: str | Path | None = None) -> dict:
     """Score one approach; returns ``{"accuracy", "metric", "score", "sources", "weights", "steps", ...}``."""
     if name not in APPROACHES:
@@ -486,7 +479,7 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
     tmp = Path(tempfile.mkdtemp(prefix="pitune-run-", dir=workdir))
     try:
         info: dict = {"selection": None}
-        if name in SELECTING or name in ("random-k", "all-experts"):
+        if APPROACHES_BY_NAME[name].own_expert_first:
             side = target_side(target, sources, backbone, method, shots, seed, own_steps, tmp, recipe)
             info["selection"] = side.selection if name not in ("random-k", "all-experts") else "none"
             if k < 1 or k > len(side.ranking):
@@ -503,14 +496,13 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
                 src = [pool[i] for i in sorted(rng.choice(len(pool), size=k, replace=False))]
             elif name == "all-experts":
                 src = sorted(side.ranking)
-            own = recipe.own_expert and name not in ("pi-tuning-no-own", "uniform-avg", "uniform-avg-tuned")
-            tuned = name != "uniform-avg"
+            own = recipe.own_expert and APPROACHES_BY_NAME[name].mixes_own
+            tuned = APPROACHES_BY_NAME[name].tunes
             if not tuned:
                 steps["tune"] = 0
             _, metrics, hist = interpolate_and_tune(
                 target, src, sources, backbone, shots, seed, weights="uniform",
-                train_weights=name in ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-no-own", "pi-tuning-global",
-                                       "random-k", "all-experts"),
+                train_weights=APPROACHES_BY_NAME[name].learns_weights,
                 train_experts=recipe.train_experts and name != "pi-tuning-weights-only", tune=tuned,
                 own_dir=side.own_dir if own else None,
                 granularity="global" if name == "pi-tuning-global" else recipe.granularity, steps=steps["tune"])
@@ -530,11 +522,11 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
         elif name == "full-finetune":
             metrics = _full_finetune(target, backbone, shots, seed, total)
             info["sources"] = []
-        elif name in ("peft-linear", "peft-ties", "peft-dare"):
+        elif name in PEFT_MERGES:
             metrics = _peft_merge(target, top, sources, backbone, shots, seed, name.split("-")[1], tune_steps)
             info["sources"] = [n for n, _ in top]
         elif name in ("lorahub", "lorahub-tuned"):
-            tuned = name == "lorahub-tuned"
+            tuned = APPROACHES_BY_NAME[name].tunes
             steps = {"select": 0, "tune": total if tuned else 0}
             metrics = lorahub(target, sources, backbone, shots, seed, tune_steps=steps["tune"])
             info.update(sources=metrics["sources"], weights=metrics["weights"], search_evals=metrics["search_evals"])

@@ -32,7 +32,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from pitune_core.common import EXPERT_TYPES
+from pitune_core.spec.configs import TransferConfig
+from pitune_core.spec.vocab import DEFAULT_K
 from pitune_core.tune.interpolation import InterpolationError, parse_weights
 
 #: what a run writes besides config.json; any of them present means the directory holds a run
@@ -44,8 +45,8 @@ RUN_MARKER = ".pitune-run"
 #: every name a run writes at the top of its directory
 RUN_FILES = (RUN_MARKER, "config.json", *RUN_OUTPUTS)
 
-DEFAULTS = {"k": 3, "method": "lora", "shots": 16, "weights": "uniform", "sources": None, "seed": 0,
-            "study": None, "weights_only": False, "embedding": "fisher", "own_expert": True}
+#: a transfer config's defaults: :class:`pitune_core.spec.configs.TransferConfig`'s (k: the spec's default k)
+DEFAULTS = {**{n: v for n, v in TransferConfig.defaults().items() if n != "target"}, "k": DEFAULT_K}
 
 
 def prepare_transfer(config: dict, sources) -> dict:
@@ -53,24 +54,21 @@ def prepare_transfer(config: dict, sources) -> dict:
     from pitune_core.tune.baselines import resolve_sources
     from pitune_core.data.tasks import get_task
 
-    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
-    if config.get("k") is None and config.get("sources"):
-        cfg["k"] = None  # named sources: k is their number, not the default
+    try:  # the spec's settings fill the defaults and validate them, once
+        tc = TransferConfig.from_dict(config, strict=False)
+    except InterpolationError:
+        raise
+    except ValueError as e:
+        raise InterpolationError(str(e)) from None
+    cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}, **tc.to_dict()}  # shots None: full data
+    cfg["k"] = None if tc.k is None and tc.sources else tc.resolved_k  # named sources: k is their number
     if cfg["study"] is None:
         from pitune_core.paths import default_study
 
         cfg["study"] = str(default_study())
     get_task(cfg["target"])
-    if cfg["method"] not in EXPERT_TYPES:
-        raise InterpolationError(f"unknown expert type {cfg['method']!r}; choose one of {', '.join(EXPERT_TYPES)}")
     k = cfg.get("k")
-    if k is not None and int(k) < 1:
-        raise InterpolationError(f"k must be at least 1, got {k}")
-    if cfg["shots"] is not None and int(cfg["shots"]) < 1:
-        raise InterpolationError(f"shots must be at least 1, got {cfg['shots']}")
     names = cfg["sources"]
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",") if n.strip()]
     chosen = resolve_sources(cfg["target"], sources, int(k) if k is not None else None, names or None)
     cfg["k"] = len(chosen)
     cfg["sources"] = [n for n, _ in chosen]

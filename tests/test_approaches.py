@@ -1,0 +1,104 @@
+"""Common checks for every approach (as scikit-learn's ``check_estimator`` does for estimators).
+
+Each of the spec's approaches (:data:`pitune_core.spec.vocab.APPROACHES`) runs on a tiny real target
+(2 shots per class, a 4-step budget, the shipped study's LoRA library) and its result is checked:
+the result row (and its round trip through results.csv), the step budget (the same for every
+approach, split between the own expert and tuning, never exceeded), and the sources it records
+(the top-k of the shots-only ranking, k random ones, the whole library, or none, as its record says).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pitune_core.spec.vocab import APPROACH_RECORDS, APPROACHES, APPROACHES_BY_NAME
+
+TARGET, SHOTS, SEED, K, STEPS = "textures", 2, 0, 2, 4
+
+
+@pytest.fixture(scope="module")
+def tiny(backbone):
+    """The shipped study's LoRA sources, a 4-step budget for every approach, and the shots-only ranking of
+    the target's sources (the own expert trained on the same budget share as in every run)."""
+    from pitune_core.data.tasks import get_task
+    from pitune_core.model.experts import TrainConfig
+    from pitune_core.study.protocol import load_study_sources
+    from pitune_core.tune import baselines
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(baselines, "budget_for", lambda shots, seed: TrainConfig(seed=seed, min_steps=STEPS,
+                                                                            max_steps=STEPS))
+        sources = load_study_sources("precomputed", "lora")
+        own_steps, _ = baselines.split_budget(STEPS, baselines.Recipe())
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            side = baselines.target_side(TARGET, sources, backbone, "lora", SHOTS, SEED, own_steps, tmp)
+        num_train = len(get_task(TARGET).load().few_shot(SHOTS, seed=SEED))
+        yield {"sources": sources, "ranking": [n for n, _ in side.ranking], "own_steps": own_steps,
+               "num_train": num_train, "metric": get_task(TARGET).metric}
+
+
+def test_the_checks_cover_every_approach_of_the_spec():
+    from pitune_core.tune import baselines
+
+    assert baselines.APPROACHES is APPROACHES and len(APPROACHES) == len(APPROACH_RECORDS) == 17
+    covered = {p.values[0] for p in _PARAMS}
+    assert covered == set(APPROACHES)
+
+
+_PARAMS = [pytest.param(a, id=a) for a in APPROACHES]
+
+
+@pytest.mark.parametrize("name", [p.values[0] for p in _PARAMS])
+def test_every_approach_runs_and_accounts_for_its_budget_and_sources(name, tiny, backbone, tmp_path):
+    from pitune_core.study.results import read_results, result_row, write_results
+    from pitune_core.tune import baselines
+
+    rec = APPROACHES_BY_NAME[name]
+    src = tiny["sources"]
+    r = baselines.run_method(name, TARGET, src, backbone, method="lora", k=K, shots=SHOTS, seed=SEED,
+                             workdir=tmp_path)
+
+    # the result row: who, what, and a score in range
+    assert (r["target"], r["approach"], r["method"], r["shots"], r["seed"], r["k"]) == (
+        TARGET, name, "lora", SHOTS, SEED, K)
+    assert r["metric"] == tiny["metric"] and r["num_train"] == tiny["num_train"]
+    assert 0.0 <= r["accuracy"] <= 1.0 and math.isfinite(r["score"]) and r["time_s"] >= 0
+    row = result_row(r)
+    write_results(tmp_path / "results.csv", [row])
+    back = read_results(tmp_path / "results.csv")
+    assert len(back) == 1 and back[0]["approach"] == name and back[0]["shots"] == SHOTS
+    assert back[0]["sources"] == r["sources"] and back[0]["accuracy"] == pytest.approx(r["accuracy"], abs=1e-4)
+    assert list(tmp_path.glob("pitune-run-*")) == []  # its temporary folder is gone
+
+    # the budget: one budget for all, split between the own expert and tuning, never exceeded
+    steps = r["steps"]
+    assert set(steps) == {"select", "tune", "total"} and steps["total"] == steps["select"] + steps["tune"]
+    assert steps["select"] == (tiny["own_steps"] if rec.own_expert_first else 0)
+    if rec.tunes:
+        assert steps["total"] == STEPS, f"{name} must spend the whole shared budget"
+    else:
+        assert steps["tune"] == 0 and steps["total"] == steps["select"] <= STEPS
+    if name.startswith("lorahub"):
+        assert r["search_evals"] == baselines.LORAHUB_EVALS and len(r["weights"]) == len(r["sources"])
+
+    # the sources it records
+    library = src.library(TARGET)
+    chosen = r["sources"]
+    assert TARGET not in chosen and not set(chosen) & set(src.gated) and set(chosen) <= set(src.expert_dirs)
+    if rec.ranks_sources:
+        want = tiny["ranking"][:1] if name == "best-single" else tiny["ranking"][:K]
+        assert chosen == want and r["selection"] == "shots"
+    elif name == "random-k":
+        assert len(chosen) == K == len(set(chosen)) and r["selection"] == "none"
+    elif name in ("all-experts", "lorahub", "lorahub-tuned", "arrow"):
+        assert chosen == library
+    else:  # trains on the target alone
+        assert chosen == [] and not rec.own_expert_first
+    if rec.interpolates:
+        assert r["own_expert"] is rec.mixes_own
+    assert rec.mixes_own == (name in ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-global", "random-k",
+                                      "all-experts"))  # the paper's recipe keeps it; the ablation and averages not
