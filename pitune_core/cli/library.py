@@ -1,0 +1,137 @@
+"""CLI: ``pitune library import|list|show|remove`` (bring your own expert library), and the
+``--library`` form of ``top-k`` and ``transfer`` (:func:`cmd_top_k`, :func:`cmd_transfer`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def cmd_import(args) -> int:
+    from pitune_core.common import progress
+    from pitune_core.predict.library import import_library, neighbours
+
+    t0 = time.time()
+    bars = []  # opened at the first checked adapter: a refusal stays one line
+
+    def on_adapter(name: str) -> None:
+        if not bars:
+            bars.append(progress(desc="adapters checked", unit="adapter"))
+        bars[0].update(1)
+
+    try:
+        lib = import_library(args.dir, args.name, base=args.base, replace=args.replace, on_adapter=on_adapter)
+    finally:
+        for b in bars:
+            b.close()
+    print(f"library {lib.name}: {len(lib.adapters)} LoRA adapters (r={lib.method_config['r']}, "
+          f"{', '.join(lib.method_config['target_modules'])}) on base {lib.base.path} ({lib.base.id}) "
+          f"-> {lib.root} ({time.time() - t0:.1f} s)")
+    for a in lib.info["adapters"]:
+        if a["ignored_heads"]:
+            print(f"pitune: adapter {a['name']}: its own head ({', '.join(a['ignored_heads'])}) is ignored: pitune "
+                  f"scores every task by label-as-text matching", file=sys.stderr)
+    _print_neighbours(lib, neighbours(lib), "weights")
+    return 0
+
+
+def _print_neighbours(lib, nbs: dict, embedding: str) -> None:
+    from pitune_core.predict.graph import read_graph_json
+
+    graph = lib.paths.graph_json("lora", embedding)
+    community = {}
+    if graph.is_file():
+        G = read_graph_json(graph)
+        community = {n: G.nodes[n].get("community") for n in G.nodes}
+    print(f"neighbours ({embedding} similarity):")
+    for n, nb in nbs.items():
+        c = community.get(n)
+        print(f"  {n:28s} {'' if c is None else f'[community {c}] '}" + ", ".join(f"{m} {s:.3f}" for m, s in nb))
+
+
+def cmd_list(args) -> int:
+    from pitune_core.model.library import LibraryError, libraries_dir, list_libraries, open_library
+
+    rows = []
+    for name in list_libraries():
+        try:
+            lib = open_library(name, check_base=False)
+            rows.append({"name": name, "adapters": len(lib.adapters), "r": lib.method_config["r"],
+                         "base": lib.base.path, "base_id": lib.base.id, "created": lib.info.get("created")})
+        except LibraryError as e:
+            rows.append({"name": name, "error": str(e)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no libraries in {libraries_dir()} (import one with `pitune library import DIR --name NAME`)",
+              file=sys.stderr)
+    for r in rows:
+        print(f"{r['name']}\t{r['error']}" if "error" in r else
+              f"{r['name']}\t{r['adapters']} adapters\tr={r['r']}\tbase {r['base_id']} ({r['base']})\t{r['created']}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from pitune_core.model.library import open_library
+    from pitune_core.predict.library import neighbours
+
+    lib = open_library(args.name, check_base=False)
+    if args.json:
+        print(json.dumps(lib.info, indent=2))
+        return 0
+    print(f"library {lib.name}: {len(lib.adapters)} LoRA adapters, r={lib.method_config['r']} on "
+          f"{', '.join(lib.method_config['target_modules'])}, imported {lib.info.get('created')} from "
+          f"{lib.info.get('source')}")
+    print(f"base: {lib.base.path} ({lib.base.id}; weights sha256 {lib.base.weights_sha256})")
+    for a in lib.info["adapters"]:
+        heads = f"; head ignored: {', '.join(a['ignored_heads'])}" if a["ignored_heads"] else ""
+        print(f"  {a['name']:28s} from {a['source']} (alpha {a['alpha']:g}{heads})")
+    _print_neighbours(lib, neighbours(lib, args.embedding, args.k), args.embedding)
+    return 0
+
+
+def cmd_remove(args) -> int:
+    from pitune_core.model.library import remove_library
+
+    print(f"removed {remove_library(args.name)}")
+    return 0
+
+
+def cmd_library(args) -> int:
+    return args.library_func(args)
+
+
+def register(sub, add) -> None:
+    from pitune_core.predict.library import DEFAULT_EMBEDDING, LIBRARY_EMBEDDINGS
+
+    sp = add("library", cmd_library, "bring your own expert library: peft LoRA adapters trained elsewhere "
+                                     "(import, list, show, remove)")
+    lsub = sp.add_subparsers(dest="library_command", required=True, metavar="ACTION")
+
+    def action(name, fn, help_):
+        p = lsub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(library_func=fn)
+        return p
+
+    p = action("import", cmd_import, "import every peft LoRA adapter folder under DIR (checked strictly; one "
+                                     "line per refusal, nothing imported half-way), with its graph")
+    p.add_argument("dir", metavar="DIR", help="a folder of adapter folders (adapter_config.json + "
+                                              "adapter_model.safetensors, as save_pretrained writes them)")
+    p.add_argument("--name", required=True, help="the library's name (lower-case letters, digits, underscores)")
+    p.add_argument("--base", metavar="MODEL_DIR", help="the base model folder the adapters were trained on "
+                                                       "(default: the packaged MiniLM); nothing is fetched")
+    p.add_argument("--replace", action="store_true", help="replace a library of that name")
+
+    p = action("list", cmd_list, "list the imported libraries ($PITUNE_LIBRARIES)")
+    p.add_argument("--json", action="store_true")
+
+    p = action("show", cmd_show, "a library's adapters, base and graph neighbours")
+    p.add_argument("name")
+    p.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=LIBRARY_EMBEDDINGS)
+    p.add_argument("--k", type=int, default=3, help="neighbours per adapter")
+    p.add_argument("--json", action="store_true")
+
+    p = action("remove", cmd_remove, "delete a library")
+    p.add_argument("name")
