@@ -244,3 +244,136 @@ def test_base_checks(tmp_path, tiny_bert, tiny_adapters, plain_adapters, libs, c
     with pytest.raises(ValueError, match="not the base the library was imported on"):
         open_library("tiny2")
     assert sorted(_leftovers(libs)) == ["tiny", "tiny2"]
+
+
+# ----------------------------------------------------------------------------- ranking and π-Tuning on a library
+
+def _user_task(tmp_path, name="my_reviews", n=12) -> str:
+    """A user task (``pitune task add``) from examples of a suite task none of the adapters saw."""
+    import csv
+
+    from pitune_core.data.tasks import get_task
+
+    spec = get_task("rt_polarity")
+    data = spec.load()
+    rows = [(data.train.texts[i], spec.labels[int(data.train.labels[i])]) for i in data.few_shot(n, seed=1)]
+    f = tmp_path / "reviews.csv"
+    with open(f, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    assert main(["task", "add", name, "--text", str(f)]) == 0
+    return name
+
+
+def test_top_k_and_transfer_for_a_user_task(tmp_path, plain_adapters, libs, store, capsys, minilm):
+    """A user task ranked against the imported adapters, then π-Tuning over them; the merged result is
+    an ordinary peft adapter of the base: plain ``PeftModel.from_pretrained`` loads it and scores the
+    same as pitune does."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from peft import PeftModel
+    from transformers import AutoModel, AutoTokenizer
+
+    from pitune_core.data.tasks import get_task
+    from pitune_core.model.experts import load_expert, predict, prepare_task
+    from pitune_core.model.library import open_library, using_base
+    from pitune_core.tune.library import library_backbone
+
+    assert main(["library", "import", str(plain_adapters), "--name", "mine"]) == 0
+    target = _user_task(tmp_path)
+    capsys.readouterr()
+    t0 = time.time()
+    assert main(["top-k", target, "--library", "mine", "--shots", "4", "--k", "3"]) == 0
+    took = time.time() - t0
+    rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    assert sorted(n for n, _ in rows) == sorted(TASKS)
+    scores = [float(s) for _, s in rows]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    assert took < 60, took  # the issue asks < 30 s for 16 shots on 2 idle cores; CI shares them
+
+    out = tmp_path / "run"
+    assert main(["transfer", target, "--library", "mine", "--shots", "4", "--k", "2", "--out", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["sources"] == [n for n, _ in rows[:2]] and len(res["final_weights"]) == 3  # + the own expert
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["library"] == "mine" and cfg["selection"] == "shots"
+
+    lib = open_library("mine")
+    spec = get_task(target)
+    with using_base(lib.base):
+        bb = library_backbone(lib)
+        model, _ = load_expert(out / "expert", bb)
+        _, tensors = prepare_task(spec, bb)
+        test = tensors["test"]
+        ours = predict(bb, model, test, list(spec.verbalizers))
+        our_emb = bb.encode_texts(test.texts[:8], model)
+    plain = PeftModel.from_pretrained(AutoModel.from_pretrained(minilm), str(out / "expert")).eval()
+    tok = AutoTokenizer.from_pretrained(minilm)
+
+    @torch.no_grad()
+    def embed(texts):
+        t = tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        h = plain(**t).last_hidden_state
+        m = t["attention_mask"].unsqueeze(-1).float()
+        return F.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+    torch.testing.assert_close(embed(test.texts[:8]), our_emb, atol=1e-5, rtol=1e-4)
+    theirs = (embed(test.texts) @ embed(list(spec.verbalizers)).T).argmax(-1).numpy()
+    assert (theirs == ours).mean() == 1.0
+    assert res["test"]["accuracy"] == pytest.approx(float((ours == test.labels.numpy()).mean()))
+
+
+def test_pi_tuning_on_imported_equals_pitune_trained(tmp_path, backbone, libs, minilm):
+    """Same weights in, same scores out: two experts trained by pitune, exported as plain peft adapters
+    (loaded into a plain AutoModel, saved with save_pretrained) and imported, interpolate and tune to the
+    same scores and the same combined adapter as the originals."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    from pitune_core.model.experts import TrainConfig, train_expert
+    from pitune_core.model.library import open_library, using_base
+    from pitune_core.predict.library import import_library
+    from pitune_core.tune.baselines import Sources, interpolate_and_tune
+    from pitune_core.tune.library import library_backbone, library_sources
+
+    names = ["movie_sentiment", "bbc_topic"]
+    own, plain = {}, tmp_path / "exported"
+    for n in names:
+        own[n] = str(train_expert(n, "lora", backbone, shots=4, out=tmp_path / "pitune" / n,
+                                  train_config=TrainConfig(min_steps=3, max_steps=3),
+                                  method_overrides={"r": 2, "alpha": 4, "target_modules": ("query", "value")},
+                                  evaluate_zero_shot=False, evaluate_val=False, eval_limit=8).path)
+        PeftModel.from_pretrained(AutoModel.from_pretrained(minilm), own[n]).save_pretrained(str(plain / n))
+    import_library(plain, "twins")
+    lib = open_library("twins")
+    mc = lib.method_overrides()
+    pairs = [(n, 0.0) for n in names]
+    a, ma, _ = interpolate_and_tune("rt_polarity", pairs, Sources(own, names, torch.eye(2).numpy(), method_config=mc),
+                                    backbone, 4, 0, steps=3)
+    with using_base(lib.base):
+        b, mb, _ = interpolate_and_tune("rt_polarity", pairs, library_sources(lib), library_backbone(lib), 4, 0, steps=3)
+    assert ma["test"] == mb["test"] and ma["val"] == mb["val"] and ma["final_loss"] == pytest.approx(mb["final_loss"])
+    sa, sb = a.combined_state(), b.combined_state()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], atol=1e-6, rtol=1e-5)
+
+
+def test_a_library_on_another_base_ranks_and_tunes(tmp_path, tiny_bert, tiny_adapters, libs, capsys):
+    """Nothing is MiniLM-specific: a library on the tiny BERT ranks and π-tunes; the run's expert loads
+    on that base in plain peft."""
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    assert main(["library", "import", str(tiny_adapters), "--name", "tiny", "--base", str(tiny_bert)]) == 0
+    capsys.readouterr()
+    assert main(["top-k", "rt_polarity", "--library", "tiny", "--shots", "2", "--k", "2"]) == 0
+    assert sorted(line.split("\t")[0] for line in capsys.readouterr().out.split("\n") if line) == sorted(TASKS[:2])
+    out = tmp_path / "run"
+    assert main(["transfer", "rt_polarity", "--library", "tiny", "--shots", "2", "--k", "1", "--out", str(out)]) == 0
+    m = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_bert), str(out / "expert"))
+    assert m.peft_config["default"].r == 4  # rank 2 x (one source + the own expert)

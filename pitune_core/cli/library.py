@@ -135,3 +135,64 @@ def register(sub, add) -> None:
 
     p = action("remove", cmd_remove, "delete a library")
     p.add_argument("name")
+
+
+# ----------------------------------------------------------------------------- top-k / transfer --library
+
+def _library_embedding(args) -> str:
+    """``--embedding`` of ``top-k`` / ``transfer`` for a library: its weight-based one (the default
+    ``fisher`` needs the adapters' data, which a library does not have)."""
+    from pitune_core.predict.library import DEFAULT_EMBEDDING
+
+    emb = getattr(args, "embedding", None)
+    if emb in (None, "fisher", "weights"):
+        return "weights" if emb == "weights" else DEFAULT_EMBEDDING
+    raise ValueError(f"--embedding {emb} is not available for a library; it is ranked by its adapters' weights")
+
+
+def cmd_top_k(args) -> int:
+    from pitune_core.common import StageBars, check_task_name, parse_shots
+    from pitune_core.model.library import open_library
+    from pitune_core.tune.library import rank_target
+
+    check_task_name(args.target, "target")
+    lib = open_library(args.library)
+    shots = parse_shots(args.shots)
+    emb = _library_embedding(args)
+    t0 = time.time()
+    bar = StageBars(f"ranking {lib.name} for {args.target}")
+    try:
+        ranking = rank_target(args.target, lib, shots, args.seed, emb, on_step=bar)
+    finally:
+        bar.close()
+    for n, s in ranking[: args.k]:
+        print(f"{n}\t{s:.4f}")
+    print(f"pitune: {lib.name}'s adapters ranked by {emb} similarity to {args.target}'s own expert "
+          f"({'all' if shots is None else shots} shots per class, {time.time() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    from pitune_core.cli.transfer import _fresh_run_dir
+    from pitune_core.common import StageBars, check_task_name, parse_shots, parse_sources
+    from pitune_core.tune.library import prepare_library_transfer, run_library_transfer
+
+    check_task_name(args.target, "target")
+    if args.submit:
+        raise ValueError("--submit is not available with --library yet: run it in the foreground (--out DIR)")
+    named = parse_sources(args.sources, args.k)
+    emb = _library_embedding(args)
+    config = {"target": args.target, "k": args.k if args.k is not None else (len(named) if named else 3),
+              "shots": parse_shots(args.shots), "weights": args.weights, "sources": named, "seed": args.seed,
+              "weights_only": args.weights_only, "own_expert": not args.no_own_expert}
+    prepare_library_transfer(config, args.library, emb)  # every error surfaces here, before any directory
+    out = _fresh_run_dir(args.out, args.target)
+    bar = StageBars(f"π-tuning {args.target} on library {args.library}")
+    try:
+        res = run_library_transfer(config, args.library, out, emb, on_step=bar)
+    finally:
+        bar.close()
+    print(f"run written to {out}; its expert/ is a peft adapter of the library's base "
+          f"(PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), '{out / 'expert'}'))", file=sys.stderr)
+    print(json.dumps(res, indent=2))
+    return 0

@@ -87,6 +87,10 @@ def cmd_graph(args) -> int:
 
 
 def cmd_top_k(args) -> int:
+    if getattr(args, "library", None):  # an imported library (`pitune library import`): ranked from a target's own expert
+        from pitune_core.cli.library import cmd_top_k as library_top_k
+
+        return library_top_k(args)
     from pitune_core.common import check_task_name
     from pitune_core.predict.similarity import read_similarity_csv, top_k
     from pitune_core.study.verify import require_verified
@@ -173,6 +177,10 @@ def register(sub, add) -> None:
     common(sp)
     sp.add_argument("target")
     sp.add_argument("--k", type=int, default=3)
+    sp.add_argument("--library", metavar="LIB", help="rank an imported library's adapters instead of the study's "
+                                                     "(`pitune library import`), from a target's own expert")
+    sp.add_argument("--shots", default="16", help="with --library: examples per class the own expert is trained on")
+    sp.add_argument("--seed", type=int, default=0, help="with --library: the few-shot sample's seed")
 
     sp = add("transfer-matrix", cmd_transfer_matrix, "measure pairwise transfer and score the predictions (resumable)")
     add_study(sp)

@@ -16,6 +16,10 @@ from pitune_core.paths import RESULTS_FILE, StudyPaths, runs_root
 
 
 def cmd_transfer(args) -> int:
+    if getattr(args, "library", None):  # π-Tuning over an imported library (`pitune library import`)
+        from pitune_core.cli.library import cmd_transfer as library_transfer
+
+        return library_transfer(args)
     from pitune_core.study.sources import load_sources
     from pitune_core.tune.run import prepare_transfer, run_transfer
 
@@ -198,6 +202,8 @@ def register(sub, add) -> None:
                          "interpolation; fixed --weights w1,w2,... leave it out too")
     sp.add_argument("--out", help="run directory of your choice; such a run is not recorded in the run registry "
                                   "(default: recorded there, its files in the registry's run folder)")
+    sp.add_argument("--library", metavar="LIB", help="interpolate an imported library's adapters "
+                                                     "(`pitune library import`); the run is written to --out")
     sp.add_argument("--submit", action="store_true", help="queue in the run registry and return at once")
     sp.add_argument("--no-record", action="store_true",
                     help="run without the run registry (into runs/transfer/TARGET-TIME; the dashboard does not "
