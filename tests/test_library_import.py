@@ -377,3 +377,19 @@ def test_a_library_on_another_base_ranks_and_tunes(tmp_path, tiny_bert, tiny_ada
     assert main(["transfer", "rt_polarity", "--library", "tiny", "--shots", "2", "--k", "1", "--out", str(out)]) == 0
     m = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_bert), str(out / "expert"))
     assert m.peft_config["default"].r == 4  # rank 2 x (one source + the own expert)
+
+
+def test_the_baselines_run_on_a_library(tmp_path, tiny_bert, tiny_adapters, libs, capsys):
+    """Every baseline that takes a library (best-single, the peft merges, LoraHub, Arrow) runs on an imported
+    one, here on the tiny base."""
+    import csv
+
+    assert main(["library", "import", str(tiny_adapters), "--name", "tiny", "--base", str(tiny_bert)]) == 0
+    out = tmp_path / "compare"
+    approaches = ["pi-tuning", "best-single", "peft-linear", "peft-ties", "peft-dare", "lorahub", "arrow"]
+    assert main(["compare", "rt_polarity", "--library", "tiny", "--k", "1", "--shots", "2", "--seeds", "0",
+                 "--out", str(out), "--approaches", *approaches]) == 0
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["approach"] for r in rows] == approaches
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)

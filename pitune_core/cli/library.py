@@ -196,3 +196,30 @@ def cmd_transfer(args) -> int:
           f"(PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), '{out / 'expert'}'))", file=sys.stderr)
     print(json.dumps(res, indent=2))
     return 0
+
+
+#: the approaches ``compare --library`` runs by default: π-Tuning and every baseline that takes a library
+LIBRARY_APPROACHES = ("pi-tuning", "best-single", "target-only", "peft-linear", "peft-ties", "peft-dare", "lorahub",
+                      "arrow")
+
+
+def cmd_compare(args) -> int:
+    from pitune_core.cli.transfer import run_compare
+    from pitune_core.common import check_task_name, parse_int_list, parse_shots_list
+    from pitune_core.model.library import open_library, using_base
+    from pitune_core.tune.baselines import APPROACHES
+    from pitune_core.tune.library import library_backbone, library_sources
+
+    approaches = args.approaches or list(LIBRARY_APPROACHES)
+    unknown = [a for a in approaches if a not in APPROACHES]
+    if unknown:
+        raise ValueError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(APPROACHES)}")
+    if args.expert_type != "lora":
+        raise ValueError("a library holds LoRA adapters: --expert-type lora")
+    shots, seeds = parse_shots_list(args.shots), parse_int_list(args.seeds, "seeds")
+    check_task_name(args.target, "target")
+    lib = open_library(args.library)
+    if not 1 <= args.k <= len([a for a in lib.adapters if a != args.target]):
+        raise ValueError(f"k={args.k} is out of range: library {lib.name} has {len(lib.adapters)} adapters")
+    with using_base(lib.base):
+        return run_compare(args, library_sources(lib, args.target), library_backbone(lib), approaches, shots, seeds)

@@ -152,10 +152,13 @@ def _check_listed(named, sources, expert_type: str, embedding: str) -> None:
 
 
 def cmd_compare(args) -> int:
+    if getattr(args, "library", None):  # an imported library's adapters as the sources
+        from pitune_core.cli.library import cmd_compare as library_compare
+
+        return library_compare(args)
     from pitune_core.model.backbone import UnifiedBackbone
     from pitune_core.study.sources import load_sources
-    from pitune_core.study.results import result_row, write_results
-    from pitune_core.tune.baselines import BASELINES, run_method
+    from pitune_core.tune.baselines import BASELINES
 
     approaches = args.approaches or list(BASELINES)
     unknown = [a for a in approaches if a not in BASELINES]
@@ -169,6 +172,15 @@ def cmd_compare(args) -> int:
     sources = load_sources(study, args.expert_type)
     sources.top_k(args.target, args.k)  # validates target and k before anything runs
     bb = UnifiedBackbone.load(StudyPaths(study).backbone)
+    return run_compare(args, sources, bb, approaches, shots, seeds)
+
+
+def run_compare(args, sources, bb, approaches: list[str], shots: list, seeds: list[int]) -> int:
+    """Every approach x shots x seed on ``sources`` (a study's, or an imported library's), into
+    ``--out``/results.csv (rewritten after each run)."""
+    from pitune_core.study.results import result_row, write_results
+    from pitune_core.tune.baselines import run_method
+
     out = Path(args.out or runs_root() / "compare" / args.target)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -219,3 +231,5 @@ def register(sub, add) -> None:
     sp.add_argument("--approaches", nargs="*", help="subset of the approaches (default: all)")
     add_study(sp)
     sp.add_argument("--out", help="output directory (default: runs/compare/TARGET)")
+    sp.add_argument("--library", metavar="LIB", help="an imported library's adapters as the sources "
+                                                     "(`pitune library import`); approaches: any of pitune's")
