@@ -393,3 +393,47 @@ def test_the_baselines_run_on_a_library(tmp_path, tiny_bert, tiny_adapters, libs
         rows = list(csv.DictReader(f))
     assert [r["approach"] for r in rows] == approaches
     assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+
+
+def test_samples_give_fisher_and_the_quality_gate(tmp_path, plain_adapters, libs, capsys, minilm):
+    """With a small sample per adapter (``--samples DIR``, one CSV each), the library gets Fisher
+    embeddings and graph, and an adapter that learned nothing (B = 0) is gated out of the sources, as in
+    a study; ranking then goes by Fisher, as on the built-in library."""
+    import csv
+
+    from pitune_core.data.tasks import get_task
+    from pitune_core.model.library import open_library
+    from pitune_core.predict.embeddings import load_embeddings
+    from pitune_core.tune.library import library_sources, resolve_embedding
+
+    src = _copy(plain_adapters, tmp_path / "adapters")
+    _produce(minilm, src, tasks=["rt_subjectivity"], steps=0)  # an adapter that never trained
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for t in (*TASKS, "rt_subjectivity"):
+        spec = get_task(t)
+        data = spec.load()
+        with open(samples / f"{t}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows((data.val.texts[i], spec.verbalizers[int(data.val.labels[i])])
+                        for i in data.few_shot(5, seed=3, split="val"))
+    assert main(["library", "import", str(src), "--name", "sampled", "--samples", str(samples)]) == 0
+    out = capsys.readouterr().out
+    assert "rt_subjectivity" in out and "neighbours (fisher similarity)" in out
+    lib = open_library("sampled")
+    emb = load_embeddings(lib.paths.embeddings_file("lora", "fisher"))
+    assert emb.names == list(lib.adapters) and lib.paths.graph_json("lora", "fisher").is_file()
+    assert resolve_embedding(lib, None) == "fisher"
+    sources = library_sources(lib, "my_target", "fisher")
+    assert "rt_subjectivity" in sources.gated and "rt_subjectivity" not in sources.expert_dirs
+    capsys.readouterr()
+    assert main(["top-k", "rt_polarity", "--library", "sampled", "--shots", "2", "--k", "5"]) == 0
+    got = capsys.readouterr()
+    offered = sorted(line.split("\t")[0] for line in got.out.split("\n") if line)
+    assert offered == sorted(sources.expert_dirs) and "rt_subjectivity" not in offered  # gated ones left out
+    assert "ranked by fisher similarity" in got.err and "pitune: rt_subjectivity " in got.err
+    (samples / "stray.csv").write_text("text,label\na,b\nc,d\n")
+    capsys.readouterr()
+    assert "names no adapter" in _refused(capsys, ["library", "import", str(src), "--name", "again",
+                                                   "--samples", str(samples)])

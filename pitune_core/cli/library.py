@@ -21,7 +21,8 @@ def cmd_import(args) -> int:
         bars[0].update(1)
 
     try:
-        lib = import_library(args.dir, args.name, base=args.base, replace=args.replace, on_adapter=on_adapter)
+        lib = import_library(args.dir, args.name, base=args.base, replace=args.replace, on_adapter=on_adapter,
+                             samples=args.samples)
     finally:
         for b in bars:
             b.close()
@@ -32,8 +33,25 @@ def cmd_import(args) -> int:
         if a["ignored_heads"]:
             print(f"pitune: adapter {a['name']}: its own head ({', '.join(a['ignored_heads'])}) is ignored: pitune "
                   f"scores every task by label-as-text matching", file=sys.stderr)
-    _print_neighbours(lib, neighbours(lib), "weights")
+    _print_gate(lib)
+    emb = "fisher" if lib.paths.embeddings_file("lora", "fisher").is_file() else "weights"
+    _print_neighbours(lib, neighbours(lib, emb), emb)
     return 0
+
+
+def _print_gate(lib) -> None:
+    """The quality gate's verdict on each adapter a sample measured (as ``pitune task place`` says it)."""
+    from pitune_core.common import admission
+    from pitune_core.model.experts import read_expert_meta
+    from pitune_core.model.library import using_base
+
+    for n, d in lib.expert_dirs().items():
+        with using_base(lib.base):
+            meta = read_expert_meta(d)
+        if meta.get("metrics"):
+            ok, why = admission(meta)
+            acc = meta["metrics"]["val"]["accuracy"]
+            print(f"  {n:28s} sample accuracy {acc:.3f}: {'offered as a source' if ok else why}")
 
 
 def _print_neighbours(lib, nbs: dict, embedding: str) -> None:
@@ -88,6 +106,10 @@ def cmd_show(args) -> int:
     for a in lib.info["adapters"]:
         heads = f"; head ignored: {', '.join(a['ignored_heads'])}" if a["ignored_heads"] else ""
         print(f"  {a['name']:28s} from {a['source']} (alpha {a['alpha']:g}{heads})")
+    _print_gate(lib)
+    if not lib.paths.similarity_csv("lora", args.embedding).is_file():
+        raise ValueError(f"library {lib.name} has no {args.embedding} graph (Fisher needs a sample per adapter: "
+                         f"import with --samples DIR)")
     _print_neighbours(lib, neighbours(lib, args.embedding, args.k), args.embedding)
     return 0
 
@@ -123,13 +145,16 @@ def register(sub, add) -> None:
     p.add_argument("--base", metavar="MODEL_DIR", help="the base model folder the adapters were trained on "
                                                        "(default: the packaged MiniLM); nothing is fetched")
     p.add_argument("--replace", action="store_true", help="replace a library of that name")
+    p.add_argument("--samples", metavar="DIR", help="a small sample per adapter (DIR/NAME.csv with text,label "
+                                                   "columns): Fisher embeddings and graph, and the quality gate")
 
     p = action("list", cmd_list, "list the imported libraries ($PITUNE_LIBRARIES)")
     p.add_argument("--json", action="store_true")
 
     p = action("show", cmd_show, "a library's adapters, base and graph neighbours")
     p.add_argument("name")
-    p.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=LIBRARY_EMBEDDINGS)
+    p.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=("fisher", *LIBRARY_EMBEDDINGS),
+                   help="fisher: where the import had --samples")
     p.add_argument("--k", type=int, default=3, help="neighbours per adapter")
     p.add_argument("--json", action="store_true")
 
@@ -139,26 +164,15 @@ def register(sub, add) -> None:
 
 # ----------------------------------------------------------------------------- top-k / transfer --library
 
-def _library_embedding(args) -> str:
-    """``--embedding`` of ``top-k`` / ``transfer`` for a library: its weight-based one (the default
-    ``fisher`` needs the adapters' data, which a library does not have)."""
-    from pitune_core.predict.library import DEFAULT_EMBEDDING
-
-    emb = getattr(args, "embedding", None)
-    if emb in (None, "fisher", "weights"):
-        return "weights" if emb == "weights" else DEFAULT_EMBEDDING
-    raise ValueError(f"--embedding {emb} is not available for a library; it is ranked by its adapters' weights")
-
-
 def cmd_top_k(args) -> int:
     from pitune_core.common import StageBars, check_task_name, parse_shots
     from pitune_core.model.library import open_library
-    from pitune_core.tune.library import rank_target
+    from pitune_core.tune.library import library_sources, rank_target, resolve_embedding
 
     check_task_name(args.target, "target")
     lib = open_library(args.library)
     shots = parse_shots(args.shots)
-    emb = _library_embedding(args)
+    emb = resolve_embedding(lib, getattr(args, "embedding", None))
     t0 = time.time()
     bar = StageBars(f"ranking {lib.name} for {args.target}")
     try:
@@ -167,6 +181,8 @@ def cmd_top_k(args) -> int:
         bar.close()
     for n, s in ranking[: args.k]:
         print(f"{n}\t{s:.4f}")
+    for n, why in sorted(library_sources(lib, args.target, emb).gated.items()):  # as the study's top-k says it
+        print(f"pitune: {n} {why}", file=sys.stderr)
     print(f"pitune: {lib.name}'s adapters ranked by {emb} similarity to {args.target}'s own expert "
           f"({'all' if shots is None else shots} shots per class, {time.time() - t0:.1f} s)", file=sys.stderr)
     return 0
@@ -175,13 +191,14 @@ def cmd_top_k(args) -> int:
 def cmd_transfer(args) -> int:
     from pitune_core.cli.transfer import _fresh_run_dir
     from pitune_core.common import StageBars, check_task_name, parse_shots, parse_sources
-    from pitune_core.tune.library import prepare_library_transfer, run_library_transfer
+    from pitune_core.model.library import open_library
+    from pitune_core.tune.library import prepare_library_transfer, resolve_embedding, run_library_transfer
 
     check_task_name(args.target, "target")
     if args.submit:
         raise ValueError("--submit is not available with --library yet: run it in the foreground (--out DIR)")
     named = parse_sources(args.sources, args.k)
-    emb = _library_embedding(args)
+    emb = resolve_embedding(open_library(args.library), getattr(args, "embedding", None))
     config = {"target": args.target, "k": args.k if args.k is not None else (len(named) if named else 3),
               "shots": parse_shots(args.shots), "weights": args.weights, "sources": named, "seed": args.seed,
               "weights_only": args.weights_only, "own_expert": not args.no_own_expert}
@@ -208,7 +225,7 @@ def cmd_compare(args) -> int:
     from pitune_core.common import check_task_name, parse_int_list, parse_shots_list
     from pitune_core.model.library import open_library, using_base
     from pitune_core.tune.baselines import APPROACHES
-    from pitune_core.tune.library import library_backbone, library_sources
+    from pitune_core.tune.library import library_backbone, library_sources, resolve_embedding
 
     approaches = args.approaches or list(LIBRARY_APPROACHES)
     unknown = [a for a in approaches if a not in APPROACHES]
@@ -222,4 +239,5 @@ def cmd_compare(args) -> int:
     if not 1 <= args.k <= len([a for a in lib.adapters if a != args.target]):
         raise ValueError(f"k={args.k} is out of range: library {lib.name} has {len(lib.adapters)} adapters")
     with using_base(lib.base):
-        return run_compare(args, library_sources(lib, args.target), library_backbone(lib), approaches, shots, seeds)
+        sources = library_sources(lib, args.target, resolve_embedding(lib, None))
+        return run_compare(args, sources, library_backbone(lib), approaches, shots, seeds)

@@ -32,10 +32,30 @@ def library_backbone(lib: Library, device=None):
     return UnifiedBackbone(device=device, backbone_id=lib.base.backbone_id)
 
 
+def resolve_embedding(lib: Library, requested: str | None) -> str:
+    """The embedding that ranks a library's adapters: ``fisher`` (the default of ``top-k`` / ``transfer``)
+    where the import measured it from a sample per adapter (``--samples``), else the library's default
+    weight-based one; ``weights`` / ``arrow`` as asked."""
+    from pitune_core.predict.library import LIBRARY_EMBEDDINGS
+
+    if requested in (None, "fisher"):
+        return "fisher" if lib.paths.embeddings_file("lora", "fisher").is_file() else DEFAULT_EMBEDDING
+    if requested not in LIBRARY_EMBEDDINGS:
+        raise ValueError(f"--embedding {requested} is not available for a library; choose fisher (with --samples at "
+                         f"import), {' or '.join(LIBRARY_EMBEDDINGS)}")
+    return requested
+
+
 def library_sources(lib: Library, target: str | None = None, embedding: str = DEFAULT_EMBEDDING):
-    """The library as a run's sources: its adapters, the stored similarities between them, its adapter
-    configuration, and a ranker for a target's own expert. ``target`` gets a neutral row (every
-    similarity 0) so that a run's config validates before its own expert ranks the adapters."""
+    """The library as a run's sources: its adapters that pass the quality gate where a sample measured
+    them (:func:`pitune_core.common.admission`; unmeasured ones are offered), the stored similarities
+    between them, its adapter configuration, and how a target's own expert is compared with them: by the
+    adapters' Fisher embeddings (``embedding="fisher"``, the study's path) or their weights (a ranker).
+    ``target`` gets a neutral row (every similarity 0) so that a run's config validates before its own
+    expert ranks the adapters."""
+    from pitune_core.common import admission
+    from pitune_core.model.experts import read_expert_meta
+    from pitune_core.predict.embeddings import load_embeddings
     from pitune_core.predict.similarity import read_similarity_csv
     from pitune_core.tune.baselines import Sources
 
@@ -44,9 +64,23 @@ def library_sources(lib: Library, target: str | None = None, embedding: str = DE
         names = [*names, target]
         S = np.pad(S, ((0, 1), (0, 1)))
         S[-1, -1] = 1.0
-    dirs = {n: d for n, d in lib.expert_dirs().items() if n != target}
-    return Sources(dirs, names, S, method_config=lib.method_overrides(),
-                   ranker=lambda model: rank_for(factors_of_model(model), lib, embedding))
+    dirs, gated = {}, {}
+    for n, d in lib.expert_dirs().items():
+        if n == target:
+            continue
+        with using_base(lib.base):  # the expert checks are made against the library's base
+            meta = read_expert_meta(d)
+        ok, why = admission(meta) if meta.get("metrics") else (True, "")
+        if ok:
+            dirs[n] = d
+        else:
+            gated[n] = why
+    if embedding == "fisher":
+        return Sources(dirs, names, S, embeddings=load_embeddings(lib.paths.embeddings_file("lora", "fisher")),
+                       gated=gated, method_config=lib.method_overrides())
+    return Sources(dirs, names, S, gated=gated, method_config=lib.method_overrides(),
+                   ranker=lambda model: [(n, s) for n, s in rank_for(factors_of_model(model), lib, embedding)
+                                         if n in dirs])
 
 
 def rank_target(target: str, lib: Library, shots: int | None, seed: int = 0, embedding: str = DEFAULT_EMBEDDING,
