@@ -377,6 +377,14 @@ def test_a_library_on_another_base_ranks_and_tunes(tmp_path, tiny_bert, tiny_ada
     assert main(["transfer", "rt_polarity", "--library", "tiny", "--shots", "2", "--k", "1", "--out", str(out)]) == 0
     m = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_bert), str(out / "expert"))
     assert m.peft_config["default"].r == 4  # rank 2 x (one source + the own expert)
+    # recorded in the run registry (the dashboard's Runs tab lists it) when no --out is given
+    from pitune_core.runs.registry import SUCCEEDED, RunRegistry
+
+    db = tmp_path / "registry.sqlite"
+    assert main(["transfer", "rt_polarity", "--library", "tiny", "--shots", "2", "--k", "1", "--db", str(db)]) == 0
+    [rec] = RunRegistry(db).list_runs()
+    assert rec.kind == "library-transfer" and rec.status == SUCCEEDED and rec.config["library"] == "tiny"
+    assert (Path(rec.run_dir) / "expert" / "adapter_model.safetensors").is_file()
 
 
 def test_the_baselines_run_on_a_library(tmp_path, tiny_bert, tiny_adapters, libs, capsys):

@@ -196,13 +196,18 @@ def cmd_transfer(args) -> int:
 
     check_task_name(args.target, "target")
     if args.submit:
-        raise ValueError("--submit is not available with --library yet: run it in the foreground (--out DIR)")
+        raise ValueError("--submit is not available with --library yet: run it in the foreground")
     named = parse_sources(args.sources, args.k)
     emb = resolve_embedding(open_library(args.library), getattr(args, "embedding", None))
     config = {"target": args.target, "k": args.k if args.k is not None else (len(named) if named else 3),
               "shots": parse_shots(args.shots), "weights": args.weights, "sources": named, "seed": args.seed,
               "weights_only": args.weights_only, "own_expert": not args.no_own_expert}
     prepare_library_transfer(config, args.library, emb)  # every error surfaces here, before any directory
+    if args.out is None and not args.no_record:  # recorded in the run registry, as a study's run is
+        from pitune_core.cli.transfer import _run_recorded
+
+        return _run_recorded(args, {**config, "library": args.library, "embedding": emb}, open_library(args.library).root,
+                             kind="library-transfer", what=f" on library {args.library}")
     out = _fresh_run_dir(args.out, args.target)
     bar = StageBars(f"π-tuning {args.target} on library {args.library}")
     try:

@@ -66,7 +66,7 @@ def cmd_transfer(args) -> int:
     return 0
 
 
-def _run_recorded(args, config: dict, study) -> int:
+def _run_recorded(args, config: dict, study, kind: str = "transfer", what: str = "") -> int:
     """Run in the foreground as a run of the registry (``--db``): it is listed by ``pitune runs``
     and on the dashboard's Runs & compare tab like a run launched there, its files in the
     registry's run folder. A scheduler that claims it first runs it instead (then followed here)."""
@@ -76,8 +76,8 @@ def _run_recorded(args, config: dict, study) -> int:
 
     db = db_of(args)
     reg = RunRegistry(db)
-    run_id = reg.submit("transfer", {**config, "study": str(Path(study).resolve())},
-                        name=f"transfer {args.target} k={config['k']} (command line)")
+    run_id = reg.submit(kind, {**config, "study": str(Path(study).resolve())},
+                        name=f"transfer {args.target}{what} k={config['k']} (command line)")
     print(f"run {run_id} recorded in {db} (the dashboard shows it; --no-record runs without the registry)",
           file=sys.stderr)
     bar = StageBars(f"π-tuning {args.target}")
@@ -215,7 +215,7 @@ def register(sub, add) -> None:
     sp.add_argument("--out", help="run directory of your choice; such a run is not recorded in the run registry "
                                   "(default: recorded there, its files in the registry's run folder)")
     sp.add_argument("--library", metavar="LIB", help="interpolate an imported library's adapters "
-                                                     "(`pitune library import`); the run is written to --out")
+                                                     "(`pitune library import`) instead of the study's")
     sp.add_argument("--submit", action="store_true", help="queue in the run registry and return at once")
     sp.add_argument("--no-record", action="store_true",
                     help="run without the run registry (into runs/transfer/TARGET-TIME; the dashboard does not "
