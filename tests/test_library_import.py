@@ -445,3 +445,40 @@ def test_samples_give_fisher_and_the_quality_gate(tmp_path, plain_adapters, libs
     capsys.readouterr()
     assert "names no adapter" in _refused(capsys, ["library", "import", str(src), "--name", "again",
                                                    "--samples", str(samples)])
+
+
+def test_dashboard_library_selector_and_launch(tmp_path, tiny_bert, tiny_adapters, libs, monkeypatch):
+    """The sidebar's selector opens a library's own page (graph, neighbours, adapters) and its launch
+    form queues a ``library-transfer`` run in the registry (the scheduler is not started here)."""
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    from pitune_core.runs import executor
+    from pitune_core.runs.registry import RunRegistry
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_study import make_synthetic_study
+
+    monkeypatch.setenv("PITUNE_STUDY", str(make_synthetic_study(tmp_path / "study")))
+    db = tmp_path / "registry.sqlite"
+    monkeypatch.setenv("PITUNE_RUNS_DB", str(db))
+    calls = []
+    monkeypatch.setattr(executor, "ensure_scheduler", lambda d, *a, **kw: calls.append(str(d)) or 4242)
+    assert main(["library", "import", str(tiny_adapters), "--name", "tiny", "--base", str(tiny_bert)]) == 0
+    app = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+    at = AppTest.from_file(app, default_timeout=120)
+    at.session_state["library_view"] = "tiny"  # as the sidebar's selector sets it (the study's page is not drawn)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="library_view").options == ["the study's experts", "library: tiny"]
+    assert at.title[0].value == "Expert library · tiny"
+    assert "rt_polarity" in at.selectbox(key="lib_target").options
+    at.selectbox(key="lib_target").set_value("rt_polarity")
+    at.selectbox(key="lib_shots").set_value(2)
+    at.number_input(key="lib_k").set_value(1)
+    at.button(key="lib_launch").click().run()
+    assert not at.exception, at.exception
+    [rec] = RunRegistry(db).list_runs()
+    assert rec.kind == "library-transfer" and rec.config["library"] == "tiny" and rec.config["k"] == 1
+    assert calls == [str(db)]

@@ -54,6 +54,8 @@ LIBRARY_FILE = "library.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BASE_WEIGHTS = "model.safetensors"
+#: an expert's metadata file (:data:`pitune_core.model.experts.EXPERT_META`, named here for torch-free readers)
+EXPERT_META = "pitune_expert.json"
 #: base architectures whose modules carry the names pitune's LoRA targets (query, value, ...)
 SUPPORTED_BASES = frozenset({"bert", "roberta", "xlm-roberta", "electra"})
 #: config.json fields that say where / with what a base was written, not what it computes
@@ -424,8 +426,11 @@ def open_library(name: str, base_path: str | None = None, check_base: bool = Tru
             raise LibraryError(f"{LIBRARY_FILE} is not a {LIBRARY_FORMAT} file")
         base = BaseModel(**info["base"])
         adapters = tuple(check_task_name(a["name"], "adapter name") for a in info["adapters"])
-        mc = info["method_config"]
-        _mc(mc["r"], mc["target_modules"])
+        mc = info["method_config"]  # checked without torch (the dashboard reads libraries too)
+        r = mc["r"]
+        if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 1024 \
+                or not set(mc["target_modules"]) <= TRUNK_MODULES:
+            raise LibraryError(f"method_config {str(mc)[:120]} is not a LoRA configuration pitune imports")
     except (schema.ExpertSchemaError, KeyError, TypeError, ValueError) as e:
         raise LibraryError(f"library {name}: {LIBRARY_FILE} is damaged ({str(e)[:160]}); remove and import it again") \
             from None
