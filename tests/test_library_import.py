@@ -482,3 +482,32 @@ def test_dashboard_library_selector_and_launch(tmp_path, tiny_bert, tiny_adapter
     [rec] = RunRegistry(db).list_runs()
     assert rec.kind == "library-transfer" and rec.config["library"] == "tiny" and rec.config["k"] == 1
     assert calls == [str(db)]
+
+
+def test_weight_and_arrow_similarities_equal_their_definitions():
+    """ΔW cosine from the r x r products equals the cosine of the formed ΔW = B·A (mean over positions);
+    Arrow's prototype equals the top right singular vector of the formed ΔW (up to sign)."""
+    import numpy as np
+
+    from pitune_core.predict.library import arrow_prototypes, arrow_similarity, weight_similarity
+
+    rng = np.random.default_rng(0)
+    positions = ["l0.q", "l0.v", "l1.q"]
+    factors = [{p: (rng.normal(size=(3, 7)), rng.normal(size=(5, 3))) for p in positions} for _ in range(4)]
+    factors[3] = {p: (a, np.zeros_like(b)) for p, (a, b) in factors[3].items()}  # an adapter that learned nothing
+
+    def cos(x, y):
+        n = np.linalg.norm(x) * np.linalg.norm(y)
+        return float((x * y).sum() / n) if n > 0 else 0.0
+
+    want = np.array([[np.mean([cos(f[p][1] @ f[p][0], g[p][1] @ g[p][0]) for p in positions]) for g in factors]
+                     for f in factors])
+    np.fill_diagonal(want, 1.0)
+    np.testing.assert_allclose(weight_similarity(factors), want, atol=1e-12)
+    a = np.stack([f["l0.q"][0] for f in factors[:3]])
+    b = np.stack([f["l0.q"][1] for f in factors[:3]])
+    for i, v in enumerate(arrow_prototypes(a, b)):
+        top = np.linalg.svd(b[i] @ a[i])[2][0]
+        assert abs(abs(float(v @ top)) - 1.0) < 1e-9
+    S = arrow_similarity(factors)
+    assert np.allclose(S, S.T) and np.allclose(np.diag(S), 1.0) and (S[3, :3] == 0).all()
