@@ -1129,6 +1129,21 @@ def tab_study(study: Study) -> None:
 
 # ----------------------------------------------------------------------------- main
 
+def _library_selector() -> str | None:
+    """The sidebar's study/library selector (shown only when libraries are imported): ``None`` for the
+    study, else the imported library's name."""
+    from pitune_core.study.libraries import library_names
+
+    names = library_names()
+    if not names:
+        return None
+    _choice("library_view", ["study", *names], "study")
+    st.sidebar.selectbox("Expert library", ["study", *names], key="library_view",
+                         format_func=lambda n: "the study's experts" if n == "study" else f"library: {n}",
+                         help="Imported libraries (`pitune library import`) have their own graph and launch form.")
+    return None if st.session_state["library_view"] == "study" else st.session_state["library_view"]
+
+
 def main() -> None:
     for key in KEEP:  # keep the state of widgets on tabs that are not rendered this run
         if key in st.session_state:
@@ -1143,6 +1158,11 @@ def main() -> None:
         render_missing(root, e.problems)
         return
     NT.apply_pending_switch()
+    if _library_selector() is not None:  # an imported expert library: its own page (dashboard/library.py)
+        from dashboard import library as LIB
+
+        LIB.render(st.session_state["library_view"], str(db), get_registry)
+        return
     sel = selection(study)
     if sel is None:
         render_sidebar(study, root, db, sel)

@@ -33,6 +33,25 @@ def transfer_job(config: dict, ctx) -> dict:
     return run_transfer(config, sources, ctx.run_dir, on_step=on_step)
 
 
+def library_transfer_job(config: dict, ctx) -> dict:
+    """Run-registry job: one π-Tuning run over an imported library (``config["library"]``), as
+    ``pitune transfer TARGET --library LIB`` runs it (:func:`pitune_core.tune.library.run_library_transfer`)."""
+    from pitune_core.model.device import configure_threads
+    from pitune_core.model.library import open_library
+    from pitune_core.tune.library import resolve_embedding, run_library_transfer
+
+    configure_threads()
+
+    def on_step(p):
+        ctx.progress(p.get("stage", "train"), step=p.get("step"), total=p.get("total"), loss=p.get("loss"))
+        ctx.check_cancelled()
+
+    ctx.progress("prepare")
+    run = {k: v for k, v in config.items() if k not in ("library", "embedding")}
+    emb = resolve_embedding(open_library(config["library"]), config.get("embedding"))
+    return run_library_transfer(run, config["library"], ctx.run_dir, emb, on_step=on_step)
+
+
 def train_expert_job(config: dict, ctx) -> dict:
     """Run-registry job: train one expert into the run directory."""
     from pitune_core.model.backbone import UnifiedBackbone
@@ -134,6 +153,32 @@ def validate_transfer(config: dict) -> None:
     _verified_study(cfg.study or str(default_study()), "transfer")
 
 
+def validate_library_transfer(config: dict) -> None:
+    """A ``library-transfer`` config: an imported library whose base is unchanged, a known target, k,
+    sources, weights, shots, seed (no torch: the library's checks read JSON and hash the base)."""
+    from pitune_core.common import parse_shots, parse_sources
+    from pitune_core.model.library import open_library
+    from pitune_core.tune.weights import parse_weights
+
+    lib = open_library(config.get("library"))
+    target = _known_task(config.get("target"), "target")
+    k = _int(config, "k", minimum=1)
+    names = parse_sources(config.get("sources"), k)
+    unknown = [n for n in names or [] if n not in lib.adapters]
+    if unknown:
+        raise ValueError(f"library {lib.name} has no adapter {unknown[0]!r}")
+    if names and target in names:
+        raise ValueError(f"the target {target!r} cannot be one of its own sources")
+    parse_weights(config.get("weights", "uniform"), len(names) if names else (k or 3))
+    parse_shots(config.get("shots", 16))
+    _int(config, "seed", 0)
+    if config.get("embedding") not in (None, "fisher", "weights", "arrow"):
+        raise ValueError(f"unknown library embedding {str(config.get('embedding'))[:40]!r}")
+    for flag in ("weights_only", "own_expert"):
+        if not isinstance(config.get(flag, False), bool):
+            raise ValueError(f"{flag} must be true or false, got {config.get(flag)!r}")
+
+
 def validate_train_expert(config: dict) -> None:
     """A ``train-expert`` config: a known task, then the spec's :class:`TrainExpertConfig` checks."""
     _known_task(config.get("task"), "task")
@@ -169,10 +214,11 @@ def validate_place_task(config: dict) -> None:
 
 #: kind -> job function; the worker runs nothing else
 JOBS = {"transfer": transfer_job, "train-expert": train_expert_job, "transfer-pair": transfer_pair_job,
-        "place-task": place_task_job}
+        "place-task": place_task_job, "library-transfer": library_transfer_job}
 #: kind -> config check run before a run is queued
 VALIDATORS = {"transfer": validate_transfer, "train-expert": validate_train_expert,
-              "transfer-pair": validate_transfer_pair, "place-task": validate_place_task}
+              "transfer-pair": validate_transfer_pair, "place-task": validate_place_task,
+              "library-transfer": validate_library_transfer}
 
 for _kind, _fn in JOBS.items():
     register_job(_kind, _fn, validate=VALIDATORS.get(_kind))

@@ -11,12 +11,12 @@ import os
 import sys
 
 from pitune_core import __version__
-from pitune_core.cli import dashboard, foundation, groundtruth, hub, predict, protocol, runs, study, task, transfer
+from pitune_core.cli import dashboard, foundation, groundtruth, hub, library, predict, protocol, runs, study, task, transfer
 
 #: every command group, in ``pitune --help`` order; each module owns its commands' arguments
 REGISTRARS = (foundation.register, task.register, predict.register, transfer.register, study.register,
               study.register_report, protocol.register, groundtruth.register, runs.register, dashboard.register,
-              hub.register)
+              hub.register, library.register)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
 

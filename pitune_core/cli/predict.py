@@ -14,7 +14,7 @@ from pitune_core.cli.options import add_db, add_embedding, add_study, db_of, ren
 from pitune_core.common import parse_int_list, progress
 from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, SIMILARITY_FILE, StudyPaths
 from pitune_core.spec.parse import shots_arg
-from pitune_core.spec.vocab import DEFAULT_EXPERT_TYPE, DEFAULT_K, EXPERT_META_FILE, EXPERT_TYPES, GRAPH_K, PAIR_SHOTS
+from pitune_core.spec.vocab import DEFAULT_EXPERT_TYPE, DEFAULT_K, DEFAULT_SHOTS, EXPERT_META_FILE, EXPERT_TYPES, GRAPH_K, PAIR_SHOTS
 
 
 def _expert_dirs(study: Path, expert_type: str, tasks: list[str] | None) -> dict[str, Path]:
@@ -89,6 +89,10 @@ def cmd_graph(args) -> int:
 
 
 def cmd_top_k(args) -> int:
+    if getattr(args, "library", None):  # an imported library (`pitune library import`): ranked from a target's own expert
+        from pitune_core.cli.library import cmd_top_k as library_top_k
+
+        return library_top_k(args)
     from pitune_core.common import check_task_name
     from pitune_core.predict.similarity import read_similarity_csv, top_k
     from pitune_core.study.verify import require_verified
@@ -174,6 +178,11 @@ def register(sub, add) -> None:
     common(sp)
     sp.add_argument("target")
     sp.add_argument("--k", type=int, default=DEFAULT_K, help=f"sources to list (default: {DEFAULT_K})")
+    sp.add_argument("--library", metavar="LIB", help="rank an imported library's adapters instead of the study's "
+                                                     "(`pitune library import`), from a target's own expert")
+    sp.add_argument("--shots", default=str(DEFAULT_SHOTS),
+                    help=f"with --library: examples per class the own expert is trained on (default: {DEFAULT_SHOTS})")
+    sp.add_argument("--seed", type=int, default=0, help="with --library: the few-shot sample's seed")
 
     sp = add("transfer-matrix", cmd_transfer_matrix, "measure pairwise transfer and score the predictions (resumable)")
     add_study(sp)

@@ -17,6 +17,10 @@ from pitune_core.spec.vocab import ACTIVE_STATUSES, DEFAULT_K
 
 
 def cmd_transfer(args) -> int:
+    if getattr(args, "library", None):  # π-Tuning over an imported library (`pitune library import`)
+        from pitune_core.cli.library import cmd_transfer as library_transfer
+
+        return library_transfer(args)
     from pitune_core.study.sources import load_sources
     from pitune_core.tune.run import prepare_transfer, run_transfer
 
@@ -63,7 +67,7 @@ def cmd_transfer(args) -> int:
     return 0
 
 
-def _run_recorded(args, config: dict, study) -> int:
+def _run_recorded(args, config: dict, study, kind: str = "transfer", what: str = "") -> int:
     """Run in the foreground as a run of the registry (``--db``): it is listed by ``pitune runs``
     and on the dashboard's Runs & compare tab like a run launched there, its files in the
     registry's run folder. A scheduler that claims it first runs it instead (then followed here)."""
@@ -73,8 +77,8 @@ def _run_recorded(args, config: dict, study) -> int:
 
     db = db_of(args)
     reg = RunRegistry(db)
-    run_id = reg.submit("transfer", {**config, "study": str(Path(study).resolve())},
-                        name=f"transfer {args.target} k={config['k']} (command line)")
+    run_id = reg.submit(kind, {**config, "study": str(Path(study).resolve())},
+                        name=f"transfer {args.target}{what} k={config['k']} (command line)")
     print(f"run {run_id} recorded in {db} (the dashboard shows it; --no-record runs without the registry)",
           file=sys.stderr)
     bar = StageBars(f"π-tuning {args.target}")
@@ -149,10 +153,13 @@ def _check_listed(named, sources, expert_type: str, embedding: str) -> None:
 
 
 def cmd_compare(args) -> int:
+    if getattr(args, "library", None):  # an imported library's adapters as the sources
+        from pitune_core.cli.library import cmd_compare as library_compare
+
+        return library_compare(args)
     from pitune_core.model.backbone import UnifiedBackbone
     from pitune_core.study.sources import load_sources
-    from pitune_core.study.results import result_row, write_results
-    from pitune_core.tune.baselines import BASELINES, run_method
+    from pitune_core.tune.baselines import BASELINES
 
     approaches = args.approaches or list(BASELINES)
     unknown = [a for a in approaches if a not in BASELINES]
@@ -166,6 +173,15 @@ def cmd_compare(args) -> int:
     sources = load_sources(study, args.expert_type)
     sources.top_k(args.target, args.k)  # validates target and k before anything runs
     bb = UnifiedBackbone.load(StudyPaths(study).backbone)
+    return run_compare(args, sources, bb, approaches, shots, seeds)
+
+
+def run_compare(args, sources, bb, approaches: list[str], shots: list, seeds: list[int]) -> int:
+    """Every approach x shots x seed on ``sources`` (a study's, or an imported library's), into
+    ``--out``/results.csv (rewritten after each run)."""
+    from pitune_core.study.results import result_row, write_results
+    from pitune_core.tune.baselines import run_method
+
     out = Path(args.out or runs_root() / "compare" / args.target)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -197,6 +213,8 @@ def register(sub, add) -> None:
                          "interpolation; fixed --weights w1,w2,... leave it out too")
     sp.add_argument("--out", help="run directory of your choice; such a run is not recorded in the run registry "
                                   "(default: recorded there, its files in the registry's run folder)")
+    sp.add_argument("--library", metavar="LIB", help="interpolate an imported library's adapters "
+                                                     "(`pitune library import`) instead of the study's")
     sp.add_argument("--submit", action="store_true", help="queue in the run registry and return at once")
     sp.add_argument("--no-record", action="store_true",
                     help="run without the run registry (into runs/transfer/TARGET-TIME; the dashboard does not "
@@ -212,3 +230,5 @@ def register(sub, add) -> None:
     sp.add_argument("--approaches", nargs="*", help="subset of the approaches (default: all)")
     add_study(sp)
     sp.add_argument("--out", help="output directory (default: runs/compare/TARGET)")
+    sp.add_argument("--library", metavar="LIB", help="an imported library's adapters as the sources "
+                                                     "(`pitune library import`); approaches: any of pitune's")

@@ -222,13 +222,20 @@ def check_meta(meta: Any, expert_format: str) -> dict:
 
 # ----------------------------------------------------------------------------- what the method implies
 
-@functools.lru_cache(maxsize=1)
-def _trunk_config():
-    from transformers import AutoConfig
-
+def _trunk_dir(trunk: str | None = None) -> str:
+    """The trunk folder a check is made against: ``trunk`` when given (an imported library's base), else
+    the backbone's (:func:`pitune_core.model.backbone.trunk_path`)."""
     from pitune_core.model.backbone import trunk_path
 
-    return AutoConfig.from_pretrained(trunk_path())
+    return trunk or trunk_path()
+
+
+@functools.lru_cache(maxsize=4)
+def _trunk_config(trunk: str):
+    """The transformers config of the trunk folder ``trunk`` (cached by folder)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(trunk)
 
 
 def _method(method: str, mc_json: str):
@@ -241,9 +248,14 @@ def _method(method: str, mc_json: str):
     return get_method(method, **kw)
 
 
+def _expected(method: str, mc_json: str, trunk: str | None = None) -> tuple[dict, dict]:
+    """(peft config as a dict, {tensor name: shape}) of this method/config on this trunk (meta device);
+    ``trunk``: another trunk folder than the backbone's (an imported library's base)."""
+    return _expected_on(_trunk_dir(trunk), method, mc_json)
+
+
 @functools.lru_cache(maxsize=32)
-def _expected(method: str, mc_json: str) -> tuple[dict, dict]:
-    """(peft config as a dict, {tensor name: shape}) of this method/config on this trunk (meta device)."""
+def _expected_on(trunk: str, method: str, mc_json: str) -> tuple[dict, dict]:
     import warnings
 
     import torch
@@ -252,7 +264,7 @@ def _expected(method: str, mc_json: str) -> tuple[dict, dict]:
 
     from pitune_core.model.backbone import Projector
 
-    cfg = _trunk_config()
+    cfg = _trunk_config(trunk)
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trunk = AutoModel.from_config(cfg)
@@ -274,10 +286,10 @@ def _norm(key: str, v):
     return v
 
 
-def check_adapter_config(adapter_cfg: Any, method: str, mc: dict) -> None:
+def check_adapter_config(adapter_cfg: Any, method: str, mc: dict, trunk: str | None = None) -> None:
     if not isinstance(adapter_cfg, dict):
         raise ExpertSchemaError("adapter_config.json must be a JSON object")
-    want, _ = _expected(method, json.dumps(mc, sort_keys=True))
+    want, _ = _expected(method, json.dumps(mc, sort_keys=True), trunk)
     for key, value in adapter_cfg.items():
         if key in FREE_FIELDS:
             if not isinstance(value, FREE_FIELDS[key]) or (isinstance(value, str) and len(value) > 1000):
@@ -290,8 +302,8 @@ def check_adapter_config(adapter_cfg: Any, method: str, mc: dict) -> None:
                                     f"with this method_config has {str(_norm(key, want[key]))[:80]} (refused)")
 
 
-def check_tensors(header: dict, method: str, mc: dict, path: Path) -> None:
-    _, shapes = _expected(method, json.dumps(mc, sort_keys=True))
+def check_tensors(header: dict, method: str, mc: dict, path: Path, trunk: str | None = None) -> None:
+    _, shapes = _expected(method, json.dumps(mc, sort_keys=True), trunk)
     names = set(header)
     missing, extra = sorted(set(shapes) - names), sorted(names - set(shapes))
     if missing or extra:

@@ -95,6 +95,10 @@ class Sources:
     #: own expert and target-only are trained with it, so the own expert has the sources' parameters
     #: (interpolation and Fisher ranking compare them group by group); None: the method's defaults
     method_config: dict | None = None
+    #: an imported library's ranking of its adapters by their similarity to a target's own expert (a peft
+    #: model in memory) from the adapters' weights alone (:func:`pitune_core.tune.library.library_sources`);
+    #: used by :func:`target_side` where there are no source embeddings
+    ranker: Callable[[object], list[tuple[str, float]]] | None = None
 
     def method_overrides(self) -> dict:
         return dict(self.method_config or {})
@@ -255,6 +259,8 @@ def target_side(target: str, sources: Sources, backbone: UnifiedBackbone, method
         if on_step:
             on_step({"stage": OWN_FISHER_STAGE, "step": n, "total": n})
         ranking, selection = rank_by_embedding(target, own, sources), "shots"
+    elif sources.ranker is not None:  # an imported library: its adapters ranked from the weights
+        ranking, selection = [(n, s) for n, s in sources.ranker(model) if n != target], "shots"
     else:
         ranking, selection = sources.ranked(target), "study"
     return TargetSide(str(Path(workdir) / "own"), steps, ranking, selection, len(train_t))

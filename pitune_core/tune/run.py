@@ -173,7 +173,7 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool, on_step=None
         from pitune_core.predict.quality import predictor_of
 
         predictor = predictor_of(cfg.get("embedding", "fisher"))
-        if use_emb:
+        if use_emb or sources.ranker is not None:  # a library ranks by its adapters' weights
             top = side.ranking[: cfg["k"]]
             cfg.update(sources=[n for n, _ in top], similarities=[s for _, s in top], selection="shots")
         elif predictor:

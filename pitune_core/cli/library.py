@@ -1,0 +1,248 @@
+"""CLI: ``pitune library import|list|show|remove`` (bring your own expert library), and the
+``--library`` form of ``top-k`` and ``transfer`` (:func:`cmd_top_k`, :func:`cmd_transfer`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def cmd_import(args) -> int:
+    from pitune_core.common import progress
+    from pitune_core.predict.library import import_library, neighbours
+
+    t0 = time.time()
+    bars = []  # opened at the first checked adapter: a refusal stays one line
+
+    def on_adapter(name: str) -> None:
+        if not bars:
+            bars.append(progress(desc="adapters checked", unit="adapter"))
+        bars[0].update(1)
+
+    try:
+        lib = import_library(args.dir, args.name, base=args.base, replace=args.replace, on_adapter=on_adapter,
+                             samples=args.samples)
+    finally:
+        for b in bars:
+            b.close()
+    print(f"library {lib.name}: {len(lib.adapters)} LoRA adapters (r={lib.method_config['r']}, "
+          f"{', '.join(lib.method_config['target_modules'])}) on base {lib.base.path} ({lib.base.id}) "
+          f"-> {lib.root} ({time.time() - t0:.1f} s)")
+    for a in lib.info["adapters"]:
+        if a["ignored_heads"]:
+            print(f"pitune: adapter {a['name']}: its own head ({', '.join(a['ignored_heads'])}) is ignored: pitune "
+                  f"scores every task by label-as-text matching", file=sys.stderr)
+    _print_gate(lib)
+    emb = "fisher" if lib.paths.embeddings_file("lora", "fisher").is_file() else "weights"
+    _print_neighbours(lib, neighbours(lib, emb), emb)
+    return 0
+
+
+def _print_gate(lib) -> None:
+    """The quality gate's verdict on each adapter a sample measured (as ``pitune task place`` says it)."""
+    from pitune_core.common import admission
+    from pitune_core.model.experts import read_expert_meta
+    from pitune_core.model.library import using_base
+
+    for n, d in lib.expert_dirs().items():
+        with using_base(lib.base):
+            meta = read_expert_meta(d)
+        if meta.get("metrics"):
+            ok, why = admission(meta)
+            acc = meta["metrics"]["val"]["accuracy"]
+            print(f"  {n:28s} sample accuracy {acc:.3f}: {'offered as a source' if ok else why}")
+
+
+def _print_neighbours(lib, nbs: dict, embedding: str) -> None:
+    from pitune_core.predict.graph import read_graph_json
+
+    graph = lib.paths.graph_json("lora", embedding)
+    community = {}
+    if graph.is_file():
+        G = read_graph_json(graph)
+        community = {n: G.nodes[n].get("community") for n in G.nodes}
+    print(f"neighbours ({embedding} similarity):")
+    for n, nb in nbs.items():
+        c = community.get(n)
+        print(f"  {n:28s} {'' if c is None else f'[community {c}] '}" + ", ".join(f"{m} {s:.3f}" for m, s in nb))
+
+
+def cmd_list(args) -> int:
+    from pitune_core.model.library import LibraryError, libraries_dir, list_libraries, open_library
+
+    rows = []
+    for name in list_libraries():
+        try:
+            lib = open_library(name, check_base=False)
+            rows.append({"name": name, "adapters": len(lib.adapters), "r": lib.method_config["r"],
+                         "base": lib.base.path, "base_id": lib.base.id, "created": lib.info.get("created")})
+        except LibraryError as e:
+            rows.append({"name": name, "error": str(e)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no libraries in {libraries_dir()} (import one with `pitune library import DIR --name NAME`)",
+              file=sys.stderr)
+    for r in rows:
+        print(f"{r['name']}\t{r['error']}" if "error" in r else
+              f"{r['name']}\t{r['adapters']} adapters\tr={r['r']}\tbase {r['base_id']} ({r['base']})\t{r['created']}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from pitune_core.model.library import open_library
+    from pitune_core.predict.library import neighbours
+
+    lib = open_library(args.name, check_base=False)
+    if args.json:
+        print(json.dumps(lib.info, indent=2))
+        return 0
+    print(f"library {lib.name}: {len(lib.adapters)} LoRA adapters, r={lib.method_config['r']} on "
+          f"{', '.join(lib.method_config['target_modules'])}, imported {lib.info.get('created')} from "
+          f"{lib.info.get('source')}")
+    print(f"base: {lib.base.path} ({lib.base.id}; weights sha256 {lib.base.weights_sha256})")
+    for a in lib.info["adapters"]:
+        heads = f"; head ignored: {', '.join(a['ignored_heads'])}" if a["ignored_heads"] else ""
+        print(f"  {a['name']:28s} from {a['source']} (alpha {a['alpha']:g}{heads})")
+    _print_gate(lib)
+    if not lib.paths.similarity_csv("lora", args.embedding).is_file():
+        raise ValueError(f"library {lib.name} has no {args.embedding} graph (Fisher needs a sample per adapter: "
+                         f"import with --samples DIR)")
+    _print_neighbours(lib, neighbours(lib, args.embedding, args.k), args.embedding)
+    return 0
+
+
+def cmd_remove(args) -> int:
+    from pitune_core.model.library import remove_library
+
+    print(f"removed {remove_library(args.name)}")
+    return 0
+
+
+def cmd_library(args) -> int:
+    return args.library_func(args)
+
+
+def register(sub, add) -> None:
+    from pitune_core.predict.library import DEFAULT_EMBEDDING, LIBRARY_EMBEDDINGS
+
+    sp = add("library", cmd_library, "bring your own expert library: peft LoRA adapters trained elsewhere "
+                                     "(import, list, show, remove)")
+    lsub = sp.add_subparsers(dest="library_command", required=True, metavar="ACTION")
+
+    def action(name, fn, help_):
+        p = lsub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(library_func=fn)
+        return p
+
+    p = action("import", cmd_import, "import every peft LoRA adapter folder under DIR (checked strictly; one "
+                                     "line per refusal, nothing imported half-way), with its graph")
+    p.add_argument("dir", metavar="DIR", help="a folder of adapter folders (adapter_config.json + "
+                                              "adapter_model.safetensors, as save_pretrained writes them)")
+    p.add_argument("--name", required=True, help="the library's name (lower-case letters, digits, underscores)")
+    p.add_argument("--base", metavar="MODEL_DIR", help="the base model folder the adapters were trained on "
+                                                       "(default: the packaged MiniLM); nothing is fetched")
+    p.add_argument("--replace", action="store_true", help="replace a library of that name")
+    p.add_argument("--samples", metavar="DIR", help="a small sample per adapter (DIR/NAME.csv with text,label "
+                                                   "columns): Fisher embeddings and graph, and the quality gate")
+
+    p = action("list", cmd_list, "list the imported libraries ($PITUNE_LIBRARIES)")
+    p.add_argument("--json", action="store_true")
+
+    p = action("show", cmd_show, "a library's adapters, base and graph neighbours")
+    p.add_argument("name")
+    p.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=("fisher", *LIBRARY_EMBEDDINGS),
+                   help="fisher: where the import had --samples")
+    p.add_argument("--k", type=int, default=3, help="neighbours per adapter")
+    p.add_argument("--json", action="store_true")
+
+    p = action("remove", cmd_remove, "delete a library")
+    p.add_argument("name")
+
+
+# ----------------------------------------------------------------------------- top-k / transfer --library
+
+def cmd_top_k(args) -> int:
+    from pitune_core.common import StageBars, check_task_name, parse_shots
+    from pitune_core.model.library import open_library
+    from pitune_core.tune.library import library_sources, rank_target, resolve_embedding
+
+    check_task_name(args.target, "target")
+    lib = open_library(args.library)
+    shots = parse_shots(args.shots)
+    emb = resolve_embedding(lib, getattr(args, "embedding", None))
+    t0 = time.time()
+    bar = StageBars(f"ranking {lib.name} for {args.target}")
+    try:
+        ranking = rank_target(args.target, lib, shots, args.seed, emb, on_step=bar)
+    finally:
+        bar.close()
+    for n, s in ranking[: args.k]:
+        print(f"{n}\t{s:.4f}")
+    for n, why in sorted(library_sources(lib, args.target, emb).gated.items()):  # as the study's top-k says it
+        print(f"pitune: {n} {why}", file=sys.stderr)
+    print(f"pitune: {lib.name}'s adapters ranked by {emb} similarity to {args.target}'s own expert "
+          f"({'all' if shots is None else shots} shots per class, {time.time() - t0:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    from pitune_core.cli.transfer import _fresh_run_dir
+    from pitune_core.common import StageBars, check_task_name, parse_shots, parse_sources
+    from pitune_core.model.library import open_library
+    from pitune_core.tune.library import prepare_library_transfer, resolve_embedding, run_library_transfer
+
+    check_task_name(args.target, "target")
+    if args.submit:
+        raise ValueError("--submit is not available with --library yet: run it in the foreground")
+    named = parse_sources(args.sources, args.k)
+    emb = resolve_embedding(open_library(args.library), getattr(args, "embedding", None))
+    config = {"target": args.target, "k": args.k if args.k is not None else (len(named) if named else 3),
+              "shots": parse_shots(args.shots), "weights": args.weights, "sources": named, "seed": args.seed,
+              "weights_only": args.weights_only, "own_expert": not args.no_own_expert}
+    prepare_library_transfer(config, args.library, emb)  # every error surfaces here, before any directory
+    if args.out is None and not args.no_record:  # recorded in the run registry, as a study's run is
+        from pitune_core.cli.transfer import _run_recorded
+
+        return _run_recorded(args, {**config, "library": args.library, "embedding": emb}, open_library(args.library).root,
+                             kind="library-transfer", what=f" on library {args.library}")
+    out = _fresh_run_dir(args.out, args.target)
+    bar = StageBars(f"π-tuning {args.target} on library {args.library}")
+    try:
+        res = run_library_transfer(config, args.library, out, emb, on_step=bar)
+    finally:
+        bar.close()
+    print(f"run written to {out}; its expert/ is a peft adapter of the library's base "
+          f"(PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), '{out / 'expert'}'))", file=sys.stderr)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+#: the approaches ``compare --library`` runs by default: π-Tuning and every baseline that takes a library
+LIBRARY_APPROACHES = ("pi-tuning", "best-single", "target-only", "peft-linear", "peft-ties", "peft-dare", "lorahub",
+                      "arrow")
+
+
+def cmd_compare(args) -> int:
+    from pitune_core.cli.transfer import run_compare
+    from pitune_core.common import check_task_name, parse_int_list, parse_shots_list
+    from pitune_core.model.library import open_library, using_base
+    from pitune_core.tune.baselines import APPROACHES
+    from pitune_core.tune.library import library_backbone, library_sources, resolve_embedding
+
+    approaches = args.approaches or list(LIBRARY_APPROACHES)
+    unknown = [a for a in approaches if a not in APPROACHES]
+    if unknown:
+        raise ValueError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(APPROACHES)}")
+    if args.expert_type != "lora":
+        raise ValueError("a library holds LoRA adapters: --expert-type lora")
+    shots, seeds = parse_shots_list(args.shots), parse_int_list(args.seeds, "seeds")
+    check_task_name(args.target, "target")
+    lib = open_library(args.library)
+    if not 1 <= args.k <= len([a for a in lib.adapters if a != args.target]):
+        raise ValueError(f"k={args.k} is out of range: library {lib.name} has {len(lib.adapters)} adapters")
+    with using_base(lib.base):
+        sources = library_sources(lib, args.target, resolve_embedding(lib, None))
+        return run_compare(args, sources, library_backbone(lib), approaches, shots, seeds)
