@@ -12,7 +12,8 @@ from pathlib import Path
 from pitune_core.paths import default_study
 from pitune_core.runs.jobs import register_job
 from pitune_core.spec.configs import PlaceConfig, TrainExpertConfig, TransferConfig
-from pitune_core.spec.parse import check_expert_type, check_int, check_task_name, parse_shots
+from pitune_core.spec.parse import check_expert_type, check_int, check_not_own_source, check_task_name, parse_shots
+from pitune_core.spec.vocab import DEFAULT_K, DEFAULT_SHOTS
 
 
 def transfer_job(config: dict, ctx) -> dict:
@@ -167,10 +168,9 @@ def validate_library_transfer(config: dict) -> None:
     unknown = [n for n in names or [] if n not in lib.adapters]
     if unknown:
         raise ValueError(f"library {lib.name} has no adapter {unknown[0]!r}")
-    if names and target in names:
-        raise ValueError(f"the target {target!r} cannot be one of its own sources")
-    parse_weights(config.get("weights", "uniform"), len(names) if names else (k or 3))
-    parse_shots(config.get("shots", 16))
+    check_not_own_source(target, names)
+    parse_weights(config.get("weights", "uniform"), len(names) if names else (k or DEFAULT_K))
+    parse_shots(config.get("shots", DEFAULT_SHOTS))
     _int(config, "seed", 0)
     if config.get("embedding") not in (None, "fisher", "weights", "arrow"):
         raise ValueError(f"unknown library embedding {str(config.get('embedding'))[:40]!r}")

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from pitune_core.spec.vocab import GRAPH_K
+
 
 def cmd_import(args) -> int:
     from pitune_core.common import progress
@@ -155,7 +157,7 @@ def register(sub, add) -> None:
     p.add_argument("name")
     p.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=("fisher", *LIBRARY_EMBEDDINGS),
                    help="fisher: where the import had --samples")
-    p.add_argument("--k", type=int, default=3, help="neighbours per adapter")
+    p.add_argument("--k", type=int, default=GRAPH_K, help=f"neighbours per adapter (default: {GRAPH_K})")
     p.add_argument("--json", action="store_true")
 
     p = action("remove", cmd_remove, "delete a library")

@@ -48,6 +48,8 @@ from typing import Any, Callable, Iterator
 from pitune_core.common import PROJECTOR_LAYERS, check_task_name, clean_stale_tmp, sha256_file, tmp_prefix
 from pitune_core.model import expert_schema as schema
 from pitune_core.paths import StudyPaths, user_tasks_dir
+from pitune_core.spec.env import TRUNK_PATH_ENV
+from pitune_core.spec.vocab import EXPERT_META_FILE
 
 LIBRARY_FORMAT = "pitune-library/1"
 LIBRARY_FILE = "library.json"
@@ -55,7 +57,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BASE_WEIGHTS = "model.safetensors"
 #: an expert's metadata file (:data:`pitune_core.model.experts.EXPERT_META`, named here for torch-free readers)
-EXPERT_META = "pitune_expert.json"
+EXPERT_META = EXPERT_META_FILE
 #: base architectures whose modules carry the names pitune's LoRA targets (query, value, ...)
 SUPPORTED_BASES = frozenset({"bert", "roberta", "xlm-roberta", "electra"})
 #: config.json fields that say where / with what a base was written, not what it computes
@@ -195,15 +197,15 @@ def using_base(base: BaseModel) -> Iterator[None]:
     if Path(default_base()).resolve() == Path(base.path):
         yield
         return
-    old = os.environ.get("PITUNE_TRUNK_PATH")
-    os.environ["PITUNE_TRUNK_PATH"] = base.path
+    old = os.environ.get(TRUNK_PATH_ENV)
+    os.environ[TRUNK_PATH_ENV] = base.path
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("PITUNE_TRUNK_PATH", None)
+            os.environ.pop(TRUNK_PATH_ENV, None)
         else:
-            os.environ["PITUNE_TRUNK_PATH"] = old
+            os.environ[TRUNK_PATH_ENV] = old
 
 
 # ----------------------------------------------------------------------------- finding adapters

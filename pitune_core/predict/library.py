@@ -26,6 +26,7 @@ import numpy as np
 
 from pitune_core.model.library import Library, abandon, commit, stage_import
 from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_FILE
+from pitune_core.spec.vocab import GRAPH_K
 
 LIBRARY_EMBEDDINGS = ("weights", "arrow")
 #: the embedding a library's graph and top-k use by default
@@ -127,7 +128,7 @@ def similarity(factors: list[dict], embedding: str = DEFAULT_EMBEDDING) -> np.nd
     return SIMILARITIES[embedding](factors)
 
 
-def build_predictions(lib: Library, k: int = 3) -> dict[str, np.ndarray]:
+def build_predictions(lib: Library, k: int = GRAPH_K) -> dict[str, np.ndarray]:
     """Similarity matrices, kNN graphs with communities and maps of a library, per embedding, written
     under ``LIBRARY/predict/lora/EMBEDDING/``; returns the matrices."""
     factors = [lora_factors(d) for d in lib.expert_dirs().values()]
@@ -138,7 +139,7 @@ def build_predictions(lib: Library, k: int = 3) -> dict[str, np.ndarray]:
     return out
 
 
-def write_graph(lib: Library, embedding: str, names: list[str], S: np.ndarray, k: int = 3) -> None:
+def write_graph(lib: Library, embedding: str, names: list[str], S: np.ndarray, k: int = GRAPH_K) -> None:
     """A similarity matrix, its kNN graph with communities and its map, where a study keeps them."""
     from pitune_core.predict.graph import annotate_communities, build_graph, detect_communities, write_graph_json
     from pitune_core.predict.layout import layout_from_similarity, write_layout_csv
@@ -182,7 +183,7 @@ def import_library(src: str | Path, name: str, base: str | Path | None = None, r
     return open_library(name, check_base=False)
 
 
-def neighbours(lib: Library, embedding: str = DEFAULT_EMBEDDING, k: int = 3) -> dict[str, list[tuple[str, float]]]:
+def neighbours(lib: Library, embedding: str = DEFAULT_EMBEDDING, k: int = GRAPH_K) -> dict[str, list[tuple[str, float]]]:
     """Each adapter's ``k`` most similar adapters (from the stored similarity matrix)."""
     from pitune_core.predict.similarity import read_similarity_csv, top_k
 
