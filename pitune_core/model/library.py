@@ -9,8 +9,8 @@ experts (:mod:`pitune_core.model.expert_schema`), against the *base model folder
 - ``adapter_config.json`` goes through the schema's own allow-list (:func:`expert_schema.check_adapter_config`)
   once the few fields a foreign script legitimately sets differently are normalised: the task type
   (none or feature extraction), the initialisation (a trained adapter no longer depends on it, but
-  PiSSA/OLoRA/LoftQ ones change the base and are refused), the dropout (pitune tunes in eval mode, so it
-  never applies) and ``lora_alpha`` (folded into B: ``(alpha/r)·B·A = (2r/r)·(alpha/(2r))·B·A``, so every
+  PiSSA/OLoRA/LoftQ ones change the base and are refused), the dropout (set to 0, as in pitune's own
+  experts: it would act only while tuning) and ``lora_alpha`` (folded into B: ``(alpha/r)·B·A = (2r/r)·(alpha/(2r))·B·A``, so every
   imported adapter has pitune's scaling ``alpha = 2r`` and the update ΔW is unchanged). A head of its own
   (``modules_to_save``) is reported and ignored: pitune scores every task by label-as-text matching;
 - ``adapter_model.safetensors``: the header (no tensor read) lists exactly the LoRA tensors and shapes
