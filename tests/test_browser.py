@@ -341,3 +341,104 @@ def test_graph_labels_in_a_tight_cluster_do_not_overlap_in_chromium(sync_playwri
     for i, (a, *p) in enumerate(focus):
         for b, *q in focus[i + 1:]:
             assert not (p[0] < q[2] and q[0] < p[2] and p[1] < q[3] and q[1] < p[3]), (a, p, b, q)
+
+
+# ----------------------------------------------------------------------------- first use
+
+def _wait_value(locator, want: str, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while locator.input_value() != want:
+        assert time.time() < deadline, f"slider value {locator.input_value()!r}, not {want!r}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cold_server(tmp_path_factory):
+    """The dashboard on a cold cache (issue 32): ``PITUNE_CACHE`` holds only the data archives (copied
+    from this machine's cache when it has them; otherwise the run downloads its task's archive, as a
+    new user's first run does), an empty run registry and the real background scheduler."""
+    from pitune_core.paths import cache_dir
+
+    tmp = tmp_path_factory.mktemp("cold")
+    cache = tmp / "cache"
+    cache.mkdir()
+    archives = cache_dir() / "archives"
+    if archives.is_dir():
+        shutil.copytree(archives, cache / "archives")
+    env = dict(os.environ, PITUNE_STUDY=str(_study()), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
+               PITUNE_TASKS=str(tmp / "tasks"), PITUNE_CACHE=str(cache), PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
+    env.pop("PITUNE_TEST_STUDY", None)
+    try:
+        with DashboardServer(env, _free_port(), tmp / "streamlit.log", timeout=60) as url:
+            yield url, tmp
+    finally:
+        try:
+            from pitune_core.runs.registry import RunRegistry
+
+            info = RunRegistry(tmp / "registry.sqlite").scheduler_info("local") or {}
+            if info.get("pid"):
+                os.kill(int(info["pid"]), signal.SIGTERM)
+        except (OSError, ValueError, ImportError):
+            pass
+
+
+def test_first_run_from_a_cold_cache_shows_its_stages_and_lands_beside_the_study(cold_server, sync_playwright):
+    """Issue 32: the whole first-use path in a real browser. On a cold cache, launch the smallest run the
+    page offers (k = 1, 1 shot per class) from Tune & launch, see the run name its stages as it reaches
+    them (more than one), see it finish, and find it on Runs & compare drawn beside the study's
+    references for that target. Prints the time from the click to the finished run."""
+    url, tmp = cold_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector(GRAPH_NODES, timeout=90_000)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            target = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Target task") \
+                .locator("input").input_value().split(" (")[0]
+            k_slider = sidebar.locator('.st-key-k input[type="range"]')
+            k_slider.focus()
+            page.keyboard.press("Home")  # the smallest k the slider offers: 1
+            _wait_value(k_slider, "1")
+            page.get_by_role("tab", name="Tune & launch").click()
+            shots = page.locator('.st-key-shots input[type="range"]')
+            shots.wait_for(timeout=30_000)
+            shots.focus()
+            page.keyboard.press("Home")  # the first option (index 0): 1 shot per class
+            _wait_value(shots, "0")
+            time.sleep(1.0)  # let the rerun that the slider started settle before the click
+            t0 = time.perf_counter()
+            page.locator(".st-key-launch button").click()
+            page.wait_for_selector('[data-testid="stAlertContentSuccess"]', timeout=60_000)  # "Launched run …"
+            stages: list[str] = []
+            deadline = time.time() + 900
+            while True:
+                for text in page.get_by_text("stage: ").all_inner_texts():
+                    s = text.split("stage: ", 1)[1].strip()
+                    if s and s != "–" and (not stages or stages[-1] != s):
+                        stages.append(s)
+                if page.get_by_text("Recently finished").count():
+                    break
+                assert time.time() < deadline, f"the run did not finish; stages seen: {stages}"
+                time.sleep(0.3)
+            took = time.perf_counter() - t0
+            print(f"\nfirst run from a cold cache (click -> finished): {took:.1f} s; stages seen: {stages}")
+            assert len(set(stages)) >= 2, stages
+            from pitune_core.runs.registry import RunRegistry
+
+            runs = RunRegistry(tmp / "registry.sqlite").list_runs(kind="transfer")
+            assert [(r.status, r.config.get("target"), r.config.get("k"), r.config.get("shots")) for r in runs] == \
+                [("succeeded", target, 1, 1)], [(r.status, r.error) for r in runs]
+            page.get_by_role("tab", name="Runs & compare").click()
+            page.wait_for_selector(".st-key-compare_chart .plot-container", timeout=60_000)
+            legend = page.locator(".st-key-compare_chart").inner_text()
+            assert "your runs" in legend, legend
+            assert page.get_by_text("zero-shot from").count() > 0  # the study's reference for this target
+            assert page.get_by_text(f"No runs of `{target}`").count() == 0
+            assert not page.locator('[data-testid="stException"]').count()
+            assert not errors, f"JavaScript errors: {errors}"
+        finally:
+            browser.close()
