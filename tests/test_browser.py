@@ -197,18 +197,19 @@ def test_dashboard_in_chromium(server, sync_playwright, tmp_path):
 
 # ----------------------------------------------------------------------------- bring your own task
 
-@pytest.fixture(scope="module")
-def byo_server(tmp_path_factory):
-    """The dashboard with an empty user task store and run registry of its own (real scheduler)."""
-    tmp = tmp_path_factory.mktemp("byo")
+@contextlib.contextmanager
+def _dashboard_with_scheduler(tmp: Path, **env_extra: str):
+    """The dashboard with an empty user task store and run registry of its own under ``tmp`` (plus
+    ``env_extra``); the background scheduler the page starts is stopped afterwards (it would also stop
+    by itself when idle)."""
     env = dict(os.environ, PITUNE_STUDY=str(_study()), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
-               PITUNE_TASKS=str(tmp / "tasks"), PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
+               PITUNE_TASKS=str(tmp / "tasks"), PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE", **env_extra)
     env.pop("PITUNE_TEST_STUDY", None)
     try:
         with DashboardServer(env, _free_port(), tmp / "streamlit.log", timeout=60) as url:
-            yield url, tmp
+            yield url
     finally:
-        try:  # the background scheduler the page started (it would also stop by itself when idle)
+        try:
             from pitune_core.runs.registry import RunRegistry
 
             info = RunRegistry(tmp / "registry.sqlite").scheduler_info("local") or {}
@@ -216,6 +217,14 @@ def byo_server(tmp_path_factory):
                 os.kill(int(info["pid"]), signal.SIGTERM)
         except (OSError, ValueError, ImportError):
             pass
+
+
+@pytest.fixture(scope="module")
+def byo_server(tmp_path_factory):
+    """The dashboard with an empty user task store and run registry of its own (real scheduler)."""
+    tmp = tmp_path_factory.mktemp("byo")
+    with _dashboard_with_scheduler(tmp) as url:
+        yield url, tmp
 
 
 def test_upload_a_csv_and_see_the_new_node(byo_server, sync_playwright, tmp_path):
@@ -365,21 +374,8 @@ def cold_server(tmp_path_factory):
     archives = cache_dir() / "archives"
     if archives.is_dir():
         shutil.copytree(archives, cache / "archives")
-    env = dict(os.environ, PITUNE_STUDY=str(_study()), PITUNE_RUNS_DB=str(tmp / "registry.sqlite"),
-               PITUNE_TASKS=str(tmp / "tasks"), PITUNE_CACHE=str(cache), PITUNE_QUIET="1", OMP_WAIT_POLICY="PASSIVE")
-    env.pop("PITUNE_TEST_STUDY", None)
-    try:
-        with DashboardServer(env, _free_port(), tmp / "streamlit.log", timeout=60) as url:
-            yield url, tmp
-    finally:
-        try:
-            from pitune_core.runs.registry import RunRegistry
-
-            info = RunRegistry(tmp / "registry.sqlite").scheduler_info("local") or {}
-            if info.get("pid"):
-                os.kill(int(info["pid"]), signal.SIGTERM)
-        except (OSError, ValueError, ImportError):
-            pass
+    with _dashboard_with_scheduler(tmp, PITUNE_CACHE=str(cache)) as url:
+        yield url, tmp
 
 
 def test_first_run_from_a_cold_cache_shows_its_stages_and_lands_beside_the_study(cold_server, sync_playwright):
