@@ -428,8 +428,14 @@ def test_first_run_from_a_cold_cache_shows_its_stages_and_lands_beside_the_study
             runs = RunRegistry(tmp / "registry.sqlite").list_runs(kind="transfer")
             assert [(r.status, r.config.get("target"), r.config.get("k"), r.config.get("shots")) for r in runs] == \
                 [("succeeded", target, 1, 1)], [(r.status, r.error) for r in runs]
-            page.get_by_role("tab", name="Runs & compare").click()
-            page.wait_for_selector(".st-key-compare_chart .plot-container", timeout=60_000)
+            # the live runs panel reruns every 2 s: a click that lands during a rerun is tried again
+            tab = page.get_by_role("tab", name="Runs & compare")
+            deadline = time.time() + 120
+            while not page.locator(".st-key-compare_chart .plot-container").count():
+                assert time.time() < deadline, "Runs & compare drew no comparison chart for the run"
+                if tab.get_attribute("aria-selected") != "true":
+                    tab.click()
+                time.sleep(0.5)
             legend = page.locator(".st-key-compare_chart").inner_text()
             assert "your runs" in legend, legend
             assert page.get_by_text("zero-shot from").count() > 0  # the study's reference for this target
