@@ -219,6 +219,23 @@ def _dashboard_with_scheduler(tmp: Path, **env_extra: str):
             pass
 
 
+@contextlib.contextmanager
+def _dashboard_page(sync_playwright, url: str, width: int = 1500, height: int = 1100):
+    """A Chromium page on the dashboard at ``url`` with its task graph drawn; yields ``(page, errors)``,
+    ``errors`` collecting the page's JavaScript errors."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector(GRAPH_NODES, timeout=90_000)
+            yield page, errors
+        finally:
+            browser.close()
+
+
 @pytest.fixture(scope="module")
 def byo_server(tmp_path_factory):
     """The dashboard with an empty user task store and run registry of its own (real scheduler)."""
@@ -238,42 +255,33 @@ def test_upload_a_csv_and_see_the_new_node(byo_server, sync_playwright, tmp_path
                                    "downpours flood the streets", "steady rain until dusk", "wet and stormy")]
     csv_path = tmp_path / "weather.csv"
     csv_path.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with _dashboard_page(sync_playwright, url) as (page, errors):
+        page.get_by_role("tab", name="New task").click()
+        page.wait_for_selector(".st-key-nt_name input", timeout=30_000)
+        assert page.get_by_text("Limits:").count() > 0  # the size limits are stated on the page
+        t0 = time.perf_counter()
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(csv_path))
+        page.locator(".st-key-nt_name input").fill("my_weather")
+        page.locator(".st-key-nt_name input").press("Enter")
+        page.wait_for_selector(".st-key-nt_place button", timeout=60_000)
+        page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)  # the preview
+        page.locator(".st-key-nt_place button").click()
+        page.wait_for_selector(".st-key-nt_placed", timeout=600_000)  # the background run finished
+        placed = time.perf_counter() - t0
+        print(f"\nupload -> placed on the graph: {placed:.1f} s")
+        assert not page.locator('[data-testid="stException"]').count()
+        page.get_by_role("tab", name="Graph").click()
+        page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('.st-key-graph_chart text'))"
+            ".some(e => e.textContent.trim() === 'my_weather')", timeout=60_000)
+        assert page.get_by_text("your task").count() > 0  # the highlight's legend entry
+        assert not errors, f"JavaScript errors: {errors}"
+        shot = tmp_path / "new_task.png"
+        page.screenshot(path=str(shot), full_page=True)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_selector(GRAPH_NODES, timeout=90_000)
-            page.get_by_role("tab", name="New task").click()
-            page.wait_for_selector(".st-key-nt_name input", timeout=30_000)
-            assert page.get_by_text("Limits:").count() > 0  # the size limits are stated on the page
-            t0 = time.perf_counter()
-            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(csv_path))
-            page.locator(".st-key-nt_name input").fill("my_weather")
-            page.locator(".st-key-nt_name input").press("Enter")
-            page.wait_for_selector(".st-key-nt_place button", timeout=60_000)
-            page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)  # the preview
-            page.locator(".st-key-nt_place button").click()
-            page.wait_for_selector(".st-key-nt_placed", timeout=600_000)  # the background run finished
-            placed = time.perf_counter() - t0
-            print(f"\nupload -> placed on the graph: {placed:.1f} s")
-            assert not page.locator('[data-testid="stException"]').count()
-            page.get_by_role("tab", name="Graph").click()
-            page.wait_for_function(
-                "() => Array.from(document.querySelectorAll('.st-key-graph_chart text'))"
-                ".some(e => e.textContent.trim() === 'my_weather')", timeout=60_000)
-            assert page.get_by_text("your task").count() > 0  # the highlight's legend entry
-            assert not errors, f"JavaScript errors: {errors}"
-            shot = tmp_path / "new_task.png"
-            page.screenshot(path=str(shot), full_page=True)
-            try:
-                shutil.copyfile(shot, "/tmp/dashboard_new_task.png")
-            except OSError:
-                pass
-        finally:
-            browser.close()
+            shutil.copyfile(shot, "/tmp/dashboard_new_task.png")
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager
@@ -384,63 +392,54 @@ def test_first_run_from_a_cold_cache_shows_its_stages_and_lands_beside_the_study
     them (more than one), see it finish, and find it on Runs & compare drawn beside the study's
     references for that target. Prints the time from the click to the finished run."""
     url, tmp = cold_server
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1100})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, wait_until="domcontentloaded")
-            page.wait_for_selector(GRAPH_NODES, timeout=90_000)
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            target = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Target task") \
-                .locator("input").input_value().split(" (")[0]
-            k_slider = sidebar.locator('.st-key-k input[type="range"]')
-            k_slider.focus()
-            page.keyboard.press("Home")  # the smallest k the slider offers: 1
-            _wait_value(k_slider, "1")
-            page.get_by_role("tab", name="Tune & launch").click()
-            shots = page.locator('.st-key-shots input[type="range"]')
-            shots.wait_for(timeout=30_000)
-            shots.focus()
-            page.keyboard.press("Home")  # the first option (index 0): 1 shot per class
-            _wait_value(shots, "0")
-            time.sleep(1.0)  # let the rerun that the slider started settle before the click
-            t0 = time.perf_counter()
-            page.locator(".st-key-launch button").click()
-            page.wait_for_selector('[data-testid="stAlertContentSuccess"]', timeout=60_000)  # "Launched run …"
-            stages: list[str] = []
-            deadline = time.time() + 900
-            while True:
-                for text in page.get_by_text("stage: ").all_inner_texts():
-                    s = text.split("stage: ", 1)[1].strip()
-                    if s and s != "–" and (not stages or stages[-1] != s):
-                        stages.append(s)
-                if page.get_by_text("Recently finished").count():
-                    break
-                assert time.time() < deadline, f"the run did not finish; stages seen: {stages}"
-                time.sleep(0.3)
-            took = time.perf_counter() - t0
-            print(f"\nfirst run from a cold cache (click -> finished): {took:.1f} s; stages seen: {stages}")
-            assert len(set(stages)) >= 2, stages
-            from pitune_core.runs.registry import RunRegistry
+    with _dashboard_page(sync_playwright, url) as (page, errors):
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        target = sidebar.locator('[data-testid="stSelectbox"]').filter(has_text="Target task") \
+            .locator("input").input_value().split(" (")[0]
+        k_slider = sidebar.locator('.st-key-k input[type="range"]')
+        k_slider.focus()
+        page.keyboard.press("Home")  # the smallest k the slider offers: 1
+        _wait_value(k_slider, "1")
+        page.get_by_role("tab", name="Tune & launch").click()
+        shots = page.locator('.st-key-shots input[type="range"]')
+        shots.wait_for(timeout=30_000)
+        shots.focus()
+        page.keyboard.press("Home")  # the first option (index 0): 1 shot per class
+        _wait_value(shots, "0")
+        time.sleep(1.0)  # let the rerun that the slider started settle before the click
+        t0 = time.perf_counter()
+        page.locator(".st-key-launch button").click()
+        page.wait_for_selector('[data-testid="stAlertContentSuccess"]', timeout=60_000)  # "Launched run …"
+        stages: list[str] = []
+        deadline = time.time() + 900
+        while True:
+            for text in page.get_by_text("stage: ").all_inner_texts():
+                s = text.split("stage: ", 1)[1].strip()
+                if s and s != "–" and (not stages or stages[-1] != s):
+                    stages.append(s)
+            if page.get_by_text("Recently finished").count():
+                break
+            assert time.time() < deadline, f"the run did not finish; stages seen: {stages}"
+            time.sleep(0.3)
+        took = time.perf_counter() - t0
+        print(f"\nfirst run from a cold cache (click -> finished): {took:.1f} s; stages seen: {stages}")
+        assert len(set(stages)) >= 2, stages
+        from pitune_core.runs.registry import RunRegistry
 
-            runs = RunRegistry(tmp / "registry.sqlite").list_runs(kind="transfer")
-            assert [(r.status, r.config.get("target"), r.config.get("k"), r.config.get("shots")) for r in runs] == \
-                [("succeeded", target, 1, 1)], [(r.status, r.error) for r in runs]
-            # the live runs panel reruns every 2 s: a click that lands during a rerun is tried again
-            tab = page.get_by_role("tab", name="Runs & compare")
-            deadline = time.time() + 120
-            while not page.locator(".st-key-compare_chart .plot-container").count():
-                assert time.time() < deadline, "Runs & compare drew no comparison chart for the run"
-                if tab.get_attribute("aria-selected") != "true":
-                    tab.click()
-                time.sleep(0.5)
-            legend = page.locator(".st-key-compare_chart").inner_text()
-            assert "your runs" in legend, legend
-            assert page.get_by_text("zero-shot from").count() > 0  # the study's reference for this target
-            assert page.get_by_text(f"No runs of `{target}`").count() == 0
-            assert not page.locator('[data-testid="stException"]').count()
-            assert not errors, f"JavaScript errors: {errors}"
-        finally:
-            browser.close()
+        runs = RunRegistry(tmp / "registry.sqlite").list_runs(kind="transfer")
+        assert [(r.status, r.config.get("target"), r.config.get("k"), r.config.get("shots")) for r in runs] == \
+            [("succeeded", target, 1, 1)], [(r.status, r.error) for r in runs]
+        # the live runs panel reruns every 2 s: a click that lands during a rerun is tried again
+        tab = page.get_by_role("tab", name="Runs & compare")
+        deadline = time.time() + 120
+        while not page.locator(".st-key-compare_chart .plot-container").count():
+            assert time.time() < deadline, "Runs & compare drew no comparison chart for the run"
+            if tab.get_attribute("aria-selected") != "true":
+                tab.click()
+            time.sleep(0.5)
+        legend = page.locator(".st-key-compare_chart").inner_text()
+        assert "your runs" in legend, legend
+        assert page.get_by_text("zero-shot from").count() > 0  # the study's reference for this target
+        assert page.get_by_text(f"No runs of `{target}`").count() == 0
+        assert not page.locator('[data-testid="stException"]').count()
+        assert not errors, f"JavaScript errors: {errors}"
