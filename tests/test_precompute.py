@@ -84,7 +84,7 @@ def test_resume_skips_verified_stages_and_redoes_broken_ones(quick_study, tmp_pa
 
 
 def test_same_seeds_give_the_same_similarities_and_metrics(tmp_path):
-    plan = StudyPlan(tasks=["sklearn_digits", "textures", "tux_caption_match"], extra_methods={},
+    plan = StudyPlan(tasks=["sklearn_digits", "textures", "emoji_group_question"], extra_methods={},
                      expert_max_steps=8, fisher_n=4)
     stages = ["backbone", "experts", "embeddings", "predict"]
     a = tmp_path / "a"

@@ -132,8 +132,8 @@ def test_logme_is_the_maximum_of_the_closed_form_evidence():
 def ctx(quick_study, backbone_of_study, tmp_path_factory):
     from pitune_core.predict.predictors import PredictorContext
 
-    tasks = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "textures", "tux_caption_match",
-             "emoji_mood_match"]
+    tasks = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "textures", "emoji_group_question",
+             "snippet_face_mood"]
     return PredictorContext(backbone_of_study, {t: quick_study / "experts/lora" / t for t in tasks}, steps=2,
                             fisher_n=8, data_n=8, cache_dir=tmp_path_factory.mktemp("cache"))
 

@@ -24,7 +24,7 @@ from pitune_core.predict.embeddings import (
     per_sample_grads,
 )
 
-TASKS = ("movie_sentiment", "sklearn_digits", "tux_caption_match")  # language, vision, vision-language
+TASKS = ("movie_sentiment", "sklearn_digits", "emoji_group_question")  # language, vision, vision-language
 
 
 def expert(bb: UnifiedBackbone, method: str, seed: int = 0):
@@ -126,7 +126,7 @@ def test_prediction_in_length_order_keeps_the_data_order(bb, tasks, task):
 
 
 @pytest.mark.parametrize("method,task", [("lora", "movie_sentiment"), ("lora", "sklearn_digits"),
-                                         ("ia3", "tux_caption_match"), ("prompt", "movie_sentiment")])
+                                         ("ia3", "emoji_group_question"), ("prompt", "movie_sentiment")])
 def test_batched_fisher_equals_the_loop(bb, tasks, method, task):
     """vmap-over-grad per-example gradients give the loop's Fisher: to 1e-6 relative with the maths
     in float64 (no rounding to hide a difference), and to float32 rounding as run in studies."""

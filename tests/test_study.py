@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 TASKS = [
     ("movie_sentiment", "language", 2), ("tweet_sentiment", "language", 2), ("bbc_topic", "language", 5),
     ("sklearn_digits", "vision", 10), ("mnist", "vision", 10), ("textures", "vision", 4),
-    ("mnist_digit_question", "vision-language", 2), ("tux_caption_match", "vision-language", 2),
+    ("mnist_digit_question", "vision-language", 2), ("snippet_face_mood", "vision-language", 2),
 ]
 NAMES = [t[0] for t in TASKS]
 IA3_TASKS = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "mnist"]
@@ -97,7 +97,7 @@ def make_synthetic_study(root: Path) -> Path:
         w.writerows(rows)
     (root / "ablation").mkdir()
     (root / "ablation" / "blank_images.csv").write_text(
-        "task,accuracy,accuracy_images_blanked\nmnist_digit_question,0.6,0.5\ntux_caption_match,0.7,0.55\n")
+        "task,accuracy,accuracy_images_blanked\nmnist_digit_question,0.6,0.5\nsnippet_face_mood,0.7,0.55\n")
     for seed, emb in enumerate(("fisher", "weights", "data")):
         _write_sim(root / "predict" / "lora" / emb / "similarity.csv", NAMES, _similarity(NAMES, seed))
     _write_sim(root / "predict" / "ia3" / "fisher" / "similarity.csv", IA3_TASKS, _similarity(IA3_TASKS, 7))
@@ -245,7 +245,7 @@ def test_other_files(study):
     assert {r["shots"] for r in rows} == {4, 16, "full"}
     assert study.compare_results("mnist") == []
     assert study.compare_targets() == [COMPARE_TARGET]
-    assert [a["task"] for a in study.ablation()] == ["mnist_digit_question", "tux_caption_match"]
+    assert [a["task"] for a in study.ablation()] == ["mnist_digit_question", "snippet_face_mood"]
     assert study.fisher_stability()["k"] == 3
     assert study.experts_of("ia3").keys() == set(IA3_TASKS)
 

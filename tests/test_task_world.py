@@ -289,3 +289,32 @@ def test_the_report_holds_each_image_expert_to_its_bar(tmp_path):
     assert "| vl_b | 60.0 | 50.0 | 50.0 | 55.0 | +5.0 | **no** |" in text
     assert "3 of 4 experts are admitted; not offered:" in text and "| vl_b | lora | not offered as a source" in text
     assert "3 of 4 tasks" in text and "| vl_b | at chance: not offered" in text
+
+
+def test_snippet_face_mood_needs_the_face_and_the_snippet():
+    """The sentiment family's vision-language task: a face that shows a mood decides the label (half of them
+    against the snippet), a neutral face leaves it to the snippet, so the snippet alone explains about 3 in 4
+    labels and every drawn face is its own image."""
+    from pitune_core.data.tasks import _build_snippet_face, _rt_polarity_pool
+
+    texts, polarity, _ = _rt_polarity_pool()
+    of = dict(zip(texts, polarity))
+    raw = _build_snippet_face()
+    snippet = np.array([of[t] for t in raw.texts])
+    assert 0.70 < (raw.labels == snippet).mean() < 0.80
+    assert 0.45 < raw.labels.mean() < 0.55
+    assert len({im.tobytes() for im in raw.images}) == len(raw.images)
+
+
+def test_superseding_a_source_moves_its_pairs_aside_and_unbinds_its_expert(tmp_path):
+    from pitune_core.study.groundtruth import supersede_source
+
+    rows = [{"target": "mnist", "source": s, "seed": 0, "score": 0.5, "key": "k"} for s in ("scratch", "a", "b")]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "context.json").write_text(json.dumps({"backbone_id": "x", "experts": {"a": "1", "b": "2"}}))
+    assert supersede_source(tmp_path, "a") == 1
+    kept = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert [r["source"] for r in kept] == ["scratch", "b"]
+    assert [json.loads(line)["source"] for line in (tmp_path / "pairs-superseded.jsonl").read_text().splitlines()] == ["a"]
+    assert json.loads((tmp_path / "context.json").read_text())["experts"] == {"b": "2"}
+    assert supersede_source(tmp_path, "a") == 0  # idempotent

@@ -219,6 +219,23 @@ def seed_reliability(per_seed: np.ndarray, targets: Sequence[str], sources: Sequ
             "reliability_of_mean_r": spearman_brown(mean["r_half"])}
 
 
+def seeds_for_reliability(r_single: Sequence[float], goal: float = 0.8, max_seeds: int = 64) -> int:
+    """The fewest seeds whose mean, averaged over targets, reaches Spearman–Brown reliability ``goal``.
+
+    ``r_single``: each target's single-seed reliability (a pilot's split-half correlation with one seed
+    per half, e.g. :func:`seed_reliability` on a 2-seed pilot, its ``r_half``). A target whose ``r_single``
+    is <= 0 counts as reliability 0 at every seed count (more seeds cannot rescue a ranking with no
+    signal); ``max_seeds`` is returned when no count up to it reaches the goal (the plan then says so)."""
+    r = np.asarray(r_single, dtype=np.float64)
+    if r.size == 0 or not (0 < goal < 1):
+        raise ValueError("need at least one target's reliability and a goal in (0, 1)")
+    r = np.where(r > 0, r, 0.0)
+    for n in range(1, max_seeds + 1):
+        if float(np.mean(spearman_brown(r, float(n)))) >= goal:
+            return n
+    return max_seeds
+
+
 # ----------------------------------------------------------------------------- bootstrap
 
 def bootstrap_ci(values: Sequence[float], seed: int = 0, n_resamples: int = 2000, confidence: float = 0.95) -> tuple[float, float]:

@@ -170,3 +170,11 @@ ACTIVE_STATUSES = (QUEUED, RUNNING)
 EXPERT_META_FILE = "pitune_expert.json"
 #: a hub's top-k table (:mod:`pitune_core.study.hub`): no matrix
 NEIGHBORS_FILE = "neighbors.csv"
+
+# ----------------------------------------------------------------------------- image pathway bars
+
+#: the image pathway's bars (issue 27): a vision expert within this many points of its linear probe;
+#: a vision-language expert this many points above max(zero-shot, majority), and losing at least as
+#: many points when its images are blanked
+PROBE_GAP_POINTS = 5.0
+VL_MARGIN_POINTS = 15.0

@@ -197,6 +197,28 @@ def _bind_context(out: Path, dirs: dict, backbone_dir) -> None:
     write_atomic(f, json.dumps(ctx, indent=1, sort_keys=True))  # shards bind at once: never a torn file
 
 
+def supersede_source(out: str | Path, task: str) -> int:
+    """Retire the pairs a ground truth measured with ``task``'s expert as the source, after that expert was
+    retrained (issue 27's probe rule): its rows move from ``pairs.jsonl`` to ``pairs-superseded.jsonl``
+    (kept, for the record) and its binding leaves ``context.json``, so the next run measures those pairs
+    again with the new expert instead of refusing the folder. Returns how many rows moved."""
+    from pitune_core.common import read_jsonl
+
+    out = Path(out)
+    log, ctx_file = out / "pairs.jsonl", out / "context.json"
+    rows = read_jsonl(log) if log.is_file() else []
+    moved = [r for r in rows if r.get("source") == task]
+    if moved:
+        with open(out / "pairs-superseded.jsonl", "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in moved)
+        write_atomic(log, "".join(json.dumps(r) + "\n" for r in rows if r.get("source") != task))
+    if ctx_file.is_file():
+        ctx = json.loads(ctx_file.read_text())
+        ctx.get("experts", {}).pop(task, None)
+        write_atomic(ctx_file, json.dumps(ctx, indent=1, sort_keys=True))
+    return len(moved)
+
+
 def _register(study: Path, out: Path) -> None:
     """List what was written in the study's manifest (when ``out`` lies inside the study), so the
     study keeps verifying while its ground truth grows."""

@@ -62,8 +62,12 @@ def _expert_ok(path: Path, backbone_id: str, seed: int, max_steps: int) -> bool:
         meta = read_expert_meta(path)
     except ExpertError:
         return False
+    from pitune_core.study.recipes import SECOND_RECIPE, second_recipe_steps
+
+    steps = meta["train_config"]["max_steps"]
+    second = meta.get("recipe", {}).get("name") == SECOND_RECIPE["name"]
     return (meta["backbone_id"] == backbone_id and meta["seed"] == seed
-            and meta["train_config"]["max_steps"] == max_steps)
+            and steps == (second_recipe_steps(max_steps) if second else max_steps))
 
 
 #: the plan fields each stage depends on (changing compare settings must not retrain experts)
@@ -127,17 +131,21 @@ def stage_backbone(run: StudyRun) -> None:
 
 
 def stage_experts(run: StudyRun) -> None:
-    """One expert per (expert type, task); finished experts of the same budget are kept."""
+    """One expert per (expert type, task); finished experts of the same budget are kept. A vision LoRA
+    expert that misses the probe bar on val gets a second recipe (:mod:`pitune_core.study.recipes`)."""
+    from pitune_core.data.tasks import get_task
     from pitune_core.model.experts import TrainConfig, train_expert
+    from pitune_core.study.recipes import apply_probe_rule
 
     plan = run.plan
     jobs = [(m, t) for m, ts in run.methods.items() for t in ts]
     for m, t in progress(jobs, desc="experts"):
         d = expert_dir(run.root, m, t)
-        if _expert_ok(d, run.bb.backbone_id, plan.seed, plan.expert_max_steps):
-            continue
-        train_expert(t, m, run.bb, seed=plan.seed, out=d,
-                     train_config=TrainConfig(seed=plan.seed, max_steps=plan.expert_max_steps))
+        if not _expert_ok(d, run.bb.backbone_id, plan.seed, plan.expert_max_steps):
+            train_expert(t, m, run.bb, seed=plan.seed, out=d,
+                         train_config=TrainConfig(seed=plan.seed, max_steps=plan.expert_max_steps))
+        if m == "lora" and get_task(t).modality == "vision":
+            apply_probe_rule(d, run.bb, plan.expert_max_steps)  # records its decision once
     _write_expert_summary(run.root, run.methods)
 
 

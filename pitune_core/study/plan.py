@@ -46,8 +46,8 @@ def full_plan() -> StudyPlan:
 
 def quick_plan() -> StudyPlan:
     """A small real study for CI and smoke tests (minutes on 2 cores), with its own small plan files."""
-    tasks = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "textures", "tux_caption_match",
-             "emoji_mood_match"]
+    tasks = ["movie_sentiment", "tweet_sentiment", "sklearn_digits", "textures", "emoji_group_question",
+             "snippet_face_mood"]
     return StudyPlan(tasks=tasks, extra_methods={"ia3": tasks[:3]}, align_pairs_per_task=64, align_epochs=1,
                      expert_max_steps=20, fisher_n=8, groundtruth_plan="plans/quick/transfer.json",
                      stability_sizes=(4,), protocol_plan="plans/quick/few-shot.json")

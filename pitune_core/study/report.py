@@ -15,6 +15,7 @@ import numpy as np
 
 from pitune_core.common import ADMISSION_MARGIN, EXPERT_TYPES
 from pitune_core.paths import StudyPaths
+from pitune_core.spec.vocab import PROBE_GAP_POINTS, VL_MARGIN_POINTS
 from pitune_core.study.results import read_matrix_csv, read_results
 
 
@@ -97,14 +98,17 @@ def experts_section(root: Path) -> list[str]:
                 "| task | aligned on its train split | zero-shot |", "|---|---|---|"]
         out += [f"| {t} | {'no (held out)' if t in held else 'yes'} | {100 * v:.1f} |" for t, v in zs.items()]
         out.append("")
+        tasks_json = StudyPaths(root).tasks_json
+        if tasks_json.exists():  # the record is the projector's, made when it was aligned
+            names = [t["name"] for t in json.loads(tasks_json.read_text())]
+            image = {t["name"] for t in json.loads(tasks_json.read_text()) if t.get("modality") != "language"}
+            gone, new = [t for t in zs if t not in names], [t for t in names if t in image and t not in zs]
+            if gone or new:
+                out += ["The record is the projector's, made when it was aligned"
+                        + (f"; retired from the suite since: {', '.join(gone)}" if gone else "")
+                        + (f"; added since (their zero-shot scores are in `experts/summary.csv`): {', '.join(new)}"
+                           if new else "") + ".", ""]
     return out
-
-
-#: the image pathway's bars (issue 27): a vision expert within this many points of its linear probe;
-#: a vision-language expert this many points above max(zero-shot, majority), and losing at least as
-#: many points when its images are blanked
-PROBE_GAP_POINTS = 5.0
-VL_MARGIN_POINTS = 15.0
 
 
 def image_pathway_section(root: Path, lora: list[dict]) -> list[str]:
