@@ -32,6 +32,10 @@ PREDICTOR_NAMES = ("fisher", "fisher_flat", "fisher_batch", "fisher_sampled", "f
 #: wherever an embedding is
 PREDICTOR_PREFIX = "predictor-"
 PREDICTOR_EMBEDDINGS = tuple(PREDICTOR_PREFIX + p for p in PREDICTOR_NAMES)
+#: predictors that learn from measured transfer (:mod:`pitune_core.predict.learned`, issue 28): they read a
+#: ground truth's gains of the *other* targets, so they are functions of a gain matrix, not of
+#: ``(target, ctx)``, and are kept out of :data:`PREDICTOR_NAMES` (the rows a study's predictor stage computes)
+LEARNED_PREDICTOR_NAMES = ("transfer_history", "combined")
 
 
 def predictor_of(embedding: str) -> str | None:
