@@ -69,6 +69,19 @@ GRAPH_K = 3
 #: the k of a predictor's quality metrics (``top3_hit``, ``ndcg3``) and of the Fisher stability's top-k
 QUALITY_K = 3
 
+# ----------------------------------------------------------------------------- robustness (issue 28)
+
+#: the evaluation sets a tuned model is scored on with no further training (:mod:`pitune_core.tune.robustness`):
+#: its own test set, a test set of another task of its family with the same labels, corrupted copies of its own
+ROBUSTNESS_SETS = ("in-distribution", "shifted", "corrupted")
+#: corruptions of a test set's images and texts (:mod:`pitune_core.data.robustness` documents each)
+IMAGE_CORRUPTIONS = ("gaussian_noise", "blur", "contrast")
+TEXT_CORRUPTIONS = ("typos", "casing")
+CORRUPTIONS = IMAGE_CORRUPTIONS + TEXT_CORRUPTIONS
+#: a corruption's severity levels (1 = mildest), and those scored unless others are asked for
+SEVERITIES = (1, 2, 3, 4, 5)
+DEFAULT_SEVERITIES = (3,)
+
 # ----------------------------------------------------------------------------- approaches
 
 
