@@ -144,3 +144,44 @@ def test_leave_one_target_out_combination_never_reads_the_held_out_targets_gains
     assert any(not np.allclose(again[u], rows[u]) for u in TASKS if u != t)
     q = Q.predictor_quality(rows, np.stack([G, G]), TASKS, TASKS)
     assert q["summary"]["spearman"]["mean"] > 0.8
+
+
+# ----------------------------------------------------------------------------- (b) k-NN accuracy of source features
+
+
+def test_knn_accuracy_is_leave_one_out():
+    from pitune_core.predict.predictors import knn_loo_accuracy
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 4)  # 4 shots x 3 classes
+    noise = rng.normal(size=(12, 16))
+    # features that carry no label: near chance; scoring an example against itself would give 1.0
+    assert knn_loo_accuracy(noise, y) < 0.7
+    # features clustered by class: every held-out example finds a same-class neighbour
+    centres = rng.normal(size=(3, 16)) * 10
+    assert knn_loo_accuracy(centres[y] + 0.1 * noise, y) == 1.0
+    # one shot per class: no example has a same-class neighbour left
+    assert knn_loo_accuracy(centres + 0.1 * noise[:3], np.arange(3)) == 0.0
+    assert knn_loo_accuracy(noise[:1], y[:1]) == 0.0
+    # k neighbours vote (k=3 on clustered features is still right)
+    assert knn_loo_accuracy(centres[y] + 0.1 * noise, y, k=3) == 1.0
+
+
+def test_knn_accuracy_and_same_family_on_shipped_experts(backbone):
+    from pathlib import Path
+
+    from pitune_core.predict.predictors import (PredictorContext, available_examples, knn_loo_accuracy, predict_row,
+                                                source_view)
+
+    tasks = ["movie_sentiment", "amazon_sentiment", "mnist", "textures"]
+    ctx = PredictorContext(backbone, {t: Path("precomputed/experts/lora") / t for t in tasks})
+    target = available_examples("movie_sentiment", backbone, 4, seed=0)
+    assert predict_row("same_family", target, ctx).tolist() == [1.0, 0.0, 0.0]
+    row = predict_row("knn_accuracy", target, ctx)
+    assert row.shape == (3,) and ((row >= 0) & (row <= 1)).all()
+    y = target.tensors.labels.numpy()
+    for s, v in zip(ctx.sources_for("movie_sentiment"), row):  # each source's own features of the 8 shots
+        assert v == knn_loo_accuracy(source_view(target, s, ctx)[0], y)
+    # the rows differ by source (the features are the source experts', not the bare backbone's)
+    feats = [source_view(target, s, ctx)[0] for s in ctx.sources_for("movie_sentiment")]
+    assert not np.allclose(feats[0], feats[1])

@@ -27,7 +27,7 @@ DEFAULT_EMBEDDING = "fisher"
 #: every predictor of :data:`pitune_core.predict.predictors.PREDICTORS`, by name, in its order
 #: (predictors.py refuses to import if the two differ)
 PREDICTOR_NAMES = ("fisher", "fisher_flat", "fisher_batch", "fisher_sampled", "fisher_probe", "data", "weights",
-                   "same_modality", "random", "expert_accuracy", "expert_loglik", "logme")
+                   "same_modality", "random", "expert_accuracy", "expert_loglik", "logme", "knn_accuracy", "same_family")
 #: a predictor drawn as a task graph lives in ``predict/<method>/predictor-<name>/`` and is offered
 #: wherever an embedding is
 PREDICTOR_PREFIX = "predictor-"
