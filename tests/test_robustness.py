@@ -276,3 +276,20 @@ def test_a_transfer_run_records_robustness_only_when_asked(tmp_path, backbone, m
     _, t = prepare_task(get_task("movie_sentiment"), backbone)
     sub = t["test"].subset(T._pick(len(t["test"]), 16, 0))
     assert rows[0]["value"] == pytest.approx(evaluate(backbone, model, sub, get_task("movie_sentiment"))["accuracy"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("approach", ["arrow", "target-only"])
+def test_a_comparison_run_scores_its_final_model_only_when_asked(approach, backbone):
+    from pitune_core.study.sources import load_sources
+    from pitune_core.tune.baselines import run_method
+
+    sources = load_sources("precomputed", "lora")
+    row = run_method(approach, "movie_sentiment", sources, backbone, shots=1, seed=0,
+                     robustness={"shifted": False, "corruptions": ()})
+    # the in-distribution row on the whole test split is the run's own test score: the final model was scored
+    assert [r["set"] for r in row["robustness"]] == ["in-distribution"]
+    assert row["robustness"][0]["value"] == pytest.approx(row["score"]) and row["robustness"][0]["n"] > 100
+    assert "model" not in row
+    if approach == "arrow":  # training-free: cheap to run again without the option (the row is as before)
+        assert "robustness" not in run_method("arrow", "movie_sentiment", sources, backbone, shots=1, seed=0)

@@ -139,7 +139,6 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
             if on_step:
                 on_step({"stage": ROBUSTNESS_STAGE})
             result["robustness"] = score_robustness(cfg["target"], bb, interp.bake(), seed=int(cfg["seed"]))
-            result["time_s"] = round(time.time() - t0, 1)
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
     except Exception as e:
