@@ -293,3 +293,16 @@ def test_a_comparison_run_scores_its_final_model_only_when_asked(approach, backb
     assert "model" not in row
     if approach == "arrow":  # training-free: cheap to run again without the option (the row is as before)
         assert "robustness" not in run_method("arrow", "movie_sentiment", sources, backbone, shots=1, seed=0)
+
+
+def test_a_vision_language_pair_keeps_its_image_under_a_text_corruption(backbone):
+    import torch
+
+    from pitune_core.tune import robustness as T
+
+    sets = T.robustness_sets("mnist_digit_question", backbone, shifted=False, corruptions=("typos",), max_examples=8)
+    ind, typo = sets
+    assert typo.corruption == "typos" and typo.tensors.labels.tolist() == ind.tensors.labels.tolist()
+    assert torch.equal(typo.tensors.visual, ind.tensors.visual) and typo.tensors.texts != ind.tensors.texts
+    assert {s.set for s in T.robustness_sets("mnist_digit_question", backbone, corruptions=("typos",),
+                                             max_examples=8)} == {"in-distribution", "shifted", "corrupted"}

@@ -93,7 +93,7 @@ def shifted_set(target: str, source: str, target_data: TaskData | None = None,
         raise ValueError(no_shift_reason(target) or f"{source} is not a shift source of {target}; "
                          f"its shift sources are {', '.join(shift_sources(target))}")
     ts, ss = get_task(target), get_task(source)
-    if ts.modality != ss.modality or len(ts.labels) != len(ss.labels) or ts.family != ss.family:
+    if (ts.modality, len(ts.labels), ts.family, ts.concepts) != (ss.modality, len(ss.labels), ss.family, ss.concepts):
         raise ValueError(f"{source} no longer shares {target}'s labels and modality: update SHIFT_GROUPS")
     target_data = target_data if target_data is not None else ts.load()
     source_data = source_data if source_data is not None else ss.load()

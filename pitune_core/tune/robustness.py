@@ -29,7 +29,7 @@ from pitune_core.data.robustness import corrupt, corruptions_for, no_shift_reaso
 from pitune_core.data.tasks import Split, get_task
 from pitune_core.model.backbone import TaskTensors, UnifiedBackbone, VisionEncoder, task_features
 from pitune_core.model.experts import evaluate, prepare_task
-from pitune_core.spec.vocab import CORRUPTIONS, DEFAULT_SEVERITIES, ROBUSTNESS_SETS
+from pitune_core.spec.vocab import CORRUPTIONS, DEFAULT_SEVERITIES, ROBUSTNESS_SETS, TEXT_CORRUPTIONS
 
 IN_DISTRIBUTION, SHIFTED, CORRUPTED = ROBUSTNESS_SETS
 #: the fields of a robustness row, in order
@@ -110,8 +110,11 @@ def robustness_sets(target: str, backbone: UnifiedBackbone, shifted: bool = True
     if bad:
         raise ValueError(f"unknown corruption(s) {', '.join(bad)}; choose from {', '.join(CORRUPTIONS)}")
     for c in names:
+        # a text corruption leaves a pair's image as it is: its cached features are reused
+        visual = tensors["test"].visual[torch.as_tensor(rows)] if c in TEXT_CORRUPTIONS and test.images is not None else None
         for sev in severities:
-            out.append(EvalSet(CORRUPTED, _tensors(corrupt(test, c, sev, seed), backbone), corruption=c, severity=sev))
+            out.append(EvalSet(CORRUPTED, _tensors(corrupt(test, c, sev, seed), backbone, visual), corruption=c,
+                               severity=sev))
     _SETS[key] = out
     while len(_SETS) > _CACHE_SIZE:
         _SETS.popitem(last=False)
