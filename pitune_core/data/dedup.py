@@ -104,6 +104,23 @@ def component_keys(split: "Split") -> dict[str, list[str | None]]:
             "near_image": [near_image_hash(im) for im in split.images] if split.images is not None else [None] * n}
 
 
+def text_counts(modality_a: str, modality_b: str) -> bool:
+    """Whether one text shared by tasks of these two modalities is a shared example: only where either
+    is a language task (two vision-language tasks may share a question template, which is no example)."""
+    return "language" in (modality_a, modality_b)
+
+
+def seen_in_train(split: "Split", modality: str, train: "Split", train_modality: str) -> np.ndarray:
+    """Per example of ``split`` (of a task of ``modality``): True where ``train`` (the training split of a
+    task of ``train_modality``) holds its image (content or near-duplicate key, whatever text comes with
+    it) or, where :func:`text_counts`, its normalised text. The table's rule, between two given splits."""
+    mine, theirs = component_keys(split), component_keys(train)
+    kinds = [k for k in KINDS if k != "text" or text_counts(modality, train_modality)]
+    seen = {k: set(theirs[k]) - {None} for k in kinds}
+    return np.array([any(mine[k][i] is not None and mine[k][i] in seen[k] for k in kinds) for i in range(len(split))],
+                    dtype=bool)
+
+
 def fingerprint(keys: list[str]) -> str:
     """Order-sensitive digest of a split's keys (identifies the raw split a table row was made for)."""
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
@@ -143,7 +160,7 @@ def compute_table(specs: list["TaskSpec"] | None = None, keys_of=None) -> dict:
                         v = comp[kind][i]
                         if v is None or v not in train[o][kind]:
                             continue
-                        if kind == "text" and "language" not in (modality[name], modality[o]):
+                        if kind == "text" and not text_counts(modality[name], modality[o]):
                             continue  # a shared question template between two image tasks is no example
                         hit.append(o)
                         why = why or kind

@@ -57,6 +57,9 @@ from pitune_core.predict.embeddings import (
 )
 from pitune_core.spec.vocab import PREDICTOR_NAMES, QUALITY_K
 
+#: neighbours of :func:`knn_accuracy` (1-NN: the few-shot case has 3 same-class others at 4 shots)
+KNN_K = 1
+
 # ----------------------------------------------------------------------------- the target's data
 
 @dataclass
@@ -563,6 +566,37 @@ def logme(target: TargetData, ctx: PredictorContext) -> np.ndarray:
     return np.array([logme_score(source_view(target, s, ctx)[0], y, C) for s in ctx.sources_for(target.task)])
 
 
+def knn_loo_accuracy(features: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> float:
+    """Leave-one-out k-NN accuracy of ``features`` (N, D) for ``labels``: each example classified by its
+    ``k`` nearest others (cosine distance; scikit-learn's KNeighborsClassifier, uniform votes), over
+    ``LeaveOneOut`` folds. 0 with fewer than 2 examples. With one example per class no example has a
+    same-class neighbour, so every source scores 0 (a constant row)."""
+    from sklearn.model_selection import LeaveOneOut, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    f, y = np.asarray(features, dtype=np.float64), np.asarray(labels)
+    if len(y) < 2:
+        return 0.0
+    knn = KNeighborsClassifier(n_neighbors=min(k, len(y) - 1), metric="cosine", algorithm="brute")
+    return float(np.mean(cross_val_score(knn, f, y, cv=LeaveOneOut())))
+
+
+def knn_accuracy(target: TargetData, ctx: PredictorContext) -> np.ndarray:
+    """k-NN accuracy (leave-one-out, :data:`KNN_K` neighbours, cosine) of each source expert's pooled
+    features of the target's available examples (:func:`source_view`) for the target's labels."""
+    y = target.tensors.labels.numpy()
+    return np.array([knn_loo_accuracy(source_view(target, s, ctx)[0], y) for s in ctx.sources_for(target.task)])
+
+
+def same_family(target: TargetData, ctx: PredictorContext) -> np.ndarray:
+    """The reference rule: 1 for a source of the target's family, 0 otherwise (a user's task has no
+    family: every source 0). A reference only: it reads the suite's designed relations."""
+    from pitune_core.predict.learned import same_family_row
+
+    names = ctx.sources_for(target.task)
+    return same_family_row(target.task, names, {t: get_task(t).family for t in [target.task, *names]})
+
+
 # ----------------------------------------------------------------------------- the registry
 
 Predictor = Callable[[TargetData, PredictorContext], np.ndarray]
@@ -572,14 +606,15 @@ PREDICTORS: dict[str, Predictor] = {
     "fisher": fisher, "fisher_flat": fisher_flat, "fisher_batch": fisher_batch, "fisher_sampled": fisher_sampled,
     "fisher_probe": fisher_probe, "data": data, "weights": weights, "same_modality": same_modality,
     "random": random, "expert_accuracy": expert_accuracy, "expert_loglik": expert_loglik, "logme": logme,
+    "knn_accuracy": knn_accuracy, "same_family": same_family,
 }
 if tuple(PREDICTORS) != PREDICTOR_NAMES:  # the torch-free list the dashboard validates files against
     raise RuntimeError(f"spec.vocab.PREDICTOR_NAMES {PREDICTOR_NAMES} differs from PREDICTORS {tuple(PREDICTORS)}")
 
 
 #: each predictor's source side (what :meth:`PredictorContext.cached` keeps per source); the others
-#: (same_modality, random, expert_accuracy, expert_loglik, logme) have none to ship: they apply the
-#: source experts to the target's own examples, or use no data at all
+#: (same_modality, random, expert_accuracy, expert_loglik, logme, knn_accuracy, same_family) have none to
+#: ship: they apply the source experts to the target's own examples, or use no data at all
 SOURCE_SIDE = {
     "fisher": lambda s, ctx: _source_fisher(s, "empirical", ctx),
     "fisher_flat": lambda s, ctx: _source_fisher(s, "empirical", ctx),

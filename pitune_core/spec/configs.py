@@ -114,6 +114,8 @@ class TransferConfig(Settings):
     weights_only: bool = setting(False, "freeze the experts, tune only the weights")
     embedding: str = setting(DEFAULT_EMBEDDING, "the task embedding (or predictor) that ranks the sources")
     own_expert: bool = setting(True, "interpolate the target's own expert, trained on the run's data")
+    robustness: bool = setting(False, "also score the tuned model, with no further training, on shifted test sets "
+                                      "of its family and corrupted copies of its test set (metrics.json's robustness)")
 
     def __post_init__(self) -> None:
         check_task_name(self.target, "target")
@@ -130,6 +132,7 @@ class TransferConfig(Settings):
             raise ValueError(f"study must be a directory path, got {self.study!r}")
         check_bool(self.weights_only, "weights_only")
         check_bool(self.own_expert, "own_expert")
+        check_bool(self.robustness, "robustness")
         check_embedding(self.embedding)
 
     @property

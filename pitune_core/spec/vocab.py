@@ -27,11 +27,15 @@ DEFAULT_EMBEDDING = "fisher"
 #: every predictor of :data:`pitune_core.predict.predictors.PREDICTORS`, by name, in its order
 #: (predictors.py refuses to import if the two differ)
 PREDICTOR_NAMES = ("fisher", "fisher_flat", "fisher_batch", "fisher_sampled", "fisher_probe", "data", "weights",
-                   "same_modality", "random", "expert_accuracy", "expert_loglik", "logme")
+                   "same_modality", "random", "expert_accuracy", "expert_loglik", "logme", "knn_accuracy", "same_family")
 #: a predictor drawn as a task graph lives in ``predict/<method>/predictor-<name>/`` and is offered
 #: wherever an embedding is
 PREDICTOR_PREFIX = "predictor-"
 PREDICTOR_EMBEDDINGS = tuple(PREDICTOR_PREFIX + p for p in PREDICTOR_NAMES)
+#: predictors that learn from measured transfer (:mod:`pitune_core.predict.learned`, issue 28): they read a
+#: ground truth's gains of the *other* targets, so they are functions of a gain matrix, not of
+#: ``(target, ctx)``, and are kept out of :data:`PREDICTOR_NAMES` (the rows a study's predictor stage computes)
+LEARNED_PREDICTOR_NAMES = ("transfer_history", "combined")
 
 
 def predictor_of(embedding: str) -> str | None:
@@ -64,6 +68,19 @@ PAIR_SHOTS = 8
 GRAPH_K = 3
 #: the k of a predictor's quality metrics (``top3_hit``, ``ndcg3``) and of the Fisher stability's top-k
 QUALITY_K = 3
+
+# ----------------------------------------------------------------------------- robustness (issue 28)
+
+#: the evaluation sets a tuned model is scored on with no further training (:mod:`pitune_core.tune.robustness`):
+#: its own test set, a test set of another task of its family with the same labels, corrupted copies of its own
+ROBUSTNESS_SETS = ("in-distribution", "shifted", "corrupted")
+#: corruptions of a test set's images and texts (:mod:`pitune_core.data.robustness` documents each)
+IMAGE_CORRUPTIONS = ("gaussian_noise", "blur", "contrast")
+TEXT_CORRUPTIONS = ("typos", "casing")
+CORRUPTIONS = IMAGE_CORRUPTIONS + TEXT_CORRUPTIONS
+#: a corruption's severity levels (1 = mildest), and those scored unless others are asked for
+SEVERITIES = (1, 2, 3, 4, 5)
+DEFAULT_SEVERITIES = (3,)
 
 # ----------------------------------------------------------------------------- approaches
 

@@ -346,7 +346,7 @@ def _full_finetune(target: str, backbone: UnifiedBackbone, shots: int | None, se
     trunk.eval()
     train_loop(backbone, trunk, train_t, list(spec.verbalizers), list(trunk.parameters()), 3e-5,
                fixed_steps(budget_for(shots, seed), steps))
-    return {"test": evaluate(backbone, trunk, tensors["test"], spec)}
+    return {"test": evaluate(backbone, trunk, tensors["test"], spec), "model": trunk}
 
 
 def _peft_merge(target: str, source_list, sources: Sources, backbone: UnifiedBackbone, shots, seed, kind: str,
@@ -376,7 +376,7 @@ def _peft_merge(target: str, source_list, sources: Sources, backbone: UnifiedBac
     if steps > 0:
         train_loop(backbone, model, train_t, list(spec.verbalizers), params, get_method("lora").lr,
                    fixed_steps(budget_for(shots, seed), steps))
-    return {"test": evaluate(backbone, model, tensors["test"], spec)}
+    return {"test": evaluate(backbone, model, tensors["test"], spec), "model": model}
 
 
 def _adapter_tensors(expert_dir: str | Path) -> dict[str, "object"]:
@@ -449,7 +449,7 @@ def lorahub(target: str, sources: Sources, backbone: UnifiedBackbone, shots: int
         train_loop(backbone, model, train_t, verbal, list(params.values()), m.lr,
                    fixed_steps(budget_for(shots, seed), tune_steps))
     return {"test": evaluate(backbone, model, tensors["test"], spec), "weights": w, "sources": names,
-            "search_evals": evals}
+            "search_evals": evals, "model": model}
 
 
 def arrow(target: str, sources: Sources, backbone: UnifiedBackbone, k: int, seed: int) -> dict:
@@ -463,15 +463,20 @@ def arrow(target: str, sources: Sources, backbone: UnifiedBackbone, k: int, seed
     model = create_arrow_model(backbone.fresh_trunk(), [sources.expert_dirs[n] for n in names],
                                ArrowConfig(top_k=min(k, len(names)), router_temperature=1.0, rng_seed=seed))
     model.to(backbone.device).eval()
-    return {"test": evaluate(backbone, model, tensors["test"], spec), "sources": names}
+    return {"test": evaluate(backbone, model, tensors["test"], spec), "sources": names, "model": model}
 
 
 # ----------------------------------------------------------------------------- one approach
 
 def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbone, method: str = "lora",
                k: int = DEFAULT_K, shots: int | None = DEFAULT_SHOTS, seed: int = 0, recipe: Recipe | None = None,
-               workdir: str | Path | None = None) -> dict:
-    """Score one approach; returns ``{"accuracy", "metric", "score", "sources", "weights", "steps", ...}``."""
+               workdir: str | Path | None = None, robustness: dict | None = None) -> dict:
+    """Score one approach; returns ``{"accuracy", "metric", "score", "sources", "weights", "steps", ...}``.
+
+    ``robustness``: also score the approach's final model, with no further training, on the target's
+    shifted and corrupted test sets (:func:`pitune_core.tune.robustness.score_robustness`, these its
+    keyword options; ``{}``: the defaults), as the row's ``robustness``; None (default): not scored,
+    and the row has no such key."""
     if name not in APPROACHES:
         raise InterpolationError(f"unknown approach {name!r}; choose from {', '.join(APPROACHES)}")
     if name in LORA_ONLY and method != "lora":
@@ -506,43 +511,53 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
             tuned = APPROACHES_BY_NAME[name].tunes
             if not tuned:
                 steps["tune"] = 0
-            _, metrics, hist = interpolate_and_tune(
+            interp, metrics, hist = interpolate_and_tune(
                 target, src, sources, backbone, shots, seed, weights="uniform",
                 train_weights=APPROACHES_BY_NAME[name].learns_weights,
                 train_experts=recipe.train_experts and name != "pi-tuning-weights-only", tune=tuned,
                 own_dir=side.own_dir if own else None,
                 granularity="global" if name == "pi-tuning-global" else recipe.granularity, steps=steps["tune"])
             info.update(sources=[n for n, _ in src], weights=hist[-1]["weights"], own_expert=own)
+            model = interp.bake()
         elif name == "best-single":
             res = train_expert(spec, method, backbone, shots=shots, seed=seed,
                                train_config=fixed_steps(budget_for(shots, seed), tune_steps),
                                init_from=sources.expert_dirs[top[0][0]], evaluate_zero_shot=False)
-            metrics = res.meta["metrics"]
+            metrics, model = res.meta["metrics"], res.model
             info["sources"] = [top[0][0]]
         elif name == "target-only":
             res = train_expert(spec, method, backbone, shots=shots, seed=seed,
                                train_config=fixed_steps(budget_for(shots, seed), total), evaluate_zero_shot=False,
                                method_overrides=sources.method_overrides())
-            metrics = res.meta["metrics"]
+            metrics, model = res.meta["metrics"], res.model
             info["sources"] = []
         elif name == "full-finetune":
             metrics = _full_finetune(target, backbone, shots, seed, total)
+            model = metrics.pop("model")
             info["sources"] = []
         elif name in PEFT_MERGES:
             metrics = _peft_merge(target, top, sources, backbone, shots, seed, name.split("-")[1], tune_steps)
+            model = metrics.pop("model")
             info["sources"] = [n for n, _ in top]
         elif name in ("lorahub", "lorahub-tuned"):
             tuned = APPROACHES_BY_NAME[name].tunes
             steps = {"select": 0, "tune": total if tuned else 0}
             metrics = lorahub(target, sources, backbone, shots, seed, tune_steps=steps["tune"])
+            model = metrics.pop("model")
             info.update(sources=metrics["sources"], weights=metrics["weights"], search_evals=metrics["search_evals"])
         else:  # arrow
             steps = {"select": 0, "tune": 0}
             metrics = arrow(target, sources, backbone, k, seed)
+            model = metrics.pop("model")
             info.update(sources=metrics["sources"], selection="none")
+        elapsed = round(time.time() - t0, 2)  # the approach's own time: scoring robustness is not part of it
+        if robustness is not None:
+            from pitune_core.tune.robustness import score_robustness
+
+            info["robustness"] = score_robustness(target, backbone, model, **robustness)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     steps["total"] = steps["select"] + steps["tune"]
     return {"target": target, "approach": name, "method": method, "shots": shots, "seed": seed, "k": k,
             "accuracy": metrics["test"]["accuracy"], "metric": spec.metric, "score": metrics["test"][spec.metric],
-            "steps": steps, "num_train": len(train_t), "time_s": round(time.time() - t0, 2), **info}
+            "steps": steps, "num_train": len(train_t), "time_s": elapsed, **info}

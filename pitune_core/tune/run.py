@@ -9,7 +9,8 @@ before any training starts; ``run_transfer(config, run_dir)`` trains and writes 
 - ``own/`` — the target's own expert, trained on the run's data only (the paper's recipe interpolates
   it with the sources; ``own_expert: false`` leaves it out, and fixed hand-set weights, which name
   one weight per source, do too)
-- ``metrics.json`` — written last; its presence means the run finished
+- ``metrics.json`` — written last; its presence means the run finished (with ``robustness: true``, it
+  also holds the tuned model's robustness rows, :mod:`pitune_core.tune.robustness`)
 - ``FAILED`` + ``error.txt`` — instead of metrics.json when the run failed; no half-written expert
   ever sits in ``expert/`` (experts are written atomically).
 - ``INTERRUPTED`` — one line, when the run was stopped (Ctrl-C, a cancel, SIGTERM); no traceback,
@@ -132,6 +133,12 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
                   "final_weights": history[-1]["weights"], "accuracy": metrics["test"]["accuracy"],
                   "test": metrics["test"], "val": metrics["val"], "steps": metrics["steps"],
                   "time_s": round(time.time() - t0, 1)}
+        if cfg.get("robustness"):  # off by default: a run's metrics.json gains this key only when asked
+            from pitune_core.tune.robustness import ROBUSTNESS_STAGE, score_robustness
+
+            if on_step:
+                on_step({"stage": ROBUSTNESS_STAGE})
+            result["robustness"] = score_robustness(cfg["target"], bb, interp.bake(), seed=int(cfg["seed"]))
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
     except Exception as e:
