@@ -19,7 +19,7 @@ PLAN = "plans/few-shot-v2.json"  # the previous suite's plan (studies/v2): its t
 #: what the previous suite's targets that are no longer tasks stand for in the machinery tests below
 RETIRED = {"lfw_faces": "printed_digits", "tux_category_question": "mnist_digit_question",
            "emoji_caption_match": "snippet_face_mood", "flag_country_match": "fashion_question",
-           "emoji_name_match": "opencv_digit_question"}
+           "emoji_name_match": "opencv_digit_question", "tux_caption_match": "printed_digit_question"}
 
 
 def _plan_obj() -> dict:
@@ -113,9 +113,9 @@ def test_loaded_evaluation_splits_hold_no_example_of_another_tasks_training_spli
 # ----------------------------------------------------------------------------- alignment
 
 def test_the_first_studys_projector_is_flagged_as_having_seen_targets():
-    check = protocol.alignment_check(FIRST_STUDY, ["rt_polarity", "emoji_group", "tux_caption_match"])
+    check = protocol.alignment_check(FIRST_STUDY, ["rt_polarity", "emoji_group", "emoji_group_question"])
     assert not check["clean"] and check["corpus"] == "tasks"
-    assert set(check["touched"]) == {"emoji_group", "tux_caption_match"}
+    assert set(check["touched"]) == {"emoji_group", "emoji_group_question"}
 
 
 @pytest.mark.slow
@@ -192,7 +192,7 @@ def test_few_shot_run_depends_only_on_its_shots(backbone, protocol_sources, tiny
     first = run()
     monkeypatch.setattr(TaskSpec, "load", lambda self: altered if self.name == target else original_load(self))
     second = run()
-    assert first["selection"] == "shots" and first["steps"] == {"select": 2, "tune": 2, "total": 4}
+    assert first["selection"] == "shots" and first["steps"] == {"select": 2, "tune": 4, "total": 6}
     assert second["sources"] == first["sources"]
     assert second["weights"] == pytest.approx(first["weights"], abs=1e-6)
     assert second["score"] == first["score"]
@@ -515,3 +515,18 @@ def test_a_predictor_ranks_a_few_shot_run_from_its_shots_alone(backbone, protoco
     row = predict_row("expert_accuracy", available_examples(target, backbone, shots, seed), ctx)
     assert [n for n, _ in first] == [ctx.sources_for(target)[j] for j in sorted(range(len(row)), key=lambda j: (-row[j], ctx.sources_for(target)[j]))]
     assert target not in [n for n, _ in first] and len(first) == len(experts)
+
+
+def test_budgets_are_equal_by_construction_and_old_plans_keep_their_rule():
+    from pitune_core.tune.baselines import Recipe, split_budget
+
+    assert split_budget(30, Recipe()) == (15, 30)  # equal: tuning gets the whole budget, selection on top
+    assert split_budget(30, Recipe(budget="split")) == (15, 15)  # the previous studies' rule
+    with pytest.raises(ValueError, match="budget rule"):
+        Recipe(budget="generous")
+    old = _plan_obj()
+    assert "budget" not in old["recipe"] and protocol.parse_plan(old).recipe_obj().budget == "split"
+    new = {**old, "recipe": {**old["recipe"], "budget": "equal"}}
+    assert protocol.parse_plan(new).recipe_obj().budget == "equal"
+    with pytest.raises(protocol.PlanError, match="recipe.budget"):
+        protocol.parse_plan({**old, "recipe": {"budget": "generous"}})

@@ -195,3 +195,13 @@ NEIGHBORS_FILE = "neighbors.csv"
 #: many points when its images are blanked
 PROBE_GAP_POINTS = 5.0
 VL_MARGIN_POINTS = 15.0
+
+# ----------------------------------------------------------------------------- budget rules
+
+#: how a run's step budget is shared (``Recipe.budget``, issue 28). ``equal``: every approach tunes on
+#: the target for the whole budget after source selection; a selecting approach's own expert (its
+#: selection cost) is counted apart, the same for every one of them. ``split``: the own expert's steps
+#: come out of the budget (the previous studies' rule: a selecting approach tunes for what is left)
+BUDGET_RULES = ("equal", "split")
+#: the rule of a protocol plan that names none (plans written before issue 28)
+LEGACY_BUDGET_RULE = "split"

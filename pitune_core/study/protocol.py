@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pitune_core.spec.vocab import DEFAULT_K, EXPERT_TYPES
+from pitune_core.spec.vocab import BUDGET_RULES, DEFAULT_K, EXPERT_TYPES, LEGACY_BUDGET_RULE
 from pitune_core.common import check_plan_name
 from pitune_core.study.manifest import register_files
 
@@ -70,7 +70,8 @@ class ProtocolPlan:
     method: str = "lora"
     budget: str = ("few-shot: 5 epochs of the shots clamped to [30, 100] steps; full data: 3 epochs, at most 400 "
                    "steps (the study experts' budget); selecting approaches spend recipe.select_fraction of it on "
-                   "the target's own expert")
+                   "the target's own expert; recipe.budget says whether that comes out of their tuning steps "
+                   "('split', plans without it) or on top of them ('equal')")
     recipe: dict = field(default_factory=dict)
     notes: str = ""
 
@@ -95,7 +96,7 @@ class ProtocolPlan:
     def recipe_obj(self):
         from pitune_core.tune.baselines import Recipe
 
-        return Recipe(**self.recipe)
+        return Recipe(**{"budget": LEGACY_BUDGET_RULE, **self.recipe})  # a plan that names no rule predates it
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -142,6 +143,8 @@ def parse_plan(obj: dict) -> ProtocolPlan:
     _check(obj.get("method", "lora") in EXPERT_TYPES, f"method must be one of {', '.join(EXPERT_TYPES)}")
     recipe = obj.get("recipe", {})
     _check(isinstance(recipe, dict) and set(recipe) <= set(Recipe.__dataclass_fields__), "recipe has unknown fields")
+    _check(recipe.get("budget", LEGACY_BUDGET_RULE) in BUDGET_RULES,
+           f"recipe.budget must be one of {', '.join(BUDGET_RULES)}")
     kw = {k: v for k, v in obj.items() if k != "format"}
     return ProtocolPlan(**kw)
 

@@ -4,6 +4,13 @@
 same target data (``shots`` per class, or all of it), the same total number of gradient steps and
 the same seed, and nothing else about the target:
 
+**Equal budgets by construction** (``Recipe.budget = "equal"``, the default since issue 28): every
+approach that tunes gets the same number of gradient steps on the target's data *after* source selection
+(``steps["tune"]``); a selecting approach's own expert is its selection cost, counted apart
+(``steps["select"]``, the same for every selecting approach) and reported beside it, like LoraHub's
+``search_evals``. Plans written before issue 28 name no rule and keep the previous one (``"split"``:
+the own expert's steps came out of the budget, so a selecting approach tuned for what was left).
+
 **Target-side information = only the data the run trains on.** Approaches that choose sources
 first train the target's *own* expert on the run's data (a share of the budget, ``Recipe.
 select_fraction``), take its diagonal Fisher on that same data, and rank the study's source experts
@@ -55,8 +62,8 @@ from pitune_core.model.experts import (EXPERT_FORMAT, TrainConfig, attach, evalu
 from pitune_core.tune.interpolation import InterpolatedExperts, InterpolationError, parse_weights
 from pitune_core.data.tasks import get_task
 from pitune_core.spec.parse import check_not_own_source
-from pitune_core.spec.vocab import (APPROACHES, APPROACHES_BY_NAME, BASELINES, DEFAULT_K, DEFAULT_SHOTS,  # noqa: F401
-                                    LORA_ONLY, PEFT_MERGES, PI_STYLE, SELECTING)
+from pitune_core.spec.vocab import (APPROACHES, APPROACHES_BY_NAME, BASELINES, BUDGET_RULES, DEFAULT_K,  # noqa: F401
+                                    DEFAULT_SHOTS, LORA_ONLY, PEFT_MERGES, PI_STYLE, SELECTING)
 
 # every approach :func:`run_method` knows, the shipped study's list (BASELINES) and the properties that
 # decide how each runs are the spec's records (:data:`pitune_core.spec.vocab.APPROACH_RECORDS`)
@@ -76,6 +83,11 @@ class Recipe:
     train_experts: bool = True  # experts tuned jointly with the weights (False: weights only)
     select_fraction: float = 0.5  # share of the step budget that trains the own expert
     fisher_max: int = 128  # examples of the run's data the own expert's Fisher is taken on (at most)
+    budget: str = "equal"  # spec.vocab.BUDGET_RULES: every approach tunes the whole budget after selection
+
+    def __post_init__(self):
+        if self.budget not in BUDGET_RULES:
+            raise ValueError(f"unknown budget rule {self.budget!r}; choose one of {', '.join(BUDGET_RULES)}")
 
 
 @dataclass
@@ -158,9 +170,13 @@ def run_data(target: str, backbone: UnifiedBackbone, shots: int | None, seed: in
 
 
 def split_budget(total: int, recipe: Recipe) -> tuple[int, int]:
-    """(own-expert steps, tuning steps) of a selecting approach; they add up to ``total``."""
+    """(own-expert steps, tuning steps) of a selecting approach for a budget of ``total`` steps.
+
+    ``recipe.budget == "equal"``: the own expert (selection) takes ``select_fraction`` of ``total`` on top,
+    and tuning gets all of ``total``, as every other approach does. ``"split"`` (the previous studies):
+    the two add up to ``total``."""
     own = int(min(total - 1, max(1, round(recipe.select_fraction * total))))
-    return own, total - own
+    return own, (total if recipe.budget == "equal" else total - own)
 
 
 # ----------------------------------------------------------------------------- target side
