@@ -17,7 +17,9 @@ Inputs, everywhere:
 :func:`transfer_history` skips the target (and any name in ``exclude``); :func:`loto_combination_rows`
 fits each target's combination on the *other* targets only, with their transfer-history features
 recomputed without the held-out target as well (nested), so the held-out target's gains enter
-neither its features nor the fitted weights.
+neither its features nor the fitted weights. (Its *column*, its own expert as a source of the other
+targets, is read as every source's is: that is measured about its expert, not about it as a target,
+and a user's new task has no such column.)
 """
 
 from __future__ import annotations
