@@ -193,15 +193,24 @@ def _read(path: Path) -> dict | None:
     return t if isinstance(t, dict) and t.get("format") == TABLE_FORMAT and isinstance(t.get("tasks"), dict) else None
 
 
-def table() -> dict:
-    """The committed table, or the cached recomputation when that one is newer/valid."""
-    from pitune_core.data.tasks import DATA_VERSION
+def _tables() -> list[dict]:
+    """The tables made for this suite (its ``DATA_VERSION`` and exactly its tasks), the committed one
+    first, then the cache's recomputation. A table of another task list (an older pitune, another
+    checkout sharing the cache) is never read: its removals would be another suite's."""
+    from pitune_core.data.tasks import DATA_VERSION, TASKS
 
-    for path in (_cached_table_path(), TABLE_PATH):
+    out = []
+    for path in (TABLE_PATH, _cached_table_path()):
         t = _read(path)
-        if t is not None and t.get("data_version") == DATA_VERSION:
-            return t
-    return {"format": TABLE_FORMAT, "data_version": None, "rule": RULE, "tasks": {}}
+        if t is not None and t.get("data_version") == DATA_VERSION and set(t["tasks"]) == set(TASKS):
+            out.append(t)
+    return out
+
+
+def table() -> dict:
+    """The committed table, or the cache's recomputation where the committed one is not this suite's."""
+    tables = _tables()
+    return tables[0] if tables else {"format": TABLE_FORMAT, "data_version": None, "rule": RULE, "tasks": {}}
 
 
 def _recompute_cached() -> dict:
@@ -234,8 +243,13 @@ def apply_dedup(data: "TaskData") -> "TaskData":
     if not in_suite(data.spec):
         return data
     keys = {s: example_keys(data.split(s)) for s in ("train", *EVAL_SPLITS)}
-    row = table()["tasks"].get(data.spec.name)
-    if row is None or any(row["fingerprint"].get(s) != fingerprint(keys[s]) for s in keys):
+    prints = {s: fingerprint(keys[s]) for s in keys}
+
+    def matches(row) -> bool:
+        return row is not None and all(row["fingerprint"].get(s) == prints[s] for s in keys)
+
+    row = next((t["tasks"][data.spec.name] for t in _tables() if matches(t["tasks"].get(data.spec.name))), None)
+    if row is None:
         row = _recompute_cached()["tasks"].get(data.spec.name)
         if row is None or any(row["fingerprint"].get(s) != fingerprint(keys[s]) for s in keys):
             raise RuntimeError(f"{data.spec.name}: its data changed while the duplicate table was computed; retry")
