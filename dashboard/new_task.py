@@ -25,7 +25,7 @@ from pitune_core.common import printable
 from pitune_core.data import user_tasks as U
 from pitune_core.spec.configs import PlaceConfig
 from pitune_core.spec.vocab import ACTIVE_STATUSES
-from pitune_core.study.place import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
+from pitune_core.study.placed import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
 
 KINDS = {"text": "Texts with labels (CSV / JSONL)", "images": "Images in class folders (zip)",
          "pairs": "Image-text pairs (zip with one .jsonl + images)"}

@@ -392,7 +392,7 @@ def test_a_growing_study_keeps_its_placements(tmp_path):
     when what a placement depends on (projector, experts, embeddings) changes."""
     import json as _json
 
-    from pitune_core.study.place import study_id
+    from pitune_core.study.placed import study_id
 
     root = tmp_path / "study"
     root.mkdir()

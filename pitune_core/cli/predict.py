@@ -100,7 +100,7 @@ def cmd_top_k(args) -> int:
     check_task_name(args.target, "target")
     require_verified(study_of(args), "top-k")  # a study that fails its manifest check is refused
     names, S = read_similarity_csv(_out(args) / SIMILARITY_FILE)
-    from pitune_core.study.place import merge_similarity  # user tasks placed with `pitune task place`
+    from pitune_core.study.placed import merge_similarity  # user tasks placed with `pitune task place`
 
     names, S = merge_similarity(study_of(args), args.expert_type, args.embedding, names, S, only={args.target})
     from pitune_core.study.reader import Study

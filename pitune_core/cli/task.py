@@ -95,7 +95,7 @@ def cmd_list(args) -> int:
 
 def _placed(name: str) -> list[str]:
     from pitune_core.data.user_tasks import PLACED_DIR, task_dir
-    from pitune_core.study.place import PLACEMENT_FILE, read_placement
+    from pitune_core.study.placed import PLACEMENT_FILE, read_placement
 
     out = []
     for f in sorted((task_dir(name) / PLACED_DIR).glob(f"*/*/{PLACEMENT_FILE}")):
@@ -110,7 +110,7 @@ def _placed(name: str) -> list[str]:
 def cmd_show(args) -> int:
     from pitune_core.data import user_tasks as U
     from pitune_core.data.user_tasks import PLACED_DIR, task_dir
-    from pitune_core.study.place import PLACEMENT_FILE, read_placement
+    from pitune_core.study.placed import PLACEMENT_FILE, read_placement
 
     spec = U.read_spec(args.name)
     placements = []

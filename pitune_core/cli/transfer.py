@@ -8,18 +8,17 @@ from datetime import datetime
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_embedding, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import StageBars, check_task_name, parse_int_list, parse_shots_list, progress
+from pitune_core.common import (StageBars, check_task_name, parse_int_list, parse_shots, parse_shots_list, parse_sources,
+                                progress)
 from pitune_core.study.verify import require_verified
 from pitune_core.paths import RESULTS_FILE, StudyPaths, runs_root
 from pitune_core.spec.configs import TransferConfig
 from pitune_core.spec.parse import shots_arg
-from pitune_core.spec.vocab import ACTIVE_STATUSES, DEFAULT_K
+from pitune_core.spec.vocab import ACTIVE_STATUSES, APPROACHES, DEFAULT_K
 
 
 def cmd_transfer(args) -> int:
     if getattr(args, "library", None):  # π-Tuning over an imported library (`pitune library import`)
-        from pitune_core.cli.library import cmd_transfer as library_transfer
-
         return library_transfer(args)
     from pitune_core.study.sources import load_sources
     from pitune_core.tune.run import prepare_transfer, run_transfer
@@ -154,8 +153,6 @@ def _check_listed(named, sources, expert_type: str, embedding: str) -> None:
 
 def cmd_compare(args) -> int:
     if getattr(args, "library", None):  # an imported library's adapters as the sources
-        from pitune_core.cli.library import cmd_compare as library_compare
-
         return library_compare(args)
     from pitune_core.model.backbone import UnifiedBackbone
     from pitune_core.study.sources import load_sources
@@ -194,6 +191,63 @@ def run_compare(args, sources, bb, approaches: list[str], shots: list, seeds: li
     for r in rows:
         print(f"{r['approach']:24s} shots={r['shots']!s:5s} seed={r['seed']} accuracy={r['accuracy']:.4f}")
     return 0
+
+
+# ----------------------------------------------------------------------------- transfer / compare --library
+
+def library_transfer(args) -> int:
+    """``pitune transfer --library LIB``: π-Tuning over an imported library's adapters."""
+    from pitune_core.model.library import open_library
+    from pitune_core.tune.library import prepare_library_transfer, resolve_embedding, run_library_transfer
+
+    check_task_name(args.target, "target")
+    if args.submit:
+        raise ValueError("--submit is not available with --library yet: run it in the foreground")
+    named = parse_sources(args.sources, args.k)
+    emb = resolve_embedding(open_library(args.library), getattr(args, "embedding", None))
+    config = {"target": args.target, "k": args.k if args.k is not None else (len(named) if named else DEFAULT_K),
+              "shots": parse_shots(args.shots), "weights": args.weights, "sources": named, "seed": args.seed,
+              "weights_only": args.weights_only, "own_expert": not args.no_own_expert}
+    prepare_library_transfer(config, args.library, emb)  # every error surfaces here, before any directory
+    if args.out is None and not args.no_record:  # recorded in the run registry, as a study's run is
+        return _run_recorded(args, {**config, "library": args.library, "embedding": emb}, open_library(args.library).root,
+                             kind="library-transfer", what=f" on library {args.library}")
+    out = _fresh_run_dir(args.out, args.target)
+    bar = StageBars(f"π-tuning {args.target} on library {args.library}")
+    try:
+        res = run_library_transfer(config, args.library, out, emb, on_step=bar)
+    finally:
+        bar.close()
+    print(f"run written to {out}; its expert/ is a peft adapter of the library's base "
+          f"(PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), '{out / 'expert'}'))", file=sys.stderr)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+#: the approaches ``compare --library`` runs by default: π-Tuning and every baseline that takes a library
+LIBRARY_APPROACHES = ("pi-tuning", "best-single", "target-only", "peft-linear", "peft-ties", "peft-dare", "lorahub",
+                      "arrow")
+
+
+def library_compare(args) -> int:
+    """``pitune compare --library LIB``: the approaches that take a library, over its adapters."""
+    from pitune_core.model.library import open_library, using_base
+    from pitune_core.tune.library import library_backbone, library_sources, resolve_embedding
+
+    approaches = args.approaches or list(LIBRARY_APPROACHES)
+    unknown = [a for a in approaches if a not in APPROACHES]
+    if unknown:
+        raise ValueError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(APPROACHES)}")
+    if args.expert_type != "lora":
+        raise ValueError("a library holds LoRA adapters: --expert-type lora")
+    shots, seeds = parse_shots_list(args.shots), parse_int_list(args.seeds, "seeds")
+    check_task_name(args.target, "target")
+    lib = open_library(args.library)
+    if not 1 <= args.k <= len([a for a in lib.adapters if a != args.target]):
+        raise ValueError(f"k={args.k} is out of range: library {lib.name} has {len(lib.adapters)} adapters")
+    with using_base(lib.base):
+        sources = library_sources(lib, args.target, resolve_embedding(lib, None))
+        return run_compare(args, sources, library_backbone(lib), approaches, shots, seeds)
 
 
 def register(sub, add) -> None:

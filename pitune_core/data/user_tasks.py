@@ -50,7 +50,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from pitune_core.common import clean_stale_tmp, has_control, printable, tmp_prefix
-from pitune_core.data.tasks import DATA_VERSION, SPLITS, Split, TaskData, TaskSpec, load_cached
+from pitune_core.data.tasks import DATA_VERSION, SPLITS, TASKS, Split, TaskData, TaskSpec, load_cached
 from pitune_core.paths import REPO_ROOT, cache_dir, user_tasks_dir
 from pitune_core.spec.vocab import MODALITIES
 
@@ -134,8 +134,6 @@ def task_store() -> Path:
 
 
 def builtin_names() -> set[str]:
-    from pitune_core.data.tasks import TASKS
-
     return set(TASKS)
 
 

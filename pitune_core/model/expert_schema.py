@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pitune_core.common import PROJECTOR_LAYERS, PROJECTOR_MODULE, check_task_name
+from pitune_core.model.expert_types import METHODS, get_method
 from pitune_core.spec.env import trunk_path_from_env
 
 MAX_JSON_BYTES = 1 << 20  # 1 MiB (the shipped ones are ~2 KB)
@@ -162,8 +163,6 @@ def check_method_config(method: str, mc: Any) -> dict:
     """The validated constructor arguments of ``method``'s dataclass from a saved ``method_config``."""
     from dataclasses import fields
 
-    from pitune_core.model.experts import METHODS
-
     if method not in METHODS:
         raise ExpertSchemaError(f"unknown expert method {method!r}; expected one of {', '.join(METHODS)}")
     if not isinstance(mc, dict):
@@ -239,8 +238,6 @@ def _trunk_config(trunk: str):
 
 
 def _method(method: str, mc_json: str):
-    from pitune_core.model.experts import get_method
-
     kw = json.loads(mc_json)
     for k in SET_FIELDS:
         if k in kw:

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pitune_core.study import stats
-from pitune_core.study.protocol import ABLATIONS, TRANSFER
+from pitune_core.spec.vocab import ABLATIONS, TRANSFER
 
 MAIN = "pi-tuning"
 BASELINE = "target-only"

@@ -34,20 +34,11 @@ from typing import Callable
 
 from pitune_core.spec.vocab import DEFAULT_K, EXPERT_TYPES
 from pitune_core.common import check_plan_name
+from pitune_core.spec.vocab import ABLATIONS, CORE, OTHERS, TRANSFER  # noqa: F401  (the plan's approach groups)
 from pitune_core.study.manifest import register_files
 
 PLAN_FORMAT = "pitune-protocol-plan/1"
 MAX_PLAN_BYTES = 1 << 20
-#: run on every target × shots × seed
-CORE = ("pi-tuning", "target-only", "full-finetune", "best-single", "peft-linear", "lorahub")
-#: the recipe's ablations (own expert out, one global weight vector, experts frozen)
-ABLATIONS = ("pi-tuning-no-own", "pi-tuning-global", "pi-tuning-weights-only")
-#: the other baselines
-OTHERS = ("uniform-avg", "uniform-avg-tuned", "random-k", "all-experts", "peft-ties", "peft-dare", "lorahub-tuned",
-          "arrow")
-#: the transfer approaches π-Tuning is compared with ("best other")
-TRANSFER = ("best-single", "peft-linear", "lorahub", "lorahub-tuned", "uniform-avg", "uniform-avg-tuned", "random-k",
-            "all-experts", "peft-ties", "peft-dare", "arrow")
 RESULT_COLUMNS = ("key", "target", "approach", "shots", "seed", "status", "score", "accuracy", "metric", "steps_select",
                   "steps_tune", "steps_total", "sources", "selection", "time_s", "cpu_s")
 

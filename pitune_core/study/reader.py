@@ -29,6 +29,7 @@ from pitune_core.paths import default_study as default_study_path
 from pitune_core.spec.parse import check_not_own_source
 from pitune_core.spec.vocab import DEFAULT_SHOTS, EXPERT_META_FILE, GRAPH_K, NEIGHBORS_FILE, PREDICTOR_EMBEDDINGS, PREDICTOR_PREFIX, predictor_of
 from pitune_core.spec.vocab import EMBEDDINGS as STUDY_EMBEDDINGS
+from pitune_core.study.placed import merge_layout, merge_similarity, placed_task_infos  # + user tasks placed on it
 from pitune_core.spec.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
 
 from pitune_core.predict.quality import fullest_plan, headline
@@ -249,8 +250,6 @@ class Study:
                 raise ValueError("expected a list of task objects with a 'name'")
             for t in data:
                 check_task_name(t["name"], "tasks.json lists a task")
-            from pitune_core.study.place import placed_task_infos  # user tasks placed on this study
-
             have = {t["name"] for t in data}
             return data + [t for t in placed_task_infos(self.root) if t["name"] not in have]
         return self._memo(("tasks",), load)
@@ -470,8 +469,6 @@ class Study:
             names, S = read_similarity_csv(path)
             for n in names:  # file-supplied names reach paths and labels: identifiers only
                 check_task_name(n, f"{path.relative_to(self.root)} names a task")
-            from pitune_core.study.place import merge_similarity  # + user tasks placed on this study
-
             return merge_similarity(self.root, method, embedding, names, S)
         return self._memo(("sim", method, embedding), load)
 
@@ -497,8 +494,6 @@ class Study:
                 check_task_name(n, f"{LAYOUT_FILE} names a task")
             note_p = d / LAYOUT_NOTE_FILE
             note = note_p.read_text(encoding="utf-8").strip() if note_p.is_file() else ""
-            from pitune_core.study.place import merge_layout  # + user tasks placed on this study
-
             return merge_layout(self.root, method, embedding, names, coords, note)
         return self._memo(("layout", method, embedding), load)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pitune_core.paths import StudyPaths
 from pitune_core.spec.vocab import EXPERT_META_FILE
+from pitune_core.study.placed import merge_similarity  # user tasks placed on this study can be targets
 from pitune_core.tune.interpolation import InterpolationError
 
 
@@ -27,8 +28,6 @@ def load_sources(study: str | Path, method: str, embedding: str = "fisher"):
     if not sim_path.exists():
         raise InterpolationError(f"no {embedding} similarities for {method} experts in {study} ({sim_path} missing)")
     names, S = read_similarity_csv(sim_path)
-    from pitune_core.study.place import merge_similarity  # user tasks placed on this study can be targets
-
     names, S = merge_similarity(study, method, embedding, names, S)
     return Sources(dirs, names, S, gated=gated, method_config=library_config({n: metas[n] for n in dirs}))
 
