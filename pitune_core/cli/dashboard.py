@@ -21,7 +21,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 def streamlit_command(host: str = "127.0.0.1", port: int = 8501) -> list[str]:
     """The argv that starts the dashboard (``python -m streamlit run …``); the server accepts no
     upload larger than the user task store does (:data:`pitune_core.data.user_tasks.LIMITS`)."""
-    from pitune_core.data.user_tasks import LIMITS
+    from pitune_core.data.user_tasks import LIMITS  # lazy: loads safetensors
 
     return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.address", host, "--server.port", str(int(port)),

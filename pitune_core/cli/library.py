@@ -9,11 +9,13 @@ import sys
 import time
 
 from pitune_core.spec.vocab import GRAPH_K
+from pitune_core.common import StageBars, admission, check_task_name, parse_shots, progress
+from pitune_core.model.library import (LibraryError, libraries_dir, list_libraries, open_library, remove_library,
+                                       using_base)
 
 
 def cmd_import(args) -> int:
-    from pitune_core.common import progress
-    from pitune_core.predict.library import import_library, neighbours
+    from pitune_core.predict.library import import_library, neighbours  # lazy: loads numpy
 
     t0 = time.time()
     bars = []  # opened at the first checked adapter: a refusal stays one line
@@ -44,9 +46,7 @@ def cmd_import(args) -> int:
 
 def _print_gate(lib) -> None:
     """The quality gate's verdict on each adapter a sample measured (as ``pitune task place`` says it)."""
-    from pitune_core.common import admission
-    from pitune_core.model.experts import read_expert_meta
-    from pitune_core.model.library import using_base
+    from pitune_core.model.experts import read_expert_meta  # lazy: loads torch
 
     for n, d in lib.expert_dirs().items():
         with using_base(lib.base):
@@ -58,7 +58,7 @@ def _print_gate(lib) -> None:
 
 
 def _print_neighbours(lib, nbs: dict, embedding: str) -> None:
-    from pitune_core.predict.graph import read_graph_json
+    from pitune_core.predict.graph import read_graph_json  # lazy: loads networkx
 
     graph = lib.paths.graph_json("lora", embedding)
     community = {}
@@ -72,8 +72,6 @@ def _print_neighbours(lib, nbs: dict, embedding: str) -> None:
 
 
 def cmd_list(args) -> int:
-    from pitune_core.model.library import LibraryError, libraries_dir, list_libraries, open_library
-
     rows = []
     for name in list_libraries():
         try:
@@ -95,8 +93,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from pitune_core.model.library import open_library
-    from pitune_core.predict.library import neighbours
+    from pitune_core.predict.library import neighbours  # lazy: loads numpy
 
     lib = open_library(args.name, check_base=False)
     if args.json:
@@ -118,8 +115,6 @@ def cmd_show(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    from pitune_core.model.library import remove_library
-
     print(f"removed {remove_library(args.name)}")
     return 0
 
@@ -129,7 +124,7 @@ def cmd_library(args) -> int:
 
 
 def register(sub, add) -> None:
-    from pitune_core.predict.library import DEFAULT_EMBEDDING, LIBRARY_EMBEDDINGS
+    from pitune_core.predict.library import DEFAULT_EMBEDDING, LIBRARY_EMBEDDINGS  # lazy: loads numpy
 
     sp = add("library", cmd_library, "bring your own expert library: peft LoRA adapters trained elsewhere "
                                      "(import, list, show, remove)")
@@ -168,9 +163,7 @@ def register(sub, add) -> None:
 # ----------------------------------------------------------------------------- top-k --library
 
 def cmd_top_k(args) -> int:
-    from pitune_core.common import StageBars, check_task_name, parse_shots
-    from pitune_core.model.library import open_library
-    from pitune_core.tune.library import library_sources, rank_target, resolve_embedding
+    from pitune_core.tune.library import library_sources, rank_target, resolve_embedding  # lazy: loads numpy
 
     check_task_name(args.target, "target")
     lib = open_library(args.library)

@@ -224,7 +224,7 @@ def check_meta(meta: Any, expert_format: str) -> dict:
 def _trunk_dir(trunk: str | None = None) -> str:
     """The trunk folder a check is made against: ``trunk`` when given (an imported library's base), else
     the backbone's (:func:`pitune_core.model.backbone.trunk_path`)."""
-    from pitune_core.model.backbone import trunk_path
+    from pitune_core.model.backbone import trunk_path  # lazy: loads torch
 
     return trunk or trunk_path()
 
@@ -259,7 +259,7 @@ def _expected_on(trunk: str, method: str, mc_json: str) -> tuple[dict, dict]:
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoModel
 
-    from pitune_core.model.backbone import Projector
+    from pitune_core.model.backbone import Projector  # lazy: loads torch
 
     cfg = _trunk_config(trunk)
     with torch.device("meta"), warnings.catch_warnings():

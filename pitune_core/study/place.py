@@ -23,7 +23,7 @@ Everything is written beside the study, in the user task store
 (``TASK/placed/<study id>/<method>-<embedding>/``: ``placement.json``, ``embedding.safetensors``,
 ``expert/``; a predictor graph's folder holds its ``placement.json`` only), atomically;
 ``precomputed/`` is never written, so ``pitune verify`` still passes. The readers of those records
-(:mod:`pitune_core.study.placed`, no torch) merge placed tasks into what the dashboard, ``top-k``
+(:mod:`pitune_core.study.read.placed`, no torch) merge placed tasks into what the dashboard, ``top-k``
 and ``transfer`` see.
 """
 
@@ -47,7 +47,14 @@ from pitune_core.common import clean_stale_tmp, replace_dir, tmp_prefix
 from pitune_core.paths import StudyPaths
 from pitune_core.spec.configs import PlaceConfig  # noqa: F401  (re-exported: the placement's settings)
 from pitune_core.spec.vocab import EXPERT_TYPES, PREDICTOR_PREFIX
-from pitune_core.study.placed import EMBEDDING_FILE, PLACEABLE, PLACEMENT_FILE, PLACEMENT_FORMAT, placement_dir, study_id
+from pitune_core.study.read.placed import EMBEDDING_FILE, PLACEABLE, PLACEMENT_FILE, PLACEMENT_FORMAT, placement_dir, study_id
+from pitune_core.data.tasks import TaskDataError
+from pitune_core.paths import cache_dir
+from pitune_core.predict.layout import read_layout_csv
+from pitune_core.predict.quality import predictor_of
+from pitune_core.predict.similarity import read_similarity_csv
+from pitune_core.study.read.reader import Study
+from pitune_core.study.verify import require_verified
 
 LAYOUT_NEIGHBOURS = 15  # the study's UMAP n_neighbors (predict/*/layout_note.txt)
 
@@ -103,8 +110,7 @@ def transform_position(similarities: np.ndarray, coords: np.ndarray,
 # ----------------------------------------------------------------------------- placing (torch)
 
 def _study_embeddings(study: Path, method: str, embedding: str):
-    from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.predict.similarity import read_similarity_csv
+    from pitune_core.predict.embeddings import load_embeddings  # lazy: loads torch
 
     sp = StudyPaths(study)
     f = sp.embedding_dir(method, embedding) / "embeddings.safetensors"
@@ -121,8 +127,6 @@ def _study_embeddings(study: Path, method: str, embedding: str):
 
 def check_place(task: str, study: str | os.PathLike, cfg: PlaceConfig):
     """Cheap checks before anything trains: ``(spec, data, embeddings)``; raises a clear error."""
-    from pitune_core.data.tasks import TaskDataError
-
     if cfg.embedding not in PLACEABLE:
         raise PlacementError(f"a task is placed by its {', '.join(PLACEABLE)} embedding, not {cfg.embedding!r}")
     if cfg.method not in EXPERT_TYPES:
@@ -134,7 +138,6 @@ def check_place(task: str, study: str | os.PathLike, cfg: PlaceConfig):
     study = Path(study).expanduser().resolve()
     if not study.is_dir():
         raise PlacementError(f"study {study} does not exist")
-    from pitune_core.study.verify import require_verified
 
     require_verified(study, "task place")  # as `pitune transfer` does: the manifest first, bounded
     emb = _study_embeddings(study, cfg.method, cfg.embedding)
@@ -157,12 +160,12 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
     everything beside the study and return the placement record."""
     import dataclasses
 
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.model.experts import evaluate, load_expert
-    from pitune_core.model.metrics import majority_baseline
-    from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings
-    from pitune_core.study.sources import load_sources
-    from pitune_core.tune.baselines import (DATA_STAGE, Recipe, budget_for, fisher_on, rank_by_embedding, run_data,
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.model.experts import evaluate, load_expert  # lazy: loads torch
+    from pitune_core.model.metrics import majority_baseline  # lazy: loads sklearn
+    from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings  # lazy: loads torch
+    from pitune_core.study.sources import load_sources  # lazy: loads torch
+    from pitune_core.tune.baselines import (DATA_STAGE, Recipe, budget_for, fisher_on, rank_by_embedding, run_data,  # lazy: loads torch
                                             split_budget, target_side)
 
     cfg = cfg or PlaceConfig()
@@ -258,8 +261,6 @@ def _layout_position(embedding_dir: Path, names: list[str], sims: np.ndarray) ->
     """``(position, neighbours, note)`` of a new task in the layout of ``embedding_dir`` (its
     ``layout.csv``), from its similarities ``sims`` to ``names``: :func:`transform_position` over the
     tasks the layout draws; no position when the study has no layout there."""
-    from pitune_core.predict.layout import read_layout_csv
-
     lay = embedding_dir / "layout.csv"
     if not lay.is_file():
         return None, [], "the study has no layout for this embedding"
@@ -277,8 +278,6 @@ def _predictor_graphs(study: Path, cfg: PlaceConfig) -> list[str]:
     predictor the ground truth found best at few shots, when the study draws it as a graph), so the
     page the dashboard opens on shows the task. Others are not computed (each costs its own rows);
     the Graph tab says which graphs show a placed task."""
-    from pitune_core.study.reader import Study
-
     try:
         emb, _ = Study(study).default_embedding(cfg.method)
     except (OSError, ValueError):
@@ -294,11 +293,8 @@ def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb
     expert stands in for a full-data one), as percentiles over the graph's tasks (1 = ranked first).
     The study's graph is symmetrised over both directions; a user task is no one's source, so its
     entries are its own direction only. Its map position is transformed as for Fisher."""
-    from pitune_core.paths import cache_dir
-    from pitune_core.predict.predictors import available_examples, predict_row, study_context
-    from pitune_core.predict.quality import predictor_of
-    from pitune_core.predict.similarity import read_similarity_csv
-    from pitune_core.study.predictor_graphs import percentiles
+    from pitune_core.predict.predictors import available_examples, predict_row, study_context  # lazy: loads torch
+    from pitune_core.study.predictor_graphs import percentiles  # lazy: loads torch
 
     sp = StudyPaths(study)
     names, _ = read_similarity_csv(sp.similarity_csv(cfg.method, graph))

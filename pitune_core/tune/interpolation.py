@@ -31,6 +31,7 @@ from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.experts import EXPERT_FORMAT, _versions, read_expert_meta, save_expert
 # the one weight parser (torch-free, shared with the CLI, the reader and the dashboard)
 from pitune_core.tune.weights import InterpolationError, initial_logits, parse_weights  # noqa: F401
+from pitune_core.model.experts import load_expert
 
 
 def check_sources(expert_dirs: Sequence[str | Path], backbone_id: str | None = None) -> list[dict]:
@@ -76,8 +77,6 @@ class InterpolatedExperts(nn.Module):
             raise InterpolationError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         self.granularity = granularity
         from peft import get_peft_model
-
-        from pitune_core.model.experts import load_expert
 
         self.backbone = backbone
         self.expert_dirs = [str(d) for d in expert_dirs]
