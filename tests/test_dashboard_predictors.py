@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pitune_core.study.read import groundtruth_files as GTF
-from pitune_core.study.read import reader as R
+from pitune_core.study.read import groundtruth_files as GTF, reader as R
 from pitune_core.study.read.crossmodal import finding_sentence, modality_gains
 from pitune_core.study.read.reader import GroundTruthError, Study
 

@@ -12,9 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from pitune_core.paths import DASHBOARD_APP as APP
-from pitune_core.paths import REPO_ROOT as REPO
-from pitune_core.paths import default_runs_db, default_study
+from pitune_core.paths import DASHBOARD_APP as APP, REPO_ROOT as REPO, default_runs_db, default_study
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 

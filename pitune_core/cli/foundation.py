@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_expert_type
-from pitune_core.common import shots_arg
+from pitune_core.common import StageBars, shots_arg
 from pitune_core.spec.vocab import MODALITIES
-from pitune_core.common import StageBars
 
 
 def _backbone(args):

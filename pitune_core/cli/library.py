@@ -9,9 +9,7 @@ import sys
 import time
 
 from pitune_core.spec.vocab import GRAPH_K
-from pitune_core.common import StageBars, admission, check_task_name, parse_shots, progress
-from pitune_core.model.library import (LibraryError, libraries_dir, list_libraries, open_library, remove_library,
-                                       using_base)
+from pitune_core.common import admission, check_task_name, parse_shots, progress, StageBars
 
 
 def cmd_import(args) -> int:
@@ -47,6 +45,7 @@ def cmd_import(args) -> int:
 def _print_gate(lib) -> None:
     """The quality gate's verdict on each adapter a sample measured (as ``pitune task place`` says it)."""
     from pitune_core.model.experts import read_expert_meta  # lazy: loads torch
+    from pitune_core.model.library import using_base  # lazy: `pitune --help` does not load it
 
     for n, d in lib.expert_dirs().items():
         with using_base(lib.base):
@@ -72,6 +71,8 @@ def _print_neighbours(lib, nbs: dict, embedding: str) -> None:
 
 
 def cmd_list(args) -> int:
+    from pitune_core.model.library import LibraryError, libraries_dir, list_libraries, open_library  # lazy: `pitune --help` does not load it
+
     rows = []
     for name in list_libraries():
         try:
@@ -93,6 +94,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from pitune_core.model.library import open_library  # lazy: `pitune --help` does not load it
     from pitune_core.predict.library import neighbours  # lazy: loads numpy
 
     lib = open_library(args.name, check_base=False)
@@ -115,6 +117,8 @@ def cmd_show(args) -> int:
 
 
 def cmd_remove(args) -> int:
+    from pitune_core.model.library import remove_library  # lazy: `pitune --help` does not load it
+
     print(f"removed {remove_library(args.name)}")
     return 0
 
@@ -163,6 +167,7 @@ def register(sub, add) -> None:
 # ----------------------------------------------------------------------------- top-k --library
 
 def cmd_top_k(args) -> int:
+    from pitune_core.model.library import open_library  # lazy: `pitune --help` does not load it
     from pitune_core.tune.library import library_sources, rank_target, resolve_embedding  # lazy: loads numpy
 
     check_task_name(args.target, "target")

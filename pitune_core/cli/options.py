@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from pitune_core.spec.vocab import DEFAULT_EXPERT_TYPE, EMBEDDINGS, EXPERT_TYPES
+from pitune_core.spec.vocab import DEFAULT_EMBEDDING, DEFAULT_EXPERT_TYPE, EMBEDDINGS, EXPERT_TYPES
 from pitune_core.paths import default_runs_db, default_study
-from pitune_core.spec.vocab import DEFAULT_EMBEDDING
 
 
 class _Renamed(argparse.Action):

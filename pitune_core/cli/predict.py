@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_embedding, add_study, db_of, renamed, study_of
-from pitune_core.common import parse_int_list, progress
+from pitune_core.common import check_task_name, parse_int_list, progress
 from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, SIMILARITY_FILE, StudyPaths
 from pitune_core.spec.parse import shots_arg
 from pitune_core.spec.vocab import DEFAULT_EXPERT_TYPE, DEFAULT_K, DEFAULT_SHOTS, EXPERT_META_FILE, EXPERT_TYPES, GRAPH_K, PAIR_SHOTS
-from pitune_core.common import check_task_name
 from pitune_core.study.verify import require_verified
 
 

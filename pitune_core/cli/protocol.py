@@ -16,8 +16,6 @@ import sys
 from pitune_core.cli import workers
 from pitune_core.cli.options import add_workers
 from pitune_core.paths import StudyPaths
-from pitune_core.study.protocol import (estimate, load_plan, make_plan, results_context, run_plan, write_results,
-                                        write_results_of)
 
 
 def _out(args, plan) -> str:
@@ -30,6 +28,7 @@ def _out(args, plan) -> str:
 
 def cmd_run(args) -> int:
     from pitune_core.model.device import configure_threads  # lazy: loads torch
+    from pitune_core.study.protocol import load_plan, run_plan, write_results_of  # lazy: `pitune --help` does not load it
     from pitune_core.study.transfer import shard_from_env  # lazy: loads torch
 
     plan = load_plan(args.plan)
@@ -59,6 +58,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from pitune_core.study.protocol import estimate, load_plan, results_context, write_results  # lazy: `pitune --help` does not load it
+
     plan = load_plan(args.plan)
     _out(args, plan)
     context = results_context(plan, args.study)
@@ -69,6 +70,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from pitune_core.study.protocol import load_plan, make_plan  # lazy: `pitune --help` does not load it
+
     plan = load_plan(args.plan)
     r = plan.rule
     summary = args.summary or r.get("summary", "precomputed/experts/summary.csv")

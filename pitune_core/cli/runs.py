@@ -27,7 +27,6 @@ from pitune_core.runs.registry import (
     is_valid_run_id,
 )
 from pitune_core.spec.vocab import CANCELLED, RUNNING, SUCCEEDED
-from pitune_core.runs import executor  # executor.ensure_scheduler is looked up when called (tests replace it)
 
 __all__ = ["add_runs_commands", "configure_parser", "handle", "main"]
 
@@ -289,7 +288,9 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
 
 
 def _ensure_scheduler(db: Path, out: Any) -> None:
-    pid = executor.ensure_scheduler(db)
+    from pitune_core.runs.executor import ensure_scheduler  # lazy: `pitune --help` does not load it
+
+    pid = ensure_scheduler(db)
     if pid:
         print(f"started background scheduler (pid {pid})", file=out)
 

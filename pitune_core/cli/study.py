@@ -7,10 +7,8 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_study, study_of
-from pitune_core.paths import StudyPaths
-from pitune_core.study.plan import GROUNDTRUTH_PLAN, PROTOCOL_PLAN, STAGES
-from pitune_core.paths import plan_path
-from pitune_core.study.plan import full_plan, quick_plan
+from pitune_core.paths import StudyPaths, plan_path
+from pitune_core.study.plan import GROUNDTRUTH_PLAN, PROTOCOL_PLAN, STAGES, full_plan, quick_plan
 from pitune_core.study.verify import verify_study
 
 

@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import printable
+from pitune_core.common import StageBars, printable
 from pitune_core.spec.configs import PlaceConfig
 from pitune_core.spec.parse import shots_arg
-from pitune_core.common import StageBars
 
 
 def _read(path: str, limit: int) -> bytes:

@@ -15,10 +15,7 @@ from pitune_core.paths import RESULTS_FILE, StudyPaths, runs_root
 from pitune_core.spec.configs import TransferConfig
 from pitune_core.spec.parse import shots_arg
 from pitune_core.spec.vocab import ACTIVE_STATUSES, APPROACHES, DEFAULT_K, INTERRUPTED
-from pitune_core.model.library import open_library, using_base
-from pitune_core.runs.registry import RunRegistry, SUCCEEDED, set_aside
-from pitune_core.runs.worker import execute_run
-from pitune_core.study.read.results import result_row, write_results
+from pitune_core.runs.registry import RunRegistry, set_aside, SUCCEEDED
 
 
 def cmd_transfer(args) -> int:
@@ -80,6 +77,7 @@ def _run_recorded(args, config: dict, study, kind: str = "transfer", what: str =
     and on the dashboard's Runs & compare tab like a run launched there, its files in the
     registry's run folder. A scheduler that claims it first runs it instead (then followed here)."""
     from pitune_core.model.device import configure_threads  # lazy: loads torch
+    from pitune_core.runs.worker import execute_run  # lazy: `pitune --help` does not load it
 
     db = db_of(args)
     reg = RunRegistry(db)
@@ -181,6 +179,7 @@ def cmd_compare(args) -> int:
 def run_compare(args, sources, bb, approaches: list[str], shots: list, seeds: list[int]) -> int:
     """Every approach x shots x seed on ``sources`` (a study's, or an imported library's), into
     ``--out``/results.csv (rewritten after each run)."""
+    from pitune_core.study.read.results import result_row, write_results  # lazy: `pitune --help` does not load it
     from pitune_core.tune.baselines import run_method  # lazy: loads torch
 
     out = Path(args.out or runs_root() / "compare" / args.target)
@@ -201,6 +200,7 @@ def run_compare(args, sources, bb, approaches: list[str], shots: list, seeds: li
 
 def library_transfer(args) -> int:
     """``pitune transfer --library LIB``: π-Tuning over an imported library's adapters."""
+    from pitune_core.model.library import open_library  # lazy: `pitune --help` does not load it
     from pitune_core.tune.library import prepare_library_transfer, resolve_embedding, run_library_transfer  # lazy: loads numpy
 
     check_task_name(args.target, "target")
@@ -229,6 +229,7 @@ LIBRARY_APPROACHES = ("pi-tuning", "best-single", "target-only", "peft-linear", 
 
 def library_compare(args) -> int:
     """``pitune compare --library LIB``: the approaches that take a library, over its adapters."""
+    from pitune_core.model.library import open_library, using_base  # lazy: `pitune --help` does not load it
     from pitune_core.tune.library import library_backbone, library_sources, resolve_embedding  # lazy: loads numpy
 
     approaches = args.approaches or list(LIBRARY_APPROACHES)

@@ -27,10 +27,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pitune_core.common import sha256_file
+from pitune_core.common import progress, sha256_file
 from pitune_core.paths import cache_dir
 from pitune_core.spec.env import quiet as env_quiet
-from pitune_core.common import progress
 
 
 class SourceUnavailableError(RuntimeError):

@@ -21,11 +21,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pitune_core.common import progress, write_atomic
+from pitune_core.common import progress, sha256_file, write_atomic
 from pitune_core.paths import StudyPaths
 from pitune_core.spec.vocab import EXPERT_META_FILE
-from pitune_core.common import sha256_file
-from pitune_core.study.manifest import register_files
 
 if TYPE_CHECKING:  # the module stays importable without torch (the CLI reads its stage names)
     from pitune_core.study.transfer import TransferPlan
@@ -49,6 +47,7 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
     ``targets`` limits which targets' rows are made (every task stays a source). Raises a one-line
     ``ValueError`` when a plan task has no expert in the study, or ``out`` holds a ground truth made
     with another backbone or other experts."""
+    from pitune_core.study.manifest import register_files  # lazy: `pitune --help` does not load it
     from pitune_core.study.transfer import quality_table, run_plan_pairs, run_predictors, shard_from_env  # lazy: loads torch
 
     bad = [s for s in stages if s not in STAGES]
@@ -115,6 +114,7 @@ def _ship_source_side(plan: TransferPlan, ctx, study: Path) -> list[Path]:
     """Ship the predictors' source-side rows with the study (``predict/<method>/source-side/``, listed
     in its manifest) for every expert of the study, not only the plan's tasks: a run or a placement
     ranks all of them, and none of their source side is then recomputed on a user's machine."""
+    from pitune_core.study.manifest import register_files  # lazy: `pitune --help` does not load it
     from pitune_core.predict.predictors import ship_source_side  # lazy: loads torch
 
     sp = StudyPaths(study)
@@ -199,5 +199,7 @@ def _bind_context(out: Path, dirs: dict, backbone_dir) -> None:
 def _register(study: Path, out: Path) -> None:
     """List what was written in the study's manifest (when ``out`` lies inside the study), so the
     study keeps verifying while its ground truth grows."""
+    from pitune_core.study.manifest import register_files  # lazy: `pitune --help` does not load it
+
     if out.is_dir():
         register_files(study, [p for p in sorted(out.rglob("*")) if p.is_file()])

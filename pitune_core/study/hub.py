@@ -36,12 +36,11 @@ from typing import Callable
 import numpy as np
 
 from pitune_core.paths import REPO_ROOT
-from pitune_core.predict.neighbors import write_neighbors_csv
+from pitune_core.predict.neighbors import top_k_neighbours, write_neighbors_csv
 from pitune_core.spec.vocab import EXPERT_META_FILE, NEIGHBORS_FILE  # noqa: F401  (NEIGHBORS_FILE re-exported)
 from pitune_core.common import sha256_file
 from pitune_core.predict.embedding_file import read
 from pitune_core.predict.layout import write_layout_csv
-from pitune_core.predict.neighbors import top_k_neighbours
 
 __all__ = ["HubConfig", "load_real_fisher", "synth_fisher", "write_hub_study", "NEIGHBORS_FILE"]
 

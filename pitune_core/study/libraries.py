@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pitune_core.model.library import Library, list_libraries, open_library
+from pitune_core.model.library import EXPERT_META, Library, list_libraries, open_library
 from pitune_core.common import admission
 from pitune_core.model import expert_schema as schema
-from pitune_core.model.library import EXPERT_META
 
 #: the embeddings a library may have, in the order the dashboard offers them
 EMBEDDINGS = ("fisher", "weights", "arrow")

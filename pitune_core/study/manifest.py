@@ -10,10 +10,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pitune_core.common import sha256_file, write_atomic
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import StudyPaths, plan_path
 from pitune_core.study.plan import STAGES, StudyPlan
 from pitune_core.study.stages import Stages
-from pitune_core.paths import plan_path
 
 
 def _versions() -> dict:

@@ -44,12 +44,11 @@ import numpy as np
 
 from pitune_core.data.user_tasks import find_user_task
 from pitune_core.common import clean_stale_tmp, replace_dir, tmp_prefix
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import StudyPaths, cache_dir
 from pitune_core.spec.configs import PlaceConfig  # noqa: F401  (re-exported: the placement's settings)
 from pitune_core.spec.vocab import EXPERT_TYPES, PREDICTOR_PREFIX
 from pitune_core.study.read.placed import EMBEDDING_FILE, PLACEABLE, PLACEMENT_FILE, PLACEMENT_FORMAT, placement_dir, study_id
 from pitune_core.data.tasks import TaskDataError
-from pitune_core.paths import cache_dir
 from pitune_core.predict.layout import read_layout_csv
 from pitune_core.predict.quality import predictor_of
 from pitune_core.predict.similarity import read_similarity_csv

@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Callable
 
 from pitune_core.spec.vocab import DEFAULT_K, EXPERT_TYPES
-from pitune_core.common import check_plan_name
+from pitune_core.common import check_plan_name, read_jsonl, sha256_file
 from pitune_core.spec.vocab import ABLATIONS, CORE, OTHERS, TRANSFER  # noqa: F401  (the plan's approach groups)
 from pitune_core.study.manifest import register_files
-from pitune_core.common import read_jsonl, sha256_file
 from pitune_core.paths import StudyPaths
 
 PLAN_FORMAT = "pitune-protocol-plan/1"

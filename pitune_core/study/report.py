@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pitune_core.common import ADMISSION_MARGIN, EXPERT_TYPES
+from pitune_core.common import ADMISSION_MARGIN, EXPERT_TYPES, read_jsonl
 from pitune_core.paths import StudyPaths
 from pitune_core.study.read.results import read_matrix_csv, read_results
-from pitune_core.common import read_jsonl
 from pitune_core.predict.quality import headline
 from pitune_core.study.relatedness import RESULT_FILE, markdown
 

@@ -28,10 +28,9 @@ from torch.func import functional_call
 
 from pitune_core.common import PROJECTOR_MODULE
 from pitune_core.model.backbone import UnifiedBackbone
-from pitune_core.model.experts import EXPERT_FORMAT, _versions, read_expert_meta, save_expert
+from pitune_core.model.experts import EXPERT_FORMAT, _versions, load_expert, read_expert_meta, save_expert
 # the one weight parser (torch-free, shared with the CLI, the reader and the dashboard)
 from pitune_core.tune.weights import InterpolationError, initial_logits, parse_weights  # noqa: F401
-from pitune_core.model.experts import load_expert
 
 
 def check_sources(expert_dirs: Sequence[str | Path], backbone_id: str | None = None) -> list[dict]:

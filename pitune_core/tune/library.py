@@ -21,9 +21,8 @@ from typing import Callable
 import numpy as np
 
 from pitune_core.model.library import Library, open_library, using_base
-from pitune_core.predict.library import DEFAULT_EMBEDDING, factors_of_model, rank_for
+from pitune_core.predict.library import DEFAULT_EMBEDDING, LIBRARY_EMBEDDINGS, factors_of_model, rank_for
 from pitune_core.common import admission
-from pitune_core.predict.library import LIBRARY_EMBEDDINGS
 from pitune_core.predict.similarity import read_similarity_csv
 
 

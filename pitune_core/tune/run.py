@@ -34,7 +34,7 @@ from typing import Callable
 
 from pitune_core.spec.configs import TransferConfig
 from pitune_core.spec.vocab import DEFAULT_K
-from pitune_core.tune.interpolation import InterpolationError, parse_weights
+from pitune_core.tune.interpolation import InterpolationError, check_sources, parse_weights
 from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.paths import StudyPaths, cache_dir
@@ -43,7 +43,6 @@ from pitune_core.predict.predictors import available_examples, predict_row, stud
 from pitune_core.tune import baselines  # baselines.budget_for is looked up when called (tests replace it)
 from pitune_core.tune.baselines import (DATA_STAGE, Recipe, interpolate_and_tune, resolve_sources, run_data,
                                         split_budget, target_side)
-from pitune_core.tune.interpolation import check_sources
 
 #: what a run writes besides config.json; any of them present means the directory holds a run
 RUN_OUTPUTS = ("weights.json", "expert", "own", "metrics.json", "error.txt", "FAILED", "INTERRUPTED", "CANCELLED")

@@ -10,8 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from pitune_core.common import check_task_name
-from pitune_core.common import check_plan_name
+from pitune_core.common import check_plan_name, check_task_name
 
 
 #: files of a ground-truth folder (``StudyPaths.groundtruth(plan)``, ``pitune transfer-study``)

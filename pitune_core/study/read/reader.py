@@ -24,8 +24,7 @@ from typing import Any, Iterable, Sequence
 from pitune_core.common import (EXPERT_TYPES, EXPERT_TYPE_LABELS, MODALITIES, check_task_name, parse_shots,
                                 parse_sources)
 from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, RUNS_LOG_FILE, SIMILARITY_FILE, StudyPaths
-from pitune_core.study.read.results import parse_float as _float
-from pitune_core.study.read.results import read_matrix_csv, read_results
+from pitune_core.study.read.results import parse_float as _float, read_matrix_csv, read_results
 from pitune_core.paths import default_study as default_study_path
 from pitune_core.spec.configs import TransferConfig
 from pitune_core.spec.parse import check_not_own_source
