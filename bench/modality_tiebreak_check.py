@@ -27,7 +27,7 @@ from scipy.stats import rankdata
 
 from pitune_core.paths import SHIPPED_STUDY, StudyPaths
 from pitune_core.predict.quality import paired_ci, target_quality
-from pitune_core.study.reader import Study
+from pitune_core.study.read.reader import Study
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@ Run with ``pitune dashboard`` (or ``streamlit run dashboard/app.py``). The study
 from ``$PITUNE_STUDY`` (default ``precomputed/`` in the repository), the run registry from
 ``$PITUNE_RUNS_DB`` (default ``runs/registry.sqlite`` in the repository).
 
-This file only renders: data comes from :mod:`pitune_core.study.reader`, figures from
+This file only renders: data comes from :mod:`pitune_core.study.read.reader`, figures from
 :mod:`dashboard.figures`, runs from :mod:`pitune_core.runs` (the page submits runs and a detached
 scheduler executes them; nothing here trains or blocks).
 """
@@ -27,8 +27,9 @@ from dashboard import new_task as NT  # noqa: E402
 from pitune_core.predict.quality import fullest_plan, predictor_of  # noqa: E402
 from pitune_core.paths import default_runs_db, default_study  # noqa: E402
 from pitune_core.spec.configs import TransferConfig  # noqa: E402
-from pitune_core.spec.vocab import ACTIVE_STATUSES, DEFAULT_K, GRAPH_K  # noqa: E402
-from pitune_core.study.reader import (  # noqa: E402
+from pitune_core.spec.vocab import (ACTIVE_STATUSES, CANCELLED, DEFAULT_K, FAILED, GRAPH_K, INTERRUPTED,  # noqa: E402
+                                    QUEUED, RUNNING, SUCCEEDED)
+from pitune_core.study.read.reader import (  # noqa: E402
     EMBEDDING_LABELS,
     METHOD_LABELS,
     Study,
@@ -39,6 +40,9 @@ from pitune_core.study.reader import (  # noqa: E402
     rebuild_hint,
     zip_directory,
 )
+from pitune_core.runs.executor import scheduler_running
+from pitune_core.runs.registry import RunRegistry
+from pitune_core.study.libraries import library_names
 
 st.set_page_config(page_title="pitune · π-Tuning dashboard", page_icon="π", layout="wide")
 
@@ -50,8 +54,8 @@ WEIGHT_MODES = {
     "hand": "fixed, set by hand",
 }
 ACTIVE = ACTIVE_STATUSES
-STATUS_COLOR = {"queued": "gray", "running": "blue", "succeeded": "green", "failed": "red", "cancelled": "orange",
-                "interrupted": "orange"}
+STATUS_COLOR = {QUEUED: "gray", RUNNING: "blue", SUCCEEDED: "green", FAILED: "red", CANCELLED: "orange",
+                INTERRUPTED: "orange"}
 
 
 def _status(s: str) -> str:
@@ -108,8 +112,6 @@ def load_graph(root: str, stamp: int, method: str, embedding: str, mode: str, k:
 
 @st.cache_resource(show_spinner=False)
 def _open_registry(db: str):
-    from pitune_core.runs.registry import RunRegistry
-
     return RunRegistry(db)
 
 
@@ -420,7 +422,7 @@ def _placed_elsewhere(study: Study, sel: dict, drawn: set) -> None:
 
 def _cross_modal_note(study: Study) -> None:
     """The cross-modal finding, computed from the study's measured transfer (reader), in one line."""
-    from pitune_core.study.reader import GroundTruthError
+    from pitune_core.study.read.reader import GroundTruthError  # lazy: loads safetensors
 
     try:
         f = study.cross_modal_finding(st.session_state.get("gt_plan"))
@@ -553,7 +555,7 @@ def tab_target(study: Study, sel: dict) -> None:
 def _groundtruth_panel(study: Study, sel: dict) -> bool:
     """Every predictor at the target data size the user picks, against the ground truth
     (groundtruth/PLAN/quality.json, reliability.json); False when the study has none to show."""
-    from pitune_core.study.reader import GroundTruthError
+    from pitune_core.study.read.reader import GroundTruthError  # lazy: loads safetensors
 
     have, problems = {}, []
     for plan in study.groundtruth_plans():
@@ -764,7 +766,7 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
             label = {"learn-uniform": "learned", "learn-auto": "learned from sims", "hand": "hand"}[wmode]
             chosen = f"top-{sel['k']} from its examples" if sources is None else str(len(sources))
             try:  # the kind's validator runs here: a run that would be refused is never queued
-                run_id = reg.submit("transfer", cfg, name=f"{target} ← {chosen} {method} experts, {label}")
+                run_id = reg.submit("transfer", cfg.to_dict(), name=f"{target} ← {chosen} {method} experts, {label}")
             except (ValueError, RuntimeError, OSError) as e:
                 st.error(f"Cannot launch: {e}")
                 return
@@ -802,8 +804,6 @@ def stage_progress_text(p: Mapping) -> str:
 @st.fragment(run_every=2.0)
 def live_runs(db: str) -> None:
     """Live progress of the dashboard's runs (re-renders on its own every 2 s)."""
-    from pitune_core.runs.executor import scheduler_running
-
     reg = get_registry(db)
     if reg is None:
         return
@@ -817,7 +817,7 @@ def live_runs(db: str) -> None:
     head.markdown(f"#### Runs ({len(active)} active)")
     running = scheduler_running(db)
     sched.caption("scheduler: " + ("running" if running else "idle (starts with the next launch)"))
-    if active and not running and any(r.status == "queued" for r in active):
+    if active and not running and any(r.status == QUEUED for r in active):
         if sched.button("Start scheduler", key="start_sched"):
             from pitune_core.runs import executor
 
@@ -837,7 +837,7 @@ def live_runs(db: str) -> None:
         if step is not None and total:
             cols[2].progress(min(1.0, float(step) / float(total)), text=stage_progress_text(p))
         else:
-            cols[2].progress(0.0, text="waiting" if r.status == "queued" else (
+            cols[2].progress(0.0, text="waiting" if r.status == QUEUED else (
                 _md(p["stage"]) if p.get("stage") else
                 "starting: the run names each stage here, with its count, as it reaches it"))
         cols[3].caption("loss")
@@ -870,7 +870,7 @@ def _protocol_cell(a: dict | None) -> str:
 
 
 def protocol_section(study: Study) -> bool:
-    """The pre-registered comparison (``protocol/<plan>/results.csv``, :mod:`pitune_core.study.evidence`):
+    """The pre-registered comparison (``protocol/<plan>/results.csv``, :mod:`pitune_core.study.read.evidence`):
     progress, paired differences as a dot plot, the approach × regime table, a verdict and the
     recommendation per regime. Returns False (nothing shown) when the study has no protocol results."""
     plans = study.protocol_plans()
@@ -949,7 +949,7 @@ def _study_cell(a: dict) -> str:
 
 
 def tab_compare(study: Study, sel: dict, db: Path) -> None:
-    from pitune_core.study.evidence import references, regime_of, run_flags
+    from pitune_core.study.read.evidence import references, regime_of, run_flags  # lazy: loads numpy
 
     target = sel["target"]
     reg = get_registry(str(db))
@@ -969,7 +969,7 @@ def tab_compare(study: Study, sel: dict, db: Path) -> None:
             "(e.g. 40 of rt_polarity's 480 test sentences are in movie_sentiment's), the projector was aligned "
             "on three of these targets, and there are 2 seeds. Do not read a π-Tuning advantage from them; "
             "the pre-registered study (`plans/few-shot-v2.json`) replaces them.")
-    scored = [(r, regime_of(r.config.get("shots")), _run_score(r, metric)) for r in runs if r.status == "succeeded"]
+    scored = [(r, regime_of(r.config.get("shots")), _run_score(r, metric)) for r in runs if r.status == SUCCEEDED]
     flags = {r.id: run_flags(s, g, measured, zero) for r, g, s in scored}
     options = sorted({*measured, *(g for _, g, _ in scored)},
                      key=lambda g: (g == "full", int(g.split("-")[0]) if g != "full" else 0))
@@ -1049,7 +1049,7 @@ def render_run(reg, rec) -> None:
         return
     st.markdown(f"{_status(rec.status)} · {rec.name or ''} · elapsed {_elapsed(rec)}")
     metrics = files.get("metrics") or rec.metrics
-    if rec.status == "failed":
+    if rec.status == FAILED:
         st.error(files.get("FAILED") or rec.error or "failed")
         if files.get("error.txt"):
             with st.expander("error details"):
@@ -1132,8 +1132,6 @@ def tab_study(study: Study) -> None:
 def _library_selector() -> str | None:
     """The sidebar's study/library selector (shown only when libraries are imported): ``None`` for the
     study, else the imported library's name."""
-    from pitune_core.study.libraries import library_names
-
     names = library_names()
     if not names:
         return None

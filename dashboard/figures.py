@@ -811,7 +811,7 @@ def target_evidence_figure(approaches: Sequence[Mapping[str, Any]], runs: Sequen
     reference lines (zero-shot, target-only's mean) across the whole plot. Scores 0..1 (the task's
     metric), shown as percentages.
 
-    ``approaches``: rows of :func:`pitune_core.study.evidence.target_measurements` (label, scores,
+    ``approaches``: rows of :func:`pitune_core.study.read.evidence.target_measurements` (label, scores,
     mean, std); ``runs``: label, score, flagged; ``refs``: {name: score}."""
     fig = go.Figure()
     labels = [_safe_label(a["label"]) for a in approaches]
@@ -865,7 +865,7 @@ def paired_diff_figure(diffs: Sequence[Mapping[str, Any]], title: str | None = N
     view; never a bar from 0). A dot is green when its CI lies above 0, red below, grey when it
     spans 0 or has none; hover shows mean, CI, W/T/L, n targets and the Wilcoxon p.
 
-    ``diffs`` rows (:func:`pitune_core.study.evidence.summarise`'s ``diffs``): regime, label, mean,
+    ``diffs`` rows (:func:`pitune_core.study.read.evidence.summarise`'s ``diffs``): regime, label, mean,
     ci_low, ci_high, wins, ties, losses, n, p_wilcoxon. Rows without a finite mean are left out."""
     def fin(x) -> bool:
         return isinstance(x, (int, float)) and math.isfinite(x)
@@ -981,7 +981,7 @@ def predictor_quality_rows(quality: Mapping[str, Any], size: str, selected: str 
     modality; "–" where undefined), the predictor's Spearman on ``target`` and a mark on the
     ``selected`` embedding.
 
-    ``quality`` is :meth:`pitune_core.study.reader.Study.groundtruth_quality` (validated);
+    ``quality`` is :meth:`pitune_core.study.read.reader.Study.groundtruth_quality` (validated);
     ``ceiling_targets``: how many targets the ceiling is taken over (reliability.json), if known. The
     ``targets`` column is text ("–" where not known), never a blank "None"."""
     metrics = list(quality.get("metrics") or [])

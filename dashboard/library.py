@@ -18,6 +18,7 @@ import streamlit as st
 from dashboard import figures as F
 from dashboard.text import md as _md
 from pitune_core.study.libraries import library_graph, library_neighbours, library_view
+from pitune_core.spec.vocab import DEFAULT_K, DEFAULT_SHOTS, K_MIN
 
 SHOTS = [1, 2, 4, 8, 16, 32, 64, "full"]
 EMBEDDING_LABELS = {"fisher": "Fisher (from a sample per adapter)", "weights": "weights (ΔW cosine)",
@@ -26,8 +27,8 @@ EMBEDDING_LABELS = {"fisher": "Fisher (from a sample per adapter)", "weights": "
 
 def _targets() -> list[str]:
     """Language tasks a library run can target: the suite's and the user's own (a library is text-only)."""
-    from pitune_core.data.tasks import TASKS
-    from pitune_core.data.user_tasks import list_user_tasks
+    from pitune_core.data.tasks import TASKS  # lazy: loads safetensors
+    from pitune_core.data.user_tasks import list_user_tasks  # lazy: loads safetensors
 
     return [*sorted(n for n, t in TASKS.items() if t.modality == "language"),
             *sorted(t.name for t in list_user_tasks("language"))]
@@ -79,8 +80,8 @@ def _launch(name: str, db: str, get_registry: Callable) -> None:
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
     target = c1.selectbox("Target task (language; add your own on the study's New task tab)", _targets(),
                           key="lib_target")
-    shots = c2.selectbox("Shots per class", SHOTS, index=SHOTS.index(16), key="lib_shots")
-    kk = c3.number_input("k sources", 1, 20, 3, key="lib_k")
+    shots = c2.selectbox("Shots per class", SHOTS, index=SHOTS.index(DEFAULT_SHOTS), key="lib_shots")
+    kk = c3.number_input("k sources", K_MIN, 20, DEFAULT_K, key="lib_k")
     seed = c4.number_input("Seed", 0, 10_000, 0, key="lib_seed")
     if st.button("Launch π-Tuning", key="lib_launch", icon=":material/rocket_launch:"):
         reg = get_registry(db)

@@ -24,8 +24,10 @@ from dashboard.text import md as _md
 from pitune_core.common import printable
 from pitune_core.data import user_tasks as U
 from pitune_core.spec.configs import PlaceConfig
-from pitune_core.spec.vocab import ACTIVE_STATUSES
-from pitune_core.study.place import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
+from pitune_core.spec.vocab import ACTIVE_STATUSES, SUCCEEDED
+from pitune_core.study.read.placed import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
+from pitune_core.runs import executor
+from pitune_core.study.read.reader import EMBEDDING_LABELS
 
 KINDS = {"text": "Texts with labels (CSV / JSONL)", "images": "Images in class folders (zip)",
          "pairs": "Image-text pairs (zip with one .jsonl + images)"}
@@ -171,7 +173,6 @@ def _add_and_place(draft: U.Draft, verbal: dict, shots: int | None, study, root:
         return
     st.session_state["nt_run"] = run_id
     st.session_state["nt_task"] = draft.name
-    from pitune_core.runs import executor
 
     try:
         executor.ensure_scheduler(str(db))
@@ -196,7 +197,7 @@ def _follow(root: Path, db: Path, get_registry: Callable) -> None:
         frac = min(1.0, float(step) / float(total)) if step and total else 0.0
         st.progress(frac, text=f"placing `{task}` on the graph: {rec.status}, stage {p.get('stage', 'starting')}"
                     + (f", step {step}/{total}" if step and total else ""))
-    elif rec.status == "succeeded":
+    elif rec.status == SUCCEEDED:
         m = rec.metrics or {}
         lists = source_lists(m)
         shown = st.session_state.get("embedding")
@@ -233,8 +234,6 @@ def _follow(root: Path, db: Path, get_registry: Callable) -> None:
 def source_lists(metrics: Mapping) -> list[tuple[str, str]]:
     """``[(graph label, "a (0.912), b (0.871)")]``: a placement's top sources on every graph it was
     placed on (Fisher first, then the predictor graphs), from its run's metrics."""
-    from pitune_core.study.reader import EMBEDDING_LABELS
-
     def fmt(top) -> str:
         return ", ".join(f"{n} ({float(s):.3f})" for n, s in top or [] if isinstance(n, str)
                          and isinstance(s, (int, float)))

@@ -12,15 +12,19 @@ from pathlib import Path
 from pitune_core.paths import default_study
 from pitune_core.runs.jobs import register_job
 from pitune_core.spec.configs import PlaceConfig, TrainExpertConfig, TransferConfig
-from pitune_core.spec.parse import check_expert_type, check_int, check_not_own_source, check_task_name, parse_shots
+from pitune_core.spec.parse import (check_expert_type, check_int, check_not_own_source, check_task_name, parse_shots,
+                                    parse_sources)
 from pitune_core.spec.vocab import DEFAULT_K, DEFAULT_SHOTS
+from pitune_core.model.library import open_library
+from pitune_core.study.verify import require_verified
+from pitune_core.tune.weights import parse_weights
 
 
 def transfer_job(config: dict, ctx) -> dict:
     """Run-registry job: one interpolate-and-tune run, with live progress."""
-    from pitune_core.model.device import configure_threads
-    from pitune_core.study.sources import load_sources
-    from pitune_core.tune.run import run_transfer
+    from pitune_core.model.device import configure_threads  # lazy: loads torch
+    from pitune_core.study.sources import load_sources  # lazy: loads torch
+    from pitune_core.tune.run import run_transfer  # lazy: loads torch
 
     configure_threads()
 
@@ -37,9 +41,8 @@ def transfer_job(config: dict, ctx) -> dict:
 def library_transfer_job(config: dict, ctx) -> dict:
     """Run-registry job: one π-Tuning run over an imported library (``config["library"]``), as
     ``pitune transfer TARGET --library LIB`` runs it (:func:`pitune_core.tune.library.run_library_transfer`)."""
-    from pitune_core.model.device import configure_threads
-    from pitune_core.model.library import open_library
-    from pitune_core.tune.library import resolve_embedding, run_library_transfer
+    from pitune_core.model.device import configure_threads  # lazy: loads torch
+    from pitune_core.tune.library import resolve_embedding, run_library_transfer  # lazy: loads numpy
 
     configure_threads()
 
@@ -55,9 +58,9 @@ def library_transfer_job(config: dict, ctx) -> dict:
 
 def train_expert_job(config: dict, ctx) -> dict:
     """Run-registry job: train one expert into the run directory."""
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.model.device import configure_threads
-    from pitune_core.model.experts import TrainConfig, train_expert
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.model.device import configure_threads  # lazy: loads torch
+    from pitune_core.model.experts import TrainConfig, train_expert  # lazy: loads torch
 
     configure_threads()
     bb = UnifiedBackbone.load(config.get("projector"))
@@ -75,9 +78,9 @@ def train_expert_job(config: dict, ctx) -> dict:
 
 def transfer_pair_job(config: dict, ctx) -> dict:
     """Run-registry job: one cell of the pairwise transfer study (scratch when source is None)."""
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.model.device import configure_threads, describe_device
-    from pitune_core.study.transfer import TransferBudget, few_shot_score
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.model.device import configure_threads, describe_device  # lazy: loads torch
+    from pitune_core.study.transfer import TransferBudget, few_shot_score  # lazy: loads torch
 
     configure_threads()
     bb = UnifiedBackbone.load(config.get("projector"))
@@ -94,8 +97,8 @@ def place_task_job(config: dict, ctx) -> dict:
     top-k, map position), written beside the study (:mod:`pitune_core.study.place`)."""
     import os
 
-    from pitune_core.model.device import configure_threads
-    from pitune_core.study.place import place_task
+    from pitune_core.model.device import configure_threads  # lazy: loads torch
+    from pitune_core.study.place import place_task  # lazy: loads safetensors
 
     if config.get("store"):  # the store the dashboard wrote the task to
         os.environ["PITUNE_TASKS"] = str(config["store"])
@@ -135,8 +138,6 @@ def _known_task(name, what: str) -> str:
 def _verified_study(study: str, command: str) -> None:
     """The study's manifest check, as ``pitune transfer`` / ``task place`` run it (no torch, bounded
     reads): a run on a study that fails it is refused at submit and again in the worker."""
-    from pitune_core.study.verify import require_verified
-
     require_verified(study, command)
 
 
@@ -157,10 +158,6 @@ def validate_transfer(config: dict) -> None:
 def validate_library_transfer(config: dict) -> None:
     """A ``library-transfer`` config: an imported library whose base is unchanged, a known target, k,
     sources, weights, shots, seed (no torch: the library's checks read JSON and hash the base)."""
-    from pitune_core.common import parse_shots, parse_sources
-    from pitune_core.model.library import open_library
-    from pitune_core.tune.weights import parse_weights
-
     lib = open_library(config.get("library"))
     target = _known_task(config.get("target"), "target")
     k = _int(config, "k", minimum=1)
@@ -203,7 +200,7 @@ def validate_transfer_pair(config: dict) -> None:
 
 def validate_place_task(config: dict) -> None:
     """A ``place-task`` config: an existing user task, a study, expert type, shots, seed, k."""
-    from pitune_core.data.user_tasks import check_name
+    from pitune_core.data.user_tasks import check_name  # lazy: loads safetensors
 
     if not isinstance(config.get("study"), str) or not config["study"]:
         raise ValueError("a place-task run needs the study directory (study)")

@@ -90,7 +90,7 @@ class StudyPaths:
     """Every sub-path of a study directory (what ``pitune precompute`` writes, what the reader reads).
 
     Names given to the methods (expert types, tasks, embeddings) are the caller's responsibility
-    to validate; :mod:`pitune_core.study.reader` only passes names the study itself lists.
+    to validate; :mod:`pitune_core.study.read.reader` only passes names the study itself lists.
     """
 
     root: Path

@@ -54,7 +54,7 @@ _PARAMS = [pytest.param(a, id=a) for a in APPROACHES]
 
 @pytest.mark.parametrize("name", [p.values[0] for p in _PARAMS])
 def test_every_approach_runs_and_accounts_for_its_budget_and_sources(name, tiny, backbone, tmp_path):
-    from pitune_core.study.results import read_results, result_row, write_results
+    from pitune_core.study.read.results import read_results, result_row, write_results
     from pitune_core.tune import baselines
 
     rec = APPROACHES_BY_NAME[name]

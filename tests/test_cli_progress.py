@@ -65,7 +65,7 @@ def _fake_run(seen: dict):
 
 
 def _names() -> tuple[str, list[str]]:
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study
 
     have = Study(STUDY).expert_tasks("lora")
     return have[0], have[1:3]
@@ -74,7 +74,7 @@ def _names() -> tuple[str, list[str]]:
 @needs_study
 def test_transfer_is_recorded_in_the_registry_by_default(tmp_path, monkeypatch, capsys):
     from pitune_core.runs.registry import RunRegistry
-    from pitune_core.study.reader import filter_runs_for
+    from pitune_core.study.read.reader import filter_runs_for
     from pitune_core.tune import run
 
     seen: dict = {}

@@ -21,7 +21,7 @@ from test_study import make_synthetic_study  # noqa: E402
 
 from pitune_core.common import sha256_file  # noqa: E402
 from pitune_core.study.protocol import RESULT_COLUMNS  # noqa: E402
-from pitune_core.study.reader import Study  # noqa: E402
+from pitune_core.study.read.reader import Study  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "dashboard" / "app.py")
@@ -104,7 +104,7 @@ def test_target_evidence_reads_the_protocol(tmp_path):
 
 
 def test_run_flags_name_what_a_run_falls_below():
-    from pitune_core.study.evidence import run_flags, target_measurements
+    from pitune_core.study.read.evidence import run_flags, target_measurements
 
     measured = target_measurements([{"target": "t", "approach": "target-only", "shots": 4, "seed": s, "status": "done",
                                      "score": v} for s, v in enumerate((0.6, 0.62, 0.64))], "t")

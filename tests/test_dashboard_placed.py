@@ -36,7 +36,7 @@ def _plain(markdown: str) -> str:
 @pytest.fixture
 def placed(tmp_path, monkeypatch):
     from pitune_core.runs.registry import RunRegistry
-    from pitune_core.study.place import PLACEMENT_FILE, PLACEMENT_FORMAT, study_id
+    from pitune_core.study.read.placed import PLACEMENT_FILE, PLACEMENT_FORMAT, study_id
 
     monkeypatch.setenv("PITUNE_TASKS", str(tmp_path / "tasks"))
     root = make_synthetic_study(tmp_path / "study")
@@ -112,7 +112,7 @@ def test_target_tab_shows_a_user_tasks_scores(placed):
 
 
 def test_placed_scores_refuses_what_is_not_a_score():
-    from pitune_core.study.place import placed_scores
+    from pitune_core.study.read.placed import placed_scores
 
     rec = {"expert": {"test": {"accuracy": 1.5}, "zero_shot": {"accuracy": "0.5"}, "majority": {"accuracy": 0.25},
                       "steps": 30}}

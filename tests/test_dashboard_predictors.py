@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pitune_core.study import reader as R
-from pitune_core.study.crossmodal import finding_sentence, modality_gains
-from pitune_core.study.reader import GroundTruthError, Study
+from pitune_core.study.read import groundtruth_files as GTF, reader as R
+from pitune_core.study.read.crossmodal import finding_sentence, modality_gains
+from pitune_core.study.read.reader import GroundTruthError, Study
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "dashboard" / "app.py")
@@ -229,7 +229,7 @@ def test_nan_and_inf_numbers_become_none(tmp_path):
 
 def test_oversize_symlink_and_odd_folders(tmp_path, monkeypatch):
     s = _bad_root(tmp_path, _good_quality())
-    monkeypatch.setattr(R, "GT_MAX_JSON_BYTES", 100)
+    monkeypatch.setattr(GTF, "GT_MAX_JSON_BYTES", 100)
     with pytest.raises(GroundTruthError, match="over the limit"):
         s.groundtruth_quality("bad")
     monkeypatch.undo()
@@ -491,7 +491,7 @@ def test_reading_the_ground_truth_imports_no_torch(gt_study):
     import subprocess
     import sys
 
-    code = ("import sys; from pitune_core.study.reader import Study; s = Study(sys.argv[1]); "
+    code = ("import sys; from pitune_core.study.read.reader import Study; s = Study(sys.argv[1]); "
             "q = s.groundtruth_quality('gt-test'); s.groundtruth_reliability('gt-test'); f = s.cross_modal_finding(); "
             "assert q['sizes'] and f['source'].startswith('groundtruth/'); "
             "bad = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]; assert not bad, bad")
@@ -708,9 +708,9 @@ def test_report_checks_the_goal_and_says_where_pairs_ran(drawn_study, capsys):
 
 @pytest.mark.parametrize("ci, word", [((-0.1, 0.2), "tied with"), ((0.01, 0.2), "ahead of"), ((-0.3, -0.01), "behind")])
 def test_default_reason_says_tie_ahead_or_behind_the_trivial_rule(ci, word):
-    from pitune_core.study.reader import _versus_rule
+    from pitune_core.study.read.groundtruth_files import versus_rule
 
     q = {"table": {"4-shot": {"fisher": {"vs_same_modality": {"mean_difference": 0.05, "ci": list(ci)}}}}}
-    assert _versus_rule(q, "4-shot", "fisher") == f"; {word} same-modality: +0.050 [{ci[0]:+.3f}, {ci[1]:+.3f}]"
-    assert _versus_rule(q, "4-shot", "same_modality") == ""  # the rule is not compared with itself
-    assert _versus_rule({"table": {}}, "4-shot", "fisher") == ""  # nothing to compare: nothing said
+    assert versus_rule(q, "4-shot", "fisher") == f"; {word} same-modality: +0.050 [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    assert versus_rule(q, "4-shot", "same_modality") == ""  # the rule is not compared with itself
+    assert versus_rule({"table": {}}, "4-shot", "fisher") == ""  # nothing to compare: nothing said

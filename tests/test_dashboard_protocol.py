@@ -1,5 +1,5 @@
 """The pre-registered comparison in the dashboard: Study.protocol_* (reader), the evidence summary
-and recommendation (pitune_core.study.evidence), the paired-difference dot plot and the compare tab.
+and recommendation (pitune_core.study.read.evidence), the paired-difference dot plot and the compare tab.
 
 Results files are synthetic with known numbers (12 targets × 3 seeds; π-Tuning = target-only + 4, 5
 or 6 points by target, so the paired mean is exactly +5.0), so every expected value below is
@@ -22,9 +22,9 @@ from studycopy import copy_without_measurements
 
 from dashboard.figures import paired_diff_figure
 from pitune_core.common import sha256_file
-from pitune_core.study import evidence
+from pitune_core.study.read import evidence
 from pitune_core.study.protocol import RESULT_COLUMNS
-from pitune_core.study.reader import Study
+from pitune_core.study.read.reader import Study
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "dashboard" / "app.py")
@@ -141,8 +141,8 @@ SKEWED = [-0.1, 0.4, 0.7, 0.2, -0.5, -0.9, 1.1, -0.1, -0.4, 0.1, -0.1, 0.5, 0.0,
 
 
 def test_a_verdict_that_rests_on_the_ci_method_is_called_fragile():
-    from pitune_core.study.evidence import recommend, verdict
-    from pitune_core.study.stats import paired, report_section
+    from pitune_core.study.read.evidence import recommend, verdict
+    from pitune_core.study.read.stats import paired, report_section
 
     p = paired(SKEWED, [0.0] * len(SKEWED))
     assert p.ci_low > 0 and p.pct_low < 0 < p.pct_high and p.fragile  # BCa (the rule) excludes 0 ...
@@ -375,7 +375,7 @@ def test_compare_tab_without_protocol_results_keeps_the_provisional_section(tmp_
 def test_a_partly_run_approach_cannot_become_the_best_other():
     """An extra that has run on two easy targets so far must not displace the competitor measured on
     every target (few-shot-v2 at 16 shots, part way through its extras)."""
-    from pitune_core.study.stats import best_other, report_section
+    from pitune_core.study.read.stats import best_other, report_section
 
     targets = [f"t{i}" for i in range(6)]
     means = {"pi-tuning": {t: 70.0 for t in targets},

@@ -494,7 +494,7 @@ def test_dashboard_escapes_registry_and_file_strings():
 
 
 def test_reader_refuses_markup_task_names(tmp_path):
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study
 
     root = hostile.mini_study(tmp_path / "s")
     tasks = json.loads((root / "tasks.json").read_text())
@@ -510,7 +510,7 @@ def test_target_tab_lists_agree_and_study_tab_shows_recorded_times(tmp_path, mon
     Study tab shows the summed recorded run times, not the resumed stages' wall times."""
     from streamlit.testing.v1 import AppTest
 
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study
 
     monkeypatch.setenv("PITUNE_STUDY", str(FIRST_STUDY))
     monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "registry.sqlite"))
@@ -650,7 +650,7 @@ def test_a_fifo_or_device_as_manifest_is_refused_in_under_2_s(kind, store, tmp_p
     /dev/zero ran out of memory: place.study_id read the manifest whole before any check."""
     import time
 
-    from pitune_core.study.place import study_id
+    from pitune_core.study.read.placed import study_id
 
     assert main(["task", "add", "t_small", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
     root = hostile.mini_study(tmp_path / "S")
@@ -1153,17 +1153,17 @@ def test_a_fifo_in_the_task_store_is_skipped_not_waited_on(store, tmp_path, caps
     a FIFO (or device) there is skipped at once."""
     import time
 
-    from pitune_core.study import place
+    from pitune_core.study.read import placed
 
     assert main(["task", "add", "t_store", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
     study = hostile.mini_study(tmp_path / "S")
-    d = store / "t_store" / "placed" / place.study_id(study) / "lora-fisher"
+    d = store / "t_store" / "placed" / placed.study_id(study) / "lora-fisher"
     d.mkdir(parents=True)
     os.mkfifo(d / "placement.json")
     with deadline(20):
         t0 = time.monotonic()
         assert main(["task", "show", "t_store"]) == 0
         assert main(["task", "list"]) == 0
-        assert place.placed_task_infos(study) == []
+        assert placed.placed_task_infos(study) == []
         took = time.monotonic() - t0
     assert took < 2.0, took

@@ -28,6 +28,7 @@ from pitune_core.predict.similarity import (
     fisher_similarity,
     top_k,
 )
+from pitune_core.predict.neighbors import read_neighbors_csv, write_neighbors_csv
 from pitune_core.study import hub as H
 
 
@@ -117,7 +118,7 @@ def test_neighbours_validate_input():
 
 def test_similarity_module_does_not_import_torch():
     code = ("import sys; import pitune_core.predict.similarity, pitune_core.predict.neighbors, "
-            "pitune_core.study.hub, pitune_core.study.reader; print('torch' in sys.modules)")
+            "pitune_core.study.hub, pitune_core.study.read.reader; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -149,7 +150,7 @@ def test_synth_is_seeded_and_keeps_the_real_tasks():
 @needs_real
 def test_hub_synth_writes_a_study_the_dashboard_opens(tmp_path):
     from pitune_core.cli.main import main
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study
     from pitune_core.study.verify import verify_study
 
     out = tmp_path / "hub"
@@ -184,7 +185,7 @@ def test_hub_synth_writes_a_study_the_dashboard_opens(tmp_path):
 def test_sparse_hub_without_matrix(tmp_path):
     """Above --dense-max only the top-k table is written: the reader serves top-k and the kNN graph."""
     from pitune_core.study.hub import HubConfig, write_hub_study
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study
 
     out = tmp_path / "hub"
     write_hub_study(out, HubConfig(n=30, k=4, dense_max=10), say=lambda m: None, method="approx")
@@ -203,19 +204,19 @@ def test_sparse_hub_without_matrix(tmp_path):
 def test_neighbors_csv_is_validated(tmp_path):
     names = ["a", "b", "c"]
     p = tmp_path / "neighbors.csv"
-    H.write_neighbors_csv(p, names, np.array([[1], [2], [0]]), np.array([[0.5], [0.4], [0.3]]))
-    idx, sim = H.read_neighbors_csv(p, names)
+    write_neighbors_csv(p, names, np.array([[1], [2], [0]]), np.array([[0.5], [0.4], [0.3]]))
+    idx, sim = read_neighbors_csv(p, names)
     assert sim.tolist() == [[0.5], [0.4], [0.3]]
     assert idx.tolist() == [[1], [2], [0]]
     p.write_text("task,rank,neighbour,similarity\na,1,a,0.5\nb,1,c,0.4\nc,1,a,0.3\n")
     with pytest.raises(ValueError, match="line 2"):
-        H.read_neighbors_csv(p, names)
+        read_neighbors_csv(p, names)
     p.write_text("task,rank,neighbour,similarity\na,1,b,0.5\nb,1,c,0.4\n")
     with pytest.raises(ValueError, match="same number"):
-        H.read_neighbors_csv(p, names)
+        read_neighbors_csv(p, names)
     p.write_text("task,rank,neighbour,similarity\na,1,b,7\nb,1,c,0.4\nc,1,a,0.3\n")
     with pytest.raises(ValueError, match="not in"):
-        H.read_neighbors_csv(p, names)
+        read_neighbors_csv(p, names)
 
 
 # ----------------------------------------------------------------------------- figures at scale

@@ -12,7 +12,8 @@ import pytest
 
 from pitune_core.data import dedup
 from pitune_core.data.tasks import Split, TASKS, get_task, load_raw_task_data
-from pitune_core.study import protocol, stats
+from pitune_core.study import protocol
+from pitune_core.study.read import stats
 from studycopy import copy_without_measurements
 
 PLAN = "plans/few-shot-v2.json"  # the previous suite's plan (studies/v2): its targets predate DATA_VERSION 3

@@ -2,7 +2,7 @@
 
 import csv
 
-from pitune_core.study.results import RESULT_FIELDS, read_results, result_row, write_results
+from pitune_core.study.read.results import RESULT_FIELDS, read_results, result_row, write_results
 
 
 def _run(approach, shots, seed, acc):

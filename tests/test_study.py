@@ -1,4 +1,4 @@
-"""pitune_core.study.reader: read-only access to a study directory.
+"""pitune_core.study.read.reader: read-only access to a study directory.
 
 Most tests use a small synthetic study written here (every file format as ``pitune precompute``
 writes it, with a manifest of real checksums), so they run anywhere in well under a second; the
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pitune_core.study.reader import (
+from pitune_core.spec.configs import TransferConfig
+from pitune_core.study.read.reader import (
     Study,
     StudyError,
     default_study_path,
@@ -269,13 +270,14 @@ def test_names_never_become_paths(study):
 
 def test_transfer_config(study):
     cfg = study.transfer_config("sklearn_digits", ["mnist", "textures"], weights=[3, 1], shots="full", seed=2)
-    assert cfg == {"target": "sklearn_digits", "k": 2, "method": "lora", "embedding": "fisher", "shots": None,
-                   "weights": [0.75, 0.25], "sources": ["mnist", "textures"], "seed": 2,
-                   "study": str(study.root), "weights_only": False}
+    assert isinstance(cfg, TransferConfig)  # the spec's run settings, validated once
+    assert cfg.to_dict() == {"target": "sklearn_digits", "k": 2, "method": "lora", "embedding": "fisher", "shots": None,
+                             "weights": [0.75, 0.25], "sources": ["mnist", "textures"], "seed": 2,
+                             "study": str(study.root), "weights_only": False, "own_expert": True}
     cfg = study.transfer_config("sklearn_digits", ["mnist"], weights="auto", shots=4, weights_only=True)
-    assert cfg["weights"] == "auto" and cfg["shots"] == 4 and cfg["weights_only"] is True
+    assert cfg.weights == "auto" and cfg.shots == 4 and cfg.weights_only is True
     # hand-set weights are fixed: "weights only" would train nothing, so it is dropped
-    assert study.transfer_config("mnist", ["textures"], weights=[1], weights_only=True)["weights_only"] is False
+    assert study.transfer_config("mnist", ["textures"], weights=[1], weights_only=True).weights_only is False
     bad = [
         (("sklearn_digits", []), {}, "at least one source"),
         (("sklearn_digits", ["sklearn_digits"]), {}, "cannot be one of its own sources"),

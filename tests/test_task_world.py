@@ -170,7 +170,7 @@ def test_a_degenerate_expert_is_offered_as_a_source_by_no_path(tmp_path, capsys)
     from pitune_core.cli.main import main
     from pitune_core.study.manifest import register_files
     from pitune_core.study.outputs import _write_expert_summary
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study
     from pitune_core.study.sources import admitted_experts, load_sources
     from pitune_core.study.transfer import pair_jobs
     from pitune_core.tune.baselines import resolve_sources

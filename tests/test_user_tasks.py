@@ -86,14 +86,14 @@ def _flow(name: str, add_args: list[str], store: Path, tmp_path: Path, capsys) -
     rec = json.loads(next((store / name / "placed").glob("*/lora-fisher/placement.json")).read_text())
     names = json.loads((STUDY / "tasks.json").read_text())
     assert set(rec["similarities"]) == {t["name"] for t in names}  # beside every task, offered as a source or not
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study
 
     assert not {n for n, _ in rec["top_k"]} & set(Study(STUDY).gated("lora"))  # sources: offered ones only
     assert all(0.0 <= s <= 1.0 for s in rec["similarities"].values())
     assert rec["examples_used"] == 4  # 2 shots x 2 classes: its embedding saw nothing else
     assert len(rec["position"]) == 2
     # also placed on the study's default ranking when that is a predictor graph (same-modality here)
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study
 
     default = Study(STUDY).default_embedding("lora")[0]
     if default.startswith("predictor-"):
@@ -288,7 +288,7 @@ def test_dashboard_upload_flow(store, tmp_path, monkeypatch):
     from pitune_core.runs import executor
     from pitune_core.runs.registry import RunRegistry
     from pitune_core.study.place import PlaceConfig, place_task
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study
 
     db = tmp_path / "runs" / "registry.sqlite"
     monkeypatch.setenv("PITUNE_STUDY", str(STUDY))
@@ -392,7 +392,7 @@ def test_a_growing_study_keeps_its_placements(tmp_path):
     when what a placement depends on (projector, experts, embeddings) changes."""
     import json as _json
 
-    from pitune_core.study.place import study_id
+    from pitune_core.study.read.placed import study_id
 
     root = tmp_path / "study"
     root.mkdir()

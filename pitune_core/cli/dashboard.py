@@ -12,16 +12,14 @@ import os
 import sys
 from pathlib import Path
 
-from pitune_core.paths import DASHBOARD_APP as APP
-from pitune_core.paths import REPO_ROOT as REPO
-from pitune_core.paths import default_runs_db, default_study
+from pitune_core.paths import DASHBOARD_APP as APP, REPO_ROOT as REPO, default_runs_db, default_study
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def streamlit_command(host: str = "127.0.0.1", port: int = 8501) -> list[str]:
     """The argv that starts the dashboard (``python -m streamlit run …``); the server accepts no
     upload larger than the user task store does (:data:`pitune_core.data.user_tasks.LIMITS`)."""
-    from pitune_core.data.user_tasks import LIMITS
+    from pitune_core.data.user_tasks import LIMITS  # lazy: loads safetensors
 
     return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.address", host, "--server.port", str(int(port)),

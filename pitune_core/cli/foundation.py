@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_expert_type
-from pitune_core.common import shots_arg
+from pitune_core.common import StageBars, shots_arg
 from pitune_core.spec.vocab import MODALITIES
 
 
 def _backbone(args):
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.model.device import configure_threads, default_device
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.model.device import configure_threads, default_device  # lazy: loads torch
 
     configure_threads()
     return UnifiedBackbone.load(getattr(args, "projector", None), device=default_device(getattr(args, "device", None)))
@@ -25,8 +25,8 @@ def _print_json(obj) -> None:
 
 
 def cmd_tasks(args) -> int:
-    from pitune_core.data.dedup import in_suite, removed_by_kind, removed_counts
-    from pitune_core.data.tasks import FAMILIES, list_tasks
+    from pitune_core.data.dedup import in_suite, removed_by_kind, removed_counts  # lazy: loads safetensors
+    from pitune_core.data.tasks import FAMILIES, list_tasks  # lazy: loads safetensors
 
     rows = []
     specs = list_tasks(args.modality, include_user=True)  # user tasks last; their source says "user task"
@@ -61,8 +61,8 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from pitune_core.model.backbone import VisionConfig, task_features
-    from pitune_core.data.tasks import get_task, list_tasks
+    from pitune_core.model.backbone import VisionConfig, task_features  # lazy: loads torch
+    from pitune_core.data.tasks import get_task, list_tasks  # lazy: loads safetensors
 
     specs = [get_task(t) for t in args.tasks] if args.tasks else list_tasks()
     for spec in specs:
@@ -73,8 +73,8 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_align(args) -> int:
-    from pitune_core.model.align import AlignConfig, train_projector
-    from pitune_core.model.device import configure_threads, default_device
+    from pitune_core.model.align import AlignConfig, train_projector  # lazy: loads torch
+    from pitune_core.model.device import configure_threads, default_device  # lazy: loads torch
 
     configure_threads()
     cfg = AlignConfig(epochs=args.epochs, pairs_per_task=args.pairs_per_task, seed=args.seed, captions=args.captions)
@@ -85,8 +85,8 @@ def cmd_align(args) -> int:
 
 
 def cmd_train_expert(args) -> int:
-    from pitune_core.model.experts import TrainConfig, get_method, train_expert
-    from pitune_core.data.tasks import get_task
+    from pitune_core.model.experts import TrainConfig, get_method, train_expert  # lazy: loads torch
+    from pitune_core.data.tasks import get_task  # lazy: loads safetensors
 
     spec = get_task(args.task)  # validate before loading anything heavy
     get_method(args.expert_type)
@@ -96,7 +96,6 @@ def cmd_train_expert(args) -> int:
     bb = _backbone(args)
     cfg = TrainConfig(epochs=args.epochs or TrainConfig.epochs, seed=args.seed, batch_size=args.batch_size,
                       max_steps=args.max_steps or TrainConfig.max_steps, lr=args.lr)
-    from pitune_core.common import StageBars
 
     bar = StageBars(f"{args.expert_type} expert of {spec.name}", train_label="train")
     res = train_expert(spec, args.expert_type, bb, shots=args.shots, seed=args.seed, out=out, train_config=cfg,
@@ -111,7 +110,7 @@ def cmd_train_expert(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from pitune_core.model.experts import evaluate_expert, read_expert_meta
+    from pitune_core.model.experts import evaluate_expert, read_expert_meta  # lazy: loads torch
 
     read_expert_meta(args.expert_dir)  # clear error before the backbone loads
     res = evaluate_expert(args.expert_dir, _backbone(args), split=args.split, blank_images=args.blank_images)

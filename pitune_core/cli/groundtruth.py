@@ -18,13 +18,12 @@ import sys
 from pitune_core.cli import workers
 from pitune_core.cli.options import add_study, add_workers, study_of
 from pitune_core.paths import StudyPaths
-from pitune_core.study.groundtruth import SHARDABLE, STABILITY_SIZES, STAGES
+from pitune_core.study.groundtruth import SHARDABLE, STABILITY_SIZES, STAGES, run_groundtruth
 
 
 def cmd_transfer_study(args) -> int:
-    from pitune_core.model.device import configure_threads
-    from pitune_core.study.groundtruth import run_groundtruth
-    from pitune_core.study.transfer import load_plan
+    from pitune_core.model.device import configure_threads  # lazy: loads torch
+    from pitune_core.study.transfer import load_plan  # lazy: loads torch
 
     plan = load_plan(args.plan)
     if args.tasks:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def cmd_synth(args) -> int:
-    from pitune_core.study.hub import HubConfig, write_hub_study
+    from pitune_core.study.hub import HubConfig, write_hub_study  # lazy: loads numpy
 
     cfg = HubConfig(n=args.n, seed=args.seed, noise=args.noise, mix=args.mix, group_scale=args.group_scale,
                     k=args.k, dense_max=args.dense_max)
@@ -29,7 +29,7 @@ def cmd_synth(args) -> int:
 
 
 def register(sub, add) -> None:
-    from pitune_core.study.hub import REAL_FISHER, HubConfig
+    from pitune_core.study.hub import REAL_FISHER, HubConfig  # lazy: loads numpy
 
     d = HubConfig()
     sp = add("hub", None, "synthetic adapter hubs (thousands of tasks) for trying pitune at scale")

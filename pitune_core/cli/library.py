@@ -1,5 +1,6 @@
 """CLI: ``pitune library import|list|show|remove`` (bring your own expert library), and the
-``--library`` form of ``top-k`` and ``transfer`` (:func:`cmd_top_k`, :func:`cmd_transfer`)."""
+``--library`` form of ``top-k`` (:func:`cmd_top_k`); that of ``transfer`` and ``compare`` is in
+:mod:`pitune_core.cli.transfer`, beside the run helpers it shares."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import sys
 import time
 
 from pitune_core.spec.vocab import GRAPH_K
+from pitune_core.common import admission, check_task_name, parse_shots, progress, StageBars
 
 
 def cmd_import(args) -> int:
-    from pitune_core.common import progress
-    from pitune_core.predict.library import import_library, neighbours
+    from pitune_core.predict.library import import_library, neighbours  # lazy: loads numpy
 
     t0 = time.time()
     bars = []  # opened at the first checked adapter: a refusal stays one line
@@ -43,9 +44,8 @@ def cmd_import(args) -> int:
 
 def _print_gate(lib) -> None:
     """The quality gate's verdict on each adapter a sample measured (as ``pitune task place`` says it)."""
-    from pitune_core.common import admission
-    from pitune_core.model.experts import read_expert_meta
-    from pitune_core.model.library import using_base
+    from pitune_core.model.experts import read_expert_meta  # lazy: loads torch
+    from pitune_core.model.library import using_base  # lazy: `pitune --help` does not load it
 
     for n, d in lib.expert_dirs().items():
         with using_base(lib.base):
@@ -57,7 +57,7 @@ def _print_gate(lib) -> None:
 
 
 def _print_neighbours(lib, nbs: dict, embedding: str) -> None:
-    from pitune_core.predict.graph import read_graph_json
+    from pitune_core.predict.graph import read_graph_json  # lazy: loads networkx
 
     graph = lib.paths.graph_json("lora", embedding)
     community = {}
@@ -71,7 +71,7 @@ def _print_neighbours(lib, nbs: dict, embedding: str) -> None:
 
 
 def cmd_list(args) -> int:
-    from pitune_core.model.library import LibraryError, libraries_dir, list_libraries, open_library
+    from pitune_core.model.library import LibraryError, libraries_dir, list_libraries, open_library  # lazy: `pitune --help` does not load it
 
     rows = []
     for name in list_libraries():
@@ -94,8 +94,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from pitune_core.model.library import open_library
-    from pitune_core.predict.library import neighbours
+    from pitune_core.model.library import open_library  # lazy: `pitune --help` does not load it
+    from pitune_core.predict.library import neighbours  # lazy: loads numpy
 
     lib = open_library(args.name, check_base=False)
     if args.json:
@@ -117,7 +117,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    from pitune_core.model.library import remove_library
+    from pitune_core.model.library import remove_library  # lazy: `pitune --help` does not load it
 
     print(f"removed {remove_library(args.name)}")
     return 0
@@ -128,7 +128,7 @@ def cmd_library(args) -> int:
 
 
 def register(sub, add) -> None:
-    from pitune_core.predict.library import DEFAULT_EMBEDDING, LIBRARY_EMBEDDINGS
+    from pitune_core.predict.library import DEFAULT_EMBEDDING, LIBRARY_EMBEDDINGS  # lazy: loads numpy
 
     sp = add("library", cmd_library, "bring your own expert library: peft LoRA adapters trained elsewhere "
                                      "(import, list, show, remove)")
@@ -164,12 +164,11 @@ def register(sub, add) -> None:
     p.add_argument("name")
 
 
-# ----------------------------------------------------------------------------- top-k / transfer --library
+# ----------------------------------------------------------------------------- top-k --library
 
 def cmd_top_k(args) -> int:
-    from pitune_core.common import StageBars, check_task_name, parse_shots
-    from pitune_core.model.library import open_library
-    from pitune_core.tune.library import library_sources, rank_target, resolve_embedding
+    from pitune_core.model.library import open_library  # lazy: `pitune --help` does not load it
+    from pitune_core.tune.library import library_sources, rank_target, resolve_embedding  # lazy: loads numpy
 
     check_task_name(args.target, "target")
     lib = open_library(args.library)
@@ -188,63 +187,3 @@ def cmd_top_k(args) -> int:
     print(f"pitune: {lib.name}'s adapters ranked by {emb} similarity to {args.target}'s own expert "
           f"({'all' if shots is None else shots} shots per class, {time.time() - t0:.1f} s)", file=sys.stderr)
     return 0
-
-
-def cmd_transfer(args) -> int:
-    from pitune_core.cli.transfer import _fresh_run_dir
-    from pitune_core.common import StageBars, check_task_name, parse_shots, parse_sources
-    from pitune_core.model.library import open_library
-    from pitune_core.tune.library import prepare_library_transfer, resolve_embedding, run_library_transfer
-
-    check_task_name(args.target, "target")
-    if args.submit:
-        raise ValueError("--submit is not available with --library yet: run it in the foreground")
-    named = parse_sources(args.sources, args.k)
-    emb = resolve_embedding(open_library(args.library), getattr(args, "embedding", None))
-    config = {"target": args.target, "k": args.k if args.k is not None else (len(named) if named else 3),
-              "shots": parse_shots(args.shots), "weights": args.weights, "sources": named, "seed": args.seed,
-              "weights_only": args.weights_only, "own_expert": not args.no_own_expert}
-    prepare_library_transfer(config, args.library, emb)  # every error surfaces here, before any directory
-    if args.out is None and not args.no_record:  # recorded in the run registry, as a study's run is
-        from pitune_core.cli.transfer import _run_recorded
-
-        return _run_recorded(args, {**config, "library": args.library, "embedding": emb}, open_library(args.library).root,
-                             kind="library-transfer", what=f" on library {args.library}")
-    out = _fresh_run_dir(args.out, args.target)
-    bar = StageBars(f"π-tuning {args.target} on library {args.library}")
-    try:
-        res = run_library_transfer(config, args.library, out, emb, on_step=bar)
-    finally:
-        bar.close()
-    print(f"run written to {out}; its expert/ is a peft adapter of the library's base "
-          f"(PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), '{out / 'expert'}'))", file=sys.stderr)
-    print(json.dumps(res, indent=2))
-    return 0
-
-
-#: the approaches ``compare --library`` runs by default: π-Tuning and every baseline that takes a library
-LIBRARY_APPROACHES = ("pi-tuning", "best-single", "target-only", "peft-linear", "peft-ties", "peft-dare", "lorahub",
-                      "arrow")
-
-
-def cmd_compare(args) -> int:
-    from pitune_core.cli.transfer import run_compare
-    from pitune_core.common import check_task_name, parse_int_list, parse_shots_list
-    from pitune_core.model.library import open_library, using_base
-    from pitune_core.tune.baselines import APPROACHES
-    from pitune_core.tune.library import library_backbone, library_sources, resolve_embedding
-
-    approaches = args.approaches or list(LIBRARY_APPROACHES)
-    unknown = [a for a in approaches if a not in APPROACHES]
-    if unknown:
-        raise ValueError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(APPROACHES)}")
-    if args.expert_type != "lora":
-        raise ValueError("a library holds LoRA adapters: --expert-type lora")
-    shots, seeds = parse_shots_list(args.shots), parse_int_list(args.seeds, "seeds")
-    check_task_name(args.target, "target")
-    lib = open_library(args.library)
-    if not 1 <= args.k <= len([a for a in lib.adapters if a != args.target]):
-        raise ValueError(f"k={args.k} is out of range: library {lib.name} has {len(lib.adapters)} adapters")
-    with using_base(lib.base):
-        sources = library_sources(lib, args.target, resolve_embedding(lib, None))
-        return run_compare(args, sources, library_backbone(lib), approaches, shots, seeds)

@@ -12,6 +12,7 @@ import sys
 
 from pitune_core import __version__
 from pitune_core.cli import dashboard, foundation, groundtruth, hub, library, predict, protocol, runs, study, task, transfer
+from pitune_core.common import os_error_of, printable
 
 #: every command group, in ``pitune --help`` order; each module owns its commands' arguments
 REGISTRARS = (foundation.register, task.register, predict.register, transfer.register, study.register,
@@ -60,12 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # what ``--workers`` re-runs in each worker (pitune_core/cli/workers.py)
 
     def fail(msg: str, code: int = 2) -> int:
-        from pitune_core.common import printable
-
         print(f"pitune: error: {printable(msg)}", file=sys.stderr)  # one line, no terminal escapes
         return code
-
-    from pitune_core.common import os_error_of
 
     try:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from pitune_core.spec.vocab import DEFAULT_EXPERT_TYPE, EMBEDDINGS, EXPERT_TYPES
+from pitune_core.spec.vocab import DEFAULT_EMBEDDING, DEFAULT_EXPERT_TYPE, EMBEDDINGS, EXPERT_TYPES
 from pitune_core.paths import default_runs_db, default_study
 
 
@@ -60,7 +60,5 @@ def add_expert_type(sp: argparse.ArgumentParser) -> None:
 
 def add_embedding(sp: argparse.ArgumentParser, help_: str = "task embedding") -> None:
     """``--embedding`` (one of the study's embeddings; the spec's default)."""
-    from pitune_core.spec.vocab import DEFAULT_EMBEDDING
-
     sp.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=list(EMBEDDINGS),
                     help=f"{help_} (default: {DEFAULT_EMBEDDING})")

@@ -11,14 +11,15 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_embedding, add_study, db_of, renamed, study_of
-from pitune_core.common import parse_int_list, progress
+from pitune_core.common import check_task_name, parse_int_list, progress
 from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, SIMILARITY_FILE, StudyPaths
 from pitune_core.spec.parse import shots_arg
 from pitune_core.spec.vocab import DEFAULT_EXPERT_TYPE, DEFAULT_K, DEFAULT_SHOTS, EXPERT_META_FILE, EXPERT_TYPES, GRAPH_K, PAIR_SHOTS
+from pitune_core.study.verify import require_verified
 
 
 def _expert_dirs(study: Path, expert_type: str, tasks: list[str] | None) -> dict[str, Path]:
-    from pitune_core.data.tasks import get_task
+    from pitune_core.data.tasks import get_task  # lazy: loads safetensors
 
     root = StudyPaths(study).experts_of(expert_type)
     if tasks:
@@ -38,8 +39,8 @@ def _out(args) -> Path:
 
 
 def cmd_embed(args) -> int:
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.predict.embeddings import embed_experts, save_embeddings
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.predict.embeddings import embed_experts, save_embeddings  # lazy: loads torch
 
     study = Path(study_of(args))
     dirs = _expert_dirs(study, args.expert_type, args.tasks)
@@ -53,8 +54,8 @@ def cmd_embed(args) -> int:
 
 
 def cmd_similarity(args) -> int:
-    from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.predict.similarity import similarity_matrix, top_k, write_similarity_csv
+    from pitune_core.predict.embeddings import load_embeddings  # lazy: loads torch
+    from pitune_core.predict.similarity import similarity_matrix, top_k, write_similarity_csv  # lazy: loads numpy
 
     d = _out(args)
     emb = load_embeddings(d / EMBEDDINGS_FILE)
@@ -70,9 +71,9 @@ def cmd_similarity(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from pitune_core.predict.graph import annotate_communities, build_graph, community_summary, detect_communities, write_graph_json
-    from pitune_core.predict.similarity import read_similarity_csv
-    from pitune_core.data.tasks import get_task
+    from pitune_core.predict.graph import annotate_communities, build_graph, community_summary, detect_communities, write_graph_json  # lazy: loads networkx
+    from pitune_core.predict.similarity import read_similarity_csv  # lazy: loads numpy
+    from pitune_core.data.tasks import get_task  # lazy: loads safetensors
 
     d = _out(args)
     names, S = read_similarity_csv(d / SIMILARITY_FILE)
@@ -93,17 +94,15 @@ def cmd_top_k(args) -> int:
         from pitune_core.cli.library import cmd_top_k as library_top_k
 
         return library_top_k(args)
-    from pitune_core.common import check_task_name
-    from pitune_core.predict.similarity import read_similarity_csv, top_k
-    from pitune_core.study.verify import require_verified
+    from pitune_core.predict.similarity import read_similarity_csv, top_k  # lazy: loads numpy
 
     check_task_name(args.target, "target")
     require_verified(study_of(args), "top-k")  # a study that fails its manifest check is refused
     names, S = read_similarity_csv(_out(args) / SIMILARITY_FILE)
-    from pitune_core.study.place import merge_similarity  # user tasks placed with `pitune task place`
+    from pitune_core.study.read.placed import merge_similarity  # user tasks placed with `pitune task place`
 
     names, S = merge_similarity(study_of(args), args.expert_type, args.embedding, names, S, only={args.target})
-    from pitune_core.study.reader import Study
+    from pitune_core.study.read.reader import Study  # lazy: loads safetensors
 
     gated = {n: why for n, why in Study(study_of(args)).gated(args.expert_type).items() if n != args.target}
     keep = [i for i, n in enumerate(names) if n not in gated]
@@ -116,9 +115,9 @@ def cmd_top_k(args) -> int:
 
 
 def cmd_transfer_matrix(args) -> int:
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.study.outputs import write_transfer_outputs
-    from pitune_core.study.transfer import TransferBudget, run_pairs
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.study.outputs import write_transfer_outputs  # lazy: loads numpy
+    from pitune_core.study.transfer import TransferBudget, run_pairs  # lazy: loads torch
 
     study = Path(study_of(args))
     sp = StudyPaths(study)

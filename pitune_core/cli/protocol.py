@@ -15,11 +15,10 @@ import sys
 
 from pitune_core.cli import workers
 from pitune_core.cli.options import add_workers
+from pitune_core.paths import StudyPaths
 
 
 def _out(args, plan) -> str:
-    from pitune_core.paths import StudyPaths
-
     if args.out is None:
         args.out = str(StudyPaths(args.study).protocol(plan.name))
     return args.out
@@ -28,9 +27,9 @@ def _out(args, plan) -> str:
 
 
 def cmd_run(args) -> int:
-    from pitune_core.model.device import configure_threads
-    from pitune_core.study.protocol import load_plan, run_plan, write_results_of
-    from pitune_core.study.transfer import shard_from_env
+    from pitune_core.model.device import configure_threads  # lazy: loads torch
+    from pitune_core.study.protocol import load_plan, run_plan, write_results_of  # lazy: `pitune --help` does not load it
+    from pitune_core.study.transfer import shard_from_env  # lazy: loads torch
 
     plan = load_plan(args.plan)
     _out(args, plan)
@@ -59,7 +58,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from pitune_core.study.protocol import estimate, load_plan, results_context, write_results
+    from pitune_core.study.protocol import estimate, load_plan, results_context, write_results  # lazy: `pitune --help` does not load it
 
     plan = load_plan(args.plan)
     _out(args, plan)
@@ -71,7 +70,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from pitune_core.study.protocol import load_plan, make_plan
+    from pitune_core.study.protocol import load_plan, make_plan  # lazy: `pitune --help` does not load it
 
     plan = load_plan(args.plan)
     r = plan.rule

@@ -26,6 +26,7 @@ from pitune_core.runs.registry import (
     default_db_path,
     is_valid_run_id,
 )
+from pitune_core.spec.vocab import CANCELLED, RUNNING, SUCCEEDED
 
 __all__ = ["add_runs_commands", "configure_parser", "handle", "main"]
 
@@ -124,7 +125,7 @@ def _progress_text(p: dict) -> str:
 def _print_table(records: list[RunRecord], out: Any) -> None:
     header = ("ID", "STATUS", "KIND", "PROGRESS", "CREATED", "NAME")
     rows = [
-        (r.id, r.status + ("*" if r.cancel_requested and r.status == "running" else ""), _clean(r.kind, 16),
+        (r.id, r.status + ("*" if r.cancel_requested and r.status == RUNNING else ""), _clean(r.kind, 16),
          _clean(_progress_text(r.progress), 28), _ts(r.created_at), _clean(r.name or "", 40))
         for r in records
     ]
@@ -224,9 +225,9 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
             return 0
         if cmd == "cancel":
             rec = registry.request_cancel(run_id)
-            if rec.status == "cancelled":
+            if rec.status == CANCELLED:
                 print(f"{run_id}: cancelled", file=out)
-            elif rec.status == "running":
+            elif rec.status == RUNNING:
                 print(f"{run_id}: cancel requested (the run stops at its next check)", file=out)
             else:
                 print(f"{run_id}: already {rec.status}; nothing to cancel", file=out)
@@ -257,7 +258,7 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
 
                 rec = wait(registry, [new_id])[new_id]
                 print(f"{new_id}: {rec.status}" + (f" ({_clean(rec.error)})" if rec.error else ""), file=err)
-                return 0 if rec.status == "succeeded" else 1
+                return 0 if rec.status == SUCCEEDED else 1
             return 0
         if cmd == "scheduler":
             from pitune_core.runs.executor import serve
@@ -287,7 +288,7 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
 
 
 def _ensure_scheduler(db: Path, out: Any) -> None:
-    from pitune_core.runs.executor import ensure_scheduler
+    from pitune_core.runs.executor import ensure_scheduler  # lazy: `pitune --help` does not load it
 
     pid = ensure_scheduler(db)
     if pid:

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_study, study_of
-from pitune_core.paths import StudyPaths
-from pitune_core.study.plan import GROUNDTRUTH_PLAN, PROTOCOL_PLAN, STAGES
+from pitune_core.paths import StudyPaths, plan_path
+from pitune_core.study.plan import GROUNDTRUTH_PLAN, PROTOCOL_PLAN, STAGES, full_plan, quick_plan
+from pitune_core.study.verify import verify_study
 
 
 def cmd_precompute(args) -> int:
-    from pitune_core.study.pipeline import run_precompute
-    from pitune_core.study.plan import full_plan, quick_plan
+    from pitune_core.study.pipeline import run_precompute  # lazy: loads numpy
 
     plan = quick_plan() if args.quick else full_plan()
     if args.tasks:
@@ -39,8 +39,6 @@ def cmd_precompute(args) -> int:
 
 def _check_plan_file(field: str, name: str) -> None:
     """Load a measurement plan before any stage runs, so a bad file fails in one line at once."""
-    from pitune_core.paths import plan_path
-
     if field == "groundtruth_plan":
         from pitune_core.study.transfer import load_plan
     else:
@@ -49,8 +47,6 @@ def _check_plan_file(field: str, name: str) -> None:
 
 
 def cmd_verify(args) -> int:
-    from pitune_core.study.verify import verify_study
-
     args.study = study_of(args)
     problems = verify_study(args.study, load_experts=not args.no_load)
     if problems:
@@ -83,7 +79,7 @@ def register(sub, add) -> None:
 
 
 def cmd_report(args) -> int:
-    from pitune_core.study.report import report
+    from pitune_core.study.report import report  # lazy: loads numpy
 
     study = Path(study_of(args))
     text = report(study)

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import printable
+from pitune_core.common import StageBars, printable
 from pitune_core.spec.configs import PlaceConfig
 from pitune_core.spec.parse import shots_arg
 
 
 def _read(path: str, limit: int) -> bytes:
-    from pitune_core.data.user_tasks import read_file
+    from pitune_core.data.user_tasks import read_file  # lazy: loads safetensors
 
     return read_file(path, limit)
 
@@ -35,7 +35,7 @@ def _counts_table(spec: dict) -> str:
 
 
 def cmd_add(args) -> int:
-    from pitune_core.data import user_tasks as U
+    from pitune_core.data import user_tasks as U  # lazy: loads safetensors
 
     given = [x for x in (args.text, args.images, args.pairs) if x]
     if len(given) != 1:
@@ -65,7 +65,7 @@ def cmd_add(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from pitune_core.data import user_tasks as U
+    from pitune_core.data import user_tasks as U  # lazy: loads safetensors
 
     rows = []
     for name in U.user_task_names():
@@ -94,8 +94,8 @@ def cmd_list(args) -> int:
 
 
 def _placed(name: str) -> list[str]:
-    from pitune_core.data.user_tasks import PLACED_DIR, task_dir
-    from pitune_core.study.place import PLACEMENT_FILE, read_placement
+    from pitune_core.data.user_tasks import PLACED_DIR, task_dir  # lazy: loads safetensors
+    from pitune_core.study.read.placed import PLACEMENT_FILE, read_placement  # lazy: loads safetensors
 
     out = []
     for f in sorted((task_dir(name) / PLACED_DIR).glob(f"*/*/{PLACEMENT_FILE}")):
@@ -108,9 +108,9 @@ def _placed(name: str) -> list[str]:
 
 
 def cmd_show(args) -> int:
-    from pitune_core.data import user_tasks as U
-    from pitune_core.data.user_tasks import PLACED_DIR, task_dir
-    from pitune_core.study.place import PLACEMENT_FILE, read_placement
+    from pitune_core.data import user_tasks as U  # lazy: loads safetensors
+    from pitune_core.data.user_tasks import PLACED_DIR, task_dir  # lazy: loads safetensors
+    from pitune_core.study.read.placed import PLACEMENT_FILE, read_placement  # lazy: loads safetensors
 
     spec = U.read_spec(args.name)
     placements = []
@@ -137,7 +137,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_edit(args) -> int:
-    from pitune_core.data import user_tasks as U
+    from pitune_core.data import user_tasks as U  # lazy: loads safetensors
 
     if not args.verbalizer:
         raise U.UserTaskError("nothing to change: give --verbalizer LABEL=TEXT (repeatable)")
@@ -148,7 +148,7 @@ def cmd_edit(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    from pitune_core.data import user_tasks as U
+    from pitune_core.data import user_tasks as U  # lazy: loads safetensors
 
     path = U.remove_task(args.name)
     print(f"removed {args.name} ({path})")
@@ -156,7 +156,7 @@ def cmd_remove(args) -> int:
 
 
 def cmd_place(args) -> int:
-    from pitune_core.study.place import check_place, place_task
+    from pitune_core.study.place import check_place, place_task  # lazy: loads safetensors
 
     study = Path(study_of(args)).resolve()
     cfg = PlaceConfig(shots=args.shots, seed=args.seed, k=args.k, method=args.expert_type,
@@ -177,8 +177,7 @@ def cmd_place(args) -> int:
         ensure_scheduler(db)
         print(run_id)
         return 0
-    from pitune_core.common import StageBars
-    from pitune_core.model.device import configure_threads
+    from pitune_core.model.device import configure_threads  # lazy: loads torch
 
     configure_threads()
     bar = StageBars(f"placing {args.name}")

@@ -8,21 +8,21 @@ from datetime import datetime
 from pathlib import Path
 
 from pitune_core.cli.options import add_db, add_embedding, add_expert_type, add_study, db_of, study_of
-from pitune_core.common import StageBars, check_task_name, parse_int_list, parse_shots_list, progress
+from pitune_core.common import (StageBars, check_task_name, parse_int_list, parse_shots, parse_shots_list, parse_sources,
+                                progress)
 from pitune_core.study.verify import require_verified
 from pitune_core.paths import RESULTS_FILE, StudyPaths, runs_root
 from pitune_core.spec.configs import TransferConfig
 from pitune_core.spec.parse import shots_arg
-from pitune_core.spec.vocab import ACTIVE_STATUSES, DEFAULT_K
+from pitune_core.spec.vocab import ACTIVE_STATUSES, APPROACHES, DEFAULT_K, INTERRUPTED
+from pitune_core.runs.registry import RunRegistry, set_aside, SUCCEEDED
 
 
 def cmd_transfer(args) -> int:
     if getattr(args, "library", None):  # π-Tuning over an imported library (`pitune library import`)
-        from pitune_core.cli.library import cmd_transfer as library_transfer
-
         return library_transfer(args)
-    from pitune_core.study.sources import load_sources
-    from pitune_core.tune.run import prepare_transfer, run_transfer
+    from pitune_core.study.sources import load_sources  # lazy: loads torch
+    from pitune_core.tune.run import prepare_transfer, run_transfer  # lazy: loads torch
 
     study = study_of(args)
     # the spec's settings: target, k, sources (no duplicates, k matches), weights, shots; readable errors
@@ -38,7 +38,6 @@ def cmd_transfer(args) -> int:
     cfg = prepare_transfer(config, sources)  # every error surfaces here, before training or any directory
     if args.submit:
         from pitune_core.runs.executor import ensure_scheduler
-        from pitune_core.runs.registry import RunRegistry
 
         db = db_of(args)
         reg = RunRegistry(db)
@@ -56,13 +55,19 @@ def cmd_transfer(args) -> int:
               f"{cfg['shots']}-shot examples (in the result below)", file=sys.stderr)
     if out is None:
         return _run_recorded(args, config, study)
-    bar = StageBars(f"π-tuning {args.target}")
+    return _in_foreground(f"π-tuning {args.target}", lambda bar: run_transfer(config, sources, out, on_step=bar),
+                          f"run written to {out} (not recorded in the run registry: "
+                          f"{'--out' if args.out else '--no-record'} was given)")
+
+
+def _in_foreground(what: str, run, note: str) -> int:
+    """Run ``run(bar)`` with a progress bar named ``what``, then say ``note`` and print its result."""
+    bar = StageBars(what)
     try:
-        res = run_transfer(config, sources, out, on_step=bar)
+        res = run(bar)
     finally:
         bar.close()
-    print(f"run written to {out} (not recorded in the run registry: "
-          f"{'--out' if args.out else '--no-record'} was given)", file=sys.stderr)
+    print(note, file=sys.stderr)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -71,9 +76,8 @@ def _run_recorded(args, config: dict, study, kind: str = "transfer", what: str =
     """Run in the foreground as a run of the registry (``--db``): it is listed by ``pitune runs``
     and on the dashboard's Runs & compare tab like a run launched there, its files in the
     registry's run folder. A scheduler that claims it first runs it instead (then followed here)."""
-    from pitune_core.model.device import configure_threads
-    from pitune_core.runs.registry import SUCCEEDED, RunRegistry
-    from pitune_core.runs.worker import execute_run
+    from pitune_core.model.device import configure_threads  # lazy: loads torch
+    from pitune_core.runs.worker import execute_run  # lazy: `pitune --help` does not load it
 
     db = db_of(args)
     reg = RunRegistry(db)
@@ -94,7 +98,7 @@ def _run_recorded(args, config: dict, study, kind: str = "transfer", what: str =
     print(f"run written to {rec.run_dir}", file=sys.stderr)
     if status != SUCCEEDED:
         print(f"error: run {run_id} {status}: {rec.error or ''}".rstrip(), file=sys.stderr)
-        return 130 if status == "interrupted" else 1
+        return 130 if status == INTERRUPTED else 1
     print(json.dumps(rec.metrics, indent=2))
     return 0
 
@@ -106,8 +110,6 @@ def _fresh_run_dir(out: str | None, target: str) -> Path:
     files pitune wrote are moved: a directory without a run's marker (``tune.run.RUN_MARKER``), or
     holding anything a run does not write, is refused with one line and left as it is."""
     import re
-
-    from pitune_core.runs.registry import set_aside
 
     if out is None:
         base = runs_root() / "transfer" / f"{target}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -154,12 +156,10 @@ def _check_listed(named, sources, expert_type: str, embedding: str) -> None:
 
 def cmd_compare(args) -> int:
     if getattr(args, "library", None):  # an imported library's adapters as the sources
-        from pitune_core.cli.library import cmd_compare as library_compare
-
         return library_compare(args)
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.study.sources import load_sources
-    from pitune_core.tune.baselines import BASELINES
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.study.sources import load_sources  # lazy: loads torch
+    from pitune_core.tune.baselines import BASELINES  # lazy: loads torch
 
     approaches = args.approaches or list(BASELINES)
     unknown = [a for a in approaches if a not in BASELINES]
@@ -179,8 +179,8 @@ def cmd_compare(args) -> int:
 def run_compare(args, sources, bb, approaches: list[str], shots: list, seeds: list[int]) -> int:
     """Every approach x shots x seed on ``sources`` (a study's, or an imported library's), into
     ``--out``/results.csv (rewritten after each run)."""
-    from pitune_core.study.results import result_row, write_results
-    from pitune_core.tune.baselines import run_method
+    from pitune_core.study.read.results import result_row, write_results  # lazy: `pitune --help` does not load it
+    from pitune_core.tune.baselines import run_method  # lazy: loads torch
 
     out = Path(args.out or runs_root() / "compare" / args.target)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +194,58 @@ def run_compare(args, sources, bb, approaches: list[str], shots: list, seeds: li
     for r in rows:
         print(f"{r['approach']:24s} shots={r['shots']!s:5s} seed={r['seed']} accuracy={r['accuracy']:.4f}")
     return 0
+
+
+# ----------------------------------------------------------------------------- transfer / compare --library
+
+def library_transfer(args) -> int:
+    """``pitune transfer --library LIB``: π-Tuning over an imported library's adapters."""
+    from pitune_core.model.library import open_library  # lazy: `pitune --help` does not load it
+    from pitune_core.tune.library import prepare_library_transfer, resolve_embedding, run_library_transfer  # lazy: loads numpy
+
+    check_task_name(args.target, "target")
+    if args.submit:
+        raise ValueError("--submit is not available with --library yet: run it in the foreground")
+    named = parse_sources(args.sources, args.k)
+    emb = resolve_embedding(open_library(args.library), getattr(args, "embedding", None))
+    config = {"target": args.target, "k": args.k if args.k is not None else (len(named) if named else DEFAULT_K),
+              "shots": parse_shots(args.shots), "weights": args.weights, "sources": named, "seed": args.seed,
+              "weights_only": args.weights_only, "own_expert": not args.no_own_expert}
+    prepare_library_transfer(config, args.library, emb)  # every error surfaces here, before any directory
+    if args.out is None and not args.no_record:  # recorded in the run registry, as a study's run is
+        return _run_recorded(args, {**config, "library": args.library, "embedding": emb}, open_library(args.library).root,
+                             kind="library-transfer", what=f" on library {args.library}")
+    out = _fresh_run_dir(args.out, args.target)
+    return _in_foreground(f"π-tuning {args.target} on library {args.library}",
+                          lambda bar: run_library_transfer(config, args.library, out, emb, on_step=bar),
+                          f"run written to {out}; its expert/ is a peft adapter of the library's base "
+                          f"(PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), '{out / 'expert'}'))")
+
+
+#: the approaches ``compare --library`` runs by default: π-Tuning and every baseline that takes a library
+LIBRARY_APPROACHES = ("pi-tuning", "best-single", "target-only", "peft-linear", "peft-ties", "peft-dare", "lorahub",
+                      "arrow")
+
+
+def library_compare(args) -> int:
+    """``pitune compare --library LIB``: the approaches that take a library, over its adapters."""
+    from pitune_core.model.library import open_library, using_base  # lazy: `pitune --help` does not load it
+    from pitune_core.tune.library import library_backbone, library_sources, resolve_embedding  # lazy: loads numpy
+
+    approaches = args.approaches or list(LIBRARY_APPROACHES)
+    unknown = [a for a in approaches if a not in APPROACHES]
+    if unknown:
+        raise ValueError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(APPROACHES)}")
+    if args.expert_type != "lora":
+        raise ValueError("a library holds LoRA adapters: --expert-type lora")
+    shots, seeds = parse_shots_list(args.shots), parse_int_list(args.seeds, "seeds")
+    check_task_name(args.target, "target")
+    lib = open_library(args.library)
+    if not 1 <= args.k <= len([a for a in lib.adapters if a != args.target]):
+        raise ValueError(f"k={args.k} is out of range: library {lib.name} has {len(lib.adapters)} adapters")
+    with using_base(lib.base):
+        sources = library_sources(lib, args.target, resolve_embedding(lib, None))
+        return run_compare(args, sources, library_backbone(lib), approaches, shots, seeds)
 
 
 def register(sub, add) -> None:

@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import threading
+from pitune_core.runs.jobs import thread_env
 
 #: the environment variable that gives ``--workers`` its default (``auto`` when unset)
 ENV = "PITUNE_WORKERS"
@@ -53,7 +54,7 @@ def usable_cores() -> int:
 def auto_workers(cores: int | None = None, available_memory: int | None = None, cuda: bool | None = None) -> int:
     """The ``auto`` layout: one single-thread worker per usable core on CPU, as many as memory
     holds at :data:`WORKER_MEMORY` each; 1 on CUDA or when ``PITUNE_SHARD`` is set."""
-    from pitune_core.study.transfer import shard_from_env
+    from pitune_core.study.transfer import shard_from_env  # lazy: loads torch
 
     if shard_from_env() is not None:
         return 1
@@ -75,7 +76,7 @@ def resolve(value: str | int | None) -> int:
     """``--workers`` (or ``$PITUNE_WORKERS``, else ``auto``) as a number >= 1; a one-line
     ``ValueError`` for anything else, or for N > 1 while ``PITUNE_SHARD`` is set (also checked here:
     a malformed ``PITUNE_SHARD`` is refused before any work starts)."""
-    from pitune_core.study.transfer import SHARD_ENV, shard_from_env
+    from pitune_core.study.transfer import SHARD_ENV, shard_from_env  # lazy: loads torch
 
     shard = shard_from_env()
     value = os.environ.get(ENV, "auto") if value is None else value
@@ -101,8 +102,7 @@ def threads_per_worker(n: int, cores: int | None = None) -> int:
 def worker_env(i: int, n: int, base: dict | None = None) -> dict:
     """The environment of worker ``i`` of ``n``: its shard, its threads (every variable the run
     registry's workers cap too, :func:`pitune_core.runs.jobs.thread_env`), slow progress bars."""
-    from pitune_core.runs.jobs import thread_env
-    from pitune_core.study.transfer import SHARD_ENV
+    from pitune_core.study.transfer import SHARD_ENV  # lazy: loads torch
 
     return {**(os.environ if base is None else base), SHARD_ENV: f"{i}/{n}", **thread_env(threads_per_worker(n)),
             "TQDM_MININTERVAL": str(BAR_SECONDS), ENV: "1"}

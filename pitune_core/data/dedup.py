@@ -40,12 +40,14 @@ import re
 import sys
 import unicodedata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pitune_core.data.tasks import Split, TaskData, TaskSpec
+# dedup is above the suite it deduplicates (the table is computed from every task of TASKS); the suite's
+# loader (tasks.load_task_data) calls back into it from inside a function: the one cycle left in data/
+from pitune_core.data.tasks import DATA_VERSION, SPLITS, TASKS, Split, TaskData, TaskSpec, load_raw_task_data
+from pitune_core.paths import cache_dir
+
 
 TABLE_PATH = Path(__file__).with_name("dedup_table.json")
 TABLE_FORMAT = "pitune-dedup/2"
@@ -134,8 +136,6 @@ def compute_table(specs: list["TaskSpec"] | None = None, keys_of=None) -> dict:
     ``keys_of(spec) -> {split: (example keys, component keys)}`` may be given (tests); by default the
     raw (not deduplicated) splits are loaded and hashed.
     """
-    from pitune_core.data.tasks import DATA_VERSION, SPLITS, TASKS, load_raw_task_data
-
     specs = list(TASKS.values()) if specs is None else list(specs)
     if keys_of is None:
         def keys_of(spec):
@@ -179,9 +179,6 @@ def compute_table(specs: list["TaskSpec"] | None = None, keys_of=None) -> dict:
 
 
 def _cached_table_path() -> Path:
-    from pitune_core.data.tasks import DATA_VERSION
-    from pitune_core.paths import cache_dir
-
     return cache_dir() / "tasks" / f"v{DATA_VERSION}" / "_dedup_table.json"
 
 
@@ -197,8 +194,6 @@ def _tables() -> list[dict]:
     """The tables made for this suite (its ``DATA_VERSION`` and exactly its tasks), the committed one
     first, then the cache's recomputation. A table of another task list (an older pitune, another
     checkout sharing the cache) is never read: its removals would be another suite's."""
-    from pitune_core.data.tasks import DATA_VERSION, TASKS
-
     out = []
     for path in (TABLE_PATH, _cached_table_path()):
         t = _read(path)
@@ -231,15 +226,11 @@ def _recompute_cached() -> dict:
 # ----------------------------------------------------------------------------- applying it
 
 def in_suite(spec: "TaskSpec") -> bool:
-    from pitune_core.data.tasks import TASKS
-
     return TASKS.get(spec.name) is spec
 
 
 def apply_dedup(data: "TaskData") -> "TaskData":
     """The task's data with cross-task duplicates removed from val and test (suite tasks only)."""
-    from pitune_core.data.tasks import TaskData
-
     if not in_suite(data.spec):
         return data
     keys = {s: example_keys(data.split(s)) for s in ("train", *EVAL_SPLITS)}

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pitune_core.common import sha256_file
+from pitune_core.common import progress, sha256_file
 from pitune_core.paths import cache_dir
 from pitune_core.spec.env import quiet as env_quiet
 
@@ -158,8 +158,6 @@ def debian_mirrors() -> list[str]:
 def _http_get(url: str, dest: Path, expect_mb: float, what: str) -> Path:
     """Stream ``url`` into ``dest`` (a progress bar, a size cap); never executes anything."""
     import urllib.request
-
-    from pitune_core.common import progress
 
     cap = int(expect_mb * 1.5 * 2**20) + (8 << 20)
     req = urllib.request.Request(url, headers={"User-Agent": "pitune (+urllib)"})

@@ -237,7 +237,7 @@ def _load(spec: TaskSpec, path: Path) -> TaskData:
 
 def load_task_data(spec: TaskSpec) -> TaskData:
     """The task's splits, with cross-task duplicates removed from val/test (:mod:`pitune_core.data.dedup`)."""
-    from pitune_core.data.dedup import apply_dedup
+    from pitune_core.data.dedup import apply_dedup  # a real cycle: dedup recomputes its table from TASKS
 
     return apply_dedup(load_raw_task_data(spec))
 
@@ -1041,7 +1041,7 @@ def list_tasks(modality: str | None = None, include_user: bool = False) -> list[
     builtin = [t for t in TASKS.values() if modality is None or t.modality == modality]
     if not include_user:
         return builtin
-    from pitune_core.data.user_tasks import list_user_tasks
+    from pitune_core.data.user_tasks import list_user_tasks  # a real cycle: user_tasks builds on TaskSpec
 
     return builtin + list_user_tasks(modality)
 
@@ -1051,7 +1051,7 @@ def get_task(name: str) -> TaskSpec:
     try:
         return TASKS[name]
     except KeyError:
-        from pitune_core.data.user_tasks import find_user_task, user_task_names
+        from pitune_core.data.user_tasks import find_user_task, user_task_names  # a real cycle (as above)
 
         user = find_user_task(name)
         if user is not None:

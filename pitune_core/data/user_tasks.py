@@ -50,9 +50,10 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from pitune_core.common import clean_stale_tmp, has_control, printable, tmp_prefix
-from pitune_core.data.tasks import DATA_VERSION, SPLITS, Split, TaskData, TaskSpec, load_cached
+from pitune_core.data.tasks import DATA_VERSION, SPLITS, TASKS, Split, TaskData, TaskSpec, load_cached
 from pitune_core.paths import REPO_ROOT, cache_dir, user_tasks_dir
 from pitune_core.spec.vocab import MODALITIES
+from pitune_core.common import NotRegularFileError, read_regular, write_atomic
 
 TASK_FORMAT = "pitune-user-task/1"
 SPEC_FILE = "task.json"
@@ -134,8 +135,6 @@ def task_store() -> Path:
 
 
 def builtin_names() -> set[str]:
-    from pitune_core.data.tasks import TASKS
-
     return set(TASKS)
 
 
@@ -152,8 +151,6 @@ def check_name(name: str) -> str:
 def read_file(path: str | os.PathLike, limit: int) -> bytes:
     """A user's (or the store's) file, read by the one bounded reader (:func:`common.read_regular`):
     a FIFO, device, socket or folder is refused at once instead of hanging or filling memory."""
-    from pitune_core.common import NotRegularFileError, read_regular
-
     try:
         return read_regular(path, limit)
     except NotRegularFileError as e:
@@ -865,8 +862,6 @@ def save_task(draft: Draft) -> Path:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    from pitune_core.common import write_atomic
-
     write_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pitune_core.common import PROJECTOR_LAYERS, PROJECTOR_MODULE, check_task_name
+from pitune_core.model.expert_types import METHODS, get_method
 from pitune_core.spec.env import trunk_path_from_env
 
 MAX_JSON_BYTES = 1 << 20  # 1 MiB (the shipped ones are ~2 KB)
@@ -162,8 +163,6 @@ def check_method_config(method: str, mc: Any) -> dict:
     """The validated constructor arguments of ``method``'s dataclass from a saved ``method_config``."""
     from dataclasses import fields
 
-    from pitune_core.model.experts import METHODS
-
     if method not in METHODS:
         raise ExpertSchemaError(f"unknown expert method {method!r}; expected one of {', '.join(METHODS)}")
     if not isinstance(mc, dict):
@@ -225,7 +224,7 @@ def check_meta(meta: Any, expert_format: str) -> dict:
 def _trunk_dir(trunk: str | None = None) -> str:
     """The trunk folder a check is made against: ``trunk`` when given (an imported library's base), else
     the backbone's (:func:`pitune_core.model.backbone.trunk_path`)."""
-    from pitune_core.model.backbone import trunk_path
+    from pitune_core.model.backbone import trunk_path  # lazy: loads torch
 
     return trunk or trunk_path()
 
@@ -239,8 +238,6 @@ def _trunk_config(trunk: str):
 
 
 def _method(method: str, mc_json: str):
-    from pitune_core.model.experts import get_method
-
     kw = json.loads(mc_json)
     for k in SET_FIELDS:
         if k in kw:
@@ -262,7 +259,7 @@ def _expected_on(trunk: str, method: str, mc_json: str) -> tuple[dict, dict]:
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoModel
 
-    from pitune_core.model.backbone import Projector
+    from pitune_core.model.backbone import Projector  # lazy: loads torch
 
     cfg = _trunk_config(trunk)
     with torch.device("meta"), warnings.catch_warnings():

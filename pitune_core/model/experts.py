@@ -1,6 +1,6 @@
 """Parameter-efficient experts on the frozen backbone, through ``peft``.
 
-One small config dataclass per method (like peft's own), each turning into a peft config; an
+One small config dataclass per expert type (:mod:`pitune_core.model.expert_types`); an
 expert is a peft adapter on the MiniLM trunk, saved in peft's format
 (``adapter_config.json`` + ``adapter_model.safetensors``) plus ``pitune_expert.json`` with its task,
 method, seed, data sizes and metrics. Anyone with peft can load the adapter; pitune checks the
@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from pitune_core import __version__
-from pitune_core.common import PROJECTOR_LAYERS, replace_dir
-from pitune_core.spec.vocab import EXPERT_META_FILE, EXPERT_TYPES
+from pitune_core.common import replace_dir
+from pitune_core.spec.vocab import EXPERT_META_FILE
 from pitune_core.data.tasks import TaskData, TaskSpec, get_task
 from pitune_core.model.backbone import (
     Inputs,
@@ -42,7 +42,11 @@ from pitune_core.model.backbone import (
     task_features,
     task_tensors,
 )
+from pitune_core.model import expert_schema as schema
 from pitune_core.model.device import seed_everything
+from pitune_core.model.expert_schema import check_method_config, stable_trunk_id, validated_peft_config
+from pitune_core.model.expert_types import (IA3Method, LoraMethod, METHODS, PromptMethod,  # noqa: F401
+                                            ExpertError, get_method, method_of_peft_config)
 from pitune_core.model.metrics import majority_baseline, score
 
 # peft (<= 0.21) reads transformers' deprecated ``is_gradient_checkpointing`` alias in
@@ -53,81 +57,6 @@ EXPERT_META = EXPERT_META_FILE  # the spec owns the name
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 EXPERT_FORMAT = "pitune-expert/1"
 ADAPTER_TAGS = ("lora_", "prompt_encoder.", "ia3_")  # names of adapter tensors inside a peft model
-
-
-class ExpertError(ValueError):
-    """An expert directory is missing, corrupt, or belongs to another backbone or method."""
-
-
-# ----------------------------------------------------------------------------- methods
-
-@dataclass
-class LoraMethod:
-    """LoRA on the attention query/value projections and on the image projector's two layers (the
-    default expert). Adapting the projector is what lets an image expert keep the image: with
-    query/value alone a full-data MNIST expert reached 78 % against a linear probe's 95 % on the same
-    frozen features; with the projector too, 91 % (issue 27, 600 steps). Text inputs never reach the
-    projector, so a text expert's projector LoRA stays at its zero initialisation."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("query", "value", *PROJECTOR_LAYERS)
-    lr: float = 1e-3
-    name: str = field(default="lora", init=False)
-
-    def peft_config(self):
-        from peft import LoraConfig, TaskType
-
-        return LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=self.r, lora_alpha=self.alpha,
-                          lora_dropout=self.dropout, target_modules=list(self.target_modules), bias="none")
-
-
-@dataclass
-class PromptMethod:
-    """Prompt tuning: learned virtual tokens prepended to every input."""
-
-    num_virtual_tokens: int = 10
-    lr: float = 3e-2
-    name: str = field(default="prompt", init=False)
-
-    def peft_config(self):
-        from peft import PromptTuningConfig, PromptTuningInit, TaskType
-
-        return PromptTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=self.num_virtual_tokens,
-                                  prompt_tuning_init=PromptTuningInit.RANDOM)
-
-
-@dataclass
-class IA3Method:
-    """IA3: learned rescaling of keys, values and feed-forward activations."""
-
-    target_modules: tuple[str, ...] = ("key", "value", "output.dense")
-    feedforward_modules: tuple[str, ...] = ("output.dense",)
-    lr: float = 1e-2
-    name: str = field(default="ia3", init=False)
-
-    def peft_config(self):
-        from peft import IA3Config, TaskType
-
-        return IA3Config(task_type=TaskType.FEATURE_EXTRACTION, target_modules=list(self.target_modules),
-                         feedforward_modules=list(self.feedforward_modules))
-
-
-METHODS: dict[str, type] = {"lora": LoraMethod, "prompt": PromptMethod, "ia3": IA3Method}
-assert tuple(METHODS) == EXPERT_TYPES, "pitune_core.spec.vocab.EXPERT_TYPES lists the expert types"
-
-
-def get_method(name: str, **overrides):
-    if name not in METHODS:
-        raise ExpertError(f"unknown expert method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name](**overrides)
-
-
-def method_of_peft_config(cfg: dict) -> str:
-    """Map a saved ``adapter_config.json`` to pitune's method name."""
-    kind = cfg.get("peft_type", "")
-    return {"LORA": "lora", "PROMPT_TUNING": "prompt", "IA3": "ia3"}.get(kind, kind.lower())
 
 
 def attach(trunk: torch.nn.Module, method) -> torch.nn.Module:
@@ -284,7 +213,6 @@ def save_expert(model, out: str | Path, meta: dict) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    from pitune_core.model.expert_schema import stable_trunk_id
 
     try:
         model.save_pretrained(str(tmp))  # peft checks the local trunk path here (no Hub look-up)
@@ -310,8 +238,6 @@ def read_expert_meta(path: str | Path) -> dict:
     if missing:
         raise ExpertError(f"{path} is not a complete pitune expert: missing {', '.join(missing)}. "
                           f"Retrain it with `pitune train-expert`.")
-    from pitune_core.model import expert_schema as schema
-
     try:  # bounded reads of regular files only; every field checked against what pitune writes
         meta = schema.read_json_bounded(path / EXPERT_META)
         adapter_cfg = schema.read_json_bounded(path / "adapter_config.json")
@@ -347,7 +273,6 @@ def load_expert(path: str | Path, backbone: UnifiedBackbone, trainable: bool = F
     """Load an expert onto a private copy of the backbone's trunk: ``(peft_model, meta)``."""
     from peft import PeftModel
 
-    from pitune_core.model.expert_schema import check_method_config, validated_peft_config
 
     meta = read_expert_meta(path)  # validated: sizes, schema, tensor names/shapes/dtypes, finite values
     if meta.get("backbone_id") != backbone.backbone_id:

@@ -50,6 +50,7 @@ from pitune_core.model import expert_schema as schema
 from pitune_core.paths import StudyPaths, user_tasks_dir
 from pitune_core.spec.env import TRUNK_PATH_ENV
 from pitune_core.spec.vocab import EXPERT_META_FILE
+from pitune_core.common import replace_dir
 
 LIBRARY_FORMAT = "pitune-library/1"
 LIBRARY_FILE = "library.json"
@@ -146,7 +147,7 @@ class BaseModel:
 
 def default_base() -> str:
     """The packaged MiniLM the shipped backbone uses."""
-    from pitune_core.model.backbone import trunk_path
+    from pitune_core.model.backbone import trunk_path  # lazy: loads torch
 
     return trunk_path()
 
@@ -268,7 +269,7 @@ class CheckedAdapter:
 
 
 def lora_method_config(r: int, target_modules) -> dict:
-    from pitune_core.model.experts import LoraMethod
+    from pitune_core.model.experts import LoraMethod  # lazy: loads torch
 
     # as pitune_expert.json holds it (JSON: lists, not tuples)
     return json.loads(json.dumps(asdict(LoraMethod(r=r, alpha=2 * r, dropout=0.0,
@@ -511,7 +512,7 @@ def stage_import(src: str | Path, name: str, base_path: str | Path | None = None
 def _write(tmp: Path, name: str, src: Path, base: BaseModel, checked: list[CheckedAdapter]) -> Library:
     from safetensors.torch import save_file
 
-    from pitune_core.model.experts import EXPERT_FORMAT, EXPERT_META, _versions, read_expert_meta
+    from pitune_core.model.experts import EXPERT_FORMAT, EXPERT_META, _versions, read_expert_meta  # lazy: loads torch
 
     mc = checked[0].method_config
     vmc = schema.check_method_config("lora", mc)
@@ -543,8 +544,6 @@ def _write(tmp: Path, name: str, src: Path, base: BaseModel, checked: list[Check
 
 def commit(tmp: Path, name: str) -> Path:
     """Move a staged library into place (replacing an older one of that name at once)."""
-    from pitune_core.common import replace_dir
-
     final = libraries_dir() / name
     replace_dir(tmp, final)
     return final

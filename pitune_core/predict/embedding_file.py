@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from pitune_core.common import write_atomic
 
 FORMAT = "pitune-embeddings/1"
 
@@ -27,8 +28,6 @@ def write(path: str | os.PathLike, names: list[str], flat: np.ndarray, groups: l
           meta: dict | None = None) -> Path:
     """Write ``flat`` (n_tasks, d), row i the vector of ``names[i]``, split into ``groups`` in order."""
     from safetensors.numpy import save
-
-    from pitune_core.common import write_atomic
 
     flat = np.asarray(flat)
     if flat.ndim != 2 or flat.shape[0] != len(names) or sum(int(s) for _, s in groups) != flat.shape[1]:

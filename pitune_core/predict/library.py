@@ -27,6 +27,9 @@ import numpy as np
 from pitune_core.model.library import Library, abandon, commit, stage_import
 from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_FILE
 from pitune_core.spec.vocab import GRAPH_K
+from pitune_core.model.library import LibraryError, adapter_name, find_adapters, open_library, using_base
+from pitune_core.predict.layout import layout_from_similarity, write_layout_csv
+from pitune_core.predict.similarity import fisher_similarity, read_similarity_csv, top_k, write_similarity_csv
 
 LIBRARY_EMBEDDINGS = ("weights", "arrow")
 #: the embedding a library's graph and top-k use by default
@@ -141,9 +144,7 @@ def build_predictions(lib: Library, k: int = GRAPH_K) -> dict[str, np.ndarray]:
 
 def write_graph(lib: Library, embedding: str, names: list[str], S: np.ndarray, k: int = GRAPH_K) -> None:
     """A similarity matrix, its kNN graph with communities and its map, where a study keeps them."""
-    from pitune_core.predict.graph import annotate_communities, build_graph, detect_communities, write_graph_json
-    from pitune_core.predict.layout import layout_from_similarity, write_layout_csv
-    from pitune_core.predict.similarity import write_similarity_csv
+    from pitune_core.predict.graph import annotate_communities, build_graph, detect_communities, write_graph_json  # lazy: loads networkx
 
     d = lib.paths.embedding_dir("lora", embedding)
     d.mkdir(parents=True, exist_ok=True)
@@ -168,8 +169,6 @@ def import_library(src: str | Path, name: str, base: str | Path | None = None, r
     """``pitune library import``: check every adapter, write the library and its predictions into a
     temporary folder, then rename it into place; on any error nothing is left behind. ``samples``: a
     folder of one CSV per adapter (:func:`measure_samples`: Fisher embeddings and the quality gate)."""
-    from pitune_core.model.library import open_library
-
     sample_files = find_samples(samples, src) if samples is not None else None  # refused before any work
     tmp, lib = stage_import(src, name, base, replace=replace, on_adapter=on_adapter)
     try:
@@ -185,8 +184,6 @@ def import_library(src: str | Path, name: str, base: str | Path | None = None, r
 
 def neighbours(lib: Library, embedding: str = DEFAULT_EMBEDDING, k: int = GRAPH_K) -> dict[str, list[tuple[str, float]]]:
     """Each adapter's ``k`` most similar adapters (from the stored similarity matrix)."""
-    from pitune_core.predict.similarity import read_similarity_csv, top_k
-
     names, S = read_similarity_csv(lib.paths.similarity_csv("lora", embedding))
     if len(names) < 2:
         return {n: [] for n in names}
@@ -213,8 +210,6 @@ def find_samples(samples: str | Path, src: str | Path) -> dict[str, Path]:
     """``{adapter name: CSV}`` of a samples folder: one ``NAME.csv`` per adapter, named as the adapter is
     (its folder's name under DIR, or the name pitune gives it). A file that names no adapter, or a
     symbolic link, is refused in one line."""
-    from pitune_core.model.library import LibraryError, adapter_name, find_adapters
-
     root = Path(samples).expanduser()
     if not root.is_dir():
         raise LibraryError(f"--samples {samples} is not a folder (one CSV per adapter: NAME.csv with text,label)")
@@ -233,8 +228,7 @@ def find_samples(samples: str | Path, src: str | Path) -> dict[str, Path]:
 def read_sample(path: Path, limit: int = 4 << 20):
     """(texts, labels as class indices, class names) of one adapter's sample CSV (text, label columns),
     read by the user task store's bounded reader; at least two classes."""
-    from pitune_core.data.user_tasks import UserTaskError, read_file, read_records
-    from pitune_core.model.library import LibraryError
+    from pitune_core.data.user_tasks import UserTaskError, read_file, read_records  # lazy: loads safetensors
 
     try:
         rows = [r for _, r in read_records(read_file(path, limit), path.name, SAMPLE_COLUMNS)]
@@ -261,13 +255,11 @@ def measure_samples(lib: Library, files: dict[str, Path], n_samples: int = 128, 
 
     import torch
 
-    from pitune_core.model.backbone import TaskTensors, UnifiedBackbone
-    from pitune_core.model.device import seed_everything
-    from pitune_core.model.experts import EXPERT_META, load_expert, predict
-    from pitune_core.model.library import using_base
-    from pitune_core.model.metrics import majority_baseline, score
-    from pitune_core.predict.embeddings import fisher_information, save_embeddings, stack
-    from pitune_core.predict.similarity import fisher_similarity
+    from pitune_core.model.backbone import TaskTensors, UnifiedBackbone  # lazy: loads torch
+    from pitune_core.model.device import seed_everything  # lazy: loads torch
+    from pitune_core.model.experts import EXPERT_META, load_expert, predict  # lazy: loads torch
+    from pitune_core.model.metrics import majority_baseline, score  # lazy: loads sklearn
+    from pitune_core.predict.embeddings import fisher_information, save_embeddings, stack  # lazy: loads torch
 
     per, metrics = {}, {}
     with using_base(lib.base):

@@ -30,11 +30,15 @@ matrix is asked for.
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from pitune_core.predict.similarity import (NegativeEmbeddingError, NonFiniteEmbeddingError, ShapeMismatchError,
+                                            UnknownTaskError, _check_names, _group_arrays, check_k)
 
 __all__ = ["Neighbours", "top_k_neighbours", "pair_similarity", "proxy_vectors", "flatten_groups",
            "recall_at_k", "exact_neighbours_of", "EXACT_MAX_TASKS"]
@@ -63,8 +67,6 @@ class Neighbours:
 
     def of(self, task: str) -> list[tuple[str, float]]:
         """``[(neighbour, similarity), ...]`` of one task, best first."""
-        from pitune_core.predict.similarity import UnknownTaskError
-
         try:
             i = self.names.index(task)
         except ValueError:
@@ -83,8 +85,6 @@ def flatten_groups(groups, group_sizes: Sequence[int] | None = None) -> tuple[np
     array; for an array, ``group_sizes`` splits its columns into groups (default: one group). A
     float32 C-contiguous array is used as is (no copy), so a 10,000 x 73,728 hub costs its 2.9 GB once.
     """
-    from pitune_core.predict.similarity import ShapeMismatchError, _group_arrays
-
     if isinstance(groups, Mapping):
         if group_sizes is not None:
             raise ValueError("group_sizes is only for a single (n, d) array; a mapping names its groups")
@@ -106,8 +106,6 @@ def flatten_groups(groups, group_sizes: Sequence[int] | None = None) -> tuple[np
 
 def _check_values(X: np.ndarray, names: list[str], block: int = 512) -> None:
     """Finite and >= 0, checked in row blocks (no full-size temporaries); errors name the tasks."""
-    from pitune_core.predict.similarity import NegativeEmbeddingError, NonFiniteEmbeddingError
-
     bad, neg = [], []
     for i0 in range(0, X.shape[0], block):
         blk = X[i0:i0 + block]
@@ -311,8 +309,6 @@ def top_k_neighbours(
     """
     import time
 
-    from pitune_core.predict.similarity import ShapeMismatchError, _check_names, check_k
-
     if method not in ("auto", "exact", "approx"):
         raise ValueError(f"method must be 'auto', 'exact' or 'approx', got {method!r}")
     names = _check_names(names)
@@ -401,8 +397,6 @@ def exact_neighbours_of(embeddings, names: Sequence[str], queries: Sequence[int]
     The reference for recall at hub scale, where the full matrix is out of reach: each query is
     compared with every other task by :func:`pair_similarity` (O(q n d)); ties broken by name.
     """
-    from pitune_core.predict.similarity import _check_names, check_k
-
     names = _check_names(names)
     X, bounds = flatten_groups(embeddings, group_sizes)
     n = X.shape[0]
@@ -427,3 +421,50 @@ def recall_at_k(found: np.ndarray, reference: np.ndarray) -> float:
         raise ValueError(f"shapes differ: {found.shape} vs {reference.shape}")
     k = reference.shape[1]
     return float(np.mean([len(set(f.tolist()) & set(r.tolist())) / k for f, r in zip(found, reference)]))
+
+
+# ----------------------------------------------------------------------------- the neighbours file
+
+def write_neighbors_csv(path: str | os.PathLike, names: list[str], index: np.ndarray, sim: np.ndarray) -> None:
+    """``task,rank,neighbour,similarity``: every task's top-k, best first (rank 1 = most similar)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["task", "rank", "neighbour", "similarity"])
+        for i, name in enumerate(names):
+            for r, (j, s) in enumerate(zip(index[i].tolist(), sim[i].tolist()), start=1):
+                w.writerow([name, r, names[j], repr(float(s))])
+
+
+def read_neighbors_csv(path: str | os.PathLike, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(index (n, k), similarity (n, k))`` in ``names`` order; ValueError (with the line) if the
+    file is not a complete, consistent top-k table of exactly those tasks."""
+    where = os.fspath(path)
+    pos = {n: i for i, n in enumerate(names)}
+    rows: dict[int, list[tuple[int, int, float]]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        if next(reader, None) != ["task", "rank", "neighbour", "similarity"]:
+            raise ValueError(f"{where}: expected the header 'task,rank,neighbour,similarity'")
+        for line, r in enumerate(reader, start=2):
+            if len(r) != 4 or r[0] not in pos or r[2] not in pos or r[0] == r[2]:
+                raise ValueError(f"{where}: line {line} is not 'task,rank,neighbour,similarity' of two "
+                                 "different tasks of this study")
+            try:
+                rank, s = int(r[1]), float(r[3])
+            except ValueError:
+                raise ValueError(f"{where}: line {line}: rank must be an integer and similarity a number") from None
+            if not (math.isfinite(s) and -1e-9 <= s <= 1 + 1e-9):
+                raise ValueError(f"{where}: line {line}: similarity {s} is not in [0, 1]")
+            rows.setdefault(pos[r[0]], []).append((rank, pos[r[2]], s))
+    k = len(rows.get(0, []))
+    if len(rows) != len(names) or k == 0 or any(len(v) != k for v in rows.values()):
+        raise ValueError(f"{where}: every one of the {len(names)} tasks needs the same number of neighbours")
+    index = np.empty((len(names), k), dtype=np.int64)
+    sim = np.empty((len(names), k))
+    for i, v in rows.items():
+        v.sort()
+        if [x[0] for x in v] != list(range(1, k + 1)):
+            raise ValueError(f"{where}: ranks of {names[i]!r} are not 1..{k}")
+        index[i] = [x[1] for x in v]
+        sim[i] = [x[2] for x in v]
+    return index, sim

@@ -56,6 +56,9 @@ from pitune_core.predict.embeddings import (
     weight_embedding,
 )
 from pitune_core.spec.vocab import PREDICTOR_NAMES, QUALITY_K
+from pitune_core.model.experts import prepare_task
+from pitune_core.paths import StudyPaths
+from pitune_core.predict.similarity import fisher_similarity, top_k
 
 #: neighbours of :func:`knn_accuracy` (1-NN: the few-shot case has 3 same-class others at 4 shots)
 KNN_K = 1
@@ -228,8 +231,6 @@ def study_context(study: str | Path, backbone: UnifiedBackbone, experts: dict[st
     as the study's graph was measured) and its shipped source-side rows, then ``cache_dir`` for any
     row it does not ship. A study without shipped rows gets the defaults and computes them (the
     stage :data:`SOURCE_STAGE`, reported to ``on_progress``)."""
-    from pitune_core.paths import StudyPaths
-
     folder = StudyPaths(study).source_side(method)
     kw: dict = {}
     f = folder / SETTINGS_FILE
@@ -247,8 +248,6 @@ def study_context(study: str | Path, backbone: UnifiedBackbone, experts: dict[st
 
 
 def source_tensors(task: str, backbone: UnifiedBackbone) -> TaskTensors:
-    from pitune_core.model.experts import prepare_task
-
     return prepare_task(get_task(task), backbone)[1]["train"]
 
 
@@ -678,8 +677,6 @@ def fisher_stability(experts: dict[str, Path], backbone: UnifiedBackbone, sizes=
     half its data and overstates stability.) ``samples_for_stable_topk`` is the smallest N whose
     mean overlap reaches ``threshold`` (None if none does)."""
     from scipy.stats import spearmanr
-
-    from pitune_core.predict.similarity import fisher_similarity, top_k
 
     names = list(experts)
     if len(names) < k + 1:

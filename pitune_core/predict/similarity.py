@@ -265,7 +265,7 @@ def _fisher_unchecked(
 ) -> np.ndarray:
     import torch
 
-    from pitune_core.model.device import default_device
+    from pitune_core.model.device import default_device  # lazy: loads torch
 
     if eps < 0 or not math.isfinite(eps):
         raise ValueError(f"eps must be a finite number >= 0, got {eps}")

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .jobs import worker_job_modules
 from .registry import CANCELLED, FAILED, FINAL_STATUSES, QUEUED, RUNNING, RunRecord, RunRegistry, validate_run_id
+from pitune_core.runs.worker import execute_run
 
 __all__ = ["RayExecutor", "RayNotInstalledError", "import_ray", "init_ray", "RAY_VERSION", "RAY_INSTALL_HINT"]
 
@@ -101,8 +102,6 @@ def init_ray(
 
 def _run_in_ray(db_path: str, run_id: str, num_threads: int, job_modules: Sequence[str] = ()) -> str:
     """Body of the Ray task: the local worker's code path, claiming the run first."""
-    from pitune_core.runs.worker import execute_run
-
     return execute_run(db_path, run_id, claim=True, num_threads=num_threads, capture_output=True,
                        job_modules=job_modules)
 

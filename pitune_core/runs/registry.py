@@ -51,6 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from pitune_core.common import write_atomic
+from pitune_core.paths import default_runs_db  # a base module: no ML, no I/O
+from pitune_core.runs.jobs import validate_job_config  # light module: never imports torch
 from pitune_core.spec.vocab import (CANCELLED, FAILED, FINAL_STATUSES, INTERRUPTED, QUEUED,  # noqa: F401
                                     RESUMABLE_STATUSES, RUN_STATUSES, RUNNING, SUCCEEDED, TERMINAL_STATUSES)
 
@@ -116,8 +119,6 @@ def validate_run_id(run_id: object) -> str:
 
 def default_db_path() -> Path:
     """``$PITUNE_RUNS_DB`` or ``./runs/registry.sqlite`` (owned by :func:`pitune_core.paths.default_runs_db`)."""
-    from pitune_core.paths import default_runs_db  # a base module: no ML, no I/O
-
     return default_runs_db()
 
 
@@ -248,8 +249,6 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from pitune_core.common import write_atomic
-
     write_atomic(path, text)
 
 
@@ -617,8 +616,6 @@ class RunRegistry:
         and ``config`` must pass the kind's validator: a run that would be refused is never
         queued (``ValueError``, one line). Only the kind's name is stored with the run.
         """
-        from .jobs import validate_job_config  # light module: never imports torch
-
         if executor not in EXECUTORS:
             raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
         if config is not None and not isinstance(config, Mapping):

@@ -162,6 +162,22 @@ SELECTING = tuple(a.name for a in APPROACH_RECORDS if a.ranks_sources)
 PEFT_MERGES = tuple(a.name for a in APPROACH_RECORDS if a.lora_only and a.ranks_sources)
 
 
+# the pre-registered protocol's groups of approaches (pitune_core.study.protocol), in the order its
+# plans and report list them
+#: run on every target × shots × seed
+CORE = ("pi-tuning", "target-only", "full-finetune", "best-single", "peft-linear", "lorahub")
+#: the recipe's ablations (own expert out, one global weight vector, experts frozen)
+ABLATIONS = ("pi-tuning-no-own", "pi-tuning-global", "pi-tuning-weights-only")
+#: the other baselines
+OTHERS = ("uniform-avg", "uniform-avg-tuned", "random-k", "all-experts", "peft-ties", "peft-dare", "lorahub-tuned",
+          "arrow")
+#: the transfer approaches π-Tuning is compared with ("best other")
+TRANSFER = ("best-single", "peft-linear", "lorahub", "lorahub-tuned", "uniform-avg", "uniform-avg-tuned", "random-k",
+            "all-experts", "peft-ties", "peft-dare", "arrow")
+assert set(ABLATIONS) == {a.name for a in APPROACH_RECORDS if a.role == "ablation"}
+assert set(CORE + ABLATIONS + OTHERS) == set(APPROACHES) and len(CORE + ABLATIONS + OTHERS) == len(APPROACHES)
+
+
 def check_approach(name: object, among: tuple[str, ...] = APPROACHES) -> str:
     if name not in among:
         raise ValueError(f"unknown approach {name!r}; choose from {', '.join(among)}")

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pitune_core.common import progress, write_atomic
+from pitune_core.common import progress, sha256_file, write_atomic
 from pitune_core.paths import StudyPaths
 from pitune_core.spec.vocab import EXPERT_META_FILE
 
@@ -47,7 +47,8 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
     ``targets`` limits which targets' rows are made (every task stays a source). Raises a one-line
     ``ValueError`` when a plan task has no expert in the study, or ``out`` holds a ground truth made
     with another backbone or other experts."""
-    from pitune_core.study.transfer import quality_table, run_plan_pairs, run_predictors, shard_from_env
+    from pitune_core.study.manifest import register_files  # lazy: `pitune --help` does not load it
+    from pitune_core.study.transfer import quality_table, run_plan_pairs, run_predictors, shard_from_env  # lazy: loads torch
 
     bad = [s for s in stages if s not in STAGES]
     if bad:
@@ -96,7 +97,6 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
         res["quality"] = quality_table(plan, out)
         if out.resolve().is_relative_to(study.resolve()):  # a ground truth of this study: draw its predictors
             from pitune_core.predict.quality import PREDICTOR_PREFIX
-            from pitune_core.study.manifest import register_files
             from pitune_core.study.predictor_graphs import write_predictor_graphs
 
             res["drawn"] = write_predictor_graphs(plan, out, study)
@@ -114,8 +114,8 @@ def _ship_source_side(plan: TransferPlan, ctx, study: Path) -> list[Path]:
     """Ship the predictors' source-side rows with the study (``predict/<method>/source-side/``, listed
     in its manifest) for every expert of the study, not only the plan's tasks: a run or a placement
     ranks all of them, and none of their source side is then recomputed on a user's machine."""
-    from pitune_core.predict.predictors import ship_source_side
-    from pitune_core.study.manifest import register_files
+    from pitune_core.study.manifest import register_files  # lazy: `pitune --help` does not load it
+    from pitune_core.predict.predictors import ship_source_side  # lazy: loads torch
 
     sp = StudyPaths(study)
     root = sp.experts_of(plan.method)
@@ -157,7 +157,7 @@ def _ticker(study: Path, out: Path, desc: str, unit: str, describe):
 
 def _stability(plan: TransferPlan, dirs: dict, bb, out: Path, sizes: tuple[int, ...]) -> dict:
     """Fisher top-k stability from disjoint samples; kept when the file holds the same sizes and k."""
-    from pitune_core.predict.predictors import fisher_stability
+    from pitune_core.predict.predictors import fisher_stability  # lazy: loads torch
 
     f = out / "fisher_stability.json"
     if f.is_file():
@@ -177,9 +177,8 @@ def _bind_context(out: Path, dirs: dict, backbone_dir) -> None:
     """Bind ``out`` to the backbone and the source experts its pairs are made with (``context.json``):
     the pairs' keys name the budget only, so resuming into a folder made with another projector or
     other experts would silently mix two ground truths. Refused instead."""
-    from pitune_core.common import sha256_file
-    from pitune_core.data.tasks import DATA_VERSION
-    from pitune_core.model.backbone import projector_id
+    from pitune_core.data.tasks import DATA_VERSION  # lazy: loads safetensors
+    from pitune_core.model.backbone import projector_id  # lazy: loads torch
 
     ctx = {"backbone_id": projector_id(backbone_dir), "data_version": DATA_VERSION,
            "experts": {t: sha256_file(Path(d) / "adapter_model.safetensors")[:16] for t, d in sorted(dirs.items())}}
@@ -222,7 +221,7 @@ def supersede_source(out: str | Path, task: str) -> int:
 def _register(study: Path, out: Path) -> None:
     """List what was written in the study's manifest (when ``out`` lies inside the study), so the
     study keeps verifying while its ground truth grows."""
-    from pitune_core.study.manifest import register_files
+    from pitune_core.study.manifest import register_files  # lazy: `pitune --help` does not load it
 
     if out.is_dir():
         register_files(study, [p for p in sorted(out.rglob("*")) if p.is_file()])

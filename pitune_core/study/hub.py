@@ -36,10 +36,13 @@ from typing import Callable
 import numpy as np
 
 from pitune_core.paths import REPO_ROOT
+from pitune_core.predict.neighbors import top_k_neighbours, write_neighbors_csv
 from pitune_core.spec.vocab import EXPERT_META_FILE, NEIGHBORS_FILE  # noqa: F401  (NEIGHBORS_FILE re-exported)
+from pitune_core.common import sha256_file
+from pitune_core.predict.embedding_file import read
+from pitune_core.predict.layout import write_layout_csv
 
-__all__ = ["HubConfig", "load_real_fisher", "synth_fisher", "write_hub_study", "read_neighbors_csv",
-           "write_neighbors_csv", "NEIGHBORS_FILE"]
+__all__ = ["HubConfig", "load_real_fisher", "synth_fisher", "write_hub_study", "NEIGHBORS_FILE"]
 
 #: the real LoRA Fisher embeddings the hub is made from
 REAL_FISHER = REPO_ROOT / "precomputed" / "predict" / "lora" / "fisher" / "embeddings.safetensors"
@@ -66,8 +69,6 @@ class HubConfig:
 
 def load_real_fisher(path: str | os.PathLike = REAL_FISHER) -> tuple[list[str], np.ndarray, list[int]]:
     """``(names, E (m, d) float32, group sizes)`` of a pitune embeddings file (safetensors, no pickle)."""
-    from pitune_core.predict.embedding_file import read  # its EmbeddingFileError is a ValueError
-
     names, E, groups, _ = read(path, dtype=np.float32)
     sizes = [int(s) for _, s in groups]
     if E.ndim != 2 or sum(sizes) != E.shape[1] or not np.isfinite(E).all() or (E < 0).any():
@@ -135,54 +136,7 @@ def synth_names(real_names: list[str], plan: dict) -> list[str]:
 # files
 
 
-def write_neighbors_csv(path: str | os.PathLike, names: list[str], index: np.ndarray, sim: np.ndarray) -> None:
-    """``task,rank,neighbour,similarity``: every task's top-k, best first (rank 1 = most similar)."""
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["task", "rank", "neighbour", "similarity"])
-        for i, name in enumerate(names):
-            for r, (j, s) in enumerate(zip(index[i].tolist(), sim[i].tolist()), start=1):
-                w.writerow([name, r, names[j], repr(float(s))])
-
-
-def read_neighbors_csv(path: str | os.PathLike, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(index (n, k), similarity (n, k))`` in ``names`` order; ValueError (with the line) if the
-    file is not a complete, consistent top-k table of exactly those tasks."""
-    where = os.fspath(path)
-    pos = {n: i for i, n in enumerate(names)}
-    rows: dict[int, list[tuple[int, int, float]]] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        if next(reader, None) != ["task", "rank", "neighbour", "similarity"]:
-            raise ValueError(f"{where}: expected the header 'task,rank,neighbour,similarity'")
-        for line, r in enumerate(reader, start=2):
-            if len(r) != 4 or r[0] not in pos or r[2] not in pos or r[0] == r[2]:
-                raise ValueError(f"{where}: line {line} is not 'task,rank,neighbour,similarity' of two "
-                                 "different tasks of this study")
-            try:
-                rank, s = int(r[1]), float(r[3])
-            except ValueError:
-                raise ValueError(f"{where}: line {line}: rank must be an integer and similarity a number") from None
-            if not (math.isfinite(s) and -1e-9 <= s <= 1 + 1e-9):
-                raise ValueError(f"{where}: line {line}: similarity {s} is not in [0, 1]")
-            rows.setdefault(pos[r[0]], []).append((rank, pos[r[2]], s))
-    k = len(rows.get(0, []))
-    if len(rows) != len(names) or k == 0 or any(len(v) != k for v in rows.values()):
-        raise ValueError(f"{where}: every one of the {len(names)} tasks needs the same number of neighbours")
-    index = np.empty((len(names), k), dtype=np.int64)
-    sim = np.empty((len(names), k))
-    for i, v in rows.items():
-        v.sort()
-        if [x[0] for x in v] != list(range(1, k + 1)):
-            raise ValueError(f"{where}: ranks of {names[i]!r} are not 1..{k}")
-        index[i] = [x[1] for x in v]
-        sim[i] = [x[2] for x in v]
-    return index, sim
-
-
 def _sha256(p: Path) -> str:
-    from pitune_core.common import sha256_file
-
     return sha256_file(p)
 
 
@@ -191,9 +145,6 @@ def write_hub_study(out: str | os.PathLike, cfg: HubConfig, real: str | os.PathL
                     method: str = "auto") -> dict:
     """Generate a hub of ``cfg.n`` tasks and write it as a study directory at ``out`` (which must
     not exist or be empty); returns its manifest. See the module docstring for the files."""
-    from pitune_core.predict.layout import write_layout_csv
-    from pitune_core.predict.neighbors import top_k_neighbours
-
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not an empty directory; choose a new --out")

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pitune_core.common import sha256_file, write_atomic
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import StudyPaths, plan_path
 from pitune_core.study.plan import STAGES, StudyPlan
 from pitune_core.study.stages import Stages
 
@@ -30,8 +30,6 @@ def _versions() -> dict:
 
 def _plan_files(plan: StudyPlan) -> dict:
     """The committed plan files the study measured, with their sha256 (they live outside the study)."""
-    from pitune_core.paths import plan_path
-
     out = {}
     for field in ("groundtruth_plan", "protocol_plan"):
         name = getattr(plan, field)
@@ -43,7 +41,7 @@ def _plan_files(plan: StudyPlan) -> dict:
 def write_manifest(root: Path, plan: StudyPlan, command: str, started: str, stages: Stages, device: str) -> dict:
     import torch
 
-    from pitune_core.model.backbone import find_projector, projector_id
+    from pitune_core.model.backbone import find_projector, projector_id  # lazy: loads torch
 
     files = {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
              if p.is_file() and not p.relative_to(root).parts[0].startswith(".") and p.name != "manifest.json"}

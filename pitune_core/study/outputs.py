@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pitune_core.study.results import write_matrix_csv
+from pitune_core.study.read.results import write_matrix_csv
 from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_COSINE_FILE, SIMILARITY_FILE, StudyPaths
 from pitune_core.study.plan import EMBEDDINGS
 from pitune_core.spec.vocab import QUALITY_K
+from pitune_core.common import admission
+from pitune_core.predict.layout import layout_from_similarity, write_layout_csv
+from pitune_core.predict.similarity import read_similarity_csv, similarity_matrix, top_k, write_similarity_csv
 
 
 def expert_dir(root: Path, method: str, task: str) -> Path:
@@ -30,8 +33,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _write_expert_summary(root: Path, methods: dict[str, list[str]]) -> None:
-    from pitune_core.common import admission
-    from pitune_core.model.experts import read_expert_meta
+    from pitune_core.model.experts import read_expert_meta  # lazy: loads torch
 
     rows = []
     for m, ts in methods.items():
@@ -52,7 +54,7 @@ def _write_expert_summary(root: Path, methods: dict[str, list[str]]) -> None:
 def node_attrs(root: Path, method: str, names: list[str]) -> dict[str, dict]:
     """Graph node attributes of ``names``: modality, and the ``method`` expert's test score and
     zero-shot score from ``experts/summary.csv`` (None where the study has no such expert)."""
-    from pitune_core.data.tasks import get_task
+    from pitune_core.data.tasks import get_task  # lazy: loads safetensors
 
     summary = {}
     p = StudyPaths(root).expert_summary
@@ -67,9 +69,7 @@ def node_attrs(root: Path, method: str, names: list[str]) -> dict[str, dict]:
 def write_graph_files(d: Path, names: list[str], S: np.ndarray, attrs: dict[str, dict], note: str = "") -> None:
     """The files the dashboard draws one prediction from: ``similarity.csv`` (symmetric),
     ``graph.json`` (k=3 nearest neighbours, Louvain communities), ``layout.csv`` and its note."""
-    from pitune_core.predict.graph import annotate_communities, build_graph, detect_communities, write_graph_json
-    from pitune_core.predict.layout import layout_from_similarity, write_layout_csv
-    from pitune_core.predict.similarity import write_similarity_csv
+    from pitune_core.predict.graph import annotate_communities, build_graph, detect_communities, write_graph_json  # lazy: loads networkx
 
     d.mkdir(parents=True, exist_ok=True)
     write_similarity_csv(d / SIMILARITY_FILE, names, S)
@@ -82,8 +82,7 @@ def write_graph_files(d: Path, names: list[str], S: np.ndarray, attrs: dict[str,
 
 
 def _predict_outputs(root: Path, method: str, kind: str) -> None:
-    from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.predict.similarity import similarity_matrix, write_similarity_csv
+    from pitune_core.predict.embeddings import load_embeddings  # lazy: loads torch
 
     d = StudyPaths(root).embedding_dir(method, kind)
     emb = load_embeddings(d / EMBEDDINGS_FILE)
@@ -96,8 +95,6 @@ def _predict_outputs(root: Path, method: str, kind: str) -> None:
 
 def fisher_stability(method_dir: Path, k: int = QUALITY_K) -> dict:
     """Overlap of each task's top-k Fisher neighbours computed with N and with 2N samples."""
-    from pitune_core.predict.similarity import read_similarity_csv, top_k
-
     n1, S1 = read_similarity_csv(method_dir / "fisher" / SIMILARITY_FILE)
     n2, S2 = read_similarity_csv(method_dir / "fisher_2n" / SIMILARITY_FILE)
     k = min(k, len(n1) - 1)
@@ -111,9 +108,8 @@ def fisher_stability(method_dir: Path, k: int = QUALITY_K) -> dict:
 
 
 def write_transfer_outputs(root: Path, tasks: list[str], k: int) -> dict:
-    from pitune_core.predict.embeddings import random_embedding
-    from pitune_core.predict.similarity import read_similarity_csv, similarity_matrix
-    from pitune_core.study.transfer import (
+    from pitune_core.predict.embeddings import random_embedding  # lazy: loads torch
+    from pitune_core.study.transfer import (  # lazy: loads torch
         gain_matrices,
         prediction_quality,
         summarise_quality,

@@ -22,13 +22,13 @@ same examples, as percentiles over the graph's tasks, so the dashboard's first p
 Everything is written beside the study, in the user task store
 (``TASK/placed/<study id>/<method>-<embedding>/``: ``placement.json``, ``embedding.safetensors``,
 ``expert/``; a predictor graph's folder holds its ``placement.json`` only), atomically;
-``precomputed/`` is never written, so ``pitune verify`` still passes. The readers below (no torch)
-merge placed tasks into what the dashboard, ``top-k`` and ``transfer`` see.
+``precomputed/`` is never written, so ``pitune verify`` still passes. The readers of those records
+(:mod:`pitune_core.study.read.placed`, no torch) merge placed tasks into what the dashboard, ``top-k``
+and ``transfer`` see.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -42,78 +42,24 @@ from typing import Callable
 
 import numpy as np
 
-from pitune_core.data.user_tasks import (PLACED_DIR, UserTaskError, find_user_task, task_dir, user_task_names)
+from pitune_core.data.user_tasks import find_user_task
 from pitune_core.common import clean_stale_tmp, replace_dir, tmp_prefix
-from pitune_core.paths import SOURCE_SIDE_DIR, StudyPaths
+from pitune_core.paths import StudyPaths, cache_dir
 from pitune_core.spec.configs import PlaceConfig  # noqa: F401  (re-exported: the placement's settings)
 from pitune_core.spec.vocab import EXPERT_TYPES, PREDICTOR_PREFIX
+from pitune_core.study.read.placed import EMBEDDING_FILE, PLACEABLE, PLACEMENT_FILE, PLACEMENT_FORMAT, placement_dir, study_id
+from pitune_core.data.tasks import TaskDataError
+from pitune_core.predict.layout import read_layout_csv
+from pitune_core.predict.quality import predictor_of
+from pitune_core.predict.similarity import read_similarity_csv
+from pitune_core.study.read.reader import Study
+from pitune_core.study.verify import require_verified
 
-PLACEMENT_FORMAT = "pitune-placement/1"
-PLACEMENT_FILE = "placement.json"
-EMBEDDING_FILE = "embedding.safetensors"
-PLACEABLE = ("fisher",)  # the embedding π-Tuning predicts with; what a placed task is compared by
 LAYOUT_NEIGHBOURS = 15  # the study's UMAP n_neighbors (predict/*/layout_note.txt)
 
 
 class PlacementError(ValueError):
     """A task that cannot be placed on this study (the message says why and what to do)."""
-
-
-# ----------------------------------------------------------------------------- where
-
-_ID_CACHE: dict[tuple, str] = {}
-
-
-#: the parts of a study a placement depends on (the projector, the experts, their embeddings and graphs);
-#: a study that only grows elsewhere (protocol runs, ground truth, reports) keeps its identity
-PLACEMENT_INPUTS = ("backbone/", "experts/", "predict/")
-
-
-def study_id(study: str | os.PathLike) -> str:
-    """A study's identity for placements: sha256 over the manifest's checksums of the files a placement
-    depends on (:data:`PLACEMENT_INPUTS`, predictor graphs excluded), so a rebuilt study is a new one
-    while a study whose protocol runs are still being appended is not; the path's hash without a
-    readable manifest."""
-    from pitune_core.study.verify import read_manifest
-
-    root = Path(study).expanduser().resolve()
-    man = StudyPaths(root).manifest
-    try:
-        st = man.stat()
-        key = (str(man), st.st_mtime_ns, st.st_size)
-        if key not in _ID_CACHE:
-            files = read_manifest(root)["files"]  # bounded, regular files only: a FIFO or /dev/zero is refused
-            h = hashlib.sha256()
-            for path, digest in sorted(files.items()):
-                if isinstance(path, str) and path.startswith(PLACEMENT_INPUTS) and "/predictor-" not in path \
-                        and f"/{SOURCE_SIDE_DIR}/" not in path:  # rows a growing ground truth adds: derived
-                    h.update(f"{path}\0{digest}\n".encode())
-            _ID_CACHE[key] = h.hexdigest()[:16]
-    except (OSError, ValueError, AttributeError):
-        return "path-" + hashlib.sha256(str(root).encode()).hexdigest()[:16]
-    return _ID_CACHE[key]
-
-
-#: largest placement.json read (one similarity per study task: ~100 KB on a 1,000-task hub)
-MAX_PLACEMENT_BYTES = 16 << 20
-
-
-def read_placement(f: str | os.PathLike) -> dict:
-    """A placement record, read bounded from a regular file (a FIFO or device in the store is refused,
-    never waited on); ``ValueError`` / ``OSError`` when it is not a readable JSON object."""
-    from pitune_core.common import read_regular
-
-    try:
-        rec = json.loads(read_regular(f, MAX_PLACEMENT_BYTES).decode("utf-8"))
-    except RecursionError:
-        raise ValueError(f"{f} is nested too deeply") from None
-    if not isinstance(rec, dict):
-        raise ValueError(f"{f} is not a JSON object")
-    return rec
-
-
-def placement_dir(task: str, study: str | os.PathLike, method: str, embedding: str) -> Path:
-    return task_dir(task) / PLACED_DIR / study_id(study) / f"{method}-{embedding}"
 
 
 # ----------------------------------------------------------------------------- maths (numpy only)
@@ -163,8 +109,7 @@ def transform_position(similarities: np.ndarray, coords: np.ndarray,
 # ----------------------------------------------------------------------------- placing (torch)
 
 def _study_embeddings(study: Path, method: str, embedding: str):
-    from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.predict.similarity import read_similarity_csv
+    from pitune_core.predict.embeddings import load_embeddings  # lazy: loads torch
 
     sp = StudyPaths(study)
     f = sp.embedding_dir(method, embedding) / "embeddings.safetensors"
@@ -181,8 +126,6 @@ def _study_embeddings(study: Path, method: str, embedding: str):
 
 def check_place(task: str, study: str | os.PathLike, cfg: PlaceConfig):
     """Cheap checks before anything trains: ``(spec, data, embeddings)``; raises a clear error."""
-    from pitune_core.data.tasks import TaskDataError
-
     if cfg.embedding not in PLACEABLE:
         raise PlacementError(f"a task is placed by its {', '.join(PLACEABLE)} embedding, not {cfg.embedding!r}")
     if cfg.method not in EXPERT_TYPES:
@@ -194,7 +137,6 @@ def check_place(task: str, study: str | os.PathLike, cfg: PlaceConfig):
     study = Path(study).expanduser().resolve()
     if not study.is_dir():
         raise PlacementError(f"study {study} does not exist")
-    from pitune_core.study.verify import require_verified
 
     require_verified(study, "task place")  # as `pitune transfer` does: the manifest first, bounded
     emb = _study_embeddings(study, cfg.method, cfg.embedding)
@@ -217,12 +159,12 @@ def place_task(task: str, study: str | os.PathLike, cfg: PlaceConfig | None = No
     everything beside the study and return the placement record."""
     import dataclasses
 
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.model.experts import evaluate, load_expert
-    from pitune_core.model.metrics import majority_baseline
-    from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings
-    from pitune_core.study.sources import load_sources
-    from pitune_core.tune.baselines import (DATA_STAGE, Recipe, budget_for, fisher_on, rank_by_embedding, run_data,
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.model.experts import evaluate, load_expert  # lazy: loads torch
+    from pitune_core.model.metrics import majority_baseline  # lazy: loads sklearn
+    from pitune_core.predict.embeddings import TaskEmbeddings, save_embeddings  # lazy: loads torch
+    from pitune_core.study.sources import load_sources  # lazy: loads torch
+    from pitune_core.tune.baselines import (DATA_STAGE, Recipe, budget_for, fisher_on, rank_by_embedding, run_data,  # lazy: loads torch
                                             split_budget, target_side)
 
     cfg = cfg or PlaceConfig()
@@ -318,8 +260,6 @@ def _layout_position(embedding_dir: Path, names: list[str], sims: np.ndarray) ->
     """``(position, neighbours, note)`` of a new task in the layout of ``embedding_dir`` (its
     ``layout.csv``), from its similarities ``sims`` to ``names``: :func:`transform_position` over the
     tasks the layout draws; no position when the study has no layout there."""
-    from pitune_core.predict.layout import read_layout_csv
-
     lay = embedding_dir / "layout.csv"
     if not lay.is_file():
         return None, [], "the study has no layout for this embedding"
@@ -337,8 +277,6 @@ def _predictor_graphs(study: Path, cfg: PlaceConfig) -> list[str]:
     predictor the ground truth found best at few shots, when the study draws it as a graph), so the
     page the dashboard opens on shows the task. Others are not computed (each costs its own rows);
     the Graph tab says which graphs show a placed task."""
-    from pitune_core.study.reader import Study
-
     try:
         emb, _ = Study(study).default_embedding(cfg.method)
     except (OSError, ValueError):
@@ -354,11 +292,8 @@ def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb
     expert stands in for a full-data one), as percentiles over the graph's tasks (1 = ranked first).
     The study's graph is symmetrised over both directions; a user task is no one's source, so its
     entries are its own direction only. Its map position is transformed as for Fisher."""
-    from pitune_core.paths import cache_dir
-    from pitune_core.predict.predictors import available_examples, predict_row, study_context
-    from pitune_core.predict.quality import predictor_of
-    from pitune_core.predict.similarity import read_similarity_csv
-    from pitune_core.study.predictor_graphs import percentiles
+    from pitune_core.predict.predictors import available_examples, predict_row, study_context  # lazy: loads torch
+    from pitune_core.study.predictor_graphs import percentiles  # lazy: loads torch
 
     sp = StudyPaths(study)
     names, _ = read_similarity_csv(sp.similarity_csv(cfg.method, graph))
@@ -384,129 +319,3 @@ def _place_on_predictor(task: str, study: Path, graph: str, cfg: PlaceConfig, bb
     out.mkdir(parents=True, exist_ok=True)
     (out / PLACEMENT_FILE).write_text(json.dumps(rec, indent=1), encoding="utf-8")
     return rec
-
-
-def placed_on(study: str | os.PathLike, task: str, method: str) -> list[str]:
-    """The embeddings and graphs a placed user task is drawn on, for this study and expert type."""
-    base = task_dir(task) / PLACED_DIR / study_id(study)
-    return sorted(d.name[len(method) + 1:] for d in base.glob(f"{method}-*") if (d / PLACEMENT_FILE).is_file())
-
-
-# ----------------------------------------------------------------------------- reading (no torch)
-
-def _valid(rec, names: list[str]) -> bool:
-    sims = rec.get("similarities") if isinstance(rec, dict) else None
-    if rec.get("format") != PLACEMENT_FORMAT or not isinstance(sims, dict) or set(sims) != set(names):
-        return False
-    return all(isinstance(v, (int, float)) and math.isfinite(v) and -1e-9 <= v <= 1 + 1e-9 for v in sims.values())
-
-
-def placements(study: str | os.PathLike, method: str, embedding: str, names: list[str] | None = None) -> list[dict]:
-    """The placement records of user tasks on this study (same study id) for one expert type and
-    embedding; with ``names`` (the study's similarity rows) only those that match them."""
-    out = []
-    if embedding not in PLACEABLE and not embedding.startswith(PREDICTOR_PREFIX):
-        return out
-    sid = study_id(study)
-    for task in user_task_names():
-        f = task_dir(task) / PLACED_DIR / sid / f"{method}-{embedding}" / PLACEMENT_FILE
-        if not f.is_file():
-            continue
-        try:
-            rec = read_placement(f)
-        except (OSError, ValueError):
-            continue
-        if rec.get("task") != task or (names is not None and not _valid(rec, names)):
-            continue
-        out.append(rec)
-    return out
-
-
-def placed_stamp(study: str | os.PathLike) -> int:
-    """Changes whenever a task is placed on (or removed from) this study: for the dashboard's caches."""
-    sid = study_id(study)
-    h = 0
-    for task in user_task_names():
-        for f in (task_dir(task) / PLACED_DIR / sid).glob(f"*/{PLACEMENT_FILE}"):
-            try:
-                h = hash((h, str(f), f.stat().st_mtime_ns))
-            except OSError:
-                pass
-    return h
-
-
-def merge_similarity(study, method: str, embedding: str, names: list[str], S: np.ndarray,
-                     only: set[str] | None = None):
-    """``(names, S)`` with a row and column per placed user task (or just those in ``only``) appended.
-
-    Placed tasks are compared with the study's tasks only: between two user tasks the entry is 0
-    (not measured), so neither is ever the other's neighbour.
-    """
-    recs = [r for r in placements(study, method, embedding, list(names))
-            if r["task"] not in names and (only is None or r["task"] in only)]
-    if not recs:
-        return list(names), S
-    n, m = len(names), len(recs)
-    out = np.zeros((n + m, n + m), dtype=np.float64)
-    out[:n, :n] = S
-    for i, r in enumerate(recs):
-        v = np.array([float(r["similarities"][t]) for t in names])
-        out[n + i, :n] = v
-        out[:n, n + i] = v
-        out[n + i, n + i] = 1.0
-    return list(names) + [r["task"] for r in recs], out
-
-
-def merge_layout(study, method: str, embedding: str, names: list[str], coords: np.ndarray, note: str):
-    """Layout ``(names, coords, note)`` with the placed user tasks' transformed positions appended."""
-    recs = [r for r in placements(study, method, embedding, list(names))
-            if r["task"] not in names and isinstance(r.get("position"), list) and len(r["position"]) == 2]
-    if not recs:
-        return names, coords, note
-    xy = np.array([[float(r["position"][0]), float(r["position"][1])] for r in recs])
-    if not np.isfinite(xy).all():
-        return names, coords, note
-    extra = (f" · {len(recs)} user task(s) transformed into this layout (weighted mean of their nearest "
-             f"tasks' positions; the layout itself is not recomputed)")
-    return list(names) + [r["task"] for r in recs], np.vstack([coords, xy]), (note or "") + extra
-
-
-def placed_task_infos(study, method: str | None = None) -> list[dict]:
-    """``tasks.json``-like rows for every user task placed on this study (any expert type/embedding)."""
-    sid = study_id(study)
-    out = []
-    for task in user_task_names():
-        base = task_dir(task) / PLACED_DIR / sid
-        recs = sorted(base.glob(f"{method or '*'}-*/{PLACEMENT_FILE}")) if base.is_dir() else []
-        if not recs:
-            continue
-        try:
-            spec = find_user_task(task)
-            loaded = [read_placement(p) for p in recs]  # bounded, regular files only
-        except (UserTaskError, OSError, ValueError):
-            continue
-        if spec is None:
-            continue
-        loaded = [r for r in loaded if isinstance(r, dict)]
-        rec = next((r for r in loaded if isinstance(r.get("expert"), dict)), loaded[0] if loaded else {})
-        info = spec.info()
-        info.update(num_train=rec.get("num_train"), num_test=rec.get("num_test"), user_task=True,
-                    max_shots=rec.get("max_shots"),
-                    placed_scores={r.get("method"): placed_scores(r, spec.metric) for r in loaded
-                                   if isinstance(r.get("expert"), dict) and r.get("method")})
-        out.append(info)
-    return out
-
-
-def placed_scores(rec: dict, metric: str) -> dict:
-    """A placement's measured test scores in the task's ``metric`` (0..1, None where the record has
-    none: placements before these were recorded, or a malformed file): its own expert, the bare
-    backbone (zero-shot) and the majority class, as the study's expert summary has them."""
-    def pick(d):
-        v = d.get(metric) if isinstance(d, dict) else None
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
-            and 0.0 <= v <= 1.0 else None
-
-    e = rec.get("expert") or {}
-    return {"expert": pick(e.get("test")), "zero_shot": pick(e.get("zero_shot")), "majority": pick(e.get("majority")),
-            "metric": metric, "steps": e.get("steps") if isinstance(e.get("steps"), int) else None}

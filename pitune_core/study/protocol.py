@@ -33,21 +33,13 @@ from pathlib import Path
 from typing import Callable
 
 from pitune_core.spec.vocab import BUDGET_RULES, DEFAULT_K, EXPERT_TYPES, LEGACY_BUDGET_RULE
-from pitune_core.common import check_plan_name
+from pitune_core.common import check_plan_name, read_jsonl, sha256_file
+from pitune_core.spec.vocab import ABLATIONS, CORE, OTHERS, TRANSFER  # noqa: F401  (the plan's approach groups)
 from pitune_core.study.manifest import register_files
+from pitune_core.paths import StudyPaths
 
 PLAN_FORMAT = "pitune-protocol-plan/1"
 MAX_PLAN_BYTES = 1 << 20
-#: run on every target × shots × seed
-CORE = ("pi-tuning", "target-only", "full-finetune", "best-single", "peft-linear", "lorahub")
-#: the recipe's ablations (own expert out, one global weight vector, experts frozen)
-ABLATIONS = ("pi-tuning-no-own", "pi-tuning-global", "pi-tuning-weights-only")
-#: the other baselines
-OTHERS = ("uniform-avg", "uniform-avg-tuned", "random-k", "all-experts", "peft-ties", "peft-dare", "lorahub-tuned",
-          "arrow")
-#: the transfer approaches π-Tuning is compared with ("best other")
-TRANSFER = ("best-single", "peft-linear", "lorahub", "lorahub-tuned", "uniform-avg", "uniform-avg-tuned", "random-k",
-            "all-experts", "peft-ties", "peft-dare", "arrow")
 RESULT_COLUMNS = ("key", "target", "approach", "shots", "seed", "status", "score", "accuracy", "metric", "steps_select",
                   "steps_tune", "steps_total", "sources", "selection", "time_s", "cpu_s")
 
@@ -94,7 +86,7 @@ class ProtocolPlan:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
     def recipe_obj(self):
-        from pitune_core.tune.baselines import Recipe
+        from pitune_core.tune.baselines import Recipe  # lazy: loads torch
 
         return Recipe(**{"budget": LEGACY_BUDGET_RULE, **self.recipe})  # a plan that names no rule predates it
 
@@ -106,8 +98,8 @@ def _check(cond: bool, msg: str) -> None:
 
 def parse_plan(obj: dict) -> ProtocolPlan:
     """Validate a plan object (untrusted JSON) and return it."""
-    from pitune_core.data.tasks import TASKS
-    from pitune_core.tune.baselines import APPROACHES, Recipe
+    from pitune_core.data.tasks import TASKS  # lazy: loads safetensors
+    from pitune_core.tune.baselines import APPROACHES, Recipe  # lazy: loads torch
 
     _check(isinstance(obj, dict), "a plan must be a JSON object")
     _check(obj.get("format") == PLAN_FORMAT, f"not a protocol plan (format must be {PLAN_FORMAT!r})")
@@ -182,7 +174,7 @@ def select_targets(summary_csv: str | Path, method: str = "lora", margin: float 
     """Targets by :data:`TARGET_RULE` (in suite order) and the per-task evidence behind the choice."""
     import numpy as np
 
-    from pitune_core.data.tasks import MODALITIES, TASKS, load_raw_task_data
+    from pitune_core.data.tasks import MODALITIES, TASKS, load_raw_task_data  # lazy: loads safetensors
 
     with open(summary_csv, newline="") as f:
         rows = {r["task"]: r for r in csv.DictReader(f) if r["method"] == method}
@@ -211,7 +203,7 @@ def select_targets(summary_csv: str | Path, method: str = "lora", margin: float 
 def make_plan(summary_csv: str | Path = "precomputed/experts/summary.csv", name: str = "few-shot-v2",
               margin: float = 5.0, min_shots: int = 16, min_targets: int = 12) -> ProtocolPlan:
     """The plan the rule gives (what ``plans/few-shot-v2.json`` holds)."""
-    from pitune_core.tune.baselines import Recipe
+    from pitune_core.tune.baselines import Recipe  # lazy: loads torch
 
     targets, evidence = select_targets(summary_csv, "lora", margin, min_shots, min_targets)
     text = TARGET_RULE.format(method="lora", summary=summary_csv, margin=margin, min_shots=min_shots,
@@ -240,9 +232,8 @@ def alignment_check(study: str | Path, targets: list[str]) -> dict:
     a projector of unknown alignment is never clean; a clip-art projector is clean when no clip-art
     image equals or nearly equals an image of a target's val/test split.
     """
-    from pitune_core.data.tasks import get_task
-    from pitune_core.model.backbone import PROJECTOR_META
-    from pitune_core.paths import StudyPaths
+    from pitune_core.data.tasks import get_task  # lazy: loads safetensors
+    from pitune_core.model.backbone import PROJECTOR_META  # lazy: loads torch
 
     meta_path = StudyPaths(study).backbone / PROJECTOR_META
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -252,7 +243,7 @@ def alignment_check(study: str | Path, targets: list[str]) -> dict:
         touched = sorted(set(image_targets) | (set(targets) & set(meta.get("tasks", []))))
         return {"corpus": corpus, "clean": corpus == "tasks" and not touched, "touched": touched,
                 "detail": f"aligned on the training splits of {', '.join(meta.get('tasks', [])) or 'unknown data'}"}
-    from pitune_core.model.align import check_disjoint, clipart_corpus
+    from pitune_core.model.align import check_disjoint, clipart_corpus  # lazy: loads torch
 
     overlap = check_disjoint(clipart_corpus()["images"], image_targets)
     touched = sorted({k.split("/")[0] for k, v in overlap.items() if v["exact"] or v["near"]})
@@ -262,11 +253,9 @@ def alignment_check(study: str | Path, targets: list[str]) -> dict:
 
 def run_context(study: str | Path, method: str, targets: list[str]) -> dict:
     """What a row's validity depends on besides the plan and the job."""
-    from pitune_core.common import sha256_file
-    from pitune_core.data.dedup import table
-    from pitune_core.data.tasks import DATA_VERSION
-    from pitune_core.model.backbone import PROJECTOR_FILE, projector_id
-    from pitune_core.paths import StudyPaths
+    from pitune_core.data.dedup import table  # lazy: loads safetensors
+    from pitune_core.data.tasks import DATA_VERSION  # lazy: loads safetensors
+    from pitune_core.model.backbone import PROJECTOR_FILE, projector_id  # lazy: loads torch
 
     paths = StudyPaths(study)
     experts = paths.experts_of(method)
@@ -288,8 +277,6 @@ def job_key(plan: ProtocolPlan, job: dict, context: dict) -> str:
 # ----------------------------------------------------------------------------- running
 
 def _records(log: Path) -> list[dict]:
-    from pitune_core.common import read_jsonl
-
     return read_jsonl(log)
 
 
@@ -306,9 +293,8 @@ def _open_out(out: Path, plan: ProtocolPlan) -> Path:
 
 def load_study_sources(study: str | Path, method: str):
     """The study's source experts with their similarities and Fisher embeddings (protocol selection)."""
-    from pitune_core.paths import StudyPaths
-    from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.study.sources import load_sources
+    from pitune_core.predict.embeddings import load_embeddings  # lazy: loads torch
+    from pitune_core.study.sources import load_sources  # lazy: loads torch
 
     sources = load_sources(study, method)
     emb = StudyPaths(study).embeddings_file(method, "fisher")
@@ -325,10 +311,9 @@ def run_plan(plan: ProtocolPlan, study: str | Path, out: str | Path, backbone=No
 
     ``sample=True`` runs one seeded job per (approach, regime) cell instead (full data first): a few
     real runs to measure per-run times for :func:`estimate`, with ``limit`` capping them."""
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.paths import StudyPaths
-    from pitune_core.study.transfer import take_shard
-    from pitune_core.tune.baselines import run_method
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.study.transfer import take_shard  # lazy: loads torch
+    from pitune_core.tune.baselines import run_method  # lazy: loads torch
 
     out = Path(out)
     align = alignment_check(study, plan.targets)
@@ -422,7 +407,7 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
     """Write ``results.csv`` (every planned run with its status) and ``report.md``; with ``study``,
     register them in that study's manifest when ``out`` lies inside it, and rewrite the study's
     REPORT.md (which includes this report)."""
-    from pitune_core.study.stats import report_section
+    from pitune_core.study.read.stats import report_section  # lazy: loads numpy
 
     rows = collect(plan, out, context)
     path = Path(out) / "results.csv"
@@ -431,7 +416,7 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
         w.writeheader()
         for r in rows:
             w.writerow({**r, "shots": "full" if r["shots"] is None else r["shots"]})
-    from pitune_core.data.dedup import markdown as dedup_markdown
+    from pitune_core.data.dedup import markdown as dedup_markdown  # lazy: loads safetensors
 
     steps = {}
     for r in rows:
@@ -452,7 +437,6 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
         + "\n".join(lines) + "\n\n" + dedup_markdown())
     if study is not None and register_files(study, [path, Path(out) / "report.md", Path(out) / "plan.json",
                                                      Path(out) / "runs.jsonl"]):
-        from pitune_core.paths import StudyPaths
         from pitune_core.study.report import report
 
         rep = StudyPaths(study).report  # the study's REPORT.md carries this plan's report: keep it current

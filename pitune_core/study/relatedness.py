@@ -12,7 +12,7 @@ measured:
 
 The analysis is fixed here and in the plan's notes before its pairs run: a pair's gain is its seed mean
 (points over the target's from-scratch score on the same seed); per target, the mean gain of each
-kind; over targets, the mean with a BCa bootstrap 95 % CI (:func:`pitune_core.study.stats.paired`).
+kind; over targets, the mean with a BCa bootstrap 95 % CI (:func:`pitune_core.study.read.stats.paired`).
 The headline is the paired difference *same family − other family* (other family = both other kinds)
 over targets: related tasks carry transfer where its CI lies above 0. Nothing here trains a model.
 """
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pitune_core.common import write_atomic
+from pitune_core.study.read.stats import bootstrap_ci, paired
 
 KINDS = ("same_family", "same_modality_other_family", "cross_modality_other_family")
 RESULT_FILE = "relatedness.json"
@@ -44,8 +45,6 @@ def relatedness(gains: np.ndarray, tasks: list[str], info: dict[str, dict], targ
     measured; :func:`pitune_core.study.transfer.gain_tensor`) over ``tasks`` with their
     ``{"family", "modality"}``. Returns per-kind means with CIs over targets, the paired difference
     same family − other family, and every pair's seed-mean gain."""
-    from pitune_core.study.stats import bootstrap_ci, paired
-
     with warnings.catch_warnings():  # a pair never measured (a gated source) is NaN on every seed: stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(gains, axis=0) if np.isfinite(gains).any() else np.full(gains.shape[1:], np.nan)
@@ -87,8 +86,8 @@ def relatedness(gains: np.ndarray, tasks: list[str], info: dict[str, dict], targ
 
 def run_relatedness(plan, out: str | Path) -> dict:
     """The analysis of ``plan``'s pairs in ``out``; written to ``out/relatedness.json``."""
-    from pitune_core.data.tasks import get_task
-    from pitune_core.study.transfer import gain_tensor
+    from pitune_core.data.tasks import get_task  # lazy: loads safetensors
+    from pitune_core.study.transfer import gain_tensor  # lazy: loads torch
 
     out = Path(out)
     gains = gain_tensor(out / "pairs.jsonl", plan.tasks, plan.seeds, plan.key())

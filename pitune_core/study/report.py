@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pitune_core.common import ADMISSION_MARGIN, EXPERT_TYPES
+from pitune_core.common import ADMISSION_MARGIN, EXPERT_TYPES, read_jsonl
 from pitune_core.paths import StudyPaths
 from pitune_core.spec.vocab import PROBE_GAP_POINTS, VL_MARGIN_POINTS
-from pitune_core.study.results import read_matrix_csv, read_results
+from pitune_core.study.read.results import read_matrix_csv, read_results
+from pitune_core.predict.quality import headline
+from pitune_core.study.relatedness import RESULT_FILE, markdown
 
 
 def _rows(path: Path) -> list[dict]:
@@ -232,8 +234,6 @@ def groundtruth_section(root: Path) -> list[str]:
     """The transfer ground truth's reliability (the noise ceiling) and each predictor's quality at
     each target data size (``groundtruth/<plan>/quality.json``, written by ``pitune transfer-study
     --stage quality``)."""
-    from pitune_core.study.relatedness import RESULT_FILE, markdown
-
     base = StudyPaths(root).groundtruth("x").parent
     out = []
     for d in sorted(base.iterdir()) if base.is_dir() else []:
@@ -301,8 +301,6 @@ def _where_pairs_ran(d: Path) -> list[str]:
     device reproducibility check (``device_check.json``, bench/device_reproducibility.py)."""
     from collections import Counter
 
-    from pitune_core.common import read_jsonl
-
     p = d / "pairs.jsonl"
     if not p.is_file() or p.is_symlink():
         return []
@@ -318,8 +316,6 @@ def _where_pairs_ran(d: Path) -> list[str]:
 
 def _verdict(q: dict) -> list[str]:
     """The issue's goal for the best predictor at the smallest few-shot size, checked plainly."""
-    from pitune_core.predict.quality import headline
-
     if headline(q) is None:
         return []
     size, best = headline(q)

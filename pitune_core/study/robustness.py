@@ -10,7 +10,7 @@ may read them). Scores are in points (0-100), as everywhere a difference is show
   model suffers off its own test set; here called effective robustness, the paired quantity the issue
   asks for. It is not Taori et al.'s residual from a fitted in-/out-of-distribution line.)
 - :func:`paired_robustness`: the paired difference of one of those numbers between two approaches over
-  the targets both have (:func:`pitune_core.study.stats.paired`: mean, BCa bootstrap CI over targets
+  the targets both have (:func:`pitune_core.study.read.stats.paired`: mean, BCa bootstrap CI over targets
   with scipy.stats.bootstrap, the percentile interval beside it, Wilcoxon p, win/tie/loss).
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from pitune_core.spec.vocab import ROBUSTNESS_SETS
-from pitune_core.study.stats import Paired, paired
+from pitune_core.study.read.stats import Paired, paired
 
 IN_DISTRIBUTION, SHIFTED, CORRUPTED = ROBUSTNESS_SETS
 #: the numbers :func:`robustness_summary` / :func:`effective_robustness` give, which :func:`paired_robustness` compares

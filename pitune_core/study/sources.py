@@ -7,14 +7,16 @@ from pathlib import Path
 
 from pitune_core.paths import StudyPaths
 from pitune_core.spec.vocab import EXPERT_META_FILE
+from pitune_core.study.read.placed import merge_similarity  # user tasks placed on this study can be targets
 from pitune_core.tune.interpolation import InterpolationError
+from pitune_core.common import admission
+from pitune_core.model.experts import ExpertError, read_expert_meta
+from pitune_core.predict.similarity import read_similarity_csv
+from pitune_core.tune.baselines import Sources
 
 
 def load_sources(study: str | Path, method: str, embedding: str = "fisher"):
     """The study's experts of one method and the predicted similarities between them."""
-    from pitune_core.predict.similarity import read_similarity_csv
-    from pitune_core.tune.baselines import Sources
-
     study = Path(study)
     root = StudyPaths(study).experts_of(method)
     if not root.is_dir():
@@ -27,8 +29,6 @@ def load_sources(study: str | Path, method: str, embedding: str = "fisher"):
     if not sim_path.exists():
         raise InterpolationError(f"no {embedding} similarities for {method} experts in {study} ({sim_path} missing)")
     names, S = read_similarity_csv(sim_path)
-    from pitune_core.study.place import merge_similarity  # user tasks placed on this study can be targets
-
     names, S = merge_similarity(study, method, embedding, names, S)
     return Sources(dirs, names, S, gated=gated, method_config=library_config({n: metas[n] for n in dirs}))
 
@@ -55,9 +55,6 @@ def admitted_experts(dirs: dict[str, Path], metas: dict | None = None) -> tuple[
     ``{task: reason}`` (:func:`pitune_core.common.admission`; an unreadable expert is gated with
     its one-line error). Every path that picks sources goes through here. ``metas``, when given,
     receives each readable expert's metadata."""
-    from pitune_core.common import admission
-    from pitune_core.model.experts import ExpertError, read_expert_meta
-
     admitted, gated = {}, {}
     for name, d in dirs.items():
         try:

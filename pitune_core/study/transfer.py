@@ -31,12 +31,17 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from pitune_core.common import read_jsonl, write_atomic  # read_jsonl: re-exported (callers import it from here)
-from pitune_core.spec.vocab import PAIR_SHOTS, QUALITY_K
+from pitune_core.spec.vocab import PAIR_SHOTS, QUALITY_K, SUCCEEDED
 from pitune_core.spec.env import SHARD_ENV, shard_from_env  # noqa: F401  (re-exported: the stages' callers import them here)
 from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.device import describe_device
 from pitune_core.model.experts import TrainConfig, train_expert
+from pitune_core.common import check_plan_name
+from pitune_core.predict.predictors import PREDICTORS, available_examples, predict_row
+from pitune_core.predict.quality import (METRICS, compare_predictors, seed_reliability, summarise, summarise_within,
+                                         target_quality, within_group_spearman)
+from pitune_core.runs.registry import RunRegistry
 
 
 @dataclass
@@ -149,8 +154,6 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
     Finished pairs land in ``pairs.jsonl`` exactly as with :func:`run_pairs`; failed pairs are
     reported and left for the next (resumed) call.
     """
-    from pitune_core.runs.registry import RunRegistry
-
     log = _start_log(Path(out), method, tasks, budget)
     key = budget.key(method)
     done = _read_done(log, key)
@@ -185,7 +188,7 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
     with open(log, "a") as f:
         for rid in ids:
             rec = records[rid]
-            if rec.status == "succeeded":
+            if rec.status == SUCCEEDED:
                 m = rec.metrics
                 f.write(_record(m["target"], m["source"], m["seed"], m["score"], key, m.get("device")))
             else:
@@ -295,8 +298,6 @@ _PLAN_TYPES = {"name": str, "tasks": list, "targets": list, "method": str, "shot
 
 def load_plan(path: str | Path) -> TransferPlan:
     """Read and validate a plan file (JSON, at most 1 MB; unknown or mistyped fields are refused)."""
-    from pitune_core.predict.predictors import PREDICTORS
-
     path = Path(path)
     if not path.is_file() or path.stat().st_size > 2**20:
         raise ValueError(f"{path}: not a plan file (missing or larger than 1 MB)")
@@ -330,7 +331,6 @@ def load_plan(path: str | Path) -> TransferPlan:
             raw[k] = tuple(raw[k])
     if "name" not in raw or "tasks" not in raw or len(raw["tasks"]) < 3:
         raise ValueError(f"{path}: a plan needs a name and at least 3 tasks")
-    from pitune_core.common import check_plan_name
 
     try:
         check_plan_name(raw["name"])
@@ -356,8 +356,6 @@ def gain_tensor(pairs_path: str | Path, tasks: list[str], seeds, key: str | None
 def reliability(plan: TransferPlan, pairs_path: str | Path) -> dict:
     """Split-half reliability of the plan's measured gains (the noise ceiling); see
     :func:`pitune_core.predict.quality.seed_reliability`."""
-    from pitune_core.predict.quality import seed_reliability
-
     G = gain_tensor(pairs_path, plan.tasks, plan.seeds, plan.key())
     return seed_reliability(G, plan.tasks, plan.tasks, plan.k)
 
@@ -381,8 +379,6 @@ def run_predictors(plan: TransferPlan, ctx, out: str | Path, on_row=None, target
     """Every predictor's row for every (target, target data size, seed): appended to
     ``out/predictors.jsonl`` (keyed by the predictor settings), with its wall time; resumable and
     shardable by (target, shots, seed) group so the per-target caches are shared."""
-    from pitune_core.predict.predictors import available_examples, predict_row
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "predictors.jsonl"
@@ -427,17 +423,6 @@ def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -
     ``out/quality.json`` and ``out/quality.csv`` (with ``out/reliability.json``).
 
     ``key``: only predictor rows of this configuration (:func:`predictor_records`)."""
-    from pitune_core.predict.quality import (
-        METRICS,
-        compare_predictors,
-        seed_reliability,
-        summarise,
-        summarise_within,
-        target_quality,
-        within_group_spearman,
-    )
-    from pitune_core.data.tasks import get_task
-
     out = Path(out)
     G = gain_tensor(out / "pairs.jsonl", plan.tasks, plan.seeds, plan.key())
     rel = seed_reliability(G, plan.tasks, plan.tasks, plan.k)

@@ -64,6 +64,9 @@ from pitune_core.data.tasks import get_task
 from pitune_core.spec.parse import check_not_own_source
 from pitune_core.spec.vocab import (APPROACHES, APPROACHES_BY_NAME, BASELINES, BUDGET_RULES, DEFAULT_K,  # noqa: F401
                                     DEFAULT_SHOTS, LORA_ONLY, PEFT_MERGES, PI_STYLE, SELECTING)
+from pitune_core.model.experts import read_expert_meta
+from pitune_core.predict import embeddings as predict_embeddings  # fisher_information looked up when called
+from pitune_core.predict.similarity import fisher_similarity
 
 # every approach :func:`run_method` knows, the shipped study's list (BASELINES) and the properties that
 # decide how each runs are the spec's records (:data:`pitune_core.spec.vocab.APPROACH_RECORDS`)
@@ -199,11 +202,9 @@ def fisher_on(model, backbone: UnifiedBackbone, spec, train_t, n_max: int, seed:
     gradients by default (equal to the one-example loop, ``batched=False``, up to float rounding)."""
     import torch
 
-    from pitune_core.predict.embeddings import fisher_information
-
     g = seed_everything(seed)
     idx = torch.randperm(len(train_t), generator=g)[: min(n_max, len(train_t))]
-    return fisher_information(model, backbone, train_t.subset(idx), list(spec.verbalizers), batched=batched)
+    return predict_embeddings.fisher_information(model, backbone, train_t.subset(idx), list(spec.verbalizers), batched=batched)
 
 
 def rank_by_embedding(target: str, own: dict[str, np.ndarray], sources: Sources,
@@ -213,8 +214,6 @@ def rank_by_embedding(target: str, own: dict[str, np.ndarray], sources: Sources,
     every task of the study; only the offered ones are ever its sources).
 
     The stored row of the target itself (its full-data embedding) is never read."""
-    from pitune_core.predict.similarity import fisher_similarity
-
     emb = sources.embeddings
     cands = [n for n in emb.names if n != target and (n in sources.expert_dirs or (include_gated and n in sources.gated))]
     if not cands:
@@ -371,7 +370,6 @@ def _peft_merge(target: str, source_list, sources: Sources, backbone: UnifiedBac
 
     spec, tensors, train_t = run_data(target, backbone, shots, seed)
     names = [n for n, _ in source_list]
-    from pitune_core.model.experts import read_expert_meta
 
     for n in names:  # peft reads these adapter_config.json files: validated against pitune's schema first
         read_expert_meta(sources.expert_dirs[n])
@@ -408,8 +406,6 @@ def lorahub(target: str, sources: Sources, backbone: UnifiedBackbone, shots: int
     import nevergrad as ng
     import torch
     import torch.nn.functional as F
-
-    from pitune_core.model.experts import read_expert_meta
 
     spec, tensors, train_t = run_data(target, backbone, shots, seed)
     names = sources.library(target)

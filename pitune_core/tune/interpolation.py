@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from pitune_core.common import PROJECTOR_MODULE
 from pitune_core.model.backbone import UnifiedBackbone
-from pitune_core.model.experts import EXPERT_FORMAT, _versions, read_expert_meta, save_expert
+from pitune_core.model.experts import EXPERT_FORMAT, _versions, load_expert, read_expert_meta, save_expert
 # the one weight parser (torch-free, shared with the CLI, the reader and the dashboard)
 from pitune_core.tune.weights import InterpolationError, initial_logits, parse_weights  # noqa: F401
 
@@ -76,8 +76,6 @@ class InterpolatedExperts(nn.Module):
             raise InterpolationError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         self.granularity = granularity
         from peft import get_peft_model
-
-        from pitune_core.model.experts import load_expert
 
         self.backbone = backbone
         self.expert_dirs = [str(d) for d in expert_dirs]

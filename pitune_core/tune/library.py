@@ -21,13 +21,15 @@ from typing import Callable
 import numpy as np
 
 from pitune_core.model.library import Library, open_library, using_base
-from pitune_core.predict.library import DEFAULT_EMBEDDING, factors_of_model, rank_for
+from pitune_core.predict.library import DEFAULT_EMBEDDING, LIBRARY_EMBEDDINGS, factors_of_model, rank_for
+from pitune_core.common import admission
+from pitune_core.predict.similarity import read_similarity_csv
 
 
 def library_backbone(lib: Library, device=None):
     """A backbone whose trunk is the library's base (call inside :func:`using_base`). Its projector is
     untrained: a library is text-only (imported adapters adapt the trunk's layers alone)."""
-    from pitune_core.model.backbone import UnifiedBackbone
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
 
     return UnifiedBackbone(device=device, backbone_id=lib.base.backbone_id)
 
@@ -36,8 +38,6 @@ def resolve_embedding(lib: Library, requested: str | None) -> str:
     """The embedding that ranks a library's adapters: ``fisher`` (the default of ``top-k`` / ``transfer``)
     where the import measured it from a sample per adapter (``--samples``), else the library's default
     weight-based one; ``weights`` / ``arrow`` as asked."""
-    from pitune_core.predict.library import LIBRARY_EMBEDDINGS
-
     if requested in (None, "fisher"):
         return "fisher" if lib.paths.embeddings_file("lora", "fisher").is_file() else DEFAULT_EMBEDDING
     if requested not in LIBRARY_EMBEDDINGS:
@@ -53,11 +53,9 @@ def library_sources(lib: Library, target: str | None = None, embedding: str = DE
     adapters' Fisher embeddings (``embedding="fisher"``, the study's path) or their weights (a ranker).
     ``target`` gets a neutral row (every similarity 0) so that a run's config validates before its own
     expert ranks the adapters."""
-    from pitune_core.common import admission
-    from pitune_core.model.experts import read_expert_meta
-    from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.predict.similarity import read_similarity_csv
-    from pitune_core.tune.baselines import Sources
+    from pitune_core.model.experts import read_expert_meta  # lazy: loads torch
+    from pitune_core.predict.embeddings import load_embeddings  # lazy: loads torch
+    from pitune_core.tune.baselines import Sources  # lazy: loads torch
 
     names, S = read_similarity_csv(lib.paths.similarity_csv("lora", embedding))
     if target is not None and target not in names:
@@ -87,7 +85,7 @@ def rank_target(target: str, lib: Library, shots: int | None, seed: int = 0, emb
                 on_step: Callable[[dict], None] | None = None, backbone=None) -> list[tuple[str, float]]:
     """``pitune top-k TARGET --library LIB``: the target's own expert, trained on ``shots`` per class with
     the steps a transfer run gives it, compared with every adapter of the library (best first)."""
-    from pitune_core.tune.baselines import Recipe, budget_for, run_data, split_budget, target_side
+    from pitune_core.tune.baselines import Recipe, budget_for, run_data, split_budget, target_side  # lazy: loads torch
 
     with using_base(lib.base):
         bb = backbone or library_backbone(lib)
@@ -103,7 +101,7 @@ def run_library_transfer(config: dict, lib_name: str, run_dir: str | Path, embed
                          on_step: Callable[[dict], None] | None = None, backbone=None) -> dict:
     """``pitune transfer TARGET --library LIB``: :func:`pitune_core.tune.run.run_transfer` on the library.
     The result (``run_dir/expert``) is an ordinary peft adapter of the library's base."""
-    from pitune_core.tune.run import run_transfer
+    from pitune_core.tune.run import run_transfer  # lazy: loads torch
 
     lib = open_library(lib_name)
     config = {**config, "method": "lora", "study": str(lib.root), "library": lib.name,
@@ -116,7 +114,7 @@ def run_library_transfer(config: dict, lib_name: str, run_dir: str | Path, embed
 
 def prepare_library_transfer(config: dict, lib_name: str, embedding: str = DEFAULT_EMBEDDING) -> dict:
     """The run's config validated before anything trains (:func:`pitune_core.tune.run.prepare_transfer`)."""
-    from pitune_core.tune.run import prepare_transfer
+    from pitune_core.tune.run import prepare_transfer  # lazy: loads torch
 
     lib = open_library(lib_name)
     with using_base(lib.base):

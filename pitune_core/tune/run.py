@@ -35,7 +35,15 @@ from typing import Callable
 
 from pitune_core.spec.configs import TransferConfig
 from pitune_core.spec.vocab import DEFAULT_K
-from pitune_core.tune.interpolation import InterpolationError, parse_weights
+from pitune_core.tune.interpolation import InterpolationError, check_sources, parse_weights
+from pitune_core.data.tasks import get_task
+from pitune_core.model.backbone import UnifiedBackbone
+from pitune_core.paths import StudyPaths, cache_dir
+from pitune_core.predict.embeddings import load_embeddings
+from pitune_core.predict.predictors import available_examples, predict_row, study_context
+from pitune_core.tune import baselines  # baselines.budget_for is looked up when called (tests replace it)
+from pitune_core.tune.baselines import (DATA_STAGE, Recipe, interpolate_and_tune, resolve_sources, run_data,
+                                        split_budget, target_side)
 
 #: what a run writes besides config.json; any of them present means the directory holds a run
 RUN_OUTPUTS = ("weights.json", "expert", "own", "metrics.json", "error.txt", "FAILED", "INTERRUPTED", "CANCELLED")
@@ -52,9 +60,6 @@ DEFAULTS = {**{n: v for n, v in TransferConfig.defaults().items() if n != "targe
 
 def prepare_transfer(config: dict, sources) -> dict:
     """Fill defaults and validate; raises a clear ValueError before any training."""
-    from pitune_core.tune.baselines import resolve_sources
-    from pitune_core.data.tasks import get_task
-
     try:  # the spec's settings fill the defaults and validate them, once
         tc = TransferConfig.from_dict(config, strict=False)
     except InterpolationError:
@@ -78,7 +83,6 @@ def prepare_transfer(config: dict, sources) -> dict:
     cfg["weights"] = w
     if cfg["shots"] is not None:
         get_task(cfg["target"]).load().few_shot(int(cfg["shots"]), seed=int(cfg["seed"]))
-    from pitune_core.tune.interpolation import check_sources
 
     check_sources([sources.expert_dirs[n] for n in cfg["sources"]])
     return cfg
@@ -87,9 +91,6 @@ def prepare_transfer(config: dict, sources) -> dict:
 def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[dict], None] | None = None,
                  backbone=None) -> dict:
     """Validate, train, write the run directory; returns the metrics."""
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.tune.baselines import interpolate_and_tune
-
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} is a file; give a directory")
@@ -115,7 +116,6 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
             (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         tune_cb = on_step
         if on_step is not None and own_dir is not None:  # the data stage is over: not reported a second time
-            from pitune_core.tune.baselines import DATA_STAGE
 
             tune_cb = lambda p: None if p.get("stage") == DATA_STAGE else on_step(p)  # noqa: E731
         interp, metrics, history = interpolate_and_tune(
@@ -161,10 +161,6 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool, on_step=None
     Returns the updated config, the tuning steps left and the own expert's directory."""
     import dataclasses
 
-    from pitune_core.paths import StudyPaths
-    from pitune_core.predict.embeddings import load_embeddings
-    from pitune_core.tune.baselines import DATA_STAGE, Recipe, budget_for, run_data, split_budget, target_side
-
     shots = None if cfg["shots"] is None else int(cfg["shots"])
     seed = int(cfg["seed"])
     emb = StudyPaths(cfg["study"]).embeddings_file(cfg["method"], "fisher")
@@ -173,7 +169,7 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool, on_step=None
     if on_step:
         on_step({"stage": DATA_STAGE})
     _, _, train_t = run_data(cfg["target"], bb, shots, seed)
-    own_steps, tune_steps = split_budget(budget_for(shots, seed).steps_for(len(train_t)), Recipe())
+    own_steps, tune_steps = split_budget(baselines.budget_for(shots, seed).steps_for(len(train_t)), Recipe())
     side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, run_dir, on_step=on_step)
     cfg["steps_select"] = side.own_steps
     if rank:
@@ -199,9 +195,6 @@ def _predictor_ranking(predictor: str, cfg: dict, sources, bb, on_step=None) -> 
     uses the predictor's full-data row of the study graph. Best first, ties by name. The sources'
     side comes from the study (:func:`~pitune_core.predict.predictors.study_context`); a row it does
     not ship is computed once, as a named stage with a count."""
-    from pitune_core.paths import cache_dir
-    from pitune_core.predict.predictors import available_examples, predict_row, study_context
-
     experts = {n: Path(d) for n, d in sorted(sources.expert_dirs.items()) if n != cfg["target"]}
     ctx = study_context(cfg["study"], bb, experts, cfg["method"], cache_dir=cache_dir() / "predictors",
                         on_progress=on_step)
@@ -211,6 +204,4 @@ def _predictor_ranking(predictor: str, cfg: dict, sources, bb, on_step=None) -> 
 
 
 def _modality(task: str) -> str:
-    from pitune_core.data.tasks import get_task
-
     return get_task(task).modality

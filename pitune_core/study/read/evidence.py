@@ -3,8 +3,8 @@
 The protocol's ``results.csv`` (:mod:`pitune_core.study.protocol`) lists every planned run with its
 status; a study is filled over several sessions, so most of the time some rows are ``missing``.
 This module turns those rows (already parsed and validated by
-:meth:`pitune_core.study.reader.Study.protocol_results`) into what the dashboard shows, without
-torch and without re-implementing any statistic (:mod:`pitune_core.study.stats` does the work):
+:meth:`pitune_core.study.read.reader.Study.protocol_results`) into what the dashboard shows, without
+torch and without re-implementing any statistic (:mod:`pitune_core.study.read.stats` does the work):
 
 - progress per regime (``4-shot``, ``16-shot``, ``full``): done / failed / missing of the planned runs;
 - the approach table: mean ± std (ddof=1) over per-target means, n targets;
@@ -36,8 +36,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pitune_core.study import stats
-from pitune_core.study.protocol import ABLATIONS, TRANSFER
+from pitune_core.study.read import stats
+from pitune_core.spec.vocab import ABLATIONS, TRANSFER
+from pitune_core.common import check_task_name
+from pitune_core.study.read.results import parse_float
 
 MAIN = "pi-tuning"
 BASELINE = "target-only"
@@ -60,9 +62,6 @@ def read_protocol_csv(path: str | os.PathLike, shown: str | None = None) -> list
     ints, a done row's score a number in [0, 1], no duplicate run). Returns rows with shots an int or
     ``"full"``, seed an int, score / accuracy / steps / times floats or None (``parse_float``) and
     sources a list; raises ``ValueError`` with one line naming the file (``shown``) and line."""
-    from pitune_core.common import check_task_name
-    from pitune_core.study.results import parse_float
-
     path = Path(path)
     shown = shown or str(path)
     if path.is_symlink() or not path.is_file():
@@ -179,7 +178,7 @@ def _fragile(p: dict) -> bool:
 
 def recommend(regime: dict, means: dict[str, dict[str, float]]) -> dict:
     """The recommendation for one regime of :func:`summarise` (rule in the module docstring; ``means``
-    are the regime's complete per-target means, :func:`pitune_core.study.stats.complete_means`):
+    are the regime's complete per-target means, :func:`pitune_core.study.read.stats.complete_means`):
     ``{"approach", "pi_tuning" (bool: the rule for π-Tuning held), "provisional" (bool), "text"}``;
     ``approach`` is None when no approach has a complete target yet."""
     diffs = {d["b"]: d for d in regime["diffs"] if d["a"] == MAIN}

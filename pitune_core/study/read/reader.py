@@ -19,19 +19,31 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
-from pitune_core.common import EXPERT_TYPE_LABELS, EXPERT_TYPES, MODALITIES, check_task_name, parse_shots, parse_sources
+from pitune_core.common import (EXPERT_TYPES, EXPERT_TYPE_LABELS, MODALITIES, check_task_name, parse_shots,
+                                parse_sources)
 from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, RUNS_LOG_FILE, SIMILARITY_FILE, StudyPaths
-from pitune_core.study.results import parse_float as _float
-from pitune_core.study.results import read_matrix_csv, read_results
+from pitune_core.study.read.results import parse_float as _float, read_matrix_csv, read_results
 from pitune_core.paths import default_study as default_study_path
+from pitune_core.spec.configs import TransferConfig
 from pitune_core.spec.parse import check_not_own_source
 from pitune_core.spec.vocab import DEFAULT_SHOTS, EXPERT_META_FILE, GRAPH_K, NEIGHBORS_FILE, PREDICTOR_EMBEDDINGS, PREDICTOR_PREFIX, predictor_of
 from pitune_core.spec.vocab import EMBEDDINGS as STUDY_EMBEDDINGS
+from pitune_core.study.read.placed import merge_layout, merge_similarity, placed_task_infos  # + user tasks placed on it
 from pitune_core.spec.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
 
 from pitune_core.predict.quality import fullest_plan, headline
+from pitune_core.study.read.groundtruth_files import (GROUNDTRUTH_FILES, GT_MAX_PAIRS_BYTES, GroundTruthError, gt_file,
+                                                     parse_gt_quality, parse_gt_reliability, read_bounded_json,
+                                                     read_gt_gains, versus_rule)
+from pitune_core.common import admission, check_plan_name, read_regular
+from pitune_core.predict.layout import read_layout_csv
+from pitune_core.predict.neighbors import read_neighbors_csv
+from pitune_core.predict.similarity import read_similarity_csv, top_k
+from pitune_core.study.read.crossmodal import finding_sentence, modality_gains
+from pitune_core.study.read.evidence import read_protocol_csv, summarise, target_measurements
+from pitune_core.study.verify import verify_study
 
 
 __all__ = [
@@ -146,8 +158,6 @@ def _plan_folders(base: Path, has_outputs) -> list[str]:
     """The plan folders under ``base`` (``protocol/`` or ``groundtruth/``) for which ``has_outputs``
     holds, sorted; names that are not plan names and symbolic links are skipped, so a listed name is
     safe to join."""
-    from pitune_core.common import check_plan_name
-
     if base.is_symlink() or not base.is_dir():
         return []
     out = []
@@ -186,7 +196,6 @@ class Study:
             return [f"{self.root} does not exist"]
         if not self.root.is_dir():
             return [f"{self.root} is not a directory"]
-        from pitune_core.study.verify import verify_study
 
         try:
             problems = list(verify_study(self.root, load_experts=False))
@@ -249,8 +258,6 @@ class Study:
                 raise ValueError("expected a list of task objects with a 'name'")
             for t in data:
                 check_task_name(t["name"], "tasks.json lists a task")
-            from pitune_core.study.place import placed_task_infos  # user tasks placed on this study
-
             have = {t["name"] for t in data}
             return data + [t for t in placed_task_infos(self.root) if t["name"] not in have]
         return self._memo(("tasks",), load)
@@ -321,7 +328,7 @@ class Study:
         size, best = headline(qualities[plan])
         emb = PREDICTOR_PREFIX + best
         if emb in have:
-            return emb, f"best Spearman at {size} in groundtruth/{plan}" + _versus_rule(qualities[plan], size, best)
+            return emb, f"best Spearman at {size} in groundtruth/{plan}" + versus_rule(qualities[plan], size, best)
         return fallback, f"{best} is best at {size} in groundtruth/{plan}, but this study has no {emb} graph; showing {fallback}"
 
     def expert_summary(self) -> list[dict]:
@@ -364,7 +371,6 @@ class Study:
             if all("admitted" in r for r in rows.values()):
                 return {t: str(r.get("gate") or "not offered as a source") for t, r in rows.items()
                         if str(r["admitted"]).strip() == "0"}
-            from pitune_core.common import admission, read_regular
 
             out = {}
             for t in rows:
@@ -451,8 +457,6 @@ class Study:
         """``(names, index (n, k), similarity (n, k))``: every task's stored top-k, best first
         (``neighbors.csv``, written by ``pitune hub synth``); ValueError if the study has none."""
         def load():
-            from pitune_core.study.hub import read_neighbors_csv
-
             d = self._predict_dir(method, embedding)
             if not (d / NEIGHBORS_FILE).is_file():
                 raise ValueError(f"no {NEIGHBORS_FILE} for {method}/{embedding} in this study")
@@ -464,14 +468,10 @@ class Study:
     def similarity(self, method: str, embedding: str) -> tuple[list[str], Any]:
         """(task names, similarity matrix as a numpy array)."""
         def load():
-            from pitune_core.predict.similarity import read_similarity_csv
-
             path = self._predict_dir(method, embedding) / SIMILARITY_FILE
             names, S = read_similarity_csv(path)
             for n in names:  # file-supplied names reach paths and labels: identifiers only
                 check_task_name(n, f"{path.relative_to(self.root)} names a task")
-            from pitune_core.study.place import merge_similarity  # + user tasks placed on this study
-
             return merge_similarity(self.root, method, embedding, names, S)
         return self._memo(("sim", method, embedding), load)
 
@@ -480,15 +480,13 @@ class Study:
         p = self._predict_dir(method, embedding) / GRAPH_FILE
         if not p.is_file():
             return None
-        from pitune_core.predict.graph import read_graph_json
+        from pitune_core.predict.graph import read_graph_json  # lazy: loads networkx
 
         return read_graph_json(p)
 
     def layout(self, method: str, embedding: str) -> tuple[list[str], Any, str]:
         """(names, coordinates (n, 2), note on how the layout was made)."""
         def load():
-            from pitune_core.predict.layout import read_layout_csv
-
             d = self._predict_dir(method, embedding)
             if not (d / LAYOUT_FILE).is_file():
                 raise ValueError(f"no layout for {method}/{embedding} in this study")
@@ -497,8 +495,6 @@ class Study:
                 check_task_name(n, f"{LAYOUT_FILE} names a task")
             note_p = d / LAYOUT_NOTE_FILE
             note = note_p.read_text(encoding="utf-8").strip() if note_p.is_file() else ""
-            from pitune_core.study.place import merge_layout  # + user tasks placed on this study
-
             return merge_layout(self.root, method, embedding, names, coords, note)
         return self._memo(("layout", method, embedding), load)
 
@@ -510,7 +506,7 @@ class Study:
         :meth:`node_attrs` plus ``community``; ``summary`` is
         :func:`pitune_core.predict.graph.community_summary` (members and modalities per community).
         """
-        from pitune_core.predict.graph import (
+        from pitune_core.predict.graph import (  # lazy: loads networkx
             annotate_communities,
             build_graph,
             community_summary,
@@ -541,8 +537,6 @@ class Study:
 
     def top_k(self, target: str, k: int, method: str, embedding: str) -> list[TopSource]:
         """The ``k`` experts most similar to ``target`` (best first), with measured gains."""
-        from pitune_core.predict.similarity import top_k
-
         self._check_task(target)
         if self.has_neighbours(method, embedding):  # a hub: its stored top-k (exact similarities)
             names, index, sim = self.neighbours(method, embedding)
@@ -673,7 +667,7 @@ class Study:
         p = self._groundtruth_file(name, "quality.json")
         if p is None:
             return None
-        return self._memo(("gt_quality", name), lambda: _parse_gt_quality(_read_bounded_json(p, self.root), name))
+        return self._memo(("gt_quality", name), lambda: parse_gt_quality(read_bounded_json(p, self.root), name))
 
     def groundtruth_reliability(self, name: str) -> dict | None:
         """``groundtruth/NAME/reliability.json`` (:func:`pitune_core.predict.quality.seed_reliability`),
@@ -681,7 +675,7 @@ class Study:
         p = self._groundtruth_file(name, "reliability.json")
         if p is None:
             return None
-        return self._memo(("gt_rel", name), lambda: _parse_gt_reliability(_read_bounded_json(p, self.root), name))
+        return self._memo(("gt_rel", name), lambda: parse_gt_reliability(read_bounded_json(p, self.root), name))
 
     def groundtruth_gains(self, name: str) -> tuple[list[str], list[str], Any, dict] | None:
         """The plan's measured gains from ``groundtruth/NAME/pairs.jsonl``: ``(targets, sources, G, info)``
@@ -698,17 +692,15 @@ class Study:
                 key = (self.groundtruth_quality(name) or {}).get("key")
             except GroundTruthError:
                 pass
-            return _read_gt_gains(p, self.root, key, self.task_names())
+            return read_gt_gains(p, self.root, key, self.task_names())
         return self._memo(("gt_gains", name), load)
 
     def cross_modal_finding(self, plan: str | None = None) -> dict | None:
-        """Same- vs cross-modality measured gains (:func:`pitune_core.study.crossmodal.modality_gains`)
+        """Same- vs cross-modality measured gains (:func:`pitune_core.study.read.crossmodal.modality_gains`)
         with ``sentence`` and ``source``: from the ground truth's pairs of ``plan`` (default: the
         plan whose pairs cover the most targets) when there are any, else from
         transfer/transfer_matrix.csv; None when the study has neither. :class:`GroundTruthError`
         for an unreadable pairs log."""
-        from pitune_core.study.crossmodal import finding_sentence, modality_gains
-
         def load():
             mm = self.measured_matrix(plan)
             if mm is None:
@@ -747,10 +739,8 @@ class Study:
 
     def protocol_results(self, name: str) -> list[dict]:
         """Validated rows of ``protocol/<name>/results.csv`` (every planned run, status done | failed |
-        missing; :func:`pitune_core.study.evidence.read_protocol_csv`); a one-line ``ValueError`` for
+        missing; :func:`pitune_core.study.read.evidence.read_protocol_csv`); a one-line ``ValueError`` for
         an unknown plan or a malformed file. Re-read when the file changes (a study fills over time)."""
-        from pitune_core.study.evidence import read_protocol_csv
-
         if name not in self.protocol_plans():
             raise ValueError(f"no protocol results for plan {str(name)[:80]!r} in this study")
         p = StudyPaths(self.root).protocol(name) / "results.csv"
@@ -760,11 +750,9 @@ class Study:
 
     def protocol_summary(self, name: str) -> dict:
         """Progress, approach × regime table, paired differences with bootstrap CIs, verdicts and the
-        recommendation per regime (:func:`pitune_core.study.evidence.summarise`; differences only over
+        recommendation per regime (:func:`pitune_core.study.read.evidence.summarise`; differences only over
         targets where both approaches have every planned seed done). Never raises for a bad file:
         ``{"plan": name, "problem": "<one line>"}`` instead."""
-        from pitune_core.study.evidence import summarise
-
         try:
             rows = self.protocol_results(name)
         except (OSError, ValueError) as e:
@@ -790,13 +778,11 @@ class Study:
         """What the study measured on ``target``, for the page that draws a user's run beside it:
 
         ``{"target", "source" (the file read, or None), "provisional" (a pre-protocol comparison),
-        "plan", "metric", "regimes" ({regime: approach rows}, :func:`~pitune_core.study.evidence.target_measurements`),
+        "plan", "metric", "regimes" ({regime: approach rows}, :func:`~pitune_core.study.read.evidence.target_measurements`),
         "zero_shot", "zero_shot_source", "problem" (one line, or None)}``. Read from the protocol's
         results (``protocol/<plan>/results.csv``: the plan that holds the target, ``plan`` if given),
         else from a pre-protocol ``compare/results.csv`` (marked provisional); zero-shot from the
         expert summary, or a placed user task's placement record. Scores are the task's metric, 0..1."""
-        from pitune_core.study.evidence import target_measurements
-
         self._check_task(target)
         out: dict[str, Any] = {"target": target, "source": None, "provisional": False, "plan": None,
                                "metric": self.task(target).get("metric") or "accuracy", "regimes": {},
@@ -847,7 +833,7 @@ class Study:
             if not path.is_file():
                 continue
             try:
-                _gt_file(path, self.root, GT_MAX_PAIRS_BYTES)
+                gt_file(path, self.root, GT_MAX_PAIRS_BYTES)
             except GroundTruthError as e:
                 row["problem"] = str(e)
                 out.append(row)
@@ -900,9 +886,11 @@ class Study:
     # ---------------------------------------------------------------- runs
     def transfer_config(self, target: str, sources: Sequence[str], method: str = "lora",
                         embedding: str = "fisher", weights: str | Sequence[float] = "uniform",
-                        shots: Any = DEFAULT_SHOTS, seed: int = 0, weights_only: bool = False, k: int | None = None) -> dict:
-        """A validated config for the run registry's ``transfer`` kind (cheap checks only; the
-        worker re-validates everything with :func:`pitune_core.tune.run.prepare_transfer`).
+                        shots: Any = DEFAULT_SHOTS, seed: int = 0, weights_only: bool = False,
+                        k: int | None = None) -> TransferConfig:
+        """A validated :class:`~pitune_core.spec.configs.TransferConfig` for the run registry's ``transfer`` kind
+        (its ``to_dict()`` is what is submitted; cheap checks against this study here, and the worker
+        re-validates everything with :func:`pitune_core.tune.run.prepare_transfer`).
 
         With no ``sources`` and a ``k``, the run chooses its own top-``k``: a few-shot run ranks the
         study's sources with ``embedding``'s predictor computed from its own examples alone (the
@@ -937,240 +925,9 @@ class Study:
             if not sources:
                 raise ValueError("hand-set weights need named sources: choose them, or learn the weights")
             w = normalise_weights(w)  # exactly what the run uses
-        return {"target": target, "k": k, "method": method, "embedding": embedding,
-                "shots": parse_shots(shots), "weights": w, "sources": sources or None, "seed": int(seed),
-                "study": str(self.root), "weights_only": bool(weights_only) and isinstance(w, str)}
-
-
-# ----------------------------------------------------------------------------- ground truth files
-
-#: files of a ground-truth folder (``StudyPaths.groundtruth(plan)``, ``pitune transfer-study``)
-GROUNDTRUTH_FILES = ("quality.json", "reliability.json", "pairs.jsonl")
-GT_MAX_JSON_BYTES = 16 << 20  # quality.json of 12 predictors x 3 sizes x 16 targets is ~0.3 MB
-GT_MAX_PAIRS_BYTES = 64 << 20  # pairs.jsonl of 16 tasks x 6 seeds is ~0.2 MB
-GT_MAX_TARGETS = 10_000
-
-
-class GroundTruthError(ValueError):
-    """A ground-truth file that cannot be shown (one readable line; the page shows it as text)."""
-
-
-def _gt_file(path: Path, root: Path, limit: int) -> str:
-    """``path`` relative to the study, once it is known to be a regular file within ``limit`` bytes."""
-    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
-    if path.is_symlink() or not path.is_file():
-        raise GroundTruthError(f"{rel} is not a regular file (symbolic links are refused)")
-    size = path.stat().st_size
-    if size > limit:
-        raise GroundTruthError(f"{rel} is {size / 2**20:.1f} MB, over the limit of {limit >> 20} MB")
-    return rel
-
-
-def _read_bounded_json(path: Path, root: Path) -> Any:
-    rel = _gt_file(path, root, GT_MAX_JSON_BYTES)
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise GroundTruthError(f"{rel} is not valid JSON: {str(e)[:120]}") from None
-
-
-def _gt_num(x: Any, where: str) -> float | None:
-    """A number read from a file: finite float, or None (null, NaN and inf all mean "not defined")."""
-    if x is None:
-        return None
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise GroundTruthError(f"{where} is not a number ({type(x).__name__})")
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _gt_int(x: Any, where: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= 10**9:
-        raise GroundTruthError(f"{where} is not a count ({str(x)[:40]!r})")
-    return int(x)
-
-
-def _gt_obj(x: Any, where: str, most: int = 1000) -> dict:
-    if not isinstance(x, dict):
-        raise GroundTruthError(f"{where} is not an object ({type(x).__name__})")
-    if len(x) > most:
-        raise GroundTruthError(f"{where} has {len(x)} entries, over the limit of {most}")
-    return x
-
-
-def _gt_ci(x: Any, where: str) -> tuple[float | None, float | None]:
-    if x is None:
-        return None, None
-    if not isinstance(x, list) or len(x) != 2:
-        raise GroundTruthError(f"{where} is not a [low, high] pair")
-    return _gt_num(x[0], where), _gt_num(x[1], where)
-
-
-def _gt_name(x: Any, pattern: str, where: str) -> str:
-    import re
-
-    if not isinstance(x, str) or not re.fullmatch(pattern, x):
-        raise GroundTruthError(f"{where}: {str(x)[:60]!r} is not an allowed name")
-    return x
-
-
-_GT_METRIC = r"spearman|top[1-9][0-9]?_hit|ndcg3|regret"
-_GT_SIZE = r"full|[1-9][0-9]{0,4}-shot"
-_GT_REL_FIELD = r"r_half|reliability|ceiling_spearman|oracle_(?:spearman|top[1-9][0-9]?_hit|ndcg3|regret)"
-
-
-def _gt_task(x: Any, where: str) -> str:
-    try:
-        return check_task_name(x, where)
-    except ValueError as e:
-        raise GroundTruthError(str(e)) from None
-
-
-def _gt_numbers(x: Any, pattern: str, where: str) -> dict[str, float | None]:
-    return {_gt_name(k, pattern, where): _gt_num(v, f"{where} {k}") for k, v in _gt_obj(x, where, 64).items()}
-
-
-def _parse_gt_quality(raw: Any, name: str) -> dict:
-    """Validate and copy (known fields only) the structure :func:`~pitune_core.study.transfer.quality_table` writes."""
-    from pitune_core.common import check_plan_name
-    from pitune_core.predict.quality import PREDICTOR_NAMES
-
-    where = f"groundtruth/{name}/quality.json"
-    raw = _gt_obj(raw, where)
-    plan = raw.get("plan")
-    if plan is not None:
-        try:
-            check_plan_name(plan)
-        except ValueError as e:
-            raise GroundTruthError(f"{where}: {e}") from None
-    key = raw.get("key")
-    if key is not None:
-        _gt_name(key, r"[0-9a-f]{1,64}", f"{where} key")
-    rel = _gt_obj(raw.get("reliability") or {}, f"{where} reliability")
-    reliability = {"mean": _gt_numbers(rel.get("mean") or {}, _GT_REL_FIELD, f"{where} reliability.mean"),
-                   "reliability_of_mean_r": _gt_num(rel.get("reliability_of_mean_r"), f"{where} reliability_of_mean_r"),
-                   "n_seeds": _gt_int(rel["n_seeds"], f"{where} n_seeds") if rel.get("n_seeds") is not None else None}
-    table, metrics = {}, []
-    for label, preds in _gt_obj(raw.get("table"), f"{where} table", 16).items():
-        _gt_name(label, _GT_SIZE, f"{where} table (target data size)")
-        out = table[label] = {}
-        for p, v in _gt_obj(preds, f"{where} table.{label}", len(PREDICTOR_NAMES)).items():
-            if p not in PREDICTOR_NAMES:
-                raise GroundTruthError(f"{where} table.{label}: unknown predictor {str(p)[:60]!r} "
-                                       f"(known: {', '.join(PREDICTOR_NAMES)})")
-            w = f"{where} table.{label}.{p}"
-            v = _gt_obj(v, w)
-            summary = {}
-            for m, s in _gt_obj(v.get("summary"), f"{w}.summary", 16).items():
-                _gt_name(m, _GT_METRIC, f"{w}.summary (metric)")
-                s = _gt_obj(s, f"{w}.summary.{m}")
-                summary[m] = {"mean": _gt_num(s.get("mean"), f"{w}.{m}.mean"),
-                              "ci": _gt_ci(s.get("ci"), f"{w}.{m}.ci"),
-                              "ceiling": _gt_num(s.get("ceiling"), f"{w}.{m}.ceiling")}
-                for f, fci in (("fraction_of_ceiling", "fraction_ci"), ("excess_over_ceiling", "excess_ci")):
-                    if f in s:
-                        summary[m][f] = _gt_num(s[f], f"{w}.{m}.{f}")
-                        summary[m][fci] = _gt_ci(s.get(fci), f"{w}.{m}.{fci}")
-                if m not in metrics:
-                    metrics.append(m)
-            per_target = {_gt_task(t, f"{w}.per_target names a task"): _gt_numbers(q, _GT_METRIC + "|seconds|within_modality",
-                                                                                   f"{w}.per_target.{t}")
-                          for t, q in _gt_obj(v.get("per_target") or {}, f"{w}.per_target", GT_MAX_TARGETS).items()}
-            vs = v.get("vs_same_modality")
-            if vs is not None:
-                vs = _gt_obj(vs, f"{w}.vs_same_modality")
-                vs = {"metric": _gt_name(vs.get("metric", "spearman"), _GT_METRIC, f"{w}.vs_same_modality.metric"),
-                      "n_targets": _gt_int(vs.get("n_targets", 0), f"{w}.vs_same_modality.n_targets"),
-                      "mean_difference": _gt_num(vs.get("mean_difference"), f"{w}.vs_same_modality.mean_difference"),
-                      "ci": _gt_ci(vs.get("ci"), f"{w}.vs_same_modality.ci")}
-            wm = v.get("within_modality")  # Spearman among the target's own-modality sources (optional)
-            if wm is not None:
-                wm = _gt_obj(wm, f"{w}.within_modality")
-                wm = {"mean": _gt_num(wm.get("mean"), f"{w}.within_modality.mean"),
-                      "ci": _gt_ci(wm.get("ci"), f"{w}.within_modality.ci"),
-                      "n_targets": _gt_int(wm.get("n_targets", 0), f"{w}.within_modality.n_targets")}
-            out[p] = {"n_targets": _gt_int(v.get("n_targets"), f"{w}.n_targets"), "summary": summary,
-                      "per_target": per_target, "seconds_per_target": _gt_num(v.get("seconds_per_target"),
-                                                                               f"{w}.seconds_per_target"),
-                      "vs_same_modality": vs, "within_modality": wm}
-    order = {"spearman": 0, "top1_hit": 1, "ndcg3": 3, "regret": 4}
-    metrics.sort(key=lambda m: (order.get(m, 2), m))
-    sizes = sorted(table, key=lambda s: (s == "full", int(s.split("-")[0]) if s != "full" else 0))
-    return {"plan": plan or name, "key": key, "reliability": reliability, "sizes": sizes, "metrics": metrics,
-            "table": {s: table[s] for s in sizes}}
-
-
-def _versus_rule(quality: Mapping, size: str, best: str) -> str:
-    """How the default predictor stands against the trivial same-modality rule at ``size``: a
-    tie when the bootstrap CI of the paired Spearman difference holds 0 (said plainly, so a
-    default chosen by a hair does not read as a win); '' when there is nothing to compare."""
-    vs = ((quality.get("table") or {}).get(size) or {}).get(best, {}).get("vs_same_modality") or {}
-    d, ci = vs.get("mean_difference"), vs.get("ci") or (None, None)
-    if best == "same_modality" or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (d, *ci)):
-        return ""
-    word = "ahead of" if ci[0] > 0 else ("behind" if ci[1] < 0 else "tied with")
-    return f"; {word} same-modality: {d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
-
-
-def _parse_gt_reliability(raw: Any, name: str) -> dict:
-    """Validate and copy :func:`pitune_core.predict.quality.seed_reliability`'s output."""
-    where = f"groundtruth/{name}/reliability.json"
-    raw = _gt_obj(raw, where)
-    per = {_gt_task(t, f"{where} per_target names a task"): _gt_numbers(v, _GT_REL_FIELD, f"{where} per_target.{t}")
-           for t, v in _gt_obj(raw.get("per_target") or {}, f"{where} per_target", GT_MAX_TARGETS).items()}
-    return {"n_seeds": _gt_int(raw.get("n_seeds"), f"{where} n_seeds"),
-            "n_splits": _gt_int(raw["n_splits"], f"{where} n_splits") if raw.get("n_splits") is not None else None,
-            "per_target": per, "mean": _gt_numbers(raw.get("mean") or {}, _GT_REL_FIELD, f"{where} mean"),
-            "reliability_of_mean_r": _gt_num(raw.get("reliability_of_mean_r"), f"{where} reliability_of_mean_r")}
-
-
-def _read_gt_gains(path: Path, root: Path, key: str | None, order: Sequence[str]) -> tuple[list[str], list[str], Any, dict]:
-    """Seed-averaged gains (points) from a pairs log; records that are not of the shape
-    ``{target, source, seed, score[, key]}`` with identifiers and a finite score in [0, 1] are
-    skipped and counted (a line cut by a crash is one)."""
-    import numpy as np
-
-    rel = _gt_file(path, root, GT_MAX_PAIRS_BYTES)
-    recs: dict[str | None, dict[tuple[str, str, int], float]] = {}
-    skipped = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            try:
-                r = json.loads(line)
-                t, s, seed, score, k = r["target"], r["source"], r["seed"], r["score"], r.get("key")
-                check_task_name(t)
-                if s != "scratch":
-                    check_task_name(s)
-                ok = (isinstance(seed, int) and not isinstance(seed, bool) and isinstance(score, (int, float))
-                      and not isinstance(score, bool) and math.isfinite(score) and 0 <= score <= 1
-                      and (k is None or isinstance(k, str) and len(k) <= 64))
-            except (ValueError, KeyError, TypeError, RecursionError):
-                ok = False
-            if not ok:
-                skipped += 1
-                continue
-            recs.setdefault(k, {})[(t, s, seed)] = float(score)
-    if key is None and len(recs) > 1:
-        raise GroundTruthError(f"{rel} holds pairs of {len(recs)} configurations and no quality.json names one")
-    done = recs.get(key, {}) if key is not None else next(iter(recs.values()), {})
-    if key is not None:
-        done = {**recs.get(None, {}), **done}  # records that predate keys belong to the log's one budget
-    pos = {n: i for i, n in enumerate(order)}
-    names = sorted({t for t, _, _ in done} | {s for _, s, _ in done if s != "scratch"},
-                   key=lambda n: (pos.get(n, len(pos)), n))
-    targets = [t for t in names if any((t, "scratch", sd) in done for sd in {k[2] for k in done})]
-    seeds = sorted({k[2] for k in done})
-    acc = np.zeros((len(targets), len(names)))
-    cnt = np.zeros((len(targets), len(names)))
-    for (t, s, seed), score in done.items():
-        base = done.get((t, "scratch", seed))
-        if s != "scratch" and s != t and base is not None and t in targets:
-            i, j = targets.index(t), names.index(s)
-            acc[i, j] += 100.0 * (score - base)
-            cnt[i, j] += 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        G = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
-    return targets, names, G, {"key": key, "seeds": seeds, "skipped": skipped}
+        return TransferConfig(target=target, k=k, method=method, embedding=embedding, shots=parse_shots(shots),
+                              weights=w, sources=tuple(sources) or None, seed=int(seed), study=str(self.root),
+                              weights_only=bool(weights_only) and isinstance(w, str))
 
 
 def filter_runs_for(records: Iterable[Any], target: str | None = None) -> list[Any]:

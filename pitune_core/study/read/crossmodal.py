@@ -5,7 +5,7 @@ cross-modality source actually transfers is a measured question, not a property 
 module answers it from a gain matrix (rows targets, columns sources, accuracy points, NaN where
 not measured): per target, the mean gain of its same-modality sources and of its cross-modality
 sources; the unit of the bootstrap is the target (pairs of one target are not independent), so
-each target weighs equally and the 95% CIs are :func:`pitune_core.study.stats.bootstrap_ci` over
+each target weighs equally and the 95% CIs are :func:`pitune_core.study.read.stats.bootstrap_ci` over
 the per-target means. The same-minus-cross difference is paired over the targets that have both.
 
 Plain numpy in, a dict and one sentence out; no torch (the dashboard's Graph tab states it).
@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from pitune_core.study.stats import bootstrap_ci
+from pitune_core.study.read.stats import bootstrap_ci
 
 
 def _group(values: list[float], n_pairs: int) -> dict:
