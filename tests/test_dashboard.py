@@ -261,7 +261,7 @@ def test_launch_submits_to_the_registry(env, no_scheduler):
     # the default: the run ranks its own top-3 from its 4 shots (the protocol), none named here
     assert rec.config == {"target": COMPARE_TARGET, "k": 3, "method": "lora", "embedding": "fisher", "shots": 4,
                           "weights": "auto", "sources": None, "seed": 3, "study": str(env["study"].resolve()),
-                          "weights_only": False}
+                          "weights_only": False, "own_expert": True, "robustness": False}
     assert any("4-shot sample" in c.value and "other examples" in c.value for c in at.caption)
     assert "ranked from its examples" in _run_sources_shown(at)
     assert no_scheduler == [str(env["db"])]

@@ -664,8 +664,9 @@ def test_quality_uses_one_predictor_configuration(gt_study, tmp_path):
     """Rows logged under other predictor settings (another key) never mix into the table."""
     from pitune_core.study.transfer import quality_table
 
-    out = tmp_path / "gt"
+    out = tmp_path / "s" / "groundtruth" / "gt"  # a study's layout: its tasks.json names the retired tasks
     shutil.copytree(gt_study["root"] / "groundtruth" / "gt-test", out)
+    shutil.copy(gt_study["root"] / "tasks.json", tmp_path / "s" / "tasks.json")
     before = quality_table(gt_study["plan"], out)
     lines = (out / "predictors.jsonl").read_text().splitlines()
     other = [json.loads(x) for x in lines[:5]]

@@ -270,8 +270,6 @@ def test_top_k_and_transfer_for_a_user_task(tmp_path, plain_adapters, libs, stor
     """A user task ranked against the imported adapters, then π-Tuning over them; the merged result is
     an ordinary peft adapter of the base: plain ``PeftModel.from_pretrained`` loads it and scores the
     same as pitune does."""
-    import time
-
     import torch
     import torch.nn.functional as F
     from peft import PeftModel
@@ -285,14 +283,11 @@ def test_top_k_and_transfer_for_a_user_task(tmp_path, plain_adapters, libs, stor
     assert main(["library", "import", str(plain_adapters), "--name", "mine"]) == 0
     target = _user_task(tmp_path)
     capsys.readouterr()
-    t0 = time.time()
-    assert main(["top-k", target, "--library", "mine", "--shots", "4", "--k", "3"]) == 0
-    took = time.time() - t0
+    assert main(["top-k", target, "--library", "mine", "--shots", "4", "--k", "3"]) == 0  # its time: bench/bench_library.py
     rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
     assert sorted(n for n, _ in rows) == sorted(TASKS)
     scores = [float(s) for _, s in rows]
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
-    assert took < 60, took  # the issue asks < 30 s for 16 shots on 2 idle cores; CI shares them
 
     out = tmp_path / "run"
     assert main(["transfer", target, "--library", "mine", "--shots", "4", "--k", "2", "--out", str(out)]) == 0

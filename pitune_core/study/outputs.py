@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pitune_core.study.read.results import write_matrix_csv
+from pitune_core.study.read.tasks_file import task_modalities
 from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, SIMILARITY_COSINE_FILE, SIMILARITY_FILE, StudyPaths
 from pitune_core.study.plan import EMBEDDINGS
 from pitune_core.spec.vocab import QUALITY_K
@@ -54,14 +55,13 @@ def _write_expert_summary(root: Path, methods: dict[str, list[str]]) -> None:
 def node_attrs(root: Path, method: str, names: list[str]) -> dict[str, dict]:
     """Graph node attributes of ``names``: modality, and the ``method`` expert's test score and
     zero-shot score from ``experts/summary.csv`` (None where the study has no such expert)."""
-    from pitune_core.data.tasks import get_task  # lazy: loads safetensors
-
     summary = {}
     p = StudyPaths(root).expert_summary
     if p.exists():
         with open(p) as f:
             summary = {r["task"]: r for r in csv.DictReader(f) if r["method"] == method}
-    return {n: {"modality": get_task(n).modality,
+    modality = task_modalities(StudyPaths(root).tasks_json, names)
+    return {n: {"modality": modality[n],
                 "accuracy": float(summary[n]["expert"]) if n in summary else None,
                 "zero_shot": float(summary[n]["zero_shot"]) if n in summary else None} for n in names}
 

@@ -37,6 +37,7 @@ from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.device import describe_device
 from pitune_core.model.experts import TrainConfig, train_expert
+from pitune_core.study.read.tasks_file import task_modalities
 from pitune_core.common import check_plan_name
 from pitune_core.predict.predictors import PREDICTORS, available_examples, predict_row
 from pitune_core.predict.quality import (METRICS, compare_predictors, seed_reliability, summarise, summarise_within,
@@ -433,7 +434,7 @@ def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -
         warnings.simplefilter("ignore", RuntimeWarning)
         mean_gain = np.nanmean(G, axis=0)
     rows: dict[tuple[str, int | None], dict[str, list[dict]]] = {}
-    modality = {t: get_task(t).modality for t in plan.tasks}
+    modality = task_modalities(out.parent.parent / "tasks.json", plan.tasks)  # out: STUDY/groundtruth/PLAN, or not a study
     records, key = predictor_records(out, key)
     for r in records:
         if r["target"] not in (plan.targets or plan.tasks) or r["target"] not in rel["per_target"]:
