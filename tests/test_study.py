@@ -273,7 +273,7 @@ def test_transfer_config(study):
     assert isinstance(cfg, TransferConfig)  # the spec's run settings, validated once
     assert cfg.to_dict() == {"target": "sklearn_digits", "k": 2, "method": "lora", "embedding": "fisher", "shots": None,
                              "weights": [0.75, 0.25], "sources": ["mnist", "textures"], "seed": 2,
-                             "study": str(study.root), "weights_only": False, "own_expert": True}
+                             "study": str(study.root), "weights_only": False, "own_expert": True, "robustness": False}
     cfg = study.transfer_config("sklearn_digits", ["mnist"], weights="auto", shots=4, weights_only=True)
     assert cfg.weights == "auto" and cfg.shots == 4 and cfg.weights_only is True
     # hand-set weights are fixed: "weights only" would train nothing, so it is dropped
