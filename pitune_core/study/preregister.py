@@ -4,7 +4,8 @@ set by a seeded draw, and the number of seeds from a pilot by a stated reliabili
 The rule, in the order it is applied (every input is a file of the study, so anyone can re-derive it):
 
 1. **Targets**: :func:`pitune_core.study.targets.study_targets` on the study's ``experts/summary.csv``
-   (drops tasks at chance or at ceiling). Every admitted expert is a source.
+   (drops tasks at chance or at ceiling), less any task with a class that has no training example (no
+   few-shot sample of it exists). Every admitted expert is a source.
 2. **Confirmation set**: one target per family, drawn with ``numpy.random.default_rng(confirm_seed)``
    from that family's targets (in registry order); a family with a single target gives it to the
    confirmation set only if another family still leaves >= ``min_main`` main targets. Its results are
@@ -65,6 +66,11 @@ def draft_plans(study: str | Path, pilot_plan: str | Path, pilot_pairs: str | Pa
     """``(main plan, confirmation plan, the derivation)`` as plan-file dicts, nothing run."""
     study = Path(study)
     targets, dropped = study_targets(study / "experts" / "summary.csv")
+    for t in list(targets):  # a few-shot sample needs at least one training example of every class
+        counts = np.bincount(get_task(t).load().train.labels, minlength=get_task(t).num_classes)
+        if counts.min() < 1:
+            targets.remove(t)
+            dropped[t] = f"no few-shot sample: class {get_task(t).labels[int(np.argmin(counts))]!r} has no training example"
     held = confirmation_draw(targets, confirm_seed)
     main = [t for t in targets if t not in held]
     r = pilot_reliability(pilot_plan, pilot_pairs)
