@@ -10,6 +10,7 @@ import time
 
 from pitune_core.spec.vocab import GRAPH_K
 from pitune_core.common import admission, check_task_name, parse_shots, progress, StageBars
+from pitune_core.cli.options import action_adder
 
 
 def cmd_import(args) -> int:
@@ -132,12 +133,7 @@ def register(sub, add) -> None:
 
     sp = add("library", cmd_library, "bring your own expert library: peft LoRA adapters trained elsewhere "
                                      "(import, list, show, remove)")
-    lsub = sp.add_subparsers(dest="library_command", required=True, metavar="ACTION")
-
-    def action(name, fn, help_):
-        p = lsub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(library_func=fn)
-        return p
+    action = action_adder(sp, "library_command", "library_func")
 
     p = action("import", cmd_import, "import every peft LoRA adapter folder under DIR (checked strictly; one "
                                      "line per refusal, nothing imported half-way), with its graph")

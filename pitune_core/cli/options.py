@@ -23,6 +23,18 @@ def renamed(sp: argparse.ArgumentParser, old: str, new: str) -> None:
     sp.add_argument(old, action=_Renamed, new=new)
 
 
+def action_adder(sp: argparse.ArgumentParser, dest: str, func_attr: str):
+    """The sub-actions of a command group (``pitune task add``, ``pitune library import``): returns
+    ``action(name, fn, help)``, which adds one sub-parser whose ``args.<func_attr>`` is ``fn``."""
+    sub = sp.add_subparsers(dest=dest, required=True, metavar="ACTION")
+
+    def action(name, fn, help_):
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(**{func_attr: fn})
+        return p
+    return action
+
+
 def add_study(sp: argparse.ArgumentParser, positional: bool = False) -> None:
     help_ = "study directory written by `pitune precompute` (default: $PITUNE_STUDY, else the shipped precomputed/)"
     if positional:

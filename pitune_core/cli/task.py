@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from pitune_core.cli.options import add_db, add_expert_type, add_study, db_of, study_of
+from pitune_core.cli.options import action_adder, add_db, add_expert_type, add_study, db_of, study_of
 from pitune_core.common import StageBars, printable
 from pitune_core.spec.configs import PlaceConfig
 from pitune_core.spec.parse import shots_arg
@@ -210,12 +210,7 @@ def cmd_task(args) -> int:
 
 def register(sub, add) -> None:
     sp = add("task", cmd_task, "bring your own target task: add, list, show, edit, remove, place on the graph")
-    tsub = sp.add_subparsers(dest="task_command", required=True, metavar="ACTION")
-
-    def action(name, fn, help_):
-        p = tsub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(task_func=fn)
-        return p
+    action = action_adder(sp, "task_command", "task_func")
 
     p = action("add", cmd_add, "add a task from a CSV/JSONL of texts, a folder (or zip) of class folders of "
                                "images, or JSONL image-text pairs")
