@@ -242,7 +242,7 @@ def apply_dedup(data: "TaskData") -> "TaskData":
     row = next((t["tasks"][data.spec.name] for t in _tables() if matches(t["tasks"].get(data.spec.name))), None)
     if row is None:
         row = _recompute_cached()["tasks"].get(data.spec.name)
-        if row is None or any(row["fingerprint"].get(s) != fingerprint(keys[s]) for s in keys):
+        if not matches(row):
             raise RuntimeError(f"{data.spec.name}: its data changed while the duplicate table was computed; retry")
     out = {"train": data.train}
     for s in EVAL_SPLITS:

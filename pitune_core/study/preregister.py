@@ -67,10 +67,11 @@ def draft_plans(study: str | Path, pilot_plan: str | Path, pilot_pairs: str | Pa
     study = Path(study)
     targets, dropped = study_targets(study / "experts" / "summary.csv")
     for t in list(targets):  # a few-shot sample needs at least one training example of every class
-        counts = np.bincount(get_task(t).load().train.labels, minlength=get_task(t).num_classes)
+        spec = get_task(t)
+        counts = np.bincount(spec.load().train.labels, minlength=spec.num_classes)
         if counts.min() < 1:
             targets.remove(t)
-            dropped[t] = f"no few-shot sample: class {get_task(t).labels[int(np.argmin(counts))]!r} has no training example"
+            dropped[t] = f"no few-shot sample: class {spec.labels[int(np.argmin(counts))]!r} has no training example"
     held = confirmation_draw(targets, confirm_seed)
     main = [t for t in targets if t not in held]
     r = pilot_reliability(pilot_plan, pilot_pairs)

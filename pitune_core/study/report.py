@@ -102,8 +102,9 @@ def experts_section(root: Path) -> list[str]:
         out.append("")
         tasks_json = StudyPaths(root).tasks_json
         if tasks_json.exists():  # the record is the projector's, made when it was aligned
-            names = [t["name"] for t in json.loads(tasks_json.read_text())]
-            image = {t["name"] for t in json.loads(tasks_json.read_text()) if t.get("modality") != "language"}
+            recorded = json.loads(tasks_json.read_text())
+            names = [t["name"] for t in recorded]
+            image = {t["name"] for t in recorded if t.get("modality") != "language"}
             gone, new = [t for t in zs if t not in names], [t for t in names if t in image and t not in zs]
             if gone or new:
                 out += ["The record is the projector's, made when it was aligned"
