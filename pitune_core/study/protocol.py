@@ -3,7 +3,9 @@
 A plan file (``plans/*.json``) fixes, before any result exists, what is run: the targets (chosen by
 a rule the file states and :func:`select_targets` re-derives), the shots, the seeds, the approaches
 (the core ones on every target × shots × seed, ablations and the other baselines at 16 shots only),
-``k``, the expert type, the budget rule and the π-Tuning recipe. :func:`run_plan` executes it
+``k``, the expert type, the budget rule and the π-Tuning recipe, and whether every run's model is also
+scored for robustness (``robustness``; a ``pilot`` plan, 2 seeds allowed, only sizes another plan's
+seeds: :mod:`pitune_core.study.preregister_protocol`). :func:`run_plan` executes it
 against a study (its source experts, their Fisher embeddings and its backbone):
 
 - every run is keyed by a hash of its full configuration: the plan's content, the job (target,
