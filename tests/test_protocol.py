@@ -531,3 +531,63 @@ def test_budgets_are_equal_by_construction_and_old_plans_keep_their_rule():
     assert protocol.parse_plan(new).recipe_obj().budget == "equal"
     with pytest.raises(protocol.PlanError, match="recipe.budget"):
         protocol.parse_plan({**old, "recipe": {"budget": "generous"}})
+
+
+# ----------------------------------------------------------------------------- robustness and pilot fields (issue 28)
+
+@pytest.mark.parametrize("change,message", [
+    ({"robustness": "yes"}, "robustness must be true or false"),
+    ({"pilot": 1}, "pilot must be true or false"),
+    ({"pilot": True, "seeds": [0]}, "at least 2"),
+])
+def test_the_late_fields_are_validated(change, message):
+    with pytest.raises(protocol.PlanError, match=message):
+        protocol.parse_plan({**_plan_obj(), **change})
+
+
+def test_a_pilot_may_have_two_seeds_and_a_plan_may_score_robustness():
+    pilot = protocol.parse_plan({**_plan_obj(), "pilot": True, "seeds": [1000, 1001]})
+    assert pilot.pilot and pilot.seeds == [1000, 1001] and not pilot.robustness
+    plan = protocol.parse_plan({**_plan_obj(), "robustness": True})
+    assert plan.robustness and json.loads(protocol.plan_to_json(plan))["robustness"] is True
+    # robustness makes another plan: its rows are keyed apart from the same plan without it
+    off = protocol.parse_plan(_plan_obj())
+    job = off.jobs()[0]
+    assert protocol.job_key(plan, job, {}) != protocol.job_key(off, job, {}) and plan.digest() != off.digest()
+
+
+def test_old_plans_keep_their_file_and_run_keys():
+    """studies/v2's few-shot-v2 rows were keyed before the late fields existed: the plan's file and every
+    logged key are what they were (a resumed run reuses them)."""
+    out = Path("studies/v2/protocol/few-shot-v2")
+    text = (out / "plan.json").read_text()
+    obj = json.loads(text)
+    plan = protocol.ProtocolPlan(**{k: v for k, v in obj.items() if k != "format"})  # retired targets: not parsed
+    assert "robustness" not in obj and "pilot" not in obj and protocol.plan_to_json(plan) == text
+    recs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()[:50]]
+    assert recs and all(protocol.job_key(plan, r["job"], r["context"]) == r["key"] for r in recs)
+
+
+def test_a_robustness_plan_asks_every_run_for_its_robustness_rows(tmp_path, monkeypatch):
+    from pitune_core.tune import baselines
+
+    seen = []
+
+    def run_method(name, target, sources, backbone, method="lora", k=3, shots=16, seed=0, recipe=None, workdir=None,
+                   **more):
+        seen.append((name, seed, more))
+        return {"target": target, "approach": name, "shots": shots, "seed": seed, "score": 0.5, "accuracy": 0.5,
+                "metric": "accuracy", "steps": {"select": 0, "tune": 4, "total": 4}, "sources": [],
+                **({"robustness": [{"set": "in-distribution", "value": 0.5}]} if more else {})}
+
+    monkeypatch.setattr(baselines, "run_method", run_method)
+    monkeypatch.delenv("PITUNE_SHARD", raising=False)
+    on = _small_plan(robustness=True, extra=[])
+    protocol.run_plan(on, FIRST_STUDY, tmp_path / "on", backbone=object(), allow_unclean_alignment=True)
+    assert len(seen) == len(on.jobs()) and all(m == {"robustness": {"seed": s}} for _, s, m in seen)
+    logged = [json.loads(x) for x in (tmp_path / "on" / "runs.jsonl").read_text().splitlines()]
+    assert all(r["result"]["robustness"] for r in logged)
+    seen.clear()
+    protocol.run_plan(_small_plan(extra=[]), FIRST_STUDY, tmp_path / "off", backbone=object(),
+                      allow_unclean_alignment=True)
+    assert seen and all(m == {} for _, _, m in seen)  # off (every older plan): run_method is called as before

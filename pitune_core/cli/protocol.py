@@ -5,13 +5,18 @@ configuration; ``PITUNE_SHARD=i/n`` shares the jobs between processes, and ``--w
 N such processes itself (``auto``: one single-thread worker per core on CPU; :mod:`pitune_core.cli.workers`).
 ``status`` reports progress, the measured time per run and the extrapolated CPU time of the whole plan, and rewrites
 ``results.csv`` / ``report.md`` (every planned run, with its status). ``plan`` re-derives the
-targets from the plan's stated rule and checks them against the file.
+targets from the plan's stated rule and checks them against the file. ``draft`` writes the
+protocol's plans before any of their runs (:mod:`pitune_core.study.preregister_protocol`): ``--pilot``
+the pilot plan, else the main and confirmation plans from the pilot's results; it never overwrites a
+file. ``recommend-check`` fixes the recommendation rule on a main set's results and evaluates it on a
+confirmation set's (:mod:`pitune_core.study.read.recommend`).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from pitune_core.cli import workers
 from pitune_core.cli.options import add_workers
@@ -87,6 +92,39 @@ def cmd_plan(args) -> int:
     return 0 if same else 1
 
 
+def cmd_draft(args) -> int:
+    from pitune_core.study import preregister_protocol as P  # lazy: `pitune --help` does not load it
+
+    if args.pilot:
+        given = {k: v for k, v in (("per_modality", args.per_modality), ("draw_seed", args.draw_seed)) if v is not None}
+        plan = P.draft_pilot(args.groundtruth, args.confirm, name=args.name or "protocol-v3-pilot", **given)
+        path = P.write_new(args.out or f"plans/{plan.name}.json", plan)
+        print(json.dumps({"written": str(path), "targets": plan.targets, "planned_runs": len(plan.jobs())}, indent=1))
+        return 0
+    if not (args.pilot_plan and args.pilot_results):
+        raise ValueError("give --pilot (draft the pilot plan) or --pilot-plan and --pilot-results (draft the "
+                         "main and confirmation plans from the pilot's results)")
+    main, held, why = P.draft_plans(args.pilot_plan, args.pilot_results, name=args.name or "protocol-v3",
+                                    groundtruth=args.groundtruth, confirm=args.confirm)
+    out = args.out or f"plans/{main.name}.json"
+    out_held = args.confirm_out or f"plans/{held.name}.json"
+    taken = [p for p in (out, out_held) if Path(p).exists()]
+    if taken:  # refuse before writing either
+        raise P.PlanError(f"{', '.join(taken)} exist(s): a plan file is never overwritten (give another --out)")
+    written = [str(P.write_new(out, main)), str(P.write_new(out_held, held))]
+    print(P.json_ready({"written": written, **why}))
+    return 0
+
+
+def cmd_recommend_check(args) -> int:
+    from pitune_core.study.read.evidence import read_protocol_csv  # lazy: `pitune --help` does not load it
+    from pitune_core.study.read.recommend import check
+
+    res = check(read_protocol_csv(args.main), read_protocol_csv(args.confirm))
+    print(json.dumps(res, indent=1, default=str))
+    return 0
+
+
 def register(sub, add) -> None:
     sp = add("study", None, "the pre-registered few-shot protocol: run a committed plan (resumable, shardable)")
     inner = sp.add_subparsers(dest="study_command", required=True, metavar="ACTION")
@@ -113,3 +151,23 @@ def register(sub, add) -> None:
                                 "for `pitune study status`'s CPU estimate")
             p.add_argument("--allow-unclean-alignment", action="store_true",
                            help="run even if the projector's alignment saw a target (smoke tests only)")
+    p = inner.add_parser("draft", help="write the protocol's plans before any of their runs (never overwrites)",
+                         description="--pilot: the pilot plan (targets drawn from the ground truth's main targets); "
+                                     "else the main and confirmation plans, their seeds from the pilot's results by "
+                                     "the stated power rule (pitune_core/study/preregister_protocol.py)")
+    p.set_defaults(func=cmd_draft)
+    p.add_argument("--pilot", action="store_true", help="draft the pilot plan")
+    p.add_argument("--pilot-plan", metavar="FILE", help="the pilot plan whose results size the seeds")
+    p.add_argument("--pilot-results", metavar="CSV", help="the pilot's results.csv (`pitune study status` writes it)")
+    p.add_argument("--groundtruth", default="plans/groundtruth-v3.json", help="the ground truth's main plan")
+    p.add_argument("--confirm", default="plans/groundtruth-v3-confirm.json", help="its confirmation plan")
+    p.add_argument("--name", help="plan name (default protocol-v3-pilot / protocol-v3)")
+    p.add_argument("--out", metavar="FILE", help="where the (pilot or main) plan goes (default plans/NAME.json)")
+    p.add_argument("--confirm-out", metavar="FILE", help="where the confirmation plan goes (default plans/NAME-confirm.json)")
+    p.add_argument("--per-modality", type=int, help="pilot targets per modality (default: the drafter's)")
+    p.add_argument("--draw-seed", type=int, help="the pilot draw's numpy default_rng seed (default: the drafter's)")
+    p = inner.add_parser("recommend-check", help="fix the recommendation rule on a main set, evaluate it on a "
+                                                 "confirmation set (regret, against target-only)")
+    p.set_defaults(func=cmd_recommend_check)
+    p.add_argument("--main", required=True, metavar="CSV", help="the main plan's results.csv")
+    p.add_argument("--confirm", required=True, metavar="CSV", help="the confirmation plan's results.csv")

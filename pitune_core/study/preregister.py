@@ -22,6 +22,7 @@ Budget, predictors and target data sizes are copied from the pilot's plan unless
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -31,6 +32,23 @@ from pitune_core.data.tasks import get_task
 from pitune_core.predict.quality import seed_reliability, seeds_for_reliability, spearman_brown
 from pitune_core.study.targets import study_targets
 from pitune_core.study.transfer import gain_matrices, load_plan
+
+
+@functools.lru_cache(maxsize=None)  # a drafter asks for every target more than once; the data version fixes it
+def _class_counts(task: str) -> tuple[int, ...]:
+    spec = get_task(task)
+    return tuple(int(c) for c in np.bincount(spec.load().train.labels, minlength=spec.num_classes))
+
+
+def min_class_train(task: str) -> int:
+    """The fewest training examples of any class of ``task``: the most shots a few-shot sample of it can have."""
+    return min(_class_counts(task))
+
+
+def rarest_class(task: str) -> str:
+    """The label of ``task``'s class with the fewest training examples."""
+    counts = _class_counts(task)
+    return get_task(task).labels[counts.index(min(counts))]
 
 
 def pilot_reliability(pilot_plan: str | Path, pairs: str | Path) -> dict:
@@ -67,11 +85,9 @@ def draft_plans(study: str | Path, pilot_plan: str | Path, pilot_pairs: str | Pa
     study = Path(study)
     targets, dropped = study_targets(study / "experts" / "summary.csv")
     for t in list(targets):  # a few-shot sample needs at least one training example of every class
-        spec = get_task(t)
-        counts = np.bincount(spec.load().train.labels, minlength=spec.num_classes)
-        if counts.min() < 1:
+        if min_class_train(t) < 1:
             targets.remove(t)
-            dropped[t] = f"no few-shot sample: class {spec.labels[int(np.argmin(counts))]!r} has no training example"
+            dropped[t] = f"no few-shot sample: class {rarest_class(t)!r} has no training example"
     held = confirmation_draw(targets, confirm_seed)
     main = [t for t in targets if t not in held]
     r = pilot_reliability(pilot_plan, pilot_pairs)

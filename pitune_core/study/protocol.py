@@ -3,7 +3,9 @@
 A plan file (``plans/*.json``) fixes, before any result exists, what is run: the targets (chosen by
 a rule the file states and :func:`select_targets` re-derives), the shots, the seeds, the approaches
 (the core ones on every target × shots × seed, ablations and the other baselines at 16 shots only),
-``k``, the expert type, the budget rule and the π-Tuning recipe. :func:`run_plan` executes it
+``k``, the expert type, the budget rule and the π-Tuning recipe, and whether every run's model is also
+scored for robustness (``robustness``; a ``pilot`` plan, 2 seeds allowed, only sizes another plan's
+seeds: :mod:`pitune_core.study.preregister_protocol`). :func:`run_plan` executes it
 against a study (its source experts, their Fisher embeddings and its backbone):
 
 - every run is keyed by a hash of its full configuration: the plan's content, the job (target,
@@ -44,6 +46,11 @@ RESULT_COLUMNS = ("key", "target", "approach", "shots", "seed", "status", "score
                   "steps_tune", "steps_total", "sources", "selection", "time_s", "cpu_s")
 
 
+#: fields added to :class:`ProtocolPlan` after plans were committed, with the default an older plan has;
+#: left out of a plan's serialisation while at that default (:meth:`ProtocolPlan.as_dict`)
+LATE_FIELDS = {"robustness": False, "pilot": False}
+
+
 class PlanError(ValueError):
     """A plan file that is not a valid protocol plan."""
 
@@ -66,6 +73,13 @@ class ProtocolPlan:
                    "('split', plans without it) or on top of them ('equal')")
     recipe: dict = field(default_factory=dict)
     notes: str = ""
+    #: also score every run's final model, with no further training, on the target's shifted and corrupted
+    #: test sets (:func:`pitune_core.tune.robustness.score_robustness`; ``TransferConfig.robustness`` of a
+    #: single run): the row's ``result.robustness`` in ``runs.jsonl``
+    robustness: bool = False
+    #: a pilot: its results size another plan's seeds (:mod:`pitune_core.study.preregister_protocol`) and are
+    #: never evidence themselves; the only kind of plan allowed 2 seeds
+    pilot: bool = False
 
     def jobs(self) -> list[dict]:
         """Every planned run, in the order a resumed study fills them: regime by regime (the plan's
@@ -82,8 +96,14 @@ class ProtocolPlan:
                             out.append({"target": t, "approach": a, "shots": shots, "seed": seed})
         return out
 
+    def as_dict(self) -> dict:
+        """The plan's fields, less those added after plans were first committed while they hold their
+        default (:data:`LATE_FIELDS`): an older plan's file, digest and run keys stay what they were."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if k not in LATE_FIELDS or v != LATE_FIELDS[k]}
+
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def recipe_obj(self):
         from pitune_core.tune.baselines import Recipe  # lazy: loads torch
@@ -122,10 +142,12 @@ def parse_plan(obj: dict) -> ProtocolPlan:
         v = obj.get(key, [16])
         _check(isinstance(v, list) and v and all(s is None or (isinstance(s, int) and not isinstance(s, bool) and s >= 1)
                                                  for s in v), f"{key} must be a list of positive ints or null (full data)")
-    seeds = obj["seeds"]
-    _check(isinstance(seeds, list) and len(seeds) >= 3 and len(set(seeds)) == len(seeds)
+    for key in LATE_FIELDS:
+        _check(isinstance(obj.get(key, False), bool), f"{key} must be true or false")
+    seeds, least = obj["seeds"], 2 if obj.get("pilot", False) else 3
+    _check(isinstance(seeds, list) and len(seeds) >= least and len(set(seeds)) == len(seeds)
            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds),
-           "seeds must be at least 3 distinct non-negative ints")
+           f"seeds must be at least {least} distinct non-negative ints" + ("" if least == 2 else " (2 for a pilot)"))
     for key in ("core", "extra"):
         v = obj.get(key, [])
         _check(isinstance(v, list) and all(a in APPROACHES for a in v),
@@ -155,7 +177,7 @@ def load_plan(path: str | Path) -> ProtocolPlan:
 
 
 def plan_to_json(plan: ProtocolPlan) -> str:
-    return json.dumps({"format": PLAN_FORMAT, **asdict(plan)}, indent=1) + "\n"
+    return json.dumps({"format": PLAN_FORMAT, **plan.as_dict()}, indent=1) + "\n"
 
 
 # ----------------------------------------------------------------------------- the target rule
@@ -270,7 +292,7 @@ def run_context(study: str | Path, method: str, targets: list[str]) -> dict:
 
 
 def job_key(plan: ProtocolPlan, job: dict, context: dict) -> str:
-    blob = json.dumps({"plan": asdict(plan), "job": job, "context": context}, sort_keys=True)
+    blob = json.dumps({"plan": plan.as_dict(), "job": job, "context": context}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -339,8 +361,11 @@ def run_plan(plan: ProtocolPlan, study: str | Path, out: str | Path, backbone=No
             break
         t0, c0 = time.time(), time.process_time()
         try:
+            # a robustness plan scores each final model on its target's shifted / corrupted sets, corrupted
+            # with the run's seed (every approach of a target and seed sees the same corrupted copies)
+            more = {"robustness": {"seed": job["seed"]}} if plan.robustness else {}
             r = run_method(job["approach"], job["target"], sources, bb, plan.method, k=plan.k, shots=job["shots"],
-                           seed=job["seed"], recipe=recipe, workdir=workdir)
+                           seed=job["seed"], recipe=recipe, workdir=workdir, **more)
             rec = {"key": key, "status": "done", "job": job, "context": context, "result": r,
                    "time_s": round(time.time() - t0, 2), "cpu_s": round(time.process_time() - c0, 2),
                    "threads": _threads()}
