@@ -311,10 +311,10 @@ def _list_in_manifest(root: Path, path: Path) -> None:
     (root / "manifest.json").write_text(json.dumps(man, indent=1))
 
 
-def _compare_tab(root: Path, monkeypatch, tmp_path) -> AppTest:
+def _compare_tab(root: Path, monkeypatch, tmp_path, timeout: int = 120) -> AppTest:
     monkeypatch.setenv("PITUNE_STUDY", str(root))
     monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = AppTest.from_file(APP, default_timeout=timeout).run()
     at.session_state["view"] = "Runs & compare"
     at.run()
     assert not at.exception, [e.value for e in at.exception]
