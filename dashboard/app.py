@@ -43,6 +43,7 @@ from pitune_core.study.read.reader import (  # noqa: E402
 from pitune_core.runs.executor import scheduler_running
 from pitune_core.runs.registry import RunRegistry
 from pitune_core.study.libraries import library_names
+from pitune_core.study.robustness import MEASURE_LABELS, MEASURES  # noqa: E402
 
 st.set_page_config(page_title="pitune · π-Tuning dashboard", page_icon="π", layout="wide")
 
@@ -920,7 +921,55 @@ def protocol_section(study: Study) -> bool:
                        "percentile CI low": d.get("pct_low"), "percentile CI high": d.get("pct_high"),
                        "Wilcoxon p": d["p_wilcoxon"], "W/T/L": f"{d['wins']}/{d['ties']}/{d['losses']}"}
                       for g in regimes for d in g["diffs"]], hide_index=True, key="protocol_diffs_table")
+    robustness_section(study, name)
     return True
+
+
+NO_ROBUSTNESS = ("This study holds no robustness measurements: no tuned model of its pre-registered comparison was "
+                 "scored on shifted test sets of its family or on corrupted copies of its test set (a plan that asks "
+                 "for them records them in `protocol/<plan>/robustness.csv`).")
+
+
+def _robust_cell(c: dict) -> str:
+    """mean ± std (ddof=1) over targets, n targets; points."""
+    if not c["n"]:
+        return "–"
+    sd = "–" if c["std"] != c["std"] else f"{c['std']:.1f}"
+    return f"{c['mean']:.1f} ± {sd} (n={c['n']})"
+
+
+def robustness_section(study: Study, name: str) -> None:
+    """The robustness of the comparison's tuned models (:meth:`Study.protocol_robustness`): the scores
+    per approach as a figure and a table, the paired gaps against π-Tuning; a plain sentence when the
+    plan holds none."""
+    st.markdown("**Robustness** (the tuned models scored, with no further training, on shifted test sets of their "
+                "family with the same labels and on corrupted copies of their own test set)")
+    rob = study.protocol_robustness(name)
+    if rob["problem"]:
+        st.error(_md(f"The robustness measurements cannot be read: {rob['problem']}."))
+        return
+    if not rob["runs_scored"]:
+        st.info(NO_ROBUSTNESS)
+        return
+    regimes = rob["regimes"]
+    st.plotly_chart(F.robustness_figure(regimes), key="robustness_chart", config={"displaylogo": False})
+    st.caption(f"{rob['runs_scored']} runs scored. Points: mean ± std (ddof=1) over targets with every planned seed "
+               "scored (each target the mean of its seeds), n targets; shifted only where the target has a shifted "
+               "test set. The gaps (score minus in-distribution) are the effective robustness: closer to 0 is more "
+               "robust.")
+    st.dataframe([{"regime": g["regime"], "approach": a["label"],
+                   "targets scored": f"{a['n_targets']} of {a['planned_targets']}",
+                   **{MEASURE_LABELS[m]: _robust_cell(a[m]) for m in MEASURES}}
+                  for g in regimes for a in g["approaches"]], hide_index=True, key="robustness_table")
+    st.markdown("**Effective robustness, paired** (π-Tuning minus each approach, points, bootstrap 95% CI over "
+                "targets; above 0: π-Tuning loses less off its own test set)")
+    st.plotly_chart(F.robustness_diff_figure(regimes), key="robustness_diffs", config={"displaylogo": False})
+    with st.expander("Every paired robustness difference"):
+        st.dataframe([{"regime": d["regime"], "comparison": d["label"], "measure": MEASURE_LABELS[d["measure"]],
+                       "n targets": d["n"], "mean": d["mean"], "CI low": d["ci_low"], "CI high": d["ci_high"],
+                       "percentile CI low": d.get("pct_low"), "percentile CI high": d.get("pct_high"),
+                       "Wilcoxon p": d["p_wilcoxon"], "W/T/L": f"{d['wins']}/{d['ties']}/{d['losses']}"}
+                      for g in regimes for d in g["diffs"]], hide_index=True, key="robustness_diffs_table")
 
 
 def _run_sources(r) -> str:
@@ -958,6 +1007,8 @@ def tab_compare(study: Study, sel: dict, db: Path) -> None:
     protocol = protocol_section(study)
     if protocol:
         st.divider()
+    else:
+        st.caption(NO_ROBUSTNESS)
     st.subheader(f"Runs and baselines for `{target}`")
     ev = study.target_evidence(target, sel["method"])
     measured, metric, zero = ev["regimes"], ev["metric"], ev["zero_shot"]

@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from pitune_core.predict.quality import best_predictor  # noqa: F401  (the one rule; re-exported for the app)
+from pitune_core.study.robustness import MEASURE_LABELS
 
 __all__ = [
     "MODALITY_COLORS",
@@ -40,6 +41,8 @@ __all__ = [
     "weights_history_figure",
     "target_evidence_figure",
     "paired_diff_figure",
+    "robustness_figure",
+    "robustness_diff_figure",
     "metric_title",
     "metric_cell",
     "best_predictor",
@@ -922,6 +925,50 @@ def paired_diff_figure(diffs: Sequence[Mapping[str, Any]], title: str | None = N
                       height=120 + 34 * sum(len(v) for v in per.values()) + 40 * len(regimes),
                       margin=dict(l=10, r=10, t=50 if title else 30, b=10))
     return fig
+
+
+#: the three scores of a tuned model (:data:`pitune_core.study.robustness.MEASURES`' first three) and their colours
+ROBUSTNESS_STYLE = {"in_distribution": ("in-distribution", "#1f77b4", "circle"),
+                    "shifted": ("shifted", "#ff7f0e", "diamond"), "corrupted": ("corrupted", "#d62728", "square")}
+
+
+def robustness_figure(regimes: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Each approach's in-distribution, shifted and corrupted score (points: mean over targets, the
+    error bar ± one std, ddof=1), one facet per regime, the three side by side per approach so the
+    drop off the own test set reads as a step down. ``regimes``:
+    :func:`pitune_core.study.robustness.robustness_table`'s; approaches without a score are left out."""
+    regimes = [g for g in regimes if g.get("approaches")]
+    if not regimes:
+        fig = go.Figure()
+        fig.add_annotation(text="no robustness measurement", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_layout(height=160, plot_bgcolor="white", xaxis=dict(visible=False), yaxis=dict(visible=False))
+        return fig
+    fig = make_subplots(rows=1, cols=len(regimes), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[_safe_label(g.get("regime", "")) for g in regimes])
+    for i, g in enumerate(regimes, start=1):
+        for j, (m, (name, color, symbol)) in enumerate(ROBUSTNESS_STYLE.items()):
+            rows = [a for a in g["approaches"] if a[m]["n"] and math.isfinite(a[m]["mean"])]
+            fig.add_trace(go.Scatter(
+                x=[_safe_label(a["label"]) for a in rows], y=[a[m]["mean"] for a in rows], mode="markers",
+                name=name, legendgroup=m, showlegend=i == 1, offsetgroup=m,
+                marker=dict(size=10, color=color, symbol=symbol),
+                error_y=dict(type="data", array=[a[m]["std"] if math.isfinite(a[m]["std"]) else 0 for a in rows],
+                             thickness=1.5, width=3, color=color),
+                customdata=[[a[m]["n"]] for a in rows],
+                hovertemplate="%{x}<br>" + name + " %{y:.1f} points<br>over %{customdata[0]} targets<extra>"
+                              + _safe_label(g.get("regime", "")) + "</extra>"), row=1, col=i)
+        fig.update_xaxes(tickangle=-30, row=1, col=i)
+    fig.update_yaxes(title=dict(text="score (points), mean ± std over targets"), gridcolor="#eee", row=1, col=1)
+    fig.update_layout(scattermode="group", plot_bgcolor="white", height=420, legend=dict(orientation="h", y=1.12),
+                      margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def robustness_diff_figure(regimes: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """The paired differences of the gaps (effective robustness, π-Tuning minus each approach) as
+    :func:`paired_diff_figure`'s dot plot, one facet per regime and gap."""
+    return paired_diff_figure([{**d, "regime": f"{d['regime']} · {MEASURE_LABELS[d['measure']]}"}
+                               for g in regimes for d in g["diffs"] if d["measure"].endswith("_gap")])
 
 
 # ----------------------------------------------------------------------------- predictor quality (ground truth)

@@ -311,10 +311,10 @@ def _list_in_manifest(root: Path, path: Path) -> None:
     (root / "manifest.json").write_text(json.dumps(man, indent=1))
 
 
-def _compare_tab(root: Path, monkeypatch, tmp_path) -> AppTest:
+def _compare_tab(root: Path, monkeypatch, tmp_path, timeout: int = 120) -> AppTest:
     monkeypatch.setenv("PITUNE_STUDY", str(root))
     monkeypatch.setenv("PITUNE_RUNS_DB", str(tmp_path / "runs" / "registry.sqlite"))
-    at = AppTest.from_file(APP, default_timeout=120).run()
+    at = AppTest.from_file(APP, default_timeout=timeout).run()
     at.session_state["view"] = "Runs & compare"
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -341,6 +341,10 @@ def test_compare_tab_shows_the_pre_registered_comparison(tmp_path, monkeypatch):
     assert any("recommend peft-linear" in i.value.replace("\\", "") for i in at.info)
     with pytest.raises(KeyError):  # the provisional bars are not drawn next to the protocol's evidence
         at.get_by_key("compare_chart")
+    # no robustness.csv: said plainly, nothing drawn (test_robustness_view.py draws one)
+    assert any(i.value.startswith("This study holds no robustness measurements") for i in at.info)
+    with pytest.raises(KeyError):
+        at.get_by_key("robustness_chart")
 
 
 def test_compare_tab_recommends_pi_tuning_when_the_evidence_does(tmp_path, monkeypatch):
@@ -370,6 +374,7 @@ def test_compare_tab_without_protocol_results_keeps_the_provisional_section(tmp_
     assert not at.error
     assert not any(h.value.startswith("Pre-registered comparison") for h in at.subheader)
     assert any(h.value.startswith("Runs and baselines for") for h in at.subheader)
+    assert any(c.value.startswith("This study holds no robustness measurements") for c in at.caption)
 
 
 def test_a_partly_run_approach_cannot_become_the_best_other():

@@ -38,6 +38,7 @@ from pitune_core.spec.vocab import BUDGET_RULES, DEFAULT_K, EXPERT_TYPES, LEGACY
 from pitune_core.common import check_plan_name, read_jsonl, sha256_file
 from pitune_core.spec.vocab import ABLATIONS, CORE, OTHERS, TRANSFER  # noqa: F401  (the plan's approach groups)
 from pitune_core.study.manifest import register_files
+from pitune_core.study.read.results import ROBUSTNESS_FILE, robustness_rows, write_robustness
 from pitune_core.paths import StudyPaths
 
 PLAN_FORMAT = "pitune-protocol-plan/1"
@@ -424,12 +425,15 @@ def collect(plan: ProtocolPlan, out: str | Path, context: dict) -> list[dict]:
                        steps_select=res["steps"]["select"], steps_tune=res["steps"]["tune"],
                        steps_total=res["steps"]["total"], sources="|".join(res.get("sources", [])),
                        selection=res.get("selection"), time_s=r["time_s"], cpu_s=r.get("cpu_s"))
+            if res.get("robustness") is not None:  # scored on shifted and corrupted sets (robustness.csv)
+                row["robustness"] = res["robustness"]
         rows.append(row)
     return rows
 
 
 def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str | Path | None = None) -> Path:
-    """Write ``results.csv`` (every planned run with its status) and ``report.md``; with ``study``,
+    """Write ``results.csv`` (every planned run with its status), ``robustness.csv`` (the robustness
+    rows of the done runs that have them; only once some run has, then kept current) and ``report.md``; with ``study``,
     register them in that study's manifest when ``out`` lies inside it, and rewrite the study's
     REPORT.md (which includes this report)."""
     from pitune_core.study.read.stats import report_section  # lazy: loads numpy
@@ -441,6 +445,9 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
         w.writeheader()
         for r in rows:
             w.writerow({**r, "shots": "full" if r["shots"] is None else r["shots"]})
+    rob, rob_path = robustness_rows([r for r in rows if r["status"] == "done"]), Path(out) / ROBUSTNESS_FILE
+    if rob or rob_path.exists():  # a study without robustness rows keeps its files as they were
+        write_robustness(rob_path, rob)
     from pitune_core.data.dedup import markdown as dedup_markdown  # lazy: loads safetensors
 
     steps = {}
@@ -461,7 +468,7 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
         f"{context.get('alignment_clean')}; data version {context.get('data_version')}.\n\n"
         + "\n".join(lines) + "\n\n" + dedup_markdown())
     if study is not None and register_files(study, [path, Path(out) / "report.md", Path(out) / "plan.json",
-                                                     Path(out) / "runs.jsonl"]):
+                                                     Path(out) / "runs.jsonl", rob_path]):
         from pitune_core.study.report import report
 
         rep = StudyPaths(study).report  # the study's REPORT.md carries this plan's report: keep it current

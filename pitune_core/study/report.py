@@ -16,7 +16,11 @@ import numpy as np
 from pitune_core.common import ADMISSION_MARGIN, EXPERT_TYPES, read_jsonl
 from pitune_core.paths import StudyPaths
 from pitune_core.spec.vocab import PROBE_GAP_POINTS, VL_MARGIN_POINTS
-from pitune_core.study.read.results import read_matrix_csv, read_results
+from pitune_core.study.read.evidence import read_protocol_csv
+from pitune_core.study.read.results import ROBUSTNESS_FILE, read_matrix_csv, read_results, read_robustness
+from pitune_core.study.read.stats import CI_LEVEL, TIE_POINTS
+from pitune_core.study.read.stats import fragile as _fragile
+from pitune_core.study.robustness import MEASURE_LABELS, MEASURES, robustness_table
 from pitune_core.predict.quality import headline
 from pitune_core.study.relatedness import RESULT_FILE, markdown
 
@@ -228,7 +232,69 @@ def protocol_section(root: Path) -> list[str]:
         f = d / "report.md"
         if f.is_file() and not f.is_symlink():
             out += ["#" + ln if ln.startswith("#") else ln for ln in f.read_text().splitlines()] + [""]
+            out += robustness_section(root, d.name)
     return ["## π-Tuning against the baselines: pre-registered comparisons", ""] + out if out else []
+
+
+def robustness_section(root: Path, plan: str) -> list[str]:
+    """The robustness of a comparison's tuned models (``protocol/<plan>/robustness.csv``,
+    :func:`pitune_core.study.robustness.robustness_table`); nothing when the plan holds no robustness
+    row, one line when its files cannot be read."""
+    d = StudyPaths(root).protocol(plan)
+    rel = f"protocol/{plan}/{ROBUSTNESS_FILE}"
+    if not (d / ROBUSTNESS_FILE).is_file() or not (d / "results.csv").is_file():
+        return []
+    try:
+        runs = read_protocol_csv(d / "results.csv", f"protocol/{plan}/results.csv")
+        table = robustness_table(runs, read_robustness(d / ROBUSTNESS_FILE, runs, rel))
+    except (OSError, ValueError) as e:
+        return [f"#### Robustness of the tuned models: {plan}", "", f"`{rel}` cannot be read: {e}", ""]
+    return robustness_markdown(table, plan, rel) if table["runs_scored"] else []
+
+
+def _pm(c: dict) -> str:
+    """A table cell: mean ± std (n targets), points."""
+    return "–" if not c["n"] else f"{_num(c['mean'], 1)} ± {_num(c['std'], 1)} ({c['n']})"
+
+
+def robustness_markdown(table: dict, plan: str, source: str) -> list[str]:
+    """Markdown of :func:`pitune_core.study.robustness.robustness_table`: the approach table and the
+    paired differences, regime by regime."""
+    done = sum(g["runs_done"] for g in table["regimes"])
+    out = [f"#### Robustness of the tuned models: {plan}", "",
+           f"{table['runs_scored']} of the {done} done runs of these regimes were also scored, with no further "
+           f"training, on shifted test sets with the same labels from other tasks of their family and on corrupted "
+           f"copies of their own test set (`{source}`). Points, mean ± std (ddof=1) over targets (each target the "
+           "mean of its seeds; a target enters once every planned seed of the approach is scored), n targets in "
+           "brackets (shifted: only the targets that have a shifted test set). The gaps (shifted − in-distribution, "
+           "corrupted − in-distribution) are the effective robustness: the drop off the model's own test set, "
+           "closer to 0 is more robust.", "",
+           "| regime | approach | " + " | ".join(MEASURE_LABELS[m] for m in MEASURES) + " |",
+           "|---|---|" + "---:|" * len(MEASURES)]
+    for g in table["regimes"]:
+        out += [f"| {g['regime']} | {a['approach']} | " + " | ".join(_pm(a[m]) for m in MEASURES) + " |"
+                for a in g["approaches"]]
+    diffs = [d for g in table["regimes"] for d in g["diffs"]]
+    if not diffs:
+        return out + ["", "No π-Tuning run is scored, so no paired difference.", ""]
+    out += ["", f"Paired differences over targets: pi-tuning minus each approach (the comparison's reference; the "
+            f"issue's goals compare π-Tuning with target-only and with every other approach; a positive difference "
+            f"on a gap means π-Tuning loses less off its own test set), bootstrap {int(CI_LEVEL * 100)}% CI over "
+            f"targets (BCa, the rule; the plain percentile interval beside it, \"fragile\" where the two disagree "
+            f"on excluding 0), two-sided Wilcoxon signed-rank p, wins/ties/losses (tie: |d| ≤ {TIE_POINTS}).", "",
+            "| regime | versus | measure | n targets | mean diff | 95% CI | percentile CI | Wilcoxon p | W/T/L |",
+            "|---|---|---|---:|---:|---|---|---:|---|"]
+    for d in diffs:
+        head = f"| {d['regime']} | {d['b']} | {MEASURE_LABELS[d['measure']]} |"
+        if not d["n"]:
+            out.append(f"{head} 0 | – | – | – | – | – |")
+            continue
+        fragile = " fragile" if _fragile(d['ci_low'], d['ci_high'], d['pct_low'], d['pct_high']) else ""
+        out.append(f"{head} {d['n']} | {_num(d['mean'], 1, sign=True)} | [{_num(d['ci_low'], 1, sign=True)}, "
+                   f"{_num(d['ci_high'], 1, sign=True)}] | [{_num(d['pct_low'], 1, sign=True)}, "
+                   f"{_num(d['pct_high'], 1, sign=True)}]{fragile} | {_num(d['p_wilcoxon'], 3)} | "
+                   f"{d['wins']}/{d['ties']}/{d['losses']} |")
+    return out + [""]
 
 
 def groundtruth_section(root: Path) -> list[str]:

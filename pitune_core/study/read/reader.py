@@ -24,7 +24,9 @@ from typing import Any, Iterable, Sequence
 from pitune_core.common import (EXPERT_TYPES, EXPERT_TYPE_LABELS, MODALITIES, check_task_name, parse_shots,
                                 parse_sources)
 from pitune_core.paths import GRAPH_FILE, LAYOUT_FILE, LAYOUT_NOTE_FILE, RUNS_LOG_FILE, SIMILARITY_FILE, StudyPaths
+from pitune_core.study.read.results import ROBUSTNESS_FILE, read_robustness
 from pitune_core.study.read.results import parse_float as _float, read_matrix_csv, read_results
+from pitune_core.study.robustness import robustness_table
 from pitune_core.paths import default_study as default_study_path
 from pitune_core.spec.configs import TransferConfig
 from pitune_core.spec.parse import check_not_own_source
@@ -761,6 +763,25 @@ class Study:
         st = p.stat()
         out = self._memo(("protocol_summary", name, st.st_mtime_ns, st.st_size), lambda: summarise(rows))
         return {"plan": name, "problem": None, **out}
+
+    def protocol_robustness(self, name: str) -> dict:
+        """The comparison's robustness (``protocol/<name>/robustness.csv`` against its results.csv,
+        :func:`pitune_core.study.read.results.read_robustness`; summarised by
+        :func:`pitune_core.study.robustness.robustness_table`): ``{"plan", "problem", "runs_scored",
+        "regimes"}``, ``runs_scored`` 0 and no regime when the plan holds no robustness measurement.
+        Never raises for a bad file: ``problem`` says what is wrong in one line."""
+        out: dict[str, Any] = {"plan": name, "problem": None, "runs_scored": 0, "regimes": []}
+        try:
+            runs = self.protocol_results(name)
+            p = StudyPaths(self.root).protocol(name) / ROBUSTNESS_FILE
+            if not p.exists() and not p.is_symlink():
+                return out
+            res, st = StudyPaths(self.root).protocol(name) / "results.csv", p.stat()
+            key = ("protocol_robustness", name, st.st_mtime_ns, st.st_size, res.stat().st_mtime_ns)
+            return {**out, **self._memo(key, lambda: robustness_table(
+                runs, read_robustness(p, runs, p.relative_to(self.root).as_posix())))}
+        except (OSError, ValueError) as e:
+            return {**out, "problem": str(e)}
 
     def protocol_targets(self) -> list[str]:
         """Targets of the study's pre-registered comparison(s), in the order of their results (plans

@@ -6,6 +6,12 @@ the report read them without loading a model):
   both.
 - ``transfer_matrix.csv`` — measured gain (accuracy points) of every target (row) from every source
   (column), empty where not measured.
+- ``robustness.csv`` of a pre-registered comparison (``protocol/<plan>/``, beside its ``results.csv``;
+  issue 28, item 3) — one row per done run and evaluation set: the scores of the run's tuned model,
+  with no further training, on its own test set, the shifted test sets of its family and corrupted
+  copies of its test set (:mod:`pitune_core.tune.robustness`'s rows, keyed by the run). Written by
+  :func:`pitune_core.study.protocol.write_results` only once some run carries robustness rows, so a
+  study without them has no such file and reads as before.
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ import csv
 import math
 import os
 import re
+from pathlib import Path
 from typing import Any
+
+from pitune_core.common import check_task_name, printable
+from pitune_core.spec.vocab import CORRUPTIONS, ROBUSTNESS_SETS, SEVERITIES
 
 #: columns of a results.csv row
 RESULT_FIELDS = ("target", "approach", "shots", "seed", "accuracy", "score", "metric", "sources")
@@ -91,3 +101,121 @@ def read_matrix_csv(path: str | os.PathLike):
     M = np.array([[v if (v := parse_float(x)) is not None else np.nan for x in r[1:]] for r in rows[1:]],
                  dtype=float).reshape(len(targets), len(cols))
     return targets, cols, M
+
+
+# ----------------------------------------------------------------------------- robustness.csv (protocol)
+
+ROBUSTNESS_FILE = "robustness.csv"
+#: the run a row belongs to (as in results.csv), then a robustness row's fields
+#: (:data:`pitune_core.tune.robustness.ROW_FIELDS`, which tests/test_robustness_view.py holds this to)
+RUN_FIELDS = ("key", "target", "approach", "shots", "seed")
+ROBUSTNESS_COLUMNS = (*RUN_FIELDS, "set", "source", "corruption", "severity", "metric", "value", "accuracy", "n",
+                      "dropped", "note")
+MAX_ROBUSTNESS_BYTES = 64 << 20  # ~20 rows a run, ~1,500 runs: a few MB; anything far larger is not ours
+MAX_NOTE_CHARS = 300
+
+
+def robustness_rows(runs: list[dict]) -> list[dict]:
+    """The robustness.csv rows of a comparison's runs (dicts with :data:`RUN_FIELDS` and, where scored,
+    ``robustness``: the run's list of robustness rows); a run without them adds none."""
+    out = []
+    for r in runs:
+        for x in r.get("robustness") or []:
+            out.append({**x, **{k: r[k] for k in RUN_FIELDS}, "shots": "full" if r["shots"] is None else r["shots"]})
+    return out
+
+
+def write_robustness(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write rows (from :func:`robustness_rows`) as robustness.csv (fields beyond the columns are dropped)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(ROBUSTNESS_COLUMNS), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _count(v: str | None, where: str, what: str) -> int:
+    v = (v or "").strip()
+    if not v.isdigit():
+        raise ValueError(f"{where}: {what} {v[:40]!r} is not a non-negative integer")
+    return int(v)
+
+
+def _unit(v: str | None, where: str, what: str, required: bool) -> float | None:
+    """A score cell: a number in [0, 1], or empty (None) where allowed."""
+    if not (v or "").strip() and not required:
+        return None
+    f = parse_float(v)
+    if f is None or not 0.0 <= f <= 1.0:
+        raise ValueError(f"{where}: {what} must be a number between 0 and 1, got {(v or '')[:40]!r}")
+    return f
+
+
+def read_robustness(path: str | os.PathLike, runs: list[dict], shown: str | None = None) -> list[dict]:
+    """Parse and validate a protocol ``robustness.csv`` (untrusted: bounded size, its columns, known
+    sets and corruptions, severities and counts as ints, scores in [0, 1], a note of one printable line)
+    against the comparison's parsed results rows ``runs``
+    (:func:`pitune_core.study.read.evidence.read_protocol_csv`): every row must belong to a done run
+    of results.csv with the same key, and every run it scores has exactly one in-distribution row.
+    Returns rows with the run's fields (shots an int or ``"full"``, seed an int), ``set``, ``source``
+    and ``corruption`` (None where empty), ``severity``, ``value``, ``accuracy``, ``n``, ``dropped``,
+    ``metric`` and ``note``; a one-line ``ValueError`` naming the file (``shown``) and line otherwise."""
+    path = Path(path)
+    shown = shown or str(path)
+    if path.is_symlink() or not path.is_file():
+        raise ValueError(f"{shown} is not a regular file")
+    size = path.stat().st_size
+    if size > MAX_ROBUSTNESS_BYTES:
+        raise ValueError(f"{shown} has {size} bytes, more than the {MAX_ROBUSTNESS_BYTES} a robustness.csv may have")
+    done = {(r["target"], r["approach"], r["shots"], r["seed"]): r for r in runs if r.get("status") == "done"}
+    rows, in_dist = [], {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            lacking = [c for c in ROBUSTNESS_COLUMNS if c not in (reader.fieldnames or [])]
+            if lacking:
+                raise ValueError(f"{shown} lacks the column(s) {', '.join(lacking)} (is it a protocol robustness.csv?)")
+            for r in reader:
+                where = f"{shown} line {reader.line_num}"
+                if None in r:
+                    raise ValueError(f"{where}: more cells than columns")
+                shots_s = (r.get("shots") or "").strip()
+                ident = ((r.get("target") or "")[:64], (r.get("approach") or "")[:64],
+                         "full" if shots_s == "full" else int(shots_s) if shots_s.isdigit() else shots_s[:40],
+                         int(s) if (s := (r.get("seed") or "").strip()).isdigit() else s[:40])
+                run = done.get(ident)
+                if run is None:
+                    raise ValueError(f"{where}: no done run {' '.join(map(str, ident))!r} in results.csv")
+                if (r.get("key") or "") != run["key"]:
+                    raise ValueError(f"{where}: its key differs from results.csv's for that run (a row of another run)")
+                kind = r.get("set") or ""
+                if kind not in ROBUSTNESS_SETS:
+                    raise ValueError(f"{where}: set {kind[:40]!r} is not one of {', '.join(ROBUSTNESS_SETS)}")
+                source = r.get("source") or None
+                if source is not None:
+                    try:
+                        check_task_name(source, "the shift source")
+                    except ValueError as e:
+                        raise ValueError(f"{where}: {e}") from None
+                corruption = r.get("corruption") or None
+                if corruption is not None and corruption not in CORRUPTIONS:
+                    raise ValueError(f"{where}: corruption {corruption[:40]!r} is not one of {', '.join(CORRUPTIONS)}")
+                severity = None if not (r.get("severity") or "").strip() else _count(r["severity"], where, "severity")
+                if severity is not None and severity not in SEVERITIES:
+                    raise ValueError(f"{where}: severity {severity} is not one of {', '.join(map(str, SEVERITIES))}")
+                if (kind == "corrupted") != (corruption is not None and severity is not None):
+                    raise ValueError(f"{where}: a corruption and its severity are given on the corrupted rows only")
+                note = printable(r.get("note") or "")[:MAX_NOTE_CHARS] or None
+                n = _count(r.get("n"), where, "n")
+                # only a shifted set may have no score: none exists for the target (a note says why) or it is empty
+                value = _unit(r.get("value"), where, "value", required=kind != "shifted" or (note is None and n > 0))
+                rows.append({**{k: run[k] for k in RUN_FIELDS}, "set": kind, "source": source, "corruption": corruption,
+                             "severity": severity, "metric": printable(r.get("metric") or "")[:40], "value": value,
+                             "accuracy": _unit(r.get("accuracy"), where, "accuracy", required=False), "n": n,
+                             "dropped": _count(r.get("dropped") or "0", where, "dropped"), "note": note})
+                in_dist[ident] = in_dist.get(ident, 0) + (kind == ROBUSTNESS_SETS[0])
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise ValueError(f"{shown} is not a readable CSV: {e}") from None
+    bad = next((i for i, c in in_dist.items() if c != 1), None)
+    if bad is not None:
+        raise ValueError(f"{shown}: run {' '.join(map(str, bad))} has {in_dist[bad]} in-distribution rows, not 1")
+    return rows
