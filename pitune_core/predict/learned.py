@@ -5,7 +5,8 @@ These also see the *measured* transfer of other (target, source) pairs, a ground
 matrix, so they cannot be :data:`~pitune_core.predict.predictors.PREDICTORS` (``fn(target, ctx)``):
 they are plain functions, arrays and dicts in, arrays out, no hidden state (fit / predict verbs,
 as scikit-learn's). Their names are :data:`pitune_core.spec.vocab.LEARNED_PREDICTOR_NAMES`; their
-rows are scored by :func:`pitune_core.predict.quality.predictor_quality` like every other row.
+rows are scored by :func:`pitune_core.predict.quality.predictor_quality` like every other row (and in a
+ground truth's quality table beside the logged rows, :func:`pitune_core.study.transfer.learned_rows`).
 
 Inputs, everywhere:
 
@@ -35,6 +36,9 @@ TRANSFER_HISTORY, COMBINED = LEARNED_PREDICTOR_NAMES
 #: within-target ranks), ``rank_average`` (the mean within-target rank, each feature signed by its
 #: mean Spearman with the gains on the training targets)
 COMBINE_KINDS = ("linear", "rank_average")
+#: the predictor rows a ground truth's :data:`COMBINED` row combines (those the plan scores), with
+#: :data:`TRANSFER_HISTORY` added as a feature (recomputed per fold, :func:`loto_combination_rows`)
+COMBINED_FEATURES = ("fisher", "data", "same_modality")
 
 
 def _check(gain: np.ndarray, targets: Sequence[str], sources: Sequence[str]) -> np.ndarray:
@@ -196,7 +200,10 @@ def loto_combination_rows(features: Mapping[str, Mapping[str, np.ndarray]], gain
     ``features``: gain-free predictor rows per target (e.g. ``fisher``, ``same_modality``), for every
     target. ``history`` adds :data:`TRANSFER_HISTORY` as a feature, recomputed per fold without the
     held-out target (a training target's history leaves out itself *and* the held-out one), so the
-    held-out target's measured gains are read nowhere in its row."""
+    held-out target's measured gains are read nowhere in its row.
+
+    A target is never its own source: where it is among ``sources`` its features are ranked without
+    it (as a training target's are, :func:`fit_combination`), and its entry of the row is NaN."""
     G = _check(gain, targets, sources)
     out = {}
     for t in targets:
@@ -206,5 +213,8 @@ def loto_combination_rows(features: Mapping[str, Mapping[str, np.ndarray]], gain
             feats[TRANSFER_HISTORY] = {u: transfer_history(G, targets, sources, modality_of, u, exclude={t}) for u in train}
             feats[TRANSFER_HISTORY][t] = transfer_history(G, targets, sources, modality_of, t)
         model = fit_combination({n: {u: r[u] for u in train} for n, r in feats.items()}, G, targets, sources, train, kind)
-        out[t] = predict_combination(model, {n: r[t] for n, r in feats.items()})
+        cand = np.array([s != t for s in sources])
+        row = np.full(len(sources), np.nan)
+        row[cand] = predict_combination(model, {n: np.asarray(r[t], dtype=np.float64)[cand] for n, r in feats.items()})
+        out[t] = row
     return out

@@ -329,11 +329,3 @@ def summarise(per_target: Mapping[str, Mapping[str, float]], reliability: dict, 
         summary[key] = s
     return summary
 
-
-def compare_predictors(a: Mapping[str, dict], b: Mapping[str, dict], metric: str = "spearman", seed: int = 0) -> dict:
-    """Paired difference of two predictors' per-target ``metric`` (``per_target`` dicts of
-    :func:`predictor_quality`), over their common targets, with a bootstrap CI."""
-    ts = [t for t in a if t in b]
-    x, y = [a[t][metric] for t in ts], [b[t][metric] for t in ts]
-    return {"metric": metric, "n_targets": len(ts), "mean_difference": float(np.nanmean(np.subtract(x, y))) if ts else float("nan"),
-            "ci": paired_ci(x, y, "difference", seed)}

@@ -36,6 +36,9 @@ PREDICTOR_EMBEDDINGS = tuple(PREDICTOR_PREFIX + p for p in PREDICTOR_NAMES)
 #: ground truth's gains of the *other* targets, so they are functions of a gain matrix, not of
 #: ``(target, ctx)``, and are kept out of :data:`PREDICTOR_NAMES` (the rows a study's predictor stage computes)
 LEARNED_PREDICTOR_NAMES = ("transfer_history", "combined")
+#: every name a ground truth's plan may list and its quality table may score: the predictors of a study's
+#: predictor stage, then those that learn from measured transfer (scored by the quality stage)
+SCORED_PREDICTOR_NAMES = PREDICTOR_NAMES + LEARNED_PREDICTOR_NAMES
 
 
 def predictor_of(embedding: str) -> str | None:

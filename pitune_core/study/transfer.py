@@ -23,6 +23,7 @@ import csv
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,17 +32,19 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from pitune_core.common import read_jsonl, write_atomic  # read_jsonl: re-exported (callers import it from here)
-from pitune_core.spec.vocab import PAIR_SHOTS, QUALITY_K, SUCCEEDED
+from pitune_core.spec.vocab import LEARNED_PREDICTOR_NAMES, PAIR_SHOTS, QUALITY_K, SCORED_PREDICTOR_NAMES, SUCCEEDED
 from pitune_core.spec.env import SHARD_ENV, shard_from_env  # noqa: F401  (re-exported: the stages' callers import them here)
 from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
 from pitune_core.model.device import describe_device
 from pitune_core.model.experts import TrainConfig, train_expert
+from pitune_core.study.read.stats import paired
 from pitune_core.study.read.tasks_file import task_modalities
 from pitune_core.common import check_plan_name
 from pitune_core.predict.predictors import PREDICTORS, available_examples, predict_row
-from pitune_core.predict.quality import (METRICS, compare_predictors, seed_reliability, summarise, summarise_within,
-                                         target_quality, within_group_spearman)
+from pitune_core.predict import learned
+from pitune_core.predict.quality import (METRICS, seed_reliability, summarise, summarise_within, target_quality,
+                                         within_group_spearman)
 from pitune_core.runs.registry import RunRegistry
 
 
@@ -320,9 +323,9 @@ def load_plan(path: str | Path) -> TransferPlan:
     if extra or ("targets" in raw and not raw["targets"]):
         raise ValueError(f"{path}: targets must be a non-empty subset of tasks"
                          + (f" ({', '.join(map(str, extra))} are not tasks)" if extra else ""))
-    bad = [p for p in raw.get("predictors", []) if p not in PREDICTORS]
+    bad = [p for p in raw.get("predictors", []) if p not in SCORED_PREDICTOR_NAMES]
     if bad:
-        raise ValueError(f"{path}: unknown predictor(s) {', '.join(bad)}; choose from {', '.join(PREDICTORS)}")
+        raise ValueError(f"{path}: unknown predictor(s) {', '.join(bad)}; choose from {', '.join(SCORED_PREDICTOR_NAMES)}")
     if any(s is not None and (not isinstance(s, int) or s < 1) for s in raw.get("target_shots", [])):
         raise ValueError(f"{path}: target_shots are positive integers or null (full data)")
     for k in ("seeds", "predictor_seeds"):
@@ -379,7 +382,8 @@ def _row_key(plan: TransferPlan, ctx) -> str:
 def run_predictors(plan: TransferPlan, ctx, out: str | Path, on_row=None, targets: list[str] | None = None) -> Path:
     """Every predictor's row for every (target, target data size, seed): appended to
     ``out/predictors.jsonl`` (keyed by the predictor settings), with its wall time; resumable and
-    shardable by (target, shots, seed) group so the per-target caches are shared."""
+    shardable by (target, shots, seed) group so the per-target caches are shared. The predictors that
+    learn from measured transfer have no row here: :func:`quality_table` makes theirs."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "predictors.jsonl"
@@ -391,7 +395,7 @@ def run_predictors(plan: TransferPlan, ctx, out: str | Path, on_row=None, target
     done = done_now()
     jobs = take_shard(predictor_jobs(plan, targets))
     for i, (t, shots, seed) in enumerate(jobs):
-        todo = [p for p in plan.predictors if (p, t, shots, seed) not in done]
+        todo = [p for p in plan.predictors if p in PREDICTORS and (p, t, shots, seed) not in done]
         if todo and (todo := [p for p in todo if (p, t, shots, seed) not in (done := done_now())]):
             target = available_examples(t, ctx.backbone, shots, seed)
             for p in todo:
@@ -417,31 +421,117 @@ def predictor_records(out: str | Path, key: str | None = None) -> tuple[list[dic
     return [r for r in records if r.get("key") == key], key
 
 
-def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None) -> dict:
+#: the width of a tie in the paired comparison of two predictors' per-target metric: the plan states
+#: none for predictors, so a tie is an exact equality (e.g. the same ranking, the same top-1 hit)
+VERSUS_TIE = 0.0
+
+
+def compare_predictors(a: dict[str, dict], b: dict[str, dict], metric: str = "spearman", seed: int = 0) -> dict:
+    """Paired difference ``a - b`` of two predictors' per-target ``metric`` (``per_target`` dicts of
+    the quality table) over their common targets where both are defined: the mean, its BCa bootstrap
+    95 % CI over targets (``ci``, the rule; the percentile interval beside it), the two-sided Wilcoxon
+    signed-rank p and wins/ties/losses (tie: ``|d| <= VERSUS_TIE``), all by
+    :func:`pitune_core.study.read.stats.paired`."""
+    ts = [t for t in a if t in b and np.isfinite(a[t][metric]) and np.isfinite(b[t][metric])]
+    p = paired([a[t][metric] for t in ts], [b[t][metric] for t in ts], tie=VERSUS_TIE, seed=seed)
+    return {"metric": metric, "n_targets": p.n, "mean_difference": p.mean, "ci": (p.ci_low, p.ci_high),
+            "ci_method": "BCa", "ci_percentile": (p.pct_low, p.pct_high), "fragile": p.fragile,
+            "wilcoxon_p": p.p_wilcoxon, "wins": p.wins, "ties": p.ties, "losses": p.losses, "tie": VERSUS_TIE}
+
+
+def _measured_gain(G: np.ndarray) -> np.ndarray:
+    """The seed mean of a gain tensor where every seed is measured, NaN elsewhere (the cells a row is scored on)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.where(np.isnan(G).any(axis=0), np.nan, np.nanmean(G, axis=0))
+
+
+def learned_rows(plan: TransferPlan, G: np.ndarray, records: list[dict], modality: dict[str, str],
+                 names=LEARNED_PREDICTOR_NAMES) -> list[dict]:
+    """Rows of the predictors that learn from measured transfer (:mod:`pitune_core.predict.learned`), in
+    the shape of ``predictors.jsonl``'s (``predictor, target, shots, sources, row, seconds``), one per
+    main target and target data size of the plan, for :func:`quality_table` to score beside them.
+
+    They learn from the plan's main targets only (``plan.targets``; a confirmation set is another plan):
+    ``G`` (the gain tensor over ``plan.tasks``) is read at those rows, at the cells measured in every seed,
+    over the sources measured on at least one of them (a gated expert is none). A target's row never
+    reads its own row of ``G`` (``learned`` leaves it out everywhere):
+
+    - ``transfer_history``: each source's mean gain on the other main targets of the target's
+      modality; it reads no target data, so the same row at every size;
+    - ``combined``: :data:`~pitune_core.predict.learned.COMBINED_FEATURES` that the records hold (at
+      that size: each the mean over predictor seeds of its rows) and the transfer history, fitted
+      leave-one-target-out over the main targets that have every feature's row at that size.
+
+    ``seconds``: the row's wall time (a combined row adds its features' logged seconds)."""
+    main = list(plan.targets or plan.tasks)
+    M = _measured_gain(G)[[plan.tasks.index(t) for t in main]]
+    used = ~np.isnan(M).all(axis=0)
+    sources = [s for s, u in zip(plan.tasks, used) if u]
+    M = M[:, used]
+    out = []
+
+    def add(p, t, shots, row, seconds):
+        out.append({"predictor": p, "target": t, "shots": shots, "sources": sources, "row": [float(x) for x in row],
+                    "seconds": round(float(seconds), 3)})
+
+    if learned.TRANSFER_HISTORY in names and sources:
+        t0 = time.perf_counter()
+        hist = learned.transfer_history_rows(M, main, sources, modality)
+        took = (time.perf_counter() - t0) / len(main)
+        for shots in plan.target_shots:
+            for t in main:
+                add(learned.TRANSFER_HISTORY, t, shots, hist[t], took)
+    if learned.COMBINED in names and sources:
+        have = {r["predictor"] for r in records}
+        feats = [f for f in learned.COMBINED_FEATURES if f in have]
+        for shots in plan.target_shots:
+            rows: dict[str, dict[str, np.ndarray]] = {f: {} for f in feats}
+            secs = dict.fromkeys(main, 0.0)
+            for f in feats:
+                for t in main:
+                    rs = [r for r in records if r["predictor"] == f and r["target"] == t and r["shots"] == shots]
+                    if rs and all(s in r["sources"] for r in rs for s in sources if s != t):
+                        rows[f][t] = np.mean([[r["row"][r["sources"].index(s)] if s != t else np.nan for s in sources]
+                                              for r in rs], axis=0)
+                        secs[t] += float(np.mean([r["seconds"] for r in rs]))
+            ts = [t for t in main if all(t in rows[f] for f in feats)]
+            if len(ts) < 3:  # a fold needs at least 2 training targets
+                continue
+            t0 = time.perf_counter()
+            comb = learned.loto_combination_rows(rows, M[[main.index(t) for t in ts]], ts, sources, modality)
+            took = (time.perf_counter() - t0) / len(ts)
+            for t in ts:
+                add(learned.COMBINED, t, shots, comb[t], secs[t] + took)
+    return out
+
+
+def quality_table(plan: TransferPlan, out: str | Path, key: str | None = None, learned_names=None) -> dict:
     """Every predictor at every target data size scored against the seed-averaged ground truth:
     per-target metrics averaged over the predictor seeds, means with bootstrap CIs over targets,
-    fractions of the noise ceiling, and the paired difference to same-modality. Written to
-    ``out/quality.json`` and ``out/quality.csv`` (with ``out/reliability.json``).
+    fractions of the noise ceiling, and the paired difference to same-modality
+    (:func:`compare_predictors`). Written to ``out/quality.json`` and ``out/quality.csv`` (with
+    ``out/reliability.json``).
 
-    ``key``: only predictor rows of this configuration (:func:`predictor_records`)."""
+    ``key``: only predictor rows of this configuration (:func:`predictor_records`).
+    ``learned_names``: the predictors that learn from measured transfer to score beside the logged
+    rows (:func:`learned_rows`; default: those the plan lists), every row scored alike."""
     out = Path(out)
     G = gain_tensor(out / "pairs.jsonl", plan.tasks, plan.seeds, plan.key())
     rel = seed_reliability(G, plan.tasks, plan.tasks, plan.k)
     write_atomic(out / "reliability.json", json.dumps(rel, indent=2))
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean_gain = np.nanmean(G, axis=0)
+    mean_gain = _measured_gain(G)
     rows: dict[tuple[str, int | None], dict[str, list[dict]]] = {}
     modality = task_modalities(out.parent.parent / "tasks.json", plan.tasks)  # out: STUDY/groundtruth/PLAN, or not a study
     records, key = predictor_records(out, key)
-    for r in records:
+    if learned_names is None:
+        learned_names = [p for p in plan.predictors if p in LEARNED_PREDICTOR_NAMES]
+    for r in records + learned_rows(plan, G, records, modality, learned_names):
         if r["target"] not in (plan.targets or plan.tasks) or r["target"] not in rel["per_target"]:
             continue
         i = plan.tasks.index(r["target"])
         cols = [j for j, s in enumerate(plan.tasks) if s != r["target"] and s in r["sources"]
-                and not np.isnan(G[:, i, j]).any()]
+                and not np.isnan(mean_gain[i, j])]
         pred = np.array([r["row"][r["sources"].index(plan.tasks[j])] for j in cols])
         q = target_quality(pred, mean_gain[i, cols], [plan.tasks[j] for j in cols], plan.k)
         q["seconds"] = r["seconds"]

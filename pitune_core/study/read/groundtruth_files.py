@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pitune_core.common import check_plan_name, check_task_name
+from pitune_core.spec.vocab import SCORED_PREDICTOR_NAMES
 
 
 #: files of a ground-truth folder (``StudyPaths.groundtruth(plan)``, ``pitune transfer-study``)
@@ -101,8 +102,6 @@ def _gt_numbers(x: Any, pattern: str, where: str) -> dict[str, float | None]:
 
 def parse_gt_quality(raw: Any, name: str) -> dict:
     """Validate and copy (known fields only) the structure :func:`~pitune_core.study.transfer.quality_table` writes."""
-    from pitune_core.predict.quality import PREDICTOR_NAMES  # lazy: loads numpy
-
     where = f"groundtruth/{name}/quality.json"
     raw = _gt_obj(raw, where)
     plan = raw.get("plan")
@@ -122,10 +121,10 @@ def parse_gt_quality(raw: Any, name: str) -> dict:
     for label, preds in _gt_obj(raw.get("table"), f"{where} table", 16).items():
         _gt_name(label, _GT_SIZE, f"{where} table (target data size)")
         out = table[label] = {}
-        for p, v in _gt_obj(preds, f"{where} table.{label}", len(PREDICTOR_NAMES)).items():
-            if p not in PREDICTOR_NAMES:
+        for p, v in _gt_obj(preds, f"{where} table.{label}", len(SCORED_PREDICTOR_NAMES)).items():
+            if p not in SCORED_PREDICTOR_NAMES:
                 raise GroundTruthError(f"{where} table.{label}: unknown predictor {str(p)[:60]!r} "
-                                       f"(known: {', '.join(PREDICTOR_NAMES)})")
+                                       f"(known: {', '.join(SCORED_PREDICTOR_NAMES)})")
             w = f"{where} table.{label}.{p}"
             v = _gt_obj(v, w)
             summary = {}
