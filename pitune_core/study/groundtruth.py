@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from pitune_core.common import progress, sha256_file, write_atomic
 from pitune_core.paths import StudyPaths
-from pitune_core.spec.vocab import EXPERT_META_FILE
+from pitune_core.spec.vocab import EXPERT_META_FILE, LEARNED_PREDICTOR_NAMES
 
 if TYPE_CHECKING:  # the module stays importable without torch (the CLI reads its stage names)
     from pitune_core.study.transfer import TransferPlan
@@ -94,7 +94,9 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
     if "stability" in stages and shard_from_env() is None:
         res["stability"] = _stability(plan, dirs, bb, out, tuple(stability_sizes))
     if "quality" in stages:
-        res["quality"] = quality_table(plan, out)
+        # the predictors that learn from measured transfer are scored beside every plan that scores
+        # predictors (they need those predictors' rows as features); a plan may also list them itself
+        res["quality"] = quality_table(plan, out, learned_names=LEARNED_PREDICTOR_NAMES if plan.predictors else None)
         if out.resolve().is_relative_to(study.resolve()):  # a ground truth of this study: draw its predictors
             from pitune_core.predict.quality import PREDICTOR_PREFIX
             from pitune_core.study.predictor_graphs import write_predictor_graphs
