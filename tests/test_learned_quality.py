@@ -244,3 +244,27 @@ def test_a_plan_may_list_learned_predictors_and_the_predictor_stage_skips_them(t
                           probe_std=0.0, backbone=SimpleNamespace(backbone_id="none"), _mem={}, _target_model=None)
     log = run_predictors(plan, ctx, tmp_path / "out")
     assert not log.exists() or log.read_text() == ""
+
+
+def test_the_reader_and_the_report_keep_wilcoxon_and_win_tie_loss(scored, tmp_path):
+    """Since issue 28 a quality table's comparison with same-modality carries Wilcoxon p and win/tie/loss:
+    the reader keeps them and REPORT's table prints them beside the CI (an older table has neither)."""
+    from pitune_core.study.report import groundtruth_section
+
+    raw = json.loads((scored["out"] / "quality.json").read_text())
+    vs = raw["table"]["4-shot"]["combined"]["vs_same_modality"]
+    got = parse_gt_quality(raw, "learned-test")["table"]["4-shot"]["combined"]["vs_same_modality"]
+    assert got["wilcoxon_p"] == pytest.approx(vs["wilcoxon_p"])
+    assert (got["wins"], got["ties"], got["losses"]) == (vs["wins"], vs["ties"], vs["losses"])
+    d = tmp_path / "study" / "groundtruth" / "learned-test"
+    d.mkdir(parents=True)
+    (d / "quality.json").write_text(json.dumps(raw))
+    row = next(line for line in groundtruth_section(tmp_path / "study") if line.startswith("| 4-shot | combined |"))
+    assert f"W/T/L {vs['wins']}/{vs['ties']}/{vs['losses']}" in row and "Wilcoxon p " in row
+    for p in raw["table"]["4-shot"].values():  # an older table: the comparison without the new keys
+        for k in ("wilcoxon_p", "wins", "ties", "losses"):
+            p["vs_same_modality"].pop(k, None)
+    (d / "quality.json").write_text(json.dumps(raw))
+    old = next(line for line in groundtruth_section(tmp_path / "study") if line.startswith("| 4-shot | combined |"))
+    assert "Wilcoxon" not in old and "W/T/L" not in old
+    assert "wilcoxon_p" not in parse_gt_quality(raw, "learned-test")["table"]["4-shot"]["combined"]["vs_same_modality"]

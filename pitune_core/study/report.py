@@ -329,6 +329,8 @@ def groundtruth_section(root: Path) -> list[str]:
                 vci = vs.get("ci") or [None, None]
                 diff = "–" if p == "same_modality" or not vs else \
                     f"{_num(vs.get('mean_difference'), sign=True)} [{_num(vci[0], sign=True)}, {_num(vci[1], sign=True)}]"
+                if diff != "–" and "wilcoxon_p" in vs:  # tables since issue 28: Wilcoxon and win/tie/loss beside the CI
+                    diff += f"; Wilcoxon p {_num(vs['wilcoxon_p'])}, W/T/L {vs['wins']}/{vs['ties']}/{vs['losses']}"
                 out.append(f"| {size} | {p} | {_num(sm['spearman']['mean'])} [{_num(ci[0])}, {_num(ci[1])}] | "
                            f"{_num(sm['spearman'].get('fraction_of_ceiling'), pct=True)} | {_num(hit)} | "
                            f"{_num(sm.get('regret', {}).get('mean'))} | {diff} | {_num(v.get('seconds_per_target'), nd=1)} |")

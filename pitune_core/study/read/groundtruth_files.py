@@ -145,11 +145,15 @@ def parse_gt_quality(raw: Any, name: str) -> dict:
                           for t, q in _gt_obj(v.get("per_target") or {}, f"{w}.per_target", GT_MAX_TARGETS).items()}
             vs = v.get("vs_same_modality")
             if vs is not None:
-                vs = _gt_obj(vs, f"{w}.vs_same_modality")
+                raw_vs = vs = _gt_obj(vs, f"{w}.vs_same_modality")
                 vs = {"metric": _gt_name(vs.get("metric", "spearman"), _GT_METRIC, f"{w}.vs_same_modality.metric"),
                       "n_targets": _gt_int(vs.get("n_targets", 0), f"{w}.vs_same_modality.n_targets"),
                       "mean_difference": _gt_num(vs.get("mean_difference"), f"{w}.vs_same_modality.mean_difference"),
                       "ci": _gt_ci(vs.get("ci"), f"{w}.vs_same_modality.ci")}
+                if raw_vs.get("wilcoxon_p") is not None:  # tables since issue 28 (stats.paired) also carry these
+                    vs["wilcoxon_p"] = _gt_num(raw_vs["wilcoxon_p"], f"{w}.vs_same_modality.wilcoxon_p")
+                    for f in ("wins", "ties", "losses"):
+                        vs[f] = _gt_int(raw_vs.get(f, 0), f"{w}.vs_same_modality.{f}")
             wm = v.get("within_modality")  # Spearman among the target's own-modality sources (optional)
             if wm is not None:
                 wm = _gt_obj(wm, f"{w}.within_modality")
