@@ -19,6 +19,7 @@ from dashboard import figures as F
 from dashboard.text import md as _md
 from pitune_core.study.libraries import library_graph, library_neighbours, library_view
 from pitune_core.spec.vocab import DEFAULT_K, DEFAULT_SHOTS, K_MIN
+from pitune_core.runs import executor
 
 SHOTS = [1, 2, 4, 8, 16, 32, 64, "full"]
 EMBEDDING_LABELS = {"fisher": "Fisher (from a sample per adapter)", "weights": "weights (ΔW cosine)",
@@ -94,7 +95,6 @@ def _launch(name: str, db: str, get_registry: Callable) -> None:
         except (ValueError, RuntimeError, OSError) as e:
             st.error(f"Cannot launch: {e}")
             return
-        from pitune_core.runs import executor
 
         try:
             executor.ensure_scheduler(db)

@@ -28,6 +28,7 @@ from pitune_core.spec.vocab import ACTIVE_STATUSES, SUCCEEDED
 from pitune_core.study.read.placed import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
 from pitune_core.runs import executor
 from pitune_core.study.read.reader import EMBEDDING_LABELS
+import pitune_core.jobs  # noqa: F401 - registers the job kinds (no torch at import)
 
 KINDS = {"text": "Texts with labels (CSV / JSONL)", "images": "Images in class folders (zip)",
          "pairs": "Image-text pairs (zip with one .jsonl + images)"}
@@ -160,7 +161,6 @@ def _add_and_place(draft: U.Draft, verbal: dict, shots: int | None, study, root:
     reg = get_registry(str(db))
     if reg is None:
         return
-    import pitune_core.jobs  # noqa: F401 - registers the job kinds (no torch at import)
 
     method = st.session_state.get("method", "lora")
     try:
