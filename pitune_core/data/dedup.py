@@ -29,6 +29,10 @@ table: cheap, and no other task's data is touched. When the table does not match
 from all tasks once and cached under the data cache. Regenerate the committed table with
 ``python -m pitune_core.data.dedup --write`` after changing a builder (and bump ``DATA_VERSION``).
 User tasks outside the suite are not deduplicated against it.
+
+The mechanics, for a suite passed in, are in :mod:`pitune_core.data.dedup_rule` (below the suite, whose
+tasks apply it when they load); this module binds them to the built-in suite (:data:`~pitune_core.data.suite.TASKS`)
+and keeps every name importable from here.
 """
 
 from __future__ import annotations
