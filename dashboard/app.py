@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:
 from dashboard import figures as F  # noqa: E402
 from dashboard.text import md as _md  # noqa: E402
 from dashboard import new_task as NT  # noqa: E402
+from dashboard import library as LIB  # noqa: E402
 from pitune_core.predict.quality import fullest_plan, predictor_of  # noqa: E402
 from pitune_core.paths import default_runs_db, default_study  # noqa: E402
 from pitune_core.spec.configs import TransferConfig  # noqa: E402
@@ -44,11 +45,12 @@ from pitune_core.runs.executor import scheduler_running
 from pitune_core.runs.registry import RunRegistry
 from pitune_core.study.libraries import library_names
 from pitune_core.study.robustness import MEASURE_LABELS, MEASURES  # noqa: E402
+from pitune_core.spec.vocab import SHOT_OPTIONS  # noqa: E402
+from pitune_core.runs import executor as run_executor  # noqa: E402
 
 st.set_page_config(page_title="pitune · π-Tuning dashboard", page_icon="π", layout="wide")
 
 TABS = ["Graph", "Map", "Target", "Tune & launch", "Runs & compare", "Study", "New task"]
-SHOT_OPTIONS = [1, 2, 4, 8, 16, 32, 64, "full"]
 WEIGHT_MODES = {
     "learn-uniform": "learnable (π-Tuning), start uniform",
     "learn-auto": "learnable (π-Tuning), start from the predicted similarities",
@@ -772,10 +774,9 @@ def tab_launch(study: Study, sel: dict, db: Path) -> None:
                 st.error(f"Cannot launch: {e}")
                 return
             st.session_state["launched"] = run_id
-            from pitune_core.runs import executor
 
             try:
-                executor.ensure_scheduler(str(db))
+                run_executor.ensure_scheduler(str(db))
             except (RuntimeError, OSError) as e:
                 st.warning(f"Run {run_id} is queued, but the scheduler did not start ({e}). Start it with "
                            f"`pitune runs scheduler --db {db}`.")
@@ -820,9 +821,8 @@ def live_runs(db: str) -> None:
     sched.caption("scheduler: " + ("running" if running else "idle (starts with the next launch)"))
     if active and not running and any(r.status == QUEUED for r in active):
         if sched.button("Start scheduler", key="start_sched"):
-            from pitune_core.runs import executor
 
-            executor.ensure_scheduler(db)
+            run_executor.ensure_scheduler(db)
     if not runs:
         st.caption("No runs yet.")
         return
@@ -1208,8 +1208,6 @@ def main() -> None:
         return
     NT.apply_pending_switch()
     if _library_selector() is not None:  # an imported expert library: its own page (dashboard/library.py)
-        from dashboard import library as LIB
-
         LIB.render(st.session_state["library_view"], str(db), get_registry)
         return
     sel = selection(study)

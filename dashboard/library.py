@@ -18,9 +18,9 @@ import streamlit as st
 from dashboard import figures as F
 from dashboard.text import md as _md
 from pitune_core.study.libraries import library_graph, library_neighbours, library_view
-from pitune_core.spec.vocab import DEFAULT_K, DEFAULT_SHOTS, K_MIN
+from pitune_core.spec.vocab import DEFAULT_K, DEFAULT_SHOTS, K_MIN, SHOT_OPTIONS
+from pitune_core.runs import executor
 
-SHOTS = [1, 2, 4, 8, 16, 32, 64, "full"]
 EMBEDDING_LABELS = {"fisher": "Fisher (from a sample per adapter)", "weights": "weights (ΔW cosine)",
                     "arrow": "Arrow prototypes"}
 
@@ -80,7 +80,7 @@ def _launch(name: str, db: str, get_registry: Callable) -> None:
     c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
     target = c1.selectbox("Target task (language; add your own on the study's New task tab)", _targets(),
                           key="lib_target")
-    shots = c2.selectbox("Shots per class", SHOTS, index=SHOTS.index(DEFAULT_SHOTS), key="lib_shots")
+    shots = c2.selectbox("Shots per class", SHOT_OPTIONS, index=SHOT_OPTIONS.index(DEFAULT_SHOTS), key="lib_shots")
     kk = c3.number_input("k sources", K_MIN, 20, DEFAULT_K, key="lib_k")
     seed = c4.number_input("Seed", 0, 10_000, 0, key="lib_seed")
     if st.button("Launch π-Tuning", key="lib_launch", icon=":material/rocket_launch:"):
@@ -94,7 +94,6 @@ def _launch(name: str, db: str, get_registry: Callable) -> None:
         except (ValueError, RuntimeError, OSError) as e:
             st.error(f"Cannot launch: {e}")
             return
-        from pitune_core.runs import executor
 
         try:
             executor.ensure_scheduler(db)

@@ -24,15 +24,17 @@ from dashboard.text import md as _md
 from pitune_core.common import printable
 from pitune_core.data import user_tasks as U
 from pitune_core.spec.configs import PlaceConfig
-from pitune_core.spec.vocab import ACTIVE_STATUSES, SUCCEEDED
+from pitune_core.spec.vocab import ACTIVE_STATUSES, SHOT_CHOICES, SUCCEEDED
 from pitune_core.study.read.placed import PLACEABLE, placed_on, placed_stamp  # noqa: F401 - re-exported for app.py
 from pitune_core.runs import executor
 from pitune_core.study.read.reader import EMBEDDING_LABELS
+import pitune_core.jobs  # noqa: F401 - registers the job kinds (no torch at import)
 
 KINDS = {"text": "Texts with labels (CSV / JSONL)", "images": "Images in class folders (zip)",
          "pairs": "Image-text pairs (zip with one .jsonl + images)"}
 TYPES = {"text": ["csv", "tsv", "jsonl", "json", "txt"], "images": ["zip"], "pairs": ["zip"]}
-SHOTS = [1, 2, 4, 8, 16, 32, 64]
+
+
 def highlight(fig, names: Sequence[str], xy: Mapping[str, Sequence[float]]) -> None:
     """Ring the user's own tasks on the map (a plotly figure), named in the legend; the graph rings
     them itself (:func:`dashboard.figures.graph_figure`'s ``rings``)."""
@@ -136,7 +138,7 @@ def render(study, root: Path, db: Path, get_registry: Callable) -> None:
             verbal[lab] = st.text_input(f"verbalisation of class {i + 1}", value=v, label_visibility="collapsed",
                                         key=f"nt_verbal_{draft.name}_{lab}")
     max_shots = draft.max_shots()
-    options = ["all"] + [s for s in SHOTS if s <= max_shots]
+    options = ["all"] + [s for s in SHOT_CHOICES if s <= max_shots]
     s1, s2 = st.columns([1, 2])
     shots = s1.selectbox("Shots per class for its own expert", options, index=0, key="nt_shots",
                          help=f"The task's own expert (which gives its embedding) sees this many training examples "
@@ -160,7 +162,6 @@ def _add_and_place(draft: U.Draft, verbal: dict, shots: int | None, study, root:
     reg = get_registry(str(db))
     if reg is None:
         return
-    import pitune_core.jobs  # noqa: F401 - registers the job kinds (no torch at import)
 
     method = st.session_state.get("method", "lora")
     try:

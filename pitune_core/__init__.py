@@ -3,7 +3,7 @@
 The library is organised one concept per module:
 
 - :mod:`pitune_core.data.sources` — pinned, checksummed archives from package registries
-- :mod:`pitune_core.data.tasks` — the real task suite (language, vision, vision-language)
+- :mod:`pitune_core.data.tasks` — the task catalogue; :mod:`pitune_core.data.suite`, the real task suite
 - :mod:`pitune_core.model.backbone` — the frozen unified backbone (MiniLM trunk + visual tokens)
 - :mod:`pitune_core.model.align` — projector alignment pre-training
 - :mod:`pitune_core.model.experts` — peft experts (LoRA, prompt tuning, IA3): train, save, load, evaluate

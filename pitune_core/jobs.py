@@ -18,6 +18,7 @@ from pitune_core.spec.vocab import DEFAULT_K, DEFAULT_SHOTS
 from pitune_core.model.library import open_library
 from pitune_core.study.verify import require_verified
 from pitune_core.tune.weights import parse_weights
+from pitune_core.data.tasks import get_task
 
 
 def transfer_job(config: dict, ctx) -> dict:
@@ -129,8 +130,6 @@ def _int(config: dict, key: str, default=None, minimum: int | None = None, requi
 
 
 def _known_task(name, what: str) -> str:
-    from pitune_core.data.tasks import get_task  # numpy only; raises "unknown task 'x'. Did you mean ...?"
-
     get_task(check_task_name(name, what))
     return name
 

@@ -324,7 +324,7 @@ def test_sources_without_k_mean_k_equals_their_number(monkeypatch, capsys):
 
 
 def test_task_cache_filling_mid_write_leaves_no_tmp(tmp_path, monkeypatch):
-    from pitune_core.data import tasks
+    from pitune_core.data import taskdata, tasks
 
     spec = tasks.get_task("sklearn_digits")
     data = spec.load()
@@ -333,9 +333,9 @@ def test_task_cache_filling_mid_write_leaves_no_tmp(tmp_path, monkeypatch):
         Path(path).write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(tasks, "save_file", full_disk)
+    monkeypatch.setattr(taskdata, "save_file", full_disk)
     with pytest.raises(OSError):
-        tasks._save(data, tmp_path / "t")
+        taskdata._save(data, tmp_path / "t")
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -937,7 +937,7 @@ def test_a_full_disk_during_a_cache_write_is_the_full_disk_message(store, tmp_pa
     naming the file, and no *.tmp is left. (The message is the one safetensors gives on a full tmpfs.)"""
     from safetensors import SafetensorError
 
-    from pitune_core.data import tasks
+    from pitune_core.data import taskdata
 
     assert main(["task", "add", "t_small", "--text", str(small_csv(tmp_path / "t.csv"))]) == 0
     capsys.readouterr()
@@ -947,7 +947,7 @@ def test_a_full_disk_during_a_cache_write_is_the_full_disk_message(store, tmp_pa
         Path(path).write_bytes(b"partial")
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(tasks, "save_file", full_disk)
+    monkeypatch.setattr(taskdata, "save_file", full_disk)
     assert main(["task", "place", "t_small", "--expert-type", "ia3", "--k", "1", "--shots", "1",
                  "--max-steps", "1"]) == 2
     err = _one_line_error(capsys)

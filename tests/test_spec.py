@@ -155,3 +155,33 @@ def test_shots_none_means_full_data_not_the_default():
     assert TransferConfig.from_dict({"target": "rt_polarity", "shots": None}).shots is None
     assert TransferConfig.from_dict({"target": "rt_polarity"}).shots == vocab.DEFAULT_SHOTS
     assert TransferConfig.from_dict({"target": "rt_polarity", "seed": None}).seed == 0
+
+
+def test_the_shot_choices_parse_and_hold_the_default():
+    """The dashboard's few-shot choices (spec.vocab.SHOT_OPTIONS) are sizes that parse as themselves, in
+    order, then "full" (all data); the default a widget preselects is one of them."""
+    assert [parse.parse_shots(s) for s in vocab.SHOT_OPTIONS] == [*vocab.SHOT_CHOICES, None]
+    assert list(vocab.SHOT_CHOICES) == sorted(set(vocab.SHOT_CHOICES)) and vocab.SHOT_CHOICES[0] >= 1
+    assert vocab.DEFAULT_SHOTS in vocab.SHOT_CHOICES
+
+
+#: dashboard modules that still spell the list themselves: dashboard/app.py (edited by another helper in
+#: the same session; its SHOT_OPTIONS is to read the spec's). Empty it once it does.
+SHOT_LIST_PENDING: set[str] = set()  # every dashboard module reads spec.vocab.SHOT_OPTIONS
+
+
+def shot_lists(source: str) -> list[int]:
+    """Lines of list or tuple literals that spell few-shot sizes (three or more different ones of the spec's)."""
+    import ast
+
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.List, ast.Tuple))
+            and len({e.value for e in node.elts if isinstance(e, ast.Constant) and type(e.value) is int}
+                    & set(vocab.SHOT_CHOICES)) >= 3]
+
+
+def test_the_dashboard_reads_its_shot_choices_from_the_spec():
+    """The few-shot choices have one owner (spec.vocab): no dashboard module spells its own list."""
+    assert shot_lists("SHOTS = [1, 2, 4, 8, 16, 'full']\ncols = [2, 1, 1, 1]\n") == [1]  # the check can fail
+    found = {f"{p.relative_to(REPO)}:{line}" for p in sorted((REPO / "dashboard").glob("*.py"))
+             for line in shot_lists(p.read_text()) if str(p.relative_to(REPO)) not in SHOT_LIST_PENDING}
+    assert found == set(), found

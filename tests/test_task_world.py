@@ -295,7 +295,7 @@ def test_snippet_face_mood_needs_the_face_and_the_snippet():
     """The sentiment family's vision-language task: a face that shows a mood decides the label (half of them
     against the snippet), a neutral face leaves it to the snippet, so the snippet alone explains about 3 in 4
     labels and every drawn face is its own image."""
-    from pitune_core.data.tasks import _build_snippet_face, _rt_polarity_pool
+    from pitune_core.data.suite import _build_snippet_face, _rt_polarity_pool
 
     texts, polarity, _ = _rt_polarity_pool()
     of = dict(zip(texts, polarity))

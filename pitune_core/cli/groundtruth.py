@@ -17,7 +17,9 @@ import sys
 
 from pitune_core.cli import workers
 from pitune_core.cli.options import add_study, add_workers, study_of
+from pitune_core.common import parse_int_list
 from pitune_core.paths import StudyPaths
+from pitune_core.spec.vocab import PREDICTOR_PREFIX
 from pitune_core.study.groundtruth import SHARDABLE, STABILITY_SIZES, STAGES, run_groundtruth
 
 
@@ -32,8 +34,6 @@ def cmd_transfer_study(args) -> int:
     if bad:
         raise ValueError(f"--targets {', '.join(bad)} not among the plan's targets")
     if args.seeds:
-        from pitune_core.common import parse_int_list
-
         plan.seeds = tuple(parse_int_list(args.seeds, "seeds"))
         plan.predictor_seeds = tuple(s for s in plan.predictor_seeds if s in plan.seeds) or plan.seeds[:1]
     if args.predictors:
@@ -66,12 +66,10 @@ def cmd_transfer_study(args) -> int:
                       f"regret {s['regret']['mean']:.2f}  {v['seconds_per_target']:.1f} s/target")
         print(f"quality -> {out / 'quality.json'}", file=sys.stderr)
         if res["drawn"]:
-            from pitune_core.predict.quality import PREDICTOR_PREFIX
-
             print(f"predictor graphs (full-data rows) -> {StudyPaths(study).predict_of(plan.method)}/"
                   f"{PREDICTOR_PREFIX}{{{','.join(res['drawn'])}}}", file=sys.stderr)
     if res["relatedness"] is not None:
-        from pitune_core.study.relatedness import RESULT_FILE, markdown
+        from pitune_core.study.relatedness import RESULT_FILE, markdown  # lazy: loads numpy (keeps `pitune --help` fast)
 
         print("\n".join(markdown(res["relatedness"])))
         print(f"relatedness -> {out / RESULT_FILE}", file=sys.stderr)

@@ -12,7 +12,7 @@ import sys
 
 from pitune_core import __version__
 from pitune_core.cli import dashboard, foundation, groundtruth, hub, library, predict, protocol, runs, study, task, transfer
-from pitune_core.common import os_error_of, printable
+from pitune_core.common import os_error_of, printable, stdout_closed
 
 #: every command group, in ``pitune --help`` order; each module owns its commands' arguments
 REGISTRARS = (foundation.register, task.register, predict.register, transfer.register, study.register,
@@ -78,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `pitune ... | head`: the reader stopped reading; no error to report
         if debug:
             raise
-        from pitune_core.common import stdout_closed
 
         return stdout_closed()
     except OSError as e:  # read-only, no space, missing, permission: what, where, what to do

@@ -16,6 +16,7 @@ from pitune_core.paths import EMBEDDINGS_FILE, GRAPH_FILE, SIMILARITY_FILE, Stud
 from pitune_core.spec.parse import shots_arg
 from pitune_core.spec.vocab import DEFAULT_EXPERT_TYPE, DEFAULT_K, DEFAULT_SHOTS, EXPERT_META_FILE, EXPERT_TYPES, GRAPH_K, PAIR_SHOTS
 from pitune_core.study.verify import require_verified
+from pitune_core.cli.library import cmd_top_k as library_top_k
 
 
 def _expert_dirs(study: Path, expert_type: str, tasks: list[str] | None) -> dict[str, Path]:
@@ -91,15 +92,13 @@ def cmd_graph(args) -> int:
 
 def cmd_top_k(args) -> int:
     if getattr(args, "library", None):  # an imported library (`pitune library import`): ranked from a target's own expert
-        from pitune_core.cli.library import cmd_top_k as library_top_k
-
         return library_top_k(args)
     from pitune_core.predict.similarity import read_similarity_csv, top_k  # lazy: loads numpy
 
     check_task_name(args.target, "target")
     require_verified(study_of(args), "top-k")  # a study that fails its manifest check is refused
     names, S = read_similarity_csv(_out(args) / SIMILARITY_FILE)
-    from pitune_core.study.read.placed import merge_similarity  # user tasks placed with `pitune task place`
+    from pitune_core.study.read.placed import merge_similarity  # lazy: loads numpy (user tasks placed with `pitune task place`)
 
     names, S = merge_similarity(study_of(args), args.expert_type, args.embedding, names, S, only={args.target})
     from pitune_core.study.read.reader import Study  # lazy: loads safetensors
@@ -136,7 +135,7 @@ def cmd_transfer_matrix(args) -> int:
         run_pairs(tasks, dirs, "lora", UnifiedBackbone.load(sp.backbone), budget, sp.transfer,
                   on_pair=on_pair)
     else:
-        from pitune_core.study.transfer import run_pairs_on
+        from pitune_core.study.transfer import run_pairs_on  # lazy: loads torch
 
         run_pairs_on(args.executor, tasks, dirs, "lora", budget, sp.transfer, sp.backbone, db_of(args),
                      address=args.address, max_parallel=args.max_parallel)

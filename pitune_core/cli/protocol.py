@@ -118,7 +118,7 @@ def cmd_draft(args) -> int:
 
 def cmd_recommend_check(args) -> int:
     from pitune_core.study.read.evidence import read_protocol_csv  # lazy: `pitune --help` does not load it
-    from pitune_core.study.read.recommend import check
+    from pitune_core.study.read.recommend import check  # lazy: loads numpy (keeps pitune --help fast)
 
     res = check(read_protocol_csv(args.main), read_protocol_csv(args.confirm))
     print(json.dumps(res, indent=1, default=str))

@@ -27,6 +27,8 @@ from pitune_core.runs.registry import (
     is_valid_run_id,
 )
 from pitune_core.spec.vocab import CANCELLED, RUNNING, SUCCEEDED
+from pitune_core.common import read_regular, stdout_closed
+from pitune_core.runs.executor import serve, wait
 
 __all__ = ["add_runs_commands", "configure_parser", "handle", "main"]
 
@@ -164,7 +166,6 @@ def _load_config(text: str) -> dict:
     where = "--config"
     if text.startswith("@"):
         where = text[1:]
-        from pitune_core.common import read_regular
 
         try:
             text = read_regular(where, 1 << 20).decode("utf-8")  # a regular file of at most 1 MB: no FIFO
@@ -254,15 +255,11 @@ def handle(args: argparse.Namespace, *, out: Any = None, err: Any = None) -> int
             if not args.no_scheduler:
                 _ensure_scheduler(db, err)
             if args.wait:
-                from pitune_core.runs.executor import wait
-
                 rec = wait(registry, [new_id])[new_id]
                 print(f"{new_id}: {rec.status}" + (f" ({_clean(rec.error)})" if rec.error else ""), file=err)
                 return 0 if rec.status == SUCCEEDED else 1
             return 0
         if cmd == "scheduler":
-            from pitune_core.runs.executor import serve
-
             return serve(db, args.max_parallel, idle_timeout=args.idle_timeout, job_modules=args.jobs_module)
         if cmd == "recover":
             recovered = registry.recover_interrupted()
@@ -302,8 +299,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handle(args)
     except BrokenPipeError:
-        from pitune_core.common import stdout_closed
-
         return stdout_closed()
 
 

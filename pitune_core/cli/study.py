@@ -10,6 +10,7 @@ from pitune_core.cli.options import add_study, study_of
 from pitune_core.paths import StudyPaths, plan_path
 from pitune_core.study.plan import GROUNDTRUTH_PLAN, PROTOCOL_PLAN, STAGES, full_plan, quick_plan
 from pitune_core.study.verify import verify_study
+from pitune_core.study.manifest import register_files
 
 
 def cmd_precompute(args) -> int:
@@ -17,7 +18,7 @@ def cmd_precompute(args) -> int:
 
     plan = quick_plan() if args.quick else full_plan()
     if args.tasks:
-        from pitune_core.data.tasks import get_task
+        from pitune_core.data.tasks import get_task  # lazy: loads numpy (keeps `pitune --help` fast)
 
         for t in args.tasks:
             get_task(t)
@@ -40,9 +41,9 @@ def cmd_precompute(args) -> int:
 def _check_plan_file(field: str, name: str) -> None:
     """Load a measurement plan before any stage runs, so a bad file fails in one line at once."""
     if field == "groundtruth_plan":
-        from pitune_core.study.transfer import load_plan
+        from pitune_core.study.transfer import load_plan  # lazy: loads torch
     else:
-        from pitune_core.study.protocol import load_plan
+        from pitune_core.study.protocol import load_plan  # lazy: the other branch's load_plan loads torch
     load_plan(plan_path(name))
 
 
@@ -85,7 +86,6 @@ def cmd_report(args) -> int:
     text = report(study)
     if args.out:
         Path(args.out).write_text(text)
-        from pitune_core.study.manifest import register_files
 
         # a report written into the study (its REPORT.md) is listed in its manifest, so it keeps verifying
         if register_files(study, [Path(args.out)]):

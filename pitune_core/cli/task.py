@@ -14,6 +14,8 @@ from pitune_core.cli.options import action_adder, add_db, add_expert_type, add_s
 from pitune_core.common import StageBars, printable
 from pitune_core.spec.configs import PlaceConfig
 from pitune_core.spec.parse import shots_arg
+from pitune_core.runs import executor  # executor.ensure_scheduler is looked up when called (tests replace it)
+from pitune_core.runs.registry import RunRegistry
 
 
 def _read(path: str, limit: int) -> bytes:
@@ -163,10 +165,8 @@ def cmd_place(args) -> int:
                       max_steps=args.max_steps)
     check_place(args.name, study, cfg)  # every input error before anything loads or trains
     if args.submit:
-        import pitune_core.jobs  # noqa: F401 - registers the job kinds
-        from pitune_core.data.user_tasks import task_store
-        from pitune_core.runs.executor import ensure_scheduler
-        from pitune_core.runs.registry import RunRegistry
+        import pitune_core.jobs  # noqa: F401  # lazy: loads numpy; importing it registers the job kinds
+        from pitune_core.data.user_tasks import task_store  # lazy: loads numpy (keeps `pitune --help` fast)
 
         db = db_of(args)
         run_id = RunRegistry(db).submit("place-task", {"task": args.name, "study": str(study), "method": cfg.method,
@@ -174,7 +174,7 @@ def cmd_place(args) -> int:
                                                         "seed": cfg.seed, "k": cfg.k, "max_steps": cfg.max_steps,
                                                         "store": str(task_store())},
                                         name=f"place {args.name}")
-        ensure_scheduler(db)
+        executor.ensure_scheduler(db)
         print(run_id)
         return 0
     from pitune_core.model.device import configure_threads  # lazy: loads torch

@@ -16,6 +16,7 @@ from pitune_core.spec.configs import TransferConfig
 from pitune_core.spec.parse import shots_arg
 from pitune_core.spec.vocab import ACTIVE_STATUSES, APPROACHES, DEFAULT_K, INTERRUPTED
 from pitune_core.runs.registry import RunRegistry, set_aside, SUCCEEDED
+from pitune_core.runs import executor  # executor.ensure_scheduler is looked up when called (tests replace it)
 
 
 def cmd_transfer(args) -> int:
@@ -37,13 +38,11 @@ def cmd_transfer(args) -> int:
     _check_listed(named, sources, args.expert_type, args.embedding)
     cfg = prepare_transfer(config, sources)  # every error surfaces here, before training or any directory
     if args.submit:
-        from pitune_core.runs.executor import ensure_scheduler
-
         db = db_of(args)
         reg = RunRegistry(db)
         run_id = reg.submit("transfer", {**config, "study": str(Path(study).resolve())},
                             name=f"transfer {args.target} k={cfg['k']}")
-        ensure_scheduler(db)
+        executor.ensure_scheduler(db)
         print(run_id)
         return 0
     out = None if args.out is None and not args.no_record else _fresh_run_dir(args.out, args.target)  # refused first
@@ -122,7 +121,7 @@ def _fresh_run_dir(out: str | None, target: str) -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(f"--out {path} is a file; give a directory")
     if path.is_dir():
-        from pitune_core.tune.run import RUN_FILES, RUN_MARKER
+        from pitune_core.tune.run import RUN_FILES, RUN_MARKER  # lazy: loads torch
 
         taken = [int(m.group(1)) for p in path.iterdir() if (m := re.fullmatch(r"attempt-([0-9]+)", p.name))]
         present = sorted(p.name for p in path.iterdir() if not re.fullmatch(r"attempt-[0-9]+(\.[0-9]+)?", p.name))

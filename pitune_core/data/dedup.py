@@ -29,177 +29,38 @@ table: cheap, and no other task's data is touched. When the table does not match
 from all tasks once and cached under the data cache. Regenerate the committed table with
 ``python -m pitune_core.data.dedup --write`` after changing a builder (and bump ``DATA_VERSION``).
 User tasks outside the suite are not deduplicated against it.
+
+The mechanics, for a suite passed in, are in :mod:`pitune_core.data.dedup_rule` (below the suite, whose
+tasks apply it when they load); this module binds them to the built-in suite (:data:`~pitune_core.data.suite.TASKS`)
+and keeps every name importable from here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
 import sys
-import unicodedata
-from pathlib import Path
+from typing import Iterable
 
-import numpy as np
-
-# dedup is above the suite it deduplicates (the table is computed from every task of TASKS); the suite's
-# loader (tasks.load_task_data) calls back into it from inside a function: the one cycle left in data/
-from pitune_core.data.tasks import DATA_VERSION, SPLITS, TASKS, Split, TaskData, TaskSpec, load_raw_task_data
-from pitune_core.paths import cache_dir
-
-
-TABLE_PATH = Path(__file__).with_name("dedup_table.json")
-TABLE_FORMAT = "pitune-dedup/2"
-EVAL_SPLITS = ("val", "test")
-RULE = ("an example in a task's val or test split is removed when another suite task's train split holds its "
-        "image (content or near-duplicate hash, whatever text comes with it) or its text (where either task is "
-        "a language task); train splits are never changed")
-KINDS = ("image", "near_image", "text")  # why an example was removed (the first that applies)
-
-_NON_ALNUM = re.compile(r"[\W_]+", re.UNICODE)
+from pitune_core.data import dedup_rule
+from pitune_core.data.dedup_rule import (  # noqa: F401  (the rule's names, importable from here as before)
+    EVAL_SPLITS, KINDS, RULE, TABLE_FORMAT, TABLE_PATH, component_keys, example_keys, fingerprint, image_hash,
+    near_image_hash, normalise_text, seen_in_train, text_counts)
+from pitune_core.data.suite import TASKS
+from pitune_core.data.taskdata import TaskData, TaskSpec
 
 
-def normalise_text(text: str) -> str:
-    """NFKC, casefold, runs of non-alphanumerics → one space, stripped."""
-    return _NON_ALNUM.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
-
-
-def image_hash(image: np.ndarray) -> str:
-    """SHA-256 of an image's shape and uint8 pixels."""
-    a = np.ascontiguousarray(image, dtype=np.uint8)
-    h = hashlib.sha256(repr(a.shape).encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def example_keys(split: "Split") -> list[str]:
-    """One 128-bit hex key per example of a split (see the module docstring for the rule)."""
-    keys = []
-    for i in range(len(split)):
-        h = hashlib.blake2b(digest_size=16)
-        if split.texts is not None:
-            h.update(b"text\0" + normalise_text(split.texts[i]).encode("utf-8") + b"\0")
-        if split.images is not None:
-            h.update(b"image\0" + image_hash(split.images[i]).encode())
-        keys.append(h.hexdigest())
-    return keys
-
-
-def near_image_hash(image: np.ndarray) -> str:
-    """A 16×16 difference hash (256 bits) of an image's grey levels: equal for a resized, re-encoded or
-    slightly re-toned copy of the same picture (a near duplicate), rarely for two different pictures."""
-    from PIL import Image
-
-    a = np.ascontiguousarray(image, dtype=np.uint8)
-    grey = Image.fromarray(a if a.ndim == 2 else a[..., :3]).convert("L").resize((17, 16), Image.BILINEAR)
-    g = np.asarray(grey, dtype=np.int16)
-    return np.packbits(g[:, 1:] > g[:, :-1]).tobytes().hex()
-
-
-def component_keys(split: "Split") -> dict[str, list[str | None]]:
-    """Per example: its normalised text (``text``), image content hash (``image``) and near-duplicate
-    hash (``near_image``); None where the example has no such part."""
-    n = len(split)
-    return {"text": [normalise_text(t) for t in split.texts] if split.texts is not None else [None] * n,
-            "image": [image_hash(im) for im in split.images] if split.images is not None else [None] * n,
-            "near_image": [near_image_hash(im) for im in split.images] if split.images is not None else [None] * n}
-
-
-def text_counts(modality_a: str, modality_b: str) -> bool:
-    """Whether one text shared by tasks of these two modalities is a shared example: only where either
-    is a language task (two vision-language tasks may share a question template, which is no example)."""
-    return "language" in (modality_a, modality_b)
-
-
-def seen_in_train(split: "Split", modality: str, train: "Split", train_modality: str) -> np.ndarray:
-    """Per example of ``split`` (of a task of ``modality``): True where ``train`` (the training split of a
-    task of ``train_modality``) holds its image (content or near-duplicate key, whatever text comes with
-    it) or, where :func:`text_counts`, its normalised text. The table's rule, between two given splits."""
-    mine, theirs = component_keys(split), component_keys(train)
-    kinds = [k for k in KINDS if k != "text" or text_counts(modality, train_modality)]
-    seen = {k: set(theirs[k]) - {None} for k in kinds}
-    return np.array([any(mine[k][i] is not None and mine[k][i] in seen[k] for k in kinds) for i in range(len(split))],
-                    dtype=bool)
-
-
-def fingerprint(keys: list[str]) -> str:
-    """Order-sensitive digest of a split's keys (identifies the raw split a table row was made for)."""
-    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:32]
-
-
-# ----------------------------------------------------------------------------- computing the table
-
-def compute_table(specs: list["TaskSpec"] | None = None, keys_of=None) -> dict:
+def compute_table(specs: Iterable[TaskSpec] | None = None, keys_of=None) -> dict:
     """The dedup table of a set of tasks (default: the built-in suite), from their raw splits.
 
     ``keys_of(spec) -> {split: (example keys, component keys)}`` may be given (tests); by default the
     raw (not deduplicated) splits are loaded and hashed.
     """
-    specs = list(TASKS.values()) if specs is None else list(specs)
-    if keys_of is None:
-        def keys_of(spec):
-            data = load_raw_task_data(spec)
-            return {s: (example_keys(data.split(s)), component_keys(data.split(s))) for s in SPLITS}
-    modality = {spec.name: spec.modality for spec in specs}
-    keys = {spec.name: keys_of(spec) for spec in sorted(specs, key=lambda s: s.name)}
-    train = {name: {kind: set(k["train"][1][kind]) - {None} for kind in KINDS} for name, k in keys.items()}
-    tasks = {}
-    for name, k in keys.items():
-        row = {"fingerprint": {s: fingerprint(k[s][0]) for s in k}, "sizes": {s: len(k[s][0]) for s in k},
-               "removed": {}, "removed_count": {}, "by_kind": {}, "by_source": {}}
-        others = [o for o in keys if o != name]
-        by_source = {o: {s: 0 for s in EVAL_SPLITS} for o in others}
-        for s in EVAL_SPLITS:
-            example, comp = k[s]
-            dup, kinds = set(), {kind: 0 for kind in KINDS}
-            for i, key in enumerate(example):
-                why, hit = None, []
-                for o in others:
-                    for kind in KINDS:
-                        v = comp[kind][i]
-                        if v is None or v not in train[o][kind]:
-                            continue
-                        if kind == "text" and not text_counts(modality[name], modality[o]):
-                            continue  # a shared question template between two image tasks is no example
-                        hit.append(o)
-                        why = why or kind
-                        break
-                if hit:
-                    dup.add(key)
-                    kinds[why] += 1
-                    for o in hit:
-                        by_source[o][s] += 1
-            row["removed"][s] = sorted(dup)
-            row["removed_count"][s] = sum(key in dup for key in example)
-            row["by_kind"][s] = kinds
-        row["by_source"] = {o: n for o, n in by_source.items() if any(n.values())}
-        tasks[name] = row
-    return {"format": TABLE_FORMAT, "data_version": DATA_VERSION, "rule": RULE, "tasks": tasks}
-
-
-def _cached_table_path() -> Path:
-    return cache_dir() / "tasks" / f"v{DATA_VERSION}" / "_dedup_table.json"
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        t = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return t if isinstance(t, dict) and t.get("format") == TABLE_FORMAT and isinstance(t.get("tasks"), dict) else None
+    return dedup_rule.table_of(TASKS.values() if specs is None else specs, keys_of)
 
 
 def _tables() -> list[dict]:
-    """The tables made for this suite (its ``DATA_VERSION`` and exactly its tasks), the committed one
-    first, then the cache's recomputation. A table of another task list (an older pitune, another
-    checkout sharing the cache) is never read: its removals would be another suite's."""
-    out = []
-    for path in (TABLE_PATH, _cached_table_path()):
-        t = _read(path)
-        if t is not None and t.get("data_version") == DATA_VERSION and set(t["tasks"]) == set(TASKS):
-            out.append(t)
-    return out
+    """The tables made for the built-in suite (:func:`pitune_core.data.dedup_rule.tables_of`)."""
+    return dedup_rule.tables_of(TASKS)
 
 
 def table() -> dict:
@@ -208,48 +69,13 @@ def table() -> dict:
     return tables[0] if tables else {"format": TABLE_FORMAT, "data_version": None, "rule": RULE, "tasks": {}}
 
 
-def _recompute_cached() -> dict:
-    from filelock import FileLock
-
-    path = _cached_table_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        print("pitune: the duplicate table does not match the task data; recomputing it from every task "
-              "(once) ...", file=sys.stderr, flush=True)
-        t = compute_table()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(t))
-        os.replace(tmp, path)
-    return t
+def in_suite(spec: TaskSpec) -> bool:
+    return dedup_rule.is_member(spec, TASKS)
 
 
-# ----------------------------------------------------------------------------- applying it
-
-def in_suite(spec: "TaskSpec") -> bool:
-    return TASKS.get(spec.name) is spec
-
-
-def apply_dedup(data: "TaskData") -> "TaskData":
+def apply_dedup(data: TaskData) -> TaskData:
     """The task's data with cross-task duplicates removed from val and test (suite tasks only)."""
-    if not in_suite(data.spec):
-        return data
-    keys = {s: example_keys(data.split(s)) for s in ("train", *EVAL_SPLITS)}
-    prints = {s: fingerprint(keys[s]) for s in keys}
-
-    def matches(row) -> bool:
-        return row is not None and all(row["fingerprint"].get(s) == prints[s] for s in keys)
-
-    row = next((t["tasks"][data.spec.name] for t in _tables() if matches(t["tasks"].get(data.spec.name))), None)
-    if row is None:
-        row = _recompute_cached()["tasks"].get(data.spec.name)
-        if not matches(row):
-            raise RuntimeError(f"{data.spec.name}: its data changed while the duplicate table was computed; retry")
-    out = {"train": data.train}
-    for s in EVAL_SPLITS:
-        drop = set(row["removed"][s])
-        keep = [i for i, k in enumerate(keys[s]) if k not in drop]
-        out[s] = data.split(s) if len(keep) == len(keys[s]) else data.split(s).subset(keep)
-    return TaskData(data.spec, out["train"], out["val"], out["test"])
+    return dedup_rule.apply_table(data, TASKS)
 
 
 def removed_counts(name: str) -> dict[str, int] | None:

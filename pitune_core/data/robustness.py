@@ -26,6 +26,7 @@ import numpy as np
 
 from pitune_core.data.tasks import Split, TaskData, get_task
 from pitune_core.spec.vocab import CORRUPTIONS, IMAGE_CORRUPTIONS, SEVERITIES, TEXT_CORRUPTIONS
+from pitune_core.data.dedup import seen_in_train
 
 # ----------------------------------------------------------------------------- shifted sets
 
@@ -87,8 +88,6 @@ class ShiftedSet:
 def shifted_set(target: str, source: str, target_data: TaskData | None = None,
                 source_data: TaskData | None = None) -> ShiftedSet:
     """``source``'s test split as a shifted set of ``target`` (see the module docstring)."""
-    from pitune_core.data.dedup import seen_in_train
-
     if source not in shift_sources(target):
         raise ValueError(no_shift_reason(target) or f"{source} is not a shift source of {target}; "
                          f"its shift sources are {', '.join(shift_sources(target))}")

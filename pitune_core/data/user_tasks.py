@@ -50,7 +50,8 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from pitune_core.common import clean_stale_tmp, has_control, printable, tmp_prefix
-from pitune_core.data.tasks import DATA_VERSION, SPLITS, TASKS, Split, TaskData, TaskSpec, load_cached
+from pitune_core.data.suite import TASKS
+from pitune_core.data.taskdata import DATA_VERSION, SPLITS, Split, TaskData, TaskSpec, load_cached
 from pitune_core.paths import REPO_ROOT, cache_dir, user_tasks_dir
 from pitune_core.spec.vocab import MODALITIES
 from pitune_core.common import NotRegularFileError, read_regular, write_atomic

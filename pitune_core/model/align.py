@@ -30,12 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pitune_core.model.backbone import Inputs, UnifiedBackbone, VisionConfig, save_projector, task_features
+from pitune_core.model.backbone import (Inputs, UnifiedBackbone, VisionConfig, VisionEncoder, save_projector,
+                                        task_features)
 from pitune_core.model.device import default_device, seed_everything
 from pitune_core.model.experts import evaluate, prepare_task
 from pitune_core.common import progress
-from pitune_core.data.sources import Source
-from pitune_core.data.tasks import TaskSpec, get_task, list_tasks
+from pitune_core.data.dedup import image_hash
+from pitune_core.data.sources import Source, fetch, iter_members
+from pitune_core.data.suite import _png_to_rgb
+from pitune_core.data.tasks import DATA_VERSION, SPLITS, TASKS, TaskSpec, get_task, list_tasks, load_raw_task_data
+from pitune_core.paths import cache_dir
 
 
 # LEGACY (the first study's projector, studies/v1/backbone): image tasks whose *training* splits it
@@ -138,8 +142,6 @@ def near_duplicates(a: np.ndarray, b: np.ndarray, bits: int = NEAR_DUP_BITS, chu
 
 def suite_images() -> dict[str, dict[str, np.ndarray]]:
     """Every image of every suite task, per task and split (raw splits: a superset of what is served)."""
-    from pitune_core.data.tasks import SPLITS, TASKS, load_raw_task_data
-
     out = {}
     for spec in TASKS.values():
         if spec.modality == "language":
@@ -163,11 +165,6 @@ def clipart_corpus(per_category: int = CLIPART_PER_CATEGORY, size: int = CLIPART
     import warnings
 
     from PIL import Image
-
-    from pitune_core.data.dedup import image_hash
-    from pitune_core.data.sources import fetch, iter_members
-    from pitune_core.data.tasks import DATA_VERSION, _png_to_rgb
-    from pitune_core.paths import cache_dir
 
     base = cache_dir() / "align" / f"openclipart-{OPENCLIPART.version.replace(':', '_')}-s{size}-n{per_category}-d{DATA_VERSION}"
     if (base / "records.json").exists() and (base / "images.safetensors").exists():
@@ -228,8 +225,6 @@ def clipart_corpus(per_category: int = CLIPART_PER_CATEGORY, size: int = CLIPART
 def check_disjoint(align_images: np.ndarray, targets: list[str], bits: int = NEAR_DUP_BITS) -> dict[str, dict[str, int]]:
     """Per target and evaluation split: alignment images equal to (``exact``) or within ``bits`` of
     (``near``) one of its images. All zeros means the alignment never saw an evaluation target."""
-    from pitune_core.data.dedup import image_hash
-
     mine = {image_hash(im) for im in align_images}
     mine_dh = dhash(align_images)
     out = {}
@@ -248,8 +243,6 @@ def check_disjoint(align_images: np.ndarray, targets: list[str], bits: int = NEA
 
 def clipart_pairs(cfg: "AlignConfig", vision: VisionConfig):
     """(visual features, texts) of the clip-art corpus: ``pairs_per_task`` per category, seeded."""
-    from pitune_core.model.backbone import VisionEncoder
-
     corpus = clipart_corpus()
     rng = np.random.default_rng(cfg.seed)
     cats = np.array([r["category"] for r in corpus["records"]])

@@ -39,6 +39,7 @@ from pitune_core.model.backbone import (
     Inputs,
     TaskTensors,
     UnifiedBackbone,
+    blank_image_features,
     task_features,
     task_tensors,
 )
@@ -401,8 +402,6 @@ def linear_probe(spec: TaskSpec, backbone: UnifiedBackbone, cs: tuple[float, ...
 def evaluate_expert(path: str | Path, backbone: UnifiedBackbone | None = None, split: str = "test",
                     blank_images: bool = False) -> dict:
     """Re-evaluate a saved expert on its task (optionally with every image blanked)."""
-    from pitune_core.model.backbone import blank_image_features
-
     backbone = backbone or UnifiedBackbone.load()
     model, meta = load_expert(path, backbone)
     spec = get_task(meta["task"])

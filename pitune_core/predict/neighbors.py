@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pitune_core.predict.similarity import (NegativeEmbeddingError, NonFiniteEmbeddingError, ShapeMismatchError,
-                                            UnknownTaskError, _check_names, _group_arrays, check_k)
+                                            UnknownTaskError, _check_names, _fisher_unchecked, _group_arrays,
+                                            check_k)
 
 __all__ = ["Neighbours", "top_k_neighbours", "pair_similarity", "proxy_vectors", "flatten_groups",
            "recall_at_k", "exact_neighbours_of", "EXACT_MAX_TASKS"]
@@ -333,8 +334,6 @@ def top_k_neighbours(
     name_rank = _rank_of_names(names)
     info: dict = {"n": n, "d": int(X.shape[1]), "groups": int(len(bounds) - 1), "k": k, "eps": eps}
     if method == "exact":
-        from pitune_core.predict.similarity import _fisher_unchecked
-
         say("exact similarity matrix")
         groups = {str(g): X[:, bounds[g]:bounds[g + 1]] for g in range(len(bounds) - 1)}
         S = _fisher_unchecked(groups, eps, None, "float32", "cpu")

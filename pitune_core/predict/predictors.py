@@ -59,6 +59,7 @@ from pitune_core.spec.vocab import PREDICTOR_NAMES, QUALITY_K
 from pitune_core.model.experts import prepare_task
 from pitune_core.paths import StudyPaths
 from pitune_core.predict.similarity import fisher_similarity, top_k
+from pitune_core.predict.learned import same_family_row
 
 #: neighbours of :func:`knn_accuracy` (1-NN: the few-shot case has 3 same-class others at 4 shots)
 KNN_K = 1
@@ -590,8 +591,6 @@ def knn_accuracy(target: TargetData, ctx: PredictorContext) -> np.ndarray:
 def same_family(target: TargetData, ctx: PredictorContext) -> np.ndarray:
     """The reference rule: 1 for a source of the target's family, 0 otherwise (a user's task has no
     family: every source 0). A reference only: it reads the suite's designed relations."""
-    from pitune_core.predict.learned import same_family_row
-
     names = ctx.sources_for(target.task)
     return same_family_row(target.task, names, {t: get_task(t).family for t in [target.task, *names]})
 

@@ -1,9 +1,7 @@
 """Durable runs: a sqlite run registry, job kinds, and local / Ray executors.
 
-Importing this package never imports torch or Ray::
-
-    import pitune_core.jobs                   # registers the real kinds (transfer, ...)
-    from pitune_core.runs import RunRegistry, ensure_scheduler
+Importing this package never imports torch or Ray. With ``RunRegistry`` and ``ensure_scheduler`` imported
+from here, and :mod:`pitune_core.jobs` imported (which registers the real kinds: transfer, ...)::
 
     registry = RunRegistry()                  # $PITUNE_RUNS_DB or ./runs/registry.sqlite
     run_id = registry.submit("transfer", {"target": "rt_polarity"}, name="my first run")

@@ -53,6 +53,7 @@ from .registry import (
     RunRegistry,
 )
 from .jobs import import_job_modules, thread_env, worker_job_modules
+import pitune_core
 
 __all__ = [
     "LocalScheduler",
@@ -85,8 +86,6 @@ def default_max_parallel() -> int:
 
 
 def _package_parent() -> str:
-    import pitune_core
-
     return str(Path(pitune_core.__file__).resolve().parent.parent)
 
 

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .jobs import worker_job_modules
 from .registry import CANCELLED, FAILED, FINAL_STATUSES, QUEUED, RUNNING, RunRecord, RunRegistry, validate_run_id
 from pitune_core.runs.worker import execute_run
+import pitune_core
 
 __all__ = ["RayExecutor", "RayNotInstalledError", "import_ray", "init_ray", "RAY_VERSION", "RAY_INSTALL_HINT"]
 
@@ -89,8 +90,6 @@ def init_ray(
         if num_gpus is not None:
             kwargs["num_gpus"] = num_gpus
         if "runtime_env" not in kwargs and not _pitune_importable_without_cwd():
-            import pitune_core
-
             parent = str(Path(pitune_core.__file__).resolve().parent.parent)
             path = os.pathsep.join(p for p in (parent, os.environ.get("PYTHONPATH", "")) if p)
             kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}

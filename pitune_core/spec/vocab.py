@@ -59,6 +59,10 @@ def check_embedding(embedding: object) -> str:
 
 #: examples per class of a few-shot run (``None`` = full data)
 DEFAULT_SHOTS = 16
+#: the few-shot sizes (examples per class) the dashboard's widgets offer, smallest first
+SHOT_CHOICES = (1, 2, 4, 8, 16, 32, 64)
+#: the same, then "full" (all training data: ``None`` in a config, ``--shots full`` on the CLI)
+SHOT_OPTIONS = (*SHOT_CHOICES, "full")
 #: sources a run interpolates when none are named
 DEFAULT_K = 3
 #: the fewest sources a run may interpolate

@@ -21,12 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pitune_core.common import progress, sha256_file, write_atomic
-from pitune_core.paths import StudyPaths
-from pitune_core.spec.vocab import EXPERT_META_FILE, LEARNED_PREDICTOR_NAMES
+from pitune_core.common import progress, read_jsonl, sha256_file, write_atomic
+from pitune_core.paths import StudyPaths, cache_dir
+from pitune_core.spec.vocab import EXPERT_META_FILE, LEARNED_PREDICTOR_NAMES, PREDICTOR_PREFIX
 
 if TYPE_CHECKING:  # the module stays importable without torch (the CLI reads its stage names)
-    from pitune_core.study.transfer import TransferPlan
+    from pitune_core.study.transfer import TransferPlan  # lazy: type checkers only (loads torch)
 
 #: ``relatedness``: does a task world carry transfer within its families? (issue 27's pilot; reads pairs only)
 STAGES = ("pairs", "predictors", "quality", "stability", "relatedness")
@@ -67,11 +67,11 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
     res = {"out": out, "quality": None, "stability": None, "drawn": [], "relatedness": None}
     bb = backbone
     if bb is None and {"pairs", "predictors", "stability"} & set(stages):
-        from pitune_core.model.backbone import UnifiedBackbone
+        from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
 
         bb = UnifiedBackbone.load(projector)
     if "pairs" in stages:
-        from pitune_core.study.sources import admitted_experts
+        from pitune_core.study.sources import admitted_experts  # lazy: loads torch
 
         admitted, gated = admitted_experts(dirs)
         for name, why in sorted(gated.items()):
@@ -80,8 +80,7 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
             run_plan_pairs(plan, dirs, bb, out, on_pair=tick, targets=targets,
                            sources=None if not gated else sorted(admitted))
     if "predictors" in stages and plan.predictors:
-        from pitune_core.paths import cache_dir
-        from pitune_core.predict.predictors import PredictorContext
+        from pitune_core.predict.predictors import PredictorContext  # lazy: loads torch
 
         # the source side's cache is keyed by expert file, backbone and settings: shared, outside the study
         ctx = PredictorContext(bb, dirs, method=plan.method, steps=plan.steps, batch_size=plan.batch_size,
@@ -98,14 +97,13 @@ def run_groundtruth(plan: TransferPlan, study: str | Path, stages=STAGES[:3], ou
         # predictors (they need those predictors' rows as features); a plan may also list them itself
         res["quality"] = quality_table(plan, out, learned_names=LEARNED_PREDICTOR_NAMES if plan.predictors else None)
         if out.resolve().is_relative_to(study.resolve()):  # a ground truth of this study: draw its predictors
-            from pitune_core.predict.quality import PREDICTOR_PREFIX
-            from pitune_core.study.predictor_graphs import write_predictor_graphs
+            from pitune_core.study.predictor_graphs import write_predictor_graphs  # lazy: loads torch
 
             res["drawn"] = write_predictor_graphs(plan, out, study)
             drawn_dirs = [sp.embedding_dir(plan.method, PREDICTOR_PREFIX + p) for p in res["drawn"]]
             register_files(study, [f for d in drawn_dirs for f in sorted(d.iterdir()) if f.is_file()])
     if "relatedness" in stages:
-        from pitune_core.study.relatedness import run_relatedness
+        from pitune_core.study.relatedness import run_relatedness  # lazy: loads numpy (the CLI imports this module)
 
         res["relatedness"] = run_relatedness(plan, out)
     _register(study, out)
@@ -203,8 +201,6 @@ def supersede_source(out: str | Path, task: str) -> int:
     retrained (issue 27's probe rule): its rows move from ``pairs.jsonl`` to ``pairs-superseded.jsonl``
     (kept, for the record) and its binding leaves ``context.json``, so the next run measures those pairs
     again with the new expert instead of refusing the folder. Returns how many rows moved."""
-    from pitune_core.common import read_jsonl
-
     out = Path(out)
     log, ctx_file = out / "pairs.jsonl", out / "context.json"
     rows = read_jsonl(log) if log.is_file() else []

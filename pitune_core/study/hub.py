@@ -41,6 +41,8 @@ from pitune_core.spec.vocab import EXPERT_META_FILE, NEIGHBORS_FILE  # noqa: F40
 from pitune_core.common import sha256_file
 from pitune_core.predict.embedding_file import read
 from pitune_core.predict.layout import write_layout_csv
+from pitune_core.predict.neighbors import Neighbours, _rank_of_names, _select
+from pitune_core.predict.similarity import fisher_similarity, write_similarity_csv
 
 __all__ = ["HubConfig", "load_real_fisher", "synth_fisher", "write_hub_study", "NEIGHBORS_FILE"]
 
@@ -166,9 +168,6 @@ def write_hub_study(out: str | os.PathLike, cfg: HubConfig, real: str | os.PathL
     S = None
     if cfg.n <= cfg.dense_max:
         # small enough for the full exact matrix: write it, and take the top-k from it (exact)
-        from pitune_core.predict.neighbors import Neighbours, _rank_of_names, _select
-        from pitune_core.predict.similarity import fisher_similarity
-
         say(f"full {cfg.n} x {cfg.n} exact similarity matrix")
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         S = fisher_similarity({str(g): E[:, bounds[g]:bounds[g + 1]] for g in range(len(sizes))}, device="cpu")
@@ -194,8 +193,6 @@ def write_hub_study(out: str | os.PathLike, cfg: HubConfig, real: str | os.PathL
     pred.mkdir(parents=True)
     write_neighbors_csv(pred / NEIGHBORS_FILE, names, nb.index, nb.similarity)
     if S is not None:
-        from pitune_core.predict.similarity import write_similarity_csv
-
         write_similarity_csv(pred / "similarity.csv", names, S)
     write_layout_csv(pred / "layout.csv", names, coords)
     (pred / "layout_note.txt").write_text(note + "\n", encoding="utf-8")

@@ -48,6 +48,10 @@ from pitune_core.study.outputs import (
 )
 from pitune_core.study.plan import EMBEDDINGS, STAGES, StudyPlan
 from pitune_core.study.stages import Stages
+from pitune_core.data.tasks import get_task
+from pitune_core.study.groundtruth import run_groundtruth
+from pitune_core.study.protocol import load_plan as load_protocol_plan, run_plan, write_results_of
+from pitune_core.study.report import report
 
 # ----------------------------------------------------------------------------- the pipeline
 
@@ -56,13 +60,13 @@ def _say(msg: str) -> None:
 
 
 def _expert_ok(path: Path, backbone_id: str, seed: int, max_steps: int) -> bool:
-    from pitune_core.model.experts import ExpertError, read_expert_meta
+    from pitune_core.model.experts import ExpertError, read_expert_meta  # lazy: loads torch
 
     try:
         meta = read_expert_meta(path)
     except ExpertError:
         return False
-    from pitune_core.study.recipes import SECOND_RECIPE, second_recipe_steps
+    from pitune_core.study.recipes import SECOND_RECIPE, second_recipe_steps  # lazy: loads torch
 
     steps = meta["train_config"]["max_steps"]
     second = meta.get("recipe", {}).get("name") == SECOND_RECIPE["name"]
@@ -115,8 +119,8 @@ class StudyRun:
 
 def stage_backbone(run: StudyRun) -> None:
     """Copy a given projector, or align a new one (``pitune align``)."""
-    from pitune_core.model.align import AlignConfig, train_projector
-    from pitune_core.model.backbone import PROJECTOR_FILE, PROJECTOR_META, find_projector
+    from pitune_core.model.align import AlignConfig, train_projector  # lazy: loads torch
+    from pitune_core.model.backbone import PROJECTOR_FILE, PROJECTOR_META, find_projector  # lazy: loads torch
 
     if run.projector is not None:
         src = find_projector(run.projector)
@@ -133,9 +137,8 @@ def stage_backbone(run: StudyRun) -> None:
 def stage_experts(run: StudyRun) -> None:
     """One expert per (expert type, task); finished experts of the same budget are kept. A vision LoRA
     expert that misses the probe bar on val gets a second recipe (:mod:`pitune_core.study.recipes`)."""
-    from pitune_core.data.tasks import get_task
-    from pitune_core.model.experts import TrainConfig, train_expert
-    from pitune_core.study.recipes import apply_probe_rule
+    from pitune_core.model.experts import TrainConfig, train_expert  # lazy: loads torch
+    from pitune_core.study.recipes import apply_probe_rule  # lazy: loads torch
 
     plan = run.plan
     jobs = [(m, t) for m, ts in run.methods.items() for t in ts]
@@ -152,8 +155,7 @@ def stage_experts(run: StudyRun) -> None:
 def stage_ablation(run: StudyRun) -> None:
     """The image pathway's checks: vision-language experts re-scored with every image blanked, and the
     reference for vision experts: a linear probe on the frozen image features each expert reads."""
-    from pitune_core.data.tasks import get_task
-    from pitune_core.model.experts import evaluate_expert, linear_probe
+    from pitune_core.model.experts import evaluate_expert, linear_probe  # lazy: loads torch
 
     rows, probes = [], []
     for t in run.plan.tasks:
@@ -174,7 +176,7 @@ def stage_ablation(run: StudyRun) -> None:
 
 def stage_embeddings(run: StudyRun) -> None:
     """Fisher / weights / data embeddings of every expert type; Fisher with 2N samples for LoRA."""
-    from pitune_core.predict.embeddings import embed_experts, save_embeddings
+    from pitune_core.predict.embeddings import embed_experts, save_embeddings  # lazy: loads torch
 
     plan = run.plan
     for m, ts in run.methods.items():
@@ -202,8 +204,7 @@ def stage_predict(run: StudyRun) -> None:
 
 def stage_groundtruth(run: StudyRun) -> None:
     """The committed transfer plan: pairs, predictor rows, then (unsharded) quality and stability."""
-    from pitune_core.study.groundtruth import run_groundtruth
-    from pitune_core.study.transfer import load_plan
+    from pitune_core.study.transfer import load_plan  # lazy: loads torch
 
     if not run.plan.groundtruth_plan:
         _say("groundtruth: no plan file in the study plan, nothing to measure")
@@ -217,12 +218,10 @@ def stage_groundtruth(run: StudyRun) -> None:
 
 def stage_protocol(run: StudyRun) -> None:
     """The pre-registered few-shot comparison: every planned run, then (unsharded) its results."""
-    from pitune_core.study.protocol import load_plan, run_plan, write_results_of
-
     if not run.plan.protocol_plan:
         _say("protocol: no plan file in the study plan, nothing to compare")
         return
-    plan = load_plan(plan_path(run.plan.protocol_plan))
+    plan = load_protocol_plan(plan_path(run.plan.protocol_plan))
     out = run.paths.protocol(plan.name)
     res = run_plan(plan, run.root, out, backbone=run.bb,
                    on_run=lambda i, n, rec: _say(f"protocol [{i}/{n}] {rec['job']['target']} {rec['job']['approach']} "
@@ -267,10 +266,8 @@ def _run_stage(run: StudyRun, stages: Stages, name: str) -> None:
 def run_precompute(out: str | Path, plan: StudyPlan, projector: str | Path | None = None,
                    command: str = "", only: list[str] | None = None) -> dict:
     """Run the study's stages (all, or ``only`` these) into ``out``; write the manifest and REPORT.md."""
-    from pitune_core.data.tasks import get_task
-    from pitune_core.model.backbone import UnifiedBackbone
-    from pitune_core.model.device import configure_threads, default_device
-    from pitune_core.study.report import report
+    from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+    from pitune_core.model.device import configure_threads, default_device  # lazy: loads torch
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)

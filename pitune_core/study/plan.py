@@ -37,7 +37,7 @@ class StudyPlan:
 
 
 def full_plan() -> StudyPlan:
-    from pitune_core.data.tasks import list_tasks
+    from pitune_core.data.tasks import list_tasks  # lazy: loads numpy (the CLI imports this module for its choices)
 
     subset = ["movie_sentiment", "mnist"]  # one language and one vision task: the other expert types' check
     return StudyPlan(tasks=[t.name for t in list_tasks()], extra_methods={"prompt": subset, "ia3": subset},

@@ -469,7 +469,7 @@ def write_results(plan: ProtocolPlan, out: str | Path, context: dict, study: str
         + "\n".join(lines) + "\n\n" + dedup_markdown())
     if study is not None and register_files(study, [path, Path(out) / "report.md", Path(out) / "plan.json",
                                                      Path(out) / "runs.jsonl", rob_path]):
-        from pitune_core.study.report import report
+        from pitune_core.study.report import report  # lazy: loads numpy (the plan parser, read by the CLI, stays numpy-free)
 
         rep = StudyPaths(study).report  # the study's REPORT.md carries this plan's report: keep it current
         rep.write_text(report(study))

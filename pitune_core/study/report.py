@@ -23,6 +23,7 @@ from pitune_core.study.read.stats import fragile as _fragile
 from pitune_core.study.robustness import MEASURE_LABELS, MEASURES, robustness_table
 from pitune_core.predict.quality import headline
 from pitune_core.study.relatedness import RESULT_FILE, markdown
+from pitune_core.study.targets import CEILING, target_rule
 
 
 def _rows(path: Path) -> list[dict]:
@@ -75,8 +76,6 @@ def experts_section(root: Path) -> list[str]:
         out.append("")
     out += image_pathway_section(root, lora)
     if lora and "admitted" in lora[0]:
-        from pitune_core.study.targets import CEILING, target_rule
-
         kept, dropped = target_rule(lora)
         out += [f"### Targets by the rule (`pitune_core/study/targets.py`, committed before these experts were trained)",
                 "", f"A task is a target only if its LoRA expert is admitted (not at chance) and neither it nor "

@@ -46,6 +46,7 @@ from pitune_core.predict import learned
 from pitune_core.predict.quality import (METRICS, seed_reliability, summarise, summarise_within, target_quality,
                                          within_group_spearman)
 from pitune_core.runs.registry import RunRegistry
+from pitune_core.runs.executor import run_until_idle, wait
 
 
 @dataclass
@@ -171,7 +172,7 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
     reg = RunRegistry(db)
     resources = {"num_cpus": 1}
     if executor == "ray":
-        from pitune_core.runs.ray_executor import RayExecutor
+        from pitune_core.runs.ray_executor import RayExecutor  # lazy: loads ray (an optional executor)
 
         ex = RayExecutor(reg, address=address, num_cpus=max_parallel)
         try:
@@ -180,8 +181,6 @@ def run_pairs_on(executor: str, tasks: list[str], expert_dirs: dict[str, str | P
         finally:
             ex.shutdown()
     elif executor == "local":
-        from pitune_core.runs.executor import run_until_idle, wait
-
         ids = [reg.submit("transfer-pair", c, name=f"pair {c['target']} <- {c['source'] or 'scratch'}",
                           resources=resources) for c in configs]
         run_until_idle(reg, max_parallel)

@@ -190,8 +190,8 @@ def verify_study(root: str | os.PathLike, load_experts: bool = True) -> list[str
             problems.append(f"{rel}: {e}")
     problems += _unlisted(root, listed)
     if load_experts and not problems:
-        from pitune_core.model.backbone import UnifiedBackbone
-        from pitune_core.model.experts import load_expert
+        from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
+        from pitune_core.model.experts import load_expert  # lazy: loads torch
 
         try:
             bb = UnifiedBackbone.load(StudyPaths(root).backbone)

@@ -67,6 +67,7 @@ from pitune_core.spec.vocab import (APPROACHES, APPROACHES_BY_NAME, BASELINES, B
 from pitune_core.model.experts import read_expert_meta
 from pitune_core.predict import embeddings as predict_embeddings  # fisher_information looked up when called
 from pitune_core.predict.similarity import fisher_similarity
+from pitune_core.tune import robustness as tune_robustness  # score_robustness looked up when called (tests replace it)
 
 # every approach :func:`run_method` knows, the shipped study's list (BASELINES) and the properties that
 # decide how each runs are the spec's records (:data:`pitune_core.spec.vocab.APPROACH_RECORDS`)
@@ -564,9 +565,7 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
             info.update(sources=metrics["sources"], selection="none")
         elapsed = round(time.time() - t0, 2)  # the approach's own time: scoring robustness is not part of it
         if robustness is not None:
-            from pitune_core.tune.robustness import score_robustness
-
-            info["robustness"] = score_robustness(target, backbone, model, **robustness)
+            info["robustness"] = tune_robustness.score_robustness(target, backbone, model, **robustness)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     steps["total"] = steps["select"] + steps["tune"]

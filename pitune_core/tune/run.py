@@ -44,6 +44,9 @@ from pitune_core.predict.predictors import available_examples, predict_row, stud
 from pitune_core.tune import baselines  # baselines.budget_for is looked up when called (tests replace it)
 from pitune_core.tune.baselines import (DATA_STAGE, Recipe, interpolate_and_tune, resolve_sources, run_data,
                                         split_budget, target_side)
+from pitune_core.paths import default_study
+from pitune_core.tune import robustness  # robustness.score_robustness is looked up when called (tests replace it)
+from pitune_core.predict.quality import predictor_of
 
 #: what a run writes besides config.json; any of them present means the directory holds a run
 RUN_OUTPUTS = ("weights.json", "expert", "own", "metrics.json", "error.txt", "FAILED", "INTERRUPTED", "CANCELLED")
@@ -69,8 +72,6 @@ def prepare_transfer(config: dict, sources) -> dict:
     cfg = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}, **tc.to_dict()}  # shots None: full data
     cfg["k"] = None if tc.k is None and tc.sources else tc.resolved_k  # named sources: k is their number
     if cfg["study"] is None:
-        from pitune_core.paths import default_study
-
         cfg["study"] = str(default_study())
     get_task(cfg["target"])
     k = cfg.get("k")
@@ -134,11 +135,9 @@ def run_transfer(config: dict, sources, run_dir: str | Path, on_step: Callable[[
                   "test": metrics["test"], "val": metrics["val"], "steps": metrics["steps"],
                   "time_s": round(time.time() - t0, 1)}
         if cfg.get("robustness"):  # off by default: a run's metrics.json gains this key only when asked
-            from pitune_core.tune.robustness import ROBUSTNESS_STAGE, score_robustness
-
             if on_step:
-                on_step({"stage": ROBUSTNESS_STAGE})
-            result["robustness"] = score_robustness(cfg["target"], bb, interp.bake(), seed=int(cfg["seed"]))
+                on_step({"stage": robustness.ROBUSTNESS_STAGE})
+            result["robustness"] = robustness.score_robustness(cfg["target"], bb, interp.bake(), seed=int(cfg["seed"]))
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
         return result
     except Exception as e:
@@ -173,8 +172,6 @@ def _target_side(cfg: dict, sources, bb, run_dir: Path, rank: bool, on_step=None
     side = target_side(cfg["target"], src, bb, cfg["method"], shots, seed, own_steps, run_dir, on_step=on_step)
     cfg["steps_select"] = side.own_steps
     if rank:
-        from pitune_core.predict.quality import predictor_of
-
         predictor = predictor_of(cfg.get("embedding", "fisher"))
         if use_emb or sources.ranker is not None:  # a library ranks by its adapters' weights
             top = side.ranking[: cfg["k"]]
