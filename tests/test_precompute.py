@@ -8,6 +8,7 @@ import numpy as np
 
 from pitune_core.cli.main import main
 from pitune_core.common import read_jsonl, sha256_file
+from pitune_core.spec.vocab import LEARNED_PREDICTOR_NAMES
 from pitune_core.study.protocol import load_plan as load_protocol_plan
 from pitune_core.study.transfer import load_plan as load_transfer_plan
 from pitune_core.study.pipeline import run_precompute
@@ -39,7 +40,8 @@ def test_quick_study_has_every_artifact(quick_study):
     assert len(pairs) == len(plan.tasks) ** 2 * len(plan.seeds)  # sources + from scratch, per target and seed
     quality = json.loads((gt / "quality.json").read_text())
     assert quality["reliability"]["n_seeds"] == 2
-    assert set(quality["table"]["2-shot"]) == set(plan.predictors)
+    # every planned predictor, and beside them those that learn from the measured transfer (issue 28)
+    assert set(quality["table"]["2-shot"]) == {*plan.predictors, *LEARNED_PREDICTOR_NAMES}
     assert json.loads((gt / "fisher_stability.json").read_text())["sizes"].keys() == {"4"}
     # the protocol stage: every planned run logged and reported, none failed
     rows = list(csv.DictReader(open(pr / "results.csv")))

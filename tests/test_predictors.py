@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pitune_core.predict import quality as Q
+from pitune_core.spec.vocab import LEARNED_PREDICTOR_NAMES
 
 # ----------------------------------------------------------------------------- quality: known answers
 
@@ -327,7 +328,7 @@ def test_transfer_study_end_to_end_resumes_and_keys_its_logs(quick_study, tmp_pa
     pairs = read_jsonl(out / "pairs.jsonl")
     assert len(pairs) == 2 * 4 * 4 and len({r["key"] for r in pairs}) == 1
     q = json.loads((out / "quality.json").read_text())
-    assert set(q["table"]["2-shot"]) == {"same_modality", "random", "expert_loglik"}
+    assert set(q["table"]["2-shot"]) == {"same_modality", "random", "expert_loglik", *LEARNED_PREDICTOR_NAMES}
     assert q["reliability"]["n_seeds"] == 2
     assert "vs_same_modality" in q["table"]["2-shot"]["random"]
     assert (out / "quality.csv").read_text().startswith("predictor,target_data")
