@@ -39,7 +39,7 @@ import numpy as np
 from pitune_core.study.read import stats
 from pitune_core.spec.vocab import ABLATIONS, TRANSFER
 from pitune_core.common import check_task_name
-from pitune_core.study.read.results import parse_float
+from pitune_core.study.read.results import check_csv_file, parse_float
 
 MAIN = "pi-tuning"
 BASELINE = "target-only"
@@ -64,11 +64,7 @@ def read_protocol_csv(path: str | os.PathLike, shown: str | None = None) -> list
     sources a list; raises ``ValueError`` with one line naming the file (``shown``) and line."""
     path = Path(path)
     shown = shown or str(path)
-    if path.is_symlink() or not path.is_file():
-        raise ValueError(f"{shown} is not a regular file")
-    size = path.stat().st_size
-    if size > MAX_RESULTS_BYTES:
-        raise ValueError(f"{shown} has {size} bytes, more than the {MAX_RESULTS_BYTES} a results.csv may have")
+    check_csv_file(path, shown, MAX_RESULTS_BYTES, "results.csv")
     rows, seen = [], set()
     try:
         with open(path, newline="", encoding="utf-8") as fh:

@@ -30,6 +30,16 @@ from pitune_core.spec.vocab import CORRUPTIONS, ROBUSTNESS_SETS, SEVERITIES
 RESULT_FIELDS = ("target", "approach", "shots", "seed", "accuracy", "score", "metric", "sources")
 
 
+def check_csv_file(path: Path, shown: str, max_bytes: int, what: str) -> None:
+    """A CSV read from a study (untrusted): a regular file (no symlink) of at most ``max_bytes``; a
+    one-line ``ValueError`` naming ``shown`` otherwise (``what``: the file's kind, e.g. "results.csv")."""
+    if path.is_symlink() or not path.is_file():
+        raise ValueError(f"{shown} is not a regular file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{shown} has {size} bytes, more than the {max_bytes} a {what} may have")
+
+
 def result_row(r: dict) -> dict:
     """The results.csv row of one approach's result (``run_method``'s dict)."""
     return {"target": r["target"], "approach": r["approach"], "shots": "full" if r["shots"] is None else r["shots"],
@@ -161,11 +171,7 @@ def read_robustness(path: str | os.PathLike, runs: list[dict], shown: str | None
     ``metric`` and ``note``; a one-line ``ValueError`` naming the file (``shown``) and line otherwise."""
     path = Path(path)
     shown = shown or str(path)
-    if path.is_symlink() or not path.is_file():
-        raise ValueError(f"{shown} is not a regular file")
-    size = path.stat().st_size
-    if size > MAX_ROBUSTNESS_BYTES:
-        raise ValueError(f"{shown} has {size} bytes, more than the {MAX_ROBUSTNESS_BYTES} a robustness.csv may have")
+    check_csv_file(path, shown, MAX_ROBUSTNESS_BYTES, "robustness.csv")
     done = {(r["target"], r["approach"], r["shots"], r["seed"]): r for r in runs if r.get("status") == "done"}
     rows, in_dist = [], {}
     try:
