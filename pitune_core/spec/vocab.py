@@ -63,6 +63,9 @@ DEFAULT_SHOTS = 16
 SHOT_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 #: the same, then "full" (all training data: ``None`` in a config, ``--shots full`` on the CLI)
 SHOT_OPTIONS = (*SHOT_CHOICES, "full")
+#: the target data sizes a study measures (examples per class; ``None`` = full data): the few-shot
+#: comparison's regimes and the ground truth's predictor sizes
+STUDY_SHOTS = (4, 16, None)
 #: sources a run interpolates when none are named
 DEFAULT_K = 3
 #: the fewest sources a run may interpolate

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pitune_core.data.tasks import get_task
+from pitune_core.spec.vocab import STUDY_SHOTS
 from pitune_core.predict.quality import seed_reliability, seeds_for_reliability, spearman_brown
 from pitune_core.study.targets import study_targets
 from pitune_core.study.transfer import gain_matrices, load_plan
@@ -102,7 +103,7 @@ def draft_plans(study: str | Path, pilot_plan: str | Path, pilot_pairs: str | Pa
     base = {"tasks": tasks, "method": pilot["method"], "shots": pilot["shots"], "steps": pilot["steps"],
             "batch_size": pilot["batch_size"], "eval_limit": pilot["eval_limit"], "seeds": list(range(n)),
             "predictors": predictors if predictors is not None else pilot.get("predictors", []),
-            "target_shots": [4, 16, None], "predictor_seeds": list(range(4)), "fisher_n": pilot["fisher_n"],
+            "target_shots": list(STUDY_SHOTS), "predictor_seeds": list(range(4)), "fisher_n": pilot["fisher_n"],
             "k": pilot["k"]}
     return ({"name": name, "notes": "", "targets": main, **base},
             {"name": f"{name}-confirm", "notes": "", "targets": held, **base}, derivation)

@@ -32,7 +32,7 @@ import numpy as np
 from scipy import stats as sps
 
 from pitune_core.data.tasks import get_task
-from pitune_core.spec.vocab import ABLATIONS, CORE, DEFAULT_K, OTHERS
+from pitune_core.spec.vocab import ABLATIONS, CORE, DEFAULT_K, OTHERS, STUDY_SHOTS
 from pitune_core.common import sha256_file
 from pitune_core.study.preregister import min_class_train
 from pitune_core.study.protocol import PlanError, ProtocolPlan, load_plan as load_protocol_plan, plan_to_json
@@ -49,7 +49,7 @@ MIN_SEEDS, MAX_SEEDS = 3, 8
 PILOT_SEEDS = [1000, 1001]
 PILOT_SHOTS = [4, 16]
 PILOT_DRAW_SEED = 2029
-SHOTS = [4, 16, None]
+SHOTS = list(STUDY_SHOTS)
 EXTRA_SHOTS = [16]
 
 SEED_RULE = (

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pitune_core.spec.vocab import BUDGET_RULES, DEFAULT_K, EXPERT_TYPES, LEGACY_BUDGET_RULE
+from pitune_core.spec.vocab import BUDGET_RULES, DEFAULT_K, EXPERT_TYPES, LEGACY_BUDGET_RULE, STUDY_SHOTS
 from pitune_core.common import check_plan_name, read_jsonl, sha256_file
 from pitune_core.spec.vocab import ABLATIONS, CORE, OTHERS, TRANSFER  # noqa: F401  (the plan's approach groups)
 from pitune_core.study.manifest import register_files
@@ -232,7 +232,7 @@ def make_plan(summary_csv: str | Path = "precomputed/experts/summary.csv", name:
     text = TARGET_RULE.format(method="lora", summary=summary_csv, margin=margin, min_shots=min_shots,
                               min_targets=min_targets)
     return ProtocolPlan(
-        name=name, targets=targets, shots=[4, 16, None], seeds=[0, 1, 2],
+        name=name, targets=targets, shots=list(STUDY_SHOTS), seeds=[0, 1, 2],
         rule={"text": text, "summary": str(summary_csv), "method": "lora", "margin_points": margin,
               "min_shots": min_shots, "min_targets": min_targets, "evidence": evidence},
         recipe=asdict(Recipe()),

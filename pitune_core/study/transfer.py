@@ -32,7 +32,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from pitune_core.common import read_jsonl, write_atomic  # read_jsonl: re-exported (callers import it from here)
-from pitune_core.spec.vocab import LEARNED_PREDICTOR_NAMES, PAIR_SHOTS, QUALITY_K, SCORED_PREDICTOR_NAMES, SUCCEEDED
+from pitune_core.spec.vocab import (LEARNED_PREDICTOR_NAMES, PAIR_SHOTS, QUALITY_K, SCORED_PREDICTOR_NAMES, STUDY_SHOTS,
+                                    SUCCEEDED)
 from pitune_core.spec.env import SHARD_ENV, shard_from_env  # noqa: F401  (re-exported: the stages' callers import them here)
 from pitune_core.data.tasks import get_task
 from pitune_core.model.backbone import UnifiedBackbone
@@ -279,7 +280,7 @@ class TransferPlan:
     eval_limit: int | None = None  # None: the whole test split
     seeds: tuple[int, ...] = (0, 1, 2, 3)
     predictors: list[str] = field(default_factory=list)
-    target_shots: list[int | None] = field(default_factory=lambda: [4, 16, None])
+    target_shots: list[int | None] = field(default_factory=lambda: list(STUDY_SHOTS))
     predictor_seeds: tuple[int, ...] = (0, 1, 2, 3)
     fisher_n: int = 64
     k: int = QUALITY_K
