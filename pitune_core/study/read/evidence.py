@@ -27,7 +27,6 @@ provisional. The rule lives here, not in the dashboard, so the report can state 
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
@@ -39,7 +38,7 @@ import numpy as np
 from pitune_core.study.read import stats
 from pitune_core.spec.vocab import ABLATIONS, TRANSFER
 from pitune_core.common import check_task_name
-from pitune_core.study.read.results import check_csv_file, parse_float
+from pitune_core.study.read.results import csv_rows, parse_float
 
 MAIN = "pi-tuning"
 BASELINE = "target-only"
@@ -64,55 +63,42 @@ def read_protocol_csv(path: str | os.PathLike, shown: str | None = None) -> list
     sources a list; raises ``ValueError`` with one line naming the file (``shown``) and line."""
     path = Path(path)
     shown = shown or str(path)
-    check_csv_file(path, shown, MAX_RESULTS_BYTES, "results.csv")
     rows, seen = [], set()
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            cols = reader.fieldnames or []
-            lacking = [c for c in REQUIRED_COLUMNS if c not in cols]
-            if lacking:
-                raise ValueError(f"{shown} lacks the column(s) {', '.join(lacking)} (is it a protocol results.csv?)")
-            for r in reader:
-                where = f"{shown} line {reader.line_num}"
-                if None in r:
-                    raise ValueError(f"{where}: more cells than columns")
-                status = r.get("status") or ""
-                if status not in STATUSES:
-                    raise ValueError(f"{where}: status {status[:40]!r} is not one of {', '.join(STATUSES)}")
-                try:
-                    target = check_task_name(r.get("target"), "the target")
-                except ValueError as e:
-                    raise ValueError(f"{where}: {e}") from None
-                approach = r.get("approach") or ""
-                if not _APPROACH.fullmatch(approach):
-                    raise ValueError(f"{where}: approach {approach[:40]!r} is not an approach name")
-                shots_s, seed_s = (r.get("shots") or "").strip(), (r.get("seed") or "").strip()
-                if shots_s == "full":
-                    shots: int | str = "full"
-                elif shots_s.isdigit() and int(shots_s) >= 1:
-                    shots = int(shots_s)
-                else:
-                    raise ValueError(f"{where}: shots {shots_s[:40]!r} is neither a positive integer nor 'full'")
-                if not seed_s.isdigit():
-                    raise ValueError(f"{where}: seed {seed_s[:40]!r} is not a non-negative integer")
-                ident = (target, approach, shots, int(seed_s))
-                if ident in seen:
-                    raise ValueError(f"{where}: a second row for {target} {approach} shots={shots} seed={seed_s}")
-                seen.add(ident)
-                score = parse_float(r.get("score"))
-                if status == "done" and (score is None or not 0.0 <= score <= 1.0):
-                    raise ValueError(f"{where}: a done run needs a score between 0 and 1, got {(r.get('score') or '')[:40]!r}")
-                row: dict[str, Any] = {"key": r.get("key") or "", "target": target, "approach": approach,
-                                       "shots": shots, "seed": int(seed_s), "status": status,
-                                       "score": score if status == "done" else None,
-                                       "metric": r.get("metric") or "", "selection": r.get("selection") or "",
-                                       "sources": [s for s in (r.get("sources") or "").split("|") if s]}
-                for c in ("accuracy", "steps_select", "steps_tune", "steps_total", "time_s", "cpu_s"):
-                    row[c] = parse_float(r.get(c))
-                rows.append(row)
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise ValueError(f"{shown} is not a readable CSV: {e}") from None
+    for where, r in csv_rows(path, shown, MAX_RESULTS_BYTES, REQUIRED_COLUMNS, "results.csv"):
+        status = r.get("status") or ""
+        if status not in STATUSES:
+            raise ValueError(f"{where}: status {status[:40]!r} is not one of {', '.join(STATUSES)}")
+        try:
+            target = check_task_name(r.get("target"), "the target")
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        approach = r.get("approach") or ""
+        if not _APPROACH.fullmatch(approach):
+            raise ValueError(f"{where}: approach {approach[:40]!r} is not an approach name")
+        shots_s, seed_s = (r.get("shots") or "").strip(), (r.get("seed") or "").strip()
+        if shots_s == "full":
+            shots: int | str = "full"
+        elif shots_s.isdigit() and int(shots_s) >= 1:
+            shots = int(shots_s)
+        else:
+            raise ValueError(f"{where}: shots {shots_s[:40]!r} is neither a positive integer nor 'full'")
+        if not seed_s.isdigit():
+            raise ValueError(f"{where}: seed {seed_s[:40]!r} is not a non-negative integer")
+        ident = (target, approach, shots, int(seed_s))
+        if ident in seen:
+            raise ValueError(f"{where}: a second row for {target} {approach} shots={shots} seed={seed_s}")
+        seen.add(ident)
+        score = parse_float(r.get("score"))
+        if status == "done" and (score is None or not 0.0 <= score <= 1.0):
+            raise ValueError(f"{where}: a done run needs a score between 0 and 1, got {(r.get('score') or '')[:40]!r}")
+        row: dict[str, Any] = {"key": r.get("key") or "", "target": target, "approach": approach,
+                               "shots": shots, "seed": int(seed_s), "status": status,
+                               "score": score if status == "done" else None,
+                               "metric": r.get("metric") or "", "selection": r.get("selection") or "",
+                               "sources": [s for s in (r.get("sources") or "").split("|") if s]}
+        for c in ("accuracy", "steps_select", "steps_tune", "steps_total", "time_s", "cpu_s"):
+            row[c] = parse_float(r.get(c))
+        rows.append(row)
     return rows
 
 

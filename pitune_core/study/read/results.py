@@ -30,14 +30,29 @@ from pitune_core.spec.vocab import CORRUPTIONS, ROBUSTNESS_SETS, SEVERITIES
 RESULT_FIELDS = ("target", "approach", "shots", "seed", "accuracy", "score", "metric", "sources")
 
 
-def check_csv_file(path: Path, shown: str, max_bytes: int, what: str) -> None:
-    """A CSV read from a study (untrusted): a regular file (no symlink) of at most ``max_bytes``; a
-    one-line ``ValueError`` naming ``shown`` otherwise (``what``: the file's kind, e.g. "results.csv")."""
+def csv_rows(path: Path, shown: str, max_bytes: int, required, what: str):
+    """Rows of a CSV read from a study (untrusted), each with ``where`` ("FILE line N") for its errors:
+    a regular file (no symlink) of at most ``max_bytes`` with every ``required`` column, no row with more
+    cells than columns, readable as UTF-8 CSV; a one-line ``ValueError`` naming ``shown`` otherwise
+    (``what``: the file's kind, e.g. "results.csv")."""
     if path.is_symlink() or not path.is_file():
         raise ValueError(f"{shown} is not a regular file")
     size = path.stat().st_size
     if size > max_bytes:
         raise ValueError(f"{shown} has {size} bytes, more than the {max_bytes} a {what} may have")
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            lacking = [c for c in required if c not in (reader.fieldnames or [])]
+            if lacking:
+                raise ValueError(f"{shown} lacks the column(s) {', '.join(lacking)} (is it a protocol {what}?)")
+            for r in reader:
+                where = f"{shown} line {reader.line_num}"
+                if None in r:
+                    raise ValueError(f"{where}: more cells than columns")
+                yield where, r
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise ValueError(f"{shown} is not a readable CSV: {e}") from None
 
 
 def result_row(r: dict) -> dict:
@@ -171,56 +186,44 @@ def read_robustness(path: str | os.PathLike, runs: list[dict], shown: str | None
     ``metric`` and ``note``; a one-line ``ValueError`` naming the file (``shown``) and line otherwise."""
     path = Path(path)
     shown = shown or str(path)
-    check_csv_file(path, shown, MAX_ROBUSTNESS_BYTES, "robustness.csv")
     done = {(r["target"], r["approach"], r["shots"], r["seed"]): r for r in runs if r.get("status") == "done"}
     rows, in_dist = [], {}
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            lacking = [c for c in ROBUSTNESS_COLUMNS if c not in (reader.fieldnames or [])]
-            if lacking:
-                raise ValueError(f"{shown} lacks the column(s) {', '.join(lacking)} (is it a protocol robustness.csv?)")
-            for r in reader:
-                where = f"{shown} line {reader.line_num}"
-                if None in r:
-                    raise ValueError(f"{where}: more cells than columns")
-                shots_s = (r.get("shots") or "").strip()
-                ident = ((r.get("target") or "")[:64], (r.get("approach") or "")[:64],
-                         "full" if shots_s == "full" else int(shots_s) if shots_s.isdigit() else shots_s[:40],
-                         int(s) if (s := (r.get("seed") or "").strip()).isdigit() else s[:40])
-                run = done.get(ident)
-                if run is None:
-                    raise ValueError(f"{where}: no done run {' '.join(map(str, ident))!r} in results.csv")
-                if (r.get("key") or "") != run["key"]:
-                    raise ValueError(f"{where}: its key differs from results.csv's for that run (a row of another run)")
-                kind = r.get("set") or ""
-                if kind not in ROBUSTNESS_SETS:
-                    raise ValueError(f"{where}: set {kind[:40]!r} is not one of {', '.join(ROBUSTNESS_SETS)}")
-                source = r.get("source") or None
-                if source is not None:
-                    try:
-                        check_task_name(source, "the shift source")
-                    except ValueError as e:
-                        raise ValueError(f"{where}: {e}") from None
-                corruption = r.get("corruption") or None
-                if corruption is not None and corruption not in CORRUPTIONS:
-                    raise ValueError(f"{where}: corruption {corruption[:40]!r} is not one of {', '.join(CORRUPTIONS)}")
-                severity = None if not (r.get("severity") or "").strip() else _count(r["severity"], where, "severity")
-                if severity is not None and severity not in SEVERITIES:
-                    raise ValueError(f"{where}: severity {severity} is not one of {', '.join(map(str, SEVERITIES))}")
-                if (kind == "corrupted") != (corruption is not None and severity is not None):
-                    raise ValueError(f"{where}: a corruption and its severity are given on the corrupted rows only")
-                note = printable(r.get("note") or "")[:MAX_NOTE_CHARS] or None
-                n = _count(r.get("n"), where, "n")
-                # only a shifted set may have no score: none exists for the target (a note says why) or it is empty
-                value = _unit(r.get("value"), where, "value", required=kind != "shifted" or (note is None and n > 0))
-                rows.append({**{k: run[k] for k in RUN_FIELDS}, "set": kind, "source": source, "corruption": corruption,
-                             "severity": severity, "metric": printable(r.get("metric") or "")[:40], "value": value,
-                             "accuracy": _unit(r.get("accuracy"), where, "accuracy", required=False), "n": n,
-                             "dropped": _count(r.get("dropped") or "0", where, "dropped"), "note": note})
-                in_dist[ident] = in_dist.get(ident, 0) + (kind == ROBUSTNESS_SETS[0])
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise ValueError(f"{shown} is not a readable CSV: {e}") from None
+    for where, r in csv_rows(path, shown, MAX_ROBUSTNESS_BYTES, ROBUSTNESS_COLUMNS, "robustness.csv"):
+        shots_s = (r.get("shots") or "").strip()
+        ident = ((r.get("target") or "")[:64], (r.get("approach") or "")[:64],
+                 "full" if shots_s == "full" else int(shots_s) if shots_s.isdigit() else shots_s[:40],
+                 int(s) if (s := (r.get("seed") or "").strip()).isdigit() else s[:40])
+        run = done.get(ident)
+        if run is None:
+            raise ValueError(f"{where}: no done run {' '.join(map(str, ident))!r} in results.csv")
+        if (r.get("key") or "") != run["key"]:
+            raise ValueError(f"{where}: its key differs from results.csv's for that run (a row of another run)")
+        kind = r.get("set") or ""
+        if kind not in ROBUSTNESS_SETS:
+            raise ValueError(f"{where}: set {kind[:40]!r} is not one of {', '.join(ROBUSTNESS_SETS)}")
+        source = r.get("source") or None
+        if source is not None:
+            try:
+                check_task_name(source, "the shift source")
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        corruption = r.get("corruption") or None
+        if corruption is not None and corruption not in CORRUPTIONS:
+            raise ValueError(f"{where}: corruption {corruption[:40]!r} is not one of {', '.join(CORRUPTIONS)}")
+        severity = None if not (r.get("severity") or "").strip() else _count(r["severity"], where, "severity")
+        if severity is not None and severity not in SEVERITIES:
+            raise ValueError(f"{where}: severity {severity} is not one of {', '.join(map(str, SEVERITIES))}")
+        if (kind == "corrupted") != (corruption is not None and severity is not None):
+            raise ValueError(f"{where}: a corruption and its severity are given on the corrupted rows only")
+        note = printable(r.get("note") or "")[:MAX_NOTE_CHARS] or None
+        n = _count(r.get("n"), where, "n")
+        # only a shifted set may have no score: none exists for the target (a note says why) or it is empty
+        value = _unit(r.get("value"), where, "value", required=kind != "shifted" or (note is None and n > 0))
+        rows.append({**{k: run[k] for k in RUN_FIELDS}, "set": kind, "source": source, "corruption": corruption,
+                     "severity": severity, "metric": printable(r.get("metric") or "")[:40], "value": value,
+                     "accuracy": _unit(r.get("accuracy"), where, "accuracy", required=False), "n": n,
+                     "dropped": _count(r.get("dropped") or "0", where, "dropped"), "note": note})
+        in_dist[ident] = in_dist.get(ident, 0) + (kind == ROBUSTNESS_SETS[0])
     bad = next((i for i, c in in_dist.items() if c != 1), None)
     if bad is not None:
         raise ValueError(f"{shown}: run {' '.join(map(str, bad))} has {in_dist[bad]} in-distribution rows, not 1")
