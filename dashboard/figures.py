@@ -16,6 +16,12 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+# pandas before any figure: plotly's validators read pandas from sys.modules without the import lock
+# (_plotly_utils.optional_imports.get_module(..., should_load=False)), and st.dataframe imports it lazily,
+# e.g. in the live-runs fragment's thread while a full rerun builds a figure in another. That figure then
+# met a half-imported pandas ("partially initialized module 'pandas' has no attribute 'Series'") and the
+# tab stayed empty. Imported here, on the first script run before any second thread, the race cannot occur.
+import pandas  # noqa: F401
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 

@@ -433,7 +433,12 @@ def test_first_run_from_a_cold_cache_shows_its_stages_and_lands_beside_the_study
         tab = page.get_by_role("tab", name="Runs & compare")
         deadline = time.time() + 120
         while not page.locator(".st-key-compare_chart .plot-container").count():
-            assert time.time() < deadline, "Runs & compare drew no comparison chart for the run"
+            shown = page.locator('[data-testid="stException"]')
+            if shown.count() or time.time() >= deadline:  # say what the tab shows instead, and the server log
+                log = (tmp / "streamlit.log").read_text(errors="replace")[-1500:]
+                raise AssertionError(f"Runs & compare drew no comparison chart for the run; tab selected: "
+                                     f"{tab.get_attribute('aria-selected')}; exception on the page: "
+                                     f"{shown.all_inner_texts()[:1]}; server log ends: {log}")
             if tab.get_attribute("aria-selected") != "true":
                 tab.click()
             time.sleep(0.5)
