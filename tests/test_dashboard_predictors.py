@@ -611,6 +611,23 @@ def test_default_predictor_follows_the_few_shot_evidence(drawn_study, gt_study):
     assert emb == "fisher" and f"no predictor-{best} graph" in why
 
 
+def test_default_predictor_without_a_graph_falls_back_to_the_best_drawn_one(drawn_study, gt_study):
+    """A best predictor the study does not draw (e.g. a learned one) gives way to the best of those it
+    draws, by the same evidence, not to Fisher."""
+    raw = json.loads((gt_study["root"] / "groundtruth" / "gt-test" / "quality.json").read_text())
+    means = {p: v["summary"]["spearman"]["mean"] for p, v in raw["table"]["4-shot"].items()}
+    ranked = sorted(means, key=lambda p: (-means[p], p))
+    root = drawn_study["root"]
+    shutil.rmtree(root / "predict" / "lora" / f"predictor-{ranked[0]}")
+    man = json.loads((root / "manifest.json").read_text())
+    man["files"] = {k: v for k, v in man["files"].items() if f"/predictor-{ranked[0]}/" not in k}
+    (root / "manifest.json").write_text(json.dumps(man, indent=2))
+    drawn = [p for p in ranked if (root / "predict" / "lora" / f"predictor-{p}").is_dir()]
+    emb, why = Study(root).default_embedding("lora")
+    assert emb == f"predictor-{drawn[0]}", (ranked, drawn)
+    assert f"no predictor-{ranked[0]} graph; showing {drawn[0]}, the best with a graph" in why
+
+
 def test_sidebar_defaults_to_the_best_predictor_and_draws_it(drawn_study, tmp_path, monkeypatch):
     at = _app(drawn_study["root"], tmp_path, monkeypatch, "Graph")
     box = at.sidebar.selectbox(key="embedding")

@@ -39,12 +39,14 @@ METRICS = ("spearman", "top1_hit", "top3_hit", "ndcg3", "regret")
 LOWER_IS_BETTER = ("regret",)
 
 
-def best_predictor(quality: Mapping, size: str, metric: str = "spearman") -> str | None:
+def best_predictor(quality: Mapping, size: str, metric: str = "spearman",
+                   among: Sequence[str] | None = None) -> str | None:
     """The predictor with the highest mean ``metric`` at target data ``size`` of a ground truth's
-    quality table (``quality.json``'s ``table``; regret: the lowest); ties by name; None when no
-    predictor has a defined mean."""
+    quality table (``quality.json``'s ``table``; regret: the lowest), only those in ``among`` when
+    given; ties by name; None when no predictor has a defined mean."""
     preds = (quality.get("table") or {}).get(size) or {}
-    have = [(p, ((v.get("summary") or {}).get(metric) or {}).get("mean")) for p, v in preds.items()]
+    have = [(p, ((v.get("summary") or {}).get(metric) or {}).get("mean")) for p, v in preds.items()
+            if among is None or p in among]
     have = [(p, m) for p, m in have if isinstance(m, (int, float)) and math.isfinite(m)]
     if not have:
         return None

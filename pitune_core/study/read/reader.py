@@ -35,7 +35,7 @@ from pitune_core.spec.vocab import EMBEDDINGS as STUDY_EMBEDDINGS
 from pitune_core.study.read.placed import merge_layout, merge_similarity, placed_task_infos  # + user tasks placed on it
 from pitune_core.spec.weights import initial_weights, normalise_weights, parse_weights  # the one weight parser
 
-from pitune_core.predict.quality import fullest_plan, headline
+from pitune_core.predict.quality import best_predictor, fullest_plan, headline
 from pitune_core.study.read.groundtruth_files import (GROUNDTRUTH_FILES, GT_MAX_PAIRS_BYTES, GroundTruthError, gt_file,
                                                      parse_gt_quality, parse_gt_reliability, read_bounded_json,
                                                      read_gt_gains, versus_rule)
@@ -312,8 +312,9 @@ class Study:
         """``(embedding, why)``: what the dashboard ranks sources with by default. The evidence
         decides: the predictor with the best mean Spearman at the smallest few-shot size of the
         fullest ground truth (:func:`~pitune_core.predict.quality.headline`), when the study draws
-        it as a graph (``predictor-<name>``); else Fisher (the paper's choice), or the first
-        embedding the study has."""
+        it as a graph (``predictor-<name>``); else the best of the predictors it does draw (a learned
+        predictor such as transfer history has no graph); else Fisher (the paper's choice), or the
+        first embedding the study has."""
         have = self.embeddings(method)
         fallback = "fisher" if "fisher" in have else (have[0] if have else "fisher")
         qualities = {}
@@ -331,6 +332,12 @@ class Study:
         emb = PREDICTOR_PREFIX + best
         if emb in have:
             return emb, f"best Spearman at {size} in groundtruth/{plan}" + versus_rule(qualities[plan], size, best)
+        drawn = [p for p in (predictor_of(e) for e in have) if p is not None]
+        second = best_predictor(qualities[plan], size, among=drawn)
+        if second is not None:  # the evidence's best among the predictors this study draws
+            return (PREDICTOR_PREFIX + second,
+                    f"{best} is best at {size} in groundtruth/{plan}, but this study has no {emb} graph; showing "
+                    f"{second}, the best with a graph" + versus_rule(qualities[plan], size, second))
         return fallback, f"{best} is best at {size} in groundtruth/{plan}, but this study has no {emb} graph; showing {fallback}"
 
     def expert_summary(self) -> list[dict]:
