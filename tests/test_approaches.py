@@ -9,6 +9,7 @@ approach, split between the own expert and tuning, never exceeded), and the sour
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -79,6 +80,10 @@ def test_every_approach_runs_and_accounts_for_its_budget_and_sources(name, tiny,
     # for every one of them
     steps = r["steps"]
     assert set(steps) == {"select", "tune", "total"} and steps["total"] == steps["select"] + steps["tune"]
+    if rec.own_expert_first:  # the selection's measured cost, inside the run's time
+        assert 0 <= r["select_time_s"] <= r["time_s"] and r["side_reused"] is False
+    else:
+        assert "select_time_s" not in r and "side_reused" not in r
     assert steps["select"] == (tiny["own_steps"] if rec.own_expert_first else 0)
     assert steps["tune"] == (STEPS if rec.tunes else 0), f"{name} must tune for the whole shared budget"
     if name.startswith("lorahub"):
@@ -101,3 +106,30 @@ def test_every_approach_runs_and_accounts_for_its_budget_and_sources(name, tiny,
         assert r["own_expert"] is rec.mixes_own
     assert rec.mixes_own == (name in ("pi-tuning", "pi-tuning-weights-only", "pi-tuning-global", "random-k",
                                       "all-experts"))  # the paper's recipe keeps it; the ablation and averages not
+
+
+@pytest.fixture(scope="module")
+def side_cache(tmp_path_factory):
+    from pitune_core.tune.side_cache import SideCache
+
+    return SideCache(tmp_path_factory.mktemp("sides"), "tiny-test-context")
+
+
+@pytest.mark.parametrize("name", ["pi-tuning", "best-single"])  # interpolation and init paths; built, then reused
+def test_a_reused_target_side_gives_the_same_run(name, tiny, backbone, side_cache, tmp_path):
+    """tune/side_cache.py: the approaches of a cell share one target side. A run with the cache (the first
+    builds the side, the others reuse it) gives the row a run without it gives, and reports the side's
+    build time as its selection cost either way."""
+    from pitune_core.tune import baselines
+
+    kw = dict(method="lora", k=K, shots=SHOTS, seed=SEED, workdir=tmp_path)
+    plain = baselines.run_method(name, TARGET, tiny["sources"], backbone, **kw)
+    first = not any(side_cache.folder.glob("*/side.json"))
+    cached = baselines.run_method(name, TARGET, tiny["sources"], backbone, side_cache=side_cache, **kw)
+    same = ("accuracy", "score", "sources", "weights", "steps", "selection", "num_train")
+    assert {k: cached.get(k) for k in same} == {k: plain.get(k) for k in same}
+    assert cached["side_reused"] is (not first) and plain["side_reused"] is False
+    (folder,) = [p.parent for p in side_cache.folder.glob("*/side.json")]  # one side for the whole cell
+    built = json.loads((folder / "side.json").read_text())["time_s"]
+    assert cached["select_time_s"] == built and cached["time_s"] >= built
+    assert list(tmp_path.glob("pitune-run-*")) == []

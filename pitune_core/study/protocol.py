@@ -39,7 +39,7 @@ from pitune_core.common import check_plan_name, read_jsonl, sha256_file
 from pitune_core.spec.vocab import ABLATIONS, CORE, OTHERS, TRANSFER  # noqa: F401  (the plan's approach groups)
 from pitune_core.study.manifest import register_files
 from pitune_core.study.read.results import ROBUSTNESS_FILE, robustness_rows, write_robustness
-from pitune_core.paths import StudyPaths
+from pitune_core.paths import StudyPaths, cache_dir
 
 PLAN_FORMAT = "pitune-protocol-plan/1"
 MAX_PLAN_BYTES = 1 << 20
@@ -337,6 +337,7 @@ def run_plan(plan: ProtocolPlan, study: str | Path, out: str | Path, backbone=No
     from pitune_core.model.backbone import UnifiedBackbone  # lazy: loads torch
     from pitune_core.study.transfer import take_shard  # lazy: loads torch
     from pitune_core.tune.baselines import run_method  # lazy: loads torch
+    from pitune_core.tune.side_cache import SideCache  # lazy: loads torch
 
     out = Path(out)
     align = alignment_check(study, plan.targets)
@@ -352,6 +353,8 @@ def run_plan(plan: ProtocolPlan, study: str | Path, out: str | Path, backbone=No
     sources = load_study_sources(study, plan.method)
     bb = backbone or UnifiedBackbone.load(StudyPaths(study).backbone)
     recipe = plan.recipe_obj()
+    # the approaches of a (target, shots, seed) share its target side, built once (tune/side_cache.py)
+    sides = SideCache(cache_dir() / "target-sides", json.dumps(context, sort_keys=True))
     ran = skipped = failed = 0
     for i, job in enumerate(jobs):
         key = job_key(plan, job, context)
@@ -366,7 +369,7 @@ def run_plan(plan: ProtocolPlan, study: str | Path, out: str | Path, backbone=No
             # with the run's seed (every approach of a target and seed sees the same corrupted copies)
             more = {"robustness": {"seed": job["seed"]}} if plan.robustness else {}
             r = run_method(job["approach"], job["target"], sources, bb, plan.method, k=plan.k, shots=job["shots"],
-                           seed=job["seed"], recipe=recipe, workdir=workdir, **more)
+                           seed=job["seed"], recipe=recipe, workdir=workdir, side_cache=sides, **more)
             rec = {"key": key, "status": "done", "job": job, "context": context, "result": r,
                    "time_s": round(time.time() - t0, 2), "cpu_s": round(time.process_time() - c0, 2),
                    "threads": _threads()}

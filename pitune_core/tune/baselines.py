@@ -483,8 +483,13 @@ def arrow(target: str, sources: Sources, backbone: UnifiedBackbone, k: int, seed
 
 def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbone, method: str = "lora",
                k: int = DEFAULT_K, shots: int | None = DEFAULT_SHOTS, seed: int = 0, recipe: Recipe | None = None,
-               workdir: str | Path | None = None, robustness: dict | None = None) -> dict:
+               workdir: str | Path | None = None, robustness: dict | None = None, side_cache=None) -> dict:
     """Score one approach; returns ``{"accuracy", "metric", "score", "sources", "weights", "steps", ...}``.
+
+    ``side_cache``: a :class:`pitune_core.tune.side_cache.SideCache` that keeps the target side (own
+    expert, Fisher, ranking) of each (target, shots, seed) for the other approaches of that cell; the
+    result is the same with or without it. A selecting approach's row says what its selection took
+    (``select_time_s``, included in ``time_s`` also when the side was reused) and ``side_reused``.
 
     ``robustness``: also score the approach's final model, with no further training, on the target's
     shifted and corrupted test sets (:func:`pitune_core.tune.robustness.score_robustness`, these its
@@ -504,7 +509,15 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
     try:
         info: dict = {"selection": None}
         if APPROACHES_BY_NAME[name].own_expert_first:
-            side = target_side(target, sources, backbone, method, shots, seed, own_steps, tmp, recipe)
+            if side_cache is None:
+                t_side = time.time()
+                side = target_side(target, sources, backbone, method, shots, seed, own_steps, tmp, recipe)
+                side_s, reused = round(time.time() - t_side, 2), False
+            else:
+                side, side_s, reused = side_cache.get(target, sources, backbone, method, shots, seed, own_steps,
+                                                      recipe)
+                t0 -= side_s if reused else 0.0  # the selection's cost counts in every run that uses it
+            info.update(select_time_s=side_s, side_reused=reused)
             info["selection"] = side.selection if name not in ("random-k", "all-experts") else "none"
             if k < 1 or k > len(side.ranking):
                 raise InterpolationError(f"k={k} is out of range: {target} has {len(side.ranking)} candidate sources")

@@ -1,0 +1,109 @@
+"""One target side per comparison cell, shared by the approaches that need it.
+
+Why: in a comparison, every approach that selects sources (12 of the 17; ``own_expert_first`` in
+:data:`pitune_core.spec.vocab.APPROACH_RECORDS`) starts from the same target side for a (target, shots,
+seed): the own expert trained on the run's data for the same steps from the same seed, its Fisher, and the
+ranking of the same sources (:func:`pitune_core.tune.baselines.target_side`). That side was about 40 % of a
+π-Tuning run's CPU time and was computed again for each approach. It is deterministic (every stage seeds
+itself), so computing it once per cell and reusing it leaves each run's result unchanged
+(``tests/test_approaches.py`` runs approaches with and without the cache and compares their rows). Every run
+still reports the selection's cost the same way: its steps (``steps.select``) and the seconds the side took
+when it was built (``select_time_s``; ``time_s`` includes them, whether the side was built or reused).
+
+A side is stored under a key of everything it depends on (the caller's context, e.g. the protocol's digest of
+backbone, source experts, embeddings and data, plus target, shots, seed, steps, expert type, adapter
+settings, Fisher sample and the source names); a folder holds ``side.json`` and the own expert in peft's
+format. Writers build in a temporary folder and rename it into place under a file lock, so shards share a
+cache safely. The folder is a cache: deleting it costs only time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from pitune_core.tune.baselines import Recipe, Sources, TargetSide, target_side
+
+SIDE_FILE = "side.json"
+#: bumped when what a cached side holds (or how it is computed) changes
+SIDE_FORMAT = "pitune-target-side/1"
+
+
+@dataclass(frozen=True)
+class SideCache:
+    """Where target sides are kept (``folder``) and what else they depend on (``context``: a string that
+    changes whenever the backbone, the source experts, their embeddings or the data change)."""
+
+    folder: Path
+    context: str
+
+    def key(self, target: str, sources: Sources, backbone_id: str, method: str, shots: int | None, seed: int,
+            own_steps: int, recipe: Recipe) -> str:
+        blob = json.dumps({"format": SIDE_FORMAT, "context": self.context, "target": target, "shots": shots,
+                           "seed": seed, "own_steps": own_steps, "method": method, "backbone_id": backbone_id,
+                           "overrides": sources.method_overrides(), "fisher_max": recipe.fisher_max,
+                           "sources": sorted(sources.expert_dirs), "gated": sorted(sources.gated)},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def get(self, target: str, sources: Sources, backbone, method: str, shots: int | None, seed: int,
+            own_steps: int, recipe: Recipe) -> tuple[TargetSide, float, bool]:
+        """``(side, seconds it took to build, reused)``: the cell's target side, built (and kept) when it
+        is not here yet. Same arguments as :func:`pitune_core.tune.baselines.target_side`."""
+        return cached_target_side(self, target, sources, backbone, method, shots, seed, own_steps, recipe)
+
+
+def cached_target_side(cache: SideCache, target: str, sources: Sources, backbone, method: str, shots: int | None,
+                       seed: int, own_steps: int, recipe: Recipe) -> tuple[TargetSide, float, bool]:
+    """:meth:`SideCache.get`."""
+    key = cache.key(target, sources, backbone.backbone_id, method, shots, seed, own_steps, recipe)
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    final = cache.folder / key
+    with FileLock(str(cache.folder / f"{key}.lock")):
+        hit = _load(final)
+        if hit is not None:
+            return hit[0], hit[1], True
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache.folder))
+        try:
+            t0 = time.time()
+            side = target_side(target, sources, backbone, method, shots, seed, own_steps, tmp, recipe)
+            took = round(time.time() - t0, 2)
+            own = Path(side.own_dir)
+            rel = own.relative_to(tmp).as_posix()
+            (tmp / SIDE_FILE).write_text(json.dumps({
+                "format": SIDE_FORMAT, "own": rel, "own_steps": side.own_steps,
+                "ranking": [[n, s] for n, s in side.ranking], "selection": side.selection,
+                "num_train": side.num_train, "time_s": took}, indent=1), encoding="utf-8")
+            if final.exists():  # a half-written folder of a killed writer (no side.json): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    loaded = _load(final)
+    if loaded is None:
+        raise OSError(f"the target side just written to {final} cannot be read back")
+    return loaded[0], took, False
+
+
+def _load(folder: Path) -> tuple[TargetSide, float] | None:
+    """A stored side, or None when there is none (or it is incomplete or of another format)."""
+    try:
+        raw = json.loads((folder / SIDE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or raw.get("format") != SIDE_FORMAT:
+        return None
+    own = folder / str(raw["own"])
+    if not own.is_dir() or folder.resolve() not in own.resolve().parents:  # the own expert stays inside
+        return None
+    side = TargetSide(str(own), int(raw["own_steps"]), [(str(n), float(s)) for n, s in raw["ranking"]],
+                      str(raw["selection"]), int(raw["num_train"]))
+    return side, float(raw["time_s"])
