@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,33 @@ def test_a_reused_target_side_gives_the_same_run(name, tiny, backbone, side_cach
     built = json.loads((folder / "side.json").read_text())["time_s"]
     assert cached["select_time_s"] == built and cached["time_s"] >= built
     assert list(tmp_path.glob("pitune-run-*")) == []
+
+
+def test_a_side_is_keyed_by_the_run_examples_themselves():
+    """A changed example of the run's shots (text, image features or label) is another side, never a reused one."""
+    import torch
+
+    from pitune_core.model.backbone import TaskTensors
+    from pitune_core.tune.baselines import Recipe
+    from pitune_core.tune.side_cache import SideCache, data_digest
+
+    def tensors(texts=("a", "b"), visual=None, labels=(0, 1)):
+        return TaskTensors(list(texts) if texts is not None else None, visual, torch.tensor(labels))
+
+    base = data_digest(tensors())
+    assert base == data_digest(tensors())
+    assert len({base, data_digest(tensors(texts=("a", "c"))), data_digest(tensors(texts=("ab", ""))),
+                data_digest(tensors(labels=(1, 0)))}) == 4
+    assert data_digest(tensors(None, torch.zeros(2, 3))) != data_digest(tensors(None, torch.ones(2, 3)))
+
+    class Src:  # what the key reads of a study's sources
+        expert_dirs, gated = {"x": "x", "y": "y"}, {}
+
+        def method_overrides(self):
+            return {}
+
+    cache = SideCache(Path("unused"), "ctx")
+    args = ("t", Src(), "bb", "lora", 4, 0, 15, Recipe())
+    assert cache.key(*args, data=base) == cache.key(*args, data=base)
+    assert cache.key(*args, data=base) != cache.key(*args, data=data_digest(tensors(texts=("a", "c"))))
+    assert cache.key(*args, data=base) != SideCache(Path("unused"), "other context").key(*args, data=base)

@@ -11,8 +11,8 @@ still reports the selection's cost the same way: its steps (``steps.select``) an
 when it was built (``select_time_s``; ``time_s`` includes them, whether the side was built or reused).
 
 A side is stored under a key of everything it depends on (the caller's context, e.g. the protocol's digest of
-backbone, source experts, embeddings and data, plus target, shots, seed, steps, expert type, adapter
-settings, Fisher sample and the source names); a folder holds ``side.json`` and the own expert in peft's
+backbone, source experts, embeddings and data, plus the run's training examples themselves, target, shots,
+seed, steps, expert type, adapter settings, Fisher sample and the source names); a folder holds ``side.json`` and the own expert in peft's
 format. Writers build in a temporary folder and rename it into place under a file lock, so shards share a
 cache safely. The folder is a cache: deleting it costs only time.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from pitune_core.tune.baselines import Recipe, Sources, TargetSide, target_side
+from pitune_core.tune.baselines import Recipe, Sources, TargetSide, run_data, target_side
 
 SIDE_FILE = "side.json"
 #: bumped when what a cached side holds (or how it is computed) changes
@@ -46,8 +46,9 @@ class SideCache:
     context: str
 
     def key(self, target: str, sources: Sources, backbone_id: str, method: str, shots: int | None, seed: int,
-            own_steps: int, recipe: Recipe) -> str:
-        blob = json.dumps({"format": SIDE_FORMAT, "context": self.context, "target": target, "shots": shots,
+            own_steps: int, recipe: Recipe, data: str = "") -> str:
+        """The side's key; ``data``: a digest of the run's training examples (:func:`data_digest`)."""
+        blob = json.dumps({"format": SIDE_FORMAT, "context": self.context, "data": data, "target": target, "shots": shots,
                            "seed": seed, "own_steps": own_steps, "method": method, "backbone_id": backbone_id,
                            "overrides": sources.method_overrides(), "fisher_max": recipe.fisher_max,
                            "sources": sorted(sources.expert_dirs), "gated": sorted(sources.gated)},
@@ -64,7 +65,8 @@ class SideCache:
 def cached_target_side(cache: SideCache, target: str, sources: Sources, backbone, method: str, shots: int | None,
                        seed: int, own_steps: int, recipe: Recipe) -> tuple[TargetSide, float, bool]:
     """:meth:`SideCache.get`."""
-    key = cache.key(target, sources, backbone.backbone_id, method, shots, seed, own_steps, recipe)
+    _, _, train_t = run_data(target, backbone, shots, seed)  # the run's examples are in the key too
+    key = cache.key(target, sources, backbone.backbone_id, method, shots, seed, own_steps, recipe, data_digest(train_t))
     cache.folder.mkdir(parents=True, exist_ok=True)
     final = cache.folder / key
     with FileLock(str(cache.folder / f"{key}.lock")):
@@ -91,6 +93,18 @@ def cached_target_side(cache: SideCache, target: str, sources: Sources, backbone
     if loaded is None:
         raise OSError(f"the target side just written to {final} cannot be read back")
     return loaded[0], took, False
+
+
+def data_digest(tensors) -> str:
+    """sha256 of a run's training examples (texts, image features, labels: a
+    :class:`pitune_core.model.backbone.TaskTensors`), so a side is never reused for other examples."""
+    h = hashlib.sha256()
+    for t in tensors.texts or ():
+        h.update(str(t).encode("utf-8", "surrogatepass") + b"\0")
+    if tensors.visual is not None:
+        h.update(tensors.visual.detach().cpu().contiguous().numpy().tobytes())
+    h.update(tensors.labels.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _load(folder: Path) -> tuple[TargetSide, float] | None:
