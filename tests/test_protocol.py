@@ -288,7 +288,8 @@ def _small_plan(**kw):
 
 
 def _fake_run(calls):
-    def run_method(name, target, sources, backbone, method="lora", k=3, shots=16, seed=0, recipe=None, workdir=None):
+    def run_method(name, target, sources, backbone, method="lora", k=3, shots=16, seed=0, recipe=None, workdir=None,
+                   side_cache=None):
         calls.append((name, target, shots, seed))
         if target == "textures" and name == "arrow" and seed == 1 and len([c for c in calls if c == (name, target, shots, seed)]) == 1:
             raise RuntimeError("boom")  # fails once, succeeds on resume
@@ -574,7 +575,7 @@ def test_a_robustness_plan_asks_every_run_for_its_robustness_rows(tmp_path, monk
     seen = []
 
     def run_method(name, target, sources, backbone, method="lora", k=3, shots=16, seed=0, recipe=None, workdir=None,
-                   **more):
+                   side_cache=None, **more):
         seen.append((name, seed, more))
         return {"target": target, "approach": name, "shots": shots, "seed": seed, "score": 0.5, "accuracy": 0.5,
                 "metric": "accuracy", "steps": {"select": 0, "tune": 4, "total": 4}, "sources": [],
