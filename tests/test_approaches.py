@@ -173,3 +173,21 @@ def test_a_side_is_keyed_by_the_run_examples_themselves():
     assert cache.key(*args, data=base) == cache.key(*args, data=base)
     assert cache.key(*args, data=base) != cache.key(*args, data=data_digest(tensors(texts=("a", "c"))))
     assert cache.key(*args, data=base) != SideCache(Path("unused"), "other context").key(*args, data=base)
+
+
+def test_a_damaged_stored_side_is_not_read(tmp_path):
+    """A side.json that is not whole (a field missing or of the wrong kind), or whose own expert lies outside
+    its folder, reads as no side, so it is rebuilt rather than half-read."""
+    from pitune_core.tune.side_cache import SIDE_FILE, SIDE_FORMAT, _load
+
+    folder = tmp_path / "k"
+    (folder / "own").mkdir(parents=True)
+    good = {"format": SIDE_FORMAT, "own": "own", "own_steps": 3, "ranking": [["a", 0.5]], "selection": "shots",
+            "num_train": 4, "time_s": 1.5}
+    (folder / SIDE_FILE).write_text(json.dumps(good))
+    side, took = _load(folder)
+    assert (side.own_steps, side.ranking, took) == (3, [("a", 0.5)], 1.5)
+    for bad in ({k: v for k, v in good.items() if k != "ranking"}, {**good, "own_steps": "x"},
+                {**good, "ranking": 5}, {**good, "own": "../.."}, {**good, "format": "other"}):
+        (folder / SIDE_FILE).write_text(json.dumps(bad))
+        assert _load(folder) is None, bad

@@ -515,8 +515,7 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
                 side_s, reused = round(time.time() - t_side, 2), False
             else:
                 side, side_s, reused = side_cache.get(target, sources, backbone, method, shots, seed, own_steps,
-                                                      recipe)
-                t0 -= side_s if reused else 0.0  # the selection's cost counts in every run that uses it
+                                                      recipe, train_t)
             info.update(select_time_s=side_s, side_reused=reused)
             info["selection"] = side.selection if name not in ("random-k", "all-experts") else "none"
             if k < 1 or k > len(side.ranking):
@@ -576,7 +575,9 @@ def run_method(name: str, target: str, sources: Sources, backbone: UnifiedBackbo
             metrics = arrow(target, sources, backbone, k, seed)
             model = metrics.pop("model")
             info.update(sources=metrics["sources"], selection="none")
-        elapsed = round(time.time() - t0, 2)  # the approach's own time: scoring robustness is not part of it
+        # the approach's own time (scoring robustness is not part of it); a reused side's build time counts
+        # in every run that uses it
+        elapsed = round(time.time() - t0 + (info["select_time_s"] if info.get("side_reused") else 0.0), 2)
         if robustness is not None:
             info["robustness"] = tune_robustness.score_robustness(target, backbone, model, **robustness)
     finally:

@@ -12,8 +12,8 @@ when it was built (``select_time_s``; ``time_s`` includes them, whether the side
 
 A side is stored under a key of everything it depends on (the caller's context, e.g. the protocol's digest of
 backbone, source experts, embeddings and data, plus the run's training examples themselves, target, shots,
-seed, steps, expert type, adapter settings, Fisher sample and the source names); a folder holds ``side.json`` and the own expert in peft's
-format. Writers build in a temporary folder and rename it into place under a file lock, so shards share a
+seed, steps, expert type, adapter settings, Fisher sample and the source names); a folder holds
+``side.json`` and the own expert in peft's format. Writers build in a temporary folder and rename it into place under a file lock, so shards share a
 cache safely. The folder is a cache: deleting it costs only time.
 """
 
@@ -25,12 +25,12 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from filelock import FileLock
 
-from pitune_core.tune.baselines import Recipe, Sources, TargetSide, run_data, target_side
+from pitune_core.tune.baselines import Recipe, Sources, TargetSide, target_side
 
 SIDE_FILE = "side.json"
 #: bumped when what a cached side holds (or how it is computed) changes
@@ -56,43 +56,34 @@ class SideCache:
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def get(self, target: str, sources: Sources, backbone, method: str, shots: int | None, seed: int,
-            own_steps: int, recipe: Recipe) -> tuple[TargetSide, float, bool]:
+            own_steps: int, recipe: Recipe, examples) -> tuple[TargetSide, float, bool]:
         """``(side, seconds it took to build, reused)``: the cell's target side, built (and kept) when it
-        is not here yet. Same arguments as :func:`pitune_core.tune.baselines.target_side`."""
-        return cached_target_side(self, target, sources, backbone, method, shots, seed, own_steps, recipe)
-
-
-def cached_target_side(cache: SideCache, target: str, sources: Sources, backbone, method: str, shots: int | None,
-                       seed: int, own_steps: int, recipe: Recipe) -> tuple[TargetSide, float, bool]:
-    """:meth:`SideCache.get`."""
-    _, _, train_t = run_data(target, backbone, shots, seed)  # the run's examples are in the key too
-    key = cache.key(target, sources, backbone.backbone_id, method, shots, seed, own_steps, recipe, data_digest(train_t))
-    cache.folder.mkdir(parents=True, exist_ok=True)
-    final = cache.folder / key
-    with FileLock(str(cache.folder / f"{key}.lock")):
-        hit = _load(final)
-        if hit is not None:
-            return hit[0], hit[1], True
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache.folder))
-        try:
-            t0 = time.time()
-            side = target_side(target, sources, backbone, method, shots, seed, own_steps, tmp, recipe)
-            took = round(time.time() - t0, 2)
-            own = Path(side.own_dir)
-            rel = own.relative_to(tmp).as_posix()
-            (tmp / SIDE_FILE).write_text(json.dumps({
-                "format": SIDE_FORMAT, "own": rel, "own_steps": side.own_steps,
-                "ranking": [[n, s] for n, s in side.ranking], "selection": side.selection,
-                "num_train": side.num_train, "time_s": took}, indent=1), encoding="utf-8")
-            if final.exists():  # a half-written folder of a killed writer (no side.json): replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    loaded = _load(final)
-    if loaded is None:
-        raise OSError(f"the target side just written to {final} cannot be read back")
-    return loaded[0], took, False
+        is not here yet. Same arguments as :func:`pitune_core.tune.baselines.target_side`, plus the run's
+        training examples (``examples``, :func:`pitune_core.tune.baselines.run_data`'s), which are in the key."""
+        key = self.key(target, sources, backbone.backbone_id, method, shots, seed, own_steps, recipe,
+                       data_digest(examples))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / key
+        with FileLock(str(self.folder / f"{key}.lock")):
+            hit = _load(final)
+            if hit is not None:
+                return hit[0], hit[1], True
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.folder))
+            try:
+                t0 = time.time()
+                side = target_side(target, sources, backbone, method, shots, seed, own_steps, tmp, recipe)
+                took = round(time.time() - t0, 2)
+                rel = Path(side.own_dir).relative_to(tmp).as_posix()
+                (tmp / SIDE_FILE).write_text(json.dumps({
+                    "format": SIDE_FORMAT, "own": rel, "own_steps": side.own_steps,
+                    "ranking": [[n, s] for n, s in side.ranking], "selection": side.selection,
+                    "num_train": side.num_train, "time_s": took}, indent=1), encoding="utf-8")
+                if final.exists():  # a folder without a readable side.json (a killed writer's): replace it
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return replace(side, own_dir=str(final / rel)), took, False
 
 
 def data_digest(tensors) -> str:
@@ -115,9 +106,13 @@ def _load(folder: Path) -> tuple[TargetSide, float] | None:
         return None
     if not isinstance(raw, dict) or raw.get("format") != SIDE_FORMAT:
         return None
-    own = folder / str(raw["own"])
+    try:
+        own = folder / str(raw["own"])
+        side = TargetSide(str(own), int(raw["own_steps"]), [(str(n), float(s)) for n, s in raw["ranking"]],
+                          str(raw["selection"]), int(raw["num_train"]))
+        took = float(raw["time_s"])
+    except (KeyError, TypeError, ValueError):  # a damaged file: rebuilt, never half-read
+        return None
     if not own.is_dir() or folder.resolve() not in own.resolve().parents:  # the own expert stays inside
         return None
-    side = TargetSide(str(own), int(raw["own_steps"]), [(str(n), float(s)) for n, s in raw["ranking"]],
-                      str(raw["selection"]), int(raw["num_train"]))
-    return side, float(raw["time_s"])
+    return side, took

@@ -332,13 +332,13 @@ class Study:
         emb = PREDICTOR_PREFIX + best
         if emb in have:
             return emb, f"best Spearman at {size} in groundtruth/{plan}" + versus_rule(qualities[plan], size, best)
+        missing = f"{best} is best at {size} in groundtruth/{plan}, but this study has no {emb} graph; showing "
         drawn = [p for p in (predictor_of(e) for e in have) if p is not None]
         second = best_predictor(qualities[plan], size, among=drawn)
         if second is not None:  # the evidence's best among the predictors this study draws
             return (PREDICTOR_PREFIX + second,
-                    f"{best} is best at {size} in groundtruth/{plan}, but this study has no {emb} graph; showing "
-                    f"{second}, the best with a graph" + versus_rule(qualities[plan], size, second))
-        return fallback, f"{best} is best at {size} in groundtruth/{plan}, but this study has no {emb} graph; showing {fallback}"
+                    missing + f"{second}, the best with a graph" + versus_rule(qualities[plan], size, second))
+        return fallback, missing + fallback
 
     def expert_summary(self) -> list[dict]:
         """Rows of ``experts/summary.csv`` with numbers parsed."""
